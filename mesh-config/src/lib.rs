@@ -1,0 +1,13 @@
+//! Mast's mesh model and the parsers that fill it from every configuration dialect users
+//! already write: Kubernetes, Istio, Gateway API (GAMMA), SMI and Knative.
+//!
+//! This crate is shared by `mastd` (pilot), `mastctl` (offline `analyze`) and the injector, so
+//! it does no networking and pulls in no xDS: input text in, [`model::MeshModel`] and
+//! [`error::ConfigError`]s out.
+
+pub mod error;
+pub mod model;
+
+pub use error::ConfigError;
+pub use model::MeshModel;
+pub mod dialect;

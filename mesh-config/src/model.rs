@@ -1,0 +1,591 @@
+//! The mesh model: what every input dialect is translated into, and the only thing xDS is
+//! generated from.
+//!
+//! Istio VirtualServices, Gateway API HTTPRoutes, SMI TrafficSplits and Knative Routes all say
+//! "send this share of the traffic for host H to these backends". Keeping one model means pilot's
+//! translation to Envoy config is written (and tested against a real Envoy) once, and the CLI, the
+//! injector and the telemetry view read the same facts the data plane gets.
+//!
+//! Everything here is plain data: no I/O, no validation. Dialect parsers (`crate::dialect`)
+//! validate while they translate, so a value in the model is already known to be well formed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Labels, ordered so that anything derived from them (xDS, hashes, debug output) is stable.
+pub type Labels = BTreeMap<String, String>;
+
+/// The DNS suffix of in-cluster service hostnames (`<svc>.<ns>.svc.<domain>`).
+pub const DEFAULT_DOMAIN_SUFFIX: &str = "cluster.local";
+
+/// The whole mesh at one instant. Built from the accepted resources of every source; pilot
+/// holds it behind an `Arc` and swaps it atomically on change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MeshModel {
+    /// Namespaces by name (only their labels matter to the mesh).
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Services by fully qualified hostname (`user.default.svc.cluster.local`, or a
+    /// ServiceEntry host such as `api.example.com`).
+    pub services: BTreeMap<String, Service>,
+    /// Workload instances (WorkloadEntries, Pods, Knative revision pods), in source order.
+    pub workloads: Vec<Workload>,
+    /// Routing rules, in the order Istio would merge them: oldest/first-read first.
+    pub routes: Vec<RouteTable>,
+    /// Per-destination traffic policy (DestinationRule), by fully qualified hostname.
+    pub destination_policies: BTreeMap<String, DestinationPolicy>,
+    /// Sidecar resources, which scope what a proxy sees and how it captures traffic.
+    pub sidecars: Vec<SidecarScope>,
+}
+
+/// Where a model element came from, so that xDS metadata, debug pages and errors can point
+/// back at the user's YAML.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ResourceRef {
+    /// `VirtualService`, `HTTPRoute`, `TrafficSplit`, …
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A service: a hostname with ports, backed by the workloads its selector picks or by the
+/// endpoints listed with it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Service {
+    /// Fully qualified hostname; the key in [`MeshModel::services`].
+    pub hostname: String,
+    /// Short name (`user`) for Kubernetes services; the host itself for ServiceEntries.
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    /// Label selector over [`MeshModel::workloads`] in the same namespace. `None` means the
+    /// service selects nothing by labels (its endpoints are listed explicitly, or it has none).
+    pub selector: Option<Labels>,
+    /// Explicit endpoints (ServiceEntry `endpoints`).
+    pub endpoints: Vec<Endpoint>,
+    /// Virtual IPs (Kubernetes clusterIP, ServiceEntry `addresses`).
+    pub addresses: Vec<String>,
+    pub resolution: Resolution,
+    /// True for ServiceEntry `MESH_EXTERNAL`: no sidecar on the other side.
+    pub mesh_external: bool,
+    /// Namespaces this service is visible from (`exportTo`); empty means everywhere.
+    pub export_to: Vec<String>,
+    pub source: ResourceRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// Port on the workload; a number, or a name resolved through the workload's named ports.
+    pub target_port: Option<TargetPort>,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// Application protocol of a port, as Istio infers it from `appProtocol`, the port name prefix
+/// (`http-`, `grpc-`, …) or the ServiceEntry `protocol` field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Https,
+    Tls,
+    Tcp,
+    /// Not declared: the proxy sniffs HTTP vs. anything else.
+    #[default]
+    Unknown,
+}
+
+impl Protocol {
+    /// Traffic on this port is routed at L7 by HTTP route tables.
+    pub fn is_http(self) -> bool {
+        matches!(self, Self::Http | Self::Http2 | Self::Grpc)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Resolution {
+    /// Endpoints are known addresses (selected workloads or listed endpoints).
+    #[default]
+    Static,
+    /// Endpoints are DNS names resolved by the proxy.
+    Dns,
+    /// Forward to the original destination address.
+    None,
+}
+
+/// A ServiceEntry endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    /// Port name → port number overrides.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: Labels,
+    pub weight: Option<u32>,
+}
+
+/// A running instance: a WorkloadEntry, a Pod, or a Knative revision pod.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    /// IP address (or DNS name) where the workload listens.
+    pub address: String,
+    pub labels: Labels,
+    /// Named ports (`http` → 9080); a service's named target port resolves through these.
+    pub ports: BTreeMap<String, u16>,
+    pub service_account: String,
+    pub weight: Option<u32>,
+    pub locality: Option<String>,
+    pub network: Option<String>,
+    /// The workload runs a sidecar (so mTLS can be used towards it). WorkloadEntries carry
+    /// the `security.istio.io/tlsMode: istio` label when they do.
+    pub has_sidecar: bool,
+    pub source: ResourceRef,
+}
+
+/// The routing rules one resource declares for a set of hosts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouteTable {
+    /// Fully qualified hosts these rules apply to (may contain a leading `*.` wildcard).
+    pub hosts: Vec<String>,
+    pub namespace: String,
+    /// Namespaces this route table is visible from (`exportTo`); empty means everywhere.
+    pub export_to: Vec<String>,
+    /// Only apply to traffic on this service port (Gateway API parentRef `port`).
+    pub port: Option<u16>,
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<TcpRoute>,
+    pub source: ResourceRef,
+}
+
+/// One HTTP rule: the first rule (of a table) whose matches accept a request handles it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    /// Any one of these must match; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    pub action: RouteAction,
+    pub rewrite: Option<Rewrite>,
+    pub timeout: Option<Duration>,
+    /// `None`: Istio's default retry policy applies.
+    pub retries: Option<RetryPolicy>,
+    pub fault: Option<FaultInjection>,
+    pub mirrors: Vec<Mirror>,
+    pub headers: HeaderOperations,
+    pub cors: Option<CorsPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RouteAction {
+    /// Forward to weighted destinations; weights are relative (Istio's sum to 100).
+    Forward(Vec<WeightedDestination>),
+    Redirect(Redirect),
+    DirectResponse { status: u16, body: Option<String> },
+}
+
+impl Default for RouteAction {
+    fn default() -> Self {
+        Self::Forward(Vec::new())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WeightedDestination {
+    pub destination: Destination,
+    pub weight: u32,
+    pub headers: HeaderOperations,
+}
+
+/// A service (and optionally a subset and a port of it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Destination {
+    /// Fully qualified hostname.
+    pub host: String,
+    pub subset: Option<String>,
+    /// Needed when the service has more than one port.
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RouteMatch {
+    pub name: Option<String>,
+    pub uri: Option<StringMatch>,
+    pub scheme: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    pub headers: Vec<HeaderMatch>,
+    pub query_params: Vec<QueryMatch>,
+    /// The service port the request arrived on.
+    pub port: Option<u16>,
+    /// Only for requests from workloads with these labels.
+    pub source_labels: Labels,
+    pub source_namespace: Option<String>,
+    pub ignore_uri_case: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// RE2 syntax, full match (as Envoy's `safe_regex`). Already checked to compile.
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HeaderMatch {
+    /// Lower-cased header name.
+    pub name: String,
+    /// `None`: the header must be present (with any value).
+    pub value: Option<StringMatch>,
+    /// Match when the header does NOT match (Istio `withoutHeaders`).
+    pub invert: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct QueryMatch {
+    pub name: String,
+    /// `None`: the parameter must be present.
+    pub value: Option<StringMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    /// 301 (Istio's default), 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rewrite {
+    pub path: Option<PathRewrite>,
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum PathRewrite {
+    /// Replace the whole path.
+    Full(String),
+    /// Replace the part matched by the route's prefix match with this.
+    Prefix(String),
+    /// Replace matches of `pattern` (RE2) with `substitution` (Istio `uriRegexRewrite`).
+    Regex {
+        pattern: String,
+        substitution: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    /// 0 disables retries.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    /// Envoy `retry_on` conditions (`5xx,connect-failure,…`); the HTTP status codes in the
+    /// list go to `retriable_status_codes`, as Istio does.
+    pub retry_on: Option<String>,
+    pub retry_remote_localities: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultInjection {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultDelay {
+    pub fixed_delay: Duration,
+    /// Share of requests, 0.0–100.0.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum AbortKind {
+    HttpStatus(u16),
+    GrpcStatus(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultAbort {
+    pub kind: AbortKind,
+    /// Share of requests, 0.0–100.0.
+    pub percentage: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Mirror {
+    pub destination: Destination,
+    /// Share of requests, 0.0–100.0.
+    pub percentage: f64,
+}
+
+/// Header additions/removals on requests and responses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderOperations {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl HeaderOperations {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HeaderOps {
+    /// Overwrite (or create) these headers.
+    pub set: Vec<(String, String)>,
+    /// Append these values.
+    pub add: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CorsPolicy {
+    pub allow_origins: Vec<StringMatch>,
+    pub allow_methods: Vec<String>,
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<Duration>,
+    pub allow_credentials: Option<bool>,
+}
+
+/// An L4 rule (VirtualService `tcp`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TcpRoute {
+    /// Destination port the rule applies to; `None` for all ports.
+    pub port: Option<u16>,
+    pub destinations: Vec<WeightedDestination>,
+}
+
+/// DestinationRule: subsets and the traffic policy for one host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DestinationPolicy {
+    /// Fully qualified hostname (may be a `*.` wildcard).
+    pub host: String,
+    pub namespace: String,
+    pub traffic_policy: TrafficPolicy,
+    pub subsets: Vec<Subset>,
+    pub export_to: Vec<String>,
+    pub source: ResourceRef,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: Labels,
+    /// Merged over the host's policy by pilot (subset fields win).
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<ClientTls>,
+    /// Per-port overrides, by service port number.
+    pub port_level: BTreeMap<u16, TrafficPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// Istio's default.
+    LeastRequest,
+    RoundRobin,
+    Random,
+    Passthrough,
+    /// Consistent hashing (ring hash).
+    ConsistentHash(HashKey),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum HashKey {
+    Header(String),
+    Cookie { name: String, ttl: Option<Duration> },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub tcp_keepalive: bool,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+    pub h2_upgrade: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OutlierDetection {
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Option<Duration>,
+    pub base_ejection_time: Option<Duration>,
+    /// 0–100.
+    pub max_ejection_percent: Option<u32>,
+    pub min_health_percent: Option<u32>,
+    pub split_external_local_origin_errors: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub credential_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    /// Istio mTLS with workload certificates (`ISTIO_MUTUAL`).
+    IstioMutual,
+}
+
+/// A Sidecar resource: which services a proxy sees and how its traffic is captured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SidecarScope {
+    pub namespace: String,
+    /// `None`: applies to every workload in the namespace (or the mesh, in the root namespace).
+    pub workload_selector: Option<Labels>,
+    pub egress: Vec<EgressListener>,
+    pub ingress: Vec<IngressListener>,
+    /// `outboundTrafficPolicy.mode` is REGISTRY_ONLY (default ALLOW_ANY).
+    pub registry_only: bool,
+    pub source: ResourceRef,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EgressListener {
+    pub port: Option<ServicePort>,
+    /// Address to bind the listener to (e.g. `127.0.0.1`).
+    pub bind: Option<String>,
+    pub capture_mode: Option<CaptureMode>,
+    /// `namespace/host` entries; `*` and `.` (the sidecar's own namespace) allowed in either part.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IngressListener {
+    pub port: ServicePort,
+    pub bind: Option<String>,
+    pub capture_mode: Option<CaptureMode>,
+    /// Where inbound traffic goes (`127.0.0.1:8080`).
+    pub default_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum CaptureMode {
+    Default,
+    Iptables,
+    None,
+}
+
+// === impl MeshModel ===
+
+impl MeshModel {
+    /// Workloads a service selects by labels (same namespace), in model order.
+    pub fn selected_workloads<'a>(
+        &'a self,
+        service: &'a Service,
+    ) -> impl Iterator<Item = &'a Workload> + 'a {
+        self.workloads.iter().filter(move |w| {
+            w.namespace == service.namespace
+                && service
+                    .selector
+                    .as_ref()
+                    .is_some_and(|sel| labels_match(sel, &w.labels))
+        })
+    }
+
+    /// The subset of `host` called `name`, if a DestinationRule declares it.
+    pub fn subset(&self, host: &str, name: &str) -> Option<&Subset> {
+        self.destination_policies
+            .get(host)
+            .and_then(|p| p.subsets.iter().find(|s| s.name == name))
+    }
+}
+
+/// True when every label of `selector` is present with the same value in `labels`.
+/// An empty selector matches everything, as in Kubernetes.
+pub fn labels_match(selector: &Labels, labels: &Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// `user` in `default` → `user.default.svc.cluster.local`.
+pub fn service_fqdn(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.{DEFAULT_DOMAIN_SUFFIX}")
+}
+
+impl fmt::Display for ResourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selector_needs_every_label() {
+        let sel = labels(&[("app", "user"), ("version", "v1")]);
+        assert!(labels_match(
+            &sel,
+            &labels(&[("app", "user"), ("version", "v1"), ("x", "y")])
+        ));
+        assert!(!labels_match(&sel, &labels(&[("app", "user")])));
+        assert!(labels_match(&Labels::new(), &labels(&[("app", "user")])));
+    }
+
+    #[test]
+    fn fqdn() {
+        assert_eq!(
+            service_fqdn("user", "default"),
+            "user.default.svc.cluster.local"
+        );
+    }
+}
