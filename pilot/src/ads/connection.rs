@@ -1,0 +1,431 @@
+//! One ADS stream: the protocol state machine for a single proxy.
+//!
+//! The task owns everything about its stream (subscriptions, nonces, what the proxy has
+//! acknowledged), so there is no locking on the push path; the only shared state is the
+//! status record that `/debug/syncz` reads. A stream serves either state-of-the-world or delta
+//! requests; both share subscription tracking and differ only in what a response carries.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use super::server::ConnInfo;
+use super::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, PUSH_ORDER, ProxyResources, Resource,
+    Snapshot, set_version, short_type,
+};
+use crate::metrics::Metrics;
+
+/// Protocol state of one resource type on one stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Every resource of the type (CDS and LDS are wildcard by default).
+    wildcard: bool,
+    /// Explicitly subscribed names (EDS clusters, RDS route configs).
+    names: BTreeSet<String>,
+    /// Nonce of the last response, awaiting ACK/NACK.
+    pending_nonce: Option<String>,
+    /// State of the world: version of the last set sent.
+    sent_version: Option<String>,
+    /// Delta: the version of each resource the proxy has (or was last sent).
+    client_has: HashMap<String, String>,
+}
+
+/// Which protocol a stream speaks; decided by the RPC the proxy called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    StateOfTheWorld,
+    Delta,
+}
+
+/// A request of either flavour, reduced to what the state machine needs.
+#[derive(Debug)]
+pub struct Request {
+    pub node: Option<Node>,
+    pub type_url: String,
+    pub response_nonce: String,
+    pub version_info: String,
+    pub error: Option<String>,
+    /// State of the world: the full list of wanted names.
+    pub resource_names: Vec<String>,
+    /// Delta: changes to the subscription, and what the proxy already has on reconnect.
+    pub subscribe: Vec<String>,
+    pub unsubscribe: Vec<String>,
+    pub initial_versions: HashMap<String, String>,
+}
+
+impl From<DiscoveryRequest> for Request {
+    fn from(r: DiscoveryRequest) -> Self {
+        Self {
+            node: r.node,
+            type_url: r.type_url,
+            response_nonce: r.response_nonce,
+            version_info: r.version_info,
+            error: r.error_detail.map(|s| s.message),
+            resource_names: r.resource_names,
+            subscribe: Vec::new(),
+            unsubscribe: Vec::new(),
+            initial_versions: HashMap::new(),
+        }
+    }
+}
+
+impl From<DeltaDiscoveryRequest> for Request {
+    fn from(r: DeltaDiscoveryRequest) -> Self {
+        Self {
+            node: r.node,
+            type_url: r.type_url,
+            response_nonce: r.response_nonce,
+            version_info: String::new(),
+            error: r.error_detail.map(|s| s.message),
+            resource_names: Vec::new(),
+            subscribe: r.resource_names_subscribe,
+            unsubscribe: r.resource_names_unsubscribe,
+            initial_versions: r.initial_resource_versions,
+        }
+    }
+}
+
+/// A response of either flavour, sent on the stream's channel.
+#[derive(Debug)]
+pub enum Response {
+    Sotw(DiscoveryResponse),
+    Delta(DeltaDiscoveryResponse),
+}
+
+pub struct Connection<G> {
+    flavor: Flavor,
+    generator: Arc<G>,
+    snapshots: watch::Receiver<Snapshot>,
+    info: Arc<ConnInfo>,
+    metrics: Arc<Metrics>,
+    tx: mpsc::Sender<Result<Response, Status>>,
+    node: Node,
+    snapshot: Snapshot,
+    resources: ProxyResources,
+    types: HashMap<&'static str, TypeState>,
+    nonce: u64,
+}
+
+// === impl Connection ===
+
+impl<G: Generator> Connection<G> {
+    /// Serve a stream until the proxy goes away. `first` is the stream's first request,
+    /// which must carry the node.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn serve(
+        flavor: Flavor,
+        generator: Arc<G>,
+        mut snapshots: watch::Receiver<Snapshot>,
+        info: Arc<ConnInfo>,
+        metrics: Arc<Metrics>,
+        tx: mpsc::Sender<Result<Response, Status>>,
+        first: Request,
+        mut requests: impl Stream<Item = Result<Request, Status>> + Unpin,
+    ) {
+        let node = info.node.clone();
+        let snapshot = snapshots.borrow_and_update().clone();
+        let resources = match generator.generate(&snapshot.model, &node) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(proxy = %node.id, error = %e, "cannot generate config");
+                let _ = tx.send(Err(Status::invalid_argument(e))).await;
+                return;
+            }
+        };
+        let mut conn = Connection {
+            flavor,
+            generator,
+            snapshots,
+            info,
+            metrics,
+            tx,
+            node,
+            snapshot,
+            resources,
+            types: HashMap::new(),
+            nonce: 0,
+        };
+        info!(proxy = %conn.node.id, ?flavor, "proxy connected");
+        if conn.handle(first).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                req = requests.next() => match req {
+                    Some(Ok(req)) => {
+                        if conn.handle(req).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(status)) => {
+                        debug!(proxy = %conn.node.id, %status, "stream error");
+                        break;
+                    }
+                    None => break,
+                },
+                changed = conn.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = conn.snapshots.borrow_and_update().clone();
+                    if conn.on_snapshot(snapshot).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        info!(proxy = %conn.node.id, "proxy disconnected");
+    }
+
+    /// A new model: regenerate, and push the types whose content changed.
+    async fn on_snapshot(&mut self, snapshot: Snapshot) -> Result<(), Closed> {
+        match self.generator.generate(&snapshot.model, &self.node) {
+            Ok(resources) => self.resources = resources,
+            Err(e) => {
+                // Keep serving what the proxy has; this is a pilot bug, not the proxy's.
+                warn!(proxy = %self.node.id, error = %e, "cannot generate config; keeping the last one");
+                return Ok(());
+            }
+        }
+        let changed_at = snapshot.changed_at;
+        self.snapshot = snapshot;
+        let mut pushed = false;
+        let mut clusters_sent = Vec::new();
+        for type_url in PUSH_ORDER {
+            if !self.types.contains_key(type_url) {
+                continue;
+            }
+            let force = type_url == ENDPOINT_TYPE && !clusters_sent.is_empty();
+            if type_url == ENDPOINT_TYPE && self.flavor == Flavor::Delta {
+                // A changed cluster is warmed again by Envoy and waits for its endpoints:
+                // resend them even if they did not change.
+                if let Some(state) = self.types.get_mut(ENDPOINT_TYPE) {
+                    for name in &clusters_sent {
+                        state.client_has.remove(name);
+                    }
+                }
+            }
+            if let Some(sent) = self.send(type_url, force).await? {
+                pushed = true;
+                if type_url == CLUSTER_TYPE {
+                    clusters_sent = sent;
+                }
+            }
+        }
+        if pushed {
+            self.metrics
+                .convergence
+                .observe(changed_at.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, req: Request) -> Result<(), Closed> {
+        let Some(type_url) = PUSH_ORDER.iter().copied().find(|t| *t == req.type_url) else {
+            debug!(proxy = %self.node.id, type_url = %req.type_url, "ignoring request for an unserved type");
+            return Ok(());
+        };
+        match self.flavor {
+            Flavor::StateOfTheWorld => self.handle_sotw(type_url, req).await,
+            Flavor::Delta => self.handle_delta(type_url, req).await,
+        }
+    }
+
+    async fn handle_sotw(&mut self, type_url: &'static str, req: Request) -> Result<(), Closed> {
+        let wildcard = is_wildcard_type(type_url) && req.resource_names.is_empty();
+        let names: BTreeSet<String> = req.resource_names.into_iter().collect();
+        let state = self.types.entry(type_url).or_default();
+        if !req.response_nonce.is_empty() {
+            if state.pending_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+                // An answer to a response that was superseded; the newer one is on its way.
+                return Ok(());
+            }
+            state.pending_nonce = None;
+            if let Some(error) = req.error {
+                self.on_nack(type_url, &req.version_info, &error);
+                return Ok(());
+            }
+            self.on_ack(type_url, &req.version_info);
+            let state = self.types.entry(type_url).or_default();
+            if state.wildcard == wildcard && state.names == names {
+                return Ok(());
+            }
+            state.wildcard = wildcard;
+            state.names = names;
+            self.send(type_url, false).await.map(drop)
+        } else {
+            // A new subscription, or the proxy asking again after a reconnect.
+            state.wildcard = wildcard;
+            state.names = names;
+            self.send(type_url, true).await.map(drop)
+        }
+    }
+
+    async fn handle_delta(&mut self, type_url: &'static str, req: Request) -> Result<(), Closed> {
+        let first = !self.types.contains_key(type_url);
+        let state = self.types.entry(type_url).or_default();
+        let mut subscription_changed = first;
+        if first {
+            state.wildcard = is_wildcard_type(type_url)
+                && (req.subscribe.is_empty() || req.subscribe.iter().any(|n| n == "*"));
+            state.client_has = req.initial_versions;
+        }
+        for name in req.subscribe {
+            if name == "*" {
+                subscription_changed |= !state.wildcard;
+                state.wildcard = true;
+            } else {
+                subscription_changed |= state.names.insert(name);
+            }
+        }
+        for name in req.unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(&name);
+                state.client_has.remove(&name);
+            }
+        }
+        if !req.response_nonce.is_empty()
+            && state.pending_nonce.as_deref() == Some(req.response_nonce.as_str())
+        {
+            state.pending_nonce = None;
+            let version = self.snapshot.version.to_string();
+            match req.error {
+                Some(error) => self.on_nack(type_url, &version, &error),
+                None => self.on_ack(type_url, &version),
+            }
+        }
+        if subscription_changed {
+            self.send(type_url, first).await?;
+        }
+        Ok(())
+    }
+
+    fn on_ack(&self, type_url: &'static str, version: &str) {
+        let mut status = self.info.lock_status();
+        let t = status.entry(short_type(type_url)).or_default();
+        t.acked_version = Some(version.to_string());
+        t.acked_snapshot = Some(self.snapshot.version);
+    }
+
+    fn on_nack(&self, type_url: &'static str, version: &str, error: &str) {
+        warn!(proxy = %self.node.id, type_url, version, error, "proxy rejected config (NACK)");
+        self.metrics.record_nack(short_type(type_url));
+        let mut status = self.info.lock_status();
+        let t = status.entry(short_type(type_url)).or_default();
+        t.last_nack = Some(error.to_string());
+        t.nacks += 1;
+    }
+
+    /// Send what the proxy should have of `type_url` now. Without `force`, nothing is sent
+    /// when the proxy is already up to date. Returns the names of the resources sent, or
+    /// `None` when no response was sent.
+    async fn send(
+        &mut self,
+        type_url: &'static str,
+        force: bool,
+    ) -> Result<Option<Vec<String>>, Closed> {
+        let empty = BTreeMap::new();
+        let all = self.resources.of_type(type_url).unwrap_or(&empty);
+        let Some(state) = self.types.get_mut(type_url) else {
+            return Ok(None);
+        };
+        let wanted: Vec<&Arc<Resource>> = if state.wildcard {
+            all.values().collect()
+        } else {
+            state.names.iter().filter_map(|n| all.get(n)).collect()
+        };
+        self.nonce += 1;
+        let nonce = format!("{}-{}", self.snapshot.version, self.nonce);
+        let (response, sent, version) = match self.flavor {
+            Flavor::StateOfTheWorld => {
+                let version = set_version(wanted.iter().copied());
+                if !force && state.sent_version.as_deref() == Some(version.as_str()) {
+                    return Ok(None);
+                }
+                state.sent_version = Some(version.clone());
+                let sent: Vec<String> = wanted.iter().map(|r| r.name.clone()).collect();
+                let response = Response::Sotw(DiscoveryResponse {
+                    version_info: version.clone(),
+                    resources: wanted.iter().map(|r| r.any.clone()).collect(),
+                    type_url: type_url.to_string(),
+                    nonce: nonce.clone(),
+                    ..Default::default()
+                });
+                (response, sent, version)
+            }
+            Flavor::Delta => {
+                let changed: Vec<&Arc<Resource>> = wanted
+                    .into_iter()
+                    .filter(|r| state.client_has.get(&r.name) != Some(&r.version))
+                    .collect();
+                let removed: Vec<String> = state
+                    .client_has
+                    .keys()
+                    .filter(|n| !all.contains_key(*n))
+                    .cloned()
+                    .collect();
+                if !force && changed.is_empty() && removed.is_empty() {
+                    return Ok(None);
+                }
+                for r in &changed {
+                    state.client_has.insert(r.name.clone(), r.version.clone());
+                }
+                for n in &removed {
+                    state.client_has.remove(n);
+                }
+                let sent: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
+                let response = Response::Delta(DeltaDiscoveryResponse {
+                    system_version_info: self.snapshot.version.to_string(),
+                    resources: changed
+                        .iter()
+                        .map(|r| DeltaResource {
+                            name: r.name.clone(),
+                            version: r.version.clone(),
+                            resource: Some(r.any.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    type_url: type_url.to_string(),
+                    removed_resources: removed,
+                    nonce: nonce.clone(),
+                    ..Default::default()
+                });
+                (response, sent, self.snapshot.version.to_string())
+            }
+        };
+        state.pending_nonce = Some(nonce.clone());
+        self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        self.metrics.record_push(short_type(type_url));
+        {
+            let mut status = self.info.lock_status();
+            let t = status.entry(short_type(type_url)).or_default();
+            t.sent_version = Some(version);
+            t.sent_nonce = Some(nonce);
+            t.sent_snapshot = Some(self.snapshot.version);
+            t.resources = all.len();
+        }
+        debug!(proxy = %self.node.id, type_url, resources = sent.len(), "pushed");
+        Ok(Some(sent))
+    }
+}
+
+/// The response channel is gone: the proxy disconnected.
+#[derive(Debug)]
+pub struct Closed;
+
+/// Clusters and listeners are requested as a whole; endpoints and routes by name.
+fn is_wildcard_type(type_url: &str) -> bool {
+    type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE
+}

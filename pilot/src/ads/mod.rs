@@ -1,0 +1,129 @@
+//! The Aggregated Discovery Service: pilot's gRPC server that Envoy and mast-proxy connect to.
+//!
+//! Both ADS flavours are served: state-of-the-world (every response carries the whole set of a
+//! type) and delta (only what changed). Each stream is driven by one task ([`connection`]) that
+//! owns that proxy's protocol state; the mesh model arrives through a `watch` channel so a
+//! config change wakes every connection at once, and each connection regenerates its own
+//! resources and sends only the types whose content changed — a proxy whose config did not
+//! change is not pushed to.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::Any;
+use mast_mesh_config::MeshModel;
+use prost::Message;
+
+pub mod connection;
+pub mod server;
+
+pub use server::{AdsServer, ConnectionRegistry};
+
+/// Type URLs, in the order pushes are sent (as Istio: clusters before their endpoints,
+/// listeners before their routes, so Envoy never warms a listener on a missing cluster).
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+
+/// Short names used in logs, metrics and `/debug/syncz`.
+pub fn short_type(type_url: &str) -> &'static str {
+    match type_url {
+        CLUSTER_TYPE => "cds",
+        ENDPOINT_TYPE => "eds",
+        LISTENER_TYPE => "lds",
+        ROUTE_TYPE => "rds",
+        _ => "unknown",
+    }
+}
+
+/// A model version as distributed to connections.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Increases by one on every accepted change.
+    pub version: u64,
+    pub model: Arc<MeshModel>,
+    /// When the change that produced this snapshot was first seen (before debouncing): the
+    /// start of the convergence time Istio reports as `pilot_proxy_convergence_time`.
+    pub changed_at: Instant,
+}
+
+impl Snapshot {
+    pub fn new(version: u64, model: Arc<MeshModel>, changed_at: Instant) -> Self {
+        Self {
+            version,
+            model,
+            changed_at,
+        }
+    }
+}
+
+/// One xDS resource, encoded once and versioned by the hash of its bytes, so unchanged
+/// resources are recognised without comparing protos.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub any: Any,
+    pub version: String,
+}
+
+impl Resource {
+    pub fn new(name: impl Into<String>, type_url: &str, message: &impl Message) -> Self {
+        let value = message.encode_to_vec();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        value.hash(&mut hasher);
+        Self {
+            name: name.into(),
+            version: format!("{:016x}", hasher.finish()),
+            any: Any {
+                type_url: type_url.to_string(),
+                value,
+            },
+        }
+    }
+}
+
+/// Everything one proxy gets, by type URL and resource name.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyResources {
+    pub by_type: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+}
+
+impl ProxyResources {
+    pub fn insert(&mut self, type_url: &'static str, resource: Resource) {
+        self.by_type
+            .entry(type_url)
+            .or_default()
+            .insert(resource.name.clone(), Arc::new(resource));
+    }
+
+    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.by_type.get(type_url)
+    }
+}
+
+/// Turns the model into one proxy's resources. The real one is [`crate::xds`]; tests use
+/// fakes.
+pub trait Generator: Send + Sync + 'static {
+    /// Check the node a proxy announced; the error is sent back as the stream's status.
+    fn validate_node(&self, node: &Node) -> Result<(), String>;
+
+    fn generate(&self, model: &MeshModel, node: &Node) -> Result<ProxyResources, String>;
+}
+
+/// The version of a set of resources: a hash over names and versions, stable across runs.
+pub fn set_version<'a>(resources: impl Iterator<Item = &'a Arc<Resource>>) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for r in resources {
+        r.name.hash(&mut hasher);
+        r.version.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests;
