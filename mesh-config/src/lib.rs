@@ -11,3 +11,5 @@ pub mod model;
 pub use error::ConfigError;
 pub use model::MeshModel;
 pub mod dialect;
+pub mod source;
+pub mod store;

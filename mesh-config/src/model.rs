@@ -196,7 +196,10 @@ pub enum RouteAction {
     /// Forward to weighted destinations; weights are relative (Istio's sum to 100).
     Forward(Vec<WeightedDestination>),
     Redirect(Redirect),
-    DirectResponse { status: u16, body: Option<String> },
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 impl Default for RouteAction {

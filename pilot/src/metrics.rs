@@ -72,10 +72,14 @@ impl Metrics {
     }
 
     pub fn record_push(&self, xds_type: &'static str) {
-        self.pushes.get_or_create(&TypeLabel { r#type: xds_type }).inc();
+        self.pushes
+            .get_or_create(&TypeLabel { r#type: xds_type })
+            .inc();
     }
 
     pub fn record_nack(&self, xds_type: &'static str) {
-        self.rejects.get_or_create(&TypeLabel { r#type: xds_type }).inc();
+        self.rejects
+            .get_or_create(&TypeLabel { r#type: xds_type })
+            .inc();
     }
 }

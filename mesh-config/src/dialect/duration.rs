@@ -19,7 +19,11 @@ const UNITS: &[(&str, f64)] = &[
 /// Parse a Go-style duration (`1h30m`, `2.5s`, `250ms`). Negative durations are rejected:
 /// no mesh field takes one.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {input:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"1.5s\" or \"1m30s\"");
+    let bad = || {
+        format!(
+            "invalid duration {input:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"1.5s\" or \"1m30s\""
+        )
+    };
     let s = input.trim();
     if s.is_empty() {
         return Err(bad());

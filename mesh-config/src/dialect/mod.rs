@@ -160,9 +160,7 @@ pub fn deserialize<T: DeserializeOwned>(doc: &Document<'_>) -> Result<T, FieldEr
         })
     });
     result.map_err(|e| {
-        let line = e
-            .location()
-            .map(|l| doc.start_line + l.line() as usize - 1);
+        let line = e.location().map(|l| doc.start_line + l.line() as usize - 1);
         FieldError {
             field: if path == "." { String::new() } else { path },
             message: short_message(&e.to_string()),

@@ -72,9 +72,10 @@ impl ConnectionRegistry {
 
     /// The newest connection of the proxy with this node id (or `<pod>.<namespace>`).
     pub fn find(&self, proxy_id: &str) -> Option<Arc<ConnInfo>> {
-        self.list().into_iter().rev().find(|c| {
-            c.node.id == proxy_id || c.node.id.split('~').nth(2) == Some(proxy_id)
-        })
+        self.list()
+            .into_iter()
+            .rev()
+            .find(|c| c.node.id == proxy_id || c.node.id.split('~').nth(2) == Some(proxy_id))
     }
 
     pub fn len(&self) -> usize {

@@ -89,8 +89,7 @@ struct Harness {
 
 impl Harness {
     async fn start(hosts: &[&str]) -> Self {
-        let (publish, snapshots) =
-            watch::channel(Snapshot::new(1, model(hosts), Instant::now()));
+        let (publish, snapshots) = watch::channel(Snapshot::new(1, model(hosts), Instant::now()));
         let registry = Arc::new(ConnectionRegistry::default());
         let metrics = Arc::new(Metrics::new(&mut Registry::default()));
         let server = AdsServer::new(
@@ -300,7 +299,8 @@ async fn stream_without_node_is_refused() {
 
 #[tokio::test]
 async fn delta_sends_only_changes_and_removals() {
-    let mut h = Harness::start(&["a.default.svc.cluster.local", "b.default.svc.cluster.local"]).await;
+    let mut h =
+        Harness::start(&["a.default.svc.cluster.local", "b.default.svc.cluster.local"]).await;
     let (tx, mut rx) = h.delta().await;
     tx.send(DeltaDiscoveryRequest {
         node: node(),

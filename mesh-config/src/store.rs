@@ -1,0 +1,334 @@
+//! The config store: the set of accepted resources, with last-good semantics.
+//!
+//! A mesh must never lose config because someone saved a typo. Each apply replaces the whole
+//! file set, but a resource whose new version is rejected keeps its last good version in
+//! force, a document whose YAML does not even parse keeps whatever its file held before, and
+//! only resources that are really gone from the files are removed. The model is rebuilt from
+//! the accepted resources after every apply, so mastd and `mastctl analyze` see the same thing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::dialect::{self, MeshResource, Meta};
+use crate::error::ConfigError;
+use crate::model::MeshModel;
+use crate::source::parse_documents;
+
+/// `(kind, namespace, name)`: what makes two documents the same resource.
+type Key = (String, String, String);
+
+#[derive(Clone, Debug)]
+struct Entry {
+    file: PathBuf,
+    document: usize,
+    line: usize,
+    meta: Meta,
+    resource: Arc<dyn MeshResource>,
+}
+
+/// The outcome of an apply.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Everything rejected in this apply.
+    pub errors: Vec<ConfigError>,
+    /// The model differs from the one before.
+    pub changed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ConfigStore {
+    accepted: BTreeMap<Key, Entry>,
+    model: Arc<MeshModel>,
+    errors: Vec<ConfigError>,
+}
+
+// === impl ConfigStore ===
+
+impl ConfigStore {
+    /// Replace the whole file set (path → text): files absent from `files` are deleted.
+    pub fn apply_files(&mut self, files: BTreeMap<PathBuf, String>) -> ApplyReport {
+        let mut errors = Vec::new();
+        let mut next: BTreeMap<Key, Entry> = BTreeMap::new();
+        let mut rejected: BTreeSet<Key> = BTreeSet::new();
+        let mut broken_files = Vec::new();
+
+        for (path, text) in &files {
+            let (docs, yaml_errors) = parse_documents(path, text);
+            if !yaml_errors.is_empty() {
+                broken_files.push(path.clone());
+            }
+            errors.extend(yaml_errors);
+            for doc in docs {
+                let key = key_of(&doc.meta);
+                match dialect::parse(&doc) {
+                    None => {}
+                    Some(Err(field_errors)) => {
+                        errors.extend(field_errors.into_iter().map(|e| e.into_config_error(&doc)));
+                        rejected.insert(key);
+                    }
+                    Some(Ok(resource)) => {
+                        if let Some(first) = next.get(&key) {
+                            errors.push(ConfigError {
+                                file: path.clone(),
+                                document: doc.index,
+                                resource: Some(doc.meta.resource_ref()),
+                                field: "metadata.name".into(),
+                                line: Some(doc.start_line),
+                                message: format!(
+                                    "duplicate: already defined in {} (document {}, line {})",
+                                    first.file.display(),
+                                    first.document,
+                                    first.line
+                                ),
+                            });
+                            continue;
+                        }
+                        next.insert(
+                            key,
+                            Entry {
+                                file: path.clone(),
+                                document: doc.index,
+                                line: doc.start_line,
+                                meta: doc.meta.clone(),
+                                resource: Arc::from(resource),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+
+        // Keep the last good version of what was rejected, and everything a file held before
+        // a part of it stopped parsing.
+        for (key, old) in &self.accepted {
+            if next.contains_key(key) {
+                continue;
+            }
+            if rejected.contains(key) || broken_files.contains(&old.file) {
+                next.insert(key.clone(), old.clone());
+            }
+        }
+
+        let model = self.build(&mut next, &mut errors);
+        let changed = model != *self.model;
+        self.accepted = next;
+        self.model = Arc::new(model);
+        self.errors = errors.clone();
+        ApplyReport { errors, changed }
+    }
+
+    /// Translate every accepted resource; resources whose references do not resolve are
+    /// rejected (falling back to their last good version when that resolves).
+    fn build(
+        &self,
+        entries: &mut BTreeMap<Key, Entry>,
+        errors: &mut Vec<ConfigError>,
+    ) -> MeshModel {
+        let mut fell_back: BTreeSet<Key> = BTreeSet::new();
+        loop {
+            let mut order: Vec<(&Key, &Entry)> = entries.iter().collect();
+            order.sort_by(|(_, a), (_, b)| {
+                (kind_rank(&a.meta.kind), &a.file, a.document).cmp(&(
+                    kind_rank(&b.meta.kind),
+                    &b.file,
+                    b.document,
+                ))
+            });
+            let mut model = MeshModel::default();
+            for (_, e) in &order {
+                e.resource.translate(&e.meta, &mut model);
+            }
+            let mut failing = Vec::new();
+            for (key, e) in &order {
+                let problems = e.resource.check_references(&e.meta, &model);
+                if problems.is_empty() {
+                    continue;
+                }
+                for p in problems {
+                    errors.push(ConfigError {
+                        file: e.file.clone(),
+                        document: e.document,
+                        resource: Some(e.meta.resource_ref()),
+                        field: p.field,
+                        line: p.line,
+                        message: p.message,
+                    });
+                }
+                failing.push((*key).clone());
+            }
+            if failing.is_empty() {
+                return model;
+            }
+            for key in failing {
+                let old = self
+                    .accepted
+                    .get(&key)
+                    .filter(|_| !fell_back.contains(&key));
+                match old {
+                    Some(old) if !Arc::ptr_eq(&old.resource, &entries[&key].resource) => {
+                        entries.insert(key.clone(), old.clone());
+                        fell_back.insert(key);
+                    }
+                    _ => {
+                        entries.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn model(&self) -> Arc<MeshModel> {
+        self.model.clone()
+    }
+
+    /// What is rejected right now.
+    pub fn errors(&self) -> &[ConfigError] {
+        &self.errors
+    }
+}
+
+fn key_of(meta: &Meta) -> Key {
+    (meta.kind.clone(), meta.namespace.clone(), meta.name.clone())
+}
+
+/// Translation order: what routes refer to goes first.
+fn kind_rank(kind: &str) -> u8 {
+    match kind {
+        "Namespace" => 0,
+        "Service" => 1,
+        "ServiceEntry" => 2,
+        "WorkloadEntry" | "Pod" => 3,
+        "DestinationRule" => 4,
+        "Sidecar" => 6,
+        _ => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: user}\nspec:\n  selector: {app: user}\n  ports:\n  - {name: http, port: 8080}\n";
+    const DR: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: user}\nspec:\n  host: user\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+    fn vs(w1: i64, w2: i64) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: user}}\nspec:\n  hosts: [user]\n  http:\n  - route:\n    - destination: {{host: user, subset: v1}}\n      weight: {w1}\n    - destination: {{host: user, subset: v2}}\n      weight: {w2}\n"
+        )
+    }
+
+    fn files(entries: &[(&str, &str)]) -> BTreeMap<PathBuf, String> {
+        entries
+            .iter()
+            .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+            .collect()
+    }
+
+    fn weights(store: &ConfigStore) -> Vec<u32> {
+        use crate::model::RouteAction;
+        let m = store.model();
+        let route = m.routes.first().expect("a route table");
+        match &route.http[0].action {
+            RouteAction::Forward(d) => d.iter().map(|d| d.weight).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_edit_keeps_last_good_version() {
+        let mut store = ConfigStore::default();
+        let good = vs(50, 50);
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &good),
+        ]));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.changed);
+        assert_eq!(weights(&store), [50, 50]);
+
+        let bad = vs(80, 30);
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &bad),
+        ]));
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        let e = r.errors[0].to_string();
+        assert!(
+            e.contains("vs.yaml") && e.contains("VirtualService default/user"),
+            "{e}"
+        );
+        assert!(e.contains("weight"), "{e}");
+        assert!(!r.changed);
+        assert_eq!(weights(&store), [50, 50]);
+
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &vs(80, 20)),
+        ]));
+        assert!(r.errors.is_empty() && r.changed);
+        assert_eq!(weights(&store), [80, 20]);
+        assert!(store.errors().is_empty());
+    }
+
+    #[test]
+    fn yaml_syntax_error_keeps_the_file() {
+        let mut store = ConfigStore::default();
+        store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &vs(50, 50)),
+        ]));
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", "spec: [\n"),
+        ]));
+        assert_eq!(r.errors.len(), 1);
+        assert!(!r.changed);
+        assert_eq!(weights(&store), [50, 50]);
+    }
+
+    #[test]
+    fn deleted_file_removes_its_resources() {
+        let mut store = ConfigStore::default();
+        store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &vs(50, 50)),
+        ]));
+        let r = store.apply_files(files(&[("svc.yaml", SVC), ("dr.yaml", DR)]));
+        assert!(r.changed);
+        assert!(store.model().routes.is_empty());
+    }
+
+    #[test]
+    fn duplicates_are_rejected_naming_both_places() {
+        let mut store = ConfigStore::default();
+        let r = store.apply_files(files(&[("a.yaml", SVC), ("b.yaml", SVC)]));
+        assert_eq!(r.errors.len(), 1);
+        let e = r.errors[0].to_string();
+        assert!(
+            e.starts_with("b.yaml") && e.contains("already defined in a.yaml"),
+            "{e}"
+        );
+        assert_eq!(store.model().services.len(), 1);
+    }
+
+    #[test]
+    fn unknown_subset_is_rejected() {
+        let mut store = ConfigStore::default();
+        let bad = vs(50, 50).replace("subset: v2", "subset: v3");
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", &bad),
+        ]));
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(r.errors[0].field.contains("subset"), "{}", r.errors[0]);
+        assert!(store.model().routes.is_empty());
+    }
+}
