@@ -1,1 +1,43 @@
-fn main() {}
+//! mastctl: the Mast command line, in the spirit of istioctl. `main` only parses and
+//! dispatches; each subcommand lives in its own module.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod analyze;
+mod bootstrap;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mastctl",
+    version,
+    about = "The Mast service mesh command line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate mesh configuration files offline; prints every error, exits 1 on any.
+    Analyze(analyze::Args),
+    /// Print an Envoy bootstrap (JSON) that connects a sidecar to mastd over ADS.
+    Bootstrap(bootstrap::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Analyze(args) => analyze::run(&args),
+        Command::Bootstrap(args) => bootstrap::run(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mastctl: {e:#}");
+            ExitCode::from(64)
+        }
+    }
+}

@@ -4,3 +4,7 @@
 
 pub mod ads;
 pub mod metrics;
+pub mod debug;
+pub mod server;
+pub mod source;
+pub mod xds;

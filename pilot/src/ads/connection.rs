@@ -134,7 +134,7 @@ impl<G: Generator> Connection<G> {
     ) {
         let node = info.node.clone();
         let snapshot = snapshots.borrow_and_update().clone();
-        let resources = match generator.generate(&snapshot.model, &node) {
+        let resources = match generator.generate(&snapshot, &node) {
             Ok(r) => r,
             Err(e) => {
                 warn!(proxy = %node.id, error = %e, "cannot generate config");
@@ -189,7 +189,7 @@ impl<G: Generator> Connection<G> {
 
     /// A new model: regenerate, and push the types whose content changed.
     async fn on_snapshot(&mut self, snapshot: Snapshot) -> Result<(), Closed> {
-        match self.generator.generate(&snapshot.model, &self.node) {
+        match self.generator.generate(&snapshot, &self.node) {
             Ok(resources) => self.resources = resources,
             Err(e) => {
                 // Keep serving what the proxy has; this is a pilot bug, not the proxy's.

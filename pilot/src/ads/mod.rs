@@ -113,7 +113,9 @@ pub trait Generator: Send + Sync + 'static {
     /// Check the node a proxy announced; the error is sent back as the stream's status.
     fn validate_node(&self, node: &Node) -> Result<(), String>;
 
-    fn generate(&self, model: &MeshModel, node: &Node) -> Result<ProxyResources, String>;
+    /// Everything `node` should have under `snapshot`. Called once per connection per
+    /// snapshot, so implementations cache what proxies share.
+    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyResources, String>;
 }
 
 /// The version of a set of resources: a hash over names and versions, stable across runs.

@@ -34,9 +34,9 @@ impl Generator for FakeGenerator {
         Ok(())
     }
 
-    fn generate(&self, model: &MeshModel, _node: &Node) -> Result<ProxyResources, String> {
+    fn generate(&self, snapshot: &Snapshot, _node: &Node) -> Result<ProxyResources, String> {
         let mut r = ProxyResources::default();
-        for (host, svc) in &model.services {
+        for (host, svc) in &snapshot.model.services {
             let cluster = Cluster {
                 name: host.clone(),
                 alt_stat_name: svc.ports.len().to_string(),

@@ -1,0 +1,89 @@
+//! pilot's HTTP endpoints on `--http-addr` (15014, as istiod's monitoring port): Prometheus
+//! metrics and the `/debug/*` pages operators reach for when a proxy's config looks wrong —
+//! what each proxy was sent and acknowledged (`syncz`), the model and current validation
+//! errors (`configz`), and the exact xDS a proxy gets (`config_dump`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::ads::server::TypeStatus;
+use crate::ads::{ConnectionRegistry, Generator, Snapshot};
+use crate::source::SourceStatus;
+
+pub struct DebugState<G> {
+    pub registry: Arc<Registry>,
+    pub connections: Arc<ConnectionRegistry>,
+    pub snapshots: watch::Receiver<Snapshot>,
+    pub source: Arc<SourceStatus>,
+    pub generator: Arc<G>,
+}
+
+pub fn router<G: Generator>(state: Arc<DebugState<G>>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::<G>))
+        .route("/ready", get(|| async { "ready\n" }))
+        .route("/debug/syncz", get(syncz::<G>))
+        .route("/debug/configz", get(configz::<G>))
+        .with_state(state)
+}
+
+async fn metrics<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Response {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct SyncStatus {
+    proxy: String,
+    conn_id: u64,
+    delta: bool,
+    connected_at: u64,
+    types: BTreeMap<&'static str, TypeStatus>,
+}
+
+async fn syncz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Json<Vec<SyncStatus>> {
+    Json(
+        state
+            .connections
+            .list()
+            .into_iter()
+            .map(|c| SyncStatus {
+                proxy: c.node.id.clone(),
+                conn_id: c.conn_id,
+                delta: c.delta,
+                connected_at: c.connected_at,
+                types: c.lock_status().clone(),
+            })
+            .collect(),
+    )
+}
+
+async fn configz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Response {
+    let snapshot = state.snapshots.borrow().clone();
+    let errors: Vec<String> = state.source.errors().iter().map(|e| e.to_string()).collect();
+    Json(serde_json::json!({
+        "version": snapshot.version,
+        "errors": errors,
+        "model": &*snapshot.model,
+    }))
+    .into_response()
+}

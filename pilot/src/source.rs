@@ -1,0 +1,176 @@
+//! The folder config source: watch directories of YAML, keep the last good config, publish
+//! model snapshots.
+//!
+//! Edits arrive as bursts of file-system events (an editor writes a temp file, renames it,
+//! touches the directory), so events are debounced the way istiod debounces pushes: wait for
+//! 100 ms of quiet, but never longer than 10 s after the first event. Every reload re-reads the
+//! whole folder; the [`ConfigStore`] decides what changed and keeps the last good version of
+//! any resource that is now invalid, so a bad edit never takes config away from proxies.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mast_mesh_config::ConfigError;
+use mast_mesh_config::source::read_config_dirs;
+use mast_mesh_config::store::ConfigStore;
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tracing::{error, info, warn};
+
+use crate::ads::Snapshot;
+use crate::metrics::Metrics;
+
+/// Istio's `PILOT_DEBOUNCE_AFTER` and `PILOT_DEBOUNCE_MAX`.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the folder source reports to the debug endpoints.
+#[derive(Debug, Default)]
+pub struct SourceStatus {
+    errors: Mutex<Vec<ConfigError>>,
+}
+
+impl SourceStatus {
+    pub fn errors(&self) -> Vec<ConfigError> {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_errors(&self, errors: Vec<ConfigError>) {
+        *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Watches config directories and publishes a [`Snapshot`] on every accepted change.
+pub struct FolderSource {
+    dirs: Vec<PathBuf>,
+    store: ConfigStore,
+    debounce: Debounce,
+    status: Arc<SourceStatus>,
+    metrics: Arc<Metrics>,
+    version: u64,
+}
+
+// === impl FolderSource ===
+
+impl FolderSource {
+    pub fn new(
+        dirs: Vec<PathBuf>,
+        debounce: Debounce,
+        status: Arc<SourceStatus>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            dirs,
+            store: ConfigStore::default(),
+            debounce,
+            status,
+            metrics,
+            version: 0,
+        }
+    }
+
+    /// Load the folders once, synchronously: mastd serves nothing before the first load.
+    pub fn initial_snapshot(&mut self) -> Snapshot {
+        let started = std::time::Instant::now();
+        self.reload();
+        self.version = 1;
+        Snapshot::new(self.version, self.store.model(), started)
+    }
+
+    /// Watch for changes until `publish` has no receivers left.
+    pub async fn run(mut self, publish: watch::Sender<Snapshot>) -> Result<(), Error> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|source| Error::Watch {
+                path: PathBuf::new(),
+                source,
+            })?;
+        for dir in &self.dirs {
+            watch_dir(&mut watcher, dir)?;
+        }
+        while rx.recv().await.is_some() {
+            let first = std::time::Instant::now();
+            let deadline = Instant::now() + self.debounce.max;
+            let mut quiet_until = Instant::now() + self.debounce.quiet;
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => {
+                        if ev.is_none() {
+                            return Ok(());
+                        }
+                        quiet_until = (Instant::now() + self.debounce.quiet).min(deadline);
+                    }
+                    _ = sleep_until(quiet_until) => break,
+                }
+            }
+            if self.reload() {
+                self.version += 1;
+                self.metrics.config_changes.inc();
+                info!(version = self.version, "config changed; pushing");
+                let snapshot = Snapshot::new(self.version, self.store.model(), first);
+                if publish.send(snapshot).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read every folder; true when the model changed.
+    fn reload(&mut self) -> bool {
+        let files = match read_config_dirs(&self.dirs) {
+            Ok(files) => files,
+            Err(e) => {
+                // Unreadable folder (mid-rename, permissions): keep everything as it is.
+                error!(error = %e, "cannot read config folders; keeping the current config");
+                return false;
+            }
+        };
+        let report = self.store.apply_files(files);
+        for e in &report.errors {
+            warn!("config rejected, last good version kept: {e}");
+        }
+        let errors = self.store.errors().to_vec();
+        self.metrics.rejected_configs.set(errors.len() as i64);
+        self.status.set_errors(errors);
+        report.changed
+    }
+}
+
+fn watch_dir(watcher: &mut RecommendedWatcher, dir: &PathBuf) -> Result<(), Error> {
+    watcher
+        .watch(dir, RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch {
+            path: dir.clone(),
+            source,
+        })
+}

@@ -1,0 +1,640 @@
+//! RDS: one route configuration per HTTP port (named `"<port>"`, as istiod names them), with
+//! a virtual host per service on that port answering to every alias a client may use
+//! (`user`, `user.ns`, `user.ns.svc`, `user.ns.svc.cluster.local`, each also with `:<port>`),
+//! and the routes of the route table (VirtualService, HTTPRoute, TrafficSplit, Knative Route)
+//! that targets the service. Requests for unknown hosts fall through to `PassthroughCluster`,
+//! as with Istio's `ALLOW_ANY`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSpecifier;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, Metadata, RuntimeFractionalPercent,
+};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+    PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
+};
+use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+use envoy_types::pb::envoy::config::route::v3::route::Action;
+use envoy_types::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
+};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+};
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
+};
+use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value};
+use mast_mesh_config::model::{
+    AbortKind, Destination, HashKey, HeaderOperations, HeaderOps, HttpRoute, LoadBalancer,
+    MeshModel, PathRewrite, Redirect, RouteAction as ModelAction, RouteTable, Service,
+    StringMatch, labels_match,
+};
+
+use super::{ProxyNode, any, duration, exported_to, outbound_cluster_name, string_value};
+use crate::ads::{ProxyResources, ROUTE_TYPE, Resource};
+
+/// Istio's default retry conditions.
+const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+pub fn outbound(model: &MeshModel, services: &[&Service], proxy: &ProxyNode, out: &mut ProxyResources) {
+    let mut by_port: BTreeMap<u16, Vec<&Service>> = BTreeMap::new();
+    for svc in services {
+        for port in &svc.ports {
+            if port.protocol.is_http() || port.protocol == mast_mesh_config::model::Protocol::Unknown {
+                by_port.entry(port.port).or_default().push(svc);
+            }
+        }
+    }
+    for (port, svcs) in by_port {
+        let mut virtual_hosts: Vec<VirtualHost> = svcs
+            .iter()
+            .map(|svc| virtual_host(model, svc, port, proxy))
+            .collect();
+        virtual_hosts.push(VirtualHost {
+            name: "allow_any".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "allow_any".into(),
+                r#match: Some(prefix_match("/")),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster("PassthroughCluster".into())),
+                    timeout: Some(duration(std::time::Duration::ZERO)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let rc = RouteConfiguration {
+            name: port.to_string(),
+            virtual_hosts,
+            validate_clusters: Some(BoolValue { value: false }),
+            ..Default::default()
+        };
+        out.insert(ROUTE_TYPE, Resource::new(rc.name.clone(), ROUTE_TYPE, &rc));
+    }
+}
+
+/// The route config of an inbound HTTP chain: everything to the local app.
+pub fn inbound_route_config(cluster: &str) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("{cluster}:*"),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "default".into(),
+                r#match: Some(prefix_match("/")),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_string())),
+                    timeout: Some(duration(std::time::Duration::ZERO)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// The route table that applies to `host` on `port` for this proxy: the first visible one
+/// naming the host (exactly, or by a `*.` wildcard), as istiod merges by creation order.
+fn table_for<'a>(model: &'a MeshModel, host: &str, port: u16, proxy_ns: &str) -> Option<&'a RouteTable> {
+    let matches = |t: &&RouteTable, exact: bool| {
+        exported_to(&t.export_to, &t.namespace, proxy_ns)
+            && t.port.is_none_or(|p| p == port)
+            && t.hosts.iter().any(|h| {
+                if exact {
+                    h == host
+                } else {
+                    h.strip_prefix('*').is_some_and(|suffix| host.ends_with(suffix))
+                }
+            })
+    };
+    model
+        .routes
+        .iter()
+        .find(|t| matches(t, true))
+        .or_else(|| model.routes.iter().find(|t| matches(t, false)))
+}
+
+/// TCP routes of the service's table on `port`: `(cluster, weight)`.
+pub fn tcp_destinations(model: &MeshModel, svc: &Service, port: u16) -> Vec<(String, u32)> {
+    let Some(table) = table_for(model, &svc.hostname, port, &svc.namespace) else {
+        return Vec::new();
+    };
+    table
+        .tcp
+        .iter()
+        .find(|r| r.port.is_none_or(|p| p == port))
+        .map(|r| {
+            r.destinations
+                .iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| (cluster_for(model, &d.destination, port), d.weight))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) -> VirtualHost {
+    let mut routes = Vec::new();
+    let mut catch_all = false;
+    if let Some(table) = table_for(model, &svc.hostname, port, &proxy.namespace) {
+        for (i, rule) in table.http.iter().enumerate() {
+            let applicable: Vec<_> = rule
+                .matches
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port))
+                .filter(|m| labels_match(&m.source_labels, &proxy.labels))
+                .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| *ns == proxy.namespace))
+                .collect();
+            if !rule.matches.is_empty() && applicable.is_empty() {
+                continue;
+            }
+            let action = route_action(model, svc, rule, port);
+            let (req_add, req_remove, resp_add, resp_remove) = header_options(&rule.headers);
+            let mut per_filter = HashMap::new();
+            if let Some(fault) = &rule.fault {
+                per_filter.insert("envoy.filters.http.fault".to_string(), any(&http_fault(fault)));
+            }
+            let base = Route {
+                name: rule.name.clone().unwrap_or_else(|| format!("{}.{}", table.source.name, i)),
+                action: Some(action),
+                metadata: Some(istio_metadata(table)),
+                request_headers_to_add: req_add,
+                request_headers_to_remove: req_remove,
+                response_headers_to_add: resp_add,
+                response_headers_to_remove: resp_remove,
+                typed_per_filter_config: per_filter,
+                ..Default::default()
+            };
+            if applicable.is_empty() {
+                routes.push(Route {
+                    r#match: Some(prefix_match("/")),
+                    ..base
+                });
+                catch_all = true;
+                break;
+            }
+            for m in applicable {
+                let rm = route_match(m);
+                let is_catch_all = matches!(&rm.path_specifier, Some(PathSpecifier::Prefix(p)) if p == "/")
+                    && rm.headers.is_empty()
+                    && rm.query_parameters.is_empty();
+                routes.push(Route {
+                    r#match: Some(rm),
+                    ..base.clone()
+                });
+                catch_all |= is_catch_all;
+            }
+            if catch_all {
+                break;
+            }
+        }
+    }
+    if !catch_all {
+        routes.push(Route {
+            name: "default".into(),
+            r#match: Some(prefix_match("/")),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(outbound_cluster_name(
+                    port,
+                    None,
+                    &svc.hostname,
+                ))),
+                timeout: Some(duration(std::time::Duration::ZERO)),
+                retry_policy: Some(default_retry_policy()),
+                hash_policy: hash_policy(model, &svc.hostname),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+    VirtualHost {
+        name: format!("{}:{port}", svc.hostname),
+        domains: domains(svc, port, &proxy.namespace),
+        routes,
+        include_request_attempt_count: true,
+        ..Default::default()
+    }
+}
+
+/// Every name a client may use for the service, each also with `:<port>`.
+pub fn domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
+    let mut names = vec![svc.hostname.clone()];
+    let suffix = format!(".{}.svc.{}", svc.namespace, mast_mesh_config::model::DEFAULT_DOMAIN_SUFFIX);
+    if let Some(short) = svc.hostname.strip_suffix(&suffix) {
+        names.push(format!("{short}.{}.svc", svc.namespace));
+        names.push(format!("{short}.{}", svc.namespace));
+        if svc.namespace == proxy_ns {
+            names.push(short.to_string());
+        }
+    }
+    names.extend(svc.addresses.iter().cloned());
+    let mut out = Vec::with_capacity(names.len() * 2);
+    for n in names {
+        out.push(format!("{n}:{port}"));
+        out.push(n);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The cluster for a destination: its port if given, else the only port of its service,
+/// else the port the request came in on (istiod's rule).
+fn cluster_for(model: &MeshModel, d: &Destination, port: u16) -> String {
+    let p = d.port.unwrap_or_else(|| {
+        match model.services.get(&d.host).map(|s| s.ports.as_slice()) {
+            Some([only]) => only.port,
+            _ => port,
+        }
+    });
+    outbound_cluster_name(p, d.subset.as_deref(), &d.host)
+}
+
+fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -> Action {
+    match &rule.action {
+        ModelAction::Redirect(r) => Action::Redirect(redirect(r)),
+        ModelAction::DirectResponse { status, body } => Action::DirectResponse(DirectResponseAction {
+            status: u32::from(*status),
+            body: body.as_ref().map(|b| DataSource {
+                specifier: Some(DataSpecifier::InlineString(b.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ModelAction::Forward(dests) => {
+            let live: Vec<_> = dests.iter().filter(|d| d.weight > 0).collect();
+            let cluster_specifier = match live.as_slice() {
+                [] => ClusterSpecifier::Cluster(outbound_cluster_name(port, None, &svc.hostname)),
+                [one] if one.headers.is_empty() => {
+                    ClusterSpecifier::Cluster(cluster_for(model, &one.destination, port))
+                }
+                many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+                    clusters: many
+                        .iter()
+                        .map(|d| {
+                            let (ra, rr, sa, sr) = header_options(&d.headers);
+                            ClusterWeight {
+                                name: cluster_for(model, &d.destination, port),
+                                weight: Some(UInt32Value { value: d.weight }),
+                                request_headers_to_add: ra,
+                                request_headers_to_remove: rr,
+                                response_headers_to_add: sa,
+                                response_headers_to_remove: sr,
+                                ..Default::default()
+                            }
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+            };
+            let host = live
+                .first()
+                .map(|d| d.destination.host.clone())
+                .unwrap_or_else(|| svc.hostname.clone());
+            let mut action = RouteAction {
+                cluster_specifier: Some(cluster_specifier),
+                timeout: Some(duration(rule.timeout.unwrap_or_default())),
+                retry_policy: match &rule.retries {
+                    None => Some(default_retry_policy()),
+                    Some(r) if r.attempts == 0 => None,
+                    Some(r) => Some(retry_policy(r)),
+                },
+                request_mirror_policies: rule
+                    .mirrors
+                    .iter()
+                    .map(|m| RequestMirrorPolicy {
+                        cluster: cluster_for(model, &m.destination, port),
+                        runtime_fraction: Some(RuntimeFractionalPercent {
+                            default_value: Some(fraction(m.percentage)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+                hash_policy: hash_policy(model, &host),
+                ..Default::default()
+            };
+            if let Some(rw) = &rule.rewrite {
+                match &rw.path {
+                    Some(PathRewrite::Prefix(p)) => action.prefix_rewrite = p.clone(),
+                    Some(PathRewrite::Full(p)) => {
+                        action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                            pattern: Some(regex("^/.*$")),
+                            substitution: p.clone(),
+                        });
+                    }
+                    Some(PathRewrite::Regex { pattern, substitution }) => {
+                        action.regex_rewrite = Some(RegexMatchAndSubstitute {
+                            pattern: Some(regex(pattern)),
+                            substitution: substitution.clone(),
+                        });
+                    }
+                    None => {}
+                }
+                if let Some(a) = &rw.authority {
+                    action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+                }
+            }
+            Action::Route(action)
+        }
+    }
+}
+
+fn hash_policy(model: &MeshModel, host: &str) -> Vec<HashPolicy> {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
+        ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
+    };
+    let Some(LoadBalancer::ConsistentHash(key)) = model
+        .destination_policies
+        .get(host)
+        .and_then(|d| d.traffic_policy.load_balancer.as_ref())
+    else {
+        return Vec::new();
+    };
+    let spec = match key {
+        HashKey::Header(name) => PolicySpecifier::Header(Header {
+            header_name: name.clone(),
+            ..Default::default()
+        }),
+        HashKey::Cookie { name, ttl } => PolicySpecifier::Cookie(Cookie {
+            name: name.clone(),
+            ttl: ttl.map(duration),
+            ..Default::default()
+        }),
+        HashKey::SourceIp => PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+        HashKey::QueryParameter(name) => PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() }),
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(spec),
+        ..Default::default()
+    }]
+}
+
+fn redirect(r: &Redirect) -> RedirectAction {
+    RedirectAction {
+        scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+        host_redirect: r.host.clone().unwrap_or_default(),
+        port_redirect: r.port.map(u32::from).unwrap_or_default(),
+        path_rewrite_specifier: match &r.path {
+            Some(PathRewrite::Full(p)) => Some(PathRewriteSpecifier::PathRedirect(p.clone())),
+            Some(PathRewrite::Prefix(p)) => Some(PathRewriteSpecifier::PrefixRewrite(p.clone())),
+            _ => None,
+        },
+        response_code: match r.status {
+            302 => RedirectResponseCode::Found,
+            303 => RedirectResponseCode::SeeOther,
+            307 => RedirectResponseCode::TemporaryRedirect,
+            308 => RedirectResponseCode::PermanentRedirect,
+            _ => RedirectResponseCode::MovedPermanently,
+        } as i32,
+        ..Default::default()
+    }
+}
+
+fn route_match(m: &mast_mesh_config::model::RouteMatch) -> RouteMatch {
+    let path_specifier = Some(match &m.uri {
+        None => PathSpecifier::Prefix("/".into()),
+        Some(StringMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        Some(StringMatch::Prefix(p)) => PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch::Regex(r)) => PathSpecifier::SafeRegex(regex(r)),
+    });
+    let mut headers: Vec<HeaderMatcher> = m
+        .headers
+        .iter()
+        .map(|h| HeaderMatcher {
+            name: h.name.clone(),
+            invert_match: h.invert,
+            header_match_specifier: Some(match &h.value {
+                None => HeaderMatchSpecifier::PresentMatch(true),
+                Some(v) => HeaderMatchSpecifier::StringMatch(string_matcher(v)),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    for (name, v) in [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)] {
+        if let Some(v) = v {
+            headers.push(HeaderMatcher {
+                name: name.into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(string_matcher(v))),
+                ..Default::default()
+            });
+        }
+    }
+    RouteMatch {
+        path_specifier,
+        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        headers,
+        query_parameters: m
+            .query_params
+            .iter()
+            .map(|q| QueryParameterMatcher {
+                name: q.name.clone(),
+                query_parameter_match_specifier: Some(match &q.value {
+                    None => QueryParameterMatchSpecifier::PresentMatch(true),
+                    Some(v) => QueryParameterMatchSpecifier::StringMatch(string_matcher(v)),
+                }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn string_matcher(m: &StringMatch) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(match m {
+            StringMatch::Exact(s) => MatchPattern::Exact(s.clone()),
+            StringMatch::Prefix(s) => MatchPattern::Prefix(s.clone()),
+            StringMatch::Regex(r) => MatchPattern::SafeRegex(regex(r)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> RegexMatcher {
+    RegexMatcher {
+        regex: r.to_string(),
+        ..Default::default()
+    }
+}
+
+fn prefix_match(p: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+/// Istio's retry policy when a route sets none: 2 attempts, on connection-level failures and
+/// 503, each to a host not tried before.
+pub fn default_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.into(),
+        num_retries: Some(UInt32Value { value: 2 }),
+        retriable_status_codes: vec![503],
+        retry_host_predicate: vec![previous_hosts()],
+        host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    }
+}
+
+fn previous_hosts() -> RetryHostPredicate {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType;
+    RetryHostPredicate {
+        name: "envoy.retry_host_predicates.previous_hosts".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&PreviousHostsPredicate {}))),
+    }
+}
+
+fn retry_policy(r: &mast_mesh_config::model::RetryPolicy) -> RetryPolicy {
+    // Istio: status codes in retryOn become retriable_status_codes.
+    let mut on = Vec::new();
+    let mut codes = Vec::new();
+    for part in r.retry_on.as_deref().unwrap_or(DEFAULT_RETRY_ON).split(',') {
+        let part = part.trim();
+        match part.parse::<u32>() {
+            Ok(code) => codes.push(code),
+            Err(_) if !part.is_empty() => on.push(part.to_string()),
+            Err(_) => {}
+        }
+    }
+    if !codes.is_empty() && !on.iter().any(|p| p == "retriable-status-codes") {
+        on.push("retriable-status-codes".into());
+    }
+    if r.retry_on.is_none() {
+        codes.push(503);
+    }
+    RetryPolicy {
+        retry_on: on.join(","),
+        num_retries: Some(UInt32Value { value: r.attempts }),
+        per_try_timeout: r.per_try_timeout.map(duration),
+        retriable_status_codes: codes,
+        retry_host_predicate: vec![previous_hosts()],
+        host_selection_retry_max_attempts: 5,
+        ..Default::default()
+    }
+}
+
+/// A percentage as Envoy's fraction of a million (Istio's precision).
+fn fraction(percent: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (percent * 10_000.0).round().clamp(0.0, 1_000_000.0) as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+fn http_fault(f: &mast_mesh_config::model::FaultInjection) -> HttpFault {
+    HttpFault {
+        delay: f.delay.as_ref().map(|d| FaultDelay {
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(d.fixed_delay))),
+            percentage: Some(fraction(d.percentage)),
+            ..Default::default()
+        }),
+        abort: f.abort.as_ref().map(|a| FaultAbort {
+            error_type: Some(match &a.kind {
+                AbortKind::HttpStatus(s) => ErrorType::HttpStatus(u32::from(*s)),
+                AbortKind::GrpcStatus(s) => ErrorType::GrpcStatus(grpc_code(s)),
+            }),
+            percentage: Some(fraction(a.percentage)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// gRPC status names as Istio accepts them (`UNAVAILABLE`), or a number.
+fn grpc_code(name: &str) -> u32 {
+    const CODES: [&str; 17] = [
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    name.parse()
+        .ok()
+        .or_else(|| CODES.iter().position(|c| *c == name).map(|i| i as u32))
+        .unwrap_or(2)
+}
+
+type HeaderOptions = (Vec<HeaderValueOption>, Vec<String>, Vec<HeaderValueOption>, Vec<String>);
+
+fn header_options(h: &HeaderOperations) -> HeaderOptions {
+    let opts = |ops: &HeaderOps| {
+        let mut v = Vec::new();
+        for (k, val) in &ops.set {
+            v.push(header_value(k, val, HeaderAppendAction::OverwriteIfExistsOrAdd));
+        }
+        for (k, val) in &ops.add {
+            v.push(header_value(k, val, HeaderAppendAction::AppendIfExistsOrAdd));
+        }
+        v
+    };
+    (
+        opts(&h.request),
+        h.request.remove.clone(),
+        opts(&h.response),
+        h.response.remove.clone(),
+    )
+}
+
+fn header_value(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}
+
+/// `filter_metadata.istio.config`: which resource a route came from, as istiod records it.
+fn istio_metadata(table: &RouteTable) -> Metadata {
+    let (group, kind) = match table.source.kind.as_str() {
+        "VirtualService" => ("networking.istio.io/v1", "virtual-service"),
+        "HTTPRoute" => ("gateway.networking.k8s.io/v1", "httproute"),
+        "GRPCRoute" => ("gateway.networking.k8s.io/v1", "grpcroute"),
+        "TrafficSplit" => ("split.smi-spec.io/v1alpha4", "trafficsplit"),
+        _ => ("serving.knative.dev/v1", "route"),
+    };
+    let path = format!(
+        "/apis/{group}/namespaces/{}/{kind}/{}",
+        table.source.namespace, table.source.name
+    );
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("config".to_string(), string_value(&path));
+    Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    }
+}
