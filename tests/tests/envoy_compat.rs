@@ -14,6 +14,9 @@ use mast_e2e::{
     tally_between, write_atomic,
 };
 
+const BOTH_VERSIONS: &str = "{app: user}";
+const NO_WORKLOAD: &str = "{app: user, version: none}";
+
 const CLIENT: PodSpec<'static> = PodSpec {
     name: "client-1",
     namespace: "default",
@@ -21,14 +24,17 @@ const CLIENT: PodSpec<'static> = PodSpec {
     service_account: "client",
 };
 
-/// The user service, its two versions' workloads, and their subsets.
-fn base_config(port: u16, v1: &Backend, v2: &Backend) -> String {
+/// The user service, its two versions' workloads, and their subsets. `user` selects
+/// `user_selector`: both versions for the VirtualService tests, nothing for the dialect tests,
+/// so that only the dialect's route can produce a 200 (a route that was not applied must fail
+/// the test, not fall back to an even split over both versions).
+fn base_config(port: u16, v1: &Backend, v2: &Backend, user_selector: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
 metadata: {{name: user, namespace: default}}
 spec:
-  selector: {{app: user}}
+  selector: {user_selector}
   ports:
   - {{name: http, port: {port}, targetPort: http}}
 ---
@@ -109,10 +115,10 @@ struct Mesh {
 
 impl Mesh {
     /// Start backends, mastd with `files` (name → YAML, beside the base config unless
-    /// `with_base` is false), and a client Envoy; wait until `host` answers through Envoy.
+    /// `base_selector` is None), and a client Envoy; wait until `host` answers through Envoy.
     async fn start(
         files: impl FnOnce(u16, &Backend, &Backend) -> Vec<(&'static str, String)>,
-        with_base: bool,
+        base_selector: Option<&str>,
         host: &str,
         service_port: Option<u16>,
         delta: bool,
@@ -123,8 +129,8 @@ impl Mesh {
         let v1 = Backend::start("v1").await?;
         let v2 = Backend::start("v2").await?;
         let port = service_port.unwrap_or_else(free_port);
-        if with_base {
-            std::fs::write(config.join("base.yaml"), base_config(port, &v1, &v2))?;
+        if let Some(selector) = base_selector {
+            std::fs::write(config.join("base.yaml"), base_config(port, &v1, &v2, selector))?;
         }
         for (name, text) in files(port, &v1, &v2) {
             std::fs::write(config.join(name), text)?;
@@ -169,7 +175,7 @@ fn assert_share(what: &str, got: f64, want: f64) {
 async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
     let mesh = Mesh::start(
         |_, _, _| vec![("user-split.yaml", virtual_service(50, 50))],
-        true,
+        Some(BOTH_VERSIONS),
         "user",
         None,
         false,
@@ -178,6 +184,7 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
 
     // 50/50 over 2000 requests.
     let t = send_requests(&mesh.url, "user", &[], 2000, 8).await;
+    eprintln!("50/50 through Envoy: {:?} of {}", t.by_body, t.total());
     assert_eq!(t.failures(), 0, "failures: {:?}", t.errors);
     assert_share("v1 at 50/50", t.percent("v1"), 50.0);
     assert_share("v2 at 50/50", t.percent("v2"), 50.0);
@@ -201,6 +208,23 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
         all.errors
     );
     let after = tally_between(&seen, changed + Duration::from_secs(1), end);
+    eprintln!(
+        "live change: {} requests across it, {} failed; 1s after: {:?}",
+        all.total(),
+        all.failures(),
+        after.by_body
+    );
+    // When did Envoy switch? The first moment from which every later window is 80/20.
+    let first_v1_heavy = seen
+        .iter()
+        .filter(|(at, _)| *at >= changed)
+        .collect::<Vec<_>>()
+        .chunks(100)
+        .position(|w| {
+            let v1 = w.iter().filter(|(_, r)| matches!(r, Ok((_, b)) if b == "v1")).count();
+            v1 >= 70
+        });
+    eprintln!("first 100-request window at ≥70% v1 after the edit: #{first_v1_heavy:?}");
     assert!(
         after.total() >= 500,
         "too little traffic: {}",
@@ -279,7 +303,7 @@ spec:
 "#;
     let mesh = Mesh::start(
         |_, _, _| vec![("user-vs.yaml", vs.to_string())],
-        true,
+        Some(BOTH_VERSIONS),
         "user",
         None,
         true,
@@ -384,13 +408,13 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
     type Files = fn(u16, &Backend, &Backend) -> Vec<(&'static str, String)>;
-    let cases: [(&str, Files, bool, Option<u16>); 3] = [
-        ("Gateway API HTTPRoute", http_route, true, None),
-        ("SMI TrafficSplit", traffic_split, true, None),
+    let cases: [(&str, Files, Option<&str>, Option<u16>); 3] = [
+        ("Gateway API HTTPRoute", http_route, Some(NO_WORKLOAD), None),
+        ("SMI TrafficSplit", traffic_split, Some(NO_WORKLOAD), None),
         // A Knative route's service listens on port 80, as Knative's does.
-        ("Knative Route", knative_route, false, Some(80)),
+        ("Knative Route", knative_route, None, Some(80)),
     ];
-    for (dialect, files, with_base, port) in cases {
+    for (dialect, files, base_selector, port) in cases {
         let mesh = Mesh::start(
             |p, v1, v2| {
                 files(p, v1, v2)
@@ -398,7 +422,7 @@ async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
                     .map(|(n, t)| (n, t.replace("PORT", &p.to_string())))
                     .collect()
             },
-            with_base,
+            base_selector,
             "user",
             port,
             false,
@@ -406,6 +430,7 @@ async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
         .await
         .map_err(|e| e.context(dialect))?;
         let t = send_requests(&mesh.url, "user", &[], 2000, 8).await;
+        eprintln!("{dialect} 50/50 through Envoy: {:?}", t.by_body);
         assert_eq!(t.failures(), 0, "{dialect}: {:?}", t.errors);
         assert_share(&format!("{dialect} v1"), t.percent("v1"), 50.0);
         assert_share(&format!("{dialect} v2"), t.percent("v2"), 50.0);

@@ -1,7 +1,748 @@
-//! Placeholder while the gateway dialect is written; owns no kinds yet.
+//! Gateway API (`gateway.networking.k8s.io`) in mesh mode — GAMMA: an HTTPRoute or GRPCRoute
+//! whose parentRef is a Service routes the traffic *to that Service*, from every sidecar.
+//!
+//! Routes attached to Gateways configure ingress, which Mast does not run yet: they are
+//! validated and accepted but add nothing. Validation follows the CRDs' OpenAPI and CEL rules
+//! (path characters, header names, ports, filter/field agreement, redirect-vs-backend
+//! exclusivity) so users get the rejection kubectl would have given them.
 
-use super::{Document, ParseResult};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
 
-pub fn parse(_doc: &Document<'_>) -> ParseResult {
-    None
+use serde::Deserialize;
+
+use super::duration::parse_duration;
+use super::kube::port_number;
+use super::{Document, FieldError, Meta, MeshResource, ParseResult, deserialize};
+use crate::model::*;
+
+pub fn parse(doc: &Document<'_>) -> ParseResult {
+    if doc.meta.group() != "gateway.networking.k8s.io" {
+        return None;
+    }
+    Some(match doc.meta.kind.as_str() {
+        "HTTPRoute" => parse_route(doc, false).map(|r| Box::new(r) as Box<dyn MeshResource>),
+        "GRPCRoute" => parse_route(doc, true).map(|r| Box::new(r) as Box<dyn MeshResource>),
+        "Gateway" => parse_gateway(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>),
+        "GatewayClass" => {
+            parse_gateway_class(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>)
+        }
+        "ReferenceGrant" => {
+            parse_reference_grant(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>)
+        }
+        "TLSRoute" => parse_tls_route(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>),
+        _ => Ok(Box::new(Accepted) as Box<dyn MeshResource>),
+    })
+}
+
+/// A kind accepted for completeness (ingress, TLS/TCP/UDP routes, policies).
+#[derive(Debug)]
+struct Accepted;
+
+impl MeshResource for Accepted {
+    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
+}
+
+// === HTTPRoute / GRPCRoute ===
+
+#[derive(Debug, Deserialize)]
+struct RouteDoc {
+    #[serde(default)]
+    spec: RouteSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteSpec {
+    #[serde(default)]
+    parent_refs: Vec<ParentRef>,
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ParentRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Rule {
+    name: Option<String>,
+    #[serde(default)]
+    matches: Vec<Match>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+    timeouts: Option<Timeouts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Match {
+    path: Option<PathMatch>,
+    #[serde(default)]
+    headers: Vec<ValueMatch>,
+    #[serde(default)]
+    query_params: Vec<ValueMatch>,
+    method: Option<MethodMatch>,
+}
+
+/// HTTPRoute's `method` is a string; GRPCRoute's is `{service, method}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MethodMatch {
+    Http(String),
+    Grpc(GrpcMethod),
+}
+
+#[derive(Debug, Deserialize)]
+struct GrpcMethod {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PathMatch {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ValueMatch {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Filter {
+    #[serde(rename = "type")]
+    kind: String,
+    request_header_modifier: Option<HeaderModifier>,
+    response_header_modifier: Option<HeaderModifier>,
+    request_redirect: Option<RequestRedirect>,
+    #[serde(rename = "urlRewrite")]
+    url_rewrite: Option<UrlRewrite>,
+    request_mirror: Option<RequestMirror>,
+    extension_ref: Option<serde_json::Value>,
+    cors: Option<serde_json::Value>,
+    external_auth: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HeaderModifier {
+    #[serde(default)]
+    set: Vec<NameValue>,
+    #[serde(default)]
+    add: Vec<NameValue>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestRedirect {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+    port: Option<i64>,
+    status_code: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PathModifier {
+    #[serde(rename = "type")]
+    kind: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UrlRewrite {
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestMirror {
+    backend_ref: BackendRef,
+    percent: Option<f64>,
+    fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Fraction {
+    numerator: f64,
+    denominator: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<i64>,
+    weight: Option<i64>,
+    #[serde(default)]
+    filters: Vec<Filter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Timeouts {
+    request: Option<String>,
+    backend_request: Option<String>,
+}
+
+#[derive(Debug)]
+struct RouteResource {
+    tables: Vec<RouteTable>,
+}
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+fn is_core_service(group: Option<&str>, kind: Option<&str>) -> bool {
+    matches!(group, None | Some("") | Some("core")) && matches!(kind, None | Some("Service"))
+}
+
+/// RFC 7230 token characters, which header names must use.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// The CRD's path pattern: RFC 3986 path characters, no `[`/`]`, no `//`, `/./` or `/../`.
+fn valid_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains("//")
+        && !p.contains("/./")
+        && !p.contains("/../")
+        && !p.ends_with("/..")
+        && !p.ends_with("/.")
+        && p.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&b)
+        })
+}
+
+/// A DNS-1123 subdomain hostname, optionally with a leading `*.` wildcard.
+fn valid_hostname(h: &str, wildcard: bool) -> bool {
+    let h = if wildcard { h.strip_prefix("*.").unwrap_or(h) } else { h };
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn duration(s: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<Duration> {
+    parse_duration(s)
+        .map_err(|e| errors.push(FieldError::new(field, e)))
+        .ok()
+}
+
+fn header_ops(m: &HeaderModifier, field: &str, errors: &mut Vec<FieldError>) -> HeaderOps {
+    let mut seen = BTreeSet::new();
+    for (list, entries) in [("set", &m.set), ("add", &m.add)] {
+        for (i, nv) in entries.iter().enumerate() {
+            if !valid_header_name(&nv.name) {
+                errors.push(FieldError::new(format!("{field}.{list}[{i}].name"), format!("{:?} is not a valid header name", nv.name)));
+            }
+            if !seen.insert((list, nv.name.to_ascii_lowercase())) {
+                errors.push(FieldError::new(format!("{field}.{list}[{i}].name"), format!("duplicate header {:?}", nv.name)));
+            }
+        }
+    }
+    let mut removed = BTreeSet::new();
+    for (i, r) in m.remove.iter().enumerate() {
+        if !removed.insert(r.to_ascii_lowercase()) {
+            errors.push(FieldError::new(format!("{field}.remove[{i}]"), format!("duplicate header {r:?}")));
+        }
+    }
+    HeaderOps {
+        set: m.set.iter().map(|nv| (nv.name.clone(), nv.value.clone())).collect(),
+        add: m.add.iter().map(|nv| (nv.name.clone(), nv.value.clone())).collect(),
+        remove: m.remove.clone(),
+    }
+}
+
+fn backend_destination(b: &BackendRef, ns: &str, field: &str, errors: &mut Vec<FieldError>) -> Destination {
+    if !is_core_service(b.group.as_deref(), b.kind.as_deref()) {
+        errors.push(FieldError::new(
+            field.to_string(),
+            format!(
+                "backend {}/{} is not supported: only core Services (group \"\", kind Service)",
+                b.group.as_deref().unwrap_or(""),
+                b.kind.as_deref().unwrap_or("Service")
+            ),
+        ));
+    }
+    let port = match b.port {
+        None => {
+            errors.push(FieldError::new(format!("{field}.port"), "required when referring to a Service"));
+            None
+        }
+        Some(p) => port_number(p, &format!("{field}.port"), errors),
+    };
+    Destination {
+        host: service_fqdn(&b.name, b.namespace.as_deref().unwrap_or(ns)),
+        subset: None,
+        port,
+    }
+}
+
+/// Filters common to rules and backends; returns what they add to the route.
+#[derive(Default)]
+struct Applied {
+    headers: HeaderOperations,
+    redirect: Option<Redirect>,
+    rewrite: Option<Rewrite>,
+    mirrors: Vec<Mirror>,
+}
+
+fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, errors: &mut Vec<FieldError>) -> Applied {
+    let mut out = Applied::default();
+    let mut seen_types = BTreeSet::new();
+    for (i, f) in filters.iter().enumerate() {
+        let ff = format!("{field}[{i}]");
+        let set_fields: Vec<&str> = [
+            ("RequestHeaderModifier", f.request_header_modifier.is_some()),
+            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            ("RequestRedirect", f.request_redirect.is_some()),
+            ("URLRewrite", f.url_rewrite.is_some()),
+            ("RequestMirror", f.request_mirror.is_some()),
+            ("ExtensionRef", f.extension_ref.is_some()),
+            ("CORS", f.cors.is_some()),
+            ("ExternalAuth", f.external_auth.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(t, _)| *t)
+        .collect();
+        if set_fields != [f.kind.as_str()] {
+            errors.push(FieldError::new(
+                format!("{ff}.type"),
+                format!("filter type {} must be configured by its own field, and only by it (found: {})", f.kind, if set_fields.is_empty() { "none".to_string() } else { set_fields.join(", ") }),
+            ));
+            continue;
+        }
+        if f.kind != "RequestMirror" && f.kind != "ExtensionRef" && !seen_types.insert(f.kind.clone()) {
+            errors.push(FieldError::new(format!("{ff}.type"), format!("filter {} may appear only once", f.kind)));
+        }
+        if let Some(m) = &f.request_header_modifier {
+            out.headers.request = header_ops(m, &format!("{ff}.requestHeaderModifier"), errors);
+        }
+        if let Some(m) = &f.response_header_modifier {
+            out.headers.response = header_ops(m, &format!("{ff}.responseHeaderModifier"), errors);
+        }
+        if let Some(r) = &f.request_redirect {
+            let rf = format!("{ff}.requestRedirect");
+            if let Some(h) = &r.hostname
+                && !valid_hostname(h, false)
+            {
+                errors.push(FieldError::new(format!("{rf}.hostname"), format!("{h:?} is not a valid hostname (no wildcards)")));
+            }
+            if let Some(s) = &r.scheme
+                && s != "http"
+                && s != "https"
+            {
+                errors.push(FieldError::new(format!("{rf}.scheme"), format!("{s:?} is not http or https")));
+            }
+            let status = match r.status_code.unwrap_or(302) {
+                c @ (301 | 302 | 303 | 307 | 308) => c as u16,
+                c => {
+                    errors.push(FieldError::new(format!("{rf}.statusCode"), format!("{c} is not 301, 302, 303, 307 or 308")));
+                    302
+                }
+            };
+            out.redirect = Some(Redirect {
+                scheme: r.scheme.clone(),
+                host: r.hostname.clone(),
+                port: r.port.and_then(|p| port_number(p, &format!("{rf}.port"), errors)),
+                path: r.path.as_ref().and_then(|p| path_modifier(p, &format!("{rf}.path"), prefix_match, errors)),
+                status,
+            });
+        }
+        if let Some(u) = &f.url_rewrite {
+            let uf = format!("{ff}.urlRewrite");
+            if let Some(h) = &u.hostname
+                && !valid_hostname(h, false)
+            {
+                errors.push(FieldError::new(format!("{uf}.hostname"), format!("{h:?} is not a valid hostname")));
+            }
+            out.rewrite = Some(Rewrite {
+                path: u.path.as_ref().and_then(|p| path_modifier(p, &format!("{uf}.path"), prefix_match, errors)),
+                authority: u.hostname.clone(),
+            });
+        }
+        if let Some(m) = &f.request_mirror {
+            let mf = format!("{ff}.requestMirror");
+            let percentage = match (m.percent, &m.fraction) {
+                (Some(p), _) => p,
+                (None, Some(fr)) => 100.0 * fr.numerator / fr.denominator.unwrap_or(100.0).max(1.0),
+                (None, None) => 100.0,
+            };
+            out.mirrors.push(Mirror {
+                destination: backend_destination(&m.backend_ref, ns, &format!("{mf}.backendRef"), errors),
+                percentage,
+            });
+        }
+    }
+    out
+}
+
+fn path_modifier(p: &PathModifier, field: &str, prefix_match: bool, errors: &mut Vec<FieldError>) -> Option<PathRewrite> {
+    match (p.kind.as_str(), &p.replace_full_path, &p.replace_prefix_match) {
+        ("ReplaceFullPath", Some(full), None) => Some(PathRewrite::Full(full.clone())),
+        ("ReplacePrefixMatch", None, Some(prefix)) => {
+            if !prefix_match {
+                errors.push(FieldError::new(format!("{field}.type"), "ReplacePrefixMatch needs a PathPrefix match"));
+            }
+            Some(PathRewrite::Prefix(prefix.clone()))
+        }
+        (kind, _, _) => {
+            errors.push(FieldError::new(format!("{field}.type"), format!("type {kind} needs exactly its own field (replaceFullPath or replacePrefixMatch)")));
+            None
+        }
+    }
+}
+
+fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<FieldError>> {
+    let route: RouteDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let ns = doc.meta.namespace.as_str();
+    let mut errors = Vec::new();
+    for (i, h) in route.spec.hostnames.iter().enumerate() {
+        if !valid_hostname(h, true) {
+            errors.push(FieldError::new(format!("spec.hostnames[{i}]"), format!("{h:?} is not a valid hostname")));
+        }
+    }
+    let mut http = Vec::new();
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let rf = format!("spec.rules[{ri}]");
+        let mut matches = Vec::new();
+        let mut prefix_match = rule.matches.is_empty();
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let mf = format!("{rf}.matches[{mi}]");
+            let mut rm = RouteMatch::default();
+            if let Some(p) = &m.path {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                let kind = p.kind.as_deref().unwrap_or("PathPrefix");
+                rm.uri = match kind {
+                    "Exact" | "PathPrefix" => {
+                        if !valid_path(&value) {
+                            errors.push(FieldError::new(format!("{mf}.path.value"), format!("{value:?} must be an absolute path of URL path characters")));
+                        }
+                        if kind == "Exact" {
+                            Some(StringMatch::Exact(value))
+                        } else {
+                            prefix_match = true;
+                            Some(StringMatch::Prefix(value))
+                        }
+                    }
+                    "RegularExpression" => {
+                        if let Err(e) = regex::Regex::new(&value) {
+                            errors.push(FieldError::new(format!("{mf}.path.value"), format!("invalid regex: {e}")));
+                        }
+                        Some(StringMatch::Regex(value))
+                    }
+                    other => {
+                        errors.push(FieldError::new(format!("{mf}.path.type"), format!("unknown type {other:?}")));
+                        None
+                    }
+                };
+            } else {
+                prefix_match = true;
+            }
+            for (list, field, entries) in [("headers", "headers", &m.headers), ("queryParams", "queryParams", &m.query_params)] {
+                let mut seen = BTreeSet::new();
+                for (hi, h) in entries.iter().enumerate() {
+                    let hf = format!("{mf}.{field}[{hi}]");
+                    let key = if list == "headers" { h.name.to_ascii_lowercase() } else { h.name.clone() };
+                    if !seen.insert(key) {
+                        errors.push(FieldError::new(format!("{hf}.name"), format!("duplicate match on {:?}", h.name)));
+                    }
+                    if list == "headers" && !valid_header_name(&h.name) {
+                        errors.push(FieldError::new(format!("{hf}.name"), format!("{:?} is not a valid header name", h.name)));
+                    }
+                    let value = match h.kind.as_deref().unwrap_or("Exact") {
+                        "Exact" => StringMatch::Exact(h.value.clone()),
+                        "RegularExpression" => {
+                            if let Err(e) = regex::Regex::new(&h.value) {
+                                errors.push(FieldError::new(format!("{hf}.value"), format!("invalid regex: {e}")));
+                            }
+                            StringMatch::Regex(h.value.clone())
+                        }
+                        other => {
+                            errors.push(FieldError::new(format!("{hf}.type"), format!("unknown type {other:?}")));
+                            StringMatch::Exact(h.value.clone())
+                        }
+                    };
+                    if list == "headers" {
+                        rm.headers.push(HeaderMatch { name: h.name.to_ascii_lowercase(), value: Some(value), invert: false });
+                    } else {
+                        rm.query_params.push(QueryMatch { name: h.name.clone(), value: Some(value) });
+                    }
+                }
+            }
+            match &m.method {
+                None => {}
+                Some(MethodMatch::Http(method)) => {
+                    if !METHODS.contains(&method.as_str()) {
+                        errors.push(FieldError::new(format!("{mf}.method"), format!("{method:?} is not an HTTP method")));
+                    }
+                    rm.method = Some(StringMatch::Exact(method.clone()));
+                }
+                Some(MethodMatch::Grpc(g)) => {
+                    // gRPC calls are POST /<service>/<method>.
+                    let service = g.service.as_deref().unwrap_or("");
+                    let method = g.method.as_deref().unwrap_or("");
+                    let regex_type = g.kind.as_deref() == Some("RegularExpression");
+                    rm.uri = match (service.is_empty(), method.is_empty(), regex_type) {
+                        (true, true, _) => {
+                            errors.push(FieldError::new(format!("{mf}.method"), "service or method is required"));
+                            None
+                        }
+                        (false, false, false) => Some(StringMatch::Exact(format!("/{service}/{method}"))),
+                        (false, true, false) => Some(StringMatch::Prefix(format!("/{service}/"))),
+                        (true, false, false) => Some(StringMatch::Regex(format!("/[^/]+/{}", regex::escape(method)))),
+                        (_, _, true) => Some(StringMatch::Regex(format!(
+                            "/{}/{}",
+                            if service.is_empty() { "[^/]+" } else { service },
+                            if method.is_empty() { "[^/]+" } else { method }
+                        ))),
+                    };
+                }
+            }
+            if grpc && m.method.is_none() && m.path.is_some() {
+                errors.push(FieldError::new(format!("{mf}.path"), "GRPCRoute matches by method, not path"));
+            }
+            matches.push(rm);
+        }
+        let applied = apply_filters(&rule.filters, ns, &format!("{rf}.filters"), prefix_match, &mut errors);
+        if applied.redirect.is_some() && !rule.backend_refs.is_empty() {
+            errors.push(FieldError::new(format!("{rf}.filters"), "RequestRedirect and backendRefs cannot be used together"));
+        }
+        if applied.redirect.is_some() && applied.rewrite.is_some() {
+            errors.push(FieldError::new(format!("{rf}.filters"), "RequestRedirect and URLRewrite cannot be used together"));
+        }
+        let mut destinations = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let bf = format!("{rf}.backendRefs[{bi}]");
+            let destination = backend_destination(b, ns, &bf, &mut errors);
+            let weight = match b.weight.unwrap_or(1) {
+                w @ 0..=1_000_000 => w as u32,
+                w => {
+                    errors.push(FieldError::new(format!("{bf}.weight"), format!("{w} is not in 0-1000000")));
+                    0
+                }
+            };
+            let backend = apply_filters(&b.filters, ns, &format!("{bf}.filters"), prefix_match, &mut errors);
+            destinations.push(WeightedDestination { destination, weight, headers: backend.headers });
+        }
+        let timeout = rule.timeouts.as_ref().and_then(|t| {
+            let request = t.request.as_deref().and_then(|d| duration(d, &format!("{rf}.timeouts.request"), &mut errors));
+            let backend = t.backend_request.as_deref().and_then(|d| duration(d, &format!("{rf}.timeouts.backendRequest"), &mut errors));
+            request.or(backend)
+        });
+        let action = match applied.redirect {
+            Some(r) => RouteAction::Redirect(r),
+            // Gateway API: no backends, or all at weight 0, answers 500.
+            None if destinations.iter().all(|d| d.weight == 0) && !destinations.is_empty() => {
+                RouteAction::DirectResponse { status: 500, body: None }
+            }
+            None if destinations.is_empty() => RouteAction::DirectResponse { status: 500, body: None },
+            None => RouteAction::Forward(destinations),
+        };
+        http.push(HttpRoute {
+            name: rule.name.clone(),
+            matches,
+            action,
+            rewrite: applied.rewrite,
+            timeout,
+            retries: None,
+            fault: None,
+            mirrors: applied.mirrors,
+            headers: applied.headers,
+            cors: None,
+        });
+    }
+    let mut tables = Vec::new();
+    for (pi, p) in route.spec.parent_refs.iter().enumerate() {
+        if !is_core_service(p.group.as_deref(), p.kind.as_deref()) || p.kind.is_none() {
+            continue; // a Gateway parent: ingress, not the mesh
+        }
+        let port = p.port.and_then(|n| port_number(n, &format!("spec.parentRefs[{pi}].port"), &mut errors));
+        tables.push(RouteTable {
+            hosts: vec![service_fqdn(&p.name, p.namespace.as_deref().unwrap_or(ns))],
+            namespace: ns.to_string(),
+            export_to: Vec::new(),
+            port,
+            http: http.clone(),
+            tcp: Vec::new(),
+            source: doc.meta.resource_ref(),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RouteResource { tables })
+}
+
+impl MeshResource for RouteResource {
+    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
+        model.routes.extend(self.tables.iter().cloned());
+    }
+}
+
+// === Gateway, GatewayClass, ReferenceGrant, TLSRoute: validated, not translated ===
+
+#[derive(Debug, Deserialize)]
+struct GatewayDoc {
+    spec: GatewaySpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewaySpec {
+    #[serde(default)]
+    listeners: Vec<Listener>,
+    #[serde(default)]
+    addresses: Vec<Address>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Listener {
+    name: String,
+    hostname: Option<String>,
+    port: i64,
+    protocol: String,
+    tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListenerTls {
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Address {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: String,
+}
+
+fn parse_gateway(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
+    let gw: GatewayDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
+        let f = format!("spec.listeners[{i}]");
+        if !valid_hostname(&l.name, false) {
+            errors.push(FieldError::new(format!("{f}.name"), format!("{:?} is not a valid listener name", l.name)));
+        }
+        if !names.insert(l.name.clone()) {
+            errors.push(FieldError::new(format!("{f}.name"), format!("duplicate listener name {:?}", l.name)));
+        }
+        port_number(l.port, &format!("{f}.port"), &mut errors);
+        let l4 = matches!(l.protocol.as_str(), "TCP" | "UDP");
+        if l4 && l.hostname.is_some() {
+            errors.push(FieldError::new(format!("{f}.hostname"), format!("must not be set for protocol {}", l.protocol)));
+        }
+        if l4 && l.tls.is_some() {
+            errors.push(FieldError::new(format!("{f}.tls"), format!("must not be set for protocol {}", l.protocol)));
+        }
+        if l.protocol == "HTTPS" && l.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("Passthrough") {
+            errors.push(FieldError::new(format!("{f}.tls.mode"), "HTTPS listeners terminate TLS; use protocol TLS for Passthrough"));
+        }
+    }
+    for (i, a) in gw.spec.addresses.iter().enumerate() {
+        let f = format!("spec.addresses[{i}].value");
+        match a.kind.as_deref().unwrap_or("IPAddress") {
+            "IPAddress" if a.value.parse::<IpAddr>().is_err() => {
+                errors.push(FieldError::new(f, format!("{:?} is not an IP address", a.value)));
+            }
+            "Hostname" if !valid_hostname(&a.value, false) => {
+                errors.push(FieldError::new(f, format!("{:?} is not a hostname", a.value)));
+            }
+            _ => {}
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn parse_gateway_class(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
+    let controller = doc.value.pointer("/spec/controllerName").and_then(|v| v.as_str()).unwrap_or("");
+    // A domain-prefixed path: `example.com/gateway-controller`.
+    match controller.split_once('/') {
+        Some((domain, path)) if valid_hostname(domain, false) && !path.is_empty() => Ok(()),
+        _ => Err(vec![FieldError::new("spec.controllerName", format!("{controller:?} must be a domain-prefixed path such as example.net/gateway-controller"))]),
+    }
+}
+
+fn parse_reference_grant(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    for list in ["from", "to"] {
+        match doc.value.pointer(&format!("/spec/{list}")).and_then(|v| v.as_array()) {
+            Some(a) if !a.is_empty() => {
+                if list == "from" {
+                    for (i, e) in a.iter().enumerate() {
+                        if e.get("namespace").and_then(|n| n.as_str()).is_none_or(str::is_empty) {
+                            errors.push(FieldError::new(format!("spec.from[{i}].namespace"), "required"));
+                        }
+                    }
+                }
+            }
+            _ => errors.push(FieldError::new(format!("spec.{list}"), "at least one entry is required")),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn parse_tls_route(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
+    let hostnames = doc.value.pointer("/spec/hostnames").and_then(|v| v.as_array());
+    let Some(hostnames) = hostnames.filter(|h| !h.is_empty()) else {
+        if doc.meta.version() == "v1alpha2" {
+            return Ok(());
+        }
+        return Err(vec![FieldError::new("spec.hostnames", "at least one hostname is required")]);
+    };
+    let bad: Vec<FieldError> = hostnames
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.as_str().is_some_and(|h| valid_hostname(h, true)))
+        .map(|(i, h)| FieldError::new(format!("spec.hostnames[{i}]"), format!("{h} is not a valid hostname")))
+        .collect();
+    if bad.is_empty() { Ok(()) } else { Err(bad) }
 }
