@@ -319,6 +319,14 @@ mod tests {
     }
 
     #[test]
+    fn subset_without_any_destination_rule_is_accepted_as_istio_does() {
+        let mut store = ConfigStore::default();
+        let r = store.apply_files(files(&[("svc.yaml", SVC), ("vs.yaml", &vs(50, 50))]));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(weights(&store), [50, 50]);
+    }
+
+    #[test]
     fn unknown_subset_is_rejected() {
         let mut store = ConfigStore::default();
         let bad = vs(50, 50).replace("subset: v2", "subset: v3");

@@ -298,29 +298,44 @@ fn header_ops(m: &HeaderModifier, field: &str, errors: &mut Vec<FieldError>) -> 
     }
 }
 
-fn backend_destination(b: &BackendRef, ns: &str, field: &str, errors: &mut Vec<FieldError>) -> Destination {
-    if !is_core_service(b.group.as_deref(), b.kind.as_deref()) {
-        errors.push(FieldError::new(
-            field.to_string(),
-            format!(
-                "backend {}/{} is not supported: only core Services (group \"\", kind Service)",
-                b.group.as_deref().unwrap_or(""),
-                b.kind.as_deref().unwrap_or("Service")
-            ),
-        ));
+/// The CRD's patterns for `group` (a DNS subdomain or empty) and `kind`.
+fn valid_group(g: &str) -> bool {
+    g.is_empty() || valid_hostname(g, false)
+}
+
+fn valid_kind(k: &str) -> bool {
+    k.len() <= 63
+        && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !k.ends_with('-')
+}
+
+/// A backendRef as a destination. Only core Services are routable by the mesh today; other
+/// well-formed kinds (multi-cluster ServiceImport, implementation-specific backends) are valid
+/// Gateway API and are accepted, but get no destination (Gateway API then answers 500).
+fn backend_destination(b: &BackendRef, ns: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<Destination> {
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !valid_group(group) {
+        errors.push(FieldError::new(format!("{field}.group"), format!("{group:?} is not a valid API group")));
     }
+    if !valid_kind(kind) {
+        errors.push(FieldError::new(format!("{field}.kind"), format!("{kind:?} is not a valid kind")));
+    }
+    let service = is_core_service(b.group.as_deref(), Some(kind));
     let port = match b.port {
-        None => {
+        None if service => {
             errors.push(FieldError::new(format!("{field}.port"), "required when referring to a Service"));
             None
         }
+        None => None,
         Some(p) => port_number(p, &format!("{field}.port"), errors),
     };
-    Destination {
+    service.then(|| Destination {
         host: service_fqdn(&b.name, b.namespace.as_deref().unwrap_or(ns)),
         subset: None,
         port,
-    }
+    })
 }
 
 /// Filters common to rules and backends; returns what they add to the route.
@@ -414,10 +429,9 @@ fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, 
                 (None, Some(fr)) => 100.0 * fr.numerator / fr.denominator.unwrap_or(100.0).max(1.0),
                 (None, None) => 100.0,
             };
-            out.mirrors.push(Mirror {
-                destination: backend_destination(&m.backend_ref, ns, &format!("{mf}.backendRef"), errors),
-                percentage,
-            });
+            if let Some(destination) = backend_destination(&m.backend_ref, ns, &format!("{mf}.backendRef"), errors) {
+                out.mirrors.push(Mirror { destination, percentage });
+            }
         }
     }
     out
@@ -569,7 +583,11 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                 }
             };
             let backend = apply_filters(&b.filters, ns, &format!("{bf}.filters"), prefix_match, &mut errors);
-            destinations.push(WeightedDestination { destination, weight, headers: backend.headers });
+            match destination {
+                Some(destination) => destinations.push(WeightedDestination { destination, weight, headers: backend.headers }),
+                // Not a core Service: accepted, but the mesh has nowhere to send its share.
+                None => {}
+            }
         }
         let timeout = rule.timeouts.as_ref().and_then(|t| {
             let request = t.request.as_deref().and_then(|d| duration(d, &format!("{rf}.timeouts.request"), &mut errors));

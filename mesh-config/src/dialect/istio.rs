@@ -855,17 +855,23 @@ impl MeshResource for VirtualServiceResource {
             .iter()
             .filter_map(|(field, d)| {
                 let subset = d.subset.as_deref()?;
-                match model.destination_policies.get(&d.host) {
-                    Some(p) if p.subsets.iter().any(|s| s.name == subset) => None,
-                    Some(p) => Some(FieldError::new(
-                        field.clone(),
-                        format!("subset {subset:?} is not defined by DestinationRule {}/{} for host {}", p.namespace, p.source.name, d.host),
-                    )),
-                    None => Some(FieldError::new(
-                        field.clone(),
-                        format!("subset {subset:?} of host {} is not defined: no DestinationRule for that host", d.host),
-                    )),
+                // With no DestinationRule for the host at all, Istio accepts the route and the
+                // subset cluster simply has no endpoints (503 at request time): the rule may be
+                // applied later. A DestinationRule that exists but lacks the subset is a mistake.
+                let p = model.destination_policies.get(&d.host)?;
+                if p.subsets.iter().any(|s| s.name == subset) {
+                    return None;
                 }
+                Some(FieldError::new(
+                    field.clone(),
+                    format!(
+                        "subset {subset:?} is not defined by DestinationRule {}/{} for host {} (it has: {})",
+                        p.namespace,
+                        p.source.name,
+                        d.host,
+                        p.subsets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ))
             })
             .collect()
     }
