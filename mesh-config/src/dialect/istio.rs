@@ -1286,7 +1286,7 @@ struct SeDoc {
 struct SeSpec {
     #[serde(default)]
     hosts: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "addresses")]
     addresses: Vec<String>,
     #[serde(default)]
     ports: Vec<SePort>,
@@ -1297,6 +1297,26 @@ struct SeSpec {
     workload_selector: Option<Selector>,
     #[serde(default)]
     export_to: Vec<String>,
+}
+
+/// IP addresses and CIDRs. An unquoted IPv6 address ending in `::` inside a flow sequence
+/// (`[1.2.3.4, 2001:db8::]`) is, to a YAML 1.2 parser, a one-key mapping (`2001:db8:` → null);
+/// Kubernetes' YAML 1.1 parser reads it as the string users meant, so we do too.
+fn addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let values = Vec::<Value>::deserialize(d)?;
+    values
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s),
+            Value::Object(m) if m.len() == 1 => match m.into_iter().next() {
+                Some((k, Value::Null)) => Ok(format!("{k}:")),
+                _ => Err(serde::de::Error::custom("expected an address")),
+            },
+            other => Err(serde::de::Error::custom(format!(
+                "expected an address, got {other}"
+            ))),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
