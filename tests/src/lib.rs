@@ -33,12 +33,14 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// A binary of this workspace, built by `cargo build --bins` (scripts/test.sh does that).
+/// A binary of this workspace, built by `cargo build --bins` (scripts/test.sh does that):
+/// it sits in the profile directory above the test executable (`target/debug/deps/..`).
 pub fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("debug").join(name);
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| workspace_root().join("target/debug"));
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",

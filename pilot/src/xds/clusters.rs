@@ -1,188 +1,245 @@
-//! CDS: one cluster per service port (`outbound|<port>||<host>`) and per DestinationRule
-//! subset (`outbound|<port>|<subset>|<host>`), with the DestinationRule's load balancing,
+//! CDS: one cluster per service port (`outbound|<port>||<fqdn>`) and per DestinationRule
+//! subset (`outbound|<port>|<subset>|<fqdn>`), with the DestinationRule's load balancing,
 //! connection pool and outlier detection mapped as istiod maps them; Istio's fixed
 //! `PassthroughCluster`, `BlackHoleCluster` and `InboundPassthroughCluster`; and
 //! `inbound|<port>||` for the ports the proxy's own workload serves.
+//!
+//! Inbound clusters are STATIC to `127.0.0.1:<port>` (Istio before 1.10) rather than
+//! ORIGINAL_DST via 127.0.0.6 (Istio 1.10+): an original destination exists only when iptables
+//! redirected the connection, and `INTERCEPTION_MODE=NONE` proxies (the e2e tests' real Envoy)
+//! have none. The cost is that the app must listen on loopback or the wildcard address.
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+    ClusterDiscoveryType, CommonLbConfig, DiscoveryType, DnsLookupFamily, EdsClusterConfig,
+    LbPolicy,
 };
-use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, Cluster, OutlierDetection, UpstreamConnectionOptions,
+};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as HttpProtocolOptionsCommon,
+    HttpProtocolOptions as CommonHttpOptions, TcpKeepalive, TransportSocket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
-    ExplicitHttpConfig, UpstreamProtocolOptions,
+    ExplicitHttpConfig, UpstreamProtocolOptions, UseDownstreamHttpConfig,
 };
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mast_mesh_config::model::{
-    LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, TrafficPolicy,
+    Labels, LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, TrafficPolicy,
 };
 
-use super::{any, duration, endpoints, merged_policy, outbound_cluster_name};
-use crate::ads::{CLUSTER_TYPE, ProxyResources, Resource};
+use super::endpoints;
+use super::plan::InboundPort;
+use super::{any, duration, merged_policy, outbound_cluster_name};
 
 /// Istio's default connect timeout.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Istio leaves circuit breakers open unless a DestinationRule closes them.
 const UNLIMITED: u32 = u32::MAX;
+const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
-pub fn outbound(model: &MeshModel, services: &[&Service], out: &mut ProxyResources) {
+pub const PASSTHROUGH: &str = "PassthroughCluster";
+pub const BLACKHOLE: &str = "BlackHoleCluster";
+pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+
+/// Clusters for every port (and subset) of `services`, plus Istio's fixed clusters.
+pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<Cluster> {
+    let mut out = Vec::new();
     for svc in services {
         let dr = model.destination_policies.get(&svc.hostname);
+        let base = dr.map(|d| &d.traffic_policy);
         for port in &svc.ports {
-            let policy = merged_policy(dr.map(|d| &d.traffic_policy), None, port.port);
             let name = outbound_cluster_name(port.port, None, &svc.hostname);
-            insert(out, service_cluster(name, svc, port, &policy));
+            let policy = merged_policy(base, None, port.port);
+            out.push(service_cluster(name, svc, port, &policy, &Labels::new()));
             for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
-                let policy = merged_policy(
-                    dr.map(|d| &d.traffic_policy),
-                    subset.traffic_policy.as_ref(),
-                    port.port,
-                );
                 let name = outbound_cluster_name(port.port, Some(&subset.name), &svc.hostname);
-                insert(out, service_cluster(name, svc, port, &policy));
+                let policy = merged_policy(base, subset.traffic_policy.as_ref(), port.port);
+                out.push(service_cluster(name, svc, port, &policy, &subset.labels));
             }
         }
     }
-    insert(out, original_dst("PassthroughCluster"));
-    insert(out, original_dst("InboundPassthroughCluster"));
-    insert(
-        out,
-        Cluster {
-            name: "BlackHoleCluster".into(),
-            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-            ..Default::default()
-        },
-    );
+    out.push(original_dst(PASSTHROUGH));
+    out.push(Cluster {
+        name: BLACKHOLE.into(),
+        cluster_discovery_type: Some(discovery(DiscoveryType::Static)),
+        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        ..Default::default()
+    });
+    out
 }
 
-/// `inbound|<port>||`: to the app on loopback, where the proxy's own workload listens.
-pub fn inbound(own: &[&Service], out: &mut ProxyResources) {
-    for svc in own {
-        for port in &svc.ports {
-            let target = match &port.target_port {
-                Some(mast_mesh_config::model::TargetPort::Number(n)) => *n,
-                _ => port.port,
-            };
-            let name = format!("inbound|{target}||");
-            let cluster = Cluster {
-                name: name.clone(),
-                cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+/// `inbound|<port>||` for each served port, and the passthrough for ports it doesn't know.
+pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
+    let mut out: Vec<Cluster> = ports
+        .iter()
+        .map(|p| {
+            let name = inbound_cluster_name(p.port);
+            let (host, port) = &p.endpoint;
+            Cluster {
+                cluster_discovery_type: Some(discovery(DiscoveryType::Static)),
                 connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-                load_assignment: Some(ClusterLoadAssignment {
-                    cluster_name: name,
-                    endpoints: vec![endpoints::locality(vec![endpoints::lb_endpoint(
-                        "127.0.0.1",
-                        target,
-                        None,
-                    )])],
-                    ..Default::default()
-                }),
+                circuit_breakers: Some(circuit_breakers(&TrafficPolicy::default())),
+                load_assignment: Some(endpoints::static_assignment(&name, host, *port)),
+                name,
                 ..Default::default()
-            };
-            insert(out, cluster);
-        }
+            }
+        })
+        .collect();
+    if capture {
+        out.push(original_dst(INBOUND_PASSTHROUGH));
     }
+    out
 }
 
-fn insert(out: &mut ProxyResources, cluster: Cluster) {
-    out.insert(
-        CLUSTER_TYPE,
-        Resource::new(cluster.name.clone(), CLUSTER_TYPE, &cluster),
-    );
+/// `inbound|<port>||`, Istio's name for the cluster to the local app.
+pub fn inbound_cluster_name(port: u16) -> String {
+    format!("inbound|{port}||")
 }
 
-/// Whether a service's cluster gets its endpoints over EDS (vs. DNS or original destination).
+/// Whether a service's clusters get their endpoints over EDS (vs. DNS or original destination).
 pub fn is_eds(svc: &Service) -> bool {
     svc.resolution == Resolution::Static
 }
 
-fn service_cluster(name: String, svc: &Service, port: &ServicePort, policy: &TrafficPolicy) -> Cluster {
+/// The config source of every dynamic resource: the ADS stream the proxy is already on.
+pub fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        // Istio: never give up waiting for a resource (0s), so a slow push can't leave a
+        // listener serving with a missing route table.
+        initial_fetch_timeout: Some(duration(std::time::Duration::ZERO)),
+        ..Default::default()
+    }
+}
+
+fn discovery(t: DiscoveryType) -> ClusterDiscoveryType {
+    ClusterDiscoveryType::Type(t as i32)
+}
+
+fn service_cluster(
+    name: String,
+    svc: &Service,
+    port: &ServicePort,
+    policy: &TrafficPolicy,
+    subset: &Labels,
+) -> Cluster {
+    let pool = policy.connection_pool.as_ref();
     let mut c = Cluster {
         name: name.clone(),
         connect_timeout: Some(duration(
-            policy
-                .connection_pool
-                .as_ref()
-                .and_then(|p| p.connect_timeout)
+            pool.and_then(|p| p.connect_timeout)
                 .unwrap_or(CONNECT_TIMEOUT),
         )),
         lb_policy: lb_policy(policy.load_balancer.as_ref()) as i32,
         circuit_breakers: Some(circuit_breakers(policy)),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
+        transport_socket: transport_socket(svc, policy),
         ..Default::default()
     };
+    if let Some(o) = &policy.outlier_detection {
+        // Istio: with outlier detection, panic mode is off unless minHealthPercent says
+        // otherwise, so ejected hosts really stop getting traffic.
+        c.common_lb_config = Some(CommonLbConfig {
+            healthy_panic_threshold: Some(Percent {
+                value: f64::from(o.min_health_percent.unwrap_or(0)),
+            }),
+            ..Default::default()
+        });
+    }
+    if pool.is_some_and(|p| p.tcp_keepalive) {
+        c.upstream_connection_options = Some(UpstreamConnectionOptions {
+            tcp_keepalive: Some(TcpKeepalive::default()),
+            ..Default::default()
+        });
+    }
     match svc.resolution {
         Resolution::Static => {
-            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
+            c.cluster_discovery_type = Some(discovery(DiscoveryType::Eds));
             c.eds_cluster_config = Some(EdsClusterConfig {
                 eds_config: Some(ads_config_source()),
                 service_name: name,
             });
         }
         Resolution::Dns => {
-            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32));
-            c.load_assignment = Some(endpoints::dns_assignment(&name, svc, port));
+            c.cluster_discovery_type = Some(discovery(DiscoveryType::StrictDns));
+            c.dns_lookup_family = DnsLookupFamily::V4Only as i32;
+            c.load_assignment = Some(endpoints::dns_assignment(&name, svc, port, subset));
         }
         Resolution::None => {
-            c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32));
+            c.cluster_discovery_type = Some(discovery(DiscoveryType::OriginalDst));
             c.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
-    let pool = policy.connection_pool.as_ref();
-    let h2 = matches!(port.protocol, Protocol::Http2 | Protocol::Grpc)
-        || pool.and_then(|p| p.h2_upgrade) == Some(true);
-    let max_requests = pool.and_then(|p| p.max_requests_per_connection);
-    let idle = pool.and_then(|p| p.idle_timeout);
-    if h2 || max_requests.is_some() || idle.is_some() {
-        let protocol_config = if h2 {
-            ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
-        } else {
-            ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
-        };
-        let options = HttpProtocolOptions {
-            common_http_protocol_options: Some(HttpProtocolOptionsCommon {
-                max_requests_per_connection: max_requests.map(|value| UInt32Value { value }),
-                idle_timeout: idle.map(duration),
-                ..Default::default()
-            }),
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(protocol_config),
-                },
-            )),
-            ..Default::default()
-        };
-        c.typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-            any(&options),
-        );
+    if let Some(options) = http_options(port.protocol, policy) {
+        c.typed_extension_protocol_options
+            .insert(HTTP_OPTIONS_KEY.into(), any(&options));
     }
     c
 }
 
-pub fn ads_config_source() -> ConfigSource {
-    ConfigSource {
-        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
-        resource_api_version: ApiVersion::V3 as i32,
+/// Upstream TLS. Nothing yet: mTLS (`ISTIO_MUTUAL` with SDS secrets `default`/`ROOTCA`, ALPN
+/// `istio-peer-exchange`, `istio`) and DestinationRule `SIMPLE`/`MUTUAL` arrive with citadel,
+/// and will be decided here from `policy.tls` and whether the endpoints have sidecars.
+fn transport_socket(_svc: &Service, _policy: &TrafficPolicy) -> Option<TransportSocket> {
+    None
+}
+
+/// HTTP/2 for gRPC and HTTP2 ports (and `h2UpgradePolicy: UPGRADE`); the downstream protocol
+/// for undeclared ports, whose traffic was sniffed; per-connection limits when set.
+fn http_options(protocol: Protocol, policy: &TrafficPolicy) -> Option<HttpProtocolOptions> {
+    let pool = policy.connection_pool.as_ref();
+    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+        || (protocol == Protocol::Http && pool.and_then(|p| p.h2_upgrade) == Some(true));
+    let max_requests = pool.and_then(|p| p.max_requests_per_connection);
+    let idle = pool.and_then(|p| p.idle_timeout);
+    let upstream = if h2 {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                Http2ProtocolOptions::default(),
+            )),
+        })
+    } else if protocol == Protocol::Unknown {
+        UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+            http_protocol_options: Some(Http1ProtocolOptions::default()),
+            http2_protocol_options: Some(Http2ProtocolOptions::default()),
+            ..Default::default()
+        })
+    } else if max_requests.is_some() || idle.is_some() {
+        UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                Http1ProtocolOptions::default(),
+            )),
+        })
+    } else {
+        return None;
+    };
+    Some(HttpProtocolOptions {
+        common_http_protocol_options: (max_requests.is_some() || idle.is_some()).then(|| {
+            CommonHttpOptions {
+                max_requests_per_connection: max_requests.map(|value| UInt32Value { value }),
+                idle_timeout: idle.map(duration),
+                ..Default::default()
+            }
+        }),
+        upstream_protocol_options: Some(upstream),
         ..Default::default()
-    }
+    })
 }
 
 fn original_dst(name: &str) -> Cluster {
     Cluster {
         name: name.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        cluster_discovery_type: Some(discovery(DiscoveryType::OriginalDst)),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+        circuit_breakers: Some(circuit_breakers(&TrafficPolicy::default())),
         ..Default::default()
     }
 }
@@ -199,7 +256,11 @@ fn lb_policy(lb: Option<&LoadBalancer>) -> LbPolicy {
 
 fn circuit_breakers(policy: &TrafficPolicy) -> CircuitBreakers {
     let pool = policy.connection_pool.clone().unwrap_or_default();
-    let v = |n: Option<u32>| Some(UInt32Value { value: n.unwrap_or(UNLIMITED) });
+    let v = |n: Option<u32>| {
+        Some(UInt32Value {
+            value: n.unwrap_or(UNLIMITED),
+        })
+    };
     CircuitBreakers {
         thresholds: vec![Thresholds {
             max_connections: v(pool.max_connections),
@@ -215,23 +276,208 @@ fn circuit_breakers(policy: &TrafficPolicy) -> CircuitBreakers {
 
 fn outlier_detection(o: &mast_mesh_config::model::OutlierDetection) -> OutlierDetection {
     let v = |n: Option<u32>| n.map(|value| UInt32Value { value });
+    // Istio enforces exactly the detectors the user configured, and never success rate.
+    let enforcing = |n: Option<u32>| {
+        Some(UInt32Value {
+            value: if n.is_some() { 100 } else { 0 },
+        })
+    };
     OutlierDetection {
         consecutive_5xx: v(o.consecutive_5xx_errors),
+        enforcing_consecutive_5xx: enforcing(o.consecutive_5xx_errors),
         consecutive_gateway_failure: v(o.consecutive_gateway_errors),
-        // Istio turns the "enforcing" knobs on only for what the user configured.
-        enforcing_consecutive_5xx: o
-            .consecutive_5xx_errors
-            .map(|_| UInt32Value { value: 100 })
-            .or(Some(UInt32Value { value: 0 })),
-        enforcing_consecutive_gateway_failure: o
-            .consecutive_gateway_errors
-            .map(|_| UInt32Value { value: 100 })
-            .or(Some(UInt32Value { value: 0 })),
+        enforcing_consecutive_gateway_failure: enforcing(o.consecutive_gateway_errors),
         interval: o.interval.map(duration),
         base_ejection_time: o.base_ejection_time.map(duration),
         max_ejection_percent: v(o.max_ejection_percent),
         enforcing_success_rate: Some(UInt32Value { value: 0 }),
         split_external_local_origin_errors: o.split_external_local_origin_errors,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mast_mesh_config::model::{
+        ConnectionPool, DestinationPolicy, OutlierDetection as ModelOutlier, ResourceRef, Subset,
+    };
+
+    use super::*;
+
+    fn svc(resolution: Resolution, protocol: Protocol) -> Service {
+        Service {
+            hostname: "db.data.svc.cluster.local".into(),
+            name: "db".into(),
+            namespace: "data".into(),
+            ports: vec![ServicePort {
+                name: "p".into(),
+                port: 5000,
+                target_port: None,
+                protocol,
+            }],
+            selector: None,
+            endpoints: vec![],
+            addresses: vec![],
+            resolution,
+            mesh_external: false,
+            export_to: vec![],
+            source: ResourceRef::default(),
+        }
+    }
+
+    fn find<'a>(cs: &'a [Cluster], name: &str) -> &'a Cluster {
+        cs.iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"))
+    }
+
+    #[test]
+    fn destination_rule_maps_to_cluster_settings() {
+        let s = svc(Resolution::Static, Protocol::Grpc);
+        let mut model = MeshModel::default();
+        model.destination_policies.insert(
+            s.hostname.clone(),
+            DestinationPolicy {
+                host: s.hostname.clone(),
+                traffic_policy: TrafficPolicy {
+                    load_balancer: Some(LoadBalancer::RoundRobin),
+                    connection_pool: Some(ConnectionPool {
+                        max_connections: Some(7),
+                        connect_timeout: Some(Duration::from_millis(250)),
+                        http1_max_pending_requests: Some(3),
+                        http2_max_requests: Some(11),
+                        max_retries: Some(1),
+                        ..Default::default()
+                    }),
+                    outlier_detection: Some(ModelOutlier {
+                        consecutive_5xx_errors: Some(5),
+                        interval: Some(Duration::from_secs(10)),
+                        base_ejection_time: Some(Duration::from_secs(30)),
+                        max_ejection_percent: Some(50),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                subsets: vec![Subset {
+                    name: "v2".into(),
+                    labels: Labels::new(),
+                    traffic_policy: Some(TrafficPolicy {
+                        load_balancer: Some(LoadBalancer::Random),
+                        ..Default::default()
+                    }),
+                }],
+                ..Default::default()
+            },
+        );
+        let cs = outbound(&model, &[&s]);
+        let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
+        assert_eq!(
+            c.connect_timeout,
+            Some(duration(Duration::from_millis(250)))
+        );
+        let t = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
+        assert_eq!(t.max_connections.unwrap().value, 7);
+        assert_eq!(t.max_pending_requests.unwrap().value, 3);
+        assert_eq!(t.max_requests.unwrap().value, 11);
+        assert_eq!(t.max_retries.unwrap().value, 1);
+        let o = c.outlier_detection.as_ref().unwrap();
+        assert_eq!(o.consecutive_5xx.unwrap().value, 5);
+        assert_eq!(o.enforcing_consecutive_5xx.unwrap().value, 100);
+        assert_eq!(o.enforcing_consecutive_gateway_failure.unwrap().value, 0);
+        assert_eq!(o.interval.unwrap().seconds, 10);
+        assert_eq!(o.base_ejection_time.unwrap().seconds, 30);
+        assert_eq!(o.max_ejection_percent.unwrap().value, 50);
+        assert!(
+            c.typed_extension_protocol_options
+                .contains_key(HTTP_OPTIONS_KEY)
+        );
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(discovery(DiscoveryType::Eds))
+        );
+        // The subset overrides the load balancer but keeps the host's pool.
+        let v2 = find(&cs, "outbound|5000|v2|db.data.svc.cluster.local");
+        assert_eq!(v2.lb_policy, LbPolicy::Random as i32);
+        assert_eq!(
+            v2.circuit_breakers.as_ref().unwrap().thresholds[0]
+                .max_connections
+                .unwrap()
+                .value,
+            7
+        );
+        assert_eq!(
+            v2.eds_cluster_config.as_ref().unwrap().service_name,
+            "outbound|5000|v2|db.data.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn istio_defaults_and_fixed_clusters() {
+        let s = svc(Resolution::Static, Protocol::Tcp);
+        let cs = outbound(&MeshModel::default(), &[&s]);
+        let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
+        assert_eq!(c.lb_policy, LbPolicy::LeastRequest as i32);
+        assert_eq!(c.connect_timeout.unwrap().seconds, 10);
+        assert_eq!(
+            c.circuit_breakers.as_ref().unwrap().thresholds[0]
+                .max_connections
+                .unwrap()
+                .value,
+            u32::MAX
+        );
+        assert!(c.outlier_detection.is_none());
+        assert!(c.typed_extension_protocol_options.is_empty());
+        assert_eq!(
+            find(&cs, PASSTHROUGH).cluster_discovery_type,
+            Some(discovery(DiscoveryType::OriginalDst))
+        );
+        let bh = find(&cs, BLACKHOLE);
+        assert!(bh.load_assignment.is_none());
+    }
+
+    #[test]
+    fn resolution_picks_the_discovery_type() {
+        let dns = svc(Resolution::Dns, Protocol::Http);
+        let none = svc(Resolution::None, Protocol::Tcp);
+        let cs = outbound(&MeshModel::default(), &[&dns]);
+        let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(discovery(DiscoveryType::StrictDns))
+        );
+        assert!(c.load_assignment.is_some());
+        let cs = outbound(&MeshModel::default(), &[&none]);
+        let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
+        assert_eq!(
+            c.cluster_discovery_type,
+            Some(discovery(DiscoveryType::OriginalDst))
+        );
+        assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+    }
+
+    #[test]
+    fn inbound_is_static_to_the_endpoint() {
+        let cs = inbound(
+            &[InboundPort {
+                port: 9080,
+                protocol: Protocol::Http,
+                endpoint: ("127.0.0.1".into(), 9080),
+                bind: None,
+            }],
+            false,
+        );
+        assert_eq!(cs.len(), 1, "no InboundPassthroughCluster without capture");
+        assert_eq!(cs[0].name, "inbound|9080||");
+        assert_eq!(
+            cs[0].cluster_discovery_type,
+            Some(discovery(DiscoveryType::Static))
+        );
+        assert_eq!(
+            cs[0].load_assignment.as_ref().unwrap().cluster_name,
+            "inbound|9080||"
+        );
     }
 }

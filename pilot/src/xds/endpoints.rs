@@ -1,6 +1,9 @@
 //! EDS: the endpoints of each EDS cluster — the workloads a service selects (filtered by
 //! subset labels for subset clusters) and a ServiceEntry's listed endpoints — at the port the
-//! workload actually listens on.
+//! workload actually listens on, grouped by locality so Envoy's locality-aware balancing can
+//! use it. Also the inline endpoint lists of STATIC and DNS clusters, which share the shapes.
+
+use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -11,14 +14,16 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mast_mesh_config::model::{
-    Labels, MeshModel, Service, ServicePort, TargetPort, Workload, labels_match,
+    Endpoint, Labels, MeshModel, Service, ServicePort, TargetPort, Workload, labels_match,
 };
 
 use super::clusters::is_eds;
 use super::outbound_cluster_name;
-use crate::ads::{ENDPOINT_TYPE, ProxyResources, Resource};
 
-pub fn outbound(model: &MeshModel, services: &[&Service], out: &mut ProxyResources) {
+/// One `ClusterLoadAssignment` per EDS cluster of `services` (every port, every subset), named
+/// as the cluster's `eds_cluster_config.service_name` — which is the cluster name.
+pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<ClusterLoadAssignment> {
+    let mut out = Vec::new();
     for svc in services.iter().filter(|s| is_eds(s)) {
         let subsets = model
             .destination_policies
@@ -26,65 +31,104 @@ pub fn outbound(model: &MeshModel, services: &[&Service], out: &mut ProxyResourc
             .map(|d| d.subsets.as_slice())
             .unwrap_or_default();
         for port in &svc.ports {
-            let all = endpoints_of(model, svc, port, &Labels::new());
-            insert(out, outbound_cluster_name(port.port, None, &svc.hostname), all);
+            let name = outbound_cluster_name(port.port, None, &svc.hostname);
+            out.push(assignment(
+                name,
+                endpoints_of(model, svc, port, &Labels::new()),
+            ));
             for subset in subsets {
-                let eps = endpoints_of(model, svc, port, &subset.labels);
-                insert(
-                    out,
-                    outbound_cluster_name(port.port, Some(&subset.name), &svc.hostname),
-                    eps,
-                );
+                let name = outbound_cluster_name(port.port, Some(&subset.name), &svc.hostname);
+                out.push(assignment(
+                    name,
+                    endpoints_of(model, svc, port, &subset.labels),
+                ));
             }
         }
     }
+    out
 }
 
-fn insert(out: &mut ProxyResources, name: String, endpoints: Vec<LbEndpoint>) {
-    let cla = ClusterLoadAssignment {
-        cluster_name: name.clone(),
-        endpoints: if endpoints.is_empty() {
-            Vec::new()
-        } else {
-            vec![locality(endpoints)]
-        },
+/// An endpoint before it is grouped: address, port, weight and locality.
+struct Ep<'a> {
+    address: &'a str,
+    port: u16,
+    weight: Option<u32>,
+    locality: Option<&'a str>,
+}
+
+fn assignment(cluster_name: String, eps: Vec<Ep<'_>>) -> ClusterLoadAssignment {
+    // Grouped by locality in a BTreeMap so the output is the same whatever the model order of
+    // workloads in different localities.
+    let mut by_locality: BTreeMap<Option<&str>, Vec<LbEndpoint>> = BTreeMap::new();
+    for e in eps {
+        by_locality
+            .entry(e.locality)
+            .or_default()
+            .push(lb_endpoint(e.address, e.port, e.weight));
+    }
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints: by_locality
+            .into_iter()
+            .map(|(loc, eps)| LocalityLbEndpoints {
+                locality: Some(locality(loc)),
+                lb_endpoints: eps,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
-    };
-    out.insert(ENDPOINT_TYPE, Resource::new(name, ENDPOINT_TYPE, &cla));
+    }
+}
+
+/// `region/zone/subzone`, as Istio writes localities (`istio-locality` label, topology labels).
+fn locality(s: Option<&str>) -> Locality {
+    let mut parts = s.unwrap_or_default().splitn(3, '/');
+    let mut next = || parts.next().unwrap_or_default().to_string();
+    Locality {
+        region: next(),
+        zone: next(),
+        sub_zone: next(),
+    }
 }
 
 /// The endpoints of `svc` on `port` whose labels match `subset`.
-fn endpoints_of(model: &MeshModel, svc: &Service, port: &ServicePort, subset: &Labels) -> Vec<LbEndpoint> {
+fn endpoints_of<'a>(
+    model: &'a MeshModel,
+    svc: &'a Service,
+    port: &ServicePort,
+    subset: &Labels,
+) -> Vec<Ep<'a>> {
     let mut out = Vec::new();
     for w in model.selected_workloads(svc) {
         if !labels_match(subset, &w.labels) {
             continue;
         }
         if let Some(p) = workload_port(w, port) {
-            out.push(lb_endpoint(&w.address, p, w.weight));
+            out.push(Ep {
+                address: &w.address,
+                port: p,
+                weight: w.weight,
+                locality: w.locality.as_deref(),
+            });
         }
     }
     for e in &svc.endpoints {
-        if !labels_match(subset, &e.labels) {
-            continue;
+        if labels_match(subset, &e.labels) {
+            out.push(Ep {
+                address: &e.address,
+                port: entry_endpoint_port(e, port),
+                weight: e.weight,
+                locality: None,
+            });
         }
-        let p = e
-            .ports
-            .get(&port.name)
-            .copied()
-            .or(match &port.target_port {
-                Some(TargetPort::Number(n)) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(port.port);
-        out.push(lb_endpoint(&e.address, p, e.weight));
     }
     out
 }
 
 /// Where a workload serves a service port: a WorkloadEntry's port of the same name (Istio's
 /// rule), else the numeric target port, else the named target port through the workload's
-/// named ports, else the service port itself.
+/// named ports, else the service port itself. `None` when a named target port is missing on
+/// the workload: it doesn't serve this port.
 pub fn workload_port(w: &Workload, port: &ServicePort) -> Option<u16> {
     if let Some(p) = w.ports.get(&port.name) {
         return Some(*p);
@@ -96,29 +140,60 @@ pub fn workload_port(w: &Workload, port: &ServicePort) -> Option<u16> {
     }
 }
 
-/// A DNS-resolved cluster's inline endpoints (ServiceEntry `resolution: DNS`).
-pub fn dns_assignment(name: &str, svc: &Service, port: &ServicePort) -> ClusterLoadAssignment {
-    let mut eps: Vec<LbEndpoint> = svc
-        .endpoints
-        .iter()
-        .map(|e| lb_endpoint(&e.address, e.ports.get(&port.name).copied().unwrap_or(port.port), e.weight))
-        .collect();
-    if eps.is_empty() {
-        eps.push(lb_endpoint(&svc.hostname, port.port, None));
-    }
-    ClusterLoadAssignment {
-        cluster_name: name.to_string(),
-        endpoints: vec![locality(eps)],
-        ..Default::default()
-    }
+/// A ServiceEntry endpoint's port: its own override by port name, else the target port, else
+/// the service port.
+fn entry_endpoint_port(e: &Endpoint, port: &ServicePort) -> u16 {
+    e.ports
+        .get(&port.name)
+        .copied()
+        .or(match &port.target_port {
+            Some(TargetPort::Number(n)) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(port.port)
 }
 
-pub fn locality(lb_endpoints: Vec<LbEndpoint>) -> LocalityLbEndpoints {
-    LocalityLbEndpoints {
-        locality: Some(Locality::default()),
-        lb_endpoints,
-        ..Default::default()
+/// A DNS-resolved cluster's inline endpoints (ServiceEntry `resolution: DNS`): the listed
+/// endpoints matching the subset, or the hostname itself when none are listed.
+pub fn dns_assignment(
+    name: &str,
+    svc: &Service,
+    port: &ServicePort,
+    subset: &Labels,
+) -> ClusterLoadAssignment {
+    let mut eps: Vec<Ep<'_>> = svc
+        .endpoints
+        .iter()
+        .filter(|e| labels_match(subset, &e.labels))
+        .map(|e| Ep {
+            address: &e.address,
+            port: entry_endpoint_port(e, port),
+            weight: e.weight,
+            locality: None,
+        })
+        .collect();
+    if svc.endpoints.is_empty() {
+        eps.push(Ep {
+            address: &svc.hostname,
+            port: port.port,
+            weight: None,
+            locality: None,
+        });
     }
+    assignment(name.to_string(), eps)
+}
+
+/// A STATIC cluster's single endpoint.
+pub fn static_assignment(name: &str, address: &str, port: u16) -> ClusterLoadAssignment {
+    assignment(
+        name.to_string(),
+        vec![Ep {
+            address,
+            port,
+            weight: None,
+            locality: None,
+        }],
+    )
 }
 
 pub fn socket_address(address: &str, port: u16) -> Address {
@@ -131,13 +206,157 @@ pub fn socket_address(address: &str, port: u16) -> Address {
     }
 }
 
-pub fn lb_endpoint(address: &str, port: u16, weight: Option<u32>) -> LbEndpoint {
+fn lb_endpoint(address: &str, port: u16, weight: Option<u32>) -> LbEndpoint {
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket_address(address, port)),
             ..Default::default()
         })),
-        load_balancing_weight: weight.map(|value| UInt32Value { value }),
+        // Envoy rejects weight 0; the model's 0 means "unset" here as in Istio.
+        load_balancing_weight: weight.filter(|w| *w > 0).map(|value| UInt32Value { value }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mast_mesh_config::model::{Protocol, Resolution, ResourceRef};
+
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn workload(name: &str, version: &str, locality: Option<&str>) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            address: format!("10.0.0.{}", name.len()),
+            labels: labels(&[("app", "api"), ("version", version)]),
+            ports: [("web".to_string(), 8000)].into(),
+            service_account: "api".into(),
+            weight: Some(3),
+            locality: locality.map(String::from),
+            network: None,
+            has_sidecar: true,
+            source: ResourceRef::default(),
+        }
+    }
+
+    fn service(target: Option<TargetPort>) -> Service {
+        Service {
+            hostname: "api.default.svc.cluster.local".into(),
+            name: "api".into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: target,
+                protocol: Protocol::Http,
+            }],
+            selector: Some(labels(&[("app", "api")])),
+            endpoints: vec![Endpoint {
+                address: "192.168.1.9".into(),
+                ports: [("http".to_string(), 9999)].into(),
+                labels: labels(&[("version", "v1")]),
+                weight: None,
+            }],
+            addresses: vec![],
+            resolution: Resolution::Static,
+            mesh_external: false,
+            export_to: vec![],
+            source: ResourceRef::default(),
+        }
+    }
+
+    fn flat(cla: &ClusterLoadAssignment) -> Vec<(String, u32, Option<u32>, String)> {
+        cla.endpoints
+            .iter()
+            .flat_map(|l| {
+                let zone = l.locality.clone().unwrap_or_default().zone;
+                l.lb_endpoints.iter().map(move |e| {
+                    let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                        panic!("not an endpoint")
+                    };
+                    let Some(AddressKind::SocketAddress(sa)) =
+                        &ep.address.as_ref().unwrap().address
+                    else {
+                        panic!("not a socket address")
+                    };
+                    let Some(PortSpecifier::PortValue(p)) = sa.port_specifier else {
+                        panic!("no port")
+                    };
+                    (
+                        sa.address.clone(),
+                        p,
+                        e.load_balancing_weight.map(|w| w.value),
+                        zone.clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn named_target_port_resolves_through_workload_ports() {
+        let mut m = MeshModel::default();
+        m.workloads.push(workload("a", "v1", Some("r1/z1")));
+        let svc = service(Some(TargetPort::Name("web".into())));
+        let cla = &outbound(&m, &[&svc])[0];
+        assert_eq!(
+            cla.cluster_name,
+            "outbound|80||api.default.svc.cluster.local"
+        );
+        assert_eq!(
+            flat(cla),
+            [
+                ("192.168.1.9".to_string(), 9999, None, String::new()),
+                ("10.0.0.1".to_string(), 8000, Some(3), "z1".to_string()),
+            ]
+        );
+        // A numeric target port wins over nothing; the service port is the last resort.
+        let svc = service(Some(TargetPort::Number(7070)));
+        assert_eq!(flat(&outbound(&m, &[&svc])[0])[1].1, 7070);
+        let svc = service(None);
+        assert_eq!(flat(&outbound(&m, &[&svc])[0])[1].1, 80);
+    }
+
+    #[test]
+    fn locality_groups_and_parts() {
+        let l = locality(Some("us-east1/us-east1-b/rack7"));
+        assert_eq!(
+            (l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()),
+            ("us-east1", "us-east1-b", "rack7")
+        );
+        let mut m = MeshModel::default();
+        m.workloads.push(workload("bb", "v1", Some("r/z2")));
+        m.workloads.push(workload("a", "v1", Some("r/z1")));
+        m.workloads.push(workload("ccc", "v1", Some("r/z2")));
+        let svc = service(None);
+        let cla = &outbound(&m, &[&svc])[0];
+        let zones: Vec<(&str, usize)> = cla
+            .endpoints
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.as_ref().unwrap().zone.as_str(),
+                    l.lb_endpoints.len(),
+                )
+            })
+            .collect();
+        assert_eq!(zones, [("", 1), ("z1", 1), ("z2", 2)]);
+    }
+
+    #[test]
+    fn dns_subset_filters_listed_endpoints() {
+        let svc = service(None);
+        let cla = dns_assignment("x", &svc, &svc.ports[0], &labels(&[("version", "v2")]));
+        assert!(flat(&cla).is_empty());
+        let cla = dns_assignment("x", &svc, &svc.ports[0], &Labels::new());
+        assert_eq!(flat(&cla)[0].1, 9999);
     }
 }

@@ -1,28 +1,32 @@
 //! LDS: how traffic enters the proxy.
 //!
 //! With iptables capture (REDIRECT/TPROXY) every outbound connection lands on
-//! `virtualOutbound` (0.0.0.0:15001), which hands it by original destination port to a
-//! non-binding per-port listener (`0.0.0.0_<port>`: HTTP routed by RDS route config `<port>`,
-//! or TCP proxied); inbound connections land on `virtualInbound` (0.0.0.0:15006) and go to
-//! `inbound|<port>||`. Without capture (INTERCEPTION_MODE=NONE) the app calls
-//! `127.0.0.1:<service port>` directly, so those listeners bind there — as Istio's sidecar
-//! does in NONE mode. Ports whose protocol is unknown get Istio's sniffing: an HTTP chain
-//! chosen by `http_inspector`, TCP otherwise.
-
-use std::collections::BTreeMap;
+//! `virtualOutbound` (0.0.0.0:15001, `use_original_dst`), which hands it by original
+//! destination to a non-binding per-port listener: `0.0.0.0_<port>` for HTTP (routed by RDS
+//! `"<port>"`), `<vip>_<port>` for TCP and undeclared protocols; inbound connections land on
+//! `virtualInbound` (0.0.0.0:15006) and go by destination port to `inbound|<port>||`.
+//! Without capture (`INTERCEPTION_MODE=NONE`) the app calls `127.0.0.1:<service port>`
+//! directly, so those listeners bind there, as Istio's sidecar does in NONE mode. Undeclared
+//! protocols get Istio's sniffing: `http_inspector` picks the HTTP chain, anything else is
+//! proxied as TCP. Which listeners exist is decided in [`super::plan`].
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
 use envoy_types::pb::envoy::config::listener::v3::listener_filter::ConfigType as ListenerFilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::listener_filter_chain_match_predicate::{
+    MatchSet, Rule,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    ListenerFilterChainMatchPredicate,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier, UpgradeConfig,
+    CodecType, PathWithEscapedSlashesAction, RouteSpecifier, UpgradeConfig,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -33,150 +37,207 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
     ClusterSpecifier, WeightedCluster,
 };
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
-use mast_mesh_config::model::{MeshModel, Protocol, Service, ServicePort, TargetPort};
+use mast_mesh_config::model::{MeshModel, Protocol, Service, ServicePort};
 
-use super::clusters::ads_config_source;
+use super::clusters::{
+    BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, ads_config_source, inbound_cluster_name,
+};
 use super::endpoints::socket_address;
+use super::node::ProxyNode;
+use super::plan::{
+    InboundPort, ListenerPlan, OutboundPlan, VIRTUAL_INBOUND_PORT, VIRTUAL_OUTBOUND_PORT, WILDCARD,
+};
 use super::routes::{inbound_route_config, tcp_destinations};
-use super::{Interception, ProxyNode, any, outbound_cluster_name};
-use crate::ads::{LISTENER_TYPE, ProxyResources, Resource};
+use super::{any, duration, outbound_cluster_name};
 
-pub const VIRTUAL_OUTBOUND_PORT: u16 = 15001;
-pub const VIRTUAL_INBOUND_PORT: u16 = 15006;
+/// Application protocols `http_inspector` reports for plaintext HTTP.
+const HTTP_ALPN: [&str; 2] = ["http/1.1", "h2c"];
 
-pub fn outbound(model: &MeshModel, services: &[&Service], proxy: &ProxyNode, out: &mut ProxyResources) {
-    let none = proxy.interception == Interception::None;
-    let bind_ip = if none { "127.0.0.1" } else { "0.0.0.0" };
-    // Service ports, grouped: one listener per port (HTTP shares it through RDS; TCP takes
-    // the first service on the port, as istiod does when there are no VIPs).
-    let mut by_port: BTreeMap<u16, Vec<(&Service, &ServicePort)>> = BTreeMap::new();
-    for svc in services {
-        for port in &svc.ports {
-            by_port.entry(port.port).or_default().push((svc, port));
-        }
-    }
-    for (port, entries) in &by_port {
-        if !none && matches!(*port, VIRTUAL_OUTBOUND_PORT | VIRTUAL_INBOUND_PORT) {
-            continue;
-        }
-        let any_http = entries.iter().any(|(_, p)| p.protocol.is_http());
-        let unknown = entries.iter().any(|(_, p)| p.protocol == Protocol::Unknown);
-        let tcp_target = entries
-            .iter()
-            .find(|(_, p)| !p.protocol.is_http())
-            .copied();
-        let name = format!("{bind_ip}_{port}");
-        let stat = format!("outbound_{bind_ip}_{port}");
-        let http_chain = || FilterChain {
-            filters: vec![hcm_filter(http_connection_manager(
-                &stat,
-                RouteSpecifier::Rds(Rds {
-                    config_source: Some(ads_config_source()),
-                    route_config_name: port.to_string(),
-                }),
-            ))],
-            ..Default::default()
-        };
-        let tcp_chain = |svc: &Service, sp: &ServicePort| FilterChain {
-            filters: vec![tcp_proxy_filter(&stat, tcp_cluster(model, svc, sp))],
-            ..Default::default()
-        };
-        let mut listener = Listener {
-            name,
-            address: Some(socket_address(bind_ip, *port)),
+/// Outbound listeners as planned, plus `virtualOutbound` when traffic is captured.
+pub fn outbound(model: &MeshModel, plan: &OutboundPlan<'_>, proxy: &ProxyNode) -> Vec<Listener> {
+    let fallback = if plan.registry_only {
+        BLACKHOLE
+    } else {
+        PASSTHROUGH
+    };
+    let mut out: Vec<Listener> = plan
+        .listeners
+        .values()
+        .map(|l| outbound_listener(model, l, proxy, fallback))
+        .collect();
+    if plan.capture {
+        out.push(Listener {
+            name: "virtualOutbound".into(),
+            address: Some(socket_address(WILDCARD, VIRTUAL_OUTBOUND_PORT)),
+            use_original_dst: Some(BoolValue { value: true }),
             traffic_direction: TrafficDirection::Outbound as i32,
-            bind_to_port: if none { None } else { Some(BoolValue { value: false }) },
+            filter_chains: vec![FilterChain {
+                // Connections to 15001 itself would loop forever.
+                name: "virtualOutbound-blackhole".into(),
+                filter_chain_match: Some(port_match(VIRTUAL_OUTBOUND_PORT)),
+                filters: vec![tcp_proxy_filter(
+                    BLACKHOLE,
+                    ClusterSpecifier::Cluster(BLACKHOLE.into()),
+                )],
+                ..Default::default()
+            }],
+            default_filter_chain: Some(FilterChain {
+                name: "virtualOutbound-catchall-tcp".into(),
+                filters: vec![tcp_proxy_filter(
+                    fallback,
+                    ClusterSpecifier::Cluster(fallback.into()),
+                )],
+                ..Default::default()
+            }),
             ..Default::default()
-        };
-        if unknown || (any_http && tcp_target.is_some()) {
-            // Sniff: HTTP/1.1 and h2c go to the route table, the rest is proxied as TCP.
-            listener.listener_filters.push(http_inspector());
+        });
+    }
+    out
+}
+
+fn outbound_listener(
+    model: &MeshModel,
+    l: &ListenerPlan<'_>,
+    proxy: &ProxyNode,
+    fallback: &str,
+) -> Listener {
+    let stat = format!("outbound_{}_{}", l.address, l.port);
+    let http_chain = l.http_route.as_ref().map(|route| FilterChain {
+        filters: vec![hcm_filter(http_connection_manager(
+            &stat,
+            RouteSpecifier::Rds(Rds {
+                config_source: Some(ads_config_source()),
+                route_config_name: route.clone(),
+            }),
+        ))],
+        ..Default::default()
+    });
+    let tcp_chain = l.tcp.map(|(svc, sp)| FilterChain {
+        filters: vec![tcp_proxy_filter(&stat, tcp_cluster(model, svc, sp, proxy))],
+        ..Default::default()
+    });
+    let mut listener = Listener {
+        name: l.name(),
+        address: Some(socket_address(&l.address, l.port)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        // Captured listeners only receive connections handed over by virtualOutbound; they
+        // must not also try to own the port.
+        bind_to_port: (!l.bind_to_port).then_some(BoolValue { value: false }),
+        ..Default::default()
+    };
+    for (svc, sp) in &l.tls {
+        listener.filter_chains.push(FilterChain {
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: vec![svc.hostname.clone()],
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            filters: vec![tcp_proxy_filter(
+                &format!("outbound|{}||{}", sp.port, svc.hostname),
+                tcp_cluster(model, svc, sp, proxy),
+            )],
+            ..Default::default()
+        });
+    }
+    if !l.tls.is_empty() {
+        listener.listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(ListenerFilterConfig::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    match (http_chain, tcp_chain) {
+        (Some(http), tcp) if l.sniff || tcp.is_some() || !l.bind_to_port => {
+            // Sniff: HTTP/1.1 and h2c go to the route table, the rest is proxied as TCP —
+            // to the service when one is TCP here, else (captured HTTP port, unknown IP)
+            // passed through as Istio does.
+            add_sniffing(&mut listener);
             listener.filter_chains.push(FilterChain {
                 filter_chain_match: Some(FilterChainMatch {
-                    application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                    application_protocols: HTTP_ALPN.iter().map(|s| s.to_string()).collect(),
                     ..Default::default()
                 }),
-                ..http_chain()
+                ..http
             });
-            if let Some((svc, sp)) = tcp_target {
-                listener.default_filter_chain = Some(tcp_chain(svc, sp));
-            }
-        } else if any_http {
-            listener.filter_chains.push(http_chain());
-        } else if let Some((svc, sp)) = tcp_target {
-            listener.filter_chains.push(tcp_chain(svc, sp));
+            listener.default_filter_chain = Some(tcp.unwrap_or_else(|| FilterChain {
+                filters: vec![tcp_proxy_filter(
+                    fallback,
+                    ClusterSpecifier::Cluster(fallback.into()),
+                )],
+                ..Default::default()
+            }));
         }
-        insert(out, listener);
+        (Some(http), _) => listener.filter_chains.push(http),
+        // Beside SNI chains, plain TCP is whatever matched no server name.
+        (None, Some(tcp)) if !l.tls.is_empty() => listener.default_filter_chain = Some(tcp),
+        (None, Some(tcp)) => listener.filter_chains.push(tcp),
+        (None, None) if !l.tls.is_empty() => {
+            listener.default_filter_chain = Some(FilterChain {
+                filters: vec![tcp_proxy_filter(
+                    fallback,
+                    ClusterSpecifier::Cluster(fallback.into()),
+                )],
+                ..Default::default()
+            });
+        }
+        (None, None) => {}
     }
-    if !none {
-        insert(
-            out,
-            Listener {
-                name: "virtualOutbound".into(),
-                address: Some(socket_address("0.0.0.0", VIRTUAL_OUTBOUND_PORT)),
-                use_original_dst: Some(BoolValue { value: true }),
-                traffic_direction: TrafficDirection::Outbound as i32,
-                default_filter_chain: Some(FilterChain {
-                    name: "PassthroughFilterChain".into(),
-                    filters: vec![tcp_proxy_filter(
-                        "PassthroughCluster",
-                        ClusterSpecifier::Cluster("PassthroughCluster".into()),
-                    )],
+    listener
+}
+
+/// `virtualInbound` (captured ports) and bound listeners for Sidecar ingress ports without
+/// capture. Nothing inbound for a NONE-mode proxy without a Sidecar ingress: its app owns its
+/// ports, and the peer reaches it directly.
+pub fn inbound(ports: &[InboundPort], proxy: &ProxyNode) -> Vec<Listener> {
+    let mut out = Vec::new();
+    let mut chains = Vec::new();
+    for p in ports {
+        let cluster = inbound_cluster_name(p.port);
+        match &p.bind {
+            Some(addr) => {
+                let stat = format!("inbound_{addr}_{}", p.port);
+                let mut l = Listener {
+                    name: format!("{addr}_{}", p.port),
+                    address: Some(socket_address(addr, p.port)),
+                    traffic_direction: TrafficDirection::Inbound as i32,
                     ..Default::default()
-                }),
+                };
+                let mut new_chains = inbound_chains(&stat, &cluster, p.protocol, None);
+                if p.protocol == Protocol::Unknown {
+                    add_sniffing(&mut l);
+                    l.default_filter_chain = new_chains.pop();
+                }
+                l.filter_chains = new_chains;
+                out.push(l);
+            }
+            None if proxy.interception_mode.captures() => {
+                let stat = format!("inbound_{WILDCARD}_{}", p.port);
+                chains.extend(inbound_chains(&stat, &cluster, p.protocol, Some(p.port)));
+            }
+            None => {}
+        }
+    }
+    if proxy.interception_mode.captures() {
+        chains.insert(
+            0,
+            FilterChain {
+                // Connections to 15006 itself would loop forever.
+                name: "virtualInbound-blackhole".into(),
+                filter_chain_match: Some(port_match(VIRTUAL_INBOUND_PORT)),
+                filters: vec![tcp_proxy_filter(
+                    BLACKHOLE,
+                    ClusterSpecifier::Cluster(BLACKHOLE.into()),
+                )],
                 ..Default::default()
             },
         );
-    }
-}
-
-/// `virtualInbound`: a filter chain per port the proxy's workload serves.
-pub fn inbound(own: &[&Service], proxy: &ProxyNode, out: &mut ProxyResources) {
-    if proxy.interception == Interception::None {
-        // Without capture nothing is redirected to 15006; inbound traffic reaches the app
-        // directly (mTLS termination for NONE mode comes with citadel).
-        return;
-    }
-    let mut chains = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for svc in own {
-        for port in &svc.ports {
-            let target = match &port.target_port {
-                Some(TargetPort::Number(n)) => *n,
-                _ => port.port,
-            };
-            if !seen.insert(target) {
-                continue;
-            }
-            let cluster = format!("inbound|{target}||");
-            let stat = format!("inbound_0.0.0.0_{target}");
-            let filter = if port.protocol.is_http() || port.protocol == Protocol::Unknown {
-                hcm_filter(http_connection_manager(
-                    &stat,
-                    RouteSpecifier::RouteConfig(inbound_route_config(&cluster)),
-                ))
-            } else {
-                tcp_proxy_filter(&stat, ClusterSpecifier::Cluster(cluster.clone()))
-            };
-            chains.push(FilterChain {
-                name: cluster,
-                filter_chain_match: Some(FilterChainMatch {
-                    destination_port: Some(UInt32Value {
-                        value: u32::from(target),
-                    }),
-                    ..Default::default()
-                }),
-                filters: vec![filter],
-                ..Default::default()
-            });
-        }
-    }
-    insert(
-        out,
-        Listener {
+        let mut l = Listener {
             name: "virtualInbound".into(),
-            address: Some(socket_address("0.0.0.0", VIRTUAL_INBOUND_PORT)),
+            address: Some(socket_address(WILDCARD, VIRTUAL_INBOUND_PORT)),
             traffic_direction: TrafficDirection::Inbound as i32,
             listener_filters: vec![ListenerFilter {
                 name: "envoy.filters.listener.original_dst".into(),
@@ -185,27 +246,134 @@ pub fn inbound(own: &[&Service], proxy: &ProxyNode, out: &mut ProxyResources) {
             }],
             filter_chains: chains,
             default_filter_chain: Some(FilterChain {
-                name: "InboundPassthroughFilterChain".into(),
+                name: "virtualInbound-catchall-tcp".into(),
                 filters: vec![tcp_proxy_filter(
-                    "InboundPassthroughCluster",
-                    ClusterSpecifier::Cluster("InboundPassthroughCluster".into()),
+                    INBOUND_PASSTHROUGH,
+                    ClusterSpecifier::Cluster(INBOUND_PASSTHROUGH.into()),
                 )],
                 ..Default::default()
             }),
             ..Default::default()
-        },
-    );
+        };
+        // Detect HTTP only on undeclared ports: on a declared TCP port a server-first
+        // protocol (MySQL, SMTP) would wait forever for the client to speak.
+        let sniffed: Vec<u16> = ports
+            .iter()
+            .filter(|p| p.bind.is_none() && p.protocol == Protocol::Unknown)
+            .map(|p| p.port)
+            .collect();
+        if !sniffed.is_empty() {
+            add_sniffing(&mut l);
+            if let Some(f) = l.listener_filters.last_mut() {
+                f.filter_disabled = Some(not_on_ports(&sniffed));
+            }
+        }
+        out.push(l);
+    }
+    out
 }
 
-fn insert(out: &mut ProxyResources, listener: Listener) {
-    out.insert(
-        LISTENER_TYPE,
-        Resource::new(listener.name.clone(), LISTENER_TYPE, &listener),
-    );
+/// A listener-filter predicate true for every port except `ports`.
+fn not_on_ports(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
+    let rules = ports
+        .iter()
+        .map(|p| ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::DestinationPortRange(Int32Range {
+                start: i32::from(*p),
+                // Exclusive end.
+                end: i32::from(*p) + 1,
+            })),
+        })
+        .collect();
+    ListenerFilterChainMatchPredicate {
+        rule: Some(Rule::NotMatch(Box::new(
+            ListenerFilterChainMatchPredicate {
+                rule: Some(Rule::OrMatch(MatchSet { rules })),
+            },
+        ))),
+    }
 }
 
-fn tcp_cluster(model: &MeshModel, svc: &Service, port: &ServicePort) -> ClusterSpecifier {
-    let weighted = tcp_destinations(model, svc, port.port);
+/// The chains for one inbound port: HTTP, TCP, or both behind ALPN detection (HTTP first, the
+/// TCP chain last so a caller without a port match can use it as the default chain).
+fn inbound_chains(
+    stat: &str,
+    cluster: &str,
+    protocol: Protocol,
+    port: Option<u16>,
+) -> Vec<FilterChain> {
+    let http = |alpn: bool| FilterChain {
+        name: cluster.to_string(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: port.map(|p| UInt32Value {
+                value: u32::from(p),
+            }),
+            application_protocols: if alpn {
+                HTTP_ALPN.iter().map(|s| s.to_string()).collect()
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter(http_connection_manager(
+            stat,
+            RouteSpecifier::RouteConfig(inbound_route_config(cluster)),
+        ))],
+        ..Default::default()
+    };
+    let tcp = || FilterChain {
+        name: cluster.to_string(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: port.map(|p| UInt32Value {
+                value: u32::from(p),
+            }),
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter(
+            stat,
+            ClusterSpecifier::Cluster(cluster.to_string()),
+        )],
+        ..Default::default()
+    };
+    if protocol.is_http() {
+        vec![http(false)]
+    } else if protocol == Protocol::Unknown {
+        vec![http(true), tcp()]
+    } else {
+        vec![tcp()]
+    }
+}
+
+fn port_match(port: u16) -> FilterChainMatch {
+    FilterChainMatch {
+        destination_port: Some(UInt32Value {
+            value: u32::from(port),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Turn on HTTP detection. Istio's settings: no detection timeout and carry on when it
+/// fires, so server-first protocols must be declared rather than stall.
+fn add_sniffing(l: &mut Listener) {
+    l.listener_filters.push(ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(&HttpInspector {}))),
+        ..Default::default()
+    });
+    l.listener_filters_timeout = Some(duration(std::time::Duration::ZERO));
+    l.continue_on_listener_filters_timeout = true;
+}
+
+/// Where a TCP listener sends a service's traffic: the route table's `tcp` split when there
+/// is one, else the service's cluster.
+fn tcp_cluster(
+    model: &MeshModel,
+    svc: &Service,
+    port: &ServicePort,
+    proxy: &ProxyNode,
+) -> ClusterSpecifier {
+    let weighted = tcp_destinations(model, svc, port.port, proxy);
     match weighted.as_slice() {
         [] => ClusterSpecifier::Cluster(outbound_cluster_name(port.port, None, &svc.hostname)),
         [(name, _)] => ClusterSpecifier::Cluster(name.clone()),
@@ -222,14 +390,9 @@ fn tcp_cluster(model: &MeshModel, svc: &Service, port: &ServicePort) -> ClusterS
     }
 }
 
-fn http_inspector() -> ListenerFilter {
-    ListenerFilter {
-        name: "envoy.filters.listener.http_inspector".into(),
-        config_type: Some(ListenerFilterConfig::TypedConfig(any(&HttpInspector {}))),
-        ..Default::default()
-    }
-}
-
+/// The HTTP connection manager of every HTTP chain, with Istio's settings: fault before
+/// router (so per-route faults from RDS take effect), websocket upgrades, path
+/// normalisation, no idle stream timeout, no trust in client-supplied addresses.
 fn http_connection_manager(stat_prefix: &str, routes: RouteSpecifier) -> HttpConnectionManager {
     HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
@@ -251,6 +414,10 @@ fn http_connection_manager(stat_prefix: &str, routes: RouteSpecifier) -> HttpCon
             upgrade_type: "websocket".into(),
             ..Default::default()
         }],
+        use_remote_address: Some(BoolValue { value: false }),
+        normalize_path: Some(BoolValue { value: true }),
+        path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        stream_idle_timeout: Some(duration(std::time::Duration::ZERO)),
         ..Default::default()
     }
 }
@@ -271,5 +438,258 @@ fn tcp_proxy_filter(stat_prefix: &str, cluster: ClusterSpecifier) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(FilterConfig::TypedConfig(any(&proxy))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use mast_mesh_config::model::{Resolution, ResourceRef};
+    use prost::Message;
+
+    use super::super::node::InterceptionMode;
+    use super::super::plan;
+    use super::*;
+
+    fn service(name: &str, port: u16, protocol: Protocol, vip: Option<&str>) -> Service {
+        Service {
+            hostname: format!("{name}.default.svc.cluster.local"),
+            name: name.into(),
+            namespace: "default".into(),
+            ports: vec![ServicePort {
+                name: "p".into(),
+                port,
+                target_port: None,
+                protocol,
+            }],
+            selector: None,
+            endpoints: vec![],
+            addresses: vip.into_iter().map(String::from).collect(),
+            resolution: Resolution::Static,
+            mesh_external: false,
+            export_to: vec![],
+            source: ResourceRef::default(),
+        }
+    }
+
+    fn model() -> MeshModel {
+        let mut m = MeshModel::default();
+        for s in [
+            service("web", 8080, Protocol::Http, Some("10.96.0.5")),
+            service("db", 5432, Protocol::Tcp, Some("10.96.0.6")),
+            service("cache", 5432, Protocol::Tcp, Some("10.96.0.7")),
+            service("odd", 9000, Protocol::Unknown, Some("10.96.0.8")),
+            service("ext-a", 443, Protocol::Tls, None),
+            service("ext-b", 443, Protocol::Https, None),
+        ] {
+            m.services.insert(s.hostname.clone(), s);
+        }
+        m
+    }
+
+    fn proxy(mode: InterceptionMode) -> ProxyNode {
+        ProxyNode {
+            id: "sidecar~10.1.0.1~c.default~default.svc.cluster.local".into(),
+            ip: "10.1.0.1".into(),
+            namespace: "default".into(),
+            interception_mode: mode,
+            ..Default::default()
+        }
+    }
+
+    fn listeners(mode: InterceptionMode) -> Vec<Listener> {
+        let m = model();
+        let p = proxy(mode);
+        outbound(&m, &plan::outbound(&m, &p), &p)
+    }
+
+    fn addr(l: &Listener) -> (String, u32) {
+        let Some(A::SocketAddress(sa)) = l.address.as_ref().and_then(|a| a.address.clone()) else {
+            panic!("no address")
+        };
+        let Some(PortSpecifier::PortValue(p)) = sa.port_specifier else {
+            panic!("no port")
+        };
+        (sa.address, p)
+    }
+
+    fn rds_name(chain: &FilterChain) -> String {
+        let Some(FilterConfig::TypedConfig(a)) = &chain.filters[0].config_type else {
+            panic!()
+        };
+        let hcm = HttpConnectionManager::decode(a.value.as_slice()).unwrap();
+        let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            panic!("not RDS")
+        };
+        rds.route_config_name
+    }
+
+    #[test]
+    fn none_mode_binds_loopback_per_port() {
+        let ls = listeners(InterceptionMode::None);
+        let names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "127.0.0.1_443",
+                "127.0.0.1_5432",
+                "127.0.0.1_8080",
+                "127.0.0.1_9000"
+            ]
+        );
+        for l in &ls {
+            assert_eq!(addr(l).0, "127.0.0.1");
+            assert!(l.bind_to_port.is_none(), "{} must bind", l.name);
+        }
+        let web = &ls[2];
+        assert_eq!(web.filter_chains.len(), 1);
+        assert!(
+            web.listener_filters.is_empty(),
+            "declared HTTP needs no sniffing"
+        );
+        assert_eq!(rds_name(&web.filter_chains[0]), "8080");
+    }
+
+    #[test]
+    fn captured_mode_uses_vips_for_tcp_and_virtual_listeners() {
+        let ls = listeners(InterceptionMode::Redirect);
+        let names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "0.0.0.0_443",
+                "0.0.0.0_8080",
+                "10.96.0.6_5432",
+                "10.96.0.7_5432",
+                "10.96.0.8_9000",
+                "virtualOutbound"
+            ]
+        );
+        let tls = &ls[0];
+        let snis: Vec<&str> = tls
+            .filter_chains
+            .iter()
+            .map(|c| c.filter_chain_match.as_ref().unwrap().server_names[0].as_str())
+            .collect();
+        assert_eq!(
+            snis,
+            [
+                "ext-a.default.svc.cluster.local",
+                "ext-b.default.svc.cluster.local"
+            ]
+        );
+        assert_eq!(
+            tls.listener_filters[0].name,
+            "envoy.filters.listener.tls_inspector"
+        );
+        let web = &ls[1];
+        assert_eq!(web.bind_to_port, Some(BoolValue { value: false }));
+        assert_eq!(rds_name(&web.filter_chains[0]), "8080");
+        assert!(
+            web.default_filter_chain.is_some(),
+            "non-HTTP passes through"
+        );
+        let odd = &ls[4];
+        assert_eq!(
+            rds_name(&odd.filter_chains[0]),
+            "odd.default.svc.cluster.local:9000"
+        );
+        let vo = ls.last().unwrap();
+        assert_eq!(vo.use_original_dst, Some(BoolValue { value: true }));
+        assert_eq!(addr(vo), ("0.0.0.0".to_string(), 15001));
+    }
+
+    #[test]
+    fn inbound_chains_per_port() {
+        let ports = [
+            InboundPort {
+                port: 9080,
+                protocol: Protocol::Http,
+                endpoint: ("127.0.0.1".into(), 9080),
+                bind: None,
+            },
+            InboundPort {
+                port: 3306,
+                protocol: Protocol::Tcp,
+                endpoint: ("127.0.0.1".into(), 3306),
+                bind: None,
+            },
+        ];
+        let ls = inbound(&ports, &proxy(InterceptionMode::Redirect));
+        assert_eq!(ls.len(), 1);
+        let vi = &ls[0];
+        assert_eq!(vi.name, "virtualInbound");
+        assert_eq!(addr(vi), ("0.0.0.0".to_string(), 15006));
+        let ports: Vec<u32> = vi
+            .filter_chains
+            .iter()
+            .map(|c| {
+                c.filter_chain_match
+                    .as_ref()
+                    .unwrap()
+                    .destination_port
+                    .unwrap()
+                    .value
+            })
+            .collect();
+        assert_eq!(ports, [15006, 9080, 3306]);
+        // Only original_dst: no HTTP detection without undeclared ports.
+        assert_eq!(vi.listener_filters.len(), 1);
+        assert!(inbound(&[], &proxy(InterceptionMode::None)).is_empty());
+    }
+
+    #[test]
+    fn undeclared_inbound_port_is_sniffed_only_there() {
+        let ports = [
+            InboundPort {
+                port: 7000,
+                protocol: Protocol::Unknown,
+                endpoint: ("127.0.0.1".into(), 7000),
+                bind: None,
+            },
+            InboundPort {
+                port: 3306,
+                protocol: Protocol::Tcp,
+                endpoint: ("127.0.0.1".into(), 3306),
+                bind: None,
+            },
+        ];
+        let vi = &inbound(&ports, &proxy(InterceptionMode::Redirect))[0];
+        let at_7000: Vec<&FilterChain> = vi
+            .filter_chains
+            .iter()
+            .filter(|c| {
+                c.filter_chain_match.as_ref().unwrap().destination_port
+                    == Some(UInt32Value { value: 7000 })
+            })
+            .collect();
+        assert_eq!(at_7000.len(), 2, "HTTP and TCP chains");
+        assert_eq!(
+            at_7000[0]
+                .filter_chain_match
+                .as_ref()
+                .unwrap()
+                .application_protocols,
+            HTTP_ALPN
+        );
+        let inspector = vi
+            .listener_filters
+            .iter()
+            .find(|f| f.name == "envoy.filters.listener.http_inspector")
+            .expect("sniffing on");
+        let Some(Rule::NotMatch(inner)) = &inspector.filter_disabled.as_ref().unwrap().rule else {
+            panic!("{inspector:?}")
+        };
+        let Some(Rule::OrMatch(set)) = &inner.rule else {
+            panic!("{inner:?}")
+        };
+        assert_eq!(
+            set.rules[0].rule,
+            Some(Rule::DestinationPortRange(Int32Range {
+                start: 7000,
+                end: 7001
+            }))
+        );
     }
 }

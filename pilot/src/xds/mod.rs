@@ -2,127 +2,206 @@
 //! the same cluster, listener and route names, the same defaults, so a real Envoy (or
 //! mast-proxy) behaves as it would under Istio.
 //!
-//! A proxy's config splits in two: the outbound part (every service it can call) depends only
-//! on its namespace, interception mode and Sidecar scope, and is identical for most proxies;
-//! the inbound part depends on which services select its labels. [`XdsGenerator`] caches both
-//! per model version, so a push to thousands of proxies generates each distinct part once.
+//! [`generate`] is the whole translation for one proxy, as typed Envoy protos
+//! ([`ProxyConfig`]); [`ProxyConfig::resources`] encodes it for the ADS server. The work is
+//! split by what it depends on: [`plan`] decides what exists (visible services, listener
+//! addresses, route names), then [`clusters`], [`endpoints`], [`listeners`] and [`routes`] each
+//! build one xDS type from that plan.
+//!
+//! A proxy's outbound part (every service it can call) depends only on its namespace,
+//! interception mode and Sidecar scope (and its labels when a route matches on source
+//! labels), so it is identical for most proxies; [`XdsGenerator`] caches it per model
+//! version and generates only the small inbound part per proxy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Value, value::Kind};
-use mast_mesh_config::model::{Labels, MeshModel, Service, SidecarScope, labels_match};
+use mast_mesh_config::model::{Labels, MeshModel, TrafficPolicy};
 use prost::Message;
 
-use crate::ads::{Generator, ProxyResources, Snapshot};
+use crate::ads::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, ProxyResources, ROUTE_TYPE, Resource,
+    Snapshot,
+};
 
 pub mod clusters;
 pub mod endpoints;
 pub mod listeners;
+pub mod node;
+pub mod plan;
 pub mod routes;
 
-/// How the proxy's traffic reaches it (node metadata `INTERCEPTION_MODE`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Interception {
-    #[default]
-    Redirect,
-    Tproxy,
-    /// No iptables: outbound listeners bind 127.0.0.1:<service port>.
-    None,
-}
+pub use node::{InterceptionMode, NodeError, ProxyNode};
 
-/// What pilot knows about a proxy, from its node id and metadata.
+/// Everything one proxy gets, as typed protos, each list sorted by resource name.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct ProxyNode {
-    pub id: String,
-    pub ip: String,
-    pub pod: String,
-    pub namespace: String,
-    pub labels: Labels,
-    pub service_account: String,
-    pub interception: Interception,
+pub struct ProxyConfig {
+    pub clusters: Vec<Cluster>,
+    /// One per EDS cluster, named as the cluster.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum NodeError {
-    #[error("node id {0:?} is not <type>~<ip>~<pod>.<namespace>~<domain>")]
-    BadId(String),
-    #[error("node metadata INTERCEPTION_MODE {0:?} is not REDIRECT, TPROXY or NONE")]
-    BadInterception(String),
-}
+/// Encoded resources of one type: `(resource name, Any)`, sorted by name.
+pub type Encoded = Vec<(String, Any)>;
 
-impl ProxyNode {
-    /// Parse `sidecar~10.1.2.3~app-1.default~default.svc.cluster.local` and the metadata keys
-    /// istiod reads (`NAMESPACE`, `LABELS`, `SERVICE_ACCOUNT`, `INTERCEPTION_MODE`).
-    pub fn from_envoy_node(node: &Node) -> Result<Self, NodeError> {
-        let parts: Vec<&str> = node.id.split('~').collect();
-        let [_kind, ip, pod_ns, _domain] = parts[..] else {
-            return Err(NodeError::BadId(node.id.clone()));
-        };
-        let (pod, id_ns) = pod_ns.split_once('.').unwrap_or((pod_ns, ""));
-        let fields = node.metadata.as_ref().map(|m| &m.fields);
-        let string = |key: &str| {
-            fields
-                .and_then(|f| f.get(key))
-                .and_then(|v| match &v.kind {
-                    Some(Kind::StringValue(s)) => Some(s.clone()),
-                    _ => None,
-                })
-        };
-        let labels = fields
-            .and_then(|f| f.get("LABELS"))
-            .and_then(|v| match &v.kind {
-                Some(Kind::StructValue(s)) => Some(
-                    s.fields
-                        .iter()
-                        .filter_map(|(k, v)| match &v.kind {
-                            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
-                _ => None,
-            })
-            .unwrap_or_default();
-        let interception = match string("INTERCEPTION_MODE").as_deref() {
-            None | Some("") | Some("REDIRECT") => Interception::Redirect,
-            Some("TPROXY") => Interception::Tproxy,
-            Some("NONE") => Interception::None,
-            Some(other) => return Err(NodeError::BadInterception(other.to_string())),
-        };
-        let namespace = string("NAMESPACE")
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| id_ns.to_string());
-        if namespace.is_empty() {
-            return Err(NodeError::BadId(node.id.clone()));
+// === impl ProxyConfig ===
+
+impl ProxyConfig {
+    /// Add `other`'s resources; on a name clash the existing resource is kept.
+    pub fn merge(&mut self, other: ProxyConfig) {
+        self.clusters.extend(other.clusters);
+        self.endpoints.extend(other.endpoints);
+        self.listeners.extend(other.listeners);
+        self.routes.extend(other.routes);
+        self.normalize();
+    }
+
+    /// Sort every list by name and drop later duplicates, so equal models give equal bytes.
+    pub fn normalize(&mut self) {
+        sort_dedup(&mut self.clusters, |c| &c.name);
+        sort_dedup(&mut self.endpoints, |c| &c.cluster_name);
+        sort_dedup(&mut self.listeners, |l| &l.name);
+        sort_dedup(&mut self.routes, |r| &r.name);
+    }
+
+    /// Names of the clusters whose endpoints come over EDS (the resource names the proxy
+    /// will subscribe to for `ClusterLoadAssignment`).
+    pub fn eds_cluster_names(&self) -> Vec<&str> {
+        self.endpoints
+            .iter()
+            .map(|e| e.cluster_name.as_str())
+            .collect()
+    }
+
+    pub fn encode_clusters(&self) -> Encoded {
+        encode_all(&self.clusters, CLUSTER_TYPE, |c| &c.name)
+    }
+
+    pub fn encode_endpoints(&self) -> Encoded {
+        encode_all(&self.endpoints, ENDPOINT_TYPE, |e| &e.cluster_name)
+    }
+
+    pub fn encode_listeners(&self) -> Encoded {
+        encode_all(&self.listeners, LISTENER_TYPE, |l| &l.name)
+    }
+
+    pub fn encode_routes(&self) -> Encoded {
+        encode_all(&self.routes, ROUTE_TYPE, |r| &r.name)
+    }
+
+    /// Every type, by type URL, in push order (CDS, EDS, LDS, RDS).
+    pub fn encode(&self) -> Vec<(&'static str, Encoded)> {
+        vec![
+            (CLUSTER_TYPE, self.encode_clusters()),
+            (ENDPOINT_TYPE, self.encode_endpoints()),
+            (LISTENER_TYPE, self.encode_listeners()),
+            (ROUTE_TYPE, self.encode_routes()),
+        ]
+    }
+
+    /// The ADS server's form: encoded once, versioned by content hash. Every type is present
+    /// (possibly empty), so "no listeners" is a state that gets pushed, not a missing type.
+    pub fn resources(&self) -> ProxyResources {
+        let mut out = ProxyResources::default();
+        for t in crate::ads::PUSH_ORDER {
+            out.by_type.entry(t).or_default();
         }
-        Ok(Self {
-            id: node.id.clone(),
-            ip: ip.to_string(),
-            pod: pod.to_string(),
-            namespace,
-            labels,
-            service_account: string("SERVICE_ACCOUNT").unwrap_or_else(|| "default".into()),
-            interception,
-        })
+        for c in &self.clusters {
+            out.insert(CLUSTER_TYPE, Resource::new(c.name.clone(), CLUSTER_TYPE, c));
+        }
+        for e in &self.endpoints {
+            out.insert(
+                ENDPOINT_TYPE,
+                Resource::new(e.cluster_name.clone(), ENDPOINT_TYPE, e),
+            );
+        }
+        for l in &self.listeners {
+            out.insert(
+                LISTENER_TYPE,
+                Resource::new(l.name.clone(), LISTENER_TYPE, l),
+            );
+        }
+        for r in &self.routes {
+            out.insert(ROUTE_TYPE, Resource::new(r.name.clone(), ROUTE_TYPE, r));
+        }
+        out
     }
 }
 
-/// The outbound view a proxy gets: its namespace, how it captures traffic, and the Sidecar
-/// resource that scopes it (by index in the model).
+fn sort_dedup<T>(v: &mut Vec<T>, name: impl Fn(&T) -> &String) {
+    // Stable sort keeps the first of equal names, which dedup then keeps.
+    v.sort_by(|a, b| name(a).cmp(name(b)));
+    v.dedup_by(|b, a| name(a) == name(b));
+}
+
+fn encode_all<T: Message>(v: &[T], type_url: &str, name: impl Fn(&T) -> &String) -> Encoded {
+    let mut out: Encoded = v
+        .iter()
+        .map(|m| {
+            (
+                name(m).clone(),
+                Any {
+                    type_url: type_url.to_string(),
+                    value: m.encode_to_vec(),
+                },
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+// === generation ===
+
+/// Everything for one proxy, uncached (tests, `/debug`, mastctl).
+pub fn generate(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
+    let mut out = generate_outbound(model, proxy);
+    out.merge(generate_inbound(model, proxy));
+    out
+}
+
+/// Everything the proxy can call: outbound clusters, endpoints, listeners and routes.
+pub fn generate_outbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
+    let plan = plan::outbound(model, proxy);
+    let mut out = ProxyConfig {
+        clusters: clusters::outbound(model, &plan.services),
+        endpoints: endpoints::outbound(model, &plan.services),
+        listeners: listeners::outbound(model, &plan, proxy),
+        routes: routes::outbound(model, &plan, proxy),
+    };
+    out.normalize();
+    out
+}
+
+/// What reaches the proxy's own workload: inbound clusters and listeners.
+pub fn generate_inbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
+    let ports = plan::inbound_ports(model, proxy);
+    let mut out = ProxyConfig {
+        clusters: clusters::inbound(&ports, proxy.interception_mode.captures()),
+        listeners: listeners::inbound(&ports, proxy),
+        ..ProxyConfig::default()
+    };
+    out.normalize();
+    out
+}
+
+/// What the outbound half of a proxy's config depends on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct OutboundKey {
     namespace: String,
-    interception: Interception,
+    interception: InterceptionMode,
     sidecar: Option<usize>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct InboundKey {
-    namespace: String,
-    labels: Labels,
-    interception: Interception,
+    /// Only when some route matches on source labels; otherwise every proxy of a namespace
+    /// shares one entry.
+    labels: Option<Labels>,
 }
 
 type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
@@ -131,17 +210,16 @@ type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
 struct Cache {
     version: u64,
     outbound: HashMap<OutboundKey, Cell>,
-    inbound: HashMap<InboundKey, Cell>,
 }
 
-/// The real [`Generator`]: model → xDS, cached per model version.
+/// The real [`Generator`]: model → xDS, with the outbound half cached per model version.
 #[derive(Debug, Default)]
 pub struct XdsGenerator {
     cache: Mutex<Cache>,
 }
 
 impl XdsGenerator {
-    fn cells(&self, version: u64, out: OutboundKey, inb: InboundKey) -> (Cell, Cell) {
+    fn cell(&self, version: u64, key: OutboundKey) -> Cell {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
             *cache = Cache {
@@ -149,9 +227,7 @@ impl XdsGenerator {
                 ..Cache::default()
             };
         }
-        let o = cache.outbound.entry(out).or_default().clone();
-        let i = cache.inbound.entry(inb).or_default().clone();
-        (o, i)
+        cache.outbound.entry(key).or_default().clone()
     }
 }
 
@@ -165,122 +241,31 @@ impl Generator for XdsGenerator {
     fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyResources, String> {
         let proxy = ProxyNode::from_envoy_node(node).map_err(|e| e.to_string())?;
         let model = &snapshot.model;
-        let sidecar = sidecar_scope(model, &proxy);
-        let (out, inb) = self.cells(
-            snapshot.version,
-            OutboundKey {
-                namespace: proxy.namespace.clone(),
-                interception: proxy.interception,
-                sidecar,
-            },
-            InboundKey {
-                namespace: proxy.namespace.clone(),
-                labels: proxy.labels.clone(),
-                interception: proxy.interception,
-            },
-        );
-        let outbound = out.get_or_init(|| Arc::new(generate_outbound(model, &proxy))).clone();
-        let inbound = inb.get_or_init(|| Arc::new(generate_inbound(model, &proxy))).clone();
+        let uses_source_labels = model.routes.iter().any(|t| {
+            t.http
+                .iter()
+                .flat_map(|r| &r.matches)
+                .any(|m| !m.source_labels.is_empty())
+        });
+        let key = OutboundKey {
+            namespace: proxy.namespace.clone(),
+            interception: proxy.interception_mode,
+            sidecar: plan::sidecar_for(model, &proxy).map(|(i, _)| i),
+            labels: uses_source_labels.then(|| proxy.labels.clone()),
+        };
+        let outbound = self
+            .cell(snapshot.version, key)
+            .get_or_init(|| Arc::new(generate_outbound(model, &proxy).resources()))
+            .clone();
         let mut all = (*outbound).clone();
-        for (type_url, resources) in &inbound.by_type {
-            all.by_type
-                .entry(type_url)
-                .or_default()
-                .extend(resources.iter().map(|(k, v)| (k.clone(), v.clone())));
+        for (type_url, resources) in generate_inbound(model, &proxy).resources().by_type {
+            let into = all.by_type.entry(type_url).or_default();
+            for (name, r) in resources {
+                into.entry(name).or_insert(r);
+            }
         }
         Ok(all)
     }
-}
-
-/// Everything a proxy can call: outbound clusters, endpoints, listeners and routes.
-pub fn generate_outbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyResources {
-    let services = visible_services(model, proxy);
-    let mut out = ProxyResources::default();
-    clusters::outbound(model, &services, &mut out);
-    endpoints::outbound(model, &services, &mut out);
-    listeners::outbound(model, &services, proxy, &mut out);
-    routes::outbound(model, &services, proxy, &mut out);
-    out
-}
-
-/// What reaches the proxy's own workload: inbound clusters and the inbound listener.
-pub fn generate_inbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyResources {
-    let mut out = ProxyResources::default();
-    let own = own_services(model, proxy);
-    clusters::inbound(&own, &mut out);
-    listeners::inbound(&own, proxy, &mut out);
-    out
-}
-
-/// Everything for one proxy, uncached (tests and `/debug`).
-pub fn generate(model: &MeshModel, proxy: &ProxyNode) -> ProxyResources {
-    let mut all = generate_outbound(model, proxy);
-    for (t, r) in generate_inbound(model, proxy).by_type {
-        all.by_type.entry(t).or_default().extend(r);
-    }
-    all
-}
-
-/// The Sidecar resource that applies to a proxy: one in its namespace selecting its labels,
-/// else its namespace's selector-less one (istiod's precedence, without the root namespace).
-fn sidecar_scope(model: &MeshModel, proxy: &ProxyNode) -> Option<usize> {
-    let in_ns = || model.sidecars.iter().enumerate().filter(|(_, s)| s.namespace == proxy.namespace);
-    in_ns()
-        .find(|(_, s)| s.workload_selector.as_ref().is_some_and(|sel| labels_match(sel, &proxy.labels)))
-        .or_else(|| in_ns().find(|(_, s)| s.workload_selector.is_none()))
-        .map(|(i, _)| i)
-}
-
-/// Services the proxy may call: exported to its namespace, and allowed by its Sidecar's
-/// egress hosts when it has one.
-pub fn visible_services<'a>(model: &'a MeshModel, proxy: &ProxyNode) -> Vec<&'a Service> {
-    let scope: Option<&SidecarScope> = sidecar_scope(model, proxy).and_then(|i| model.sidecars.get(i));
-    model
-        .services
-        .values()
-        .filter(|s| exported_to(&s.export_to, &s.namespace, &proxy.namespace))
-        .filter(|s| match scope {
-            Some(sc) if !sc.egress.is_empty() => sc.egress.iter().any(|e| {
-                e.hosts
-                    .iter()
-                    .any(|h| egress_host_matches(h, &proxy.namespace, s))
-            }),
-            _ => true,
-        })
-        .collect()
-}
-
-/// `exportTo`: empty or `*` is everywhere, `.` the owner's namespace, else namespace names.
-pub fn exported_to(export_to: &[String], owner_ns: &str, proxy_ns: &str) -> bool {
-    export_to.is_empty()
-        || export_to
-            .iter()
-            .any(|e| e == "*" || e == proxy_ns || (e == "." && owner_ns == proxy_ns))
-}
-
-fn egress_host_matches(entry: &str, proxy_ns: &str, svc: &Service) -> bool {
-    let (ns, host) = entry.split_once('/').unwrap_or(("*", entry));
-    let ns_ok = ns == "*" || ns == svc.namespace || (ns == "." && svc.namespace == proxy_ns);
-    let host_ok = host == "*"
-        || host == svc.hostname
-        || host
-            .strip_prefix('*')
-            .is_some_and(|suffix| svc.hostname.ends_with(suffix));
-    ns_ok && host_ok
-}
-
-/// Services whose selector picks this proxy (same namespace): it serves them.
-fn own_services<'a>(model: &'a MeshModel, proxy: &ProxyNode) -> Vec<&'a Service> {
-    model
-        .services
-        .values()
-        .filter(|s| {
-            s.namespace == proxy.namespace
-                && s.selector
-                    .as_ref()
-                    .is_some_and(|sel| !sel.is_empty() && labels_match(sel, &proxy.labels))
-        })
-        .collect()
 }
 
 /// Pack a message into an `Any` with its canonical type URL.
@@ -311,10 +296,10 @@ pub fn outbound_cluster_name(port: u16, subset: Option<&str>, host: &str) -> Str
 
 /// Merge a subset's policy over its host's, field by field (istiod's `MergeTrafficPolicy`).
 pub fn merged_policy(
-    base: Option<&mast_mesh_config::model::TrafficPolicy>,
-    over: Option<&mast_mesh_config::model::TrafficPolicy>,
+    base: Option<&TrafficPolicy>,
+    over: Option<&TrafficPolicy>,
     port: u16,
-) -> mast_mesh_config::model::TrafficPolicy {
+) -> TrafficPolicy {
     let mut p = base.cloned().unwrap_or_default();
     if let Some(pl) = base.and_then(|b| b.port_level.get(&port)) {
         overlay(&mut p, pl);
@@ -329,7 +314,7 @@ pub fn merged_policy(
     p
 }
 
-fn overlay(p: &mut mast_mesh_config::model::TrafficPolicy, o: &mast_mesh_config::model::TrafficPolicy) {
+fn overlay(p: &mut TrafficPolicy, o: &TrafficPolicy) {
     if o.load_balancer.is_some() {
         p.load_balancer = o.load_balancer.clone();
     }
@@ -344,5 +329,7 @@ fn overlay(p: &mut mast_mesh_config::model::TrafficPolicy, o: &mast_mesh_config:
     }
 }
 
+#[cfg(test)]
+mod envoy_validate;
 #[cfg(test)]
 mod tests;

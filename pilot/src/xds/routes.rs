@@ -1,11 +1,17 @@
-//! RDS: one route configuration per HTTP port (named `"<port>"`, as istiod names them), with
-//! a virtual host per service on that port answering to every alias a client may use
-//! (`user`, `user.ns`, `user.ns.svc`, `user.ns.svc.cluster.local`, each also with `:<port>`),
-//! and the routes of the route table (VirtualService, HTTPRoute, TrafficSplit, Knative Route)
-//! that targets the service. Requests for unknown hosts fall through to `PassthroughCluster`,
-//! as with Istio's `ALLOW_ANY`.
+//! RDS: one route configuration per HTTP port (named `"<port>"`, as istiod names them; see
+//! [`super::plan`] for the `"<fqdn>:<port>"` and `"<bind>:<port>"` variants), with a virtual
+//! host per service on that port answering to every alias a client may use (`user`,
+//! `user.ns`, `user.ns.svc`, `user.ns.svc.cluster.local`, each also with `:<port>`, short
+//! forms only from the service's own namespace, VIPs too), and the routes of the route table
+//! (VirtualService, HTTPRoute, TrafficSplit, Knative Route) that targets the service. Requests
+//! for unknown hosts fall through to `PassthroughCluster` (`allow_any`, Istio's `ALLOW_ANY`),
+//! or get a 502 (`block_all`) under `REGISTRY_ONLY`.
+//!
+//! One deliberate difference from istiod: when a route table has no catch-all rule, the
+//! virtual host still ends with a `default` route to the service (istiod answers 404), so a
+//! header-matched canary rule never blackholes the rest of a service's traffic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSpecifier;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -17,7 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryPar
 use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
-use envoy_types::pb::envoy::config::route::v3::retry_policy::RetryHostPredicate;
+use envoy_types::pb::envoy::config::route::v3::retry_policy::{RetryHostPredicate, RetryPriority};
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HashPolicy, HostRewriteSpecifier, RequestMirrorPolicy,
@@ -25,14 +31,15 @@ use envoy_types::pb::envoy::config::route::v3::route_action::{
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
 use envoy_types::pb::envoy::config::route::v3::{
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy,
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    Decorator, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{FaultAbort, HttpFault};
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
@@ -42,53 +49,86 @@ use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value};
 use mast_mesh_config::model::{
     AbortKind, Destination, HashKey, HeaderOperations, HeaderOps, HttpRoute, LoadBalancer,
-    MeshModel, PathRewrite, Redirect, RouteAction as ModelAction, RouteTable, Service,
-    StringMatch, labels_match,
+    MeshModel, PathRewrite, Redirect, RouteAction as ModelAction, RouteTable, Service, StringMatch,
+    labels_match,
 };
 
-use super::{ProxyNode, any, duration, exported_to, outbound_cluster_name, string_value};
-use crate::ads::{ProxyResources, ROUTE_TYPE, Resource};
+use super::clusters::PASSTHROUGH;
+use super::node::ProxyNode;
+use super::plan::{OutboundPlan, exported_to};
+use super::{any, duration, merged_policy, outbound_cluster_name, string_value};
 
 /// Istio's default retry conditions.
 const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
-pub fn outbound(model: &MeshModel, services: &[&Service], proxy: &ProxyNode, out: &mut ProxyResources) {
-    let mut by_port: BTreeMap<u16, Vec<&Service>> = BTreeMap::new();
-    for svc in services {
-        for port in &svc.ports {
-            if port.protocol.is_http() || port.protocol == mast_mesh_config::model::Protocol::Unknown {
-                by_port.entry(port.port).or_default().push(svc);
-            }
-        }
-    }
-    for (port, svcs) in by_port {
-        let mut virtual_hosts: Vec<VirtualHost> = svcs
-            .iter()
-            .map(|svc| virtual_host(model, svc, port, proxy))
-            .collect();
-        virtual_hosts.push(VirtualHost {
-            name: "allow_any".into(),
-            domains: vec!["*".into()],
-            routes: vec![Route {
-                name: "allow_any".into(),
-                r#match: Some(prefix_match("/")),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster("PassthroughCluster".into())),
-                    timeout: Some(duration(std::time::Duration::ZERO)),
-                    ..Default::default()
-                })),
+/// One route configuration per planned RDS name: a virtual host per service, then the
+/// catch-all for hosts the mesh doesn't know.
+pub fn outbound(
+    model: &MeshModel,
+    plan: &OutboundPlan<'_>,
+    proxy: &ProxyNode,
+) -> Vec<RouteConfiguration> {
+    plan.routes
+        .values()
+        .map(|rp| {
+            // Envoy rejects a route configuration in which two virtual hosts claim one domain;
+            // the first service (by hostname) keeps it, so one odd alias can't take down the
+            // whole port.
+            let mut claimed = HashSet::new();
+            let mut virtual_hosts: Vec<VirtualHost> = rp
+                .services
+                .iter()
+                .map(|svc| {
+                    let mut vh = virtual_host(model, svc, rp.port, proxy);
+                    vh.domains.retain(|d| claimed.insert(d.clone()));
+                    vh
+                })
+                .filter(|vh| !vh.domains.is_empty())
+                .collect();
+            virtual_hosts.push(catch_all_host(plan.registry_only));
+            RouteConfiguration {
+                name: rp.name.clone(),
+                virtual_hosts,
+                validate_clusters: Some(BoolValue { value: false }),
                 ..Default::default()
-            }],
+            }
+        })
+        .collect()
+}
+
+/// `allow_any` to `PassthroughCluster` (Istio's `ALLOW_ANY`), or `block_all` answering 502
+/// under `REGISTRY_ONLY`.
+fn catch_all_host(registry_only: bool) -> VirtualHost {
+    let (name, action) = if registry_only {
+        (
+            "block_all",
+            Action::DirectResponse(DirectResponseAction {
+                status: 502,
+                ..Default::default()
+            }),
+        )
+    } else {
+        (
+            "allow_any",
+            Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(PASSTHROUGH.into())),
+                timeout: Some(duration(std::time::Duration::ZERO)),
+                ..Default::default()
+            }),
+        )
+    };
+    VirtualHost {
+        name: name.into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: name.into(),
+            r#match: Some(prefix_match("/")),
+            action: Some(action),
             ..Default::default()
-        });
-        let rc = RouteConfiguration {
-            name: port.to_string(),
-            virtual_hosts,
-            validate_clusters: Some(BoolValue { value: false }),
-            ..Default::default()
-        };
-        out.insert(ROUTE_TYPE, Resource::new(rc.name.clone(), ROUTE_TYPE, &rc));
+        }],
+        include_request_attempt_count: true,
+        ..Default::default()
     }
 }
 
@@ -118,7 +158,12 @@ pub fn inbound_route_config(cluster: &str) -> RouteConfiguration {
 
 /// The route table that applies to `host` on `port` for this proxy: the first visible one
 /// naming the host (exactly, or by a `*.` wildcard), as istiod merges by creation order.
-fn table_for<'a>(model: &'a MeshModel, host: &str, port: u16, proxy_ns: &str) -> Option<&'a RouteTable> {
+fn table_for<'a>(
+    model: &'a MeshModel,
+    host: &str,
+    port: u16,
+    proxy_ns: &str,
+) -> Option<&'a RouteTable> {
     let matches = |t: &&RouteTable, exact: bool| {
         exported_to(&t.export_to, &t.namespace, proxy_ns)
             && t.port.is_none_or(|p| p == port)
@@ -126,7 +171,8 @@ fn table_for<'a>(model: &'a MeshModel, host: &str, port: u16, proxy_ns: &str) ->
                 if exact {
                     h == host
                 } else {
-                    h.strip_prefix('*').is_some_and(|suffix| host.ends_with(suffix))
+                    h.strip_prefix('*')
+                        .is_some_and(|suffix| host.ends_with(suffix))
                 }
             })
     };
@@ -137,9 +183,14 @@ fn table_for<'a>(model: &'a MeshModel, host: &str, port: u16, proxy_ns: &str) ->
         .or_else(|| model.routes.iter().find(|t| matches(t, false)))
 }
 
-/// TCP routes of the service's table on `port`: `(cluster, weight)`.
-pub fn tcp_destinations(model: &MeshModel, svc: &Service, port: u16) -> Vec<(String, u32)> {
-    let Some(table) = table_for(model, &svc.hostname, port, &svc.namespace) else {
+/// TCP routes of the service's table on `port`, as seen from `proxy`: `(cluster, weight)`.
+pub fn tcp_destinations(
+    model: &MeshModel,
+    svc: &Service,
+    port: u16,
+    proxy: &ProxyNode,
+) -> Vec<(String, u32)> {
+    let Some(table) = table_for(model, &svc.hostname, port, &proxy.namespace) else {
         return Vec::new();
     };
     table
@@ -166,7 +217,11 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
                 .iter()
                 .filter(|m| m.port.is_none_or(|p| p == port))
                 .filter(|m| labels_match(&m.source_labels, &proxy.labels))
-                .filter(|m| m.source_namespace.as_ref().is_none_or(|ns| *ns == proxy.namespace))
+                .filter(|m| {
+                    m.source_namespace
+                        .as_ref()
+                        .is_none_or(|ns| *ns == proxy.namespace)
+                })
                 .collect();
             if !rule.matches.is_empty() && applicable.is_empty() {
                 continue;
@@ -175,10 +230,16 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
             let (req_add, req_remove, resp_add, resp_remove) = header_options(&rule.headers);
             let mut per_filter = HashMap::new();
             if let Some(fault) = &rule.fault {
-                per_filter.insert("envoy.filters.http.fault".to_string(), any(&http_fault(fault)));
+                per_filter.insert(
+                    "envoy.filters.http.fault".to_string(),
+                    any(&http_fault(fault)),
+                );
             }
             let base = Route {
-                name: rule.name.clone().unwrap_or_else(|| format!("{}.{}", table.source.name, i)),
+                name: rule
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.{}", table.source.name, i)),
                 action: Some(action),
                 metadata: Some(istio_metadata(table)),
                 request_headers_to_add: req_add,
@@ -189,8 +250,10 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
                 ..Default::default()
             };
             if applicable.is_empty() {
+                let rm = prefix_match("/");
                 routes.push(Route {
-                    r#match: Some(prefix_match("/")),
+                    decorator: Some(decorator(svc, port, &rm)),
+                    r#match: Some(rm),
                     ..base
                 });
                 catch_all = true;
@@ -202,6 +265,7 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
                     && rm.headers.is_empty()
                     && rm.query_parameters.is_empty();
                 routes.push(Route {
+                    decorator: Some(decorator(svc, port, &rm)),
                     r#match: Some(rm),
                     ..base.clone()
                 });
@@ -213,9 +277,11 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
         }
     }
     if !catch_all {
+        let rm = prefix_match("/");
         routes.push(Route {
             name: "default".into(),
-            r#match: Some(prefix_match("/")),
+            decorator: Some(decorator(svc, port, &rm)),
+            r#match: Some(rm),
             action: Some(Action::Route(RouteAction {
                 cluster_specifier: Some(ClusterSpecifier::Cluster(outbound_cluster_name(
                     port,
@@ -224,7 +290,7 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
                 ))),
                 timeout: Some(duration(std::time::Duration::ZERO)),
                 retry_policy: Some(default_retry_policy()),
-                hash_policy: hash_policy(model, &svc.hostname),
+                hash_policy: hash_policy(model, &svc.hostname, None, port),
                 ..Default::default()
             })),
             ..Default::default()
@@ -242,7 +308,11 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
 /// Every name a client may use for the service, each also with `:<port>`.
 pub fn domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
     let mut names = vec![svc.hostname.clone()];
-    let suffix = format!(".{}.svc.{}", svc.namespace, mast_mesh_config::model::DEFAULT_DOMAIN_SUFFIX);
+    let suffix = format!(
+        ".{}.svc.{}",
+        svc.namespace,
+        mast_mesh_config::model::DEFAULT_DOMAIN_SUFFIX
+    );
     if let Some(short) = svc.hostname.strip_suffix(&suffix) {
         names.push(format!("{short}.{}.svc", svc.namespace));
         names.push(format!("{short}.{}", svc.namespace));
@@ -250,7 +320,8 @@ pub fn domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
             names.push(short.to_string());
         }
     }
-    names.extend(svc.addresses.iter().cloned());
+    // A CIDR (ServiceEntry `addresses: [10.0.0.0/24]`) is not a Host header.
+    names.extend(svc.addresses.iter().filter(|a| !a.contains('/')).cloned());
     let mut out = Vec::with_capacity(names.len() * 2);
     for n in names {
         out.push(format!("{n}:{port}"));
@@ -264,26 +335,29 @@ pub fn domains(svc: &Service, port: u16, proxy_ns: &str) -> Vec<String> {
 /// The cluster for a destination: its port if given, else the only port of its service,
 /// else the port the request came in on (istiod's rule).
 fn cluster_for(model: &MeshModel, d: &Destination, port: u16) -> String {
-    let p = d.port.unwrap_or_else(|| {
-        match model.services.get(&d.host).map(|s| s.ports.as_slice()) {
-            Some([only]) => only.port,
-            _ => port,
-        }
-    });
+    let p =
+        d.port.unwrap_or_else(
+            || match model.services.get(&d.host).map(|s| s.ports.as_slice()) {
+                Some([only]) => only.port,
+                _ => port,
+            },
+        );
     outbound_cluster_name(p, d.subset.as_deref(), &d.host)
 }
 
 fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -> Action {
     match &rule.action {
         ModelAction::Redirect(r) => Action::Redirect(redirect(r)),
-        ModelAction::DirectResponse { status, body } => Action::DirectResponse(DirectResponseAction {
-            status: u32::from(*status),
-            body: body.as_ref().map(|b| DataSource {
-                specifier: Some(DataSpecifier::InlineString(b.clone())),
+        ModelAction::DirectResponse { status, body } => {
+            Action::DirectResponse(DirectResponseAction {
+                status: u32::from(*status),
+                body: body.as_ref().map(|b| DataSource {
+                    specifier: Some(DataSpecifier::InlineString(b.clone())),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }),
+            })
+        }
         ModelAction::Forward(dests) => {
             let live: Vec<_> = dests.iter().filter(|d| d.weight > 0).collect();
             let cluster_specifier = match live.as_slice() {
@@ -310,10 +384,16 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
                     ..Default::default()
                 }),
             };
-            let host = live
-                .first()
-                .map(|d| d.destination.host.clone())
-                .unwrap_or_else(|| svc.hostname.clone());
+            let (host, subset, dest_port) =
+                live.first()
+                    .map_or((svc.hostname.as_str(), None, port), |d| {
+                        let p = d.destination.port.unwrap_or(port);
+                        (
+                            d.destination.host.as_str(),
+                            d.destination.subset.as_deref(),
+                            p,
+                        )
+                    });
             let mut action = RouteAction {
                 cluster_specifier: Some(cluster_specifier),
                 timeout: Some(duration(rule.timeout.unwrap_or_default())),
@@ -334,7 +414,7 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
                         ..Default::default()
                     })
                     .collect(),
-                hash_policy: hash_policy(model, &host),
+                hash_policy: hash_policy(model, host, subset, dest_port),
                 ..Default::default()
             };
             if let Some(rw) = &rule.rewrite {
@@ -346,7 +426,10 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
                             substitution: p.clone(),
                         });
                     }
-                    Some(PathRewrite::Regex { pattern, substitution }) => {
+                    Some(PathRewrite::Regex {
+                        pattern,
+                        substitution,
+                    }) => {
                         action.regex_rewrite = Some(RegexMatchAndSubstitute {
                             pattern: Some(regex(pattern)),
                             substitution: substitution.clone(),
@@ -355,7 +438,8 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
                     None => {}
                 }
                 if let Some(a) = &rw.authority {
-                    action.host_rewrite_specifier = Some(HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+                    action.host_rewrite_specifier =
+                        Some(HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
                 }
             }
             Action::Route(action)
@@ -363,15 +447,20 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
     }
 }
 
-fn hash_policy(model: &MeshModel, host: &str) -> Vec<HashPolicy> {
+/// The route's hash policy when the destination's (subset- and port-merged) load balancer
+/// is consistent hashing: the ring-hash cluster hashes on what the route extracts.
+fn hash_policy(model: &MeshModel, host: &str, subset: Option<&str>, port: u16) -> Vec<HashPolicy> {
     use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{
         ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter,
     };
-    let Some(LoadBalancer::ConsistentHash(key)) = model
-        .destination_policies
-        .get(host)
-        .and_then(|d| d.traffic_policy.load_balancer.as_ref())
-    else {
+    let Some(dr) = model.destination_policies.get(host) else {
+        return Vec::new();
+    };
+    let over = subset
+        .and_then(|name| dr.subsets.iter().find(|s| s.name == name))
+        .and_then(|s| s.traffic_policy.as_ref());
+    let policy = merged_policy(Some(&dr.traffic_policy), over, port);
+    let Some(LoadBalancer::ConsistentHash(key)) = &policy.load_balancer else {
         return Vec::new();
     };
     let spec = match key {
@@ -384,8 +473,12 @@ fn hash_policy(model: &MeshModel, host: &str) -> Vec<HashPolicy> {
             ttl: ttl.map(duration),
             ..Default::default()
         }),
-        HashKey::SourceIp => PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
-        HashKey::QueryParameter(name) => PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() }),
+        HashKey::SourceIp => {
+            PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+        }
+        HashKey::QueryParameter(name) => {
+            PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
+        }
     };
     vec![HashPolicy {
         policy_specifier: Some(spec),
@@ -434,7 +527,11 @@ fn route_match(m: &mast_mesh_config::model::RouteMatch) -> RouteMatch {
             ..Default::default()
         })
         .collect();
-    for (name, v) in [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)] {
+    for (name, v) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
         if let Some(v) = v {
             headers.push(HeaderMatcher {
                 name: name.into(),
@@ -445,7 +542,10 @@ fn route_match(m: &mast_mesh_config::model::RouteMatch) -> RouteMatch {
     }
     RouteMatch {
         path_specifier,
-        case_sensitive: m.ignore_uri_case.then_some(BoolValue { value: false }),
+        // Explicit either way, as istiod writes it.
+        case_sensitive: Some(BoolValue {
+            value: !m.ignore_uri_case,
+        }),
         headers,
         query_parameters: m
             .query_params
@@ -483,6 +583,21 @@ fn regex(r: &str) -> RegexMatcher {
 fn prefix_match(p: &str) -> RouteMatch {
     RouteMatch {
         path_specifier: Some(PathSpecifier::Prefix(p.into())),
+        case_sensitive: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+/// The tracing operation name istiod gives a route: `<host>:<port><path>`, a prefix match
+/// ending in `*`.
+fn decorator(svc: &Service, port: u16, m: &RouteMatch) -> Decorator {
+    let path = match &m.path_specifier {
+        Some(PathSpecifier::Path(p)) => p.clone(),
+        Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
+        _ => "/*".to_string(),
+    };
+    Decorator {
+        operation: format!("{}:{port}{path}", svc.hostname),
         ..Default::default()
     }
 }
@@ -508,6 +623,17 @@ fn previous_hosts() -> RetryHostPredicate {
     }
 }
 
+/// Istio's `retryRemoteLocalities`: each retry prefers a priority (locality) not yet tried.
+fn previous_priorities() -> RetryPriority {
+    use envoy_types::pb::envoy::config::route::v3::retry_policy::retry_priority::ConfigType;
+    RetryPriority {
+        name: "envoy.retry_priorities.previous_priorities".into(),
+        config_type: Some(ConfigType::TypedConfig(any(&PreviousPrioritiesConfig {
+            update_frequency: 2,
+        }))),
+    }
+}
+
 fn retry_policy(r: &mast_mesh_config::model::RetryPolicy) -> RetryPolicy {
     // Istio: status codes in retryOn become retriable_status_codes.
     let mut on = Vec::new();
@@ -530,6 +656,7 @@ fn retry_policy(r: &mast_mesh_config::model::RetryPolicy) -> RetryPolicy {
         retry_on: on.join(","),
         num_retries: Some(UInt32Value { value: r.attempts }),
         per_try_timeout: r.per_try_timeout.map(duration),
+        retry_priority: r.retry_remote_localities.then(previous_priorities),
         retriable_status_codes: codes,
         retry_host_predicate: vec![previous_hosts()],
         host_selection_retry_max_attempts: 5,
@@ -550,7 +677,6 @@ fn http_fault(f: &mast_mesh_config::model::FaultInjection) -> HttpFault {
         delay: f.delay.as_ref().map(|d| FaultDelay {
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(duration(d.fixed_delay))),
             percentage: Some(fraction(d.percentage)),
-            ..Default::default()
         }),
         abort: f.abort.as_ref().map(|a| FaultAbort {
             error_type: Some(match &a.kind {
@@ -567,9 +693,22 @@ fn http_fault(f: &mast_mesh_config::model::FaultInjection) -> HttpFault {
 /// gRPC status names as Istio accepts them (`UNAVAILABLE`), or a number.
 fn grpc_code(name: &str) -> u32 {
     const CODES: [&str; 17] = [
-        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
     name.parse()
@@ -578,16 +717,29 @@ fn grpc_code(name: &str) -> u32 {
         .unwrap_or(2)
 }
 
-type HeaderOptions = (Vec<HeaderValueOption>, Vec<String>, Vec<HeaderValueOption>, Vec<String>);
+type HeaderOptions = (
+    Vec<HeaderValueOption>,
+    Vec<String>,
+    Vec<HeaderValueOption>,
+    Vec<String>,
+);
 
 fn header_options(h: &HeaderOperations) -> HeaderOptions {
     let opts = |ops: &HeaderOps| {
         let mut v = Vec::new();
         for (k, val) in &ops.set {
-            v.push(header_value(k, val, HeaderAppendAction::OverwriteIfExistsOrAdd));
+            v.push(header_value(
+                k,
+                val,
+                HeaderAppendAction::OverwriteIfExistsOrAdd,
+            ));
         }
         for (k, val) in &ops.add {
-            v.push(header_value(k, val, HeaderAppendAction::AppendIfExistsOrAdd));
+            v.push(header_value(
+                k,
+                val,
+                HeaderAppendAction::AppendIfExistsOrAdd,
+            ));
         }
         v
     };

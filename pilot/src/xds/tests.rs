@@ -1,51 +1,69 @@
-//! Translation tests on hand-built models: names, weights, matches, faults and defaults as
-//! istiod produces them.
+//! Translation tests on hand-built models, across the four xDS types: names, weights,
+//! matches, faults, visibility and defaults as istiod produces them. Tests of one builder in
+//! isolation live next to it (`clusters.rs`, `endpoints.rs`, `listeners.rs`, `node.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+use envoy_types::pb::envoy::config::core::v3::address::Address as A;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpSpecifier;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::google::protobuf::value::Kind;
 use mast_mesh_config::model::*;
 use prost::Message;
 
 use super::*;
-use crate::ads::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
+use crate::ads::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Snapshot};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 const USER: &str = "user.default.svc.cluster.local";
 
+fn user_service() -> Service {
+    Service {
+        hostname: USER.into(),
+        name: "user".into(),
+        namespace: "default".into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 8081,
+            target_port: Some(TargetPort::Name("http".into())),
+            protocol: Protocol::Http,
+        }],
+        selector: Some(labels(&[("app", "user")])),
+        endpoints: vec![],
+        addresses: vec!["10.96.1.1".into()],
+        resolution: Resolution::Static,
+        mesh_external: false,
+        export_to: vec![],
+        source: ResourceRef::default(),
+    }
+}
+
 fn model(http: Vec<HttpRoute>) -> MeshModel {
     let mut m = MeshModel::default();
-    m.services.insert(
-        USER.into(),
-        Service {
-            hostname: USER.into(),
-            name: "user".into(),
-            namespace: "default".into(),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                port: 8081,
-                target_port: Some(TargetPort::Name("http".into())),
-                protocol: Protocol::Http,
-            }],
-            selector: Some(labels(&[("app", "user")])),
-            endpoints: vec![],
-            addresses: vec![],
-            resolution: Resolution::Static,
-            mesh_external: false,
-            export_to: vec![],
-            source: ResourceRef::default(),
-        },
-    );
+    m.services.insert(USER.into(), user_service());
     for (v, port) in [("v1", 9181), ("v2", 9281)] {
         m.workloads.push(Workload {
             name: format!("user-{v}"),
@@ -93,48 +111,108 @@ fn model(http: Vec<HttpRoute>) -> MeshModel {
     m
 }
 
-fn split(w1: u32, w2: u32) -> HttpRoute {
-    let d = |s: &str, w| WeightedDestination {
-        destination: Destination { host: USER.into(), subset: Some(s.into()), port: None },
-        weight: w,
+fn dest(subset: &str, weight: u32) -> WeightedDestination {
+    WeightedDestination {
+        destination: Destination {
+            host: USER.into(),
+            subset: Some(subset.into()),
+            port: None,
+        },
+        weight,
         headers: HeaderOperations::default(),
-    };
+    }
+}
+
+fn split(w1: u32, w2: u32) -> HttpRoute {
     HttpRoute {
-        action: RouteAction::Forward(vec![d("v1", w1), d("v2", w2)]),
+        action: RouteAction::Forward(vec![dest("v1", w1), dest("v2", w2)]),
         ..Default::default()
     }
 }
 
-fn proxy(mode: Interception) -> ProxyNode {
+fn proxy(mode: InterceptionMode) -> ProxyNode {
     ProxyNode {
         id: "sidecar~127.0.0.1~client-1.default~default.svc.cluster.local".into(),
+        kind: "sidecar".into(),
         ip: "127.0.0.1".into(),
-        pod: "client-1".into(),
+        pod_name: "client-1".into(),
         namespace: "default".into(),
         labels: labels(&[("app", "client")]),
         service_account: "client".into(),
-        interception: mode,
+        interception_mode: mode,
+        ..Default::default()
     }
 }
 
-fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
-    let res = r.of_type(t).and_then(|m| m.get(name)).unwrap_or_else(|| {
-        panic!("no {t} {name}; have {:?}", r.of_type(t).map(|m| m.keys().collect::<Vec<_>>()))
-    });
-    M::decode(res.any.value.as_slice()).unwrap()
+fn route_config<'a>(c: &'a ProxyConfig, name: &str) -> &'a RouteConfiguration {
+    c.routes
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("no route config {name}"))
 }
 
-fn user_vhost(r: &ProxyResources) -> VirtualHost {
-    let rc: RouteConfiguration = decode(r, ROUTE_TYPE, "8081");
-    rc.virtual_hosts.into_iter().find(|v| v.name == format!("{USER}:8081")).unwrap()
+fn user_vhost(c: &ProxyConfig) -> VirtualHost {
+    route_config(c, "8081")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == format!("{USER}:8081"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no vhost {USER}:8081"))
+}
+
+fn route_action(r: &Route) -> &envoy_types::pb::envoy::config::route::v3::RouteAction {
+    match &r.action {
+        Some(Action::Route(a)) => a,
+        other => panic!("not a route action: {other:?}"),
+    }
+}
+
+fn cluster<'a>(c: &'a ProxyConfig, name: &str) -> &'a Cluster {
+    c.clusters
+        .iter()
+        .find(|x| x.name == name)
+        .unwrap_or_else(|| panic!("no cluster {name}"))
+}
+
+fn listener<'a>(c: &'a ProxyConfig, name: &str) -> &'a Listener {
+    c.listeners
+        .iter()
+        .find(|x| x.name == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no listener {name}; have {:?}",
+                c.listeners.iter().map(|l| &l.name).collect::<Vec<_>>()
+            )
+        })
+}
+
+fn ports_of(cla: &ClusterLoadAssignment) -> Vec<u32> {
+    cla.endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| {
+            let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+                panic!("not an endpoint")
+            };
+            let Some(A::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else {
+                panic!("not a socket address")
+            };
+            let Some(PortSpecifier::PortValue(p)) = sa.port_specifier else {
+                panic!("no port")
+            };
+            p
+        })
+        .collect()
 }
 
 #[test]
 fn weighted_split_uses_istio_cluster_names() {
-    let r = generate(&model(vec![split(50, 50)]), &proxy(Interception::None));
-    let vh = user_vhost(&r);
-    let Some(Action::Route(action)) = &vh.routes[0].action else { panic!("{vh:?}") };
-    let Some(ClusterSpecifier::WeightedClusters(wc)) = &action.cluster_specifier else { panic!("{action:?}") };
+    let c = generate(&model(vec![split(50, 50)]), &proxy(InterceptionMode::None));
+    let vh = user_vhost(&c);
+    let action = route_action(&vh.routes[0]);
+    let Some(ClusterSpecifier::WeightedClusters(wc)) = &action.cluster_specifier else {
+        panic!("{action:?}")
+    };
     let got: Vec<(String, u32)> = wc
         .clusters
         .iter()
@@ -151,147 +229,578 @@ fn weighted_split_uses_istio_cluster_names() {
     assert_eq!(action.timeout.as_ref().map(|d| d.seconds), Some(0));
     let retry = action.retry_policy.as_ref().unwrap();
     assert_eq!(retry.num_retries.as_ref().unwrap().value, 2);
-    assert!(retry.retry_on.contains("connect-failure"));
-    for name in [format!("outbound|8081||{USER}"), format!("outbound|8081|v1|{USER}")] {
-        let c: Cluster = decode(&r, CLUSTER_TYPE, &name);
-        assert_eq!(c.lb_policy, LbPolicy::LeastRequest as i32);
+    assert_eq!(
+        retry.retry_on,
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+    );
+    assert_eq!(retry.retriable_status_codes, [503]);
+    assert_eq!(retry.host_selection_retry_max_attempts, 5);
+    assert_eq!(
+        retry.retry_host_predicate[0].name,
+        "envoy.retry_host_predicates.previous_hosts"
+    );
+    // The split covers everything, so no extra default route.
+    assert_eq!(vh.routes.len(), 1);
+    // Where the route came from, as istiod records it.
+    let meta = &vh.routes[0].metadata.as_ref().unwrap().filter_metadata["istio"];
+    assert_eq!(
+        meta.fields["config"].kind,
+        Some(Kind::StringValue(
+            "/apis/networking.istio.io/v1/namespaces/default/virtual-service/user".into()
+        ))
+    );
+    for name in [
+        format!("outbound|8081||{USER}"),
+        format!("outbound|8081|v1|{USER}"),
+        format!("outbound|8081|v2|{USER}"),
+    ] {
+        assert_eq!(cluster(&c, &name).lb_policy, LbPolicy::LeastRequest as i32);
     }
+}
+
+#[test]
+fn single_destination_is_a_plain_cluster_and_default_route_follows_rules() {
+    let jason = HttpRoute {
+        matches: vec![mast_mesh_config::model::RouteMatch {
+            uri: Some(StringMatch::Prefix("/api".into())),
+            headers: vec![
+                HeaderMatch {
+                    name: "end-user".into(),
+                    value: Some(StringMatch::Exact("jason".into())),
+                    invert: false,
+                },
+                HeaderMatch {
+                    name: "x-debug".into(),
+                    value: None,
+                    invert: true,
+                },
+            ],
+            query_params: vec![QueryMatch {
+                name: "q".into(),
+                value: Some(StringMatch::Regex("a.*".into())),
+            }],
+            ignore_uri_case: true,
+            ..Default::default()
+        }],
+        action: RouteAction::Forward(vec![dest("v2", 100)]),
+        ..Default::default()
+    };
+    let c = generate(&model(vec![jason]), &proxy(InterceptionMode::None));
+    let vh = user_vhost(&c);
+    assert_eq!(vh.routes.len(), 2, "{vh:?}");
+    let m = vh.routes[0].r#match.as_ref().unwrap();
+    assert_eq!(m.path_specifier, Some(PathSpecifier::Prefix("/api".into())));
+    assert!(!m.case_sensitive.unwrap().value);
+    assert_eq!(m.headers[0].name, "end-user");
+    let Some(HeaderMatchSpecifier::StringMatch(sm)) = &m.headers[0].header_match_specifier else {
+        panic!("{m:?}")
+    };
+    assert_eq!(sm.match_pattern, Some(MatchPattern::Exact("jason".into())));
+    assert!(m.headers[1].invert_match);
+    assert_eq!(
+        m.headers[1].header_match_specifier,
+        Some(HeaderMatchSpecifier::PresentMatch(true))
+    );
+    assert_eq!(m.query_parameters[0].name, "q");
+    assert_eq!(
+        route_action(&vh.routes[0]).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!(
+            "outbound|8081|v2|{USER}"
+        )))
+    );
+    // Unmatched requests still reach the service.
+    assert_eq!(vh.routes[1].name, "default");
+    assert_eq!(
+        route_action(&vh.routes[1]).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!("outbound|8081||{USER}")))
+    );
+}
+
+#[test]
+fn fault_abort_goes_to_typed_per_filter_config() {
+    let faulty = HttpRoute {
+        fault: Some(FaultInjection {
+            delay: Some(FaultDelay {
+                fixed_delay: Duration::from_secs(7),
+                percentage: 0.5,
+            }),
+            abort: Some(mast_mesh_config::model::FaultAbort {
+                kind: AbortKind::HttpStatus(503),
+                percentage: 100.0,
+            }),
+        }),
+        ..split(0, 100)
+    };
+    let c = generate(&model(vec![faulty]), &proxy(InterceptionMode::None));
+    let vh = user_vhost(&c);
+    let any = &vh.routes[0].typed_per_filter_config["envoy.filters.http.fault"];
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+    );
+    let f = HttpFault::decode(any.value.as_slice()).unwrap();
+    let abort = f.abort.unwrap();
+    assert_eq!(abort.error_type, Some(ErrorType::HttpStatus(503)));
+    let pct = abort.percentage.unwrap();
+    assert_eq!((pct.numerator, pct.denominator), (1_000_000, 2)); // MILLION
+    let delay = f.delay.unwrap();
+    assert_eq!(delay.percentage.unwrap().numerator, 5_000);
+    // Weight-0 destinations are dropped, so the single survivor is a plain cluster.
+    assert_eq!(
+        route_action(&vh.routes[0]).cluster_specifier,
+        Some(ClusterSpecifier::Cluster(format!(
+            "outbound|8081|v2|{USER}"
+        )))
+    );
 }
 
 #[test]
 fn aliases_cover_every_name() {
-    let r = generate(&model(vec![split(50, 50)]), &proxy(Interception::None));
-    let d = user_vhost(&r).domains;
-    for want in ["user", "user:8081", "user.default", "user.default.svc", USER, &format!("{USER}:8081")] {
+    let c = generate(&model(vec![split(50, 50)]), &proxy(InterceptionMode::None));
+    let d = user_vhost(&c).domains;
+    for want in [
+        "user",
+        "user:8081",
+        "user.default",
+        "user.default:8081",
+        "user.default.svc",
+        "user.default.svc:8081",
+        USER,
+        &format!("{USER}:8081"),
+        "10.96.1.1",
+        "10.96.1.1:8081",
+    ] {
         assert!(d.iter().any(|x| x == want), "{want} missing from {d:?}");
     }
-    let mut other = proxy(Interception::None);
+    let mut other = proxy(InterceptionMode::None);
     other.namespace = "other".into();
     let d = user_vhost(&generate(&model(vec![split(50, 50)]), &other)).domains;
-    assert!(!d.iter().any(|x| x == "user"), "short name leaked across namespaces: {d:?}");
+    assert!(
+        !d.iter().any(|x| x == "user" || x == "user:8081"),
+        "short name leaked across namespaces: {d:?}"
+    );
+    assert!(d.iter().any(|x| x == "user.default"));
+    // The catch-all comes last and passes unknown hosts through.
+    let rc = route_config(&c, "8081");
+    let last = rc.virtual_hosts.last().unwrap();
+    assert_eq!(
+        (last.name.as_str(), last.domains.as_slice()),
+        ("allow_any", &["*".to_string()][..])
+    );
 }
 
 #[test]
 fn subset_endpoints_are_filtered_by_labels() {
-    let r = generate(&model(vec![split(50, 50)]), &proxy(Interception::None));
-    let port_of = |cla: &ClusterLoadAssignment| -> Vec<u32> {
-        use envoy_types::pb::envoy::config::core::v3::address::Address as A;
-        use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-        cla.endpoints
+    let c = generate(&model(vec![split(50, 50)]), &proxy(InterceptionMode::None));
+    let cla = |name: String| {
+        c.endpoints
             .iter()
-            .flat_map(|l| &l.lb_endpoints)
-            .map(|e| {
-                let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else { panic!() };
-                let Some(A::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else { panic!() };
-                let Some(PortSpecifier::PortValue(p)) = sa.port_specifier else { panic!() };
-                p
-            })
-            .collect()
+            .find(|e| e.cluster_name == name)
+            .unwrap_or_else(|| panic!("no CLA {name}"))
     };
-    let all: ClusterLoadAssignment = decode(&r, ENDPOINT_TYPE, &format!("outbound|8081||{USER}"));
-    assert_eq!(port_of(&all), [9181, 9281]);
-    let v2: ClusterLoadAssignment = decode(&r, ENDPOINT_TYPE, &format!("outbound|8081|v2|{USER}"));
-    assert_eq!(port_of(&v2), [9281]);
-}
-
-#[test]
-fn header_match_and_fault() {
-    let jason = HttpRoute {
-        matches: vec![mast_mesh_config::model::RouteMatch {
-            headers: vec![HeaderMatch {
-                name: "end-user".into(),
-                value: Some(StringMatch::Exact("jason".into())),
-                invert: false,
-            }],
-            ..Default::default()
-        }],
-        fault: Some(FaultInjection {
-            delay: None,
-            abort: Some(FaultAbort { kind: AbortKind::HttpStatus(503), percentage: 100.0 }),
-        }),
-        ..split(0, 100)
-    };
-    let r = generate(&model(vec![jason, split(100, 0)]), &proxy(Interception::None));
-    let vh = user_vhost(&r);
-    assert_eq!(vh.routes.len(), 2, "{vh:?}");
-    let m = vh.routes[0].r#match.as_ref().unwrap();
-    assert_eq!(m.headers[0].name, "end-user");
-    let fault = &vh.routes[0].typed_per_filter_config["envoy.filters.http.fault"];
-    let f = envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::decode(
-        fault.value.as_slice(),
-    )
-    .unwrap();
-    let abort = f.abort.unwrap();
-    assert_eq!(abort.percentage.unwrap().numerator, 1_000_000);
-    // Weight-0 destinations are dropped, so the single survivor is a plain cluster.
-    let Some(Action::Route(a)) = &vh.routes[1].action else { panic!() };
     assert_eq!(
-        a.cluster_specifier,
-        Some(ClusterSpecifier::Cluster(format!("outbound|8081|v1|{USER}")))
+        ports_of(cla(format!("outbound|8081||{USER}"))),
+        [9181, 9281]
     );
+    assert_eq!(ports_of(cla(format!("outbound|8081|v1|{USER}"))), [9181]);
+    assert_eq!(ports_of(cla(format!("outbound|8081|v2|{USER}"))), [9281]);
+    // Every EDS cluster has its assignment, and nothing else does.
+    let eds: Vec<&str> = c
+        .clusters
+        .iter()
+        .filter(|c| c.eds_cluster_config.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(eds, c.eds_cluster_names());
 }
 
 #[test]
 fn none_mode_binds_loopback_and_redirect_mode_has_virtual_listeners() {
     let m = model(vec![split(50, 50)]);
-    let none = generate(&m, &proxy(Interception::None));
-    let l: Listener = decode(&none, LISTENER_TYPE, "127.0.0.1_8081");
-    assert!(l.bind_to_port.is_none());
-    assert!(none.of_type(LISTENER_TYPE).unwrap().get("virtualOutbound").is_none());
+    let none = generate(&m, &proxy(InterceptionMode::None));
+    let l = listener(&none, "127.0.0.1_8081");
+    assert!(l.bind_to_port.is_none(), "binds (default true)");
+    assert!(
+        none.listeners
+            .iter()
+            .all(|l| !l.name.starts_with("virtual"))
+    );
+    // Nothing captures inbound, and the app owns its ports.
+    assert!(
+        none.clusters
+            .iter()
+            .all(|c| !c.name.starts_with("inbound|"))
+    );
 
-    let mut p = proxy(Interception::Redirect);
+    let mut p = proxy(InterceptionMode::Redirect);
     p.labels = labels(&[("app", "user"), ("version", "v1")]);
+    p.pod_name = "user-v1".into();
     let redirect = generate(&m, &p);
-    let names: Vec<&String> = redirect.of_type(LISTENER_TYPE).unwrap().keys().collect();
-    assert!(names.iter().any(|n| *n == "virtualOutbound"), "{names:?}");
-    assert!(names.iter().any(|n| *n == "virtualInbound"), "{names:?}");
-    assert!(names.iter().any(|n| *n == "0.0.0.0_8081"), "{names:?}");
-    assert!(redirect.of_type(CLUSTER_TYPE).unwrap().contains_key("inbound|8081||")
-        || redirect.of_type(CLUSTER_TYPE).unwrap().keys().any(|k| k.starts_with("inbound|")));
+    for name in ["virtualOutbound", "virtualInbound", "0.0.0.0_8081"] {
+        listener(&redirect, name);
+    }
+    // The named target port resolves through this proxy's own workload.
+    let inbound = cluster(&redirect, "inbound|9181||");
+    assert_eq!(ports_of(inbound.load_assignment.as_ref().unwrap()), [9181]);
+}
+
+#[test]
+fn rules_for_other_sources_are_skipped() {
+    let only_for_admin = HttpRoute {
+        matches: vec![mast_mesh_config::model::RouteMatch {
+            source_labels: labels(&[("app", "admin")]),
+            ..Default::default()
+        }],
+        action: RouteAction::DirectResponse {
+            status: 418,
+            body: Some("teapot".into()),
+        },
+        ..Default::default()
+    };
+    let m = model(vec![only_for_admin, split(100, 0)]);
+    let vh = user_vhost(&generate(&m, &proxy(InterceptionMode::None)));
+    assert_eq!(vh.routes.len(), 1);
+    assert!(matches!(vh.routes[0].action, Some(Action::Route(_))));
+
+    let mut admin = proxy(InterceptionMode::None);
+    admin.labels = labels(&[("app", "admin")]);
+    let vh = user_vhost(&generate(&m, &admin));
+    let Some(Action::DirectResponse(dr)) = &vh.routes[0].action else {
+        panic!("{vh:?}")
+    };
+    assert_eq!(dr.status, 418);
+    // The cache must tell the two proxies apart too.
+    let g = XdsGenerator::default();
+    let snap = Snapshot::new(1, Arc::new(m), std::time::Instant::now());
+    let node = |labels: &str| envoy_types::pb::envoy::config::core::v3::Node {
+        id: "sidecar~127.0.0.1~c.default~default.svc.cluster.local".into(),
+        metadata: Some(envoy_types::pb::google::protobuf::Struct {
+            fields: [(
+                "LABELS".to_string(),
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(Kind::StructValue(
+                        envoy_types::pb::google::protobuf::Struct {
+                            fields: [("app".to_string(), string_value(labels))].into(),
+                        },
+                    )),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    let a = g.generate(&snap, &node("client")).unwrap();
+    let b = g.generate(&snap, &node("admin")).unwrap();
+    assert_ne!(
+        a.of_type(ROUTE_TYPE).unwrap()["8081"].version,
+        b.of_type(ROUTE_TYPE).unwrap()["8081"].version
+    );
+}
+
+#[test]
+fn redirect_rewrite_retries_and_mirror() {
+    let redirect = HttpRoute {
+        matches: vec![mast_mesh_config::model::RouteMatch {
+            uri: Some(StringMatch::Exact("/old".into())),
+            ..Default::default()
+        }],
+        action: RouteAction::Redirect(Redirect {
+            scheme: Some("https".into()),
+            host: Some("new.example.com".into()),
+            port: Some(8443),
+            path: Some(PathRewrite::Full("/new".into())),
+            status: 308,
+        }),
+        ..Default::default()
+    };
+    let rewrite = HttpRoute {
+        matches: vec![mast_mesh_config::model::RouteMatch {
+            uri: Some(StringMatch::Prefix("/v1/".into())),
+            ..Default::default()
+        }],
+        rewrite: Some(Rewrite {
+            path: Some(PathRewrite::Prefix("/".into())),
+            authority: Some("internal".into()),
+        }),
+        timeout: Some(Duration::from_millis(1500)),
+        retries: Some(mast_mesh_config::model::RetryPolicy {
+            attempts: 0,
+            per_try_timeout: None,
+            retry_on: None,
+            retry_remote_localities: false,
+        }),
+        mirrors: vec![Mirror {
+            destination: Destination {
+                host: USER.into(),
+                subset: Some("v2".into()),
+                port: None,
+            },
+            percentage: 25.0,
+        }],
+        headers: HeaderOperations {
+            request: HeaderOps {
+                set: vec![("x-a".into(), "1".into())],
+                add: vec![],
+                remove: vec!["x-b".into()],
+            },
+            response: HeaderOps::default(),
+        },
+        ..split(100, 0)
+    };
+    let c = generate(
+        &model(vec![redirect, rewrite]),
+        &proxy(InterceptionMode::None),
+    );
+    let vh = user_vhost(&c);
+    let Some(Action::Redirect(r)) = &vh.routes[0].action else {
+        panic!("{vh:?}")
+    };
+    assert_eq!(r.host_redirect, "new.example.com");
+    assert_eq!(r.port_redirect, 8443);
+    assert_eq!(r.response_code, 4); // PERMANENT_REDIRECT
+    let a = route_action(&vh.routes[1]);
+    assert_eq!(a.prefix_rewrite, "/");
+    assert_eq!(a.timeout.unwrap().nanos, 500_000_000);
+    assert!(a.retry_policy.is_none(), "attempts 0 disables retries");
+    assert_eq!(
+        a.request_mirror_policies[0].cluster,
+        format!("outbound|8081|v2|{USER}")
+    );
+    assert_eq!(vh.routes[1].request_headers_to_remove, ["x-b"]);
+    assert_eq!(
+        vh.routes[1].request_headers_to_add[0]
+            .header
+            .as_ref()
+            .unwrap()
+            .key,
+        "x-a"
+    );
+}
+
+#[test]
+fn tcp_split_becomes_weighted_tcp_proxy() {
+    let mut m = MeshModel::default();
+    let mut db = user_service();
+    db.hostname = "db.default.svc.cluster.local".into();
+    db.name = "db".into();
+    db.ports[0] = ServicePort {
+        name: "tcp".into(),
+        port: 5432,
+        target_port: None,
+        protocol: Protocol::Tcp,
+    };
+    db.addresses = vec!["10.96.2.2".into()];
+    m.services.insert(db.hostname.clone(), db);
+    let d = |subset: &str, weight| WeightedDestination {
+        destination: Destination {
+            host: "db.default.svc.cluster.local".into(),
+            subset: Some(subset.into()),
+            port: None,
+        },
+        weight,
+        headers: HeaderOperations::default(),
+    };
+    m.routes.push(RouteTable {
+        hosts: vec!["db.default.svc.cluster.local".into()],
+        namespace: "default".into(),
+        export_to: vec![],
+        port: None,
+        http: vec![],
+        tcp: vec![TcpRoute {
+            port: None,
+            destinations: vec![d("a", 80), d("b", 20)],
+        }],
+        source: ResourceRef::default(),
+    });
+    let c = generate(&m, &proxy(InterceptionMode::Redirect));
+    let l = listener(&c, "10.96.2.2_5432");
+    let Some(FilterConfig::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else {
+        panic!("{l:?}")
+    };
+    let tp = TcpProxy::decode(any.value.as_slice()).unwrap();
+    let Some(TcpSpecifier::WeightedClusters(wc)) = tp.cluster_specifier else {
+        panic!("{tp:?}")
+    };
+    let got: Vec<(&str, u32)> = wc
+        .clusters
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("outbound|5432|a|db.default.svc.cluster.local", 80),
+            ("outbound|5432|b|db.default.svc.cluster.local", 20)
+        ]
+    );
+    assert!(c.routes.is_empty(), "no HTTP, no RDS");
+}
+
+#[test]
+fn visibility_follows_export_to_and_sidecar_egress() {
+    let mut m = model(vec![]);
+    let mut hidden = user_service();
+    hidden.hostname = "secret.vault.svc.cluster.local".into();
+    hidden.namespace = "vault".into();
+    hidden.export_to = vec![".".into()];
+    m.services.insert(hidden.hostname.clone(), hidden);
+    let mut other = user_service();
+    other.hostname = "api.prod.svc.cluster.local".into();
+    other.namespace = "prod".into();
+    other.addresses = vec![];
+    m.services.insert(other.hostname.clone(), other);
+
+    let p = proxy(InterceptionMode::None);
+    let names =
+        |c: &ProxyConfig| -> Vec<String> { c.clusters.iter().map(|c| c.name.clone()).collect() };
+    let c = generate(&m, &p);
+    assert!(names(&c).iter().all(|n| !n.contains("secret.vault")));
+    assert!(names(&c).iter().any(|n| n.contains("api.prod")));
+
+    m.sidecars.push(SidecarScope {
+        namespace: "default".into(),
+        egress: vec![EgressListener {
+            hosts: vec!["./*".into()],
+            ..Default::default()
+        }],
+        registry_only: true,
+        ..Default::default()
+    });
+    let c = generate(&m, &p);
+    assert!(
+        names(&c).iter().all(|n| !n.contains("api.prod")),
+        "{:?}",
+        names(&c)
+    );
+    assert!(names(&c).iter().any(|n| n.contains(USER)));
+    let rc = route_config(&c, "8081");
+    assert_eq!(rc.virtual_hosts.last().unwrap().name, "block_all");
+}
+
+#[test]
+fn sidecar_egress_bind_and_port_override() {
+    let mut m = model(vec![]);
+    m.sidecars.push(SidecarScope {
+        namespace: "default".into(),
+        egress: vec![EgressListener {
+            port: Some(ServicePort {
+                name: "http".into(),
+                port: 8081,
+                target_port: None,
+                protocol: Protocol::Http,
+            }),
+            bind: Some("127.0.0.2".into()),
+            capture_mode: Some(CaptureMode::None),
+            hosts: vec!["*/*".into()],
+        }],
+        ..Default::default()
+    });
+    let c = generate(&m, &proxy(InterceptionMode::Redirect));
+    let l = listener(&c, "127.0.0.2_8081");
+    assert!(l.bind_to_port.is_none(), "captureMode NONE binds");
+    route_config(&c, "127.0.0.2:8081");
+    assert!(c.listeners.iter().all(|l| l.name != "0.0.0.0_8081"));
 }
 
 #[test]
 fn output_is_deterministic_and_cached_per_version() {
     let m = Arc::new(model(vec![split(50, 50)]));
+    let mut reordered = (*m).clone();
+    reordered.workloads.reverse();
+    let p = proxy(InterceptionMode::Redirect);
+    let a = generate(&m, &p);
+    assert_eq!(a.encode(), generate(&m, &p).encode());
+    for (_, encoded) in a.encode() {
+        let names: Vec<&String> = encoded.iter().map(|(n, _)| n).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+    }
+    // Same clusters and routes whatever the workload order (endpoint order follows the model).
+    let b = generate(&reordered, &p);
+    assert_eq!(a.encode_clusters(), b.encode_clusters());
+    assert_eq!(a.encode_routes(), b.encode_routes());
+
     let g = XdsGenerator::default();
     let node = envoy_types::pb::envoy::config::core::v3::Node {
         id: "sidecar~127.0.0.1~client-1.default~default.svc.cluster.local".into(),
         ..Default::default()
     };
     let snap = Snapshot::new(1, m.clone(), std::time::Instant::now());
-    let a = g.generate(&snap, &node).unwrap();
-    let b = g.generate(&snap, &node).unwrap();
-    for t in [CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
-        let va: Vec<_> = a.of_type(t).unwrap().values().map(|r| r.version.clone()).collect();
-        let vb: Vec<_> = b.of_type(t).unwrap().values().map(|r| r.version.clone()).collect();
-        assert_eq!(va, vb);
+    let x = g.generate(&snap, &node).unwrap();
+    let y = g.generate(&snap, &node).unwrap();
+    for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+        let vx: Vec<_> = x.of_type(t).unwrap().values().map(|r| &r.version).collect();
+        let vy: Vec<_> = y.of_type(t).unwrap().values().map(|r| &r.version).collect();
+        assert_eq!(vx, vy, "{t}");
     }
-    let fresh = generate(&m, &ProxyNode::from_envoy_node(&node).unwrap());
+    let fresh = generate(&m, &ProxyNode::from_envoy_node(&node).unwrap()).resources();
     assert_eq!(
         fresh.of_type(ROUTE_TYPE).unwrap()["8081"].version,
-        a.of_type(ROUTE_TYPE).unwrap()["8081"].version
+        x.of_type(ROUTE_TYPE).unwrap()["8081"].version
+    );
+    assert_eq!(
+        fresh
+            .of_type(CLUSTER_TYPE)
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        x.of_type(CLUSTER_TYPE).unwrap().keys().collect::<Vec<_>>()
     );
 }
 
 #[test]
-fn node_id_and_metadata_are_parsed() {
-    use envoy_types::pb::google::protobuf::Struct;
-    let node = envoy_types::pb::envoy::config::core::v3::Node {
-        id: "sidecar~10.1.2.3~user-v1-abc.prod~prod.svc.cluster.local".into(),
-        metadata: Some(Struct {
-            fields: [
-                ("INTERCEPTION_MODE".to_string(), string_value("NONE")),
-                ("SERVICE_ACCOUNT".to_string(), string_value("user")),
-            ]
-            .into(),
-        }),
-        ..Default::default()
+fn encoded_resources_carry_type_urls() {
+    let c = generate(&model(vec![]), &proxy(InterceptionMode::Redirect));
+    for (t, encoded) in c.encode() {
+        assert!(!encoded.is_empty(), "{t}");
+        for (name, any) in encoded {
+            assert_eq!(any.type_url, t, "{name}");
+        }
+    }
+    let l = Listener::decode(
+        c.encode_listeners()
+            .into_iter()
+            .find(|(n, _)| n == "virtualOutbound")
+            .unwrap()
+            .1
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(l.name, "virtualOutbound");
+}
+
+#[test]
+fn consistent_hash_sets_ring_hash_and_route_hash_policy() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+    let mut m = model(vec![split(50, 50)]);
+    if let Some(dr) = m.destination_policies.get_mut(USER) {
+        dr.subsets[1].traffic_policy = Some(TrafficPolicy {
+            load_balancer: Some(LoadBalancer::ConsistentHash(HashKey::Header(
+                "x-user".into(),
+            ))),
+            ..Default::default()
+        });
+    }
+    let c = generate(&m, &proxy(InterceptionMode::None));
+    assert_eq!(
+        cluster(&c, &format!("outbound|8081|v2|{USER}")).lb_policy,
+        LbPolicy::RingHash as i32
+    );
+    assert_eq!(
+        cluster(&c, &format!("outbound|8081|v1|{USER}")).lb_policy,
+        LbPolicy::LeastRequest as i32
+    );
+    // The split's first destination is v1 (no hashing); a v2-only route hashes.
+    let vh = user_vhost(&c);
+    assert!(route_action(&vh.routes[0]).hash_policy.is_empty());
+    m.routes[0].http = vec![split(0, 100)];
+    let c = generate(&m, &proxy(InterceptionMode::None));
+    let vh = user_vhost(&c);
+    let hp = &route_action(&vh.routes[0]).hash_policy;
+    let Some(PolicySpecifier::Header(h)) = &hp[0].policy_specifier else {
+        panic!("{hp:?}")
     };
-    let p = ProxyNode::from_envoy_node(&node).unwrap();
-    assert_eq!((p.ip.as_str(), p.pod.as_str(), p.namespace.as_str()), ("10.1.2.3", "user-v1-abc", "prod"));
-    assert_eq!(p.interception, Interception::None);
-    assert_eq!(p.service_account, "user");
-    let bad = envoy_types::pb::envoy::config::core::v3::Node { id: "nope".into(), ..Default::default() };
-    assert!(ProxyNode::from_envoy_node(&bad).is_err());
+    assert_eq!(h.header_name, "x-user");
 }

@@ -1,0 +1,514 @@
+//! Does a real Envoy accept what we generate? Unit tests compare fields with what istiod
+//! writes, but only Envoy knows every cross-field rule (oneofs, enum ranges, extension
+//! configs, duplicate domains). This test puts a whole generated config into a binary
+//! bootstrap (`.pb`) — route configurations inline on extra listeners, assignments as STATIC
+//! clusters, since neither can be static otherwise — and runs `envoy --mode validate` on it.
+//!
+//! Ignored by default: it needs Envoy (`ENVOY_BIN`, as the e2e tests; scripts/test.sh
+//! installs it). Run with `ENVOY_BIN=… cargo test -p mast-pilot --lib xds -- --ignored`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use envoy_types::pb::envoy::config::bootstrap::v3::bootstrap::{DynamicResources, StaticResources};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::core::v3::api_config_source::ApiType;
+use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSpecifier};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiConfigSource, ApiVersion, GrpcService, Http2ProtocolOptions, Node,
+};
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use mast_mesh_config::model::*;
+use prost::Message;
+
+use super::endpoints::socket_address;
+use super::*;
+
+fn envoy_bin() -> Option<PathBuf> {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/envoy");
+            venv.exists().then_some(venv)
+        })
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn svc(name: &str, ns: &str, ports: Vec<(u16, Protocol)>, vip: Option<&str>) -> Service {
+    Service {
+        hostname: service_fqdn(name, ns),
+        name: name.into(),
+        namespace: ns.into(),
+        ports: ports
+            .into_iter()
+            .map(|(port, protocol)| ServicePort {
+                name: format!("p{port}"),
+                port,
+                target_port: Some(TargetPort::Number(port + 1000)),
+                protocol,
+            })
+            .collect(),
+        selector: Some(labels(&[("app", name)])),
+        endpoints: vec![],
+        addresses: vip.into_iter().map(String::from).collect(),
+        resolution: Resolution::Static,
+        mesh_external: false,
+        export_to: vec![],
+        source: ResourceRef::default(),
+    }
+}
+
+/// A model exercising every feature the translation knows.
+fn kitchen_sink() -> MeshModel {
+    let mut m = MeshModel::default();
+    let mut ext = svc(
+        "api.example.com",
+        "default",
+        vec![(443, Protocol::Tls)],
+        None,
+    );
+    ext.hostname = "api.example.com".into();
+    ext.resolution = Resolution::Dns;
+    ext.selector = None;
+    let mut ext2 = ext.clone();
+    ext2.hostname = "other.example.com".into();
+    ext2.resolution = Resolution::None;
+    for s in [
+        svc(
+            "user",
+            "default",
+            vec![(8080, Protocol::Http), (9090, Protocol::Grpc)],
+            Some("10.96.0.10"),
+        ),
+        svc(
+            "db",
+            "default",
+            vec![(5432, Protocol::Tcp)],
+            Some("10.96.0.11"),
+        ),
+        svc(
+            "odd",
+            "prod",
+            vec![(7000, Protocol::Unknown)],
+            Some("10.96.0.12"),
+        ),
+        svc("web", "prod", vec![(8080, Protocol::Http)], None),
+        ext,
+        ext2,
+    ] {
+        m.services.insert(s.hostname.clone(), s);
+    }
+    for (i, v) in ["v1", "v2"].iter().enumerate() {
+        m.workloads.push(Workload {
+            name: format!("user-{v}"),
+            namespace: "default".into(),
+            address: format!("10.1.0.{}", i + 1),
+            labels: labels(&[("app", "user"), ("version", v)]),
+            ports: Default::default(),
+            service_account: "user".into(),
+            weight: Some(2),
+            locality: Some("r1/z1/s1".into()),
+            network: None,
+            has_sidecar: true,
+            source: ResourceRef::default(),
+        });
+    }
+    let user = service_fqdn("user", "default");
+    m.destination_policies.insert(
+        user.clone(),
+        DestinationPolicy {
+            host: user.clone(),
+            namespace: "default".into(),
+            traffic_policy: TrafficPolicy {
+                load_balancer: Some(LoadBalancer::ConsistentHash(HashKey::Cookie {
+                    name: "session".into(),
+                    ttl: Some(Duration::from_secs(60)),
+                })),
+                connection_pool: Some(ConnectionPool {
+                    max_connections: Some(10),
+                    connect_timeout: Some(Duration::from_millis(300)),
+                    tcp_keepalive: true,
+                    max_requests_per_connection: Some(5),
+                    idle_timeout: Some(Duration::from_secs(30)),
+                    ..Default::default()
+                }),
+                outlier_detection: Some(OutlierDetection {
+                    consecutive_5xx_errors: Some(3),
+                    interval: Some(Duration::from_secs(5)),
+                    base_ejection_time: Some(Duration::from_secs(30)),
+                    max_ejection_percent: Some(50),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            subsets: ["v1", "v2"]
+                .iter()
+                .map(|v| Subset {
+                    name: v.to_string(),
+                    labels: labels(&[("version", v)]),
+                    traffic_policy: None,
+                })
+                .collect(),
+            ..Default::default()
+        },
+    );
+    let dest = |subset: &str, weight| WeightedDestination {
+        destination: Destination {
+            host: user.clone(),
+            subset: Some(subset.into()),
+            port: Some(8080),
+        },
+        weight,
+        headers: HeaderOperations {
+            request: HeaderOps {
+                set: vec![("x-subset".into(), subset.into())],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
+    let rules = vec![
+        HttpRoute {
+            name: Some("canary".into()),
+            matches: vec![RouteMatch {
+                uri: Some(StringMatch::Regex("/api/v[0-9]+/.*".into())),
+                method: Some(StringMatch::Exact("GET".into())),
+                headers: vec![
+                    HeaderMatch {
+                        name: "end-user".into(),
+                        value: Some(StringMatch::Prefix("ja".into())),
+                        invert: false,
+                    },
+                    HeaderMatch {
+                        name: "x-skip".into(),
+                        value: None,
+                        invert: true,
+                    },
+                ],
+                query_params: vec![QueryMatch {
+                    name: "debug".into(),
+                    value: None,
+                }],
+                ignore_uri_case: true,
+                ..Default::default()
+            }],
+            action: RouteAction::Forward(vec![dest("v1", 50), dest("v2", 50)]),
+            rewrite: Some(Rewrite {
+                path: Some(PathRewrite::Regex {
+                    pattern: "^/api/(.*)$".into(),
+                    substitution: "/\\1".into(),
+                }),
+                authority: Some("user.internal".into()),
+            }),
+            timeout: Some(Duration::from_secs(3)),
+            retries: Some(mast_mesh_config::model::RetryPolicy {
+                attempts: 3,
+                per_try_timeout: Some(Duration::from_secs(1)),
+                retry_on: Some("5xx,gateway-error,503".into()),
+                retry_remote_localities: true,
+            }),
+            fault: Some(FaultInjection {
+                delay: Some(FaultDelay {
+                    fixed_delay: Duration::from_millis(100),
+                    percentage: 10.0,
+                }),
+                abort: Some(FaultAbort {
+                    kind: AbortKind::GrpcStatus("UNAVAILABLE".into()),
+                    percentage: 0.1,
+                }),
+            }),
+            mirrors: vec![Mirror {
+                destination: Destination {
+                    host: user.clone(),
+                    subset: Some("v2".into()),
+                    port: Some(8080),
+                },
+                percentage: 5.0,
+            }],
+            headers: HeaderOperations {
+                request: HeaderOps {
+                    set: vec![("x-a".into(), "1".into())],
+                    add: vec![("x-b".into(), "2".into())],
+                    remove: vec!["x-c".into()],
+                },
+                response: HeaderOps {
+                    remove: vec!["server".into()],
+                    ..Default::default()
+                },
+            },
+            cors: None,
+        },
+        HttpRoute {
+            matches: vec![RouteMatch {
+                uri: Some(StringMatch::Exact("/old".into())),
+                ..Default::default()
+            }],
+            action: RouteAction::Redirect(Redirect {
+                scheme: Some("https".into()),
+                host: Some("new.example.com".into()),
+                port: Some(8443),
+                path: Some(PathRewrite::Prefix("/new".into())),
+                status: 302,
+            }),
+            ..Default::default()
+        },
+        HttpRoute {
+            matches: vec![RouteMatch {
+                uri: Some(StringMatch::Prefix("/teapot".into())),
+                ..Default::default()
+            }],
+            action: RouteAction::DirectResponse {
+                status: 418,
+                body: Some("short and stout".into()),
+            },
+            ..Default::default()
+        },
+    ];
+    m.routes.push(RouteTable {
+        hosts: vec![user.clone()],
+        namespace: "default".into(),
+        export_to: vec![],
+        port: Some(8080),
+        http: rules,
+        tcp: vec![],
+        source: ResourceRef {
+            kind: "VirtualService".into(),
+            namespace: "default".into(),
+            name: "user".into(),
+        },
+    });
+    let db = service_fqdn("db", "default");
+    m.routes.push(RouteTable {
+        hosts: vec![db.clone()],
+        namespace: "default".into(),
+        export_to: vec![],
+        port: None,
+        http: vec![],
+        tcp: vec![TcpRoute {
+            port: Some(5432),
+            destinations: ["a", "b"]
+                .iter()
+                .map(|s| WeightedDestination {
+                    destination: Destination {
+                        host: db.clone(),
+                        subset: Some(s.to_string()),
+                        port: None,
+                    },
+                    weight: 50,
+                    headers: HeaderOperations::default(),
+                })
+                .collect(),
+        }],
+        source: ResourceRef::default(),
+    });
+    m
+}
+
+/// Everything in `c`, made static so `--mode validate` checks it all.
+fn bootstrap(c: &ProxyConfig, node_id: &str) -> Bootstrap {
+    let hcm_filter = |rc: &RouteConfiguration| Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(FilterConfig::TypedConfig(any(&HttpConnectionManager {
+            stat_prefix: "validate".into(),
+            route_specifier: Some(RouteSpecifier::RouteConfig(rc.clone())),
+            http_filters: vec![
+                HttpFilter {
+                    name: "envoy.filters.http.fault".into(),
+                    config_type: Some(HttpFilterConfig::TypedConfig(any(&HttpFault::default()))),
+                    ..Default::default()
+                },
+                HttpFilter {
+                    name: "envoy.filters.http.router".into(),
+                    config_type: Some(HttpFilterConfig::TypedConfig(any(&Router::default()))),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }))),
+    };
+    let mut listeners = c.listeners.clone();
+    for (i, rc) in c.routes.iter().enumerate() {
+        listeners.push(Listener {
+            name: format!("validate-rds-{}", rc.name),
+            address: Some(socket_address("127.0.0.1", 30000 + i as u16)),
+            bind_to_port: Some(BoolValue { value: false }),
+            filter_chains: vec![FilterChain {
+                filters: vec![hcm_filter(rc)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    let mut clusters = c.clusters.clone();
+    for cla in &c.endpoints {
+        clusters.push(Cluster {
+            name: format!("validate-eds-{}", cla.cluster_name),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+            load_assignment: Some(cla.clone()),
+            ..Default::default()
+        });
+    }
+    let h2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    let mut xds = Cluster {
+        name: "xds-grpc".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(endpoints::static_assignment("xds-grpc", "127.0.0.1", 15010)),
+        ..Default::default()
+    };
+    xds.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&h2),
+    );
+    clusters.push(xds);
+    Bootstrap {
+        node: Some(Node {
+            id: node_id.into(),
+            cluster: "validate".into(),
+            ..Default::default()
+        }),
+        static_resources: Some(StaticResources {
+            listeners,
+            clusters,
+            ..Default::default()
+        }),
+        dynamic_resources: Some(DynamicResources {
+            ads_config: Some(ApiConfigSource {
+                api_type: ApiType::Grpc as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                grpc_services: vec![GrpcService {
+                    target_specifier: Some(TargetSpecifier::EnvoyGrpc(EnvoyGrpc {
+                        cluster_name: "xds-grpc".into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Runs wherever a real Envoy is available: scripts/test.sh installs it and sets ENVOY_BIN,
+/// so CI always runs it; a bare `cargo test` without Envoy says so and skips.
+#[test]
+fn envoy_accepts_generated_config() {
+    let Some(envoy) = envoy_bin() else {
+        eprintln!("no Envoy (ENVOY_BIN or .venv/bin/envoy): skipping envoy --mode validate");
+        return;
+    };
+    let mut model = kitchen_sink();
+    // A Sidecar for `prod`: an egress listener bound to a loopback alias, and an ingress port
+    // with its own socket beside the captured undeclared port of `odd`.
+    model.sidecars.push(SidecarScope {
+        namespace: "prod".into(),
+        egress: vec![
+            EgressListener {
+                port: Some(ServicePort {
+                    name: "http".into(),
+                    port: 8080,
+                    target_port: None,
+                    protocol: Protocol::Http,
+                }),
+                bind: Some("127.0.0.2".into()),
+                capture_mode: Some(CaptureMode::None),
+                hosts: vec!["*/*".into()],
+            },
+            EgressListener {
+                hosts: vec!["*/*".into()],
+                ..Default::default()
+            },
+        ],
+        ingress: vec![IngressListener {
+            port: ServicePort {
+                name: "admin".into(),
+                port: 7100,
+                target_port: None,
+                protocol: Protocol::Unknown,
+            },
+            bind: None,
+            capture_mode: Some(CaptureMode::None),
+            default_endpoint: Some("127.0.0.1:7200".into()),
+        }],
+        registry_only: true,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    for (mode, ns, labels) in [
+        (
+            InterceptionMode::Redirect,
+            "default",
+            labels(&[("app", "user"), ("version", "v1")]),
+        ),
+        (InterceptionMode::None, "default", labels(&[("app", "web")])),
+        (InterceptionMode::Tproxy, "prod", labels(&[("app", "odd")])),
+    ] {
+        let proxy = ProxyNode {
+            id: format!("sidecar~10.1.0.1~user-v1.{ns}~{ns}.svc.cluster.local"),
+            kind: "sidecar".into(),
+            ip: "10.1.0.1".into(),
+            pod_name: "user-v1".into(),
+            namespace: ns.into(),
+            labels,
+            interception_mode: mode,
+            ..Default::default()
+        };
+        let config = generate(&model, &proxy);
+        assert!(!config.routes.is_empty() && !config.endpoints.is_empty());
+        if ns == "prod" {
+            let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+            for want in ["127.0.0.2_8080", "10.1.0.1_7100", "virtualInbound"] {
+                assert!(names.contains(&want), "{want} missing from {names:?}");
+            }
+        }
+        let path = dir.path().join(format!("{mode:?}.pb"));
+        std::fs::write(&path, bootstrap(&config, &proxy.id).encode_to_vec()).unwrap();
+        let out = Command::new(&envoy)
+            .arg("--mode")
+            .arg("validate")
+            .arg("-c")
+            .arg(&path)
+            .args(["--log-level", "warn"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "Envoy rejected the {mode:?} config:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
