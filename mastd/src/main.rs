@@ -21,7 +21,12 @@ const EXIT_CONFIG: u8 = 64;
 #[command(name = "mastd", version, about = "The Mast control plane (pilot)")]
 struct Args {
     /// Directory of mesh configuration YAML/JSON, watched for changes (repeatable).
-    #[arg(long = "config-dir", required = true, env = "MAST_CONFIG_DIR", value_delimiter = ',')]
+    #[arg(
+        long = "config-dir",
+        required = true,
+        env = "MAST_CONFIG_DIR",
+        value_delimiter = ','
+    )]
     config_dirs: Vec<PathBuf>,
 
     /// Address of the plaintext xDS (ADS) gRPC server.
@@ -52,7 +57,10 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the async runtime: {e}");

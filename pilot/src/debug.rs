@@ -79,7 +79,12 @@ async fn syncz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Json<Ve
 
 async fn configz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Response {
     let snapshot = state.snapshots.borrow().clone();
-    let errors: Vec<String> = state.source.errors().iter().map(|e| e.to_string()).collect();
+    let errors: Vec<String> = state
+        .source
+        .errors()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
     Json(serde_json::json!({
         "version": snapshot.version,
         "errors": errors,

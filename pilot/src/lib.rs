@@ -3,8 +3,8 @@
 //! it over ADS — to a real Envoy or to mast-proxy alike.
 
 pub mod ads;
-pub mod metrics;
 pub mod debug;
+pub mod metrics;
 pub mod server;
 pub mod source;
 pub mod xds;

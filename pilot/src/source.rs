@@ -46,7 +46,10 @@ pub struct SourceStatus {
 
 impl SourceStatus {
     pub fn errors(&self) -> Vec<ConfigError> {
-        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set_errors(&self, errors: Vec<ConfigError>) {

@@ -130,7 +130,10 @@ impl Mesh {
         let v2 = Backend::start("v2").await?;
         let port = service_port.unwrap_or_else(free_port);
         if let Some(selector) = base_selector {
-            std::fs::write(config.join("base.yaml"), base_config(port, &v1, &v2, selector))?;
+            std::fs::write(
+                config.join("base.yaml"),
+                base_config(port, &v1, &v2, selector),
+            )?;
         }
         for (name, text) in files(port, &v1, &v2) {
             std::fs::write(config.join(name), text)?;
@@ -221,7 +224,10 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
         .collect::<Vec<_>>()
         .chunks(100)
         .position(|w| {
-            let v1 = w.iter().filter(|(_, r)| matches!(r, Ok((_, b)) if b == "v1")).count();
+            let v1 = w
+                .iter()
+                .filter(|(_, r)| matches!(r, Ok((_, b)) if b == "v1"))
+                .count();
             v1 >= 70
         });
     eprintln!("first 100-request window at ≥70% v1 after the edit: #{first_v1_heavy:?}");
