@@ -42,9 +42,8 @@ pub fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
     let mut start = 0usize;
     let mut start_line = 1usize;
     let mut offset = 0usize;
-    let mut line_no = 1usize;
     let mut leading = true;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let trimmed = line.trim_end_matches(['\n', '\r']);
         let is_separator =
             trimmed == "---" || trimmed.starts_with("--- ") || trimmed.starts_with("---\t");
@@ -68,7 +67,6 @@ pub fn split_documents(text: &str) -> Vec<RawDocument<'_>> {
             }
         }
         offset += line.len();
-        line_no += 1;
     }
     if !text[start..].trim().is_empty() || docs.is_empty() {
         docs.push(RawDocument {

@@ -7,7 +7,7 @@
 //! whole folder; the [`ConfigStore`] decides what changed and keeps the last good version of
 //! any resource that is now invalid, so a bad edit never takes config away from proxies.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -169,11 +169,11 @@ impl FolderSource {
     }
 }
 
-fn watch_dir(watcher: &mut RecommendedWatcher, dir: &PathBuf) -> Result<(), Error> {
+fn watch_dir(watcher: &mut RecommendedWatcher, dir: &Path) -> Result<(), Error> {
     watcher
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|source| Error::Watch {
-            path: dir.clone(),
+            path: dir.to_path_buf(),
             source,
         })
 }
