@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ads::server::TypeStatus;
 use crate::ads::{ConnectionRegistry, Generator, Snapshot};
+use crate::dump;
 use crate::source::SourceStatus;
 
 pub struct DebugState<G> {
@@ -33,6 +34,7 @@ pub fn router<G: Generator>(state: Arc<DebugState<G>>) -> Router {
         .route("/ready", get(|| async { "ready\n" }))
         .route("/debug/syncz", get(syncz::<G>))
         .route("/debug/configz", get(configz::<G>))
+        .route("/debug/config_dump", get(config_dump::<G>))
         .with_state(state)
 }
 
@@ -91,4 +93,33 @@ async fn configz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Respo
         "model": &*snapshot.model,
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct DumpQuery {
+    #[serde(rename = "proxyID")]
+    proxy_id: String,
+}
+
+/// The config a connected proxy gets now (`proxyID` is its node id or `<pod>.<namespace>`).
+async fn config_dump<G: Generator>(
+    State(state): State<Arc<DebugState<G>>>,
+    Query(q): Query<DumpQuery>,
+) -> Response {
+    let Some(conn) = state.connections.find(&q.proxy_id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy {:?} (see /debug/syncz)\n", q.proxy_id),
+        )
+            .into_response();
+    };
+    let snapshot = state.snapshots.borrow().clone();
+    let resources = match state.generator.generate(&snapshot, &conn.node) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    };
+    match dump::config_dump(&resources, snapshot.version) {
+        Ok(json) => Json(json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod ads;
 pub mod debug;
+pub mod dump;
 pub mod metrics;
 pub mod server;
 pub mod source;

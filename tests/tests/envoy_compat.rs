@@ -269,6 +269,21 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
     );
     assert_share("v1 after the invalid edit", t.percent("v1"), 80.0);
 
+    // pilot's config_dump of that proxy is Envoy-shaped and holds the 80/20 split.
+    let dump = mesh
+        .mastd
+        .debug_json("/debug/config_dump?proxyID=client-1.default")
+        .await?;
+    let text = dump.to_string();
+    assert!(
+        text.contains("type.googleapis.com/envoy.admin.v3.RoutesConfigDump"),
+        "{text:.300}"
+    );
+    assert!(
+        text.contains("\"weighted_clusters\""),
+        "no weighted_clusters in the dump"
+    );
+
     // pilot saw Envoy ACK everything and NACK nothing.
     let syncz = mesh.mastd.debug_json("/debug/syncz").await?;
     let proxies = syncz.as_array().cloned().unwrap_or_default();
