@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::duration::parse_duration;
 use super::kube::port_number;
-use super::{Document, FieldError, Meta, MeshResource, ParseResult, deserialize};
+use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
@@ -235,9 +235,9 @@ fn is_core_service(group: Option<&str>, kind: Option<&str>) -> bool {
 /// RFC 7230 token characters, which header names must use.
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The CRD's path pattern: RFC 3986 path characters, no `[`/`]`, no `//`, `/./` or `/../`.
@@ -248,20 +248,24 @@ fn valid_path(p: &str) -> bool {
         && !p.contains("/../")
         && !p.ends_with("/..")
         && !p.ends_with("/.")
-        && p.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&b)
-        })
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@%".contains(&b))
 }
 
 /// A DNS-1123 subdomain hostname, optionally with a leading `*.` wildcard.
 fn valid_hostname(h: &str, wildcard: bool) -> bool {
-    let h = if wildcard { h.strip_prefix("*.").unwrap_or(h) } else { h };
+    let h = if wildcard {
+        h.strip_prefix("*.").unwrap_or(h)
+    } else {
+        h
+    };
     !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -278,22 +282,39 @@ fn header_ops(m: &HeaderModifier, field: &str, errors: &mut Vec<FieldError>) -> 
     for (list, entries) in [("set", &m.set), ("add", &m.add)] {
         for (i, nv) in entries.iter().enumerate() {
             if !valid_header_name(&nv.name) {
-                errors.push(FieldError::new(format!("{field}.{list}[{i}].name"), format!("{:?} is not a valid header name", nv.name)));
+                errors.push(FieldError::new(
+                    format!("{field}.{list}[{i}].name"),
+                    format!("{:?} is not a valid header name", nv.name),
+                ));
             }
             if !seen.insert((list, nv.name.to_ascii_lowercase())) {
-                errors.push(FieldError::new(format!("{field}.{list}[{i}].name"), format!("duplicate header {:?}", nv.name)));
+                errors.push(FieldError::new(
+                    format!("{field}.{list}[{i}].name"),
+                    format!("duplicate header {:?}", nv.name),
+                ));
             }
         }
     }
     let mut removed = BTreeSet::new();
     for (i, r) in m.remove.iter().enumerate() {
         if !removed.insert(r.to_ascii_lowercase()) {
-            errors.push(FieldError::new(format!("{field}.remove[{i}]"), format!("duplicate header {r:?}")));
+            errors.push(FieldError::new(
+                format!("{field}.remove[{i}]"),
+                format!("duplicate header {r:?}"),
+            ));
         }
     }
     HeaderOps {
-        set: m.set.iter().map(|nv| (nv.name.clone(), nv.value.clone())).collect(),
-        add: m.add.iter().map(|nv| (nv.name.clone(), nv.value.clone())).collect(),
+        set: m
+            .set
+            .iter()
+            .map(|nv| (nv.name.clone(), nv.value.clone()))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .map(|nv| (nv.name.clone(), nv.value.clone()))
+            .collect(),
         remove: m.remove.clone(),
     }
 }
@@ -313,19 +334,33 @@ fn valid_kind(k: &str) -> bool {
 /// A backendRef as a destination. Only core Services are routable by the mesh today; other
 /// well-formed kinds (multi-cluster ServiceImport, implementation-specific backends) are valid
 /// Gateway API and are accepted, but get no destination (Gateway API then answers 500).
-fn backend_destination(b: &BackendRef, ns: &str, field: &str, errors: &mut Vec<FieldError>) -> Option<Destination> {
+fn backend_destination(
+    b: &BackendRef,
+    ns: &str,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<Destination> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     if !valid_group(group) {
-        errors.push(FieldError::new(format!("{field}.group"), format!("{group:?} is not a valid API group")));
+        errors.push(FieldError::new(
+            format!("{field}.group"),
+            format!("{group:?} is not a valid API group"),
+        ));
     }
     if !valid_kind(kind) {
-        errors.push(FieldError::new(format!("{field}.kind"), format!("{kind:?} is not a valid kind")));
+        errors.push(FieldError::new(
+            format!("{field}.kind"),
+            format!("{kind:?} is not a valid kind"),
+        ));
     }
     let service = is_core_service(b.group.as_deref(), Some(kind));
     let port = match b.port {
         None if service => {
-            errors.push(FieldError::new(format!("{field}.port"), "required when referring to a Service"));
+            errors.push(FieldError::new(
+                format!("{field}.port"),
+                "required when referring to a Service",
+            ));
             None
         }
         None => None,
@@ -347,14 +382,23 @@ struct Applied {
     mirrors: Vec<Mirror>,
 }
 
-fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, errors: &mut Vec<FieldError>) -> Applied {
+fn apply_filters(
+    filters: &[Filter],
+    ns: &str,
+    field: &str,
+    prefix_match: bool,
+    errors: &mut Vec<FieldError>,
+) -> Applied {
     let mut out = Applied::default();
     let mut seen_types = BTreeSet::new();
     for (i, f) in filters.iter().enumerate() {
         let ff = format!("{field}[{i}]");
         let set_fields: Vec<&str> = [
             ("RequestHeaderModifier", f.request_header_modifier.is_some()),
-            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            (
+                "ResponseHeaderModifier",
+                f.response_header_modifier.is_some(),
+            ),
             ("RequestRedirect", f.request_redirect.is_some()),
             ("URLRewrite", f.url_rewrite.is_some()),
             ("RequestMirror", f.request_mirror.is_some()),
@@ -373,8 +417,14 @@ fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, 
             ));
             continue;
         }
-        if f.kind != "RequestMirror" && f.kind != "ExtensionRef" && !seen_types.insert(f.kind.clone()) {
-            errors.push(FieldError::new(format!("{ff}.type"), format!("filter {} may appear only once", f.kind)));
+        if f.kind != "RequestMirror"
+            && f.kind != "ExtensionRef"
+            && !seen_types.insert(f.kind.clone())
+        {
+            errors.push(FieldError::new(
+                format!("{ff}.type"),
+                format!("filter {} may appear only once", f.kind),
+            ));
         }
         if let Some(m) = &f.request_header_modifier {
             out.headers.request = header_ops(m, &format!("{ff}.requestHeaderModifier"), errors);
@@ -387,26 +437,40 @@ fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, 
             if let Some(h) = &r.hostname
                 && !valid_hostname(h, false)
             {
-                errors.push(FieldError::new(format!("{rf}.hostname"), format!("{h:?} is not a valid hostname (no wildcards)")));
+                errors.push(FieldError::new(
+                    format!("{rf}.hostname"),
+                    format!("{h:?} is not a valid hostname (no wildcards)"),
+                ));
             }
             if let Some(s) = &r.scheme
                 && s != "http"
                 && s != "https"
             {
-                errors.push(FieldError::new(format!("{rf}.scheme"), format!("{s:?} is not http or https")));
+                errors.push(FieldError::new(
+                    format!("{rf}.scheme"),
+                    format!("{s:?} is not http or https"),
+                ));
             }
             let status = match r.status_code.unwrap_or(302) {
                 c @ (301 | 302 | 303 | 307 | 308) => c as u16,
                 c => {
-                    errors.push(FieldError::new(format!("{rf}.statusCode"), format!("{c} is not 301, 302, 303, 307 or 308")));
+                    errors.push(FieldError::new(
+                        format!("{rf}.statusCode"),
+                        format!("{c} is not 301, 302, 303, 307 or 308"),
+                    ));
                     302
                 }
             };
             out.redirect = Some(Redirect {
                 scheme: r.scheme.clone(),
                 host: r.hostname.clone(),
-                port: r.port.and_then(|p| port_number(p, &format!("{rf}.port"), errors)),
-                path: r.path.as_ref().and_then(|p| path_modifier(p, &format!("{rf}.path"), prefix_match, errors)),
+                port: r
+                    .port
+                    .and_then(|p| port_number(p, &format!("{rf}.port"), errors)),
+                path: r
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(p, &format!("{rf}.path"), prefix_match, errors)),
                 status,
             });
         }
@@ -415,10 +479,16 @@ fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, 
             if let Some(h) = &u.hostname
                 && !valid_hostname(h, false)
             {
-                errors.push(FieldError::new(format!("{uf}.hostname"), format!("{h:?} is not a valid hostname")));
+                errors.push(FieldError::new(
+                    format!("{uf}.hostname"),
+                    format!("{h:?} is not a valid hostname"),
+                ));
             }
             out.rewrite = Some(Rewrite {
-                path: u.path.as_ref().and_then(|p| path_modifier(p, &format!("{uf}.path"), prefix_match, errors)),
+                path: u
+                    .path
+                    .as_ref()
+                    .and_then(|p| path_modifier(p, &format!("{uf}.path"), prefix_match, errors)),
                 authority: u.hostname.clone(),
             });
         }
@@ -429,20 +499,37 @@ fn apply_filters(filters: &[Filter], ns: &str, field: &str, prefix_match: bool, 
                 (None, Some(fr)) => 100.0 * fr.numerator / fr.denominator.unwrap_or(100.0).max(1.0),
                 (None, None) => 100.0,
             };
-            if let Some(destination) = backend_destination(&m.backend_ref, ns, &format!("{mf}.backendRef"), errors) {
-                out.mirrors.push(Mirror { destination, percentage });
+            if let Some(destination) =
+                backend_destination(&m.backend_ref, ns, &format!("{mf}.backendRef"), errors)
+            {
+                out.mirrors.push(Mirror {
+                    destination,
+                    percentage,
+                });
             }
         }
     }
     out
 }
 
-fn path_modifier(p: &PathModifier, field: &str, prefix_match: bool, errors: &mut Vec<FieldError>) -> Option<PathRewrite> {
-    match (p.kind.as_str(), &p.replace_full_path, &p.replace_prefix_match) {
+fn path_modifier(
+    p: &PathModifier,
+    field: &str,
+    prefix_match: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<PathRewrite> {
+    match (
+        p.kind.as_str(),
+        &p.replace_full_path,
+        &p.replace_prefix_match,
+    ) {
         ("ReplaceFullPath", Some(full), None) => Some(PathRewrite::Full(full.clone())),
         ("ReplacePrefixMatch", None, Some(prefix)) => {
             if !prefix_match {
-                errors.push(FieldError::new(format!("{field}.type"), "ReplacePrefixMatch needs a PathPrefix match"));
+                errors.push(FieldError::new(
+                    format!("{field}.type"),
+                    "ReplacePrefixMatch needs a PathPrefix match",
+                ));
             }
             Some(PathRewrite::Prefix(prefix.clone()))
         }
@@ -459,7 +546,10 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
     let mut errors = Vec::new();
     for (i, h) in route.spec.hostnames.iter().enumerate() {
         if !valid_hostname(h, true) {
-            errors.push(FieldError::new(format!("spec.hostnames[{i}]"), format!("{h:?} is not a valid hostname")));
+            errors.push(FieldError::new(
+                format!("spec.hostnames[{i}]"),
+                format!("{h:?} is not a valid hostname"),
+            ));
         }
     }
     let mut http = Vec::new();
@@ -476,7 +566,12 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                 rm.uri = match kind {
                     "Exact" | "PathPrefix" => {
                         if !valid_path(&value) {
-                            errors.push(FieldError::new(format!("{mf}.path.value"), format!("{value:?} must be an absolute path of URL path characters")));
+                            errors.push(FieldError::new(
+                                format!("{mf}.path.value"),
+                                format!(
+                                    "{value:?} must be an absolute path of URL path characters"
+                                ),
+                            ));
                         }
                         if kind == "Exact" {
                             Some(StringMatch::Exact(value))
@@ -487,46 +582,78 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                     }
                     "RegularExpression" => {
                         if let Err(e) = regex::Regex::new(&value) {
-                            errors.push(FieldError::new(format!("{mf}.path.value"), format!("invalid regex: {e}")));
+                            errors.push(FieldError::new(
+                                format!("{mf}.path.value"),
+                                format!("invalid regex: {e}"),
+                            ));
                         }
                         Some(StringMatch::Regex(value))
                     }
                     other => {
-                        errors.push(FieldError::new(format!("{mf}.path.type"), format!("unknown type {other:?}")));
+                        errors.push(FieldError::new(
+                            format!("{mf}.path.type"),
+                            format!("unknown type {other:?}"),
+                        ));
                         None
                     }
                 };
             } else {
                 prefix_match = true;
             }
-            for (list, field, entries) in [("headers", "headers", &m.headers), ("queryParams", "queryParams", &m.query_params)] {
+            for (list, field, entries) in [
+                ("headers", "headers", &m.headers),
+                ("queryParams", "queryParams", &m.query_params),
+            ] {
                 let mut seen = BTreeSet::new();
                 for (hi, h) in entries.iter().enumerate() {
                     let hf = format!("{mf}.{field}[{hi}]");
-                    let key = if list == "headers" { h.name.to_ascii_lowercase() } else { h.name.clone() };
+                    let key = if list == "headers" {
+                        h.name.to_ascii_lowercase()
+                    } else {
+                        h.name.clone()
+                    };
                     if !seen.insert(key) {
-                        errors.push(FieldError::new(format!("{hf}.name"), format!("duplicate match on {:?}", h.name)));
+                        errors.push(FieldError::new(
+                            format!("{hf}.name"),
+                            format!("duplicate match on {:?}", h.name),
+                        ));
                     }
                     if list == "headers" && !valid_header_name(&h.name) {
-                        errors.push(FieldError::new(format!("{hf}.name"), format!("{:?} is not a valid header name", h.name)));
+                        errors.push(FieldError::new(
+                            format!("{hf}.name"),
+                            format!("{:?} is not a valid header name", h.name),
+                        ));
                     }
                     let value = match h.kind.as_deref().unwrap_or("Exact") {
                         "Exact" => StringMatch::Exact(h.value.clone()),
                         "RegularExpression" => {
                             if let Err(e) = regex::Regex::new(&h.value) {
-                                errors.push(FieldError::new(format!("{hf}.value"), format!("invalid regex: {e}")));
+                                errors.push(FieldError::new(
+                                    format!("{hf}.value"),
+                                    format!("invalid regex: {e}"),
+                                ));
                             }
                             StringMatch::Regex(h.value.clone())
                         }
                         other => {
-                            errors.push(FieldError::new(format!("{hf}.type"), format!("unknown type {other:?}")));
+                            errors.push(FieldError::new(
+                                format!("{hf}.type"),
+                                format!("unknown type {other:?}"),
+                            ));
                             StringMatch::Exact(h.value.clone())
                         }
                     };
                     if list == "headers" {
-                        rm.headers.push(HeaderMatch { name: h.name.to_ascii_lowercase(), value: Some(value), invert: false });
+                        rm.headers.push(HeaderMatch {
+                            name: h.name.to_ascii_lowercase(),
+                            value: Some(value),
+                            invert: false,
+                        });
                     } else {
-                        rm.query_params.push(QueryMatch { name: h.name.clone(), value: Some(value) });
+                        rm.query_params.push(QueryMatch {
+                            name: h.name.clone(),
+                            value: Some(value),
+                        });
                     }
                 }
             }
@@ -534,7 +661,10 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                 None => {}
                 Some(MethodMatch::Http(method)) => {
                     if !METHODS.contains(&method.as_str()) {
-                        errors.push(FieldError::new(format!("{mf}.method"), format!("{method:?} is not an HTTP method")));
+                        errors.push(FieldError::new(
+                            format!("{mf}.method"),
+                            format!("{method:?} is not an HTTP method"),
+                        ));
                     }
                     rm.method = Some(StringMatch::Exact(method.clone()));
                 }
@@ -545,12 +675,20 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                     let regex_type = g.kind.as_deref() == Some("RegularExpression");
                     rm.uri = match (service.is_empty(), method.is_empty(), regex_type) {
                         (true, true, _) => {
-                            errors.push(FieldError::new(format!("{mf}.method"), "service or method is required"));
+                            errors.push(FieldError::new(
+                                format!("{mf}.method"),
+                                "service or method is required",
+                            ));
                             None
                         }
-                        (false, false, false) => Some(StringMatch::Exact(format!("/{service}/{method}"))),
+                        (false, false, false) => {
+                            Some(StringMatch::Exact(format!("/{service}/{method}")))
+                        }
                         (false, true, false) => Some(StringMatch::Prefix(format!("/{service}/"))),
-                        (true, false, false) => Some(StringMatch::Regex(format!("/[^/]+/{}", regex::escape(method)))),
+                        (true, false, false) => Some(StringMatch::Regex(format!(
+                            "/[^/]+/{}",
+                            regex::escape(method)
+                        ))),
                         (_, _, true) => Some(StringMatch::Regex(format!(
                             "/{}/{}",
                             if service.is_empty() { "[^/]+" } else { service },
@@ -560,16 +698,31 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                 }
             }
             if grpc && m.method.is_none() && m.path.is_some() {
-                errors.push(FieldError::new(format!("{mf}.path"), "GRPCRoute matches by method, not path"));
+                errors.push(FieldError::new(
+                    format!("{mf}.path"),
+                    "GRPCRoute matches by method, not path",
+                ));
             }
             matches.push(rm);
         }
-        let applied = apply_filters(&rule.filters, ns, &format!("{rf}.filters"), prefix_match, &mut errors);
+        let applied = apply_filters(
+            &rule.filters,
+            ns,
+            &format!("{rf}.filters"),
+            prefix_match,
+            &mut errors,
+        );
         if applied.redirect.is_some() && !rule.backend_refs.is_empty() {
-            errors.push(FieldError::new(format!("{rf}.filters"), "RequestRedirect and backendRefs cannot be used together"));
+            errors.push(FieldError::new(
+                format!("{rf}.filters"),
+                "RequestRedirect and backendRefs cannot be used together",
+            ));
         }
         if applied.redirect.is_some() && applied.rewrite.is_some() {
-            errors.push(FieldError::new(format!("{rf}.filters"), "RequestRedirect and URLRewrite cannot be used together"));
+            errors.push(FieldError::new(
+                format!("{rf}.filters"),
+                "RequestRedirect and URLRewrite cannot be used together",
+            ));
         }
         let mut destinations = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
@@ -578,29 +731,53 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
             let weight = match b.weight.unwrap_or(1) {
                 w @ 0..=1_000_000 => w as u32,
                 w => {
-                    errors.push(FieldError::new(format!("{bf}.weight"), format!("{w} is not in 0-1000000")));
+                    errors.push(FieldError::new(
+                        format!("{bf}.weight"),
+                        format!("{w} is not in 0-1000000"),
+                    ));
                     0
                 }
             };
-            let backend = apply_filters(&b.filters, ns, &format!("{bf}.filters"), prefix_match, &mut errors);
-            match destination {
-                Some(destination) => destinations.push(WeightedDestination { destination, weight, headers: backend.headers }),
-                // Not a core Service: accepted, but the mesh has nowhere to send its share.
-                None => {}
+            let backend = apply_filters(
+                &b.filters,
+                ns,
+                &format!("{bf}.filters"),
+                prefix_match,
+                &mut errors,
+            );
+            // Not a core Service (None): accepted, but the mesh has nowhere to send its share.
+            if let Some(destination) = destination {
+                destinations.push(WeightedDestination {
+                    destination,
+                    weight,
+                    headers: backend.headers,
+                });
             }
         }
         let timeout = rule.timeouts.as_ref().and_then(|t| {
-            let request = t.request.as_deref().and_then(|d| duration(d, &format!("{rf}.timeouts.request"), &mut errors));
-            let backend = t.backend_request.as_deref().and_then(|d| duration(d, &format!("{rf}.timeouts.backendRequest"), &mut errors));
+            let request = t
+                .request
+                .as_deref()
+                .and_then(|d| duration(d, &format!("{rf}.timeouts.request"), &mut errors));
+            let backend = t
+                .backend_request
+                .as_deref()
+                .and_then(|d| duration(d, &format!("{rf}.timeouts.backendRequest"), &mut errors));
             request.or(backend)
         });
         let action = match applied.redirect {
             Some(r) => RouteAction::Redirect(r),
             // Gateway API: no backends, or all at weight 0, answers 500.
             None if destinations.iter().all(|d| d.weight == 0) && !destinations.is_empty() => {
-                RouteAction::DirectResponse { status: 500, body: None }
+                RouteAction::DirectResponse {
+                    status: 500,
+                    body: None,
+                }
             }
-            None if destinations.is_empty() => RouteAction::DirectResponse { status: 500, body: None },
+            None if destinations.is_empty() => RouteAction::DirectResponse {
+                status: 500,
+                body: None,
+            },
             None => RouteAction::Forward(destinations),
         };
         http.push(HttpRoute {
@@ -621,7 +798,9 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
         if !is_core_service(p.group.as_deref(), p.kind.as_deref()) || p.kind.is_none() {
             continue; // a Gateway parent: ingress, not the mesh
         }
-        let port = p.port.and_then(|n| port_number(n, &format!("spec.parentRefs[{pi}].port"), &mut errors));
+        let port = p
+            .port
+            .and_then(|n| port_number(n, &format!("spec.parentRefs[{pi}].port"), &mut errors));
         tables.push(RouteTable {
             hosts: vec![service_fqdn(&p.name, p.namespace.as_deref().unwrap_or(ns))],
             namespace: ns.to_string(),
@@ -688,79 +867,143 @@ fn parse_gateway(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let f = format!("spec.listeners[{i}]");
         if !valid_hostname(&l.name, false) {
-            errors.push(FieldError::new(format!("{f}.name"), format!("{:?} is not a valid listener name", l.name)));
+            errors.push(FieldError::new(
+                format!("{f}.name"),
+                format!("{:?} is not a valid listener name", l.name),
+            ));
         }
         if !names.insert(l.name.clone()) {
-            errors.push(FieldError::new(format!("{f}.name"), format!("duplicate listener name {:?}", l.name)));
+            errors.push(FieldError::new(
+                format!("{f}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            ));
         }
         port_number(l.port, &format!("{f}.port"), &mut errors);
         let l4 = matches!(l.protocol.as_str(), "TCP" | "UDP");
         if l4 && l.hostname.is_some() {
-            errors.push(FieldError::new(format!("{f}.hostname"), format!("must not be set for protocol {}", l.protocol)));
+            errors.push(FieldError::new(
+                format!("{f}.hostname"),
+                format!("must not be set for protocol {}", l.protocol),
+            ));
         }
         if l4 && l.tls.is_some() {
-            errors.push(FieldError::new(format!("{f}.tls"), format!("must not be set for protocol {}", l.protocol)));
+            errors.push(FieldError::new(
+                format!("{f}.tls"),
+                format!("must not be set for protocol {}", l.protocol),
+            ));
         }
-        if l.protocol == "HTTPS" && l.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("Passthrough") {
-            errors.push(FieldError::new(format!("{f}.tls.mode"), "HTTPS listeners terminate TLS; use protocol TLS for Passthrough"));
+        if l.protocol == "HTTPS"
+            && l.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("Passthrough")
+        {
+            errors.push(FieldError::new(
+                format!("{f}.tls.mode"),
+                "HTTPS listeners terminate TLS; use protocol TLS for Passthrough",
+            ));
         }
     }
     for (i, a) in gw.spec.addresses.iter().enumerate() {
         let f = format!("spec.addresses[{i}].value");
         match a.kind.as_deref().unwrap_or("IPAddress") {
             "IPAddress" if a.value.parse::<IpAddr>().is_err() => {
-                errors.push(FieldError::new(f, format!("{:?} is not an IP address", a.value)));
+                errors.push(FieldError::new(
+                    f,
+                    format!("{:?} is not an IP address", a.value),
+                ));
             }
             "Hostname" if !valid_hostname(&a.value, false) => {
-                errors.push(FieldError::new(f, format!("{:?} is not a hostname", a.value)));
+                errors.push(FieldError::new(
+                    f,
+                    format!("{:?} is not a hostname", a.value),
+                ));
             }
             _ => {}
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn parse_gateway_class(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
-    let controller = doc.value.pointer("/spec/controllerName").and_then(|v| v.as_str()).unwrap_or("");
+    let controller = doc
+        .value
+        .pointer("/spec/controllerName")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     // A domain-prefixed path: `example.com/gateway-controller`.
     match controller.split_once('/') {
         Some((domain, path)) if valid_hostname(domain, false) && !path.is_empty() => Ok(()),
-        _ => Err(vec![FieldError::new("spec.controllerName", format!("{controller:?} must be a domain-prefixed path such as example.net/gateway-controller"))]),
+        _ => Err(vec![FieldError::new(
+            "spec.controllerName",
+            format!(
+                "{controller:?} must be a domain-prefixed path such as example.net/gateway-controller"
+            ),
+        )]),
     }
 }
 
 fn parse_reference_grant(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     for list in ["from", "to"] {
-        match doc.value.pointer(&format!("/spec/{list}")).and_then(|v| v.as_array()) {
+        match doc
+            .value
+            .pointer(&format!("/spec/{list}"))
+            .and_then(|v| v.as_array())
+        {
             Some(a) if !a.is_empty() => {
                 if list == "from" {
                     for (i, e) in a.iter().enumerate() {
-                        if e.get("namespace").and_then(|n| n.as_str()).is_none_or(str::is_empty) {
-                            errors.push(FieldError::new(format!("spec.from[{i}].namespace"), "required"));
+                        if e.get("namespace")
+                            .and_then(|n| n.as_str())
+                            .is_none_or(str::is_empty)
+                        {
+                            errors.push(FieldError::new(
+                                format!("spec.from[{i}].namespace"),
+                                "required",
+                            ));
                         }
                     }
                 }
             }
-            _ => errors.push(FieldError::new(format!("spec.{list}"), "at least one entry is required")),
+            _ => errors.push(FieldError::new(
+                format!("spec.{list}"),
+                "at least one entry is required",
+            )),
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 fn parse_tls_route(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
-    let hostnames = doc.value.pointer("/spec/hostnames").and_then(|v| v.as_array());
+    let hostnames = doc
+        .value
+        .pointer("/spec/hostnames")
+        .and_then(|v| v.as_array());
     let Some(hostnames) = hostnames.filter(|h| !h.is_empty()) else {
         if doc.meta.version() == "v1alpha2" {
             return Ok(());
         }
-        return Err(vec![FieldError::new("spec.hostnames", "at least one hostname is required")]);
+        return Err(vec![FieldError::new(
+            "spec.hostnames",
+            "at least one hostname is required",
+        )]);
     };
     let bad: Vec<FieldError> = hostnames
         .iter()
         .enumerate()
         .filter(|(_, h)| !h.as_str().is_some_and(|h| valid_hostname(h, true)))
-        .map(|(i, h)| FieldError::new(format!("spec.hostnames[{i}]"), format!("{h} is not a valid hostname")))
+        .map(|(i, h)| {
+            FieldError::new(
+                format!("spec.hostnames[{i}]"),
+                format!("{h} is not a valid hostname"),
+            )
+        })
         .collect();
     if bad.is_empty() { Ok(()) } else { Err(bad) }
 }

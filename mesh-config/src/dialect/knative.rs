@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::kube::port_number;
-use super::{Document, FieldError, Meta, MeshResource, ParseResult, deserialize};
+use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 /// Knative's default user container port.
@@ -91,7 +91,13 @@ struct TrafficResource {
     tables: Vec<RouteTable>,
 }
 
-fn service(name: &str, ns: &str, selector: Option<Labels>, target: u16, source: &ResourceRef) -> Service {
+fn service(
+    name: &str,
+    ns: &str,
+    selector: Option<Labels>,
+    target: u16,
+    source: &ResourceRef,
+) -> Service {
     Service {
         hostname: service_fqdn(name, ns),
         name: name.to_string(),
@@ -125,7 +131,13 @@ fn parse_traffic(doc: &Document<'_>) -> Result<TrafficResource, Vec<FieldError>>
         .and_then(|t| t.spec.as_ref())
         .and_then(|s| s.containers.first())
         .and_then(|c| c.ports.first())
-        .and_then(|p| port_number(p.container_port, "spec.template.spec.containers[0].ports[0].containerPort", &mut errors))
+        .and_then(|p| {
+            port_number(
+                p.container_port,
+                "spec.template.spec.containers[0].ports[0].containerPort",
+                &mut errors,
+            )
+        })
         .unwrap_or(DEFAULT_CONTAINER_PORT);
     // A ksvc without a traffic block sends everything to its latest revision.
     let traffic = kn.spec.traffic.unwrap_or_else(|| {
@@ -149,20 +161,35 @@ fn parse_traffic(doc: &Document<'_>) -> Result<TrafficResource, Vec<FieldError>>
         let latest = t.latest_revision == Some(true);
         let (backend, selector) = match (&t.revision_name, latest, &t.configuration_name) {
             (Some(_), true, _) => {
-                errors.push(FieldError::new(format!("{f}.revisionName"), "revisionName and latestRevision: true are mutually exclusive"));
+                errors.push(FieldError::new(
+                    format!("{f}.revisionName"),
+                    "revisionName and latestRevision: true are mutually exclusive",
+                ));
                 continue;
             }
             (Some(rev), false, _) => (rev.clone(), ("serving.knative.dev/revision", rev.clone())),
-            (None, _, Some(config)) => (format!("{config}-latest"), ("serving.knative.dev/configuration", config.clone())),
-            (None, true, None) if is_ksvc => (format!("{}-latest", meta.name), ("serving.knative.dev/configuration", meta.name.clone())),
+            (None, _, Some(config)) => (
+                format!("{config}-latest"),
+                ("serving.knative.dev/configuration", config.clone()),
+            ),
+            (None, true, None) if is_ksvc => (
+                format!("{}-latest", meta.name),
+                ("serving.knative.dev/configuration", meta.name.clone()),
+            ),
             (None, _, None) => {
-                errors.push(FieldError::new(f.clone(), "one of revisionName, configurationName or latestRevision is required"));
+                errors.push(FieldError::new(
+                    f.clone(),
+                    "one of revisionName, configurationName or latestRevision is required",
+                ));
                 continue;
             }
         };
         let percent = t.percent.unwrap_or(0);
         if !(0..=100).contains(&percent) {
-            errors.push(FieldError::new(format!("{f}.percent"), format!("{percent} is not in 0-100")));
+            errors.push(FieldError::new(
+                format!("{f}.percent"),
+                format!("{percent} is not in 0-100"),
+            ));
         }
         sum += percent;
         if synthesized.insert(backend.clone()) {
@@ -176,27 +203,46 @@ fn parse_traffic(doc: &Document<'_>) -> Result<TrafficResource, Vec<FieldError>>
         };
         if let Some(tag) = &t.tag {
             if !tags.insert(tag.clone()) {
-                errors.push(FieldError::new(format!("{f}.tag"), format!("duplicate tag {tag:?}")));
+                errors.push(FieldError::new(
+                    format!("{f}.tag"),
+                    format!("duplicate tag {tag:?}"),
+                ));
             }
             let tag_host = format!("{tag}-{}", meta.name);
             services.push(service(&tag_host, ns, None, target_port, &source));
-            tables.push(table(service_fqdn(&tag_host, ns), ns, vec![(destination.clone(), 100)], &source));
+            tables.push(table(
+                service_fqdn(&tag_host, ns),
+                ns,
+                vec![(destination.clone(), 100)],
+                &source,
+            ));
         }
         if percent > 0 {
             weighted.push((destination, percent as u32));
         }
     }
     if sum != 100 {
-        errors.push(FieldError::new("spec.traffic", format!("percents sum to {sum}, must be 100")));
+        errors.push(FieldError::new(
+            "spec.traffic",
+            format!("percents sum to {sum}, must be 100"),
+        ));
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    tables.insert(0, table(service_fqdn(&meta.name, ns), ns, weighted, &source));
+    tables.insert(
+        0,
+        table(service_fqdn(&meta.name, ns), ns, weighted, &source),
+    );
     Ok(TrafficResource { services, tables })
 }
 
-fn table(host: String, ns: &str, dests: Vec<(Destination, u32)>, source: &ResourceRef) -> RouteTable {
+fn table(
+    host: String,
+    ns: &str,
+    dests: Vec<(Destination, u32)>,
+    source: &ResourceRef,
+) -> RouteTable {
     RouteTable {
         hosts: vec![host],
         namespace: ns.to_string(),
@@ -223,7 +269,10 @@ fn table(host: String, ns: &str, dests: Vec<(Destination, u32)>, source: &Resour
 impl MeshResource for TrafficResource {
     fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
         for s in &self.services {
-            model.services.entry(s.hostname.clone()).or_insert_with(|| s.clone());
+            model
+                .services
+                .entry(s.hostname.clone())
+                .or_insert_with(|| s.clone());
         }
         model.routes.extend(self.tables.iter().cloned());
     }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::istio::resolve_host;
-use super::{Document, FieldError, Meta, MeshResource, ParseResult, deserialize};
+use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
@@ -80,7 +80,10 @@ fn parse_split(doc: &Document<'_>) -> Result<SplitResource, Vec<FieldError>> {
         errors.push(FieldError::new("spec.service", "required"));
     }
     if split.spec.backends.is_empty() {
-        errors.push(FieldError::new("spec.backends", "at least one backend is required"));
+        errors.push(FieldError::new(
+            "spec.backends",
+            "at least one backend is required",
+        ));
     }
     let mut destinations = Vec::new();
     for (i, b) in split.spec.backends.iter().enumerate() {
@@ -97,7 +100,10 @@ fn parse_split(doc: &Document<'_>) -> Result<SplitResource, Vec<FieldError>> {
         let weight = match weight {
             Some(w) if w >= 0.0 => (w * 1000.0).round() as u32,
             _ => {
-                errors.push(FieldError::new(format!("{f}.weight"), "must be a non-negative number or quantity"));
+                errors.push(FieldError::new(
+                    format!("{f}.weight"),
+                    "must be a non-negative number or quantity",
+                ));
                 0
             }
         };
