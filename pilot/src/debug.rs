@@ -118,7 +118,7 @@ async fn config_dump<G: Generator>(
         Ok(r) => r,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
     };
-    match dump::config_dump(&resources, snapshot.version) {
+    match dump::config_dump(&resources.flatten(), snapshot.version) {
         Ok(json) => Json(json).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

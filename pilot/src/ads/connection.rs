@@ -5,7 +5,7 @@
 //! status record that `/debug/syncz` reads. A stream serves either state-of-the-world or delta
 //! requests; both share subscription tracking and differ only in what a response carries.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -20,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use super::server::ConnInfo;
 use super::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, PUSH_ORDER, ProxyResources, Resource,
-    Snapshot, set_version, short_type,
+    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, PUSH_ORDER, ProxyView, Resource,
+    Snapshot, TypeSet, set_version, short_type,
 };
 use crate::metrics::Metrics;
 
@@ -32,12 +32,65 @@ struct TypeState {
     wildcard: bool,
     /// Explicitly subscribed names (EDS clusters, RDS route configs).
     names: BTreeSet<String>,
+    /// The subscription changed since the last response.
+    dirty: bool,
     /// Nonce of the last response, awaiting ACK/NACK.
     pending_nonce: Option<String>,
+    /// The shared sets the last response was computed from: when the view still holds the same
+    /// sets (by pointer, or by version), there is nothing to send, whatever the model did.
+    sent_sets: Vec<Arc<TypeSet>>,
     /// State of the world: version of the last set sent.
     sent_version: Option<String>,
-    /// Delta: the version of each resource the proxy has (or was last sent).
-    client_has: HashMap<String, String>,
+    /// Delta: what the proxy said it had when it (re)connected, until the first response.
+    initial: Option<HashMap<String, String>>,
+    /// Delta: names to send even if the proxy should have them (newly subscribed, or whose
+    /// cluster changed and is being warmed again).
+    fresh: BTreeSet<String>,
+}
+
+impl TypeState {
+    /// The version of `name` the proxy has, as far as this stream knows.
+    fn has(&self, name: &str) -> Option<&str> {
+        if let Some(initial) = &self.initial {
+            return initial.get(name).map(String::as_str);
+        }
+        if !self.wildcard && !self.names.contains(name) {
+            return None;
+        }
+        self.sent_sets
+            .iter()
+            .find_map(|s| s.resources.get(name))
+            .map(|r| r.version.as_str())
+    }
+
+    /// Names the proxy has (wanted and sent) that are not in `view` any more.
+    fn gone(&self, view: &ProxyView, type_url: &str) -> Vec<String> {
+        let held: Vec<&String> = match &self.initial {
+            Some(initial) => initial.keys().collect(),
+            None => self
+                .sent_sets
+                .iter()
+                .flat_map(|s| s.resources.keys())
+                .filter(|n| self.wildcard || self.names.contains(*n))
+                .collect(),
+        };
+        let mut gone: Vec<String> = held
+            .into_iter()
+            .filter(|n| view.get(type_url, n).is_none())
+            .cloned()
+            .collect();
+        gone.sort();
+        gone.dedup();
+        gone
+    }
+}
+
+/// Same sets: the same `Arc`s, or sets with the same content.
+fn same_sets(a: &[Arc<TypeSet>], b: &[Arc<TypeSet>]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| Arc::ptr_eq(x, y) || x.version() == y.version())
 }
 
 /// Which protocol a stream speaks; decided by the RPC the proxy called.
@@ -111,7 +164,7 @@ pub struct Connection<G> {
     tx: mpsc::Sender<Result<Response, Status>>,
     node: Node,
     snapshot: Snapshot,
-    resources: ProxyResources,
+    resources: ProxyView,
     types: HashMap<&'static str, TypeState>,
     nonce: u64,
 }
@@ -205,15 +258,16 @@ impl<G: Generator> Connection<G> {
             if !self.types.contains_key(type_url) {
                 continue;
             }
-            let force = type_url == ENDPOINT_TYPE && !clusters_sent.is_empty();
-            if type_url == ENDPOINT_TYPE && self.flavor == Flavor::Delta {
-                // A changed cluster is warmed again by Envoy and waits for its endpoints:
-                // resend them even if they did not change.
-                if let Some(state) = self.types.get_mut(ENDPOINT_TYPE) {
-                    for name in &clusters_sent {
-                        state.client_has.remove(name);
-                    }
-                }
+            // A changed cluster is warmed again by Envoy and waits for its endpoints: resend
+            // them even if they did not change.
+            let force = type_url == ENDPOINT_TYPE
+                && !clusters_sent.is_empty()
+                && self.flavor == Flavor::StateOfTheWorld;
+            if type_url == ENDPOINT_TYPE
+                && self.flavor == Flavor::Delta
+                && let Some(state) = self.types.get_mut(ENDPOINT_TYPE)
+            {
+                state.fresh.extend(clusters_sent.iter().cloned());
             }
             if let Some(sent) = self.send(type_url, force).await? {
                 pushed = true;
@@ -262,11 +316,13 @@ impl<G: Generator> Connection<G> {
             }
             state.wildcard = wildcard;
             state.names = names;
+            state.dirty = true;
             self.send(type_url, false).await.map(drop)
         } else {
             // A new subscription, or the proxy asking again after a reconnect.
             state.wildcard = wildcard;
             state.names = names;
+            state.dirty = true;
             self.send(type_url, true).await.map(drop)
         }
     }
@@ -274,18 +330,19 @@ impl<G: Generator> Connection<G> {
     async fn handle_delta(&mut self, type_url: &'static str, req: Request) -> Result<(), Closed> {
         let first = !self.types.contains_key(type_url);
         let state = self.types.entry(type_url).or_default();
-        let mut subscription_changed = first;
         if first {
             state.wildcard = is_wildcard_type(type_url)
                 && (req.subscribe.is_empty() || req.subscribe.iter().any(|n| n == "*"));
-            state.client_has = req.initial_versions;
+            state.initial = Some(req.initial_versions);
+            state.dirty = true;
         }
         for name in req.subscribe {
             if name == "*" {
-                subscription_changed |= !state.wildcard;
+                state.dirty |= !state.wildcard;
                 state.wildcard = true;
-            } else {
-                subscription_changed |= state.names.insert(name);
+            } else if state.names.insert(name.clone()) {
+                state.dirty = true;
+                state.fresh.insert(name);
             }
         }
         for name in req.unsubscribe {
@@ -293,7 +350,10 @@ impl<G: Generator> Connection<G> {
                 state.wildcard = false;
             } else {
                 state.names.remove(&name);
-                state.client_has.remove(&name);
+                state.fresh.remove(&name);
+                if let Some(initial) = &mut state.initial {
+                    initial.remove(&name);
+                }
             }
         }
         if !req.response_nonce.is_empty()
@@ -306,7 +366,8 @@ impl<G: Generator> Connection<G> {
                 None => self.on_ack(type_url, &version),
             }
         }
-        if subscription_changed {
+        let dirty = self.types.get(type_url).is_some_and(|s| s.dirty);
+        if dirty {
             self.send(type_url, first).await?;
         }
         Ok(())
@@ -336,21 +397,31 @@ impl<G: Generator> Connection<G> {
         type_url: &'static str,
         force: bool,
     ) -> Result<Option<Vec<String>>, Closed> {
-        let empty = BTreeMap::new();
-        let all = self.resources.of_type(type_url).unwrap_or(&empty);
+        let sets = self.resources.sets(type_url);
         let Some(state) = self.types.get_mut(type_url) else {
             return Ok(None);
         };
+        if !force && !state.dirty && state.fresh.is_empty() && same_sets(&sets, &state.sent_sets) {
+            return Ok(None);
+        }
+        let view = &self.resources;
         let wanted: Vec<&Arc<Resource>> = if state.wildcard {
-            all.values().collect()
+            view.all(type_url)
         } else {
-            state.names.iter().filter_map(|n| all.get(n)).collect()
+            state
+                .names
+                .iter()
+                .filter_map(|n| view.get(type_url, n))
+                .collect()
         };
+        let total = view.all(type_url).len();
         self.nonce += 1;
         let nonce = format!("{}-{}", self.snapshot.version, self.nonce);
         let (response, sent, version) = match self.flavor {
             Flavor::StateOfTheWorld => {
                 let version = set_version(wanted.iter().copied());
+                state.dirty = false;
+                state.sent_sets = sets;
                 if !force && state.sent_version.as_deref() == Some(version.as_str()) {
                     return Ok(None);
                 }
@@ -368,22 +439,18 @@ impl<G: Generator> Connection<G> {
             Flavor::Delta => {
                 let changed: Vec<&Arc<Resource>> = wanted
                     .into_iter()
-                    .filter(|r| state.client_has.get(&r.name) != Some(&r.version))
+                    .filter(|r| {
+                        state.fresh.contains(&r.name)
+                            || state.has(&r.name) != Some(r.version.as_str())
+                    })
                     .collect();
-                let removed: Vec<String> = state
-                    .client_has
-                    .keys()
-                    .filter(|n| !all.contains_key(*n))
-                    .cloned()
-                    .collect();
+                let removed = state.gone(view, type_url);
+                state.dirty = false;
+                state.sent_sets = sets;
+                state.initial = None;
+                state.fresh.clear();
                 if !force && changed.is_empty() && removed.is_empty() {
                     return Ok(None);
-                }
-                for r in &changed {
-                    state.client_has.insert(r.name.clone(), r.version.clone());
-                }
-                for n in &removed {
-                    state.client_has.remove(n);
                 }
                 let sent: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
                 let response = Response::Delta(DeltaDiscoveryResponse {
@@ -414,7 +481,7 @@ impl<G: Generator> Connection<G> {
             t.sent_version = Some(version);
             t.sent_nonce = Some(nonce);
             t.sent_snapshot = Some(self.snapshot.version);
-            t.resources = all.len();
+            t.resources = total;
         }
         debug!(proxy = %self.node.id, type_url, resources = sent.len(), "pushed");
         Ok(Some(sent))

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -88,22 +88,119 @@ impl Resource {
     }
 }
 
-/// Everything one proxy gets, by type URL and resource name.
+/// One xDS type's resources, as a set many proxies share: built once per model version and
+/// configuration key, compared by pointer when nothing changed, versioned as a whole.
+#[derive(Clone, Debug, Default)]
+pub struct TypeSet {
+    pub resources: BTreeMap<String, Arc<Resource>>,
+    version: OnceLock<String>,
+}
+
+impl TypeSet {
+    /// Hash over names and versions, computed once.
+    pub fn version(&self) -> &str {
+        self.version
+            .get_or_init(|| set_version(self.resources.values()))
+    }
+}
+
+impl PartialEq for TypeSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.version() == other.version()
+    }
+}
+
+/// Resources by type URL and name: one layer of what a proxy gets.
 #[derive(Clone, Debug, Default)]
 pub struct ProxyResources {
-    pub by_type: BTreeMap<&'static str, BTreeMap<String, Arc<Resource>>>,
+    pub by_type: BTreeMap<&'static str, Arc<TypeSet>>,
 }
 
 impl ProxyResources {
     pub fn insert(&mut self, type_url: &'static str, resource: Resource) {
-        self.by_type
-            .entry(type_url)
-            .or_default()
+        let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
+        set.version = OnceLock::new();
+        set.resources
             .insert(resource.name.clone(), Arc::new(resource));
     }
 
     pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
-        self.by_type.get(type_url)
+        self.by_type.get(type_url).map(|s| &s.resources)
+    }
+
+    /// Take `previous`'s set wherever the content is the same, so connections that hold the
+    /// previous set see, by pointer, that nothing changed for them.
+    pub fn reuse_unchanged(&mut self, previous: &ProxyResources) {
+        for (t, set) in self.by_type.iter_mut() {
+            if let Some(old) = previous.by_type.get(t)
+                && **old == **set
+            {
+                *set = old.clone();
+            }
+        }
+    }
+}
+
+/// What one proxy gets: layers of shared resources — the outbound half shared by every proxy
+/// with the same view of the mesh, then the proxy's own inbound half. Nothing is copied per
+/// proxy; a name in an earlier layer wins.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyView {
+    pub layers: Vec<Arc<ProxyResources>>,
+}
+
+impl ProxyView {
+    pub fn single(resources: ProxyResources) -> Self {
+        Self {
+            layers: vec![Arc::new(resources)],
+        }
+    }
+
+    /// The sets of `type_url`, layer by layer.
+    pub fn sets(&self, type_url: &str) -> Vec<Arc<TypeSet>> {
+        self.layers
+            .iter()
+            .filter_map(|l| l.by_type.get(type_url).cloned())
+            .collect()
+    }
+
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
+        self.layers
+            .iter()
+            .find_map(|l| l.by_type.get(type_url)?.resources.get(name))
+    }
+
+    /// Every resource of the type, each name once.
+    pub fn all(&self, type_url: &str) -> Vec<&Arc<Resource>> {
+        let mut out: Vec<&Arc<Resource>> = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let Some(set) = layer.by_type.get(type_url) else {
+                continue;
+            };
+            for (name, r) in &set.resources {
+                let shadowed = self.layers[..i].iter().any(|l| {
+                    l.by_type
+                        .get(type_url)
+                        .is_some_and(|s| s.resources.contains_key(name))
+                });
+                if !shadowed {
+                    out.push(r);
+                }
+            }
+        }
+        out
+    }
+
+    /// All layers merged into one (tests and debug pages).
+    pub fn flatten(&self) -> ProxyResources {
+        let mut out = ProxyResources::default();
+        for t in PUSH_ORDER {
+            for r in self.all(t) {
+                let set = Arc::make_mut(out.by_type.entry(t).or_default());
+                set.resources.insert(r.name.clone(), r.clone());
+            }
+        }
+        out
     }
 }
 
@@ -115,7 +212,7 @@ pub trait Generator: Send + Sync + 'static {
 
     /// Everything `node` should have under `snapshot`. Called once per connection per
     /// snapshot, so implementations cache what proxies share.
-    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyResources, String>;
+    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, String>;
 }
 
 /// The version of a set of resources: a hash over names and versions, stable across runs.

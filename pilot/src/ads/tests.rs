@@ -34,7 +34,7 @@ impl Generator for FakeGenerator {
         Ok(())
     }
 
-    fn generate(&self, snapshot: &Snapshot, _node: &Node) -> Result<ProxyResources, String> {
+    fn generate(&self, snapshot: &Snapshot, _node: &Node) -> Result<ProxyView, String> {
         let mut r = ProxyResources::default();
         for (host, svc) in &snapshot.model.services {
             let cluster = Cluster {
@@ -52,7 +52,7 @@ impl Generator for FakeGenerator {
             LISTENER_TYPE,
             Resource::new("virtualOutbound", LISTENER_TYPE, &listener),
         );
-        Ok(r)
+        Ok(ProxyView::single(r))
     }
 }
 

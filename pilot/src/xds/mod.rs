@@ -26,8 +26,8 @@ use mast_mesh_config::model::{Labels, MeshModel, TrafficPolicy};
 use prost::Message;
 
 use crate::ads::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, ProxyResources, ROUTE_TYPE, Resource,
-    Snapshot,
+    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, ProxyResources, ProxyView, ROUTE_TYPE,
+    Resource, Snapshot,
 };
 
 pub mod clusters;
@@ -210,24 +210,62 @@ type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
 struct Cache {
     version: u64,
     outbound: HashMap<OutboundKey, Cell>,
+    inbound: HashMap<InboundKey, Cell>,
+    /// The previous version's parts, whose unchanged sets new parts reuse by pointer.
+    previous_outbound: HashMap<OutboundKey, Cell>,
+    previous_inbound: HashMap<InboundKey, Cell>,
 }
 
-/// The real [`Generator`]: model → xDS, with the outbound half cached per model version.
+/// What the inbound half depends on: which services select the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct InboundKey {
+    namespace: String,
+    labels: Labels,
+    interception: InterceptionMode,
+}
+
+/// The real [`Generator`]: model → xDS. Both halves are cached per model version and key, and
+/// a new version's sets that did not change are the previous version's `Arc`s, so a
+/// connection learns "nothing to push" from a pointer comparison.
 #[derive(Debug, Default)]
 pub struct XdsGenerator {
     cache: Mutex<Cache>,
 }
 
 impl XdsGenerator {
-    fn cell(&self, version: u64, key: OutboundKey) -> Cell {
+    /// The cell for `key` at `version`, and the previous version's part for the same key.
+    fn cells(
+        &self,
+        version: u64,
+        out: OutboundKey,
+        inb: InboundKey,
+    ) -> (
+        Cell,
+        Option<Arc<ProxyResources>>,
+        Cell,
+        Option<Arc<ProxyResources>>,
+    ) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
+            let old = std::mem::take(&mut *cache);
             *cache = Cache {
                 version,
+                previous_outbound: old.outbound,
+                previous_inbound: old.inbound,
                 ..Cache::default()
             };
         }
-        cache.outbound.entry(key).or_default().clone()
+        let prev_out = cache
+            .previous_outbound
+            .get(&out)
+            .and_then(|c| c.get().cloned());
+        let prev_in = cache
+            .previous_inbound
+            .get(&inb)
+            .and_then(|c| c.get().cloned());
+        let o = cache.outbound.entry(out).or_default().clone();
+        let i = cache.inbound.entry(inb).or_default().clone();
+        (o, prev_out, i, prev_in)
     }
 }
 
@@ -238,7 +276,7 @@ impl Generator for XdsGenerator {
             .map_err(|e| e.to_string())
     }
 
-    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyResources, String> {
+    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, String> {
         let proxy = ProxyNode::from_envoy_node(node).map_err(|e| e.to_string())?;
         let model = &snapshot.model;
         let uses_source_labels = model.routes.iter().any(|t| {
@@ -247,24 +285,39 @@ impl Generator for XdsGenerator {
                 .flat_map(|r| &r.matches)
                 .any(|m| !m.source_labels.is_empty())
         });
-        let key = OutboundKey {
+        let out_key = OutboundKey {
             namespace: proxy.namespace.clone(),
             interception: proxy.interception_mode,
             sidecar: plan::sidecar_for(model, &proxy).map(|(i, _)| i),
             labels: uses_source_labels.then(|| proxy.labels.clone()),
         };
-        let outbound = self
-            .cell(snapshot.version, key)
-            .get_or_init(|| Arc::new(generate_outbound(model, &proxy).resources()))
-            .clone();
-        let mut all = (*outbound).clone();
-        for (type_url, resources) in generate_inbound(model, &proxy).resources().by_type {
-            let into = all.by_type.entry(type_url).or_default();
-            for (name, r) in resources {
-                into.entry(name).or_insert(r);
-            }
-        }
-        Ok(all)
+        let in_key = InboundKey {
+            namespace: proxy.namespace.clone(),
+            labels: proxy.labels.clone(),
+            interception: proxy.interception_mode,
+        };
+        let (out, prev_out, inb, prev_in) = self.cells(snapshot.version, out_key, in_key);
+        let part = |cell: &Cell,
+                    previous: Option<Arc<ProxyResources>>,
+                    build: &dyn Fn() -> ProxyResources| {
+            cell.get_or_init(|| {
+                let mut r = build();
+                if let Some(prev) = previous {
+                    r.reuse_unchanged(&prev);
+                }
+                Arc::new(r)
+            })
+            .clone()
+        };
+        let outbound = part(&out, prev_out, &|| {
+            generate_outbound(model, &proxy).resources()
+        });
+        let inbound = part(&inb, prev_in, &|| {
+            generate_inbound(model, &proxy).resources()
+        });
+        Ok(ProxyView {
+            layers: vec![outbound, inbound],
+        })
     }
 }
 

@@ -489,8 +489,8 @@ fn rules_for_other_sources_are_skipped() {
         }),
         ..Default::default()
     };
-    let a = g.generate(&snap, &node("client")).unwrap();
-    let b = g.generate(&snap, &node("admin")).unwrap();
+    let a = g.generate(&snap, &node("client")).unwrap().flatten();
+    let b = g.generate(&snap, &node("admin")).unwrap().flatten();
     assert_ne!(
         a.of_type(ROUTE_TYPE).unwrap()["8081"].version,
         b.of_type(ROUTE_TYPE).unwrap()["8081"].version
@@ -727,8 +727,8 @@ fn output_is_deterministic_and_cached_per_version() {
         ..Default::default()
     };
     let snap = Snapshot::new(1, m.clone(), std::time::Instant::now());
-    let x = g.generate(&snap, &node).unwrap();
-    let y = g.generate(&snap, &node).unwrap();
+    let x = g.generate(&snap, &node).unwrap().flatten();
+    let y = g.generate(&snap, &node).unwrap().flatten();
     for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
         let vx: Vec<_> = x.of_type(t).unwrap().values().map(|r| &r.version).collect();
         let vy: Vec<_> = y.of_type(t).unwrap().values().map(|r| &r.version).collect();
