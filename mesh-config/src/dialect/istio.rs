@@ -61,9 +61,555 @@ impl MeshResource for Accepted {
 }
 
 fn check_shape(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
-    match doc.value.get("spec") {
-        None | Some(Value::Object(_)) => Ok(()),
-        Some(_) => Err(vec![FieldError::new("spec", "must be a mapping")]),
+    let spec = match doc.value.get("spec") {
+        Some(Value::Object(spec)) => spec,
+        None if doc.meta.kind == "WorkloadGroup" => {
+            return Err(vec![FieldError::new("spec", "Required value")]);
+        }
+        None => return Ok(()),
+        Some(_) => return Err(vec![FieldError::new("spec", "must be a mapping")]),
+    };
+    let mut errors = Vec::new();
+    match doc.meta.kind.as_str() {
+        "PeerAuthentication" => peer_authentication(spec, &mut errors),
+        "AuthorizationPolicy" => authorization_policy(spec, &mut errors),
+        "WorkloadGroup" => workload_group(spec, &mut errors),
+        "ProxyConfig" => proxy_config(spec, &mut errors),
+        "RequestAuthentication" => request_authentication(spec, &doc.meta.namespace, &mut errors),
+        "WasmPlugin" => wasm_plugin(spec, &mut errors),
+        "Telemetry" => telemetry(spec, &mut errors),
+        "EnvoyFilter" => envoy_filter(spec, &mut errors),
+        _ => {}
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+const MTLS_MODES: &[&str] = &["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
+
+fn mtls_mode(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) {
+    if let Some(mode) = v.and_then(|m| m.get("mode")) {
+        match mode.as_str() {
+            Some(m) if MTLS_MODES.contains(&m) => {}
+            _ => errors.push(FieldError::new(
+                format!("{field}.mode"),
+                format!(
+                    "Unsupported value: {mode}: supported values: {}",
+                    MTLS_MODES.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+fn peer_authentication(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    mtls_mode(spec.get("mtls"), "spec.mtls", errors);
+    let Some(ports) = spec.get("portLevelMtls") else {
+        return;
+    };
+    let Some(ports) = ports.as_object() else {
+        errors.push(FieldError::new(
+            "spec.portLevelMtls",
+            "must be a map of port to mTLS settings",
+        ));
+        return;
+    };
+    if ports.is_empty() {
+        errors.push(FieldError::new(
+            "spec.portLevelMtls",
+            "should have at least 1 properties",
+        ));
+    }
+    if spec.get("selector").is_none() {
+        errors.push(FieldError::new(
+            "spec.portLevelMtls",
+            "portLevelMtls requires selector",
+        ));
+    }
+    for (port, setting) in ports {
+        let field = format!("spec.portLevelMtls[{port}]");
+        match port.parse::<u64>() {
+            Err(_) => errors.push(FieldError::new(
+                field.clone(),
+                format!("type conversion error from {port:?} to a port number"),
+            )),
+            Ok(p) if !(1..=65535).contains(&p) => errors.push(FieldError::new(
+                field.clone(),
+                "port must be between 1-65535",
+            )),
+            Ok(_) => {}
+        }
+        mtls_mode(Some(setting), &field, errors);
+    }
+}
+
+fn authorization_policy(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let rules = spec
+        .get("rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let from = rule
+            .get("from")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (j, f) in from.iter().enumerate() {
+            let Some(source) = f.get("source") else {
+                continue;
+            };
+            let has = |k: &str| {
+                source
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            };
+            if (has("serviceAccounts") || has("notServiceAccounts"))
+                && (has("namespaces")
+                    || has("principals")
+                    || has("notNamespaces")
+                    || has("notPrincipals"))
+            {
+                errors.push(FieldError::new(
+                    format!("spec.rules[{i}].from[{j}].source"),
+                    "Cannot set serviceAccounts with namespaces or principals",
+                ));
+            }
+        }
+    }
+}
+
+fn workload_group(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let Some(probe) = spec.get("probe") else {
+        return;
+    };
+    for (kind, field) in [
+        ("tcpSocket", "spec.probe.tcpSocket.port"),
+        ("httpGet", "spec.probe.httpGet.port"),
+    ] {
+        if let Some(port) = probe
+            .get(kind)
+            .and_then(|p| p.get("port"))
+            .and_then(Value::as_i64)
+        {
+            port_number(port, field, errors);
+        }
+    }
+    let headers = probe
+        .get("httpGet")
+        .and_then(|h| h.get("httpHeaders"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, h) in headers.iter().enumerate() {
+        let name = h.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errors.push(FieldError::new(
+                format!("spec.probe.httpGet.httpHeaders[{i}].name"),
+                format!("{name:?} in body should match '^[-_A-Za-z0-9]+$'"),
+            ));
+        }
+    }
+}
+
+fn array<'a>(v: Option<&'a Value>) -> &'a [Value] {
+    v.and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn non_empty_strings(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) {
+    for (i, s) in array(v).iter().enumerate() {
+        if s.as_str().is_none_or(str::is_empty) {
+            errors.push(FieldError::new(
+                format!("{field}[{i}]"),
+                "should be at least 1 chars long",
+            ));
+        }
+    }
+}
+
+/// `targetRef`/`targetRefs`/`selector` of the security and extension kinds.
+fn policy_targets(
+    spec: &serde_json::Map<String, Value>,
+    namespace: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let refs: Vec<(String, &Value)> = spec
+        .get("targetRef")
+        .map(|r| ("spec.targetRef".to_string(), r))
+        .into_iter()
+        .chain(
+            array(spec.get("targetRefs"))
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
+        )
+        .collect();
+    let has_selector = spec.get("selector").is_some();
+    if (spec.contains_key("targetRef") && spec.contains_key("targetRefs"))
+        || (has_selector && !refs.is_empty())
+    {
+        errors.push(FieldError::new(
+            "spec",
+            "only one of targetRefs or selector can be set",
+        ));
+    }
+    for (field, r) in refs {
+        let get = |k: &str| r.get(k).and_then(Value::as_str);
+        if get("name").is_none_or(str::is_empty) {
+            errors.push(FieldError::new(format!("{field}.name"), "Required value"));
+        }
+        if let Some(ns) = get("namespace")
+            && !ns.is_empty()
+            && ns != namespace
+        {
+            errors.push(FieldError::new(
+                format!("{field}.namespace"),
+                "cross namespace referencing is not currently supported",
+            ));
+        }
+        let group = get("group").unwrap_or("");
+        let group_ok = group.is_empty()
+            || group.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !group_ok {
+            errors.push(FieldError::new(
+                format!("{field}.group"),
+                format!("{group:?} in body should match a DNS subdomain"),
+            ));
+        }
+        let kind = get("kind").unwrap_or("");
+        let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !kind.ends_with('-');
+        if !kind_ok {
+            errors.push(FieldError::new(
+                format!("{field}.kind"),
+                format!("{kind:?} in body should match '^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$'"),
+            ));
+        }
+    }
+}
+
+fn request_authentication(
+    spec: &serde_json::Map<String, Value>,
+    namespace: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    policy_targets(spec, namespace, errors);
+    for (i, rule) in array(spec.get("jwtRules")).iter().enumerate() {
+        let f = format!("spec.jwtRules[{i}]");
+        let Some(rule) = rule.as_object() else {
+            errors.push(FieldError::new(f, "in body must be of type object"));
+            continue;
+        };
+        non_empty_strings(rule.get("audiences"), &format!("{f}.audiences"), errors);
+        non_empty_strings(rule.get("fromParams"), &format!("{f}.fromParams"), errors);
+        non_empty_strings(rule.get("fromCookies"), &format!("{f}.fromCookies"), errors);
+        non_empty_strings(
+            rule.get("spaceDelimitedClaims"),
+            &format!("{f}.spaceDelimitedClaims"),
+            errors,
+        );
+        if let Some(uri) = rule.get("jwksUri").and_then(Value::as_str) {
+            let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
+                !rest.is_empty() && matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
+            });
+            if !scheme_ok {
+                errors.push(FieldError::new(
+                    format!("{f}.jwksUri"),
+                    "url must have scheme http:// or https://",
+                ));
+            }
+        }
+        for (j, h) in array(rule.get("fromHeaders")).iter().enumerate() {
+            match h.get("name").and_then(Value::as_str) {
+                None => errors.push(FieldError::new(
+                    format!("{f}.fromHeaders[{j}].name"),
+                    "Required value",
+                )),
+                Some("") => errors.push(FieldError::new(
+                    format!("{f}.fromHeaders[{j}].name"),
+                    "in body should be at least 1 chars long",
+                )),
+                Some(_) => {}
+            }
+        }
+        for (j, o) in array(rule.get("outputClaimToHeaders")).iter().enumerate() {
+            let of = format!("{f}.outputClaimToHeaders[{j}]");
+            if !o.is_object() {
+                errors.push(FieldError::new(of, "in body must be of type object"));
+                continue;
+            }
+            if o.get("claim")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                errors.push(FieldError::new(
+                    format!("{of}.claim"),
+                    "in body should be at least 1 chars long",
+                ));
+            }
+            match o.get("header").and_then(Value::as_str) {
+                None | Some("") => errors.push(FieldError::new(
+                    format!("{of}.header"),
+                    "header in body should be at least 1 chars long",
+                )),
+                Some(h)
+                    if !h
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                {
+                    errors.push(FieldError::new(
+                        format!("{of}.header"),
+                        "header in body should match '^[-_A-Za-z0-9]+$'",
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(t) = rule.get("timeout").and_then(Value::as_str) {
+            match parse_duration(t) {
+                Ok(d) if !d.is_zero() => {}
+                _ => errors.push(FieldError::new(
+                    format!("{f}.timeout"),
+                    format!("{t:?} must be a valid duration greater than 1ms"),
+                )),
+            }
+        }
+        if let Some(p) = rule.get("presence")
+            && !matches!(p.as_str(), Some("REQUIRED" | "OPTIONAL" | "UNSPECIFIED"))
+        {
+            errors.push(FieldError::new(
+                format!("{f}.presence"),
+                format!("Unsupported value: {p}"),
+            ));
+        }
+    }
+}
+
+fn wasm_plugin(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    match spec.get("url") {
+        Some(Value::String(url)) if url.is_empty() => {
+            errors.push(FieldError::new(
+                "spec.url",
+                "spec.url in body should be at least 1 chars long",
+            ));
+        }
+        Some(Value::String(url)) => {
+            let ok = match url.split_once("://") {
+                Some((scheme, rest)) => {
+                    matches!(scheme, "http" | "https" | "file" | "oci") && !rest.is_empty()
+                }
+                // No scheme: an OCI image reference.
+                None => url
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"./:-_@".contains(&b)),
+            };
+            if !ok {
+                errors.push(FieldError::new(
+                    "spec.url",
+                    "url must have schema one of [http, https, file, oci]",
+                ));
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            "spec.url",
+            format!("spec.url in body must be of type string: {other}"),
+        )),
+        None => {}
+    }
+    if let Some(sha) = spec.get("sha256").and_then(Value::as_str)
+        && !(sha.is_empty()
+            || (sha.len() == 64
+                && sha
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())))
+    {
+        errors.push(FieldError::new(
+            "spec.sha256",
+            "spec.sha256 in body should match '^(|[a-f0-9]{64})$'",
+        ));
+    }
+    for key in ["imagePullSecret", "pluginName"] {
+        if spec.get(key).and_then(Value::as_str) == Some("") {
+            errors.push(FieldError::new(
+                format!("spec.{key}"),
+                format!("spec.{key} in body should be at least 1 chars long"),
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    let env = spec.get("vmConfig").and_then(|v| v.get("env"));
+    for (i, e) in array(env).iter().enumerate() {
+        let f = format!("spec.vmConfig.env[{i}]");
+        let name = e.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() {
+            errors.push(FieldError::new(
+                format!("{f}.name"),
+                "spec.vmConfig.env[].name in body should be at least 1 chars long",
+            ));
+        } else if !names.insert(name.to_string()) {
+            errors.push(FieldError::new(
+                format!("{f}.name"),
+                format!("Duplicate value: {name:?}"),
+            ));
+        }
+        let from = e
+            .get("valueFrom")
+            .and_then(Value::as_str)
+            .unwrap_or("INLINE");
+        if from != "INLINE" && e.get("value").is_some() {
+            errors.push(FieldError::new(
+                format!("{f}.value"),
+                "value may only be set when valueFrom is INLINE",
+            ));
+        }
+    }
+    for (i, m) in array(spec.get("match")).iter().enumerate() {
+        for (j, port) in array(m.get("ports")).iter().enumerate() {
+            let f = format!("spec.match[{i}].ports[{j}].number");
+            match port.get("number").and_then(Value::as_i64) {
+                None => errors.push(FieldError::new(f, "Required value")),
+                Some(n) => {
+                    port_number(n, &f, errors);
+                }
+            }
+        }
+    }
+    let labels = spec
+        .get("selector")
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    for (k, v) in labels.into_iter().flatten() {
+        if k.contains('*') {
+            errors.push(FieldError::new(
+                "spec.selector.matchLabels",
+                "wildcard not allowed in label key match",
+            ));
+        }
+        if v.as_str().is_some_and(|v| v.contains('*')) {
+            errors.push(FieldError::new(
+                format!("spec.selector.matchLabels.{k}"),
+                "wildcard not allowed in label value match",
+            ));
+        }
+    }
+}
+
+/// The CEL rule on EnvoyFilter matches: a `waypoint` match goes with, and only with, the
+/// WAYPOINT context; a listener/route/cluster match never does.
+fn envoy_filter(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    for (i, patch) in array(spec.get("configPatches")).iter().enumerate() {
+        let Some(m) = patch.get("match") else {
+            continue;
+        };
+        let f = format!("spec.configPatches[{i}].match");
+        let waypoint_ctx = m.get("context").and_then(Value::as_str) == Some("WAYPOINT");
+        let has_waypoint = m.get("waypoint").is_some();
+        let has_other = ["listener", "routeConfiguration", "cluster"]
+            .iter()
+            .any(|k| m.get(k).is_some());
+        if has_waypoint != waypoint_ctx || (waypoint_ctx && has_other) {
+            errors.push(FieldError::new(
+                f.clone(),
+                "Invalid value: \"object\": only support waypointMatch when context is WAYPOINT",
+            ));
+        }
+        if let Some(port) = m
+            .get("waypoint")
+            .and_then(|w| w.get("portNumber"))
+            .and_then(Value::as_i64)
+        {
+            port_number(port, &format!("{f}.waypoint.portNumber"), errors);
+        }
+    }
+}
+
+fn telemetry(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    for (i, m) in array(spec.get("metrics")).iter().enumerate() {
+        let f = format!("spec.metrics[{i}]");
+        for (j, p) in array(m.get("providers")).iter().enumerate() {
+            if p.get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                errors.push(FieldError::new(
+                    format!("{f}.providers[{j}].name"),
+                    "name in body should be at least 1 chars long",
+                ));
+            }
+        }
+        for (j, o) in array(m.get("overrides")).iter().enumerate() {
+            let of = format!("{f}.overrides[{j}]");
+            if o.get("match")
+                .and_then(|x| x.get("customMetric"))
+                .and_then(Value::as_str)
+                == Some("")
+            {
+                errors.push(FieldError::new(
+                    format!("{of}.match.customMetric"),
+                    "customMetric in body should be at least 1 chars long",
+                ));
+            }
+            let tags = o.get("tagOverrides").and_then(Value::as_object);
+            for (tag, t) in tags.into_iter().flatten() {
+                let op = t
+                    .get("operation")
+                    .and_then(Value::as_str)
+                    .unwrap_or("UPSERT");
+                let has_value = t.get("value").is_some_and(|v| !v.is_null());
+                if op == "UPSERT" && !has_value {
+                    errors.push(FieldError::new(
+                        format!("{of}.tagOverrides.{tag}"),
+                        "value must be set when operation is UPSERT",
+                    ));
+                }
+                if op == "REMOVE" && has_value {
+                    errors.push(FieldError::new(
+                        format!("{of}.tagOverrides.{tag}"),
+                        "value must not be set when operation is REMOVE",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn proxy_config(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
+    if let Some(c) = spec.get("concurrency").and_then(Value::as_i64)
+        && c < 0
+    {
+        errors.push(FieldError::new(
+            "spec.concurrency",
+            "should be greater than or equal to 0",
+        ));
+    }
+    let labels = spec
+        .get("selector")
+        .and_then(|s| s.get("matchLabels"))
+        .and_then(Value::as_object);
+    for key in labels.into_iter().flat_map(|m| m.keys()) {
+        if key.is_empty() {
+            errors.push(FieldError::new(
+                "spec.selector.matchLabels",
+                "key must not be empty",
+            ));
+        }
     }
 }
 
@@ -932,6 +1478,15 @@ struct DrPortPolicy {
 struct DrLb {
     simple: Option<String>,
     consistent_hash: Option<DrHash>,
+    warmup: Option<DrWarmup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DrWarmup {
+    duration: Option<String>,
+    minimum_percent: Option<f64>,
+    aggression: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1073,6 +1628,33 @@ fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy 
 }
 
 fn load_balancer(lb: &DrLb, f: &str, errors: &mut Vec<FieldError>) -> Option<LoadBalancer> {
+    if let Some(w) = &lb.warmup {
+        match &w.duration {
+            None => errors.push(FieldError::new(
+                format!("{f}.warmup.duration"),
+                "Required value",
+            )),
+            Some(d) => {
+                duration(d, &format!("{f}.warmup.duration"), errors);
+            }
+        }
+        if let Some(p) = w.minimum_percent
+            && !(0.0..=100.0).contains(&p)
+        {
+            errors.push(FieldError::new(
+                format!("{f}.warmup.minimumPercent"),
+                format!("Invalid value: {p}: must be in 0-100"),
+            ));
+        }
+        if let Some(a) = w.aggression
+            && a < 1.0
+        {
+            errors.push(FieldError::new(
+                format!("{f}.warmup.aggression"),
+                format!("Invalid value: {a}: must be at least 1"),
+            ));
+        }
+    }
     if let Some(h) = &lb.consistent_hash {
         let key = if let Some(name) = &h.http_header_name {
             HashKey::Header(name.to_ascii_lowercase())
@@ -1372,6 +1954,70 @@ fn parse_service_entry(doc: &Document<'_>) -> Result<ServiceEntryResource, Vec<F
             true
         }
     };
+    for (i, h) in se.spec.hosts.iter().enumerate() {
+        if h == "*" {
+            errors.push(FieldError::new(
+                format!("spec.hosts[{i}]"),
+                "hostname cannot be wildcard",
+            ));
+        }
+    }
+    if let Some(sel) = &se.spec.workload_selector {
+        if !se.spec.endpoints.is_empty() {
+            errors.push(FieldError::new(
+                "spec",
+                "only one of WorkloadSelector or Endpoints can be set",
+            ));
+        }
+        for (k, v) in &sel.labels {
+            if k.contains('*') || v.contains('*') {
+                errors.push(FieldError::new(
+                    format!("spec.workloadSelector.labels.{k}"),
+                    "wildcard is not supported in selector",
+                ));
+            }
+        }
+    }
+    let dns = matches!(
+        se.spec.resolution.as_deref(),
+        Some("DNS" | "DNS_ROUND_ROBIN")
+    );
+    for (i, a) in se.spec.addresses.iter().enumerate() {
+        if dns && a.contains('/') {
+            errors.push(FieldError::new(
+                format!("spec.addresses[{i}]"),
+                "CIDR addresses are allowed only for NONE/STATIC resolution types",
+            ));
+        }
+    }
+    if resolution == Resolution::None && !se.spec.endpoints.is_empty() {
+        errors.push(FieldError::new(
+            "spec.endpoints",
+            "NONE mode cannot set endpoints",
+        ));
+    }
+    if se.spec.resolution.as_deref() == Some("DNS_ROUND_ROBIN") && se.spec.endpoints.len() > 1 {
+        errors.push(FieldError::new(
+            "spec.endpoints",
+            "DNS_ROUND_ROBIN mode cannot have multiple endpoints",
+        ));
+    }
+    let mut port_names = BTreeSet::new();
+    let mut port_numbers = BTreeSet::new();
+    for (i, p) in se.spec.ports.iter().enumerate() {
+        if !port_names.insert(p.name.clone()) {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].name"),
+                format!("Duplicate value: {:?}", p.name),
+            ));
+        }
+        if !port_numbers.insert(p.number) {
+            errors.push(FieldError::new(
+                format!("spec.ports[{i}].number"),
+                format!("port number cannot be duplicated: {}", p.number),
+            ));
+        }
+    }
     let mut ports = Vec::new();
     for (i, p) in se.spec.ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
@@ -1478,10 +2124,36 @@ fn parse_workload_entry(doc: &Document<'_>) -> Result<WorkloadEntryResource, Vec
     let mut errors = Vec::new();
     let address = we.spec.address.unwrap_or_default();
     if address.is_empty() && we.spec.network.is_none() {
-        errors.push(FieldError::new("spec.address", "required (or a network)"));
+        errors.push(FieldError::new(
+            "spec.address",
+            "Address is required (or a network)",
+        ));
+    }
+    if let Some(path) = address.strip_prefix("unix://") {
+        if path.ends_with('/') {
+            errors.push(FieldError::new("spec.address", "UDS may not be a dir"));
+        } else if !path.starts_with('/') && !path.starts_with('@') {
+            errors.push(FieldError::new(
+                "spec.address",
+                "UDS must be an absolute path or abstract socket",
+            ));
+        }
+        if !we.spec.ports.is_empty() {
+            errors.push(FieldError::new("spec.ports", "UDS may not include ports"));
+        }
     }
     let mut ports = BTreeMap::new();
     for (name, n) in &we.spec.ports {
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid_name {
+            errors.push(FieldError::new(
+                "spec.ports",
+                format!("Invalid value: port name {name:?}"),
+            ));
+        }
         if let Some(p) = port_number(*n, &format!("spec.ports.{name}"), &mut errors) {
             ports.insert(name.clone(), p);
         }
