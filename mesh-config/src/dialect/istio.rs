@@ -220,7 +220,7 @@ fn workload_group(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldE
     }
 }
 
-fn array<'a>(v: Option<&'a Value>) -> &'a [Value] {
+fn array(v: Option<&Value>) -> &[Value] {
     v.and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
