@@ -158,9 +158,22 @@ impl FolderSource {
                 return false;
             }
         };
+        let file_count = files.len();
         let report = self.store.apply_files(files);
         for e in &report.errors {
             warn!("config rejected, last good version kept: {e}");
+        }
+        if report.changed || self.version == 0 {
+            let model = self.store.model();
+            info!(
+                files = file_count,
+                services = model.services.len(),
+                workloads = model.workloads.len(),
+                routes = model.routes.len(),
+                destination_rules = model.destination_policies.len(),
+                rejected = report.errors.len(),
+                "config loaded"
+            );
         }
         let errors = self.store.errors().to_vec();
         self.metrics.rejected_configs.set(errors.len() as i64);
