@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::duration::parse_duration;
 use super::kube::port_number;
-use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
+use super::{Accepted, Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
@@ -34,14 +34,6 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         "TLSRoute" => parse_tls_route(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>),
         _ => Ok(Box::new(Accepted) as Box<dyn MeshResource>),
     })
-}
-
-/// A kind accepted for completeness (ingress, TLS/TCP/UDP routes, policies).
-#[derive(Debug)]
-struct Accepted;
-
-impl MeshResource for Accepted {
-    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
 }
 
 // === HTTPRoute / GRPCRoute ===

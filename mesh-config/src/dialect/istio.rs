@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::duration::parse_duration;
 use super::kube::{infer_protocol, port_number};
-use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
+use super::{Accepted, Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
@@ -50,14 +50,6 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         }
         _ => return None,
     })
-}
-
-/// A kind the mesh accepts but does not act on yet; it only has to be well formed.
-#[derive(Debug)]
-struct Accepted;
-
-impl MeshResource for Accepted {
-    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
 }
 
 fn check_shape(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::kube::port_number;
-use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
+use super::{Accepted, Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 /// Knative's default user container port.
@@ -30,13 +30,6 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         "Route" | "Service" => parse_traffic(doc).map(|r| Box::new(r) as Box<dyn MeshResource>),
         _ => Ok(Box::new(Accepted) as Box<dyn MeshResource>),
     })
-}
-
-#[derive(Debug)]
-struct Accepted;
-
-impl MeshResource for Accepted {
-    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
 }
 
 #[derive(Debug, Deserialize)]

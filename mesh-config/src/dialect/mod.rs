@@ -136,6 +136,15 @@ pub trait MeshResource: fmt::Debug + Send + Sync {
     }
 }
 
+/// A kind the mesh accepts and validates but does not act on (ingress Gateways, policies that
+/// take effect in later components): it is checked, and adds nothing to the model.
+#[derive(Debug)]
+pub struct Accepted;
+
+impl MeshResource for Accepted {
+    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
+}
+
 /// The outcome of one dialect's `parse`.
 pub type ParseResult = Option<Result<Box<dyn MeshResource>, Vec<FieldError>>>;
 

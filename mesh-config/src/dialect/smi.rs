@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::istio::resolve_host;
-use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
+use super::{Accepted, Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::*;
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
@@ -20,13 +20,6 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         }
         _ => None,
     }
-}
-
-#[derive(Debug)]
-struct Accepted;
-
-impl MeshResource for Accepted {
-    fn translate(&self, _meta: &Meta, _model: &mut MeshModel) {}
 }
 
 #[derive(Debug, Deserialize)]
