@@ -11,5 +11,6 @@ pub mod model;
 pub use error::ConfigError;
 pub use model::MeshModel;
 pub mod dialect;
+pub mod locate;
 pub mod source;
 pub mod store;

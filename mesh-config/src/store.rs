@@ -23,6 +23,8 @@ struct Entry {
     file: PathBuf,
     document: usize,
     line: usize,
+    /// The document's text, to point reference errors at their line.
+    text: Arc<str>,
     meta: Meta,
     resource: Arc<dyn MeshResource>,
 }
@@ -90,6 +92,7 @@ impl ConfigStore {
                                 file: path.clone(),
                                 document: doc.index,
                                 line: doc.start_line,
+                                text: Arc::from(doc.text),
                                 meta: doc.meta.clone(),
                                 resource: Arc::from(resource),
                             },
@@ -146,12 +149,15 @@ impl ConfigStore {
                     continue;
                 }
                 for p in problems {
+                    let line = p.line.or_else(|| {
+                        crate::locate::line_of(&e.text, &p.field).map(|l| e.line + l - 1)
+                    });
                     errors.push(ConfigError {
                         file: e.file.clone(),
                         document: e.document,
                         resource: Some(e.meta.resource_ref()),
                         field: p.field,
-                        line: p.line,
+                        line,
                         message: p.message,
                     });
                 }
@@ -261,6 +267,8 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("weight"), "{e}");
+        // The second weight is on line 11 of vs(): the error points there.
+        assert_eq!(r.errors[0].line, Some(11), "{e}");
         assert!(!r.changed);
         assert_eq!(weights(&store), [50, 50]);
 

@@ -99,12 +99,15 @@ impl FieldError {
 
     /// The full error for a resource of `doc`.
     pub fn into_config_error(self, doc: &Document<'_>) -> ConfigError {
+        let line = self.line.or_else(|| {
+            crate::locate::line_of(doc.text, &self.field).map(|l| doc.start_line + l - 1)
+        });
         ConfigError {
             file: doc.file.to_path_buf(),
             document: doc.index,
             resource: Some(doc.meta.resource_ref()),
             field: self.field,
-            line: self.line,
+            line,
             message: self.message,
         }
     }
