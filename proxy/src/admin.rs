@@ -1,0 +1,402 @@
+//! Admin, health and stats servers, on Envoy's and Istio's ports and paths.
+//!
+//! `127.0.0.1:15000` is Envoy's admin (`/config_dump`, `/clusters`, `/listeners`, `/stats`,
+//! `/ready`, `/quitquitquit`, `/logging`, `/server_info`), loopback-only because it can stop
+//! the proxy; `:15021/healthz/ready` is what Kubernetes probes; `:15090/stats/prometheus` is
+//! what Prometheus scrapes. Same shapes as Envoy's so `istioctl proxy-config`-style tooling
+//! and dashboards read them unchanged.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use mast_proto::config_dump::ConfigDumpBuilder;
+use tokio::net::TcpListener;
+
+use crate::listen::Listeners;
+use crate::shared::Shared;
+
+/// Which of the three servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Status,
+    Stats,
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve one of the admin-side servers until the process exits.
+pub async fn serve(
+    listener: TcpListener,
+    role: Role,
+    shared: Arc<Shared>,
+    listeners: Arc<Listeners>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let listeners = Arc::clone(&listeners);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                let listeners = Arc::clone(&listeners);
+                async move { Ok::<_, Infallible>(route(role, &shared, &listeners, req)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+    if *shared.drain.borrow() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
+    } else if shared.is_ready() {
+        text(StatusCode::OK, "LIVE\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n")
+    }
+}
+
+fn route(
+    role: Role,
+    shared: &Shared,
+    listeners: &Listeners,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match (role, path) {
+        (Role::Status, "/healthz/ready") | (Role::Admin, "/ready") => ready(shared),
+        (Role::Stats, "/stats/prometheus") | (Role::Admin, "/stats/prometheus") => {
+            // OpenMetrics ends with "# EOF"; Envoy's own series go before it.
+            let mut body = shared.metrics.encode();
+            if body.ends_with("# EOF\n") {
+                body.truncate(body.len() - "# EOF\n".len());
+            }
+            body.push_str(&envoy_prometheus(shared));
+            body.push_str("# EOF\n");
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (Role::Admin, "/stats") => text(StatusCode::OK, envoy_stats(shared)),
+        (Role::Admin, "/config_dump") => match config_dump(shared) {
+            Ok(v) => json(&v),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        (Role::Admin, "/clusters") => {
+            if query.contains("format=json") {
+                json(&clusters_json(shared))
+            } else {
+                text(StatusCode::OK, clusters_text(shared))
+            }
+        }
+        (Role::Admin, "/listeners") => {
+            let snap = shared.store.current.load();
+            let bound = listeners.addresses();
+            let mut out = String::new();
+            for l in &snap.listeners {
+                let _ = writeln!(out, "{}::{}", l.name, l.addr);
+            }
+            if query.contains("format=json") {
+                return json(&serde_json::json!({
+                    "listener_statuses": snap.listeners.iter().map(|l| serde_json::json!({
+                        "name": l.name,
+                        "local_address": {"socket_address": {"address": l.addr.ip().to_string(), "port_value": l.addr.port()}},
+                        "bound": bound.iter().any(|(n, _)| n == &l.name),
+                    })).collect::<Vec<_>>()
+                }));
+            }
+            text(StatusCode::OK, out)
+        }
+        (Role::Admin, "/quitquitquit") if req.method() == Method::POST => {
+            tracing::info!("/quitquitquit: draining");
+            shared.start_drain();
+            text(StatusCode::OK, "OK\n")
+        }
+        (Role::Admin, "/quitquitquit") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (Role::Admin, "/logging") => {
+            let level = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("level="))
+                .map(str::to_string);
+            match (level, &shared.log_reload) {
+                (Some(level), Some(reload)) if req.method() == Method::POST => match reload(&level)
+                {
+                    Ok(()) => text(
+                        StatusCode::OK,
+                        format!("active loggers:\n  mast: {level}\n"),
+                    ),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+                (Some(_), _) if req.method() != Method::POST => {
+                    text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n")
+                }
+                _ => text(
+                    StatusCode::OK,
+                    "usage: POST /logging?level=<trace|debug|info|warn|error>\n",
+                ),
+            }
+        }
+        (Role::Admin, "/server_info") => {
+            let state = if *shared.drain.borrow() {
+                "DRAINING"
+            } else if shared.is_ready() {
+                "LIVE"
+            } else {
+                "PRE_INITIALIZING"
+            };
+            let xds = shared.xds_status();
+            json(&serde_json::json!({
+                "version": concat!("mast-proxy/", env!("CARGO_PKG_VERSION")),
+                "state": state,
+                "uptime_current_epoch": format!("{}s", shared.started.elapsed().as_secs()),
+                "node": {"id": shared.config.node_id()},
+                "xds": {"connected": xds.connected, "mode": xds.mode, "acked": xds.acked, "last_nack": xds.last_nack},
+            }))
+        }
+        (Role::Admin, "/" | "/help") => text(
+            StatusCode::OK,
+            "admin commands are:\n  /clusters\n  /config_dump\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Envoy's `/config_dump` JSON, from the resources as received.
+fn config_dump(shared: &Shared) -> Result<serde_json::Value, String> {
+    let res = match shared.store.resources.lock() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    let mut b = ConfigDumpBuilder::new();
+    b.clusters_version(res.clusters.version.clone());
+    for item in res.clusters.items.values() {
+        b.dynamic_cluster(item.version.clone(), item.any.clone(), Some(item.updated));
+    }
+    b.listeners_version(res.listeners.version.clone());
+    for (name, item) in &res.listeners.items {
+        b.dynamic_listener(
+            name.clone(),
+            item.version.clone(),
+            item.any.clone(),
+            Some(item.updated),
+        );
+    }
+    for item in res.routes.items.values() {
+        b.dynamic_route_config(item.version.clone(), item.any.clone(), Some(item.updated));
+    }
+    for item in res.endpoints.items.values() {
+        b.dynamic_endpoint_config(item.version.clone(), item.any.clone(), Some(item.updated));
+    }
+    b.to_json().map_err(|e| e.to_string())
+}
+
+/// Envoy's `/clusters` text: `cluster::host::stat::value` lines.
+fn clusters_text(shared: &Shared) -> String {
+    let snap = shared.store.current.load();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    let now = Instant::now();
+    for name in names {
+        let c = &snap.clusters[name];
+        let l = c.config.limits;
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_connections::{}",
+            l.max_connections
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_pending_requests::{}",
+            l.max_pending
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_requests::{}",
+            l.max_requests
+        );
+        let _ = writeln!(
+            out,
+            "{name}::default_priority::max_retries::{}",
+            l.max_retries
+        );
+        let _ = writeln!(
+            out,
+            "{name}::outlier::ejections::{}",
+            c.stats.outlier_ejections.load(Ordering::Relaxed)
+        );
+        for h in c.hosts().iter() {
+            let a = &h.addr;
+            let health = match (h.healthy, h.is_ejected(now)) {
+                (_, true) => "/failed_outlier_check",
+                (false, _) => "/failed_eds_health",
+                (true, false) => "healthy",
+            };
+            let _ = writeln!(
+                out,
+                "{name}::{a}::rq_active::{}",
+                h.active.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{name}::{a}::rq_total::{}",
+                h.rq_total.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{name}::{a}::rq_error::{}",
+                h.rq_error.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "{name}::{a}::cx_connect_fail::{}",
+                h.cx_connect_fail.load(Ordering::Relaxed)
+            );
+            let _ = writeln!(out, "{name}::{a}::weight::{}", h.weight);
+            let _ = writeln!(out, "{name}::{a}::health_flags::{health}");
+        }
+    }
+    out
+}
+
+fn clusters_json(shared: &Shared) -> serde_json::Value {
+    let snap = shared.store.current.load();
+    let now = Instant::now();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let statuses: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            let c = &snap.clusters[name];
+            serde_json::json!({
+                "name": name,
+                "host_statuses": c.hosts().iter().map(|h| serde_json::json!({
+                    "address": h.addr.to_string(),
+                    "stats": [
+                        {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed)},
+                        {"name": "rq_error", "value": h.rq_error.load(Ordering::Relaxed)},
+                        {"name": "rq_active", "value": h.active.load(Ordering::Relaxed)},
+                    ],
+                    "health_status": {
+                        "eds_health_status": if h.healthy { "HEALTHY" } else { "UNHEALTHY" },
+                        "failed_outlier_check": h.is_ejected(now),
+                    },
+                    "weight": h.weight,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({ "cluster_statuses": statuses })
+}
+
+/// Envoy-style counters (`cluster.<name>.upstream_rq_total: N`).
+fn envoy_stats(shared: &Shared) -> String {
+    let snap = shared.store.current.load();
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let s = &snap.clusters[name].stats;
+        for (stat, v) in [
+            ("upstream_rq_total", &s.upstream_rq_total),
+            ("upstream_rq_retry", &s.upstream_rq_retry),
+            (
+                "upstream_rq_pending_overflow",
+                &s.upstream_rq_pending_overflow,
+            ),
+            ("upstream_cx_connect_fail", &s.upstream_cx_connect_fail),
+            ("upstream_rq_timeout", &s.upstream_rq_timeout),
+            (
+                "outlier_detection.ejections_enforced_total",
+                &s.outlier_ejections,
+            ),
+        ] {
+            let _ = writeln!(out, "cluster.{name}.{stat}: {}", v.load(Ordering::Relaxed));
+        }
+    }
+    let xds = shared.xds_status();
+    let _ = writeln!(
+        out,
+        "control_plane.connected_state: {}",
+        u8::from(xds.connected)
+    );
+    let _ = writeln!(out, "server.live: {}", u8::from(shared.is_ready()));
+    out
+}
+
+/// A few of Envoy's own Prometheus series, for dashboards that read them.
+fn envoy_prometheus(shared: &Shared) -> String {
+    let snap = shared.store.current.load();
+    let mut out = String::from("# TYPE envoy_cluster_upstream_rq_total counter\n");
+    let mut names: Vec<&String> = snap.clusters.keys().collect();
+    names.sort();
+    for name in &names {
+        let s = &snap.clusters[*name].stats;
+        let _ = writeln!(
+            out,
+            "envoy_cluster_upstream_rq_total{{cluster_name=\"{name}\"}} {}",
+            s.upstream_rq_total.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq_retry counter");
+    for name in &names {
+        let s = &snap.clusters[*name].stats;
+        let _ = writeln!(
+            out,
+            "envoy_cluster_upstream_rq_retry{{cluster_name=\"{name}\"}} {}",
+            s.upstream_rq_retry.load(Ordering::Relaxed)
+        );
+    }
+    let xds = shared.xds_status();
+    let _ = writeln!(out, "# TYPE envoy_control_plane_connected_state gauge");
+    let _ = writeln!(
+        out,
+        "envoy_control_plane_connected_state {}",
+        u8::from(xds.connected)
+    );
+    out
+}

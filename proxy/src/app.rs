@@ -1,0 +1,124 @@
+//! Wiring: start the admin servers, load config (pilot or file), run until drained.
+
+use std::sync::Arc;
+
+use crate::admin::{self, Role};
+use crate::config::Config;
+use crate::listen::Listeners;
+use crate::shared::{LogReload, Shared};
+use crate::{static_config, xds};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Static(#[from] static_config::Error),
+    #[error("{path}: {message}")]
+    Rejected { path: String, message: String },
+}
+
+/// Run the proxy until it has drained (SIGTERM, SIGINT or `/quitquitquit`).
+pub async fn run(
+    config: Config,
+    access_log: bool,
+    log_reload: Option<LogReload>,
+) -> Result<(), Error> {
+    let mut config = config;
+    let static_cfg = match &config.static_config {
+        Some(path) => Some((path.clone(), static_config::load(path)?)),
+        None => None,
+    };
+    if let Some((_, s)) = &static_cfg
+        && let Some(addr) = s.admin
+    {
+        config.admin_addr = addr;
+    }
+    let shared = Arc::new(Shared::new(config, access_log, log_reload));
+    let listeners = Arc::new(Listeners::new(Arc::clone(&shared)));
+    let cfg = &shared.config;
+    for (role, addr, what) in [
+        (Role::Admin, cfg.admin_addr, "admin"),
+        (Role::Status, cfg.status_addr, "status (healthz)"),
+        (Role::Stats, cfg.stats_addr, "Prometheus stats"),
+    ] {
+        if addr.port() == 0 && role != Role::Admin {
+            continue;
+        }
+        let l = admin::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { what, addr, source })?;
+        tracing::info!(%addr, what, "serving");
+        tokio::spawn(admin::serve(
+            l,
+            role,
+            Arc::clone(&shared),
+            Arc::clone(&listeners),
+        ));
+    }
+
+    match (static_cfg, &cfg.discovery_address) {
+        (Some((path, s)), _) => {
+            let mut publisher = xds::Publisher::new(Arc::clone(&shared), Arc::clone(&listeners));
+            for type_url in crate::state::TYPES {
+                let items = s.by_type.get(type_url).cloned().unwrap_or_default();
+                let incoming = items
+                    .into_iter()
+                    .map(|any| crate::state::Incoming {
+                        name: None,
+                        version: "static".into(),
+                        any,
+                    })
+                    .collect();
+                publisher
+                    .apply(type_url, "static", incoming, &[], true)
+                    .map_err(|message| Error::Rejected {
+                        path: path.display().to_string(),
+                        message,
+                    })?;
+            }
+            publisher.try_publish();
+            tracing::info!(file = %path.display(), "static config loaded");
+        }
+        (None, Some(addr)) => {
+            tokio::spawn(xds::run(
+                Arc::clone(&shared),
+                Arc::clone(&listeners),
+                addr.clone(),
+            ));
+        }
+        (None, None) => {}
+    }
+
+    wait_for_drain(&shared).await;
+    listeners.stop_all();
+    let grace = shared.config.termination_drain;
+    tracing::info!(
+        drain_secs = grace.as_secs_f64(),
+        "draining: no new connections; finishing in-flight requests"
+    );
+    // Connections finish their in-flight requests and close (HTTP/1 after the current
+    // response, HTTP/2 with GOAWAY); whatever is still open after the drain period is cut.
+    tokio::time::sleep(grace).await;
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+async fn wait_for_drain(shared: &Shared) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = shared.drained() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+    shared.start_drain();
+}

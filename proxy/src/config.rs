@@ -1,0 +1,452 @@
+//! The proxy's configuration: Istio's sidecar environment, read once at start.
+//!
+//! An injected pod hands the sidecar its identity through the downward API (`POD_NAME`,
+//! `POD_NAMESPACE`, `INSTANCE_IP`, `SERVICE_ACCOUNT`), node metadata as `ISTIO_META_*` (strings)
+//! and `ISTIO_METAJSON_*` (JSON) variables, and mesh settings in `PROXY_CONFIG` (JSON). The same
+//! names keep mast-proxy a drop-in for Istio's injection templates. The environment is read
+//! through [`Env`] so tests pass a map instead of mutating the process environment.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const POD_NAME: &str = "POD_NAME";
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const INSTANCE_IP: &str = "INSTANCE_IP";
+pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
+pub const PROXY_CONFIG: &str = "PROXY_CONFIG";
+pub const CA_ADDR: &str = "CA_ADDR";
+pub const META_PREFIX: &str = "ISTIO_META_";
+pub const META_JSON_PREFIX: &str = "ISTIO_METAJSON_";
+/// Istio's downward-API file with the pod's labels (`key="value"` lines).
+pub const POD_LABELS_FILE: &str = "/etc/istio/pod/labels";
+
+const DEFAULT_DISCOVERY: &str = "istiod.istio-system.svc:15012";
+const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+
+/// A source of environment variables.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+    /// Every variable, for the `ISTIO_META_*` prefixes.
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// A bad setting: the variable (or flag), the value and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: String,
+    pub value: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(name: &str, value: &str, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Overrides from the command line; `None` means "from the environment".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    pub instance_ip: Option<String>,
+    pub service_account: Option<String>,
+    pub discovery_address: Option<String>,
+    pub labels: Option<String>,
+    pub interception_mode: Option<String>,
+    pub static_config: Option<PathBuf>,
+    pub admin_port: Option<u16>,
+    pub status_port: Option<u16>,
+    pub stats_port: Option<u16>,
+    pub concurrency: Option<usize>,
+    pub sotw: bool,
+    pub drain: Option<Duration>,
+}
+
+/// Everything the proxy needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub instance_ip: IpAddr,
+    pub service_account: String,
+    /// pilot's address (`host:port`); `None` in `--config FILE` mode.
+    pub discovery_address: Option<String>,
+    pub ca_address: Option<String>,
+    /// Node metadata sent to pilot (`NAMESPACE`, `LABELS`, `INTERCEPTION_MODE`, …).
+    pub metadata: BTreeMap<String, Value>,
+    pub labels: BTreeMap<String, String>,
+    pub static_config: Option<PathBuf>,
+    pub admin_addr: SocketAddr,
+    pub status_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    pub concurrency: usize,
+    /// Use state-of-the-world ADS rather than trying delta first.
+    pub sotw_only: bool,
+    pub termination_drain: Duration,
+}
+
+impl Config {
+    /// Node id as Istio's sidecar writes it.
+    pub fn node_id(&self) -> String {
+        format!(
+            "sidecar~{}~{}.{}~{}.svc.cluster.local",
+            self.instance_ip, self.pod_name, self.pod_namespace, self.pod_namespace
+        )
+    }
+
+    pub fn cluster_id(&self) -> String {
+        self.metadata
+            .get("CLUSTER_ID")
+            .and_then(Value::as_str)
+            .unwrap_or("Kubernetes")
+            .to_string()
+    }
+
+    /// The workload name: metadata `WORKLOAD_NAME`, else the pod name without its
+    /// ReplicaSet and pod hashes (as Istio guesses it).
+    pub fn workload_name(&self) -> String {
+        if let Some(w) = self.metadata.get("WORKLOAD_NAME").and_then(Value::as_str) {
+            return w.to_string();
+        }
+        let parts: Vec<&str> = self.pod_name.split('-').collect();
+        if parts.len() > 2 {
+            parts[..parts.len() - 2].join("-")
+        } else {
+            self.pod_name.clone()
+        }
+    }
+
+    pub fn from_env(env: &dyn Env, o: &Overrides) -> Result<Self, ConfigError> {
+        let get = |name: &str, flag: &Option<String>| flag.clone().or_else(|| env.var(name));
+        let pod_name = get(POD_NAME, &o.pod_name)
+            .or_else(|| env.var("HOSTNAME"))
+            .unwrap_or_else(|| "mast-proxy".into());
+        let pod_namespace =
+            get(POD_NAMESPACE, &o.pod_namespace).unwrap_or_else(|| "default".into());
+        if !is_dns_label(&pod_namespace) {
+            return Err(ConfigError::new(
+                POD_NAMESPACE,
+                &pod_namespace,
+                "not a Kubernetes namespace name (RFC 1123 label)",
+            ));
+        }
+        let ip_text = get(INSTANCE_IP, &o.instance_ip).unwrap_or_else(|| "127.0.0.1".into());
+        let instance_ip: IpAddr = ip_text
+            .parse()
+            .map_err(|_| ConfigError::new(INSTANCE_IP, &ip_text, "not an IP address"))?;
+        let service_account =
+            get(SERVICE_ACCOUNT, &o.service_account).unwrap_or_else(|| "default".into());
+
+        let proxy_config = match env.var(PROXY_CONFIG) {
+            None => Value::Object(Default::default()),
+            Some(text) if text.trim().is_empty() => Value::Object(Default::default()),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| ConfigError::new(PROXY_CONFIG, &text, format!("not JSON: {e}")))?,
+        };
+        let discovery_address = match &o.discovery_address {
+            Some(a) => Some(a.clone()),
+            None => proxy_config
+                .get("discoveryAddress")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        };
+        if let Some(addr) = &discovery_address {
+            check_host_port(addr).map_err(|reason| {
+                ConfigError::new("PROXY_CONFIG.discoveryAddress", addr, reason)
+            })?;
+        }
+        let discovery_address = match (&o.static_config, discovery_address) {
+            (Some(_), _) => None,
+            (None, addr) => Some(addr.unwrap_or_else(|| DEFAULT_DISCOVERY.into())),
+        };
+        let termination_drain = match (o.drain, proxy_config.get("terminationDrainDuration")) {
+            (Some(d), _) => d,
+            (None, Some(v)) => {
+                let text = v.as_str().unwrap_or_default();
+                parse_duration(text).ok_or_else(|| {
+                    ConfigError::new(
+                        "PROXY_CONFIG.terminationDrainDuration",
+                        &v.to_string(),
+                        "not a duration like \"5s\"",
+                    )
+                })?
+            }
+            (None, None) => DEFAULT_DRAIN,
+        };
+        let concurrency = match o.concurrency {
+            Some(n) => n,
+            None => match proxy_config.get("concurrency") {
+                Some(v) => v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    ConfigError::new("PROXY_CONFIG.concurrency", &v.to_string(), "not a number")
+                })?,
+                None => 2,
+            },
+        };
+        let concurrency = if concurrency == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            concurrency
+        };
+
+        let mut metadata = BTreeMap::new();
+        for (k, v) in env.vars() {
+            if let Some(key) = k.strip_prefix(META_JSON_PREFIX) {
+                let value: Value = serde_json::from_str(&v)
+                    .map_err(|e| ConfigError::new(&k, &v, format!("not JSON: {e}")))?;
+                metadata.insert(key.to_string(), value);
+            } else if let Some(key) = k.strip_prefix(META_PREFIX) {
+                metadata.insert(key.to_string(), Value::String(v));
+            }
+        }
+        let mut labels: BTreeMap<String, String> = match metadata.get("LABELS") {
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "ISTIO_METAJSON_LABELS",
+                    &other.to_string(),
+                    "labels must be a JSON object of strings",
+                ));
+            }
+            None => read_labels_file(POD_LABELS_FILE),
+        };
+        if let Some(text) = &o.labels {
+            labels = parse_labels(text)
+                .ok_or_else(|| ConfigError::new("--labels", text, "expected k=v[,k=v...]"))?;
+        }
+        if let Some(mode) = &o.interception_mode {
+            metadata.insert("INTERCEPTION_MODE".into(), Value::String(mode.clone()));
+        }
+        if let Some(mode) = metadata.get("INTERCEPTION_MODE") {
+            let m = mode.as_str().unwrap_or_default();
+            if !matches!(m, "REDIRECT" | "TPROXY" | "NONE") {
+                return Err(ConfigError::new(
+                    "ISTIO_META_INTERCEPTION_MODE",
+                    m,
+                    "must be REDIRECT, TPROXY or NONE",
+                ));
+            }
+        }
+        metadata.insert("NAMESPACE".into(), Value::String(pod_namespace.clone()));
+        metadata.insert(
+            "SERVICE_ACCOUNT".into(),
+            Value::String(service_account.clone()),
+        );
+        metadata.insert(
+            "INSTANCE_IPS".into(),
+            Value::String(instance_ip.to_string()),
+        );
+        metadata.insert("NAME".into(), Value::String(pod_name.clone()));
+        metadata.insert(
+            "LABELS".into(),
+            Value::Object(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+
+        let port = |name: &str, flag: Option<u16>, default: u16| -> Result<u16, ConfigError> {
+            match (flag, env.var(name)) {
+                (Some(p), _) => Ok(p),
+                (None, Some(text)) => text
+                    .parse()
+                    .map_err(|_| ConfigError::new(name, &text, "not a port number")),
+                (None, None) => Ok(default),
+            }
+        };
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        Ok(Self {
+            ca_address: env.var(CA_ADDR),
+            pod_name,
+            pod_namespace,
+            instance_ip,
+            service_account,
+            discovery_address,
+            metadata,
+            labels,
+            static_config: o.static_config.clone(),
+            admin_addr: (localhost, port("MAST_ADMIN_PORT", o.admin_port, 15000)?).into(),
+            status_addr: (any, port("STATUS_PORT", o.status_port, 15021)?).into(),
+            stats_addr: (any, port("MAST_STATS_PORT", o.stats_port, 15090)?).into(),
+            concurrency,
+            sotw_only: o.sotw,
+            termination_drain,
+        })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_host_port(addr: &str) -> Result<(), String> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err("expected host:port".into()),
+    }
+}
+
+/// `5s`, `500ms`, `1m`, `1.5s`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (num, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Kubernetes' downward-API labels file: `app="user"` lines.
+fn read_labels_file(path: &str) -> BTreeMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            Some((k.to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_istio_sidecar_environment() {
+        let e = env(&[
+            (POD_NAME, "user-v1-5d8f7c9b4-x2x9z"),
+            (POD_NAMESPACE, "shop"),
+            (INSTANCE_IP, "10.1.2.3"),
+            (SERVICE_ACCOUNT, "user"),
+            (
+                PROXY_CONFIG,
+                r#"{"discoveryAddress":"mastd.mast-system.svc:15012","terminationDrainDuration":"2s"}"#,
+            ),
+            ("ISTIO_META_INTERCEPTION_MODE", "NONE"),
+            ("ISTIO_METAJSON_LABELS", r#"{"app":"user","version":"v1"}"#),
+        ]);
+        let c = Config::from_env(&e, &Overrides::default()).unwrap();
+        assert_eq!(
+            c.node_id(),
+            "sidecar~10.1.2.3~user-v1-5d8f7c9b4-x2x9z.shop~shop.svc.cluster.local"
+        );
+        assert_eq!(
+            c.discovery_address.as_deref(),
+            Some("mastd.mast-system.svc:15012")
+        );
+        assert_eq!(c.termination_drain, Duration::from_secs(2));
+        assert_eq!(c.labels["version"], "v1");
+        assert_eq!(c.metadata["INTERCEPTION_MODE"], "NONE");
+        assert_eq!(c.metadata["LABELS"]["app"], "user");
+        assert_eq!(c.workload_name(), "user-v1");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases = [
+            (INSTANCE_IP, "10.1.2", "INSTANCE_IP"),
+            (PROXY_CONFIG, "{nope", "PROXY_CONFIG"),
+            (
+                PROXY_CONFIG,
+                r#"{"discoveryAddress":"nohost"}"#,
+                "PROXY_CONFIG.discoveryAddress",
+            ),
+            ("ISTIO_META_INTERCEPTION_MODE", "MAGIC", "INTERCEPTION_MODE"),
+            ("ISTIO_METAJSON_LABELS", "[1]", "ISTIO_METAJSON_LABELS"),
+            (POD_NAMESPACE, "Bad_NS", "POD_NAMESPACE"),
+            ("STATUS_PORT", "99999", "STATUS_PORT"),
+        ];
+        for (var, value, named) in cases {
+            let err = Config::from_env(&env(&[(var, value)]), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains(named), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let e = env(&[(POD_NAME, "a"), (INSTANCE_IP, "10.0.0.1")]);
+        let o = Overrides {
+            pod_name: Some("b".into()),
+            labels: Some("app=x,version=v2".into()),
+            ..Default::default()
+        };
+        let c = Config::from_env(&e, &o).unwrap();
+        assert_eq!(c.pod_name, "b");
+        assert_eq!(c.labels["version"], "v2");
+        assert_eq!(c.instance_ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("-1s"), None);
+    }
+}

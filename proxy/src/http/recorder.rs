@@ -1,0 +1,86 @@
+//! One request's telemetry, filled in as the request is routed and recorded once at the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::metrics::{Metrics, Peer, Reporter, RequestLabels, ServiceId};
+
+pub struct Recorder {
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    /// The other side: the client for inbound, the server for outbound.
+    pub peer: Arc<Peer>,
+    pub service: Arc<ServiceId>,
+    pub protocol: &'static str,
+    pub code: u16,
+    pub flags: &'static str,
+    pub start: Instant,
+    pub request_bytes: Arc<AtomicU64>,
+    pub access_log: bool,
+    pub method: http::Method,
+    pub path: String,
+    pub authority: String,
+    pub upstream: Option<String>,
+    pub cluster: Option<String>,
+}
+
+impl Recorder {
+    /// Record the request: metrics, and the access log line when enabled.
+    pub fn finish(self, grpc_status: Option<u32>, response_bytes: u64, aborted: bool) {
+        let (source, destination) = match self.reporter {
+            Reporter::Source => (Arc::clone(&self.metrics.local), Arc::clone(&self.peer)),
+            Reporter::Destination => (Arc::clone(&self.peer), Arc::clone(&self.metrics.local)),
+        };
+        let flags = if aborted && self.flags == "-" {
+            // The downstream went away before the response ended (Envoy's DC).
+            "DC"
+        } else {
+            self.flags
+        };
+        let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        if self.access_log {
+            let line = serde_json::json!({
+                "start_time": humantime_now(),
+                "method": self.method.as_str(),
+                "path": self.path,
+                "authority": self.authority,
+                "protocol": self.protocol,
+                "response_code": self.code,
+                "grpc_status": grpc_status,
+                "response_flags": flags,
+                "bytes_received": request_bytes,
+                "bytes_sent": response_bytes,
+                "duration": millis.round() as u64,
+                "upstream_host": self.upstream,
+                "upstream_cluster": self.cluster,
+                "reporter": match self.reporter { Reporter::Source => "source", Reporter::Destination => "destination" },
+            });
+            tracing::info!(target: "access_log", "{line}");
+        }
+        self.metrics.record_request(
+            RequestLabels {
+                reporter: self.reporter,
+                source,
+                destination,
+                service: self.service,
+                protocol: self.protocol,
+                code: self.code,
+                grpc_status,
+                mtls: false,
+                flags,
+            },
+            millis,
+            request_bytes,
+            response_bytes,
+        );
+    }
+}
+
+fn humantime_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}

@@ -1,0 +1,23 @@
+//! mast-proxy: the Mast sidecar. It takes the same xDS (LDS, RDS, CDS, EDS over ADS) that
+//! pilot gives a real Envoy and serves the pod's traffic with Envoy's semantics, Istio's
+//! ports and Istio's metrics, so the two are interchangeable in a mesh.
+//!
+//! Layout: [`config`] (the sidecar environment), [`xds`] (the ADS client) and
+//! [`static_config`] (`--config FILE`) feed [`state`], built from [`resources`] (checked
+//! xDS resources); [`listen`] accepts connections and hands them to [`http`] (the router) or
+//! [`tcp`]; [`upstream`] holds clusters, load balancing and pools; [`metrics`] and [`admin`]
+//! report; [`app`] wires it together.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod listen;
+pub mod metrics;
+pub mod resources;
+pub mod shared;
+pub mod state;
+pub mod static_config;
+pub mod tcp;
+pub mod upstream;
+pub mod xds;

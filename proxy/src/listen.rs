@@ -1,0 +1,327 @@
+//! Accepting connections: one accept loop per bound listener, kept across config updates.
+//!
+//! A listener whose name and address stay the same keeps its socket and loop through any
+//! number of LDS updates — its config is read from the snapshot per connection — so no
+//! connection is refused during a change. A removed listener stops accepting; its open
+//! connections finish on their own. `virtualOutbound`/`virtualInbound` read the original
+//! destination (`SO_ORIGINAL_DST`) and hand the connection to the listener for that address,
+//! as Envoy does, then the first bytes are sniffed where the listener asks for it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::http::{self, ConnCtx};
+use crate::resources::listener::{ChainKind, ConnInfo, ListenerConfig};
+use crate::shared::Shared;
+use crate::state::Snapshot;
+use crate::tcp;
+
+/// The running accept loops.
+pub struct Listeners {
+    shared: Arc<Shared>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Listeners {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Bind what is new, stop what is gone. Returns the listeners that could not bind
+    /// (they are left out; the rest run).
+    pub fn reconcile(&self, snap: &Snapshot) -> Result<(), String> {
+        let mut running = match self.running.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let wanted: HashMap<&str, &Arc<ListenerConfig>> = snap
+            .listeners
+            .iter()
+            .filter(|l| l.bind)
+            .map(|l| (l.name.as_str(), l))
+            .collect();
+        running.retain(|name, r| {
+            let keep = wanted.get(name.as_str()).is_some_and(|l| l.addr == r.addr);
+            if !keep {
+                r.stop.send_replace(true);
+                tracing::info!(listener = %name, addr = %r.addr, "listener removed");
+            }
+            keep
+        });
+        let mut errors = Vec::new();
+        for (name, l) in wanted {
+            if running.contains_key(name) {
+                continue;
+            }
+            match bind(l.addr) {
+                Ok(listener) => {
+                    let (stop, stop_rx) = watch::channel(false);
+                    running.insert(name.to_string(), Running { addr: l.addr, stop });
+                    tracing::info!(listener = %name, addr = %l.addr, "listening");
+                    tokio::spawn(accept_loop(
+                        Arc::clone(&self.shared),
+                        name.to_string(),
+                        listener,
+                        stop_rx,
+                    ));
+                }
+                Err(e) => errors.push(format!(
+                    "Listener {name:?}: address: cannot bind {}: {e}",
+                    l.addr
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Stop accepting everywhere (draining).
+    pub fn stop_all(&self) {
+        let running = match self.running.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        for r in running.values() {
+            r.stop.send_replace(true);
+        }
+    }
+
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        let running = match self.running.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let mut v: Vec<_> = running.iter().map(|(n, r)| (n.clone(), r.addr)).collect();
+        v.sort();
+        v
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    name: String,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name: Arc<str> = name.into();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(Arc::clone(&shared), Arc::clone(&name), stream, peer));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = shared.drained() => break,
+        }
+    }
+}
+
+async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let snap = shared.store.current.load_full();
+    let Some(l) = snap.listener(&name) else {
+        return;
+    };
+    let local = stream.local_addr().unwrap_or(l.addr);
+    let (listener, dst) = if l.original_dst {
+        let dst = original_dst(&stream).unwrap_or(local);
+        // Outbound capture hands the connection to the listener for its destination.
+        match l.use_original_dst.then(|| snap.handoff(dst)).flatten() {
+            Some(target) if dst != local => (Arc::clone(target), dst),
+            _ => (Arc::clone(l), dst),
+        }
+    } else {
+        (Arc::clone(l), local)
+    };
+    let mut transport = "raw_buffer";
+    let mut alpn = None;
+    if listener.sniffs(dst.port()) {
+        match sniff(&stream, listener.sniff_timeout).await {
+            Sniffed::Tls => transport = "tls",
+            Sniffed::Http1 if listener.sniff_http => alpn = Some("http/1.1"),
+            Sniffed::Http2 if listener.sniff_http => alpn = Some("h2c"),
+            _ => {}
+        }
+    }
+    let info = ConnInfo {
+        dst: Some(dst),
+        transport,
+        alpn,
+        sni: None,
+    };
+    let Some(chain) = listener.select(&info) else {
+        tracing::debug!(listener = %listener.name, %dst, "no filter chain matched; closing");
+        return;
+    };
+    match chain.kind.clone() {
+        ChainKind::Http(hcm) => {
+            let ctx = Arc::new(ConnCtx {
+                shared,
+                hcm,
+                inbound: listener.inbound,
+                peer,
+                dst,
+            });
+            http::serve(ctx, stream).await;
+        }
+        ChainKind::Tcp(t) => tcp::proxy(shared, t, stream, dst, listener.inbound).await,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Tls,
+    Http1,
+    Http2,
+    Other,
+}
+
+/// Look at the first bytes without consuming them.
+async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return Sniffed::Other,
+        };
+        if n == 0 {
+            return Sniffed::Other;
+        }
+        let seen = &buf[..n];
+        if seen[0] == 0x16 {
+            return Sniffed::Tls;
+        }
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        if PREFACE.starts_with(seen) {
+            if n >= PREFACE.len() {
+                return Sniffed::Http2;
+            }
+        } else if let Some(sp) = seen.iter().position(|b| *b == b' ') {
+            let method = &seen[..sp];
+            return if !method.is_empty() && method.iter().all(|b| b.is_ascii_uppercase()) {
+                Sniffed::Http1
+            } else {
+                Sniffed::Other
+            };
+        } else if n == buf.len() || !seen.iter().all(|b| b.is_ascii_uppercase()) {
+            return Sniffed::Other;
+        }
+        // Not enough bytes yet to decide: wait for more.
+        if tokio::time::Instant::now() >= deadline {
+            return Sniffed::Other;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The destination before iptables REDIRECT rewrote it (`SO_ORIGINAL_DST`).
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let fd = stream.as_raw_fd();
+    let local = stream.local_addr().ok()?;
+    // SAFETY: getsockopt writes at most `len` bytes into a properly sized, zeroed
+    // sockaddr_storage; the fd is owned by `stream` for the duration of the call.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let (level, v6) = if local.is_ipv4() {
+            (libc::SOL_IP, false)
+        } else {
+            (libc::SOL_IPV6, true)
+        };
+        let rc = libc::getsockopt(
+            fd,
+            level,
+            SO_ORIGINAL_DST,
+            &mut storage as *mut _ as *mut libc::c_void,
+            &mut len,
+        );
+        if rc != 0 {
+            return None;
+        }
+        if !v6 {
+            let sin = &*(&storage as *const _ as *const libc::sockaddr_in);
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
+        } else {
+            let sin6 = &*(&storage as *const _ as *const libc::sockaddr_in6);
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::new(
+                IpAddr::V6(ip),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sniffs_http1_http2_tls_and_other() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        for (bytes, want) in [
+            (&b"GET / HTTP/1.1\r\n"[..], Sniffed::Http1),
+            (&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], Sniffed::Http2),
+            (&[0x16, 0x03, 0x01, 0x00][..], Sniffed::Tls),
+            (&b"\x00\x01binary"[..], Sniffed::Other),
+        ] {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut c, bytes)
+                .await
+                .unwrap();
+            assert_eq!(sniff(&s, Duration::from_secs(1)).await, want, "{bytes:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn server_first_protocols_are_not_held_forever() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(sniff(&s, Duration::from_millis(100)).await, Sniffed::Other);
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+}

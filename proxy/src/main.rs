@@ -1,0 +1,140 @@
+//! `mast-proxy`: the sidecar binary. Flags override Istio's sidecar environment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mast_proxy::config::{Config, Overrides, ProcessEnv};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The Mast sidecar proxy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Run from an Envoy bootstrap or xDS resource file instead of pilot.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// pilot's ADS address (host:port); default PROXY_CONFIG's discoveryAddress.
+    #[arg(long)]
+    discovery_address: Option<String>,
+    #[arg(long)]
+    pod_name: Option<String>,
+    #[arg(long)]
+    pod_namespace: Option<String>,
+    #[arg(long)]
+    instance_ip: Option<String>,
+    #[arg(long)]
+    service_account: Option<String>,
+    /// Pod labels, k=v,k=v (default: ISTIO_METAJSON_LABELS or the downward-API file).
+    #[arg(long)]
+    labels: Option<String>,
+    /// REDIRECT, TPROXY or NONE (default ISTIO_META_INTERCEPTION_MODE).
+    #[arg(long)]
+    interception_mode: Option<String>,
+    #[arg(long)]
+    admin_port: Option<u16>,
+    #[arg(long)]
+    status_port: Option<u16>,
+    #[arg(long)]
+    stats_port: Option<u16>,
+    /// Worker threads (Envoy's --concurrency); 0 = one per core.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// State-of-the-world ADS only (no delta).
+    #[arg(long)]
+    sotw: bool,
+    /// How long to drain on SIGTERM (default PROXY_CONFIG terminationDrainDuration, 5s).
+    #[arg(long, value_parser = parse_duration)]
+    drain: Option<std::time::Duration>,
+    /// JSON access log lines on stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// Log level (RUST_LOG syntax).
+    #[arg(long, short = 'l', default_value = "info")]
+    log_level: String,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    mast_proxy::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides = Overrides {
+        pod_name: args.pod_name,
+        pod_namespace: args.pod_namespace,
+        instance_ip: args.instance_ip,
+        service_account: args.service_account,
+        discovery_address: args.discovery_address,
+        labels: args.labels,
+        interception_mode: args.interception_mode,
+        static_config: args.config,
+        admin_port: args.admin_port,
+        status_port: args.status_port,
+        stats_port: args.stats_port,
+        concurrency: args.concurrency,
+        sotw: args.sotw,
+        drain: args.drain,
+    };
+    let config = match Config::from_env(&ProcessEnv, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mast-proxy: bad configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
+
+    let filter = std::env::var("RUST_LOG").unwrap_or(args.log_level);
+    let filter = match EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mast-proxy: bad log level {filter:?}: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let reload: mast_proxy::shared::LogReload = Box::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    });
+
+    let runtime = if config.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.concurrency)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mast-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(node = %config.node_id(), concurrency = config.concurrency, "mast-proxy starting");
+    match runtime.block_on(mast_proxy::app::run(config, args.access_log, Some(reload))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("mast-proxy: {e}");
+            match e {
+                mast_proxy::app::Error::Static(_) | mast_proxy::app::Error::Rejected { .. } => {
+                    ExitCode::from(64)
+                }
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}

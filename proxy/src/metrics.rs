@@ -1,0 +1,547 @@
+//! Istio's standard metrics, so Prometheus queries, Grafana dashboards and Kiali work as
+//! they do with Istio's Envoy: the same names, labels and histogram buckets.
+//!
+//! Both ends of a call report: the client's proxy with `reporter="source"`, the server's
+//! with `reporter="destination"`. Each learns the other side's workload from Istio's HTTP
+//! metadata exchange headers (`x-envoy-peer-metadata`: a base64 protobuf `Struct` of the
+//! peer's node metadata), which mast-proxy reads and writes as Istio's proxies do, so mixed
+//! meshes still label both sides.
+
+use std::hash::Hash;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use dashmap::DashMap;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use prost::Message;
+
+use crate::config::Config;
+
+pub const PEER_METADATA: &str = "x-envoy-peer-metadata";
+pub const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+
+/// Istio's duration buckets (milliseconds).
+const DURATION_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+/// Istio's size buckets (bytes).
+const BYTES_BUCKETS: [f64; 8] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7];
+
+/// A workload as metrics name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+    pub principal: String,
+    pub cluster: String,
+}
+
+impl Peer {
+    pub fn unknown() -> Self {
+        let u = || "unknown".to_string();
+        Self {
+            workload: u(),
+            namespace: u(),
+            app: u(),
+            version: u(),
+            principal: u(),
+            cluster: u(),
+        }
+    }
+}
+
+/// The service a request was for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceId {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ServiceId {
+    pub fn unknown() -> Self {
+        Self {
+            host: "unknown".into(),
+            name: "unknown".into(),
+            namespace: "unknown".into(),
+        }
+    }
+
+    /// From an Istio cluster name (`outbound|80|v1|user.default.svc.cluster.local`), or
+    /// the cluster name itself for `PassthroughCluster` and friends.
+    pub fn from_cluster(cluster: &str) -> Self {
+        let host = cluster.rsplit('|').next().unwrap_or(cluster);
+        if cluster.starts_with("outbound|") && !host.is_empty() {
+            Self::from_host(host, "unknown")
+        } else {
+            Self {
+                host: cluster.to_string(),
+                name: cluster.to_string(),
+                namespace: "unknown".into(),
+            }
+        }
+    }
+
+    /// From a host name; short names are expanded in `namespace`.
+    pub fn from_host(host: &str, namespace: &str) -> Self {
+        let host = crate::resources::route::strip_port(host);
+        let labels: Vec<&str> = host.split('.').collect();
+        if host.parse::<std::net::IpAddr>().is_ok() || host.is_empty() {
+            return Self::unknown();
+        }
+        match labels.as_slice() {
+            [name] => Self {
+                host: format!("{name}.{namespace}.svc.cluster.local"),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            },
+            [name, ns] | [name, ns, "svc"] => Self {
+                host: format!("{name}.{ns}.svc.cluster.local"),
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            },
+            [name, ns, "svc", ..] => Self {
+                host: host.to_string(),
+                name: name.to_string(),
+                namespace: ns.to_string(),
+            },
+            _ => Self {
+                host: host.to_string(),
+                name: host.to_string(),
+                namespace: "unknown".into(),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// The label set of `istio_requests_total` and the request histograms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    pub reporter: Reporter,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
+    pub service: Arc<ServiceId>,
+    pub protocol: &'static str,
+    pub code: u16,
+    pub grpc_status: Option<u32>,
+    pub mtls: bool,
+    pub flags: &'static str,
+}
+
+/// The label set of the `istio_tcp_*` metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
+    pub service: Arc<ServiceId>,
+    pub mtls: bool,
+    pub flags: &'static str,
+}
+
+fn encode_common(
+    e: &mut LabelSetEncoder,
+    reporter: Reporter,
+    src: &Peer,
+    dst: &Peer,
+    svc: &ServiceId,
+) -> Result<(), std::fmt::Error> {
+    let reporter = match reporter {
+        Reporter::Source => "source",
+        Reporter::Destination => "destination",
+    };
+    use prometheus_client::encoding::EncodeLabel;
+    let pairs: [(&str, &str); 16] = [
+        ("reporter", reporter),
+        ("source_workload", &src.workload),
+        ("source_workload_namespace", &src.namespace),
+        ("source_principal", &src.principal),
+        ("source_app", &src.app),
+        ("source_version", &src.version),
+        ("source_cluster", &src.cluster),
+        ("destination_workload", &dst.workload),
+        ("destination_workload_namespace", &dst.namespace),
+        ("destination_principal", &dst.principal),
+        ("destination_app", &dst.app),
+        ("destination_version", &dst.version),
+        ("destination_service", &svc.host),
+        ("destination_service_name", &svc.name),
+        ("destination_service_namespace", &svc.namespace),
+        ("destination_cluster", &dst.cluster),
+    ];
+    for (k, v) in pairs {
+        (k, v).encode(e.encode_label())?;
+    }
+    Ok(())
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        encode_common(
+            e,
+            self.reporter,
+            &self.source,
+            &self.destination,
+            &self.service,
+        )?;
+        let code = self.code.to_string();
+        let grpc = self.grpc_status.map(|s| s.to_string());
+        let pairs: [(&str, &str); 5] = [
+            ("request_protocol", self.protocol),
+            ("response_code", &code),
+            ("grpc_response_status", grpc.as_deref().unwrap_or("")),
+            (
+                "connection_security_policy",
+                if self.mtls { "mutual_tls" } else { "none" },
+            ),
+            ("response_flags", self.flags),
+        ];
+        for (k, v) in pairs {
+            (k, v).encode(e.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        encode_common(
+            e,
+            self.reporter,
+            &self.source,
+            &self.destination,
+            &self.service,
+        )?;
+        (
+            "connection_security_policy",
+            if self.mtls { "mutual_tls" } else { "none" },
+        )
+            .encode(e.encode_label())?;
+        ("response_flags", self.flags).encode(e.encode_label())?;
+        Ok(())
+    }
+}
+
+/// The proxy's Istio metrics and its own identity for them.
+pub struct Metrics {
+    pub registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    /// This proxy's workload.
+    pub local: Arc<Peer>,
+    /// This proxy's metadata-exchange headers.
+    pub mx_header: http::HeaderValue,
+    pub mx_id: http::HeaderValue,
+    pub namespace: String,
+    peers: DashMap<Vec<u8>, Arc<Peer>>,
+    services: DashMap<String, Arc<ServiceId>>,
+    unknown: Arc<Peer>,
+}
+
+impl Metrics {
+    pub fn new(cfg: &Config) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
+        );
+        let bytes = || {
+            Family::<RequestLabels, Histogram>::new_with_constructor(
+                (|| Histogram::new(BYTES_BUCKETS)) as fn() -> Histogram,
+            )
+        };
+        let request_bytes = bytes();
+        let response_bytes = bytes();
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        registry.register("istio_requests", "Requests", requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration",
+            duration.clone(),
+        );
+        registry.register("istio_request_bytes", "Request size", request_bytes.clone());
+        registry.register(
+            "istio_response_bytes",
+            "Response size",
+            response_bytes.clone(),
+        );
+        registry.register("istio_tcp_sent_bytes", "Bytes sent", tcp_sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received",
+            tcp_received.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_opened",
+            "Connections opened",
+            tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "Connections closed",
+            tcp_closed.clone(),
+        );
+        let local = Arc::new(Peer {
+            workload: cfg.workload_name(),
+            namespace: cfg.pod_namespace.clone(),
+            app: cfg
+                .labels
+                .get("app")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+            version: cfg
+                .labels
+                .get("version")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+            principal: "unknown".into(),
+            cluster: cfg.cluster_id(),
+        });
+        let mx = mx_struct(cfg);
+        let mx_header = http::HeaderValue::from_str(&B64.encode(mx.encode_to_vec()))
+            .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let mx_id = http::HeaderValue::from_str(&cfg.node_id())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        Self {
+            registry,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            tcp_sent,
+            tcp_received,
+            tcp_opened,
+            tcp_closed,
+            local,
+            mx_header,
+            mx_id,
+            namespace: cfg.pod_namespace.clone(),
+            peers: DashMap::new(),
+            services: DashMap::new(),
+            unknown: Arc::new(Peer::unknown()),
+        }
+    }
+
+    pub fn unknown_peer(&self) -> Arc<Peer> {
+        Arc::clone(&self.unknown)
+    }
+
+    /// The peer described by an `x-envoy-peer-metadata` value (cached by value: a mesh has
+    /// few workloads and each sends the same header every time).
+    pub fn peer_from_header(&self, value: Option<&http::HeaderValue>) -> Arc<Peer> {
+        let Some(v) = value else {
+            return self.unknown_peer();
+        };
+        if let Some(p) = self.peers.get(v.as_bytes()) {
+            return Arc::clone(&p);
+        }
+        let peer = B64
+            .decode(v.as_bytes())
+            .ok()
+            .and_then(|b| Struct::decode(b.as_slice()).ok())
+            .map(|s| Arc::new(peer_of(&s)))
+            .unwrap_or_else(|| self.unknown_peer());
+        if self.peers.len() < 10_000 {
+            self.peers.insert(v.as_bytes().to_vec(), Arc::clone(&peer));
+        }
+        peer
+    }
+
+    /// The service an inbound request's host names (cached by host).
+    pub fn service_for_host(&self, host: &str) -> Arc<ServiceId> {
+        if let Some(s) = self.services.get(host) {
+            return Arc::clone(&s);
+        }
+        let svc = Arc::new(ServiceId::from_host(host, &self.namespace));
+        if self.services.len() < 10_000 {
+            self.services.insert(host.to_string(), Arc::clone(&svc));
+        }
+        svc
+    }
+
+    pub fn record_request(
+        &self,
+        labels: RequestLabels,
+        millis: f64,
+        req_bytes: u64,
+        resp_bytes: u64,
+    ) {
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(millis);
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(req_bytes as f64);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(resp_bytes as f64);
+    }
+
+    pub fn tcp_opened(&self, labels: &TcpLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    pub fn tcp_closed(&self, labels: &TcpLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_sent.get_or_create(labels).inc_by(sent);
+        self.tcp_received.get_or_create(labels).inc_by(received);
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// This proxy's node metadata as Istio's metadata exchange carries it.
+fn mx_struct(cfg: &Config) -> Struct {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let labels = Struct {
+        fields: cfg.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect(),
+    };
+    let mut fields = std::collections::HashMap::new();
+    fields.insert("NAME".to_string(), s(&cfg.pod_name));
+    fields.insert("NAMESPACE".to_string(), s(&cfg.pod_namespace));
+    fields.insert("WORKLOAD_NAME".to_string(), s(&cfg.workload_name()));
+    fields.insert("CLUSTER_ID".to_string(), s(&cfg.cluster_id()));
+    fields.insert("SERVICE_ACCOUNT".to_string(), s(&cfg.service_account));
+    fields.insert(
+        "LABELS".to_string(),
+        Value {
+            kind: Some(Kind::StructValue(labels)),
+        },
+    );
+    Struct { fields }
+}
+
+fn peer_of(s: &Struct) -> Peer {
+    let get = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(v)) if !v.is_empty() => v.clone(),
+        _ => "unknown".to_string(),
+    };
+    let label = |k: &str| match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(l)) => match l.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) if !v.is_empty() => v.clone(),
+            _ => "unknown".to_string(),
+        },
+        _ => "unknown".to_string(),
+    };
+    Peer {
+        workload: get("WORKLOAD_NAME"),
+        namespace: get("NAMESPACE"),
+        app: label("app"),
+        version: label("version"),
+        principal: "unknown".into(),
+        cluster: get("CLUSTER_ID"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+    use std::collections::BTreeMap;
+
+    fn cfg(pod: &str, app: &str, version: &str) -> Config {
+        let env: BTreeMap<String, String> = [
+            ("POD_NAME", pod),
+            ("POD_NAMESPACE", "default"),
+            ("ISTIO_META_WORKLOAD_NAME", &format!("{app}-{version}")),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = Overrides {
+            labels: Some(format!("app={app},version={version}")),
+            ..Default::default()
+        };
+        Config::from_env(&env, &o).unwrap()
+    }
+
+    #[test]
+    fn metadata_exchange_round_trips() {
+        let client = Metrics::new(&cfg("client-1", "client", "v1"));
+        let server = Metrics::new(&cfg("user-v2-1", "user", "v2"));
+        let peer = client.peer_from_header(Some(&server.mx_header));
+        assert_eq!(peer.workload, "user-v2");
+        assert_eq!(peer.app, "user");
+        assert_eq!(peer.version, "v2");
+        assert_eq!(peer.namespace, "default");
+        assert_eq!(client.peer_from_header(None).workload, "unknown");
+        let garbage = http::HeaderValue::from_static("!!notbase64");
+        assert_eq!(client.peer_from_header(Some(&garbage)).workload, "unknown");
+    }
+
+    #[test]
+    fn exposition_has_istio_names_and_labels() {
+        let m = Metrics::new(&cfg("client-1", "client", "v1"));
+        let labels = RequestLabels {
+            reporter: Reporter::Source,
+            source: Arc::clone(&m.local),
+            destination: m.unknown_peer(),
+            service: Arc::new(ServiceId::from_cluster(
+                "outbound|80|v1|user.default.svc.cluster.local",
+            )),
+            protocol: "http",
+            code: 200,
+            grpc_status: None,
+            mtls: false,
+            flags: "-",
+        };
+        m.record_request(labels.clone(), 3.0, 10, 20);
+        m.record_request(labels, 3.0, 10, 20);
+        let text = m.encode();
+        assert!(
+            text.contains("istio_requests_total{reporter=\"source\",source_workload=\"client-v1\""),
+            "{text}"
+        );
+        assert!(text.contains("destination_service=\"user.default.svc.cluster.local\",destination_service_name=\"user\",destination_service_namespace=\"default\""), "{text}");
+        assert!(text.contains("response_code=\"200\""));
+        assert!(text.contains("} 2\n"), "{text}");
+        assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    }
+
+    #[test]
+    fn service_ids() {
+        let s = ServiceId::from_host("user:8080", "shop");
+        assert_eq!(s.host, "user.shop.svc.cluster.local");
+        let s = ServiceId::from_host("user.other.svc.cluster.local", "shop");
+        assert_eq!((s.name.as_str(), s.namespace.as_str()), ("user", "other"));
+        assert_eq!(
+            ServiceId::from_cluster("PassthroughCluster").host,
+            "PassthroughCluster"
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! LDS: listeners, their filter chains, and which chain a connection takes.
+//!
+//! A listener is either bound (per-port listeners in NONE mode, `virtualOutbound`,
+//! `virtualInbound`) or reached only through `virtualOutbound`'s original-destination
+//! hand-off. Chains are picked by Envoy's order of specificity: destination port, then
+//! destination IP prefix, then transport protocol, then application protocol.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::listener::v3 as lv3;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    CodecType, RouteSpecifier,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as TcpProxyProto;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
+
+use super::cluster::socket_addr;
+use super::route::{Clusters, RouteTable};
+use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration};
+
+pub const HCM: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+
+/// Network filters that mast-proxy implements natively, so their config is not needed.
+const BUILTIN_NETWORK_FILTERS: [&str; 3] = [
+    "istio.metadata_exchange",
+    "istio.stats",
+    "envoy.filters.network.connection_limit",
+];
+/// HTTP filters whose work mast-proxy does natively (stats, metadata exchange) or that
+/// change nothing for mesh traffic it handles.
+const BUILTIN_HTTP_FILTERS: [&str; 6] = [
+    "istio.metadata_exchange",
+    "istio.stats",
+    "istio.alpn",
+    "envoy.filters.http.cors",
+    "envoy.filters.http.grpc_stats",
+    "envoy.filters.http.fault",
+];
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub bind: bool,
+    /// `virtualOutbound`/`virtualInbound`: hand off by original destination.
+    pub use_original_dst: bool,
+    /// Read `SO_ORIGINAL_DST` (`use_original_dst` or the `original_dst` listener filter).
+    pub original_dst: bool,
+    pub inbound: bool,
+    pub sniff_http: bool,
+    pub sniff_tls: bool,
+    /// Ports where the listener filters look at the first bytes.
+    pub sniff_ports: SniffPorts,
+    pub sniff_timeout: Duration,
+    pub chains: Vec<FilterChain>,
+    pub default_chain: Option<FilterChain>,
+}
+
+#[derive(Debug)]
+pub struct FilterChain {
+    pub name: String,
+    matcher: ChainMatch,
+    pub kind: ChainKind,
+}
+
+#[derive(Debug, Default)]
+struct ChainMatch {
+    port: Option<u16>,
+    prefixes: Vec<(IpAddr, u8)>,
+    transport: Option<String>,
+    alpn: Vec<String>,
+    server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChainKind {
+    Http(Arc<HttpManager>),
+    Tcp(Arc<TcpProxy>),
+}
+
+/// `http_connection_manager`.
+#[derive(Debug)]
+pub struct HttpManager {
+    pub stat_prefix: String,
+    pub routes: RouteSource,
+    pub codec: Codec,
+    pub websocket: bool,
+    pub stream_idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum RouteSource {
+    Rds(String),
+    Inline(Arc<RouteTable>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// `tcp_proxy`.
+#[derive(Debug)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub clusters: Clusters,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// What is known about a connection when picking its chain.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo<'a> {
+    pub dst: Option<SocketAddr>,
+    pub transport: &'a str,
+    pub alpn: Option<&'a str>,
+    pub sni: Option<&'a str>,
+}
+
+// === impl ListenerConfig ===
+
+impl ListenerConfig {
+    pub fn from_proto(l: &lv3::Listener) -> Result<Self, ResourceError> {
+        Self::build(l).map_err(|e| e.resource("Listener", &l.name))
+    }
+
+    fn build(l: &lv3::Listener) -> FieldResult<Self> {
+        if l.name.is_empty() {
+            return Err(FieldError::new("name", "required"));
+        }
+        let addr = socket_addr(
+            l.address
+                .as_ref()
+                .ok_or_else(|| FieldError::new("address", "required"))?,
+        )
+        .at("address")?;
+        let mut sniff_http = false;
+        let mut sniff_tls = false;
+        let mut sniff_ports = SniffPorts::All;
+        let mut original_dst_filter = false;
+        for (i, f) in l.listener_filters.iter().enumerate() {
+            match f.name.as_str() {
+                "envoy.filters.listener.http_inspector" => {
+                    sniff_http = true;
+                    sniff_ports = sniff_ports_of(f);
+                }
+                "envoy.filters.listener.tls_inspector" => sniff_tls = true,
+                "envoy.filters.listener.original_dst" => original_dst_filter = true,
+                other => {
+                    return Err(FieldError::new(
+                        format!("listener_filters[{i}]"),
+                        format!("listener filter {other:?} is not supported"),
+                    ));
+                }
+            }
+        }
+        let chains = l
+            .filter_chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| FilterChain::from_proto(c).at(format!("filter_chains[{i}]")))
+            .collect::<FieldResult<Vec<_>>>()?;
+        let default_chain = l
+            .default_filter_chain
+            .as_ref()
+            .map(|c| FilterChain::from_proto(c).at("default_filter_chain"))
+            .transpose()?;
+        if chains.is_empty() && default_chain.is_none() {
+            return Err(FieldError::new("filter_chains", "no filter chain"));
+        }
+        Ok(Self {
+            name: l.name.clone(),
+            addr,
+            bind: l.bind_to_port.as_ref().is_none_or(|b| b.value),
+            use_original_dst: l.use_original_dst.as_ref().is_some_and(|b| b.value),
+            original_dst: original_dst_filter
+                || l.use_original_dst.as_ref().is_some_and(|b| b.value),
+            inbound: l.traffic_direction == TrafficDirection::Inbound as i32,
+            sniff_http,
+            sniff_tls,
+            sniff_ports,
+            sniff_timeout: opt_duration(&l.listener_filters_timeout, "listener_filters_timeout")?
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5)),
+            chains,
+            default_chain,
+        })
+    }
+
+    /// Whether the listener filters would look at the first bytes for this port.
+    pub fn sniffs(&self, port: u16) -> bool {
+        (self.sniff_http || self.sniff_tls)
+            && match &self.sniff_ports {
+                SniffPorts::All => true,
+                SniffPorts::Except(ports) => !ports.contains(&port),
+                SniffPorts::Only(ports) => ports.contains(&port),
+            }
+    }
+
+    /// The filter chain for a connection, Envoy's way: among chains whose every set
+    /// criterion matches, the most specific at each level in turn.
+    pub fn select(&self, info: &ConnInfo<'_>) -> Option<&FilterChain> {
+        let mut best: Option<(&FilterChain, [u32; 5])> = None;
+        for c in &self.chains {
+            if let Some(score) = c.matcher.score(info)
+                && best.as_ref().is_none_or(|(_, s)| score > *s)
+            {
+                best = Some((c, score));
+            }
+        }
+        best.map(|(c, _)| c).or(self.default_chain.as_ref())
+    }
+}
+
+/// Where listener filters run, from a `filter_disabled` predicate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SniffPorts {
+    #[default]
+    All,
+    /// Disabled on these ports (`destination_port_range` / `or_match` of them).
+    Except(Vec<u16>),
+    /// Istio's shape: `not_match(or_match(ports))` — disabled everywhere else.
+    Only(Vec<u16>),
+}
+
+fn sniff_ports_of(f: &lv3::ListenerFilter) -> SniffPorts {
+    use lv3::listener_filter_chain_match_predicate::Rule;
+    fn walk(p: &lv3::ListenerFilterChainMatchPredicate, out: &mut Vec<u16>) {
+        match &p.rule {
+            Some(Rule::DestinationPortRange(r)) => {
+                out.extend((r.start..r.end).filter_map(|p| u16::try_from(p).ok()));
+            }
+            Some(Rule::OrMatch(set)) => set.rules.iter().for_each(|r| walk(r, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    match f.filter_disabled.as_ref().map(|p| &p.rule) {
+        None => SniffPorts::All,
+        Some(Some(Rule::NotMatch(inner))) => {
+            walk(inner, &mut out);
+            SniffPorts::Only(out)
+        }
+        Some(_) => {
+            if let Some(p) = &f.filter_disabled {
+                walk(p, &mut out);
+            }
+            SniffPorts::Except(out)
+        }
+    }
+}
+
+// === impl FilterChain ===
+
+impl FilterChain {
+    fn from_proto(c: &lv3::FilterChain) -> FieldResult<Self> {
+        let matcher = match &c.filter_chain_match {
+            Some(m) => ChainMatch::from_proto(m).at("filter_chain_match")?,
+            None => ChainMatch::default(),
+        };
+        if let Some(ts) = &c.transport_socket
+            && ts.name != "envoy.transport_sockets.raw_buffer"
+        {
+            return Err(FieldError::new(
+                "transport_socket",
+                format!("transport socket {:?} is not supported", ts.name),
+            ));
+        }
+        let mut kind = None;
+        for (i, f) in c.filters.iter().enumerate() {
+            let at = format!("filters[{i}]");
+            let any = match &f.config_type {
+                Some(FilterConfigType::TypedConfig(any)) => Some(any),
+                Some(FilterConfigType::ConfigDiscovery(_)) => {
+                    return Err(FieldError::new(
+                        at,
+                        "filter config discovery is not supported",
+                    ));
+                }
+                None => None,
+            };
+            match f.name.as_str() {
+                HCM => {
+                    let any = any.ok_or_else(|| FieldError::new(&at, "typed_config required"))?;
+                    let hcm: HttpConnectionManager =
+                        decode_any(any, &format!("{at}.typed_config"))?;
+                    kind = Some(ChainKind::Http(Arc::new(
+                        HttpManager::from_proto(&hcm).at(format!("{at}.typed_config"))?,
+                    )));
+                    break;
+                }
+                TCP_PROXY => {
+                    let any = any.ok_or_else(|| FieldError::new(&at, "typed_config required"))?;
+                    let tcp: TcpProxyProto = decode_any(any, &format!("{at}.typed_config"))?;
+                    kind = Some(ChainKind::Tcp(Arc::new(
+                        TcpProxy::from_proto(&tcp).at(format!("{at}.typed_config"))?,
+                    )));
+                    break;
+                }
+                name if BUILTIN_NETWORK_FILTERS.contains(&name) => {}
+                other => {
+                    return Err(FieldError::new(
+                        at,
+                        format!("network filter {other:?} is not supported"),
+                    ));
+                }
+            }
+        }
+        let kind = kind.ok_or_else(|| {
+            FieldError::new(
+                "filters",
+                "needs a terminal http_connection_manager or tcp_proxy filter",
+            )
+        })?;
+        Ok(Self {
+            name: c.name.clone(),
+            matcher,
+            kind,
+        })
+    }
+}
+
+impl ChainMatch {
+    fn from_proto(m: &lv3::FilterChainMatch) -> FieldResult<Self> {
+        let port = match &m.destination_port {
+            Some(p) => Some(
+                u16::try_from(p.value)
+                    .map_err(|_| FieldError::new("destination_port", "not a port"))?,
+            ),
+            None => None,
+        };
+        let prefixes = m
+            .prefix_ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let ip: IpAddr = r.address_prefix.parse().map_err(|_| {
+                    FieldError::new(
+                        format!("prefix_ranges[{i}].address_prefix"),
+                        format!("{:?} is not an IP address", r.address_prefix),
+                    )
+                })?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = r
+                    .prefix_len
+                    .as_ref()
+                    .map_or(max, |l| l.value.min(max as u32) as u8);
+                Ok((ip, len))
+            })
+            .collect::<FieldResult<_>>()?;
+        Ok(Self {
+            port,
+            prefixes,
+            transport: (!m.transport_protocol.is_empty()).then(|| m.transport_protocol.clone()),
+            alpn: m.application_protocols.clone(),
+            server_names: m.server_names.clone(),
+        })
+    }
+
+    /// `None` if a criterion fails; else how specific the match is, per level.
+    fn score(&self, info: &ConnInfo<'_>) -> Option<[u32; 5]> {
+        let mut s = [0u32; 5];
+        if let Some(p) = self.port {
+            if info.dst.map(|d| d.port()) != Some(p) {
+                return None;
+            }
+            s[0] = 1;
+        }
+        if !self.prefixes.is_empty() {
+            let ip = info.dst?.ip();
+            let best = self
+                .prefixes
+                .iter()
+                .filter(|(net, len)| in_prefix(ip, *net, *len))
+                .map(|(_, len)| *len as u32 + 1)
+                .max()?;
+            s[1] = best;
+        }
+        if !self.server_names.is_empty() {
+            let sni = info.sni?;
+            let hit = self.server_names.iter().any(|n| {
+                n == sni
+                    || n.strip_prefix('*')
+                        .is_some_and(|suffix| sni.ends_with(suffix))
+            });
+            if !hit {
+                return None;
+            }
+            s[2] = 1;
+        }
+        if let Some(t) = &self.transport {
+            if t != info.transport {
+                return None;
+            }
+            s[3] = 1;
+        }
+        if !self.alpn.is_empty() {
+            let alpn = info.alpn?;
+            if !self.alpn.iter().any(|a| a == alpn) {
+                return None;
+            }
+            s[4] = 1;
+        }
+        Some(s)
+    }
+}
+
+fn in_prefix(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - len.min(32))
+            };
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len.min(128))
+            };
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+// === impl HttpManager ===
+
+impl HttpManager {
+    fn from_proto(h: &HttpConnectionManager) -> FieldResult<Self> {
+        let routes = match &h.route_specifier {
+            Some(RouteSpecifier::Rds(rds)) => RouteSource::Rds(rds.route_config_name.clone()),
+            Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(
+                RouteTable::build(&rc.name, &rc.virtual_hosts).at("route_config")?,
+            )),
+            _ => {
+                return Err(FieldError::new(
+                    "route_specifier",
+                    "rds or route_config is required",
+                ));
+            }
+        };
+        let mut has_router = false;
+        for (i, f) in h.http_filters.iter().enumerate() {
+            let at = format!("http_filters[{i}]");
+            if has_router {
+                return Err(FieldError::new(at, "the router filter must be last"));
+            }
+            match f.name.as_str() {
+                "envoy.filters.http.router" => has_router = true,
+                name if BUILTIN_HTTP_FILTERS.contains(&name) => {
+                    if name == "envoy.filters.http.fault"
+                        && let Some(HttpFilterConfigType::TypedConfig(any)) = &f.config_type
+                    {
+                        // Listener-wide faults would apply to every route; pilot puts
+                        // them per route, and an empty filter config is all it writes here.
+                        let fault: envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault =
+                            decode_any(any, &format!("{at}.typed_config"))?;
+                        if fault.delay.is_some() || fault.abort.is_some() {
+                            return Err(FieldError::new(
+                                format!("{at}.typed_config"),
+                                "listener-level faults are not supported; set them per route",
+                            ));
+                        }
+                    }
+                }
+                _ if f.is_optional => {}
+                other => {
+                    return Err(FieldError::new(
+                        at,
+                        format!("HTTP filter {other:?} is not supported"),
+                    ));
+                }
+            }
+        }
+        if !has_router {
+            return Err(FieldError::new(
+                "http_filters",
+                "envoy.filters.http.router is required",
+            ));
+        }
+        let codec = match CodecType::try_from(h.codec_type) {
+            Ok(CodecType::Http1) => Codec::Http1,
+            Ok(CodecType::Http2) => Codec::Http2,
+            Ok(CodecType::Auto) => Codec::Auto,
+            _ => {
+                return Err(FieldError::new(
+                    "codec_type",
+                    "only AUTO, HTTP1 and HTTP2 are supported",
+                ));
+            }
+        };
+        Ok(Self {
+            stat_prefix: h.stat_prefix.clone(),
+            routes,
+            codec,
+            websocket: h.upgrade_configs.iter().any(|u| {
+                u.upgrade_type.eq_ignore_ascii_case("websocket")
+                    && u.enabled.as_ref().is_none_or(|e| e.value)
+            }),
+            stream_idle_timeout: opt_duration(&h.stream_idle_timeout, "stream_idle_timeout")?
+                .filter(|d| !d.is_zero()),
+        })
+    }
+}
+
+// === impl TcpProxy ===
+
+impl TcpProxy {
+    fn from_proto(t: &TcpProxyProto) -> FieldResult<Self> {
+        let clusters = match &t.cluster_specifier {
+            Some(TcpClusterSpecifier::Cluster(c)) if !c.is_empty() => Clusters::One(c.clone()),
+            Some(TcpClusterSpecifier::WeightedClusters(w)) => {
+                let items: Vec<(String, u32)> = w
+                    .clusters
+                    .iter()
+                    .filter(|c| c.weight > 0)
+                    .map(|c| (c.name.clone(), c.weight))
+                    .collect();
+                let total = items.iter().map(|(_, w)| *w).sum();
+                if total == 0 {
+                    return Err(FieldError::new("weighted_clusters", "weights sum to 0"));
+                }
+                Clusters::Weighted { items, total }
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "cluster_specifier",
+                    "cluster or weighted_clusters is required",
+                ));
+            }
+        };
+        Ok(Self {
+            stat_prefix: t.stat_prefix.clone(),
+            clusters,
+            idle_timeout: opt_duration(&t.idle_timeout, "idle_timeout")?
+                .or(Some(Duration::from_secs(3600)))
+                .filter(|d| !d.is_zero()),
+        })
+    }
+
+    pub fn pick_cluster(&self) -> &str {
+        match &self.clusters {
+            Clusters::One(c) => c,
+            Clusters::Weighted { items, total } => {
+                let mut n = rand::random_range(0..*total);
+                for (name, w) in items {
+                    if n < *w {
+                        return name;
+                    }
+                    n -= w;
+                }
+                items.last().map_or("", |(n, _)| n.as_str())
+            }
+        }
+    }
+}
+
+/// Listeners by name, for the `virtualOutbound` hand-off by `ip:port` and `0.0.0.0:port`.
+pub fn handoff_index(listeners: &[Arc<ListenerConfig>]) -> HashMap<SocketAddr, usize> {
+    listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !l.bind)
+        .map(|(i, l)| (l.addr, i))
+        .collect()
+}

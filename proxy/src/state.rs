@@ -1,0 +1,313 @@
+//! The proxy's config: the xDS resources received, and the immutable [`Snapshot`] the data
+//! plane reads.
+//!
+//! Resources are converted when they arrive (so a bad one is NACKed with its field), kept per
+//! type with their version, and assembled into a snapshot only when the set is complete —
+//! every RDS name a listener uses and every EDS name a cluster uses is present. Requests load
+//! the current snapshot once (an `ArcSwap` read), so a swap never changes a request midway,
+//! and an in-flight request keeps its snapshot alive until it ends.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use crate::resources::ResourceError;
+use crate::resources::cluster::{ClusterConfig, Discovery, HostSpec, assignment_hosts};
+use crate::resources::listener::{ChainKind, ListenerConfig, RouteSource, handoff_index};
+use crate::resources::route::RouteTable;
+use crate::upstream::Cluster;
+
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// The xDS types, in the order they are applied.
+pub const TYPES: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
+
+/// One received resource.
+#[derive(Debug)]
+pub struct Item<T> {
+    pub any: Any,
+    pub parsed: Arc<T>,
+    pub version: String,
+    pub updated: SystemTime,
+}
+
+/// All resources of one type.
+#[derive(Debug)]
+pub struct TypeState<T> {
+    pub version: String,
+    pub items: BTreeMap<String, Item<T>>,
+}
+
+impl<T> Default for TypeState<T> {
+    fn default() -> Self {
+        Self {
+            version: String::new(),
+            items: BTreeMap::new(),
+        }
+    }
+}
+
+/// A resource as it arrives in a response.
+pub struct Incoming {
+    pub name: Option<String>,
+    pub version: String,
+    pub any: Any,
+}
+
+/// Everything received, by type.
+#[derive(Debug, Default)]
+pub struct Resources {
+    pub listeners: TypeState<ListenerConfig>,
+    pub routes: TypeState<RouteTable>,
+    pub clusters: TypeState<ClusterConfig>,
+    pub endpoints: TypeState<Vec<HostSpec>>,
+}
+
+/// Names the current listeners and clusters refer to.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub routes: BTreeSet<String>,
+    pub endpoints: BTreeSet<String>,
+}
+
+// === impl Resources ===
+
+impl Resources {
+    /// Apply one response. `replace`: state-of-the-world (the response is the whole set);
+    /// otherwise delta (`removed` names go). Any bad resource rejects the whole response —
+    /// the error is the NACK's detail — and nothing changes.
+    pub fn apply(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        incoming: Vec<Incoming>,
+        removed: &[String],
+        replace: bool,
+    ) -> Result<(), String> {
+        let now = SystemTime::now();
+        macro_rules! apply_type {
+            ($state:expr, $proto:ty, $name:expr, $convert:expr) => {{
+                let mut parsed = Vec::with_capacity(incoming.len());
+                let mut errors = Vec::new();
+                for inc in incoming {
+                    if inc.any.type_url != type_url {
+                        errors.push(format!(
+                            "resource of type {} in a {type_url} response",
+                            inc.any.type_url
+                        ));
+                        continue;
+                    }
+                    let proto = match <$proto>::decode(inc.any.value.as_slice()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            errors.push(format!("{}: cannot decode: {e}", type_url));
+                            continue;
+                        }
+                    };
+                    let name: String = inc.name.clone().unwrap_or_else(|| $name(&proto));
+                    match $convert(&proto) {
+                        Ok(value) => parsed.push((name, inc.version, inc.any, value)),
+                        Err(e) => errors.push(ResourceError::to_string(&e)),
+                    }
+                }
+                if !errors.is_empty() {
+                    return Err(errors.join("; "));
+                }
+                let state = $state;
+                if replace {
+                    state.items.clear();
+                }
+                for name in removed {
+                    state.items.remove(name);
+                }
+                for (name, v, any, value) in parsed {
+                    let item_version = if v.is_empty() { version.to_string() } else { v };
+                    state.items.insert(
+                        name,
+                        Item {
+                            any,
+                            parsed: Arc::new(value),
+                            version: item_version,
+                            updated: now,
+                        },
+                    );
+                }
+                state.version = version.to_string();
+                Ok(())
+            }};
+        }
+        match type_url {
+            LISTENER_TYPE => apply_type!(
+                &mut self.listeners,
+                ListenerProto,
+                |p: &ListenerProto| p.name.clone(),
+                ListenerConfig::from_proto
+            ),
+            ROUTE_TYPE => apply_type!(
+                &mut self.routes,
+                RouteConfiguration,
+                |p: &RouteConfiguration| p.name.clone(),
+                RouteTable::from_proto
+            ),
+            CLUSTER_TYPE => apply_type!(
+                &mut self.clusters,
+                ClusterProto,
+                |p: &ClusterProto| p.name.clone(),
+                ClusterConfig::from_proto
+            ),
+            ENDPOINT_TYPE => apply_type!(
+                &mut self.endpoints,
+                ClusterLoadAssignment,
+                |p: &ClusterLoadAssignment| p.cluster_name.clone(),
+                assignment_hosts
+            ),
+            other => Err(format!("type {other} is not supported")),
+        }
+    }
+
+    /// The RDS and EDS names the current listeners and clusters need.
+    pub fn wanted(&self) -> Wanted {
+        let mut w = Wanted::default();
+        for item in self.listeners.items.values() {
+            let l = &item.parsed;
+            for chain in l.chains.iter().chain(l.default_chain.iter()) {
+                if let ChainKind::Http(h) = &chain.kind
+                    && let RouteSource::Rds(name) = &h.routes
+                {
+                    w.routes.insert(name.clone());
+                }
+            }
+        }
+        for item in self.clusters.items.values() {
+            if let Discovery::Eds(name) = &item.parsed.discovery {
+                w.endpoints.insert(name.clone());
+            }
+        }
+        w
+    }
+
+    /// Whether every wanted name is present.
+    pub fn missing(&self) -> Vec<String> {
+        let w = self.wanted();
+        w.routes
+            .iter()
+            .filter(|n| !self.routes.items.contains_key(*n))
+            .map(|n| format!("RouteConfiguration {n}"))
+            .chain(
+                w.endpoints
+                    .iter()
+                    .filter(|n| !self.endpoints.items.contains_key(*n))
+                    .map(|n| format!("ClusterLoadAssignment {n}")),
+            )
+            .collect()
+    }
+
+    /// Assemble a snapshot, reusing the runtime clusters of `prev` that did not change.
+    pub fn snapshot(&self, prev: &Snapshot) -> Snapshot {
+        let mut clusters = HashMap::with_capacity(self.clusters.items.len());
+        for (name, item) in &self.clusters.items {
+            let cfg = &item.parsed;
+            let cluster = match prev.clusters.get(name) {
+                Some(c) if *c.config == **cfg => Arc::clone(c),
+                _ => Arc::new(Cluster::new(Arc::clone(cfg))),
+            };
+            if let Discovery::Eds(service) = &cfg.discovery {
+                match self.endpoints.items.get(service) {
+                    Some(eps) => cluster.set_hosts(&eps.parsed),
+                    None => {
+                        if let Some(inline) = &cfg.inline_hosts {
+                            cluster.set_hosts(inline);
+                        }
+                    }
+                }
+            }
+            clusters.insert(name.clone(), cluster);
+        }
+        let listeners: Vec<Arc<ListenerConfig>> = self
+            .listeners
+            .items
+            .values()
+            .map(|i| Arc::clone(&i.parsed))
+            .collect();
+        Snapshot {
+            by_name: listeners
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.name.clone(), i))
+                .collect(),
+            handoff: handoff_index(&listeners),
+            listeners,
+            routes: self
+                .routes
+                .items
+                .iter()
+                .map(|(n, i)| (n.clone(), Arc::clone(&i.parsed)))
+                .collect(),
+            clusters,
+        }
+    }
+}
+
+/// What the data plane runs on: immutable, swapped whole.
+#[derive(Default)]
+pub struct Snapshot {
+    pub listeners: Vec<Arc<ListenerConfig>>,
+    pub by_name: HashMap<String, usize>,
+    /// Non-binding listeners by address, for `virtualOutbound`'s hand-off.
+    pub handoff: HashMap<SocketAddr, usize>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl Snapshot {
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerConfig>> {
+        self.by_name.get(name).map(|i| &self.listeners[*i])
+    }
+
+    /// The listener an original destination is handed to: `ip:port`, then `0.0.0.0:port`.
+    pub fn handoff(&self, dst: SocketAddr) -> Option<&Arc<ListenerConfig>> {
+        let any = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), dst.port());
+        self.handoff
+            .get(&dst)
+            .or_else(|| self.handoff.get(&any))
+            .map(|i| &self.listeners[*i])
+    }
+}
+
+/// The shared, swappable config plus the resources it came from (for `/config_dump`).
+pub struct Store {
+    pub current: ArcSwap<Snapshot>,
+    pub resources: std::sync::Mutex<Resources>,
+}
+
+impl Store {
+    pub fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            resources: std::sync::Mutex::new(Resources::default()),
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,106 @@
+//! `tcp_proxy`: opaque TCP to a cluster (or to the original destination for passthrough),
+//! with Istio's TCP metrics counted when the connection closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use crate::metrics::{Reporter, ServiceId, TcpLabels};
+use crate::resources::cluster::HostAddr;
+use crate::resources::listener::TcpProxy;
+use crate::shared::Shared;
+use crate::upstream::{ActiveGuard, Outcome, connect_tcp};
+
+pub async fn proxy(
+    shared: Arc<Shared>,
+    tcp: Arc<TcpProxy>,
+    mut down: TcpStream,
+    dst: SocketAddr,
+    inbound: bool,
+) {
+    let snap = shared.store.current.load_full();
+    let name = tcp.pick_cluster();
+    let Some(cluster) = snap.clusters.get(name).cloned() else {
+        tracing::debug!(cluster = name, "tcp: no such cluster; closing");
+        return;
+    };
+    let metrics = &shared.metrics;
+    let service = if inbound {
+        metrics.service_for_host(&dst.ip().to_string())
+    } else {
+        Arc::clone(&cluster.service)
+    };
+    let (reporter, source, destination) = if inbound {
+        (
+            Reporter::Destination,
+            metrics.unknown_peer(),
+            Arc::clone(&metrics.local),
+        )
+    } else {
+        (
+            Reporter::Source,
+            Arc::clone(&metrics.local),
+            metrics.unknown_peer(),
+        )
+    };
+    let mut labels = TcpLabels {
+        reporter,
+        source,
+        destination,
+        service: if service.host == "unknown" {
+            Arc::new(ServiceId::from_cluster(name))
+        } else {
+            service
+        },
+        mtls: false,
+        flags: "-",
+    };
+    let host = cluster.pick(None, &[]).ok();
+    let target = match (&host, cluster.is_original_dst()) {
+        (Some(h), _) => match &h.addr {
+            HostAddr::Ip(a) => Some(*a),
+            HostAddr::Dns(name, port) => tokio::net::lookup_host((name.as_str(), *port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next()),
+        },
+        (None, true) => Some(dst),
+        (None, false) => None,
+    };
+    let Some(target) = target else {
+        labels.flags = "UH";
+        metrics.tcp_opened(&labels);
+        metrics.tcp_closed(&labels, 0, 0);
+        return;
+    };
+    let _active = host.clone().map(ActiveGuard::new);
+    let mut up =
+        match connect_tcp(target, cluster.config.bind, cluster.config.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "tcp: upstream connect failed");
+                if let Some(h) = &host {
+                    cluster.record(h, Outcome::Gateway);
+                }
+                labels.flags = "UF";
+                metrics.tcp_opened(&labels);
+                metrics.tcp_closed(&labels, 0, 0);
+                return;
+            }
+        };
+    if let Some(h) = &host {
+        cluster.record(h, Outcome::Success);
+    }
+    metrics.tcp_opened(&labels);
+    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+    let (received, sent) = tokio::select! {
+        r = copy => r.unwrap_or((0, 0)),
+        // Draining: TCP has no graceful close of its own; give it the drain period.
+        _ = async {
+            shared.drained().await;
+            tokio::time::sleep(shared.config.termination_drain).await;
+        } => (0, 0),
+    };
+    metrics.tcp_closed(&labels, sent, received);
+}

@@ -1,0 +1,200 @@
+//! Dialing upstream hosts: connect timeout, source address, TCP_NODELAY, and the
+//! cluster's connection limit.
+//!
+//! The limit is a semaphore: a request that needs a new connection while the cluster is at
+//! `max_connections` waits as "pending", and beyond `max_pending` waiters it fails with an
+//! overflow, which the router answers 503 with flag `UO` — Envoy's circuit breaker.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::resources::cluster::Limits;
+
+/// Limits at or above this are "unlimited" (Istio writes u32::MAX).
+const UNLIMITED: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection failure: {0}")]
+    Io(#[from] io::Error),
+    #[error("connection timeout")]
+    Timeout,
+    #[error("overflow: too many pending connections")]
+    Overflow,
+    #[error("bad upstream address {0:?}")]
+    Address(String),
+}
+
+/// The connector behind a cluster's HTTP client.
+#[derive(Clone)]
+pub struct Connector {
+    timeout: Duration,
+    bind: Option<IpAddr>,
+    open: Arc<AtomicU32>,
+    slots: Option<Arc<Semaphore>>,
+    waiting: Arc<AtomicU32>,
+    max_pending: u32,
+}
+
+impl Connector {
+    pub fn new(
+        timeout: Duration,
+        bind: Option<IpAddr>,
+        open: Arc<AtomicU32>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            timeout,
+            bind,
+            open,
+            slots: (limits.max_connections < UNLIMITED)
+                .then(|| Arc::new(Semaphore::new(limits.max_connections.max(1) as usize))),
+            waiting: Arc::new(AtomicU32::new(0)),
+            max_pending: limits.max_pending,
+        }
+    }
+
+    async fn dial(self, uri: Uri) -> Result<TokioIo<Upstream>, ConnectError> {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ConnectError::Address(uri.to_string()))?;
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let permit = match &self.slots {
+            None => None,
+            Some(slots) => match Arc::clone(slots).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+                        self.waiting.fetch_sub(1, Ordering::AcqRel);
+                        return Err(ConnectError::Overflow);
+                    }
+                    let p = Arc::clone(slots).acquire_owned().await;
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    p.ok()
+                }
+            },
+        };
+        let addr = match host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, port),
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await?
+                .next()
+                .ok_or_else(|| ConnectError::Address(host.to_string()))?,
+        };
+        let stream = connect_tcp(addr, self.bind, self.timeout).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(TokioIo::new(Upstream {
+            stream,
+            _permit: permit,
+            open: self.open,
+        }))
+    }
+}
+
+/// A TCP connection with a timeout, from `bind` if set.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = bind {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ConnectError::Timeout),
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<Upstream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(self.clone().dial(uri))
+    }
+}
+
+/// An upstream connection; releases its connection slot when closed.
+pub struct Upstream {
+    stream: TcpStream,
+    _permit: Option<OwnedSemaphorePermit>,
+    open: Arc<AtomicU32>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connection for Upstream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,386 @@
+//! Upstream clusters at run time: hosts, load balancing, outlier ejection, circuit breakers
+//! and pooled connections.
+//!
+//! A [`Cluster`] outlives config updates: when CDS or EDS changes, the new snapshot reuses the
+//! cluster of the same name and the hosts of the same address, so request counts, ejections
+//! and pooled keep-alive connections carry over. A changed cluster *config* gets a fresh
+//! `Cluster` (its pool settings may differ), while the old one finishes its requests.
+
+mod connect;
+mod lb;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use connect::{ConnectError, Connector, Upstream, connect_tcp};
+
+use crate::metrics::ServiceId;
+use crate::resources::cluster::{
+    ClusterConfig, Discovery, HostAddr, HostSpec, LbPolicy, UpstreamProtocol,
+};
+
+/// Body type of every proxied request and response.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type HttpClient = Client<Connector, Body>;
+
+/// An upstream cluster.
+pub struct Cluster {
+    pub config: Arc<ClusterConfig>,
+    /// The service this cluster is for, as metrics label it.
+    pub service: Arc<ServiceId>,
+    hosts: ArcSwap<Vec<Arc<Host>>>,
+    rr: AtomicUsize,
+    pub active_requests: AtomicU32,
+    pub active_retries: AtomicU32,
+    pub connections: Arc<AtomicU32>,
+    pub stats: ClusterStats,
+    h1: OnceLock<HttpClient>,
+    h2: OnceLock<HttpClient>,
+}
+
+#[derive(Default)]
+pub struct ClusterStats {
+    pub upstream_rq_total: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_pending_overflow: AtomicU64,
+    pub upstream_cx_connect_fail: AtomicU64,
+    pub upstream_rq_timeout: AtomicU64,
+    pub outlier_ejections: AtomicU64,
+}
+
+/// One endpoint of a cluster.
+pub struct Host {
+    pub addr: HostAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    pub active: AtomicU32,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    outlier: Mutex<OutlierState>,
+}
+
+#[derive(Default)]
+struct OutlierState {
+    consecutive_5xx: u32,
+    consecutive_gateway: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+/// How an upstream attempt ended, for outlier detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A 5xx from the upstream.
+    Server5xx(u16),
+    /// Connect failure, reset, or timeout: a gateway failure.
+    Gateway,
+}
+
+/// Why no host could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    NoHealthyUpstream,
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    pub fn new(config: Arc<ClusterConfig>) -> Self {
+        let hosts = config
+            .inline_hosts
+            .as_deref()
+            .map(|h| h.iter().map(|s| Arc::new(Host::new(s))).collect())
+            .unwrap_or_default();
+        Self {
+            service: Arc::new(ServiceId::from_cluster(&config.name)),
+            config,
+            hosts: ArcSwap::from_pointee(hosts),
+            rr: AtomicUsize::new(0),
+            active_requests: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
+            connections: Arc::new(AtomicU32::new(0)),
+            stats: ClusterStats::default(),
+            h1: OnceLock::new(),
+            h2: OnceLock::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn hosts(&self) -> Arc<Vec<Arc<Host>>> {
+        self.hosts.load_full()
+    }
+
+    /// Replace the endpoint set, keeping the state of hosts that stay.
+    pub fn set_hosts(&self, specs: &[HostSpec]) {
+        let old = self.hosts.load();
+        let by_addr: HashMap<&HostAddr, &Arc<Host>> = old.iter().map(|h| (&h.addr, h)).collect();
+        let new: Vec<Arc<Host>> = specs
+            .iter()
+            .map(|s| match by_addr.get(&s.addr) {
+                Some(h) if h.weight == s.weight && h.healthy == s.healthy => Arc::clone(h),
+                Some(h) => Arc::new(Host::carry(s, h)),
+                None => Arc::new(Host::new(s)),
+            })
+            .collect();
+        self.hosts.store(Arc::new(new));
+    }
+
+    pub fn is_original_dst(&self) -> bool {
+        self.config.discovery == Discovery::OriginalDst
+    }
+
+    /// Pick a host, avoiding `exclude` where another is available.
+    pub fn pick(
+        &self,
+        hash_key: Option<&[u8]>,
+        exclude: &[HostAddr],
+    ) -> Result<Arc<Host>, PickError> {
+        let hosts = self.hosts.load();
+        let now = Instant::now();
+        let available: Vec<&Arc<Host>> = hosts
+            .iter()
+            .filter(|h| h.healthy && !h.is_ejected(now))
+            .collect();
+        let healthy_pct = if hosts.is_empty() {
+            0.0
+        } else {
+            available.len() as f64 * 100.0 / hosts.len() as f64
+        };
+        // Envoy's panic mode: too few healthy hosts, so balance over all of them.
+        let candidates: Vec<&Arc<Host>> = if healthy_pct < self.config.panic_threshold {
+            hosts.iter().collect()
+        } else {
+            available
+        };
+        let preferred: Vec<&Arc<Host>> = if exclude.is_empty() {
+            candidates
+        } else {
+            let others: Vec<&Arc<Host>> = candidates
+                .iter()
+                .copied()
+                .filter(|h| !exclude.contains(&h.addr))
+                .collect();
+            if others.is_empty() {
+                candidates
+            } else {
+                others
+            }
+        };
+        if preferred.is_empty() {
+            return Err(PickError::NoHealthyUpstream);
+        }
+        let host = match self.config.lb {
+            LbPolicy::RoundRobin => lb::round_robin(&preferred, &self.rr),
+            LbPolicy::LeastRequest => lb::least_request(&preferred),
+            LbPolicy::Random => lb::random(&preferred),
+            LbPolicy::RingHash => match hash_key {
+                Some(key) => lb::consistent(&preferred, key),
+                None => lb::random(&preferred),
+            },
+        };
+        Ok(Arc::clone(host))
+    }
+
+    /// Record an attempt's outcome on its host; ejects it when its consecutive failures
+    /// reach the cluster's outlier threshold (and the ejection budget allows).
+    pub fn record(&self, host: &Host, outcome: Outcome) {
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        if outcome != Outcome::Success {
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(cfg) = &self.config.outlier else {
+            return;
+        };
+        let mut st = match host.outlier.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let trip = match outcome {
+            Outcome::Success => {
+                st.consecutive_5xx = 0;
+                st.consecutive_gateway = 0;
+                false
+            }
+            Outcome::Server5xx(code) => {
+                st.consecutive_5xx += 1;
+                if matches!(code, 502..=504) {
+                    st.consecutive_gateway += 1;
+                } else {
+                    st.consecutive_gateway = 0;
+                }
+                cfg.consecutive_5xx.is_some_and(|n| st.consecutive_5xx >= n)
+                    || cfg
+                        .consecutive_gateway
+                        .is_some_and(|n| st.consecutive_gateway >= n)
+            }
+            Outcome::Gateway => {
+                st.consecutive_5xx += 1;
+                st.consecutive_gateway += 1;
+                cfg.consecutive_5xx.is_some_and(|n| st.consecutive_5xx >= n)
+                    || cfg
+                        .consecutive_gateway
+                        .is_some_and(|n| st.consecutive_gateway >= n)
+            }
+        };
+        let now = Instant::now();
+        if !trip || st.ejected_until.is_some_and(|t| t > now) {
+            return;
+        }
+        drop(st);
+        let hosts = self.hosts.load();
+        let ejected = hosts.iter().filter(|h| h.is_ejected(now)).count();
+        // Envoy lets at least one host go even when the percentage rounds it to zero.
+        let allowed = ((hosts.len() as u64 * cfg.max_ejection_percent as u64) / 100).max(1);
+        if ejected as u64 >= allowed {
+            return;
+        }
+        let mut st = match host.outlier.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        st.ejections += 1;
+        let time = cfg
+            .base_ejection
+            .saturating_mul(st.ejections)
+            .min(cfg.max_ejection.max(cfg.base_ejection));
+        st.ejected_until = Some(now + time);
+        st.consecutive_5xx = 0;
+        st.consecutive_gateway = 0;
+        self.stats.outlier_ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(cluster = %self.name(), host = %host.addr, ejection_secs = time.as_secs_f64(), "outlier ejected");
+    }
+
+    /// The pooled HTTP client for this cluster, for an upstream protocol.
+    pub fn client(&self, http2: bool) -> &HttpClient {
+        let cell = if http2 { &self.h2 } else { &self.h1 };
+        cell.get_or_init(|| {
+            let cfg = &self.config;
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_timer(TokioTimer::new())
+                .pool_idle_timeout(cfg.idle_timeout.unwrap_or(Duration::from_secs(3600)))
+                .pool_max_idle_per_host(cfg.limits.max_connections.min(4096) as usize)
+                .set_host(false)
+                .retry_canceled_requests(false);
+            if http2 {
+                b.http2_only(true)
+                    .timer(TokioTimer::new())
+                    .http2_adaptive_window(true);
+            }
+            b.build(Connector::new(
+                cfg.connect_timeout,
+                cfg.bind,
+                Arc::clone(&self.connections),
+                cfg.limits,
+            ))
+        })
+    }
+
+    /// Whether requests of this downstream version go upstream as HTTP/2.
+    pub fn uses_http2(&self, downstream_h2: bool) -> bool {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Downstream => downstream_h2,
+        }
+    }
+}
+
+// === impl Host ===
+
+impl Host {
+    fn new(s: &HostSpec) -> Self {
+        Self {
+            addr: s.addr.clone(),
+            weight: s.weight,
+            healthy: s.healthy,
+            active: AtomicU32::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+        }
+    }
+
+    fn carry(s: &HostSpec, old: &Host) -> Self {
+        let h = Self::new(s);
+        h.rq_total
+            .store(old.rq_total.load(Ordering::Relaxed), Ordering::Relaxed);
+        h.rq_error
+            .store(old.rq_error.load(Ordering::Relaxed), Ordering::Relaxed);
+        h
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        match self.outlier.lock() {
+            Ok(st) => st.ejected_until.is_some_and(|t| t > now),
+            Err(_) => false,
+        }
+    }
+
+    /// The address to dial, for HTTP URIs and TCP.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match &self.addr {
+            HostAddr::Ip(a) => Some(*a),
+            HostAddr::Dns(..) => None,
+        }
+    }
+}
+
+/// Counts a request as active on a host (for least-request) until dropped.
+pub struct ActiveGuard(Arc<Host>);
+
+impl ActiveGuard {
+    pub fn new(host: Arc<Host>) -> Self {
+        host.active.fetch_add(1, Ordering::Relaxed);
+        Self(host)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts against a cluster-wide limit until dropped.
+pub struct LimitGuard<'a>(&'a AtomicU32);
+
+impl<'a> LimitGuard<'a> {
+    /// `None` when `counter` is already at `max` (circuit open).
+    pub fn try_new(counter: &'a AtomicU32, max: u32) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter))
+    }
+}
+
+impl Drop for LimitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests;

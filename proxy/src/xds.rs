@@ -1,0 +1,505 @@
+//! The ADS client: one gRPC stream to pilot carrying CDS, EDS, LDS and RDS.
+//!
+//! Delta xDS first (only changes travel), state-of-the-world when pilot answers
+//! `UNIMPLEMENTED` or `--sotw` asks for it. Each response is converted as a whole and ACKed,
+//! or NACKed with the converter's error naming resource and field — and then nothing of it
+//! is applied. A new snapshot is published only once every route configuration and endpoint
+//! set the listeners and clusters name has arrived, so the data plane never sees half an
+//! update. When pilot goes away the proxy keeps serving its last config and reconnects with
+//! capped exponential backoff (10 ms → 15 s, jittered); on reconnect it tells pilot which
+//! versions it holds so nothing is re-sent needlessly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+use envoy_types::pb::google::rpc::Status;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::listen::Listeners;
+use crate::shared::Shared;
+use crate::state::{
+    CLUSTER_TYPE, ENDPOINT_TYPE, Incoming, LISTENER_TYPE, ROUTE_TYPE, Resources, Wanted,
+};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Envoy's `initial_fetch_timeout`: give up waiting for a missing resource and go on.
+const INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("bad discovery address {0:?}")]
+    Address(String),
+    #[error("request channel closed")]
+    Closed,
+}
+
+/// Run the client forever.
+pub async fn run(shared: Arc<Shared>, listeners: Arc<Listeners>, address: String) {
+    let mut backoff = BACKOFF_MIN;
+    let mut delta = !shared.config.sotw_only;
+    let mut publisher = Publisher::new(Arc::clone(&shared), listeners);
+    loop {
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = connect_and_stream(&shared, &mut publisher, &address, delta) => r,
+            _ = shared.drained() => return,
+        };
+        shared.update_xds(|s| s.connected = false);
+        match result {
+            Err(Error::Stream(status)) if delta && status.code() == tonic::Code::Unimplemented => {
+                tracing::info!("pilot has no delta xDS; using state-of-the-world");
+                delta = false;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "xDS stream ended")
+            }
+            Ok(()) => tracing::warn!(
+                retry_in_ms = backoff.as_millis() as u64,
+                "xDS stream closed by pilot"
+            ),
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = BACKOFF_MIN;
+        }
+        let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect_and_stream(
+    shared: &Arc<Shared>,
+    publisher: &mut Publisher,
+    address: &str,
+    delta: bool,
+) -> Result<(), Error> {
+    let uri = if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("http://{address}")
+    };
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|_| Error::Address(address.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true);
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| Error::Connect { addr: uri, source })?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let node = node(shared);
+    shared.update_xds(|s| {
+        s.connected = true;
+        s.mode = if delta { "delta" } else { "sotw" };
+    });
+    tracing::info!(pilot = %address, mode = if delta { "delta" } else { "sotw" }, "xDS connected");
+    if delta {
+        delta_stream(&mut client, publisher, node).await
+    } else {
+        sotw_stream(&mut client, publisher, node).await
+    }
+}
+
+/// This proxy as pilot sees it.
+pub fn node(shared: &Shared) -> Node {
+    let cfg = &shared.config;
+    Node {
+        id: cfg.node_id(),
+        cluster: format!("{}.{}", cfg.workload_name(), cfg.pod_namespace),
+        metadata: Some(Struct {
+            fields: cfg
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        }),
+        user_agent_name: "mast-proxy".into(),
+        ..Default::default()
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        J::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+fn nack(message: String) -> Option<Status> {
+    Some(Status {
+        code: tonic::Code::InvalidArgument as i32,
+        message,
+        details: Vec::new(),
+    })
+}
+
+async fn delta_stream(
+    client: &mut AggregatedDiscoveryServiceClient<Channel>,
+    publisher: &mut Publisher,
+    node: Node,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
+    // Subscribe: wildcard CDS and LDS, and the EDS/RDS names already known (reconnect),
+    // each with the versions held so pilot sends only what changed.
+    let held = publisher.held_versions();
+    let wanted = publisher.wanted();
+    let mut first = Some(node);
+    for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+        let names: Vec<String> = match type_url {
+            ENDPOINT_TYPE => wanted.endpoints.iter().cloned().collect(),
+            ROUTE_TYPE => wanted.routes.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
+        if names.is_empty() && matches!(type_url, ENDPOINT_TYPE | ROUTE_TYPE) {
+            continue;
+        }
+        let req = DeltaDiscoveryRequest {
+            node: first.take(),
+            type_url: type_url.into(),
+            resource_names_subscribe: names,
+            initial_resource_versions: held
+                .get(type_url)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        tx.send(req).await.map_err(|_| Error::Closed)?;
+    }
+    let mut stream = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut subscribed = wanted;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let resp = tokio::select! {
+            m = stream.message() => match m? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            _ = tick.tick() => {
+                publisher.try_publish();
+                continue;
+            }
+        };
+        let incoming: Vec<Incoming> = resp
+            .resources
+            .into_iter()
+            .filter_map(|r| {
+                Some(Incoming {
+                    name: Some(r.name),
+                    version: r.version,
+                    any: r.resource?,
+                })
+            })
+            .collect();
+        let result = publisher.apply(
+            &resp.type_url,
+            &resp.system_version_info,
+            incoming,
+            &resp.removed_resources,
+            false,
+        );
+        let ack = DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            error_detail: result.err().and_then(nack),
+            ..Default::default()
+        };
+        tx.send(ack).await.map_err(|_| Error::Closed)?;
+        // New names to follow: subscribe before publishing so the missing pieces come.
+        let wanted = publisher.wanted();
+        for (type_url, now, before) in [
+            (ENDPOINT_TYPE, &wanted.endpoints, &subscribed.endpoints),
+            (ROUTE_TYPE, &wanted.routes, &subscribed.routes),
+        ] {
+            let add: Vec<String> = now.difference(before).cloned().collect();
+            let remove: Vec<String> = before.difference(now).cloned().collect();
+            if !add.is_empty() || !remove.is_empty() {
+                tx.send(DeltaDiscoveryRequest {
+                    type_url: type_url.into(),
+                    resource_names_subscribe: add,
+                    resource_names_unsubscribe: remove,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|_| Error::Closed)?;
+            }
+        }
+        subscribed = wanted;
+        publisher.try_publish();
+    }
+}
+
+async fn sotw_stream(
+    client: &mut AggregatedDiscoveryServiceClient<Channel>,
+    publisher: &mut Publisher,
+    node: Node,
+) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
+    let mut versions: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let wanted = publisher.wanted();
+    let mut first = Some(node);
+    for type_url in [CLUSTER_TYPE, LISTENER_TYPE] {
+        tx.send(DiscoveryRequest {
+            node: first.take(),
+            type_url: type_url.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
+    }
+    let names_of = |w: &Wanted, t: &str| -> Vec<String> {
+        match t {
+            ENDPOINT_TYPE => w.endpoints.iter().cloned().collect(),
+            _ => w.routes.iter().cloned().collect(),
+        }
+    };
+    for t in [ENDPOINT_TYPE, ROUTE_TYPE] {
+        let names = names_of(&wanted, t);
+        if !names.is_empty() {
+            tx.send(DiscoveryRequest {
+                type_url: t.into(),
+                resource_names: names,
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        }
+    }
+    let mut stream = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut subscribed = wanted;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let resp = tokio::select! {
+            m = stream.message() => match m? {
+                Some(r) => r,
+                None => return Ok(()),
+            },
+            _ = tick.tick() => {
+                publisher.try_publish();
+                continue;
+            }
+        };
+        let incoming: Vec<Incoming> = resp
+            .resources
+            .into_iter()
+            .map(|any| Incoming {
+                name: None,
+                version: String::new(),
+                any,
+            })
+            .collect();
+        let result = publisher.apply(&resp.type_url, &resp.version_info, incoming, &[], true);
+        let wanted = publisher.wanted();
+        let names = match resp.type_url.as_str() {
+            ENDPOINT_TYPE | ROUTE_TYPE => names_of(&wanted, &resp.type_url),
+            _ => Vec::new(),
+        };
+        let entry = versions.entry(resp.type_url.clone()).or_default();
+        let ack_version = match &result {
+            Ok(()) => resp.version_info.clone(),
+            Err(_) => entry.0.clone(),
+        };
+        *entry = (ack_version.clone(), resp.nonce.clone());
+        tx.send(DiscoveryRequest {
+            version_info: ack_version,
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            resource_names: names,
+            error_detail: result.err().and_then(nack),
+            ..Default::default()
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
+        for t in [ENDPOINT_TYPE, ROUTE_TYPE] {
+            let (now, before) = match t {
+                ENDPOINT_TYPE => (&wanted.endpoints, &subscribed.endpoints),
+                _ => (&wanted.routes, &subscribed.routes),
+            };
+            if now != before && resp.type_url != t {
+                let (version, nonce) = versions.get(t).cloned().unwrap_or_default();
+                tx.send(DiscoveryRequest {
+                    version_info: version,
+                    type_url: t.into(),
+                    response_nonce: nonce,
+                    resource_names: now.iter().cloned().collect(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|_| Error::Closed)?;
+            }
+        }
+        subscribed = wanted;
+        publisher.try_publish();
+    }
+}
+
+/// Applies responses to the resource store and publishes complete snapshots.
+pub struct Publisher {
+    shared: Arc<Shared>,
+    listeners: Arc<Listeners>,
+    dirty: bool,
+    incomplete_since: Option<Instant>,
+    bind_error: Option<String>,
+}
+
+impl Publisher {
+    pub fn new(shared: Arc<Shared>, listeners: Arc<Listeners>) -> Self {
+        Self {
+            shared,
+            listeners,
+            dirty: false,
+            incomplete_since: None,
+            bind_error: None,
+        }
+    }
+
+    fn resources(&self) -> std::sync::MutexGuard<'_, Resources> {
+        match self.shared.store.resources.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn wanted(&self) -> Wanted {
+        self.resources().wanted()
+    }
+
+    fn held_versions(&self) -> BTreeMap<&'static str, BTreeMap<String, String>> {
+        let r = self.resources();
+        let mut out = BTreeMap::new();
+        macro_rules! held {
+            ($t:expr, $state:expr) => {
+                out.insert(
+                    $t,
+                    $state
+                        .items
+                        .iter()
+                        .map(|(n, i)| (n.clone(), i.version.clone()))
+                        .collect(),
+                );
+            };
+        }
+        held!(CLUSTER_TYPE, r.clusters);
+        held!(ENDPOINT_TYPE, r.endpoints);
+        held!(LISTENER_TYPE, r.listeners);
+        held!(ROUTE_TYPE, r.routes);
+        out
+    }
+
+    /// Apply one response; the error is the NACK detail.
+    pub fn apply(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        incoming: Vec<Incoming>,
+        removed: &[String],
+        replace: bool,
+    ) -> Result<(), String> {
+        let count = incoming.len();
+        let result = self
+            .resources()
+            .apply(type_url, version, incoming, removed, replace);
+        match &result {
+            Ok(()) => {
+                self.dirty = true;
+                tracing::debug!(
+                    type_url,
+                    version,
+                    count,
+                    removed = removed.len(),
+                    "xDS applied"
+                );
+                self.shared.update_xds(|s| {
+                    s.acked.insert(type_url.to_string(), version.to_string());
+                });
+            }
+            Err(e) => {
+                tracing::warn!(type_url, version, error = %e, "xDS rejected (NACK); keeping the last good config");
+                self.shared
+                    .update_xds(|s| s.last_nack = Some(format!("{type_url}: {e}")));
+            }
+        }
+        let bind = if type_url == LISTENER_TYPE && result.is_ok() {
+            self.try_publish();
+            self.bind_error.take()
+        } else {
+            None
+        };
+        match (result, bind) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(e)) => Err(e),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// Publish a snapshot if something changed and the set is complete (or the initial
+    /// fetch timeout has passed).
+    pub fn try_publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let missing = self.resources().missing();
+        if !missing.is_empty() {
+            let since = *self.incomplete_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < INITIAL_FETCH_TIMEOUT {
+                return;
+            }
+            tracing::warn!(?missing, "publishing without resources pilot has not sent");
+        }
+        let snap = self.resources().snapshot(&self.shared.store.current.load());
+        self.incomplete_since = None;
+        self.dirty = false;
+        if let Err(e) = self.listeners.reconcile(&snap) {
+            tracing::warn!(error = %e, "some listeners could not start");
+            self.bind_error = Some(e);
+        }
+        let counts = (snap.listeners.len(), snap.routes.len(), snap.clusters.len());
+        self.shared.store.current.store(Arc::new(snap));
+        tracing::info!(
+            listeners = counts.0,
+            routes = counts.1,
+            clusters = counts.2,
+            "config applied"
+        );
+        if !*self.shared.ready.borrow() {
+            self.shared.ready.send_replace(true);
+        }
+    }
+}
