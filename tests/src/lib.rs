@@ -204,12 +204,35 @@ impl Mastd {
     }
 }
 
-/// A sidecar Envoy for one "pod", bootstrapped by `mastctl bootstrap` in NONE interception
-/// mode (outbound listeners on 127.0.0.1:<service port>).
-pub struct Envoy {
+/// Which proxy plays the sidecar: a real Envoy (the compatibility reference) or mast-proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarKind {
+    Envoy,
+    Mast,
+}
+
+impl std::fmt::Display for SidecarKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Envoy => "Envoy",
+            Self::Mast => "mast-proxy",
+        })
+    }
+}
+
+/// A sidecar for one "pod" in NONE interception mode (outbound listeners on
+/// 127.0.0.1:<service port>): Envoy bootstrapped by `mastctl bootstrap`, or mast-proxy
+/// configured by Istio's sidecar environment.
+pub struct Sidecar {
+    pub kind: SidecarKind,
     pub proc: Proc,
     pub admin_port: u16,
+    /// mast-proxy's Prometheus port (Envoy serves stats on its admin port).
+    pub stats_port: u16,
 }
+
+/// Kept for the Envoy-only call sites.
+pub type Envoy = Sidecar;
 
 pub struct PodSpec<'a> {
     pub name: &'a str,
@@ -218,65 +241,133 @@ pub struct PodSpec<'a> {
     pub service_account: &'a str,
 }
 
-impl Envoy {
+impl PodSpec<'_> {
+    fn labels_arg(&self) -> String {
+        self.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Sidecar {
+    /// An Envoy sidecar (the name the Envoy-only tests use).
     pub async fn start(
         pod: &PodSpec<'_>,
         xds: SocketAddr,
         work: &Path,
         delta: bool,
     ) -> Result<Self> {
+        Self::start_kind(SidecarKind::Envoy, pod, "127.0.0.1", xds, work, delta).await
+    }
+
+    /// A sidecar of `kind` for `pod` at `ip`.
+    pub async fn start_kind(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        ip: &str,
+        xds: SocketAddr,
+        work: &Path,
+        delta: bool,
+    ) -> Result<Self> {
         let admin_port = free_port();
-        let labels = pod
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cmd = Command::new(bin("mastctl"));
-        cmd.args(["bootstrap", "--pod", pod.name, "--namespace", pod.namespace])
-            .args(["--ip", "127.0.0.1", "--labels", &labels])
-            .args(["--service-account", pod.service_account])
-            .args(["--xds-address", &xds.to_string()])
-            .args(["--interception-mode", "NONE"])
-            .args(["--admin-port", &admin_port.to_string()]);
-        if delta {
-            cmd.arg("--delta");
-        }
-        let out = cmd.output().context("run mastctl bootstrap")?;
-        if !out.status.success() {
-            bail!(
-                "mastctl bootstrap failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let bootstrap = work.join(format!("envoy-{}.json", pod.name));
-        std::fs::write(&bootstrap, &out.stdout)?;
-        let proc = Proc::spawn(
-            "envoy",
-            Command::new(envoy_bin())
-                .arg("-c")
-                .arg(&bootstrap)
-                .args(["--concurrency", "1", "--use-dynamic-base-id"])
-                .args(["-l", "warning", "--drain-time-s", "1"]),
-            work.join(format!("envoy-{}.log", pod.name)),
-        )?;
-        let mut envoy = Self { proc, admin_port };
+        let stats_port = free_port();
+        let proc = match kind {
+            SidecarKind::Envoy => {
+                let mut cmd = Command::new(bin("mastctl"));
+                cmd.args(["bootstrap", "--pod", pod.name, "--namespace", pod.namespace])
+                    .args(["--ip", ip, "--labels", &pod.labels_arg()])
+                    .args(["--service-account", pod.service_account])
+                    .args(["--xds-address", &xds.to_string()])
+                    .args(["--interception-mode", "NONE"])
+                    .args(["--admin-port", &admin_port.to_string()]);
+                if delta {
+                    cmd.arg("--delta");
+                }
+                let out = cmd.output().context("run mastctl bootstrap")?;
+                if !out.status.success() {
+                    bail!(
+                        "mastctl bootstrap failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                let bootstrap = work.join(format!("envoy-{}.json", pod.name));
+                std::fs::write(&bootstrap, &out.stdout)?;
+                Proc::spawn(
+                    "envoy",
+                    Command::new(envoy_bin())
+                        .arg("-c")
+                        .arg(&bootstrap)
+                        .args(["--concurrency", "1", "--use-dynamic-base-id"])
+                        .args(["-l", "warning", "--drain-time-s", "1"]),
+                    work.join(format!("envoy-{}.log", pod.name)),
+                )?
+            }
+            SidecarKind::Mast => {
+                let mut cmd = Command::new(bin("mast-proxy"));
+                cmd.env("POD_NAME", pod.name)
+                    .env("POD_NAMESPACE", pod.namespace)
+                    .env("INSTANCE_IP", ip)
+                    .env("SERVICE_ACCOUNT", pod.service_account)
+                    .env("ISTIO_META_INTERCEPTION_MODE", "NONE")
+                    .env(
+                        "PROXY_CONFIG",
+                        format!(
+                            r#"{{"discoveryAddress":"{xds}","terminationDrainDuration":"1s"}}"#
+                        ),
+                    )
+                    .env("RUST_LOG", "info")
+                    .args(["--labels", &pod.labels_arg()])
+                    .args(["--admin-port", &admin_port.to_string()])
+                    .args(["--stats-port", &stats_port.to_string()])
+                    .args(["--status-port", &free_port().to_string()])
+                    .args(["--concurrency", "1"]);
+                if let Some((_, app)) = pod.labels.iter().find(|(k, _)| *k == "app") {
+                    let version = pod
+                        .labels
+                        .iter()
+                        .find(|(k, _)| *k == "version")
+                        .map_or("", |(_, v)| v);
+                    let workload = if version.is_empty() {
+                        app.to_string()
+                    } else {
+                        format!("{app}-{version}")
+                    };
+                    cmd.env("ISTIO_META_WORKLOAD_NAME", workload);
+                }
+                if !delta {
+                    cmd.arg("--sotw");
+                }
+                Proc::spawn(
+                    "mast-proxy",
+                    &mut cmd,
+                    work.join(format!("mast-proxy-{}.log", pod.name)),
+                )?
+            }
+        };
+        let mut sidecar = Self {
+            kind,
+            proc,
+            admin_port,
+            stats_port,
+        };
         let client = HttpClient::new();
         let url = format!("http://127.0.0.1:{admin_port}/ready");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            envoy.proc.check_running()?;
+            sidecar.proc.check_running()?;
             if let Ok((StatusCode::OK, _)) = client.get(&url, None, &[]).await {
-                return Ok(envoy);
+                return Ok(sidecar);
             }
             if Instant::now() > deadline {
-                bail!("envoy not ready after 30s:\n{}", envoy.proc.log_text());
+                bail!("{kind} not ready after 30s:\n{}", sidecar.proc.log_text());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// An Envoy admin page as text (`/config_dump`, `/clusters`, …).
+    /// An admin page as text (`/config_dump`, `/clusters`, …).
     pub async fn admin(&self, path: &str) -> Result<String> {
         let (_, body) = HttpClient::new()
             .get(
@@ -286,6 +377,15 @@ impl Envoy {
             )
             .await?;
         Ok(body)
+    }
+
+    /// The Prometheus exposition.
+    pub async fn prometheus(&self) -> Result<String> {
+        let url = match self.kind {
+            SidecarKind::Envoy => format!("http://127.0.0.1:{}/stats/prometheus", self.admin_port),
+            SidecarKind::Mast => format!("http://127.0.0.1:{}/stats/prometheus", self.stats_port),
+        };
+        Ok(HttpClient::new().get(&url, None, &[]).await?.1)
     }
 }
 
@@ -300,6 +400,11 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &str) -> Result<Self> {
+        Self::start_flaky(name, 0).await
+    }
+
+    /// A backend that answers 503 to every `fail_every`-th request (0: never).
+    pub async fn start_flaky(name: &str, fail_every: u64) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let requests = Arc::new(AtomicU64::new(0));
@@ -313,12 +418,14 @@ impl Backend {
                 let (name, requests) = (name_c.clone(), req_c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req: Request<Incoming>| {
-                        requests.fetch_add(1, Ordering::Relaxed);
+                        let n = requests.fetch_add(1, Ordering::Relaxed) + 1;
                         let body = name.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
+                            let mut resp = Response::new(Full::new(Bytes::from(body)));
+                            if fail_every > 0 && n % fail_every == 0 {
+                                *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

@@ -59,8 +59,8 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -69,6 +69,12 @@ where
                     && let Some(s) = trailers.get("grpc-status")
                 {
                     *this.grpc_status = s.to_str().ok().and_then(|s| s.parse().ok());
+                }
+                // hyper stops polling once the body says it has ended.
+                if this.inner.is_end_stream()
+                    && let Some(r) = this.recorder.take()
+                {
+                    r.finish(*this.grpc_status, *this.bytes, false);
                 }
             }
             Poll::Ready(None) => {

