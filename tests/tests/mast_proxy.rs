@@ -1,0 +1,460 @@
+//! mast-proxy beyond the shared proofs: retries hide a flaky backend, outlier detection
+//! ejects a dead one, gRPC (HTTP/2 with trailers) passes through with a real tonic client and
+//! server, and Istio's request metrics count exactly what was sent — on both sides of a call.
+//!
+//! Two "pods" on loopback, each with its own mast-proxy in NONE interception mode: the client
+//! at 127.0.0.1 (outbound listener on 127.0.0.1:<service port>), and `user-v1` at 127.0.0.11,
+//! whose sidecar binds the inbound port on its instance IP (a Sidecar `ingress`) and forwards
+//! to the app on 127.0.0.1. The server's Sidecar resource gives it no egress, so its outbound
+//! listeners do not collide with the client's on the shared loopback.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use mast_e2e::{
+    Backend, HttpClient, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port, send_requests,
+};
+
+const CLIENT: PodSpec<'static> = PodSpec {
+    name: "client-1",
+    namespace: "default",
+    labels: &[("app", "client")],
+    service_account: "client",
+};
+
+const SERVER: PodSpec<'static> = PodSpec {
+    name: "user-v1-1",
+    namespace: "default",
+    labels: &[("app", "user"), ("version", "v1")],
+    service_account: "user",
+};
+const SERVER_IP: &str = "127.0.0.11";
+
+/// Sum of `metric` samples whose labels include every `want` pair.
+fn sum_samples(exposition: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            want.iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+struct Pods {
+    _dir: tempfile::TempDir,
+    _mastd: Mastd,
+    client: Sidecar,
+    server: Sidecar,
+    url: String,
+    backend: Backend,
+}
+
+/// `user` (one workload, behind its own sidecar) and a client pod.
+async fn two_pods(fail_every: u64) -> Result<Pods> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let backend = Backend::start_flaky("v1", fail_every).await?;
+    let port = free_port();
+    let inbound = free_port();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: user, namespace: default}}
+spec:
+  selector: {{app: user}}
+  ports:
+  - {{name: http, port: {port}, targetPort: {inbound}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-v1-1, namespace: default}}
+spec:
+  address: {SERVER_IP}
+  labels: {{app: user, version: v1}}
+  serviceAccount: user
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: user, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: user}}}}
+  ingress:
+  - port: {{number: {inbound}, protocol: HTTP, name: http}}
+    defaultEndpoint: 127.0.0.1:{backend}
+  egress:
+  - hosts: ["nowhere/*"]
+"#,
+            backend = backend.port
+        ),
+    )?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let server = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &SERVER,
+        SERVER_IP,
+        mastd.xds_addr,
+        dir.path(),
+        true,
+    )
+    .await?;
+    let client = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &CLIENT,
+        "127.0.0.1",
+        mastd.xds_addr,
+        dir.path(),
+        true,
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let http = HttpClient::new();
+    eventually(
+        "user answers through both sidecars",
+        Duration::from_secs(20),
+        || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let (status, body) = http.get(&url, Some("user"), &[]).await?;
+                ensure!(status == 200 || status == 503, "{status}: {body}");
+                ensure!(body == "v1" || fail_every > 0, "{status}: {body}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(Pods {
+        _dir: dir,
+        _mastd: mastd,
+        client,
+        server,
+        url,
+        backend,
+    })
+}
+
+/// istio_requests_total on each side equals the requests sent, with the workloads named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_count_exactly_on_both_sides() -> Result<()> {
+    let pods = two_pods(0).await?;
+    // Counters from the readiness probe above are part of the baseline.
+    let labels_src = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("source_app", "client"),
+        ("destination_workload", "user-v1"),
+        ("destination_app", "user"),
+        ("destination_version", "v1"),
+        ("destination_service", "user.default.svc.cluster.local"),
+        ("destination_service_name", "user"),
+        ("destination_service_namespace", "default"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+    ];
+    let labels_dst = [
+        ("reporter", "destination"),
+        ("source_workload", "client"),
+        ("source_workload_namespace", "default"),
+        ("destination_workload", "user-v1"),
+        ("destination_app", "user"),
+        ("response_code", "200"),
+    ];
+    let before_src = sum_samples(
+        &pods.client.prometheus().await?,
+        "istio_requests_total",
+        &labels_src,
+    );
+    let before_dst = sum_samples(
+        &pods.server.prometheus().await?,
+        "istio_requests_total",
+        &labels_dst,
+    );
+    let n = 500;
+    let t = send_requests(&pods.url, "user", &[], n, 4).await;
+    assert_eq!(t.failures(), 0, "{:?}", t.errors);
+    let client = pods.client.prometheus().await?;
+    let server = pods.server.prometheus().await?;
+    let src = sum_samples(&client, "istio_requests_total", &labels_src) - before_src;
+    let dst = sum_samples(&server, "istio_requests_total", &labels_dst) - before_dst;
+    eprintln!("sent {n}; reporter=source counted {src}, reporter=destination counted {dst}");
+    assert_eq!(src, n as f64, "client side:\n{client}");
+    assert_eq!(dst, n as f64, "server side:\n{server}");
+    // The duration histogram saw every request too.
+    let hist = sum_samples(
+        &client,
+        "istio_request_duration_milliseconds_count",
+        &labels_src,
+    );
+    assert!(hist >= n as f64, "duration count {hist}");
+    Ok(())
+}
+
+/// A backend failing every other request is invisible to the client: Istio's default
+/// retry policy (503 is retriable) retries on the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_a_flaky_backend() -> Result<()> {
+    let pods = two_pods(2).await?;
+    let before = pods
+        .backend
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // One request at a time, so "every other" is exact: each first attempt that fails is
+    // followed by one that succeeds.
+    let n = 300;
+    let t = send_requests(&pods.url, "user", &[], n, 1).await;
+    let served = pods
+        .backend
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - before;
+    eprintln!(
+        "client saw {:?}; the backend answered {served} times",
+        t.by_status
+    );
+    assert_eq!(t.failures(), 0, "{:?}", t.errors);
+    assert_eq!(t.by_status.get(&200).copied(), Some(n), "{t:?}");
+    assert!(
+        served >= n + n / 3,
+        "too few retries reached the backend: {served}"
+    );
+    let stats = pods.client.admin("/stats").await?;
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.contains("upstream_rq_retry: ") && !l.ends_with(": 0")),
+        "no retries counted:\n{stats}"
+    );
+    Ok(())
+}
+
+/// A dead endpoint is ejected by outlier detection, and retries to another host hide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outlier_detection_ejects_a_dead_backend() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let alive = Backend::start("alive").await?;
+    let dead_port = free_port();
+    let port = free_port();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: user, namespace: default}}
+spec:
+  selector: {{app: user}}
+  ports:
+  - {{name: http, port: {port}, targetPort: http}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-alive, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user}}
+  ports: {{http: {alive}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-dead, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user}}
+  ports: {{http: {dead_port}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: user, namespace: default}}
+spec:
+  host: user
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection:
+      consecutive5xxErrors: 2
+      interval: 1s
+      baseEjectionTime: 60s
+      maxEjectionPercent: 100
+"#,
+            alive = alive.port
+        ),
+    )?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let client = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &CLIENT,
+        "127.0.0.1",
+        mastd.xds_addr,
+        dir.path(),
+        true,
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let dead = format!("127.0.0.1:{dead_port}");
+    let first = send_requests(&url, "user", &[], 100, 2).await;
+    eprintln!("first 100 requests: {:?}", first.by_status);
+    assert_eq!(first.by_status.get(&200).copied(), Some(100), "{first:?}");
+    let clusters = eventually(
+        "the dead host is ejected",
+        Duration::from_secs(5),
+        || async {
+            let clusters = client.admin("/clusters").await?;
+            ensure!(
+                clusters.contains(&format!("{dead}::health_flags::/failed_outlier_check")),
+                "not ejected yet:\n{clusters}"
+            );
+            Ok(clusters)
+        },
+    )
+    .await?;
+    let rq_total = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| {
+                l.contains(&format!(
+                    "||user.default.svc.cluster.local::{dead}::rq_total::"
+                ))
+            })
+            .and_then(|l| l.rsplit("::").next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let tried_before = rq_total(&clusters);
+    let second = send_requests(&url, "user", &[], 100, 2).await;
+    assert_eq!(second.by_status.get(&200).copied(), Some(100), "{second:?}");
+    let tried_after = rq_total(&client.admin("/clusters").await?);
+    eprintln!(
+        "dead host attempts: {tried_before} before ejection, {tried_after} after 100 more requests"
+    );
+    assert_eq!(
+        tried_before, tried_after,
+        "an ejected host still got traffic"
+    );
+    Ok(())
+}
+
+/// gRPC through the sidecar: a real tonic client and server (HTTP/2, trailers, streaming).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_passes_through_with_trailers() -> Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("user.Users", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_port = listener.local_addr()?.port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let port = free_port();
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: user, namespace: default}}
+spec:
+  selector: {{app: user}}
+  ports:
+  - {{name: grpc, port: {port}, targetPort: grpc}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-1, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user}}
+  ports: {{grpc: {grpc_port}}}
+"#
+        ),
+    )?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let sidecar = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &CLIENT,
+        "127.0.0.1",
+        mastd.xds_addr,
+        dir.path(),
+        false,
+    )
+    .await?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+        .origin(format!("http://user:{port}").parse()?)
+        .connect()
+        .await
+        .context("connect to the sidecar")?;
+    let mut client = HealthClient::new(channel);
+    let ok = client
+        .check(HealthCheckRequest {
+            service: "user.Users".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(ok.status, ServingStatus::Serving as i32);
+    // An error status travels in trailers (grpc-status 5, NOT_FOUND).
+    let err = client
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service must fail");
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    // Server streaming over the same HTTP/2 connection.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "user.Users".into(),
+        })
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .context("no streamed message")??
+        .context("stream ended")?;
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    reporter
+        .set_service_status("user.Users", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .context("no second streamed message")??
+        .context("stream ended")?;
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+    drop(stream);
+    // 100 unary calls, then the metrics: protocol grpc, grpc status 0 and 5.
+    for _ in 0..100 {
+        client
+            .check(HealthCheckRequest {
+                service: "user.Users".into(),
+            })
+            .await?;
+    }
+    let metrics = eventually("grpc metrics recorded", Duration::from_secs(3), || async {
+        let m = sidecar.prometheus().await?;
+        let ok = sum_samples(
+            &m,
+            "istio_requests_total",
+            &[("request_protocol", "grpc"), ("grpc_response_status", "0")],
+        );
+        ensure!(ok >= 101.0, "grpc OK count {ok}");
+        Ok(m)
+    })
+    .await?;
+    let not_found = sum_samples(
+        &metrics,
+        "istio_requests_total",
+        &[("request_protocol", "grpc"), ("grpc_response_status", "5")],
+    );
+    assert_eq!(not_found, 1.0, "{metrics}");
+    Ok(())
+}
