@@ -116,6 +116,33 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Send a signal (SIGTERM = 15) to the process.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on the PID of a child this guard owns and has not reaped.
+        let rc = unsafe { libc::kill(pid, sig) };
+        anyhow::ensure!(rc == 0, "kill({pid}, {sig}) failed");
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} still running after {timeout:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Fail if the process has already exited (it should be serving).
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {

@@ -458,3 +458,253 @@ spec:
     assert_eq!(not_found, 1.0, "{metrics}");
     Ok(())
 }
+
+/// A static `--config` bootstrap (the same file `envoy -c` takes) to a backend on `port`.
+fn static_bootstrap(
+    dir: &std::path::Path,
+    listen: u16,
+    admin: u16,
+    backend: u16,
+) -> Result<std::path::PathBuf> {
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: web
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend, timeout: 10s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// An HTTP backend that answers "slow" after `delay`.
+async fn slow_backend(delay: Duration) -> Result<u16> {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"slow")),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+fn spawn_static(dir: &std::path::Path, bootstrap: &std::path::Path) -> Result<mast_e2e::Proc> {
+    mast_e2e::Proc::spawn(
+        "mast-proxy",
+        std::process::Command::new(mast_e2e::bin("mast-proxy"))
+            .arg("--config")
+            .arg(bootstrap)
+            .args(["--stats-port", &free_port().to_string()])
+            .args(["--status-port", &free_port().to_string()])
+            .args(["--drain", "3s", "--concurrency", "1"]),
+        dir.join("static.log"),
+    )
+}
+
+async fn wait_ready(admin: u16) -> Result<()> {
+    eventually("mast-proxy ready", Duration::from_secs(10), || async move {
+        let (status, body) = HttpClient::new()
+            .get(&format!("http://127.0.0.1:{admin}/ready"), None, &[])
+            .await?;
+        ensure!(status == 200, "{status} {body}");
+        Ok(())
+    })
+    .await
+}
+
+/// Raw bytes in, the first response line out.
+async fn raw_exchange(port: u16, bytes: &[u8]) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(bytes).await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .context("no answer")??;
+    Ok(String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+/// Malformed and hostile traffic gets the right status or a clean close, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_traffic_gets_clean_answers() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backend = Backend::start("ok").await?;
+    let (listen, admin) = (free_port(), free_port());
+    let boot = static_bootstrap(dir.path(), listen, admin, backend.port)?;
+    let mut proxy = spawn_static(dir.path(), &boot)?;
+    wait_ready(admin).await?;
+    let bad_line = raw_exchange(listen, b"GARBAGE\r\n\r\n").await?;
+    assert!(bad_line.starts_with("HTTP/1.1 400"), "{bad_line:?}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let too_big = raw_exchange(listen, huge.as_bytes()).await?;
+    assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big:?}");
+    let no_host_10 = raw_exchange(listen, b"GET / HTTP/1.0\r\n\r\n").await?;
+    assert!(
+        no_host_10.starts_with("HTTP/1.0 200") || no_host_10.starts_with("HTTP/1.1 200"),
+        "{no_host_10:?}"
+    );
+    // A client that half-closes after its request still gets its answer.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        s.shutdown().await?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await??;
+        assert!(
+            out.starts_with("HTTP/1.1 200") && out.ends_with("ok"),
+            "{out:?}"
+        );
+    }
+    // Idle connections that never send anything, and ones that hang up mid-request.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?);
+    }
+    for _ in 0..50 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Le")
+            .await?;
+    }
+    drop(idle);
+    let t = send_requests(&format!("http://127.0.0.1:{listen}/"), "x", &[], 200, 4).await;
+    assert_eq!(t.failures(), 0, "{:?}", t.errors);
+    proxy.check_running()?;
+    assert!(
+        !proxy.log_text().contains("panicked"),
+        "{}",
+        proxy.log_text()
+    );
+    Ok(())
+}
+
+/// SIGTERM: stop accepting, let the in-flight request finish, exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backend = slow_backend(Duration::from_millis(1500)).await?;
+    let (listen, admin) = (free_port(), free_port());
+    let boot = static_bootstrap(dir.path(), listen, admin, backend)?;
+    let mut proxy = spawn_static(dir.path(), &boot)?;
+    wait_ready(admin).await?;
+    let url = format!("http://127.0.0.1:{listen}/");
+    let in_flight = tokio::spawn(async move { HttpClient::new().get(&url, Some("x"), &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(15)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await;
+    assert!(refused.is_err(), "still accepting while draining");
+    let (status, body) = in_flight.await??;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
+    let code = proxy.wait_exit(Duration::from_secs(6))?;
+    assert_eq!(code, Some(0), "{}", proxy.log_text());
+    Ok(())
+}
+
+/// `/quitquitquit` drains and exits too (Jobs need it); bad environment exits 64 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quitquitquit_and_bad_environment() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backend = Backend::start("ok").await?;
+    let (listen, admin) = (free_port(), free_port());
+    let boot = static_bootstrap(dir.path(), listen, admin, backend.port)?;
+    let mut proxy = spawn_static(dir.path(), &boot)?;
+    wait_ready(admin).await?;
+    let answer = raw_exchange(
+        admin,
+        b"POST /quitquitquit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(6))?, Some(0));
+
+    let out = std::process::Command::new(mast_e2e::bin("mast-proxy"))
+        .env("INSTANCE_IP", "10.0.0")
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INSTANCE_IP") && err.contains("10.0.0"),
+        "{err}"
+    );
+
+    // A config mast-proxy cannot honour is refused naming the resource and field.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&boot)?
+            .replace("envoy.filters.http.router", "envoy.filters.http.lua"),
+    )?;
+    let out = std::process::Command::new(mast_e2e::bin("mast-proxy"))
+        .arg("--config")
+        .arg(&bad)
+        .args([
+            "--admin-port",
+            &free_port().to_string(),
+            "--stats-port",
+            "0",
+            "--status-port",
+            "0",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Listener \"web\"") && err.contains("http_filters[0]") && err.contains("lua"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -62,6 +62,8 @@ pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream) {
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        // A client may shut its write side and still wait for the answer.
+        .half_close(true)
         .max_buf_size(96 * 1024);
     builder
         .http2()

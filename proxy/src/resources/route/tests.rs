@@ -1,1 +1,262 @@
 use super::*;
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, RouteConfiguration, VirtualHost as VhProto,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+
+fn parts(uri: &str, host: &str, headers: &[(&str, &str)]) -> Parts {
+    let mut b = http::Request::get(uri).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+fn route(m: rv3::RouteMatch, cluster: &str) -> rv3::Route {
+    rv3::Route {
+        r#match: Some(m),
+        action: Some(RouteActionKind::Route(rv3::RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn prefix(p: &str) -> rv3::RouteMatch {
+    rv3::RouteMatch {
+        path_specifier: Some(PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    }
+}
+
+fn cluster_of(r: &Route) -> &str {
+    match &r.action {
+        Action::Forward(f) => f.pick_cluster(),
+        _ => "",
+    }
+}
+
+fn table(hosts: Vec<VhProto>) -> RouteTable {
+    RouteTable::from_proto(&RouteConfiguration {
+        name: "80".into(),
+        virtual_hosts: hosts,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn virtual_hosts_are_found_as_envoy_finds_them() {
+    let vh = |name: &str, domains: &[&str]| VhProto {
+        name: name.into(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        routes: vec![route(prefix("/"), name)],
+        ..Default::default()
+    };
+    let t = table(vec![
+        vh(
+            "exact",
+            &["user", "user:80", "user.default.svc.cluster.local"],
+        ),
+        vh("suffix", &["*.example.com"]),
+        vh("longer-suffix", &["*.api.example.com"]),
+        vh("prefix", &["foo.*"]),
+        vh("any", &["*"]),
+    ]);
+    let name = |h: &str| t.find_host(h).map(|v| v.name.clone()).unwrap_or_default();
+    assert_eq!(name("user"), "exact");
+    assert_eq!(name("USER:80"), "exact");
+    assert_eq!(
+        name("user:9999"),
+        "exact",
+        "port stripped when no exact match"
+    );
+    assert_eq!(name("a.example.com"), "suffix");
+    assert_eq!(name("v1.api.example.com"), "longer-suffix");
+    assert_eq!(name("foo.bar"), "prefix");
+    assert_eq!(name("other"), "any");
+}
+
+#[test]
+fn duplicate_domains_are_rejected_with_the_field() {
+    let vh = |name: &str| VhProto {
+        name: name.into(),
+        domains: vec!["user".into()],
+        routes: vec![route(prefix("/"), "c")],
+        ..Default::default()
+    };
+    let err = RouteTable::from_proto(&RouteConfiguration {
+        name: "80".into(),
+        virtual_hosts: vec![vh("a"), vh("b")],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.kind, "RouteConfiguration");
+    assert_eq!(err.field, "virtual_hosts[1].domains[0]");
+}
+
+#[test]
+fn routes_match_path_headers_and_query_in_order() {
+    let header = |name: &str, exact: &str| HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(exact.into())),
+            ignore_case: false,
+        })),
+        ..Default::default()
+    };
+    let mut jason = prefix("/");
+    jason.headers.push(header("end-user", "jason"));
+    let mut q = prefix("/");
+    q.query_parameters.push(rv3::QueryParameterMatcher {
+        name: "debug".into(),
+        query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::PresentMatch(true)),
+    });
+    let regex = rv3::RouteMatch {
+        path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher {
+            regex: "/items/[0-9]+".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let exact = rv3::RouteMatch {
+        path_specifier: Some(PathSpecifier::Path("/exact".into())),
+        ..Default::default()
+    };
+    let sep = rv3::RouteMatch {
+        path_specifier: Some(PathSpecifier::PathSeparatedPrefix("/api".into())),
+        ..Default::default()
+    };
+    let t = table(vec![VhProto {
+        name: "v".into(),
+        domains: vec!["*".into()],
+        routes: vec![
+            route(jason, "v2"),
+            route(q, "debug"),
+            route(regex, "items"),
+            route(exact, "exact"),
+            route(sep, "api"),
+            route(prefix("/"), "v1"),
+        ],
+        ..Default::default()
+    }]);
+    let vh = t.find_host("user").unwrap();
+    let pick = |uri: &str, headers: &[(&str, &str)]| {
+        cluster_of(vh.find_route(&parts(uri, "user", headers)).unwrap()).to_string()
+    };
+    assert_eq!(pick("/", &[("end-user", "jason")]), "v2");
+    assert_eq!(pick("/", &[("end-user", "alice")]), "v1");
+    assert_eq!(pick("/x?debug=1", &[]), "debug");
+    assert_eq!(pick("/items/42", &[]), "items");
+    assert_eq!(pick("/items/42/x", &[]), "v1", "regex is a full match");
+    assert_eq!(pick("/exact", &[]), "exact");
+    assert_eq!(pick("/exact/no", &[]), "v1");
+    assert_eq!(pick("/api/users", &[]), "api");
+    assert_eq!(
+        pick("/apiary", &[]),
+        "v1",
+        "path_separated_prefix needs a separator"
+    );
+}
+
+#[test]
+fn weighted_clusters_split_by_weight() {
+    let f = Forward::from_proto(&rv3::RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(rv3::WeightedCluster {
+            clusters: vec![
+                rv3::weighted_cluster::ClusterWeight {
+                    name: "v1".into(),
+                    weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 80 }),
+                    ..Default::default()
+                },
+                rv3::weighted_cluster::ClusterWeight {
+                    name: "v2".into(),
+                    weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 20 }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .unwrap();
+    let v1 = (0..10_000).filter(|_| f.pick_cluster() == "v1").count();
+    assert!((7_700..8_300).contains(&v1), "{v1}");
+    assert_eq!(
+        f.timeout,
+        Some(Duration::from_secs(15)),
+        "Envoy's default route timeout"
+    );
+}
+
+#[test]
+fn retry_policy_conditions_and_unknown_ones() {
+    let p = RetryPolicy::from_proto(&rv3::RetryPolicy {
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            .into(),
+        num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 2 }),
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(p.retries_status(503, None));
+    assert!(!p.retries_status(500, None));
+    assert!(p.retries_status(200, Some(14)), "grpc UNAVAILABLE");
+    assert!(p.retries_connect_failure());
+    assert_eq!(p.num_retries, 2);
+    let err = RetryPolicy::from_proto(&rv3::RetryPolicy {
+        retry_on: "5xx,sometimes".into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field, "retry_on");
+    assert!(err.message.contains("sometimes"));
+}
+
+#[test]
+fn rewrites_and_redirects() {
+    let f = Forward::from_proto(&rv3::RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+        prefix_rewrite: "/v2/".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let m = RouteMatch::from_proto(&prefix("/v1/")).unwrap();
+    assert_eq!(
+        f.rewrite_path(&m, "/v1/users").as_deref(),
+        Some("/v2/users")
+    );
+    let r = Redirect::from_proto(&rv3::RedirectAction {
+        host_redirect: "new.example.com".into(),
+        path_rewrite_specifier: Some(PathRewriteSpecifier::PathRedirect("/moved".into())),
+        ..Default::default()
+    })
+    .unwrap();
+    let loc = r.location(&m, &parts("/v1/x?a=1", "old:8080", &[]), "http");
+    assert_eq!(loc, "http://new.example.com/moved?a=1");
+    assert_eq!(r.status, http::StatusCode::MOVED_PERMANENTLY);
+}
+
+#[test]
+fn bad_regex_names_its_field() {
+    let m = rv3::RouteMatch {
+        path_specifier: Some(PathSpecifier::SafeRegex(RegexMatcher {
+            regex: "(".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let err = RouteTable::from_proto(&RouteConfiguration {
+        name: "80".into(),
+        virtual_hosts: vec![VhProto {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![route(m, "c")],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.field, "virtual_hosts[0].routes[0].match.safe_regex");
+}
