@@ -257,6 +257,16 @@ impl ConfigDumpBuilder {
     pub fn to_json(&self) -> Result<Value, Error> {
         message_to_json(&self.build())
     }
+
+    /// [`Self::to_json`] with a given descriptor pool (see [`crate::json::fresh_pool`]).
+    pub fn to_json_in(&self, pool: &prost_reflect::DescriptorPool) -> Result<Value, Error> {
+        let dump = self.build();
+        crate::json::encoded_to_json_in(
+            pool,
+            &<ConfigDump as prost::Name>::full_name(),
+            &prost::Message::encode_to_vec(&dump),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -60,9 +60,19 @@ pub fn pool() -> Result<&'static DescriptorPool, Error> {
     POOL.as_ref().map_err(|e| Error::Pool(e.clone()))
 }
 
+/// A private copy of the pool, dropped with its owner. For binaries that need reflection
+/// once or rarely (a sidecar parsing its bootstrap, rendering a config dump) and should not
+/// keep the ~25 MB of decoded descriptors resident for the rest of their life.
+pub fn fresh_pool() -> Result<DescriptorPool, Error> {
+    DescriptorPool::decode(DESCRIPTORS).map_err(|e| Error::Pool(e.to_string()))
+}
+
 fn descriptor(type_name: &str) -> Result<MessageDescriptor, Error> {
-    pool()?
-        .get_message_by_name(type_name)
+    descriptor_in(pool()?, type_name)
+}
+
+fn descriptor_in(pool: &DescriptorPool, type_name: &str) -> Result<MessageDescriptor, Error> {
+    pool.get_message_by_name(type_name)
         .ok_or_else(|| Error::UnknownType(type_name.to_string()))
 }
 
@@ -80,10 +90,21 @@ fn serialize_options() -> SerializeOptions {
 /// The serialized message `bytes` of type `type_name` (e.g.
 /// `envoy.config.cluster.v3.Cluster`) as proto3 JSON.
 pub fn encoded_to_json(type_name: &str, bytes: &[u8]) -> Result<Value, Error> {
+    encoded_to_json_in(pool()?, type_name, bytes)
+}
+
+/// [`encoded_to_json`] with a given pool (see [`fresh_pool`]).
+pub fn encoded_to_json_in(
+    pool: &DescriptorPool,
+    type_name: &str,
+    bytes: &[u8],
+) -> Result<Value, Error> {
     let message =
-        DynamicMessage::decode(descriptor(type_name)?, bytes).map_err(|source| Error::Decode {
-            type_name: type_name.to_string(),
-            source,
+        DynamicMessage::decode(descriptor_in(pool, type_name)?, bytes).map_err(|source| {
+            Error::Decode {
+                type_name: type_name.to_string(),
+                source,
+            }
         })?;
     message
         .serialize_with_options(serde_json::value::Serializer, &serialize_options())
@@ -121,9 +142,17 @@ pub fn decode_any(any: &Any) -> Result<DynamicMessage, Error> {
 }
 
 fn json_to_dynamic(type_name: &str, json: &Value) -> Result<DynamicMessage, Error> {
+    json_to_dynamic_in(pool()?, type_name, json)
+}
+
+fn json_to_dynamic_in(
+    pool: &DescriptorPool,
+    type_name: &str,
+    json: &Value,
+) -> Result<DynamicMessage, Error> {
     // Unknown fields are errors, as in Envoy: a typo in a config must not pass silently.
     DynamicMessage::deserialize_with_options(
-        descriptor(type_name)?,
+        descriptor_in(pool, type_name)?,
         json,
         &DeserializeOptions::new(),
     )
@@ -139,6 +168,24 @@ pub fn json_to_message<M: Message + Name + Default>(json: &Value) -> Result<M, E
     let type_name = M::full_name();
     let bytes = json_to_dynamic(&type_name, json)?.encode_to_vec();
     M::decode(bytes.as_slice()).map_err(|source| Error::Decode { type_name, source })
+}
+
+/// [`json_to_message`] with a given pool (see [`fresh_pool`]).
+pub fn json_to_message_in<M: Message + Name + Default>(
+    pool: &DescriptorPool,
+    json: &Value,
+) -> Result<M, Error> {
+    let type_name = M::full_name();
+    let bytes = json_to_dynamic_in(pool, &type_name, json)?.encode_to_vec();
+    M::decode(bytes.as_slice()).map_err(|source| Error::Decode { type_name, source })
+}
+
+/// [`json_to_any`] with a given pool (see [`fresh_pool`]).
+pub fn json_to_any_in(pool: &DescriptorPool, type_name: &str, json: &Value) -> Result<Any, Error> {
+    Ok(Any {
+        type_url: format!("{TYPE_URL_PREFIX}{type_name}"),
+        value: json_to_dynamic_in(pool, type_name, json)?.encode_to_vec(),
+    })
 }
 
 /// Parses proto3 JSON of message type `type_name` into an `Any`: for messages the caller has

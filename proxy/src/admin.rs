@@ -231,7 +231,10 @@ fn config_dump(shared: &Shared) -> Result<serde_json::Value, String> {
     for item in res.endpoints.items.values() {
         b.dynamic_endpoint_config(item.version.clone(), item.any.clone(), Some(item.updated));
     }
-    b.to_json().map_err(|e| e.to_string())
+    drop(res);
+    // A private pool, freed after rendering: dumps are rare, the memory is not.
+    let pool = mast_proto::json::fresh_pool().map_err(|e| e.to_string())?;
+    b.to_json_in(&pool).map_err(|e| e.to_string())
 }
 
 /// Envoy's `/clusters` text: `cluster::host::stat::value` lines.

@@ -39,6 +39,9 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
     let json: Value =
         serde_saphyr::from_str(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
     let mut by_type: BTreeMap<String, Vec<Any>> = BTreeMap::new();
+    // A private descriptor pool, dropped on return: a sidecar should not carry Envoy's whole
+    // API schema (~25 MB decoded) for the rest of its life to read one file at start.
+    let pool = mast_proto::json::fresh_pool().map_err(|e| err(e.to_string()))?;
     if let Some(list) = json.get("resources").and_then(Value::as_array) {
         for (i, item) in list.iter().enumerate() {
             let mut item = item.clone();
@@ -48,7 +51,7 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
                 .and_then(|t| t.as_str().map(str::to_string))
                 .ok_or_else(|| err(format!("resources[{i}]: \"@type\" is required")))?;
             let type_name = type_url.rsplit('/').next().unwrap_or(&type_url).to_string();
-            let any = mast_proto::json::json_to_any(&type_name, &item)
+            let any = mast_proto::json::json_to_any_in(&pool, &type_name, &item)
                 .map_err(|e| err(format!("resources[{i}]: {e}")))?;
             if !TYPES.contains(&any.type_url.as_str()) {
                 return Err(err(format!(
@@ -63,8 +66,8 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
             bootstrap: None,
         });
     }
-    let bootstrap: Bootstrap =
-        mast_proto::json::json_to_message(&json).map_err(|e| err(format!("bootstrap: {e}")))?;
+    let bootstrap: Bootstrap = mast_proto::json::json_to_message_in(&pool, &json)
+        .map_err(|e| err(format!("bootstrap: {e}")))?;
     let admin = bootstrap
         .admin
         .as_ref()
