@@ -311,3 +311,97 @@ impl Default for Store {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::route::v3::route::Action;
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteMatch, VirtualHost};
+    use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+
+    fn rc(name: &str, regex: &str) -> Incoming {
+        let path = if regex.is_empty() {
+            PathSpecifier::Prefix("/".into())
+        } else {
+            PathSpecifier::SafeRegex(RegexMatcher {
+                regex: regex.into(),
+                ..Default::default()
+            })
+        };
+        let rc = RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "user".into(),
+                domains: vec!["user".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(path),
+                        ..Default::default()
+                    }),
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Incoming {
+            name: Some(name.into()),
+            version: String::new(),
+            any: Any {
+                type_url: ROUTE_TYPE.into(),
+                value: rc.encode_to_vec(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_bad_resource_rejects_the_whole_response_and_keeps_the_last_good() {
+        let mut r = Resources::default();
+        r.apply(
+            ROUTE_TYPE,
+            "1",
+            vec![rc("80", ""), rc("8080", "")],
+            &[],
+            false,
+        )
+        .unwrap();
+        let err = r
+            .apply(
+                ROUTE_TYPE,
+                "2",
+                vec![rc("80", ""), rc("8080", "(")],
+                &[],
+                false,
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("RouteConfiguration \"8080\"")
+                && err.contains("virtual_hosts[0].routes[0].match.safe_regex"),
+            "{err}"
+        );
+        assert_eq!(r.routes.version, "1");
+        assert!(r.routes.items.values().all(|i| i.version == "1"));
+        // Delta removal and state-of-the-world replacement.
+        r.apply(ROUTE_TYPE, "3", vec![], &["8080".to_string()], false)
+            .unwrap();
+        assert_eq!(r.routes.items.keys().collect::<Vec<_>>(), ["80"]);
+        r.apply(ROUTE_TYPE, "4", vec![rc("9090", "")], &[], true)
+            .unwrap();
+        assert_eq!(r.routes.items.keys().collect::<Vec<_>>(), ["9090"]);
+        let wrong = Incoming {
+            name: None,
+            version: String::new(),
+            any: Any {
+                type_url: CLUSTER_TYPE.into(),
+                value: Vec::new(),
+            },
+        };
+        assert!(r.apply(ROUTE_TYPE, "5", vec![wrong], &[], false).is_err());
+    }
+}

@@ -187,6 +187,16 @@ impl Mastd {
     pub async fn start(config_dir: &Path, work: &Path) -> Result<Self> {
         let xds_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Self::start_on(config_dir, work, xds_addr, http_addr).await
+    }
+
+    /// Start on given addresses (a restart where the proxies expect it).
+    pub async fn start_on(
+        config_dir: &Path,
+        work: &Path,
+        xds_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> Result<Self> {
         let proc = Proc::spawn(
             "mastd",
             Command::new(bin("mastd"))
@@ -197,7 +207,14 @@ impl Mastd {
                 .arg("--http-addr")
                 .arg(http_addr.to_string())
                 .env("RUST_LOG", "info"),
-            work.join("mastd.log"),
+            // A restarted mastd logs beside the first one, not over it.
+            (0..)
+                .map(|i| match i {
+                    0 => work.join("mastd.log"),
+                    n => work.join(format!("mastd-{n}.log")),
+                })
+                .find(|p| !p.exists())
+                .unwrap_or_else(|| work.join("mastd.log")),
         )?;
         let mut mastd = Self {
             proc,

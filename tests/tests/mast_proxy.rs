@@ -708,3 +708,110 @@ async fn quitquitquit_and_bad_environment() -> Result<()> {
     );
     Ok(())
 }
+
+/// pilot goes away: the sidecar keeps serving its last config, reconnects (capped backoff)
+/// when pilot is back on its address, and takes the config that changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_without_pilot_and_reconnects() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let v1 = Backend::start("v1").await?;
+    let v2 = Backend::start("v2").await?;
+    let port = free_port();
+    let route = |subset: &str| {
+        format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: user, namespace: default}}
+spec:
+  hosts: [user]
+  http:
+  - route:
+    - destination: {{host: user, subset: {subset}}}
+"#
+        )
+    };
+    std::fs::write(
+        config.join("mesh.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: user, namespace: default}}
+spec:
+  selector: {{app: user}}
+  ports:
+  - {{name: http, port: {port}, targetPort: http}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-v1, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user, version: v1}}
+  ports: {{http: {v1}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-v2, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user, version: v2}}
+  ports: {{http: {v2}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: user, namespace: default}}
+spec:
+  host: user
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+"#,
+            v1 = v1.port,
+            v2 = v2.port
+        ),
+    )?;
+    std::fs::write(config.join("route.yaml"), route("v1"))?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let (xds, http) = (mastd.xds_addr, mastd.http_addr);
+    let sidecar = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &CLIENT,
+        "127.0.0.1",
+        xds,
+        dir.path(),
+        true,
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let t = send_requests(&url, "user", &[], 100, 2).await;
+    assert_eq!(t.by_body.get("v1").copied(), Some(100), "{t:?}");
+
+    drop(mastd);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = send_requests(&url, "user", &[], 300, 2).await;
+    eprintln!("pilot down: {:?}", t.by_body);
+    assert_eq!(t.by_body.get("v1").copied(), Some(300), "{t:?}");
+    let info = sidecar.admin("/server_info").await?;
+    assert!(info.contains("\"connected\": false"), "{info}");
+
+    std::fs::write(config.join("route.yaml"), route("v2"))?;
+    let _mastd = Mastd::start_on(&config, dir.path(), xds, http).await?;
+    eventually(
+        "the sidecar reconnects and routes to v2",
+        Duration::from_secs(20),
+        || {
+            let url = url.clone();
+            async move {
+                let t = send_requests(&url, "user", &[], 20, 1).await;
+                ensure!(t.by_body.get("v2").copied() == Some(20), "{t:?}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    let info = sidecar.admin("/server_info").await?;
+    assert!(info.contains("\"connected\": true"), "{info}");
+    Ok(())
+}
