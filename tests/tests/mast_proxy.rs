@@ -815,3 +815,68 @@ spec:
     assert!(info.contains("\"connected\": true"), "{info}");
     Ok(())
 }
+
+/// WebSocket: the upgrade goes through, then bytes flow both ways on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_passes_through() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A minimal upgrade-capable backend: answers 101, then echoes.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_port = backend.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if !text.contains("upgrade: websocket") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir()?;
+    let (listen, admin) = (free_port(), free_port());
+    let boot = static_bootstrap(dir.path(), listen, admin, backend_port)?;
+    let _proxy = spawn_static(dir.path(), &boot)?;
+    wait_ready(admin).await?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await??;
+        ensure!(
+            n > 0,
+            "closed before the 101: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello"[..], b"through the sidecar"] {
+        s.write_all(msg).await?;
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got)).await??;
+        assert_eq!(got, msg);
+    }
+    Ok(())
+}
