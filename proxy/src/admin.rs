@@ -197,12 +197,41 @@ fn route(
                 "xds": {"connected": xds.connected, "mode": xds.mode, "acked": xds.acked, "last_nack": xds.last_nack},
             }))
         }
+        (Role::Admin, "/certs") => json(&certs(shared)),
         (Role::Admin, "/" | "/help") => text(
             StatusCode::OK,
-            "admin commands are:\n  /clusters\n  /config_dump\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
+            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Envoy's `/certs`: the workload certificate and trust bundle in use, with expiry.
+fn certs(shared: &Shared) -> serde_json::Value {
+    let Some(c) = shared.secrets.current() else {
+        return serde_json::json!({ "certificates": [] });
+    };
+    let epoch = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    let days = c.remaining().as_secs() / 86_400;
+    serde_json::json!({
+        "certificates": [{
+            "ca_cert": [{
+                "path": "<inline>",
+                "count": c.roots.len(),
+            }],
+            "cert_chain": [{
+                "path": "<inline>",
+                "subject_alt_names": [{ "uri": c.spiffe }],
+                "days_until_expiration": days.to_string(),
+                "seconds_until_expiration": c.remaining().as_secs().to_string(),
+                "valid_from": epoch(c.not_before).to_string(),
+                "expiration_time": epoch(c.not_after).to_string(),
+            }],
+        }]
+    })
 }
 
 /// Envoy's `/config_dump` JSON, from the resources as received.

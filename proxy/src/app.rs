@@ -20,6 +20,11 @@ pub enum Error {
     Static(#[from] static_config::Error),
     #[error("{path}: {message}")]
     Rejected { path: String, message: String },
+    #[error("cannot serve SDS on {path}: {source}")]
+    Sds {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Run the proxy until it has drained (SIGTERM, SIGINT or `/quitquitquit`).
@@ -59,6 +64,31 @@ pub async fn run(
             Arc::clone(&shared),
             Arc::clone(&listeners),
         ));
+    }
+
+    if let Some(ca) = &cfg.ca_address {
+        let identity = crate::identity::IdentityConfig {
+            ca_address: ca.clone(),
+            root_cert: cfg.ca_root_cert.clone(),
+            token_file: cfg.ca_token_file.clone(),
+            spiffe_id: cfg.spiffe_id(),
+            ttl: cfg.secret_ttl,
+        };
+        tokio::spawn(crate::identity::run(identity, Arc::clone(&shared.secrets)));
+    } else {
+        tracing::info!("no CA address (CA_ADDR): no workload certificate, mTLS is off");
+    }
+    if let Some(path) = &cfg.sds_socket {
+        let listener = crate::sds::bind(path).map_err(|source| Error::Sds {
+            path: path.display().to_string(),
+            source,
+        })?;
+        tracing::info!(socket = %path.display(), "serving SDS");
+        tokio::spawn(crate::sds::serve(listener, Arc::clone(&shared.secrets)));
+    }
+    if cfg.agent {
+        // Agent mode is ready once it holds a certificate.
+        shared.ready.send_replace(true);
     }
 
     match (static_cfg, &cfg.discovery_address) {

@@ -19,6 +19,13 @@ pub const INSTANCE_IP: &str = "INSTANCE_IP";
 pub const SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
 pub const PROXY_CONFIG: &str = "PROXY_CONFIG";
 pub const CA_ADDR: &str = "CA_ADDR";
+pub const TRUST_DOMAIN: &str = "TRUST_DOMAIN";
+/// Requested workload certificate lifetime (Istio's agent variable).
+pub const SECRET_TTL: &str = "SECRET_TTL";
+/// Istio's mount of the mesh root certificate (ConfigMap `istio-ca-root-cert`).
+pub const DEFAULT_ROOT_CERT: &str = "./var/run/secrets/istio/root-cert.pem";
+/// Istio's mount of the projected service-account token (audience `istio-ca`).
+pub const DEFAULT_TOKEN_FILE: &str = "./var/run/secrets/tokens/istio-token";
 pub const META_PREFIX: &str = "ISTIO_META_";
 pub const META_JSON_PREFIX: &str = "ISTIO_METAJSON_";
 /// Istio's downward-API file with the pod's labels (`key="value"` lines).
@@ -82,6 +89,11 @@ pub struct Overrides {
     pub instance_ip: Option<String>,
     pub service_account: Option<String>,
     pub discovery_address: Option<String>,
+    pub ca_address: Option<String>,
+    pub ca_root_cert: Option<PathBuf>,
+    pub ca_token_file: Option<PathBuf>,
+    pub sds_socket: Option<PathBuf>,
+    pub agent: bool,
     pub labels: Option<String>,
     pub interception_mode: Option<String>,
     pub static_config: Option<PathBuf>,
@@ -102,7 +114,16 @@ pub struct Config {
     pub service_account: String,
     /// pilot's address (`host:port`); `None` in `--config FILE` mode.
     pub discovery_address: Option<String>,
+    /// citadel (`host:port`); `None`: no workload certificate, so no mTLS.
     pub ca_address: Option<String>,
+    pub ca_root_cert: PathBuf,
+    pub ca_token_file: PathBuf,
+    pub trust_domain: String,
+    pub secret_ttl: Option<Duration>,
+    /// Serve SDS here (istio-agent's role for an Envoy sidecar).
+    pub sds_socket: Option<PathBuf>,
+    /// Agent only: no xDS, no listeners.
+    pub agent: bool,
     /// Node metadata sent to pilot (`NAMESPACE`, `LABELS`, `INTERCEPTION_MODE`, …).
     pub metadata: BTreeMap<String, Value>,
     pub labels: BTreeMap<String, String>,
@@ -122,6 +143,14 @@ impl Config {
         format!(
             "sidecar~{}~{}.{}~{}.svc.cluster.local",
             self.instance_ip, self.pod_name, self.pod_namespace, self.pod_namespace
+        )
+    }
+
+    /// This workload's SPIFFE ID.
+    pub fn spiffe_id(&self) -> String {
+        format!(
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.pod_namespace, self.service_account
         )
     }
 
@@ -188,6 +217,7 @@ impl Config {
         }
         let discovery_address = match (&o.static_config, discovery_address) {
             (Some(_), _) => None,
+            (None, _) if o.agent => None,
             (None, addr) => Some(addr.unwrap_or_else(|| DEFAULT_DISCOVERY.into())),
         };
         let termination_drain = match (o.drain, proxy_config.get("terminationDrainDuration")) {
@@ -291,8 +321,40 @@ impl Config {
         };
         let localhost = IpAddr::from([127, 0, 0, 1]);
         let any = IpAddr::from([0, 0, 0, 0]);
+        // Istio's CA_ADDR defaults to the discovery address (istiod serves both on :15012);
+        // a plaintext pilot (:15010) means no CA unless one is named.
+        let ca_address = get(CA_ADDR, &o.ca_address).or_else(|| {
+            discovery_address
+                .as_ref()
+                .filter(|a| a.ends_with(":15012"))
+                .cloned()
+        });
+        if let Some(addr) = &ca_address {
+            check_host_port(addr).map_err(|reason| ConfigError::new(CA_ADDR, addr, reason))?;
+        }
+        let secret_ttl = match env.var(SECRET_TTL) {
+            Some(text) => Some(parse_duration(&text).filter(|d| !d.is_zero()).ok_or_else(
+                || ConfigError::new(SECRET_TTL, &text, "not a duration like \"24h\""),
+            )?),
+            None => None,
+        };
+        let trust_domain = env
+            .var(TRUST_DOMAIN)
+            .unwrap_or_else(|| "cluster.local".into());
         Ok(Self {
-            ca_address: env.var(CA_ADDR),
+            ca_address,
+            ca_root_cert: o
+                .ca_root_cert
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT_CERT)),
+            ca_token_file: o
+                .ca_token_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE)),
+            trust_domain,
+            secret_ttl,
+            sds_socket: o.sds_socket.clone(),
+            agent: o.agent,
             pod_name,
             pod_namespace,
             instance_ip,

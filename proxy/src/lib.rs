@@ -6,18 +6,23 @@
 //! [`static_config`] (`--config FILE`) feed [`state`], built from [`resources`] (checked
 //! xDS resources); [`listen`] accepts connections and hands them to [`http`] (the router) or
 //! [`tcp`]; [`upstream`] holds clusters, load balancing and pools; [`metrics`] and [`admin`]
-//! report; [`app`] wires it together.
+//! report; [`identity`] keeps the workload certificate that [`tls`] uses for mTLS; [`app`]
+//! wires it together.
 
 pub mod admin;
 pub mod app;
 pub mod config;
 pub mod http;
+pub mod identity;
 pub mod listen;
 pub mod metrics;
+pub mod rbac;
 pub mod resources;
+pub mod sds;
 pub mod shared;
 pub mod state;
 pub mod static_config;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

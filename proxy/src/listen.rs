@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -22,6 +23,9 @@ use crate::resources::listener::{ChainKind, ConnInfo, ListenerConfig};
 use crate::shared::Shared;
 use crate::state::Snapshot;
 use crate::tcp;
+
+/// Longest a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The running accept loops.
 pub struct Listeners {
@@ -171,37 +175,133 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         (Arc::clone(l), local)
     };
     let mut transport = "raw_buffer";
-    let mut alpn = None;
-    if listener.sniffs(dst.port()) {
+    let mut alpn: Vec<&str> = Vec::new();
+    let mut hello = None;
+    let port = dst.port();
+    if listener.sniffs(port) {
         match sniff(&stream, listener.sniff_timeout).await {
-            Sniffed::Tls => transport = "tls",
-            Sniffed::Http1 if listener.sniff_http => alpn = Some("http/1.1"),
-            Sniffed::Http2 if listener.sniff_http => alpn = Some("h2c"),
+            Sniffed::Tls if listener.sniffs_tls(port) => {
+                transport = "tls";
+                hello = client_hello(&stream, listener.sniff_timeout).await;
+            }
+            Sniffed::Http1 if listener.sniffs_http(port) => alpn.push("http/1.1"),
+            Sniffed::Http2 if listener.sniffs_http(port) => alpn.push("h2c"),
             _ => {}
         }
+    }
+    if let Some(h) = &hello {
+        alpn = h.alpn.iter().map(String::as_str).collect();
     }
     let info = ConnInfo {
         dst: Some(dst),
         transport,
         alpn,
-        sni: None,
+        sni: hello.as_ref().and_then(|h| h.sni.as_deref()),
     };
     let Some(chain) = listener.select(&info) else {
         tracing::debug!(listener = %listener.name, %dst, "no filter chain matched; closing");
         return;
     };
-    match chain.kind.clone() {
-        ChainKind::Http(hcm) => {
-            let ctx = Arc::new(ConnCtx {
-                shared,
-                hcm,
-                inbound: listener.inbound,
-                peer,
-                dst,
-            });
-            http::serve(ctx, stream).await;
+    let conn = Conn {
+        shared,
+        kind: chain.kind.clone(),
+        inbound: listener.inbound,
+        peer,
+        dst,
+    };
+    let Some(tls) = chain.tls.clone() else {
+        conn.serve(stream, None).await;
+        return;
+    };
+    let config = match tls.server_config(&conn.shared.secrets) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(listener = %listener.name, error = %e, "TLS config unusable; closing");
+            return;
         }
-        ChainKind::Tcp(t) => tcp::proxy(shared, t, stream, dst, listener.inbound).await,
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(tls_stream)) => {
+            let identity = crate::tls::peer_identity(tls_stream.get_ref().1).map(Arc::from);
+            conn.serve(tls_stream, identity).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out"),
+    }
+}
+
+/// A connection after filter-chain selection, ready for its filters.
+struct Conn {
+    shared: Arc<Shared>,
+    kind: ChainKind,
+    inbound: bool,
+    peer: SocketAddr,
+    dst: SocketAddr,
+}
+
+impl Conn {
+    /// Run the chain's filters on `stream` (plaintext, or the decrypted side of mTLS with
+    /// the peer's SPIFFE ID).
+    async fn serve<S>(self, stream: S, peer_identity: Option<Arc<str>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // RBAC network filters, once the peer's identity is known (after the handshake).
+        let attrs =
+            crate::rbac::Attrs::connection(self.peer, self.dst, peer_identity.as_deref(), None);
+        if !crate::rbac::allow_connection(self.kind.network_rbac(), &attrs) {
+            return;
+        }
+        match self.kind {
+            ChainKind::Http(hcm) => {
+                let ctx = Arc::new(ConnCtx {
+                    shared: self.shared,
+                    hcm,
+                    inbound: self.inbound,
+                    peer: self.peer,
+                    dst: self.dst,
+                    peer_identity,
+                });
+                http::serve(ctx, stream).await;
+            }
+            ChainKind::Tcp(t) => {
+                tcp::proxy(
+                    self.shared,
+                    t,
+                    stream,
+                    self.dst,
+                    self.inbound,
+                    peer_identity,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Read (without consuming) a whole ClientHello, for SNI and ALPN.
+async fn client_hello(stream: &TcpStream, timeout: Duration) -> Option<crate::tls::HelloInfo> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = 0;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return None,
+        };
+        if let Some(info) = crate::tls::parse_client_hello(&buf[..n]) {
+            return Some(info);
+        }
+        if n == 0 || n == buf.len() || tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        if n == last {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        last = n;
     }
 }
 

@@ -21,6 +21,22 @@ struct Args {
     /// pilot's ADS address (host:port); default PROXY_CONFIG's discoveryAddress.
     #[arg(long)]
     discovery_address: Option<String>,
+    /// citadel's address (host:port); default CA_ADDR, or the discovery address on :15012.
+    #[arg(long)]
+    ca_address: Option<String>,
+    /// Root certificate(s) to verify the CA with (default Istio's mounted root-cert.pem).
+    #[arg(long)]
+    ca_root_cert: Option<PathBuf>,
+    /// The workload credential presented to the CA (default Istio's projected token path).
+    #[arg(long)]
+    ca_token_file: Option<PathBuf>,
+    /// Serve the workload certificate over SDS on this Unix socket, as istio-agent does for
+    /// an Envoy sidecar.
+    #[arg(long)]
+    sds_socket: Option<PathBuf>,
+    /// Agent only: keep the certificate and serve SDS, no xDS and no traffic.
+    #[arg(long, requires = "sds_socket")]
+    agent: bool,
     #[arg(long)]
     pod_name: Option<String>,
     #[arg(long)]
@@ -86,6 +102,11 @@ fn main() -> ExitCode {
         instance_ip: args.instance_ip,
         service_account: args.service_account,
         discovery_address: args.discovery_address,
+        ca_address: args.ca_address,
+        ca_root_cert: args.ca_root_cert,
+        ca_token_file: args.ca_token_file,
+        sds_socket: args.sds_socket,
+        agent: args.agent,
         labels: args.labels,
         interception_mode: args.interception_mode,
         static_config: args.config,

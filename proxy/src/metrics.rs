@@ -209,7 +209,7 @@ impl EncodeLabelSet for RequestLabels {
             ("grpc_response_status", grpc.as_deref().unwrap_or("")),
             (
                 "connection_security_policy",
-                if self.mtls { "mutual_tls" } else { "none" },
+                security_policy(self.reporter, self.mtls),
             ),
             ("response_flags", self.flags),
         ];
@@ -232,12 +232,30 @@ impl EncodeLabelSet for TcpLabels {
         )?;
         (
             "connection_security_policy",
-            if self.mtls { "mutual_tls" } else { "none" },
+            security_policy(self.reporter, self.mtls),
         )
             .encode(e.encode_label())?;
         ("response_flags", self.flags).encode(e.encode_label())?;
         Ok(())
     }
+}
+
+/// Istio's `connection_security_policy`: what the server side saw; a client reports
+/// `unknown`, as Istio's sidecars do.
+fn security_policy(reporter: Reporter, mtls: bool) -> &'static str {
+    match (reporter, mtls) {
+        (Reporter::Source, _) => "unknown",
+        (Reporter::Destination, true) => "mutual_tls",
+        (Reporter::Destination, false) => "none",
+    }
+}
+
+/// This peer with its SPIFFE ID as principal (from an mTLS handshake).
+pub fn with_principal(peer: &Peer, principal: &str) -> Arc<Peer> {
+    Arc::new(Peer {
+        principal: principal.to_string(),
+        ..peer.clone()
+    })
 }
 
 /// The proxy's Istio metrics and its own identity for them.
@@ -253,6 +271,8 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     /// This proxy's workload.
     pub local: Arc<Peer>,
+    /// `local` with this workload's SPIFFE ID, for connections that are mTLS.
+    pub local_mtls: Arc<Peer>,
     /// This proxy's metadata-exchange headers.
     pub mx_header: http::HeaderValue,
     pub mx_id: http::HeaderValue,
@@ -324,6 +344,7 @@ impl Metrics {
             principal: "unknown".into(),
             cluster: cfg.cluster_id(),
         });
+        let local_mtls = with_principal(&local, &cfg.spiffe_id());
         let mx = mx_struct(cfg);
         let mx_header = http::HeaderValue::from_str(&B64.encode(mx.encode_to_vec()))
             .unwrap_or_else(|_| http::HeaderValue::from_static(""));
@@ -340,6 +361,7 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             local,
+            local_mtls,
             mx_header,
             mx_id,
             namespace: cfg.pod_namespace.clone(),

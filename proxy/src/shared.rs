@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::Store;
+use crate::tls::SecretStore;
 
 /// Changes the log filter at run time (`/logging?level=`).
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -24,6 +25,8 @@ pub struct XdsStatus {
 pub struct Shared {
     pub config: Config,
     pub store: Arc<Store>,
+    /// The workload certificate and trust bundle (from the CA; rotated in place).
+    pub secrets: Arc<SecretStore>,
     pub metrics: Arc<Metrics>,
     /// `true` once draining (SIGTERM, `/quitquitquit`).
     pub drain: watch::Sender<bool>,
@@ -41,6 +44,7 @@ impl Shared {
         Self {
             config,
             store: Arc::new(Store::new()),
+            secrets: Arc::new(SecretStore::default()),
             metrics,
             drain: watch::channel(false).0,
             ready: watch::channel(false).0,
@@ -51,8 +55,11 @@ impl Shared {
         }
     }
 
+    /// Config applied, not draining, and holding a workload certificate when a CA is set.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow() && !*self.drain.borrow()
+        *self.ready.borrow()
+            && !*self.drain.borrow()
+            && (self.config.ca_address.is_none() || self.secrets.current().is_some())
     }
 
     pub fn start_drain(&self) {

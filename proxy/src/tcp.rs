@@ -4,21 +4,24 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::metrics::{Reporter, ServiceId, TcpLabels};
 use crate::resources::cluster::HostAddr;
 use crate::resources::listener::TcpProxy;
 use crate::shared::Shared;
-use crate::upstream::{ActiveGuard, Outcome, connect_tcp};
+use crate::upstream::{ActiveGuard, Outcome, connect_tcp, tls_handshake};
 
-pub async fn proxy(
+pub async fn proxy<S>(
     shared: Arc<Shared>,
     tcp: Arc<TcpProxy>,
-    mut down: TcpStream,
+    mut down: S,
     dst: SocketAddr,
     inbound: bool,
-) {
+    peer_identity: Option<Arc<str>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let snap = shared.store.current.load_full();
     let name = tcp.pick_cluster();
     let Some(cluster) = snap.clusters.get(name).cloned() else {
@@ -32,11 +35,18 @@ pub async fn proxy(
         Arc::clone(&cluster.service)
     };
     let (reporter, source, destination) = if inbound {
-        (
-            Reporter::Destination,
-            metrics.unknown_peer(),
-            Arc::clone(&metrics.local),
-        )
+        match &peer_identity {
+            Some(id) => (
+                Reporter::Destination,
+                crate::metrics::with_principal(&metrics.unknown_peer(), id),
+                Arc::clone(&metrics.local_mtls),
+            ),
+            None => (
+                Reporter::Destination,
+                metrics.unknown_peer(),
+                Arc::clone(&metrics.local),
+            ),
+        }
     } else {
         (
             Reporter::Source,
@@ -53,7 +63,7 @@ pub async fn proxy(
         } else {
             service
         },
-        mtls: false,
+        mtls: inbound && peer_identity.is_some(),
         flags: "-",
     };
     let host = cluster.pick(None, &[]).ok();
@@ -75,32 +85,66 @@ pub async fn proxy(
         return;
     };
     let _active = host.clone().map(ActiveGuard::new);
-    let mut up =
-        match connect_tcp(target, cluster.config.bind, cluster.config.connect_timeout).await {
-            Ok(s) => s,
+    let up = match connect_tcp(target, cluster.config.bind, cluster.config.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%target, error = %e, "tcp: upstream connect failed");
+            if let Some(h) = &host {
+                cluster.record(h, Outcome::Gateway);
+            }
+            labels.flags = "UF";
+            metrics.tcp_opened(&labels);
+            metrics.tcp_closed(&labels, 0, 0);
+            return;
+        }
+    };
+    let tls = host
+        .as_ref()
+        .filter(|h| h.tls)
+        .and_then(|_| cluster.config.transport.any_tls());
+    let (received, sent) = match tls {
+        None => {
+            if let Some(h) = &host {
+                cluster.record(h, Outcome::Success);
+            }
+            metrics.tcp_opened(&labels);
+            pipe(&shared, &mut down, up).await
+        }
+        Some(tls) => match tls_handshake(up, target, tls, &shared.secrets).await {
+            Ok(up) => {
+                if let Some(h) = &host {
+                    cluster.record(h, Outcome::Success);
+                }
+                metrics.tcp_opened(&labels);
+                pipe(&shared, &mut down, up).await
+            }
             Err(e) => {
-                tracing::debug!(%target, error = %e, "tcp: upstream connect failed");
+                tracing::debug!(%target, error = %e, "tcp: upstream TLS failed");
                 if let Some(h) = &host {
                     cluster.record(h, Outcome::Gateway);
                 }
                 labels.flags = "UF";
                 metrics.tcp_opened(&labels);
-                metrics.tcp_closed(&labels, 0, 0);
-                return;
+                (0, 0)
             }
-        };
-    if let Some(h) = &host {
-        cluster.record(h, Outcome::Success);
-    }
-    metrics.tcp_opened(&labels);
-    let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-    let (received, sent) = tokio::select! {
+        },
+    };
+    metrics.tcp_closed(&labels, sent, received);
+}
+
+/// Copy both ways until either side closes (or the drain period ends).
+async fn pipe<D, U>(shared: &Shared, down: &mut D, mut up: U) -> (u64, u64)
+where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let copy = tokio::io::copy_bidirectional(down, &mut up);
+    tokio::select! {
         r = copy => r.unwrap_or((0, 0)),
         // Draining: TCP has no graceful close of its own; give it the drain period.
         _ = async {
             shared.drained().await;
             tokio::time::sleep(shared.config.termination_drain).await;
         } => (0, 0),
-    };
-    metrics.tcp_closed(&labels, sent, received);
+    }
 }

@@ -5,7 +5,7 @@
 //! Each request reads the config snapshot once, so an xDS update never changes a request
 //! midway, and kept-alive connections simply pick up the new routes on their next request.
 //! Local replies use Envoy's status codes, bodies and response flags (`NR`, `UH`, `UF`,
-//! `UO`, `UT`, `FI`, `DI`), so operators read them the same way.
+//! `UO`, `UT`, `FI`, `DI`, `RBAC`), so operators read them the same way.
 
 mod body;
 mod recorder;
@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use crate::metrics::{PEER_METADATA, PEER_METADATA_ID, Reporter, ServiceId};
 use crate::resources::chance;
@@ -48,10 +47,15 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Where the client was going: the original destination, or the listener address.
     pub dst: SocketAddr,
+    /// The client's SPIFFE ID when the connection is mTLS.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Serve HTTP on one accepted connection until it closes or the proxy drains.
-pub async fn serve(ctx: Arc<ConnCtx>, stream: TcpStream) {
+pub async fn serve<S>(ctx: Arc<ConnCtx>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match ctx.hcm.codec {
         Codec::Http1 => builder.http1_only(),
@@ -185,7 +189,10 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
     let host = request_host(&parts);
     let metrics = Arc::clone(&shared.metrics);
     let (reporter, peer) = if ctx.inbound {
-        let peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
+        let mut peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
+        if let Some(id) = &ctx.peer_identity {
+            peer = crate::metrics::with_principal(&peer, id);
+        }
         parts.headers.remove(PEER_METADATA);
         parts.headers.remove(PEER_METADATA_ID);
         (Reporter::Destination, peer)
@@ -198,6 +205,8 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
         Arc::new(ServiceId::unknown())
     };
     let rec = Recorder {
+        mtls: ctx.inbound && ctx.peer_identity.is_some(),
+        local_principal: false,
         metrics,
         reporter,
         peer,
@@ -214,6 +223,33 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
         upstream: None,
         cluster: None,
     };
+
+    // RBAC filters run before the router, as in the filter chain Envoy builds.
+    if !ctx.hcm.rbac.is_empty() {
+        let attrs = crate::rbac::Attrs {
+            headers: Some(&parts.headers),
+            method: Some(parts.method.as_str()),
+            path: Some(parts.uri.path()),
+            full_path: parts.uri.path_and_query().map(|p| p.as_str()),
+            authority: Some(&host),
+            source: ctx.peer,
+            remote_ip: ctx.peer.ip(),
+            destination: ctx.dst,
+            principal: ctx.peer_identity.as_deref(),
+            sni: None,
+        };
+        if let crate::rbac::Decision::Deny { policy } = crate::rbac::check(&ctx.hcm.rbac, &attrs) {
+            let policy = policy.as_deref().unwrap_or("none");
+            tracing::debug!(peer = %ctx.peer, policy, "RBAC: request denied");
+            return local_reply(
+                rec,
+                grpc,
+                StatusCode::FORBIDDEN,
+                "RBAC",
+                "RBAC: access denied",
+            );
+        }
+    }
 
     let table = match &ctx.hcm.routes {
         RouteSource::Rds(name) => snap.routes.get(name).cloned(),
@@ -487,9 +523,11 @@ async fn forward(
             }
             let body = b.clone();
             let path = path.clone();
+            let secrets = Arc::clone(&ctx.shared.secrets);
             tokio::spawn(async move {
                 if let Ok(host) = mc.pick(None, &[]) {
-                    let Ok(uri) = format!("http://{}{}", host.authority(), path).parse::<Uri>()
+                    let Ok(uri) =
+                        format!("{}://{}{}", host.scheme(), host.authority(), path).parse::<Uri>()
                     else {
                         return;
                     };
@@ -499,7 +537,7 @@ async fn forward(
                         mparts.version = Version::HTTP_11;
                     }
                     let req = Request::from_parts(mparts, full(body));
-                    if let Ok(resp) = mc.client(h2).request(req).await {
+                    if let Ok(resp) = mc.client(h2, &secrets).request(req).await {
                         let _ = resp.into_body().collect().await;
                     }
                 }
@@ -532,12 +570,12 @@ async fn forward(
                 );
             }
         };
-        let authority = match &host {
-            Some(h) => h.authority(),
-            None => ctx.dst.to_string(),
+        let (scheme, authority) = match &host {
+            Some(h) => (h.scheme(), h.authority()),
+            None => ("http", ctx.dst.to_string()),
         };
         rec.upstream = Some(authority.clone());
-        let Ok(uri) = format!("http://{authority}{path}").parse::<Uri>() else {
+        let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() else {
             return local_reply(rec, grpc, StatusCode::BAD_REQUEST, "-", "bad request path");
         };
         let mut up_parts = clone_parts(&parts);
@@ -561,7 +599,7 @@ async fn forward(
             .stats
             .upstream_rq_total
             .fetch_add(1, Ordering::Relaxed);
-        let send = cluster.client(h2).request(up_req);
+        let send = cluster.client(h2, &ctx.shared.secrets).request(up_req);
         let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
         let now = tokio::time::Instant::now();
         let limit = match (per_try.map(|p| now + p), deadline) {
@@ -766,6 +804,10 @@ fn respond(
             .insert(PEER_METADATA_ID, metrics.mx_id.clone());
     } else {
         rec.peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
+        if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
+            rec.peer = crate::metrics::with_principal(&rec.peer, &peer.0);
+            rec.local_principal = true;
+        }
         parts.headers.remove(PEER_METADATA);
         parts.headers.remove(PEER_METADATA_ID);
     }

@@ -15,6 +15,10 @@ pub struct Recorder {
     pub protocol: &'static str,
     pub code: u16,
     pub flags: &'static str,
+    /// The downstream connection is mTLS (inbound).
+    pub mtls: bool,
+    /// The upstream connection was mTLS, so this side's principal is known (outbound).
+    pub local_principal: bool,
     pub start: Instant,
     pub request_bytes: Arc<AtomicU64>,
     pub access_log: bool,
@@ -29,7 +33,13 @@ impl Recorder {
     /// Record the request: metrics, and the access log line when enabled.
     pub fn finish(self, grpc_status: Option<u32>, response_bytes: u64, aborted: bool) {
         let (source, destination) = match self.reporter {
+            Reporter::Source if self.local_principal => {
+                (Arc::clone(&self.metrics.local_mtls), Arc::clone(&self.peer))
+            }
             Reporter::Source => (Arc::clone(&self.metrics.local), Arc::clone(&self.peer)),
+            Reporter::Destination if self.mtls => {
+                (Arc::clone(&self.peer), Arc::clone(&self.metrics.local_mtls))
+            }
             Reporter::Destination => (Arc::clone(&self.peer), Arc::clone(&self.metrics.local)),
         };
         let flags = if aborted && self.flags == "-" {
@@ -68,7 +78,7 @@ impl Recorder {
                 protocol: self.protocol,
                 code: self.code,
                 grpc_status,
-                mtls: false,
+                mtls: self.mtls,
                 flags,
             },
             millis,

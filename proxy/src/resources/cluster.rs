@@ -4,7 +4,7 @@
 //! 5 s connect timeout, 50% panic threshold), so a cluster behaves the same under both
 //! proxies whatever pilot chose to leave out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -21,8 +21,13 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 
+use envoy_types::pb::google::protobuf::value::Kind;
+
+use super::tls::{self, Transport};
 use super::{FieldError, FieldResult, ResourceError, decode_any, opt_duration};
 
+/// Endpoint metadata namespace that `transport_socket_matches` read.
+const SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 /// Envoy's default for every circuit-breaker threshold.
 const DEFAULT_LIMIT: u32 = 1024;
@@ -45,6 +50,8 @@ pub struct ClusterConfig {
     pub inline_hosts: Option<Vec<HostSpec>>,
     /// Local address to connect from (`upstream_bind_config`, 127.0.0.6 for inbound).
     pub bind: Option<IpAddr>,
+    /// Plaintext, TLS, or per-endpoint (Istio's auto mTLS).
+    pub transport: Transport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +105,8 @@ pub struct HostSpec {
     pub addr: HostAddr,
     pub weight: u32,
     pub healthy: bool,
+    /// The endpoint's `envoy.transport_socket_match` metadata (Istio: `tlsMode: istio`).
+    pub socket_match: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -180,14 +189,7 @@ impl ClusterConfig {
                 ));
             }
         };
-        if let Some(ts) = &c.transport_socket
-            && ts.name != "envoy.transport_sockets.raw_buffer"
-        {
-            return Err(FieldError::new(
-                "transport_socket",
-                format!("transport socket {:?} is not supported", ts.name),
-            ));
-        }
+        let transport = transport_of(c)?;
         let mut limits = Limits::default();
         if let Some(t) = c
             .circuit_breakers
@@ -317,8 +319,39 @@ impl ClusterConfig {
             panic_threshold,
             inline_hosts,
             bind,
+            transport,
         })
     }
+}
+
+/// `transport_socket`, or Istio's auto-mTLS `transport_socket_matches`.
+fn transport_of(c: &cv3::Cluster) -> FieldResult<Transport> {
+    let single = match &c.transport_socket {
+        Some(ts) => tls::upstream_socket(ts).map_err(|e| e.at("transport_socket"))?,
+        None => None,
+    };
+    if c.transport_socket_matches.is_empty() {
+        return Ok(single.map_or(Transport::Plain, Transport::Tls));
+    }
+    let mut matches = Vec::new();
+    for (i, m) in c.transport_socket_matches.iter().enumerate() {
+        let at = format!("transport_socket_matches[{i}]");
+        let criteria = match &m.r#match {
+            Some(s) => tls::match_criteria(s).map_err(|e| e.at(&at))?,
+            None => Default::default(),
+        };
+        let socket = match &m.transport_socket {
+            Some(ts) => {
+                tls::upstream_socket(ts).map_err(|e| e.at(format!("{at}.transport_socket")))?
+            }
+            None => None,
+        };
+        matches.push((criteria, socket));
+    }
+    Ok(Transport::Matches {
+        matches,
+        default: single,
+    })
 }
 
 /// The endpoints of a load assignment, in order.
@@ -340,7 +373,22 @@ pub fn hosts_of(la: &ClusterLoadAssignment) -> FieldResult<Vec<HostSpec>> {
                 HealthStatus::try_from(lbe.health_status),
                 Ok(HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded)
             );
+            let socket_match = lbe
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(SOCKET_MATCH_KEY))
+                .map(|s| {
+                    s.fields
+                        .iter()
+                        .filter_map(|(k, v)| match &v.kind {
+                            Some(Kind::StringValue(s)) => Some((k.clone(), s.clone())),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             out.push(HostSpec {
+                socket_match,
                 addr,
                 weight: lbe
                     .load_balancing_weight

@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use super::cluster::socket_addr;
 use super::route::{Clusters, RouteTable};
 use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration};
+use crate::rbac::Rbac;
 
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
@@ -58,7 +59,10 @@ pub struct ListenerConfig {
     pub sniff_http: bool,
     pub sniff_tls: bool,
     /// Ports where the listener filters look at the first bytes.
+    /// Ports where `http_inspector` runs.
     pub sniff_ports: SniffPorts,
+    /// Ports where `tls_inspector` runs.
+    pub tls_ports: SniffPorts,
     pub sniff_timeout: Duration,
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
@@ -69,6 +73,8 @@ pub struct FilterChain {
     pub name: String,
     matcher: ChainMatch,
     pub kind: ChainKind,
+    /// Terminate (m)TLS before the filters (`transport_socket`).
+    pub tls: Option<Arc<super::tls::DownstreamTls>>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +92,17 @@ pub enum ChainKind {
     Tcp(Arc<TcpProxy>),
 }
 
+impl ChainKind {
+    /// The chain's `envoy.filters.network.rbac` filters, in order, kept with the terminal
+    /// filter so they travel with it to where the peer's identity is known.
+    pub fn network_rbac(&self) -> &[Arc<Rbac>] {
+        match self {
+            Self::Http(h) => &h.network_rbac,
+            Self::Tcp(t) => &t.network_rbac,
+        }
+    }
+}
+
 /// `http_connection_manager`.
 #[derive(Debug)]
 pub struct HttpManager {
@@ -94,6 +111,10 @@ pub struct HttpManager {
     pub codec: Codec,
     pub websocket: bool,
     pub stream_idle_timeout: Option<Duration>,
+    /// `envoy.filters.http.rbac` filters, in order; any denial stops the request.
+    pub rbac: Vec<Arc<Rbac>>,
+    /// The chain's network RBAC filters (see [`ChainKind::network_rbac`]).
+    pub network_rbac: Vec<Arc<Rbac>>,
 }
 
 #[derive(Debug)]
@@ -115,6 +136,8 @@ pub struct TcpProxy {
     pub stat_prefix: String,
     pub clusters: Clusters,
     pub idle_timeout: Option<Duration>,
+    /// The chain's network RBAC filters (see [`ChainKind::network_rbac`]).
+    pub network_rbac: Vec<Arc<Rbac>>,
 }
 
 /// What is known about a connection when picking its chain.
@@ -122,7 +145,8 @@ pub struct TcpProxy {
 pub struct ConnInfo<'a> {
     pub dst: Option<SocketAddr>,
     pub transport: &'a str,
-    pub alpn: Option<&'a str>,
+    /// Protocols offered in the TLS ClientHello, or the one HTTP sniffing found.
+    pub alpn: Vec<&'a str>,
     pub sni: Option<&'a str>,
 }
 
@@ -146,6 +170,7 @@ impl ListenerConfig {
         let mut sniff_http = false;
         let mut sniff_tls = false;
         let mut sniff_ports = SniffPorts::All;
+        let mut tls_ports = SniffPorts::All;
         let mut original_dst_filter = false;
         for (i, f) in l.listener_filters.iter().enumerate() {
             match f.name.as_str() {
@@ -153,7 +178,10 @@ impl ListenerConfig {
                     sniff_http = true;
                     sniff_ports = sniff_ports_of(f);
                 }
-                "envoy.filters.listener.tls_inspector" => sniff_tls = true,
+                "envoy.filters.listener.tls_inspector" => {
+                    sniff_tls = true;
+                    tls_ports = sniff_ports_of(f);
+                }
                 "envoy.filters.listener.original_dst" => original_dst_filter = true,
                 other => {
                     return Err(FieldError::new(
@@ -188,6 +216,7 @@ impl ListenerConfig {
             sniff_http,
             sniff_tls,
             sniff_ports,
+            tls_ports,
             sniff_timeout: opt_duration(&l.listener_filters_timeout, "listener_filters_timeout")?
                 .filter(|d| !d.is_zero())
                 .unwrap_or(Duration::from_secs(5)),
@@ -198,12 +227,17 @@ impl ListenerConfig {
 
     /// Whether the listener filters would look at the first bytes for this port.
     pub fn sniffs(&self, port: u16) -> bool {
-        (self.sniff_http || self.sniff_tls)
-            && match &self.sniff_ports {
-                SniffPorts::All => true,
-                SniffPorts::Except(ports) => !ports.contains(&port),
-                SniffPorts::Only(ports) => ports.contains(&port),
-            }
+        self.sniffs_tls(port) || self.sniffs_http(port)
+    }
+
+    /// `tls_inspector` runs on this port.
+    pub fn sniffs_tls(&self, port: u16) -> bool {
+        self.sniff_tls && self.tls_ports.covers(port)
+    }
+
+    /// `http_inspector` runs on this port.
+    pub fn sniffs_http(&self, port: u16) -> bool {
+        self.sniff_http && self.sniff_ports.covers(port)
     }
 
     /// The filter chain for a connection, Envoy's way: among chains whose every set
@@ -230,6 +264,16 @@ pub enum SniffPorts {
     Except(Vec<u16>),
     /// Istio's shape: `not_match(or_match(ports))` — disabled everywhere else.
     Only(Vec<u16>),
+}
+
+impl SniffPorts {
+    fn covers(&self, port: u16) -> bool {
+        match self {
+            Self::All => true,
+            Self::Except(ports) => !ports.contains(&port),
+            Self::Only(ports) => ports.contains(&port),
+        }
+    }
 }
 
 fn sniff_ports_of(f: &lv3::ListenerFilter) -> SniffPorts {
@@ -267,15 +311,12 @@ impl FilterChain {
             Some(m) => ChainMatch::from_proto(m).at("filter_chain_match")?,
             None => ChainMatch::default(),
         };
-        if let Some(ts) = &c.transport_socket
-            && ts.name != "envoy.transport_sockets.raw_buffer"
-        {
-            return Err(FieldError::new(
-                "transport_socket",
-                format!("transport socket {:?} is not supported", ts.name),
-            ));
-        }
+        let tls = match &c.transport_socket {
+            Some(ts) => super::tls::downstream_socket(ts).at("transport_socket")?,
+            None => None,
+        };
         let mut kind = None;
+        let mut network_rbac = Vec::new();
         for (i, f) in c.filters.iter().enumerate() {
             let at = format!("filters[{i}]");
             let any = match &f.config_type {
@@ -293,18 +334,25 @@ impl FilterChain {
                     let any = any.ok_or_else(|| FieldError::new(&at, "typed_config required"))?;
                     let hcm: HttpConnectionManager =
                         decode_any(any, &format!("{at}.typed_config"))?;
-                    kind = Some(ChainKind::Http(Arc::new(
-                        HttpManager::from_proto(&hcm).at(format!("{at}.typed_config"))?,
-                    )));
+                    let mut hcm = HttpManager::from_proto(&hcm).at(format!("{at}.typed_config"))?;
+                    hcm.network_rbac = std::mem::take(&mut network_rbac);
+                    kind = Some(ChainKind::Http(Arc::new(hcm)));
                     break;
                 }
                 TCP_PROXY => {
                     let any = any.ok_or_else(|| FieldError::new(&at, "typed_config required"))?;
                     let tcp: TcpProxyProto = decode_any(any, &format!("{at}.typed_config"))?;
-                    kind = Some(ChainKind::Tcp(Arc::new(
-                        TcpProxy::from_proto(&tcp).at(format!("{at}.typed_config"))?,
-                    )));
+                    let mut tcp = TcpProxy::from_proto(&tcp).at(format!("{at}.typed_config"))?;
+                    tcp.network_rbac = std::mem::take(&mut network_rbac);
+                    kind = Some(ChainKind::Tcp(Arc::new(tcp)));
                     break;
+                }
+                crate::rbac::NETWORK_FILTER => {
+                    let at = format!("{at}.typed_config");
+                    let any = any.ok_or_else(|| FieldError::new(&at, "required"))?;
+                    let proto: envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac =
+                        decode_any(any, &at)?;
+                    network_rbac.push(Arc::new(Rbac::from_network_proto(&proto).at(at)?));
                 }
                 name if BUILTIN_NETWORK_FILTERS.contains(&name) => {}
                 other => {
@@ -325,6 +373,7 @@ impl FilterChain {
             name: c.name.clone(),
             matcher,
             kind,
+            tls,
         })
     }
 }
@@ -404,8 +453,7 @@ impl ChainMatch {
             s[3] = 1;
         }
         if !self.alpn.is_empty() {
-            let alpn = info.alpn?;
-            if !self.alpn.iter().any(|a| a == alpn) {
+            if !self.alpn.iter().any(|a| info.alpn.contains(&a.as_str())) {
                 return None;
             }
             s[4] = 1;
@@ -453,6 +501,7 @@ impl HttpManager {
             }
         };
         let mut has_router = false;
+        let mut rbac = Vec::new();
         for (i, f) in h.http_filters.iter().enumerate() {
             let at = format!("http_filters[{i}]");
             if has_router {
@@ -460,6 +509,22 @@ impl HttpManager {
             }
             match f.name.as_str() {
                 "envoy.filters.http.router" => has_router = true,
+                crate::rbac::HTTP_FILTER => {
+                    if f.disabled {
+                        // Enabled per route only: per-route filter config is not read.
+                        return Err(FieldError::new(
+                            format!("{at}.disabled"),
+                            "RBAC filters enabled per route are not supported",
+                        ));
+                    }
+                    let at = format!("{at}.typed_config");
+                    let Some(HttpFilterConfigType::TypedConfig(any)) = &f.config_type else {
+                        return Err(FieldError::new(at, "required"));
+                    };
+                    let proto: envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac =
+                        decode_any(any, &at)?;
+                    rbac.push(Arc::new(Rbac::from_http_proto(&proto).at(at)?));
+                }
                 name if BUILTIN_HTTP_FILTERS.contains(&name) => {
                     if name == "envoy.filters.http.fault"
                         && let Some(HttpFilterConfigType::TypedConfig(any)) = &f.config_type
@@ -512,6 +577,8 @@ impl HttpManager {
             }),
             stream_idle_timeout: opt_duration(&h.stream_idle_timeout, "stream_idle_timeout")?
                 .filter(|d| !d.is_zero()),
+            rbac,
+            network_rbac: Vec::new(),
         })
     }
 }
@@ -548,6 +615,7 @@ impl TcpProxy {
             idle_timeout: opt_duration(&t.idle_timeout, "idle_timeout")?
                 .or(Some(Duration::from_secs(3600)))
                 .filter(|d| !d.is_zero()),
+            network_rbac: Vec::new(),
         })
     }
 

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod listener;
 pub mod route;
+pub mod tls;
 
 use std::time::Duration;
 

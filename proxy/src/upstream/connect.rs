@@ -21,7 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use rustls::pki_types::ServerName;
+
 use crate::resources::cluster::Limits;
+use crate::resources::tls::UpstreamTls;
+use crate::tls::SecretStore;
 
 /// Limits at or above this are "unlimited" (Istio writes u32::MAX).
 const UNLIMITED: u32 = 1 << 20;
@@ -36,6 +40,8 @@ pub enum ConnectError {
     Overflow,
     #[error("bad upstream address {0:?}")]
     Address(String),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
 }
 
 /// The connector behind a cluster's HTTP client.
@@ -47,6 +53,8 @@ pub struct Connector {
     slots: Option<Arc<Semaphore>>,
     waiting: Arc<AtomicU32>,
     max_pending: u32,
+    /// mTLS settings for `https://` requests (endpoints with sidecars).
+    tls: Option<(Arc<UpstreamTls>, Arc<SecretStore>)>,
 }
 
 impl Connector {
@@ -55,6 +63,7 @@ impl Connector {
         bind: Option<IpAddr>,
         open: Arc<AtomicU32>,
         limits: Limits,
+        tls: Option<(Arc<UpstreamTls>, Arc<SecretStore>)>,
     ) -> Self {
         Self {
             timeout,
@@ -64,6 +73,7 @@ impl Connector {
                 .then(|| Arc::new(Semaphore::new(limits.max_connections.max(1) as usize))),
             waiting: Arc::new(AtomicU32::new(0)),
             max_pending: limits.max_pending,
+            tls,
         }
     }
 
@@ -99,13 +109,46 @@ impl Connector {
                 .ok_or_else(|| ConnectError::Address(host.to_string()))?,
         };
         let stream = connect_tcp(addr, self.bind, self.timeout).await?;
+        let io = if uri.scheme_str() == Some("https") {
+            let Some((tls, store)) = &self.tls else {
+                return Err(ConnectError::Tls(
+                    "the cluster has no TLS transport socket".into(),
+                ));
+            };
+            Io::Tls(Box::new(tls_handshake(stream, addr, tls, store).await?))
+        } else {
+            Io::Plain(stream)
+        };
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(TokioIo::new(Upstream {
-            stream,
+            stream: io,
             _permit: permit,
             open: self.open,
         }))
     }
+}
+
+/// The client side of an mTLS handshake to a sidecar. The server name is the cluster's SNI
+/// (Istio: `outbound_.<port>_.<subset>_.<host>`), else the address; the peer is checked by
+/// SPIFFE ID, never by name.
+pub async fn tls_handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: &UpstreamTls,
+    store: &Arc<SecretStore>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let config = tls
+        .client_config(store)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let name = tls
+        .sni
+        .as_deref()
+        .and_then(|s| ServerName::try_from(s.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| ConnectError::Tls(e.to_string()))
 }
 
 /// A TCP connection with a timeout, from `bind` if set.
@@ -146,7 +189,7 @@ impl tower_service::Service<Uri> for Connector {
 
 /// An upstream connection; releases its connection slot when closed.
 pub struct Upstream {
-    stream: TcpStream,
+    stream: Io,
     _permit: Option<OwnedSemaphorePermit>,
     open: Arc<AtomicU32>,
 }
@@ -157,9 +200,24 @@ impl Drop for Upstream {
     }
 }
 
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The SPIFFE ID of an mTLS upstream, attached to its responses (for metrics).
+#[derive(Debug, Clone)]
+pub struct UpstreamIdentity(pub Arc<str>);
+
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        match &self.stream {
+            Io::Tls(s) => match crate::tls::peer_identity(s.get_ref().1) {
+                Some(id) => Connected::new().extra(UpstreamIdentity(id.into())),
+                None => Connected::new(),
+            },
+            Io::Plain(_) => Connected::new(),
+        }
     }
 }
 
@@ -169,7 +227,10 @@ impl AsyncRead for Upstream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match &mut self.stream {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
     }
 }
 
@@ -179,22 +240,37 @@ impl AsyncWrite for Upstream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match &mut self.stream {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match &mut self.stream {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match &mut self.stream {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match &mut self.stream {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
     }
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
     }
 }

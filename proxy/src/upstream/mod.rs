@@ -21,12 +21,16 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use connect::{ConnectError, Connector, Upstream, connect_tcp};
+pub use connect::{
+    ConnectError, Connector, Upstream, UpstreamIdentity, connect_tcp, tls_handshake,
+};
 
 use crate::metrics::ServiceId;
 use crate::resources::cluster::{
     ClusterConfig, Discovery, HostAddr, HostSpec, LbPolicy, UpstreamProtocol,
 };
+use crate::resources::tls::Transport;
+use crate::tls::SecretStore;
 
 /// Body type of every proxied request and response.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -63,6 +67,9 @@ pub struct Host {
     pub addr: HostAddr,
     pub weight: u32,
     pub healthy: bool,
+    socket_match: std::collections::BTreeMap<String, String>,
+    /// mTLS to this endpoint (it has a sidecar, or the cluster always uses TLS).
+    pub tls: bool,
     pub active: AtomicU32,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -101,7 +108,11 @@ impl Cluster {
         let hosts = config
             .inline_hosts
             .as_deref()
-            .map(|h| h.iter().map(|s| Arc::new(Host::new(s))).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|s| Arc::new(Host::new(s, &config.transport)))
+                    .collect()
+            })
             .unwrap_or_default();
         Self {
             service: Arc::new(ServiceId::from_cluster(&config.name)),
@@ -132,9 +143,15 @@ impl Cluster {
         let new: Vec<Arc<Host>> = specs
             .iter()
             .map(|s| match by_addr.get(&s.addr) {
-                Some(h) if h.weight == s.weight && h.healthy == s.healthy => Arc::clone(h),
-                Some(h) => Arc::new(Host::carry(s, h)),
-                None => Arc::new(Host::new(s)),
+                Some(h)
+                    if h.weight == s.weight
+                        && h.healthy == s.healthy
+                        && h.socket_match == s.socket_match =>
+                {
+                    Arc::clone(h)
+                }
+                Some(h) => Arc::new(Host::carry(s, h, &self.config.transport)),
+                None => Arc::new(Host::new(s, &self.config.transport)),
             })
             .collect();
         self.hosts.store(Arc::new(new));
@@ -265,8 +282,9 @@ impl Cluster {
         tracing::info!(cluster = %self.name(), host = %host.addr, ejection_secs = time.as_secs_f64(), "outlier ejected");
     }
 
-    /// The pooled HTTP client for this cluster, for an upstream protocol.
-    pub fn client(&self, http2: bool) -> &HttpClient {
+    /// The pooled HTTP client for this cluster, for an upstream protocol. Requests for
+    /// `https://` URIs go over mTLS (see [`Host::uri`]).
+    pub fn client(&self, http2: bool, secrets: &Arc<SecretStore>) -> &HttpClient {
         let cell = if http2 { &self.h2 } else { &self.h1 };
         cell.get_or_init(|| {
             let cfg = &self.config;
@@ -281,11 +299,16 @@ impl Cluster {
                     .timer(TokioTimer::new())
                     .http2_adaptive_window(true);
             }
+            let tls = cfg
+                .transport
+                .any_tls()
+                .map(|t| (Arc::clone(t), Arc::clone(secrets)));
             b.build(Connector::new(
                 cfg.connect_timeout,
                 cfg.bind,
                 Arc::clone(&self.connections),
                 cfg.limits,
+                tls,
             ))
         })
     }
@@ -303,11 +326,13 @@ impl Cluster {
 // === impl Host ===
 
 impl Host {
-    fn new(s: &HostSpec) -> Self {
+    fn new(s: &HostSpec, transport: &Transport) -> Self {
         Self {
             addr: s.addr.clone(),
             weight: s.weight,
             healthy: s.healthy,
+            socket_match: s.socket_match.clone(),
+            tls: transport.for_endpoint(&s.socket_match).is_some(),
             active: AtomicU32::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -316,8 +341,8 @@ impl Host {
         }
     }
 
-    fn carry(s: &HostSpec, old: &Host) -> Self {
-        let h = Self::new(s);
+    fn carry(s: &HostSpec, old: &Host, transport: &Transport) -> Self {
+        let h = Self::new(s, transport);
         h.rq_total
             .store(old.rq_total.load(Ordering::Relaxed), Ordering::Relaxed);
         h.rq_error
@@ -335,6 +360,11 @@ impl Host {
     /// The address to dial, for HTTP URIs and TCP.
     pub fn authority(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// The scheme the pool keys connections by: `https` for mTLS endpoints.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     pub fn socket_addr(&self) -> Option<SocketAddr> {

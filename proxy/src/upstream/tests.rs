@@ -4,12 +4,14 @@ use crate::resources::cluster::{Limits, OutlierConfig};
 fn cluster(lb: LbPolicy, hosts: usize, outlier: Option<OutlierConfig>) -> Cluster {
     let specs = (0..hosts)
         .map(|i| HostSpec {
+            socket_match: Default::default(),
             addr: HostAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16))),
             weight: 1,
             healthy: true,
         })
         .collect();
     Cluster::new(Arc::new(ClusterConfig {
+        transport: Default::default(),
         name: "outbound|80||user.default.svc.cluster.local".into(),
         discovery: Discovery::Static,
         lb,
@@ -113,12 +115,14 @@ fn endpoint_updates_keep_host_state() {
         .hosts()
         .iter()
         .map(|h| HostSpec {
+            socket_match: Default::default(),
             addr: h.addr.clone(),
             weight: 1,
             healthy: true,
         })
         .collect();
     specs.push(HostSpec {
+        socket_match: Default::default(),
         addr: HostAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 9100))),
         weight: 1,
         healthy: true,
