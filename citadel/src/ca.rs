@@ -1,0 +1,447 @@
+//! The certificate authority: a signing certificate and key, and the trust bundle.
+//!
+//! Two ways to get a signing certificate, as Istio's CA:
+//! - **self-signed root** (default): made on first start (ECDSA P-256, 10 years) and kept in
+//!   the CA directory as `root-cert.pem` / `root-key.pem` (0600), so a restart keeps every
+//!   issued certificate valid;
+//! - **plug-in CA**: Istio's `cacerts` files in the same directory (`ca-cert.pem`,
+//!   `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`), typically an intermediate under an
+//!   organisation's root; workloads get the intermediate chain with their certificate.
+//!
+//! **Chains and trust bundles.** A CreateCertificate answer lists the leaf first, then the
+//! intermediates, then the trust anchors: every *self-signed* certificate at the end of the
+//! list is a root the workload must trust. During a root rotation that tail holds both the
+//! new root and the previous ones (`previous-roots.pem`) until they expire, so workloads
+//! holding certificates from either root keep talking to each other (see README).
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+
+use crate::SpiffeId;
+
+/// Lifetime of a self-signed root.
+const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates start this far in the past, for clock skew between machines.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    #[error(
+        "plug-in CA in {dir}: missing {missing} (need ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)"
+    )]
+    IncompletePlugin { dir: PathBuf, missing: String },
+    #[error("bad CSR: {0}")]
+    BadCsr(String),
+    #[error("the CSR asks for {requested:?}, but the caller is {caller}")]
+    IdentityMismatch {
+        requested: Vec<String>,
+        caller: String,
+    },
+    #[error("bad validity: {0}")]
+    BadTtl(String),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// Settings of the CA.
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    pub trust_domain: String,
+    /// Workload certificate lifetime when the CSR asks for none (Istio: 24 h).
+    pub default_ttl: Duration,
+    /// The longest lifetime granted (Istio: 90 days).
+    pub max_ttl: Duration,
+}
+
+impl Default for CaOptions {
+    fn default() -> Self {
+        Self {
+            trust_domain: "cluster.local".into(),
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// The signing certificate, its key, and what workloads must trust.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    signing_not_after: OffsetDateTime,
+    /// Served after the leaf: intermediates (plug-in) then the root(s).
+    chain_tail: Vec<String>,
+    /// Every root workloads trust (current first, then previous roots still valid).
+    bundle: Vec<String>,
+    pub opts: CaOptions,
+    pub plugged_in: bool,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.opts.trust_domain)
+            .field("plugged_in", &self.plugged_in)
+            .field("roots", &self.bundle.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<String, CaError> {
+    fs::read_to_string(path).map_err(|source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn bad(path: &Path, message: impl std::fmt::Display) -> CaError {
+    CaError::BadFile {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Write a file readable by its owner only (keys), atomically.
+fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
+    let io = |source| CaError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), CaError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|source| CaError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Make the CA directory (0700) if it is not there.
+pub fn ensure_dir(dir: &Path) -> Result<(), CaError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| CaError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// PEM blocks of a file, each as its own PEM string.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END CERTIFICATE") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+/// `not_after` of a PEM certificate.
+fn not_after(pem: &str) -> Option<OffsetDateTime> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(x.validity().not_after.to_datetime())
+}
+
+fn root_params(trust_domain: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::OrganizationName, trust_domain);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - BACKDATE;
+    p.not_after = now + ROOT_TTL;
+    p
+}
+
+impl CertificateAuthority {
+    /// Load the CA from `dir` (plug-in files, or the persisted self-signed root), creating a
+    /// self-signed root on first use.
+    pub fn load_or_create(dir: &Path, opts: CaOptions) -> Result<Self, CaError> {
+        ensure_dir(dir)?;
+        let plugin = ["ca-cert.pem", "ca-key.pem", "cert-chain.pem"];
+        let present: Vec<&str> = plugin
+            .iter()
+            .copied()
+            .filter(|f| dir.join(f).exists())
+            .collect();
+        if !present.is_empty() {
+            let missing: Vec<&str> = plugin
+                .iter()
+                .copied()
+                .chain(["root-cert.pem"])
+                .filter(|f| !dir.join(f).exists())
+                .collect();
+            if !missing.is_empty() {
+                return Err(CaError::IncompletePlugin {
+                    dir: dir.to_path_buf(),
+                    missing: missing.join(", "),
+                });
+            }
+            return Self::plugin(dir, opts);
+        }
+        let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
+        if !cert_path.exists() || !key_path.exists() {
+            let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                .map_err(|e| CaError::Sign(e.to_string()))?;
+            let cert = root_params(&opts.trust_domain)
+                .self_signed(&key)
+                .map_err(|e| CaError::Sign(e.to_string()))?;
+            write_private(&key_path, &key.serialize_pem())?;
+            write_public(&cert_path, &cert.pem())?;
+            tracing::info!(dir = %dir.display(), "created a self-signed root CA (10 years)");
+        }
+        let cert_pem = read(&cert_path)?;
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| bad(&key_path, e))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(&cert_path, e))?;
+        let signing_not_after =
+            not_after(&cert_pem).ok_or_else(|| bad(&cert_path, "not a certificate"))?;
+        let previous = previous_roots(dir)?;
+        let mut bundle = vec![cert_pem.clone()];
+        bundle.extend(previous);
+        Ok(Self {
+            issuer,
+            signing_not_after,
+            chain_tail: bundle.clone(),
+            bundle,
+            opts,
+            plugged_in: false,
+        })
+    }
+
+    fn plugin(dir: &Path, opts: CaOptions) -> Result<Self, CaError> {
+        let cert_path = dir.join("ca-cert.pem");
+        let key_path = dir.join("ca-key.pem");
+        let cert_pem = read(&cert_path)?;
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| bad(&key_path, e))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(&cert_path, e))?;
+        let signing_not_after =
+            not_after(&cert_pem).ok_or_else(|| bad(&cert_path, "not a certificate"))?;
+        let chain_path = dir.join("cert-chain.pem");
+        let chain = pem_blocks(&read(&chain_path)?);
+        if chain.is_empty() {
+            return Err(bad(&chain_path, "no certificate"));
+        }
+        let roots_path = dir.join("root-cert.pem");
+        let mut bundle = pem_blocks(&read(&roots_path)?);
+        if bundle.is_empty() {
+            return Err(bad(&roots_path, "no certificate"));
+        }
+        bundle.extend(previous_roots(dir)?);
+        // cert-chain.pem holds the signing certificate and the intermediates up to the root;
+        // workloads get them after their leaf, then the trust anchors.
+        let mut tail: Vec<String> = chain
+            .into_iter()
+            .filter(|c| !bundle.iter().any(|r| r.trim() == c.trim()))
+            .collect();
+        tail.extend(bundle.iter().cloned());
+        tracing::info!(dir = %dir.display(), "plug-in CA loaded (cacerts)");
+        Ok(Self {
+            issuer,
+            signing_not_after,
+            chain_tail: tail,
+            bundle,
+            opts,
+            plugged_in: true,
+        })
+    }
+
+    /// The trust bundle, PEM.
+    pub fn trust_bundle_pem(&self) -> String {
+        self.bundle.concat()
+    }
+
+    /// Sign a workload CSR for `identity`: the CSR's signature must verify and its URI SANs
+    /// must be exactly the caller's SPIFFE ID. Returns the PEM chain, leaf first.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<String>, CaError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let want = identity.to_string();
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|s| match s {
+                SanType::URI(u) => u.as_str().to_string(),
+                SanType::DnsName(d) => format!("DNS:{}", d.as_str()),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if requested != [want.clone()] {
+            return Err(CaError::IdentityMismatch {
+                requested,
+                caller: want,
+            });
+        }
+        let ttl = match ttl {
+            None => self.opts.default_ttl,
+            Some(t) if t.is_zero() => return Err(CaError::BadTtl("zero".into())),
+            Some(t) => t.min(self.opts.max_ttl),
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = csr.params.subject_alt_names.clone();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        p.not_before = now - BACKDATE;
+        p.not_after = (now + ttl).min(self.signing_not_after);
+        p.serial_number = Some(random_serial()?);
+        csr.params = p;
+        let cert = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut out = Vec::with_capacity(1 + self.chain_tail.len());
+        out.push(cert.pem());
+        out.extend(self.chain_tail.iter().cloned());
+        Ok(out)
+    }
+
+    /// citadel's own TLS serving certificate (istiod's names, plus `extra_dns` and `ips`),
+    /// with its key, both PEM.
+    pub fn issue_server_cert(
+        &self,
+        extra_dns: &[String],
+        ips: &[std::net::IpAddr],
+        ttl: Duration,
+    ) -> Result<(String, String), CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut names: Vec<String> = [
+            "istiod.istio-system.svc",
+            "istiod.istio-system.svc.cluster.local",
+            "localhost",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        names.extend(extra_dns.iter().cloned());
+        let mut p = CertificateParams::new(names).map_err(|e| CaError::Sign(e.to_string()))?;
+        p.subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.distinguished_name = DistinguishedName::new();
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        p.not_before = now - BACKDATE;
+        p.not_after = (now + ttl).min(self.signing_not_after);
+        p.serial_number = Some(random_serial()?);
+        let cert = p
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut chain = cert.pem();
+        for c in self.chain_tail.iter().filter(|c| !self.bundle.contains(c)) {
+            chain.push_str(c);
+        }
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
+fn random_serial() -> Result<rcgen::SerialNumber, CaError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| CaError::Sign("no randomness".into()))?;
+    b[0] &= 0x7f; // positive
+    Ok(rcgen::SerialNumber::from_slice(&b))
+}
+
+/// Roots from `previous-roots.pem` that have not expired.
+fn previous_roots(dir: &Path) -> Result<Vec<String>, CaError> {
+    let path = dir.join("previous-roots.pem");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let now = OffsetDateTime::now_utc();
+    Ok(pem_blocks(&read(&path)?)
+        .into_iter()
+        .filter(|c| not_after(c).is_some_and(|t| t > now))
+        .collect())
+}
+
+/// Root rotation, step one: keep the current self-signed root as a previous root (still
+/// trusted until it expires) and make a new one. Restart mastd to sign with the new root;
+/// workloads renew on their own schedule and trust both meanwhile.
+pub fn rotate_root(dir: &Path, opts: &CaOptions) -> Result<(), CaError> {
+    let cert_path = dir.join("root-cert.pem");
+    let current = read(&cert_path)?;
+    let prev_path = dir.join("previous-roots.pem");
+    let mut previous = if prev_path.exists() {
+        read(&prev_path)?
+    } else {
+        String::new()
+    };
+    previous.push_str(&current);
+    write_public(&prev_path, &previous)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    let cert = root_params(&opts.trust_domain)
+        .self_signed(&key)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    write_private(&dir.join("root-key.pem"), &key.serialize_pem())?;
+    write_public(&cert_path, &cert.pem())?;
+    Ok(())
+}

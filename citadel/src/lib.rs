@@ -1,0 +1,68 @@
+//! citadel: Mast's certificate authority, a component of mastd as Istio's CA is of istiod.
+//!
+//! Every workload gets `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` from
+//! Istio's CA API (`CreateCertificate`), for exactly the identity its credential proves.
+//! [`ca`] holds the signing certificate and trust bundle (self-signed root or plug-in
+//! `cacerts`), [`token`] the local-mode workload credential, [`service`] the gRPC server.
+
+pub mod ca;
+pub mod service;
+pub mod token;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use ca::{CaError, CaOptions, CertificateAuthority, rotate_root};
+pub use service::{Citadel, ServerTls, serve};
+pub use token::TokenVerifier;
+
+/// A workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl SpiffeId {
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a SPIFFE workload ID (spiffe://<td>/ns/<ns>/sa/<sa>): {0:?}")]
+pub struct BadSpiffeId(String);
+
+impl FromStr for SpiffeId {
+    type Err = BadSpiffeId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || BadSpiffeId(s.to_string());
+        let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => {
+                Ok(Self::new(td, ns, sa))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`, served over TLS.
+//!
+//! Who may have which certificate: the caller proves an identity — a workload credential
+//! (`authorization: Bearer …`, see [`crate::token`]) or, for renewals, the mesh certificate it
+//! presents on the TLS connection — and gets a certificate for exactly that SPIFFE ID. A CSR
+//! naming anyone else is refused with PERMISSION_DENIED and logged with the caller and the
+//! identity it asked for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use mast_proto::istio::ca::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use mast_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+
+use crate::SpiffeId;
+use crate::ca::{CaError, CertificateAuthority};
+use crate::token::TokenVerifier;
+
+/// Counters for /metrics and the bench.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub signed: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The CA service.
+#[derive(Debug, Clone)]
+pub struct Citadel {
+    ca: Arc<CertificateAuthority>,
+    tokens: Arc<TokenVerifier>,
+    pub counters: Arc<Counters>,
+}
+
+impl Citadel {
+    pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenVerifier) -> Self {
+        Self {
+            ca,
+            tokens: Arc::new(tokens),
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Who is calling: the bearer credential, else the mesh certificate on the connection.
+    fn caller(&self, req: &Request<IstioCertificateRequest>) -> Result<SpiffeId, Status> {
+        let td = &self.ca.opts.trust_domain;
+        if let Some(v) = req.metadata().get("authorization") {
+            let text = v
+                .to_str()
+                .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+            let token = text
+                .strip_prefix("Bearer ")
+                .ok_or_else(|| Status::unauthenticated("authorization must be a Bearer token"))?;
+            let (ns, sa) = self
+                .tokens
+                .verify(token, SystemTime::now())
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            return Ok(SpiffeId::new(td, &ns, &sa));
+        }
+        // Renewal with the current certificate (verified against the bundle by TLS).
+        if let Some(certs) = req.peer_certs()
+            && let Some(leaf) = certs.first()
+            && let Ok((_, x)) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            && let Ok(Some(san)) = x.subject_alternative_name()
+        {
+            for n in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::URI(u) = n
+                    && let Ok(id) = u.parse::<SpiffeId>()
+                    && id.trust_domain == *td
+                {
+                    return Ok(id);
+                }
+            }
+        }
+        Err(Status::unauthenticated(
+            "no credential: send authorization: Bearer <token> or a mesh client certificate",
+        ))
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for Citadel {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let peer = request.remote_addr();
+        let caller = match self.caller(&request) {
+            Ok(c) => c,
+            Err(s) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = ?peer, reason = %s.message(), "CSR refused: unauthenticated");
+                return Err(s);
+            }
+        };
+        let req = request.into_inner();
+        let ttl = match req.validity_duration {
+            0 => None,
+            s if s < 0 => return Err(Status::invalid_argument("validity_duration is negative")),
+            s => Some(Duration::from_secs(s as u64)),
+        };
+        match self.ca.sign_csr(&req.csr, &caller, ttl) {
+            Ok(cert_chain) => {
+                self.counters.signed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(identity = %caller, "certificate issued");
+                Ok(Response::new(IstioCertificateResponse {
+                    cert_chain,
+                    root_cert: None,
+                }))
+            }
+            Err(CaError::IdentityMismatch { requested, caller }) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    peer = ?peer,
+                    %caller,
+                    requested = ?requested,
+                    "CSR refused: it asks for an identity that is not the caller's"
+                );
+                Err(Status::permission_denied(format!(
+                    "caller {caller} may not have a certificate for {}",
+                    requested.join(", ")
+                )))
+            }
+            Err(e @ (CaError::BadCsr(_) | CaError::BadTtl(_))) => {
+                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+}
+
+/// citadel's TLS identity: its serving certificate and the bundle that client certificates
+/// (renewals) must chain to.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: String,
+}
+
+impl ServerTls {
+    /// A serving certificate for citadel itself, from its own CA, for istiod's names,
+    /// `localhost` and the listen address.
+    pub fn from_ca(ca: &CertificateAuthority, addr: SocketAddr) -> Result<Self, CaError> {
+        let ips = vec![addr.ip(), std::net::IpAddr::from([127, 0, 0, 1])];
+        let (cert_chain_pem, key_pem) =
+            ca.issue_server_cert(&[], &ips, Duration::from_secs(365 * 24 * 3600))?;
+        Ok(Self {
+            cert_chain_pem,
+            key_pem,
+            client_ca_pem: ca.trust_bundle_pem(),
+        })
+    }
+
+    pub fn tonic(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_chain_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.client_ca_pem))
+            .client_auth_optional(true)
+    }
+}
+
+/// Serve the CA API over TLS until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    citadel: Citadel,
+    tls: ServerTls,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    Server::builder()
+        .tls_config(tls.tonic())?
+        .add_service(IstioCertificateServiceServer::new(citadel))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
