@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod model;
+pub mod security;
 
 pub use error::ConfigError;
 pub use model::MeshModel;

@@ -38,6 +38,10 @@ pub struct MeshModel {
     pub destination_policies: BTreeMap<String, DestinationPolicy>,
     /// Sidecar resources, which scope what a proxy sees and how it captures traffic.
     pub sidecars: Vec<SidecarScope>,
+    /// PeerAuthentications (mTLS mode per workload port), in source order.
+    pub peer_authentications: Vec<crate::security::PeerAuthn>,
+    /// AuthorizationPolicies, in source order.
+    pub authorization_policies: Vec<crate::security::AuthzPolicy>,
 }
 
 /// Where a model element came from, so that xDS metadata, debug pages and errors can point

@@ -39,11 +39,14 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
             boxed(parse_workload_entry(doc).map(|r| Box::new(r) as _))
         }
         ("networking.istio.io", "Sidecar") => boxed(parse_sidecar(doc).map(|r| Box::new(r) as _)),
+        ("security.istio.io", "PeerAuthentication") => boxed(check_shape(doc).and_then(|()| {
+            super::istio_security::parse_peer_authentication(doc).map(|r| Box::new(r) as _)
+        })),
+        ("security.istio.io", "AuthorizationPolicy") => boxed(check_shape(doc).and_then(|()| {
+            super::istio_security::parse_authorization_policy(doc).map(|r| Box::new(r) as _)
+        })),
         ("networking.istio.io", "Gateway" | "WorkloadGroup" | "EnvoyFilter" | "ProxyConfig")
-        | (
-            "security.istio.io",
-            "PeerAuthentication" | "AuthorizationPolicy" | "RequestAuthentication",
-        )
+        | ("security.istio.io", "RequestAuthentication")
         | ("telemetry.istio.io", "Telemetry")
         | ("extensions.istio.io", "WasmPlugin") => {
             boxed(check_shape(doc).map(|()| Box::new(Accepted) as _))

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpOptions, TcpKeepalive, TransportSocket,
+    HttpProtocolOptions as CommonHttpOptions, TcpKeepalive,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -30,10 +30,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mast_mesh_config::model::{
-    Labels, LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, TrafficPolicy,
+    Labels, LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, TlsMode,
+    TrafficPolicy,
 };
 
 use super::endpoints;
+use super::mtls::{self, Security};
 use super::plan::InboundPort;
 use super::{any, duration, merged_policy, outbound_cluster_name};
 
@@ -48,19 +50,30 @@ pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
 /// Clusters for every port (and subset) of `services`, plus Istio's fixed clusters.
-pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<Cluster> {
+pub fn outbound(model: &MeshModel, services: &[&Service], security: &Security) -> Vec<Cluster> {
     let mut out = Vec::new();
     for svc in services {
         let dr = model.destination_policies.get(&svc.hostname);
         let base = dr.map(|d| &d.traffic_policy);
+        let identities = security
+            .mtls
+            .then(|| mtls::service_identities(model, svc, &security.trust_domain));
         for port in &svc.ports {
             let name = outbound_cluster_name(port.port, None, &svc.hostname);
             let policy = merged_policy(base, None, port.port);
-            out.push(service_cluster(name, svc, port, &policy, &Labels::new()));
+            let mut c = service_cluster(name, svc, port, &policy, &Labels::new());
+            if let Some(ids) = &identities {
+                apply_mtls(&mut c, svc, port.port, None, &policy, ids);
+            }
+            out.push(c);
             for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
                 let name = outbound_cluster_name(port.port, Some(&subset.name), &svc.hostname);
                 let policy = merged_policy(base, subset.traffic_policy.as_ref(), port.port);
-                out.push(service_cluster(name, svc, port, &policy, &subset.labels));
+                let mut c = service_cluster(name, svc, port, &policy, &subset.labels);
+                if let Some(ids) = &identities {
+                    apply_mtls(&mut c, svc, port.port, Some(&subset.name), &policy, ids);
+                }
+                out.push(c);
             }
         }
     }
@@ -140,7 +153,6 @@ fn service_cluster(
         lb_policy: lb_policy(policy.load_balancer.as_ref()) as i32,
         circuit_breakers: Some(circuit_breakers(policy)),
         outlier_detection: policy.outlier_detection.as_ref().map(outlier_detection),
-        transport_socket: transport_socket(svc, policy),
         ..Default::default()
     };
     if let Some(o) = &policy.outlier_detection {
@@ -184,11 +196,28 @@ fn service_cluster(
     c
 }
 
-/// Upstream TLS. Nothing yet: mTLS (`ISTIO_MUTUAL` with SDS secrets `default`/`ROOTCA`, ALPN
-/// `istio-peer-exchange`, `istio`) and DestinationRule `SIMPLE`/`MUTUAL` arrive with citadel,
-/// and will be decided here from `policy.tls` and whether the endpoints have sidecars.
-fn transport_socket(_svc: &Service, _policy: &TrafficPolicy) -> Option<TransportSocket> {
-    None
+/// Upstream mTLS: a DestinationRule's `ISTIO_MUTUAL` forces it and `DISABLE` turns it off;
+/// otherwise auto mTLS picks TLS per endpoint (`tlsMode: istio`). Services outside the mesh
+/// and `SIMPLE`/`MUTUAL` origination (which needs certificates pilot does not serve yet) get
+/// no mesh TLS.
+fn apply_mtls(
+    c: &mut Cluster,
+    svc: &Service,
+    port: u16,
+    subset: Option<&str>,
+    policy: &TrafficPolicy,
+    identities: &[String],
+) {
+    if svc.mesh_external || svc.resolution == Resolution::None {
+        return;
+    }
+    let socket =
+        || mtls::upstream_socket(mtls::sni(port, subset, &svc.hostname), identities.to_vec());
+    match policy.tls.as_ref().map(|t| t.mode) {
+        Some(TlsMode::IstioMutual) => c.transport_socket = Some(socket()),
+        Some(TlsMode::Disable | TlsMode::Simple | TlsMode::Mutual) => {}
+        None => c.transport_socket_matches = mtls::auto_mtls_matches(socket()),
+    }
 }
 
 /// HTTP/2 for gRPC and HTTP2 ports (and `h2UpgradePolicy: UPGRADE`); the downstream protocol
@@ -371,7 +400,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let cs = outbound(&model, &[&s]);
+        let cs = outbound(&model, &[&s], &Security::default());
         let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
         assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32);
         assert_eq!(
@@ -417,7 +446,7 @@ mod tests {
     #[test]
     fn istio_defaults_and_fixed_clusters() {
         let s = svc(Resolution::Static, Protocol::Tcp);
-        let cs = outbound(&MeshModel::default(), &[&s]);
+        let cs = outbound(&MeshModel::default(), &[&s], &Security::default());
         let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
         assert_eq!(c.lb_policy, LbPolicy::LeastRequest as i32);
         assert_eq!(c.connect_timeout.unwrap().seconds, 10);
@@ -442,14 +471,14 @@ mod tests {
     fn resolution_picks_the_discovery_type() {
         let dns = svc(Resolution::Dns, Protocol::Http);
         let none = svc(Resolution::None, Protocol::Tcp);
-        let cs = outbound(&MeshModel::default(), &[&dns]);
+        let cs = outbound(&MeshModel::default(), &[&dns], &Security::default());
         let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
         assert_eq!(
             c.cluster_discovery_type,
             Some(discovery(DiscoveryType::StrictDns))
         );
         assert!(c.load_assignment.is_some());
-        let cs = outbound(&MeshModel::default(), &[&none]);
+        let cs = outbound(&MeshModel::default(), &[&none], &Security::default());
         let c = find(&cs, "outbound|5000||db.data.svc.cluster.local");
         assert_eq!(
             c.cluster_discovery_type,

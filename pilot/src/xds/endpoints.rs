@@ -17,8 +17,15 @@ use mast_mesh_config::model::{
     Endpoint, Labels, MeshModel, Service, ServicePort, TargetPort, Workload, labels_match,
 };
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::google::protobuf::Struct;
+
 use super::clusters::is_eds;
-use super::outbound_cluster_name;
+use super::mtls::SOCKET_MATCH_KEY;
+use super::{outbound_cluster_name, string_value};
+
+/// The label with which a workload declares its sidecar (Istio's injector adds it).
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 /// One `ClusterLoadAssignment` per EDS cluster of `services` (every port, every subset), named
 /// as the cluster's `eds_cluster_config.service_name` — which is the cluster name.
@@ -54,6 +61,8 @@ struct Ep<'a> {
     port: u16,
     weight: Option<u32>,
     locality: Option<&'a str>,
+    /// It has a sidecar: auto mTLS applies (`tlsMode: istio`).
+    sidecar: bool,
 }
 
 fn assignment(cluster_name: String, eps: Vec<Ep<'_>>) -> ClusterLoadAssignment {
@@ -64,7 +73,7 @@ fn assignment(cluster_name: String, eps: Vec<Ep<'_>>) -> ClusterLoadAssignment {
         by_locality
             .entry(e.locality)
             .or_default()
-            .push(lb_endpoint(e.address, e.port, e.weight));
+            .push(lb_endpoint(e.address, e.port, e.weight, e.sidecar));
     }
     ClusterLoadAssignment {
         cluster_name,
@@ -109,6 +118,7 @@ fn endpoints_of<'a>(
                 port: p,
                 weight: w.weight,
                 locality: w.locality.as_deref(),
+                sidecar: w.has_sidecar,
             });
         }
     }
@@ -119,10 +129,16 @@ fn endpoints_of<'a>(
                 port: entry_endpoint_port(e, port),
                 weight: e.weight,
                 locality: None,
+                sidecar: entry_has_sidecar(e),
             });
         }
     }
     out
+}
+
+/// ServiceEntry endpoints say they have a sidecar with Istio's label.
+fn entry_has_sidecar(e: &Endpoint) -> bool {
+    e.labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio")
 }
 
 /// Where a workload serves a service port: a WorkloadEntry's port of the same name (Istio's
@@ -170,6 +186,7 @@ pub fn dns_assignment(
             port: entry_endpoint_port(e, port),
             weight: e.weight,
             locality: None,
+            sidecar: entry_has_sidecar(e),
         })
         .collect();
     if svc.endpoints.is_empty() {
@@ -178,6 +195,7 @@ pub fn dns_assignment(
             port: port.port,
             weight: None,
             locality: None,
+            sidecar: false,
         });
     }
     assignment(name.to_string(), eps)
@@ -192,6 +210,7 @@ pub fn static_assignment(name: &str, address: &str, port: u16) -> ClusterLoadAss
             port,
             weight: None,
             locality: None,
+            sidecar: false,
         }],
     )
 }
@@ -206,8 +225,21 @@ pub fn socket_address(address: &str, port: u16) -> Address {
     }
 }
 
-fn lb_endpoint(address: &str, port: u16, weight: Option<u32>) -> LbEndpoint {
+fn lb_endpoint(address: &str, port: u16, weight: Option<u32>, sidecar: bool) -> LbEndpoint {
     LbEndpoint {
+        metadata: sidecar.then(|| Metadata {
+            filter_metadata: [(
+                SOCKET_MATCH_KEY.to_string(),
+                Struct {
+                    fields: [("tlsMode".to_string(), string_value("istio"))]
+                        .into_iter()
+                        .collect(),
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        }),
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket_address(address, port)),
             ..Default::default()

@@ -36,6 +36,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 use mast_mesh_config::model::*;
+use mast_mesh_config::security::{MtlsMode, PeerAuthn};
 use prost::Message;
 
 use super::endpoints::socket_address;
@@ -327,6 +328,37 @@ fn kitchen_sink() -> MeshModel {
     m
 }
 
+/// AuthorizationPolicies on `user` (HTTP) and `odd` (TCP chains): DENY, ALLOW and AUDIT.
+const AUTHZ_FIXTURE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: default}
+spec:
+  selector: {matchLabels: {app: user}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"], methods: ["POST"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-web, namespace: default}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/web"], namespaces: ["prod"]}}]
+    when: [{key: request.headers[x-user], values: ["jason"]}]
+  - from: [{source: {ipBlocks: ["10.0.0.0/8"]}}]
+    to: [{operation: {ports: ["9080"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-odd, namespace: prod}
+spec:
+  action: AUDIT
+  rules:
+  - to: [{operation: {ports: ["7100"]}}]
+"#;
+
 /// Everything in `c`, made static so `--mode validate` checks it all.
 fn bootstrap(c: &ProxyConfig, node_id: &str) -> Bootstrap {
     let hcm_filter = |rc: &RouteConfiguration| Filter {
@@ -392,6 +424,22 @@ fn bootstrap(c: &ProxyConfig, node_id: &str) -> Bootstrap {
         any(&h2),
     );
     clusters.push(xds);
+    // The agent's SDS socket, as every Istio bootstrap has it (mTLS secrets come from it).
+    let mut sds = Cluster {
+        name: mtls::SDS_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        load_assignment: Some(endpoints::static_assignment(
+            mtls::SDS_CLUSTER,
+            "127.0.0.1",
+            15019,
+        )),
+        ..Default::default()
+    };
+    sds.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(&h2),
+    );
+    clusters.push(sds);
     Bootstrap {
         node: Some(Node {
             id: node_id.into(),
@@ -466,6 +514,35 @@ fn envoy_accepts_generated_config() {
         registry_only: true,
         ..Default::default()
     });
+    // mTLS: mesh-wide PERMISSIVE, `prod` STRICT except one port, and authorization
+    // policies on `user`, so the TLS chains and RBAC filters are validated too.
+    let pa = |ns: &str, selector: Option<Labels>, mode, ports: &[(u16, MtlsMode)]| PeerAuthn {
+        namespace: ns.into(),
+        selector,
+        mode,
+        port_modes: ports.iter().copied().collect(),
+        source: ResourceRef::default(),
+    };
+    model.peer_authentications = vec![
+        pa("istio-system", None, MtlsMode::Permissive, &[]),
+        pa("prod", None, MtlsMode::Strict, &[]),
+        pa(
+            "prod",
+            Some(labels(&[("app", "odd")])),
+            MtlsMode::Unset,
+            &[(7100, MtlsMode::Disable)],
+        ),
+    ];
+    let mut store = mast_mesh_config::store::ConfigStore::default();
+    let report =
+        store.apply_files([(PathBuf::from("authz.yaml"), AUTHZ_FIXTURE.to_string())].into());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    model.authorization_policies = store.model().authorization_policies.clone();
+    assert_eq!(model.authorization_policies.len(), 3);
+    let security = Security {
+        mtls: true,
+        ..Security::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     for (mode, ns, labels) in [
         (
@@ -486,7 +563,7 @@ fn envoy_accepts_generated_config() {
             interception_mode: mode,
             ..Default::default()
         };
-        let config = generate(&model, &proxy);
+        let config = generate_with(&model, &proxy, &security);
         assert!(!config.routes.is_empty() && !config.endpoints.is_empty());
         if ns == "prod" {
             let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();

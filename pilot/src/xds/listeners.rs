@@ -40,6 +40,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use mast_mesh_config::model::{MeshModel, Protocol, Service, ServicePort};
+use mast_mesh_config::security::MtlsMode;
+
+use super::authz;
+use super::mtls::{self, Security};
 
 use super::clusters::{
     BLACKHOLE, INBOUND_PASSTHROUGH, PASSTHROUGH, ads_config_source, inbound_cluster_name,
@@ -192,11 +196,34 @@ fn outbound_listener(
 /// `virtualInbound` (captured ports) and bound listeners for Sidecar ingress ports without
 /// capture. Nothing inbound for a NONE-mode proxy without a Sidecar ingress: its app owns its
 /// ports, and the peer reaches it directly.
-pub fn inbound(ports: &[InboundPort], proxy: &ProxyNode) -> Vec<Listener> {
+///
+/// With mTLS on, each port's chains follow its PeerAuthentication mode (see [`super::mtls`]),
+/// and AuthorizationPolicies become RBAC filters in front of every inbound chain.
+pub fn inbound(
+    model: &MeshModel,
+    ports: &[InboundPort],
+    proxy: &ProxyNode,
+    security: &Security,
+) -> Vec<Listener> {
+    let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);
+    let rbac = Rbac {
+        http: authz::http_rbac_filters(&policies),
+        tcp: authz::network_rbac_filters(&policies),
+    };
+    let mode = |port: u16| {
+        if security.mtls {
+            model.mtls_mode(&proxy.namespace, &proxy.labels, port)
+        } else {
+            MtlsMode::Disable
+        }
+    };
     let mut out = Vec::new();
     let mut chains = Vec::new();
+    let mut any_tls = false;
     for p in ports {
         let cluster = inbound_cluster_name(p.port);
+        let mode = mode(p.port);
+        any_tls |= mode != MtlsMode::Disable;
         match &p.bind {
             Some(addr) => {
                 let stat = format!("inbound_{addr}_{}", p.port);
@@ -206,17 +233,41 @@ pub fn inbound(ports: &[InboundPort], proxy: &ProxyNode) -> Vec<Listener> {
                     traffic_direction: TrafficDirection::Inbound as i32,
                     ..Default::default()
                 };
-                let mut new_chains = inbound_chains(&stat, &cluster, p.protocol, None);
-                if p.protocol == Protocol::Unknown {
-                    add_sniffing(&mut l);
-                    l.default_filter_chain = new_chains.pop();
+                if mode == MtlsMode::Disable {
+                    let mut new_chains = inbound_chains(&stat, &cluster, p.protocol, None, &rbac);
+                    if p.protocol == Protocol::Unknown {
+                        add_sniffing(&mut l);
+                        l.default_filter_chain = new_chains.pop();
+                    }
+                    l.filter_chains = new_chains;
+                } else {
+                    l.filter_chains =
+                        secured_chains(&stat, &cluster, p, None, mode, &rbac, security);
+                    l.listener_filters.push(tls_inspector());
                 }
-                l.filter_chains = new_chains;
                 out.push(l);
             }
             None if proxy.interception_mode.captures() => {
                 let stat = format!("inbound_{WILDCARD}_{}", p.port);
-                chains.extend(inbound_chains(&stat, &cluster, p.protocol, Some(p.port)));
+                if mode == MtlsMode::Disable {
+                    chains.extend(inbound_chains(
+                        &stat,
+                        &cluster,
+                        p.protocol,
+                        Some(p.port),
+                        &rbac,
+                    ));
+                } else {
+                    chains.extend(secured_chains(
+                        &stat,
+                        &cluster,
+                        p,
+                        Some(p.port),
+                        mode,
+                        &rbac,
+                        security,
+                    ));
+                }
             }
             None => {}
         }
@@ -255,6 +306,9 @@ pub fn inbound(ports: &[InboundPort], proxy: &ProxyNode) -> Vec<Listener> {
             }),
             ..Default::default()
         };
+        if any_tls {
+            l.listener_filters.push(tls_inspector());
+        }
         // Detect HTTP only on undeclared ports: on a declared TCP port a server-first
         // protocol (MySQL, SMTP) would wait forever for the client to speak.
         let sniffed: Vec<u16> = ports
@@ -269,6 +323,78 @@ pub fn inbound(ports: &[InboundPort], proxy: &ProxyNode) -> Vec<Listener> {
             }
         }
         out.push(l);
+    }
+    out
+}
+
+/// The inbound RBAC filters of a proxy (DENY first, then ALLOW), for HTTP and TCP chains.
+struct Rbac {
+    http: Vec<HttpFilter>,
+    tcp: Vec<Filter>,
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A port under PeerAuthentication STRICT or PERMISSIVE: an mTLS chain (HTTP for HTTP
+/// ports; TCP otherwise, since ALPN inside mTLS says nothing of the app protocol), plus, for
+/// PERMISSIVE, the plaintext chains, and for STRICT an explicit plaintext chain to the black
+/// hole so plaintext cannot fall through to the passthrough chain.
+fn secured_chains(
+    stat: &str,
+    cluster: &str,
+    p: &InboundPort,
+    port: Option<u16>,
+    mode: MtlsMode,
+    rbac: &Rbac,
+    security: &Security,
+) -> Vec<FilterChain> {
+    let tls_protocol = if p.protocol.is_http() {
+        p.protocol
+    } else {
+        Protocol::Tcp
+    };
+    let mut out = Vec::new();
+    for mut c in inbound_chains(stat, cluster, tls_protocol, port, rbac) {
+        let m = c.filter_chain_match.get_or_insert_with(Default::default);
+        m.transport_protocol = "tls".into();
+        if mode == MtlsMode::Permissive {
+            m.application_protocols = mtls::INBOUND_MESH_ALPN
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        }
+        c.transport_socket = Some(mtls::downstream_socket(&security.trust_domain));
+        out.push(c);
+    }
+    match mode {
+        MtlsMode::Strict => out.push(FilterChain {
+            name: format!("{cluster}-plaintext-refused"),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "raw_buffer".into(),
+                ..port.map(port_match).unwrap_or_default()
+            }),
+            filters: vec![tcp_proxy_filter(
+                BLACKHOLE,
+                ClusterSpecifier::Cluster(BLACKHOLE.into()),
+            )],
+            ..Default::default()
+        }),
+        _ => {
+            for mut c in inbound_chains(stat, cluster, p.protocol, port, rbac) {
+                c.filter_chain_match
+                    .get_or_insert_with(Default::default)
+                    .transport_protocol = "raw_buffer".into();
+                out.push(c);
+            }
+        }
     }
     out
 }
@@ -301,6 +427,7 @@ fn inbound_chains(
     cluster: &str,
     protocol: Protocol,
     port: Option<u16>,
+    rbac: &Rbac,
 ) -> Vec<FilterChain> {
     let http = |alpn: bool| FilterChain {
         name: cluster.to_string(),
@@ -315,10 +442,14 @@ fn inbound_chains(
             },
             ..Default::default()
         }),
-        filters: vec![hcm_filter(http_connection_manager(
-            stat,
-            RouteSpecifier::RouteConfig(inbound_route_config(cluster)),
-        ))],
+        filters: vec![hcm_filter({
+            let mut hcm = http_connection_manager(
+                stat,
+                RouteSpecifier::RouteConfig(inbound_route_config(cluster)),
+            );
+            hcm.http_filters.splice(0..0, rbac.http.iter().cloned());
+            hcm
+        })],
         ..Default::default()
     };
     let tcp = || FilterChain {
@@ -329,10 +460,15 @@ fn inbound_chains(
             }),
             ..Default::default()
         }),
-        filters: vec![tcp_proxy_filter(
-            stat,
-            ClusterSpecifier::Cluster(cluster.to_string()),
-        )],
+        filters: rbac
+            .tcp
+            .iter()
+            .cloned()
+            .chain([tcp_proxy_filter(
+                stat,
+                ClusterSpecifier::Cluster(cluster.to_string()),
+            )])
+            .collect(),
         ..Default::default()
     };
     if protocol.is_http() {
@@ -616,7 +752,12 @@ mod tests {
                 bind: None,
             },
         ];
-        let ls = inbound(&ports, &proxy(InterceptionMode::Redirect));
+        let ls = inbound(
+            &MeshModel::default(),
+            &ports,
+            &proxy(InterceptionMode::Redirect),
+            &Security::default(),
+        );
         assert_eq!(ls.len(), 1);
         let vi = &ls[0];
         assert_eq!(vi.name, "virtualInbound");
@@ -636,7 +777,15 @@ mod tests {
         assert_eq!(ports, [15006, 9080, 3306]);
         // Only original_dst: no HTTP detection without undeclared ports.
         assert_eq!(vi.listener_filters.len(), 1);
-        assert!(inbound(&[], &proxy(InterceptionMode::None)).is_empty());
+        assert!(
+            inbound(
+                &MeshModel::default(),
+                &[],
+                &proxy(InterceptionMode::None),
+                &Security::default()
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -655,7 +804,12 @@ mod tests {
                 bind: None,
             },
         ];
-        let vi = &inbound(&ports, &proxy(InterceptionMode::Redirect))[0];
+        let vi = &inbound(
+            &MeshModel::default(),
+            &ports,
+            &proxy(InterceptionMode::Redirect),
+            &Security::default(),
+        )[0];
         let at_7000: Vec<&FilterChain> = vi
             .filter_chains
             .iter()

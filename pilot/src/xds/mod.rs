@@ -30,13 +30,16 @@ use crate::ads::{
     Resource, Snapshot,
 };
 
+pub mod authz;
 pub mod clusters;
 pub mod endpoints;
 pub mod listeners;
+pub mod mtls;
 pub mod node;
 pub mod plan;
 pub mod routes;
 
+pub use mtls::Security;
 pub use node::{InterceptionMode, NodeError, ProxyNode};
 
 /// Everything one proxy gets, as typed protos, each list sorted by resource name.
@@ -163,16 +166,21 @@ fn encode_all<T: Message>(v: &[T], type_url: &str, name: impl Fn(&T) -> &String)
 
 /// Everything for one proxy, uncached (tests, `/debug`, mastctl).
 pub fn generate(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
-    let mut out = generate_outbound(model, proxy);
-    out.merge(generate_inbound(model, proxy));
+    generate_with(model, proxy, &Security::default())
+}
+
+/// Everything for one proxy with the mesh's security settings, uncached.
+pub fn generate_with(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> ProxyConfig {
+    let mut out = generate_outbound(model, proxy, security);
+    out.merge(generate_inbound(model, proxy, security));
     out
 }
 
 /// Everything the proxy can call: outbound clusters, endpoints, listeners and routes.
-pub fn generate_outbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
+pub fn generate_outbound(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> ProxyConfig {
     let plan = plan::outbound(model, proxy);
     let mut out = ProxyConfig {
-        clusters: clusters::outbound(model, &plan.services),
+        clusters: clusters::outbound(model, &plan.services, security),
         endpoints: endpoints::outbound(model, &plan.services),
         listeners: listeners::outbound(model, &plan, proxy),
         routes: routes::outbound(model, &plan, proxy),
@@ -182,11 +190,11 @@ pub fn generate_outbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
 }
 
 /// What reaches the proxy's own workload: inbound clusters and listeners.
-pub fn generate_inbound(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
+pub fn generate_inbound(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> ProxyConfig {
     let ports = plan::inbound_ports(model, proxy);
     let mut out = ProxyConfig {
         clusters: clusters::inbound(&ports, proxy.interception_mode.captures()),
-        listeners: listeners::inbound(&ports, proxy),
+        listeners: listeners::inbound(model, &ports, proxy, security),
         ..ProxyConfig::default()
     };
     out.normalize();
@@ -230,9 +238,18 @@ struct InboundKey {
 #[derive(Debug, Default)]
 pub struct XdsGenerator {
     cache: Mutex<Cache>,
+    security: Security,
 }
 
 impl XdsGenerator {
+    /// A generator for a mesh with these security settings (mTLS when a CA runs).
+    pub fn new(security: Security) -> Self {
+        Self {
+            cache: Mutex::default(),
+            security,
+        }
+    }
+
     /// The cell for `key` at `version`, and the previous version's part for the same key.
     fn cells(
         &self,
@@ -310,10 +327,10 @@ impl Generator for XdsGenerator {
             .clone()
         };
         let outbound = part(&out, prev_out, &|| {
-            generate_outbound(model, &proxy).resources()
+            generate_outbound(model, &proxy, &self.security).resources()
         });
         let inbound = part(&inb, prev_in, &|| {
-            generate_inbound(model, &proxy).resources()
+            generate_inbound(model, &proxy, &self.security).resources()
         });
         Ok(ProxyView {
             layers: vec![outbound, inbound],

@@ -26,6 +26,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::value::Kind;
 use mast_mesh_config::model::*;
+use mast_mesh_config::security::MtlsMode;
 use prost::Message;
 
 use super::*;
@@ -803,4 +804,204 @@ fn consistent_hash_sets_ring_hash_and_route_hash_policy() {
         panic!("{hp:?}")
     };
     assert_eq!(h.header_name, "x-user");
+}
+
+// === mTLS ===
+
+fn secure() -> Security {
+    Security {
+        mtls: true,
+        ..Security::default()
+    }
+}
+
+fn upstream_tls(
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        panic!("no typed config in {ts:?}")
+    };
+    prost::Message::decode(any.value.as_slice()).unwrap()
+}
+
+#[test]
+#[allow(deprecated)]
+fn auto_mtls_to_sidecars_with_service_account_sans() {
+    let m = model(vec![split(50, 50)]);
+    let plain = generate(&m, &proxy(InterceptionMode::None));
+    let c = cluster(&plain, &format!("outbound|8081|v1|{USER}"));
+    assert!(c.transport_socket_matches.is_empty() && c.transport_socket.is_none());
+
+    let config = generate_with(&m, &proxy(InterceptionMode::None), &secure());
+    let c = cluster(&config, &format!("outbound|8081|v1|{USER}"));
+    assert_eq!(c.transport_socket_matches.len(), 2);
+    let tls_match = &c.transport_socket_matches[0];
+    assert_eq!(tls_match.name, "tlsMode-istio");
+    let ctx = upstream_tls(tls_match.transport_socket.as_ref().unwrap());
+    assert_eq!(ctx.sni, format!("outbound_.8081_.v1_.{USER}"));
+    let common = ctx.common_tls_context.unwrap();
+    assert_eq!(common.alpn_protocols, ["istio-peer-exchange", "istio"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+    let Some(
+        envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType::CombinedValidationContext(v),
+    ) = common.validation_context_type
+    else {
+        panic!("no combined validation context")
+    };
+    assert_eq!(
+        v.validation_context_sds_secret_config.unwrap().name,
+        "ROOTCA"
+    );
+    let sans: Vec<_> = v
+        .default_validation_context
+        .unwrap()
+        .match_subject_alt_names
+        .into_iter()
+        .map(|m| m.match_pattern)
+        .collect();
+    assert_eq!(
+        sans,
+        [Some(MatchPattern::Exact(
+            "spiffe://cluster.local/ns/default/sa/user".into()
+        ))]
+    );
+    assert_eq!(
+        c.transport_socket_matches[1]
+            .transport_socket
+            .as_ref()
+            .unwrap()
+            .name,
+        "envoy.transport_sockets.raw_buffer"
+    );
+    // Endpoints with sidecars say so, for the match.
+    let cla = config
+        .endpoints
+        .iter()
+        .find(|e| e.cluster_name == format!("outbound|8081|v1|{USER}"))
+        .unwrap();
+    let meta = cla.endpoints[0].lb_endpoints[0].metadata.as_ref().unwrap();
+    let tls_mode = &meta.filter_metadata["envoy.transport_socket_match"].fields["tlsMode"];
+    assert_eq!(tls_mode.kind, Some(Kind::StringValue("istio".into())));
+}
+
+#[test]
+fn destination_rule_tls_mode_overrides_auto_mtls() {
+    for (mode, forced, none) in [
+        (TlsMode::IstioMutual, true, false),
+        (TlsMode::Disable, false, true),
+    ] {
+        let mut m = model(vec![split(50, 50)]);
+        m.destination_policies
+            .get_mut(USER)
+            .expect("the model has a DestinationRule for user")
+            .traffic_policy
+            .tls = Some(ClientTls {
+            mode,
+            sni: None,
+            subject_alt_names: vec![],
+            credential_name: None,
+        });
+        let config = generate_with(&m, &proxy(InterceptionMode::None), &secure());
+        let c = cluster(&config, &format!("outbound|8081||{USER}"));
+        assert_eq!(c.transport_socket.is_some(), forced, "{mode:?}");
+        assert_eq!(
+            c.transport_socket_matches.is_empty(),
+            none || forced,
+            "{mode:?}"
+        );
+    }
+}
+
+fn peer_authn(mode: MtlsMode) -> mast_mesh_config::security::PeerAuthn {
+    mast_mesh_config::security::PeerAuthn {
+        namespace: "istio-system".into(),
+        selector: None,
+        mode,
+        port_modes: BTreeMap::new(),
+        source: ResourceRef::default(),
+    }
+}
+
+fn user_proxy() -> ProxyNode {
+    ProxyNode {
+        id: "sidecar~10.1.0.1~user-v1.default~default.svc.cluster.local".into(),
+        kind: "sidecar".into(),
+        ip: "10.1.0.1".into(),
+        pod_name: "user-v1".into(),
+        namespace: "default".into(),
+        labels: labels(&[("app", "user"), ("version", "v1")]),
+        service_account: "user".into(),
+        interception_mode: InterceptionMode::Redirect,
+        ..Default::default()
+    }
+}
+
+/// The virtualInbound chains for the workload port 9181: (transport, has TLS socket, first
+/// filter name).
+fn inbound_chains_9181(config: &ProxyConfig) -> Vec<(String, bool, String)> {
+    let vi = listener(config, "virtualInbound");
+    vi.filter_chains
+        .iter()
+        .filter(|c| {
+            c.filter_chain_match
+                .as_ref()
+                .and_then(|m| m.destination_port.as_ref())
+                .is_some_and(|p| p.value == 9181)
+        })
+        .map(|c| {
+            let m = c.filter_chain_match.as_ref().unwrap();
+            (
+                m.transport_protocol.clone(),
+                c.transport_socket.is_some(),
+                c.filters[0].name.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn peer_authentication_modes_shape_inbound_chains() {
+    let hcm = "envoy.filters.network.http_connection_manager".to_string();
+    let tcp = "envoy.filters.network.tcp_proxy".to_string();
+    let mut m = model(vec![split(50, 50)]);
+
+    // No policy: PERMISSIVE, mTLS and plaintext side by side.
+    let c = generate_with(&m, &user_proxy(), &secure());
+    assert_eq!(
+        inbound_chains_9181(&c),
+        [
+            ("tls".to_string(), true, hcm.clone()),
+            ("raw_buffer".to_string(), false, hcm.clone())
+        ]
+    );
+    let vi = listener(&c, "virtualInbound");
+    assert!(
+        vi.listener_filters
+            .iter()
+            .any(|f| f.name == "envoy.filters.listener.tls_inspector")
+    );
+
+    m.peer_authentications = vec![peer_authn(MtlsMode::Strict)];
+    let c = generate_with(&m, &user_proxy(), &secure());
+    assert_eq!(
+        inbound_chains_9181(&c),
+        [
+            ("tls".to_string(), true, hcm.clone()),
+            ("raw_buffer".to_string(), false, tcp.clone())
+        ],
+        "STRICT: plaintext goes to the black hole"
+    );
+
+    m.peer_authentications = vec![peer_authn(MtlsMode::Disable)];
+    let c = generate_with(&m, &user_proxy(), &secure());
+    assert_eq!(
+        inbound_chains_9181(&c),
+        [(String::new(), false, hcm.clone())]
+    );
+
+    // Without a CA nothing is TLS, whatever the policy says.
+    m.peer_authentications = vec![peer_authn(MtlsMode::Strict)];
+    let c = generate(&m, &user_proxy());
+    assert_eq!(inbound_chains_9181(&c), [(String::new(), false, hcm)]);
 }
