@@ -10,9 +10,9 @@
 //!
 //! **Chains and trust bundles.** A CreateCertificate answer lists the leaf first, then the
 //! intermediates, then the trust anchors: every *self-signed* certificate at the end of the
-//! list is a root the workload must trust. During a root rotation that tail holds both the
-//! new root and the previous ones (`previous-roots.pem`) until they expire, so workloads
-//! holding certificates from either root keep talking to each other (see README).
+//! list is a root the workload must trust. During a root rotation that tail holds the staged
+//! next root, then (once it signs) the previous roots until they expire, so workloads holding
+//! certificates from either root keep talking to each other (see [`rotate_root`], README).
 
 use std::fs;
 use std::io::Write;
@@ -241,9 +241,9 @@ impl CertificateAuthority {
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| bad(&cert_path, e))?;
         let signing_not_after =
             not_after(&cert_pem).ok_or_else(|| bad(&cert_path, "not a certificate"))?;
-        let previous = previous_roots(dir)?;
         let mut bundle = vec![cert_pem.clone()];
-        bundle.extend(previous);
+        bundle.extend(staged_root(dir)?);
+        bundle.extend(previous_roots(dir)?);
         Ok(Self {
             issuer,
             signing_not_after,
@@ -409,6 +409,16 @@ fn random_serial() -> Result<rcgen::SerialNumber, CaError> {
     Ok(rcgen::SerialNumber::from_slice(&b))
 }
 
+/// The root staged by [`rotate_root`], trusted before it signs.
+fn staged_root(dir: &Path) -> Result<Option<String>, CaError> {
+    let path = dir.join("next-root-cert.pem");
+    if path.exists() {
+        Ok(Some(read(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Roots from `previous-roots.pem` that have not expired.
 fn previous_roots(dir: &Path) -> Result<Vec<String>, CaError> {
     let path = dir.join("previous-roots.pem");
@@ -422,11 +432,31 @@ fn previous_roots(dir: &Path) -> Result<Vec<String>, CaError> {
         .collect())
 }
 
-/// Root rotation, step one: keep the current self-signed root as a previous root (still
-/// trusted until it expires) and make a new one. Restart mastd to sign with the new root;
-/// workloads renew on their own schedule and trust both meanwhile.
-pub fn rotate_root(dir: &Path, opts: &CaOptions) -> Result<(), CaError> {
+/// Root rotation, in two steps so that no workload ever meets a certificate from a root it
+/// does not trust yet:
+///
+/// 1. **stage**: make a new root as `next-root-cert.pem`/`next-root-key.pem`. After a mastd
+///    restart it is in every answer's trust bundle, while signing still uses the current root;
+///    within one certificate lifetime every workload trusts both.
+/// 2. **promote** (the next call): the staged root signs; the old one moves to
+///    `previous-roots.pem`, trusted until it expires, so certificates it signed keep working.
+///
+/// Returns which step ran.
+pub fn rotate_root(dir: &Path, opts: &CaOptions) -> Result<RotationStep, CaError> {
     let cert_path = dir.join("root-cert.pem");
+    let key_path = dir.join("root-key.pem");
+    let next_cert = dir.join("next-root-cert.pem");
+    let next_key = dir.join("next-root-key.pem");
+    if !next_cert.exists() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = root_params(&opts.trust_domain)
+            .self_signed(&key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        write_private(&next_key, &key.serialize_pem())?;
+        write_public(&next_cert, &cert.pem())?;
+        return Ok(RotationStep::Staged);
+    }
     let current = read(&cert_path)?;
     let prev_path = dir.join("previous-roots.pem");
     let mut previous = if prev_path.exists() {
@@ -436,12 +466,22 @@ pub fn rotate_root(dir: &Path, opts: &CaOptions) -> Result<(), CaError> {
     };
     previous.push_str(&current);
     write_public(&prev_path, &previous)?;
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::Sign(e.to_string()))?;
-    let cert = root_params(&opts.trust_domain)
-        .self_signed(&key)
-        .map_err(|e| CaError::Sign(e.to_string()))?;
-    write_private(&dir.join("root-key.pem"), &key.serialize_pem())?;
-    write_public(&cert_path, &cert.pem())?;
-    Ok(())
+    write_private(&key_path, &read(&next_key)?)?;
+    write_public(&cert_path, &read(&next_cert)?)?;
+    for p in [&next_cert, &next_key] {
+        fs::remove_file(p).map_err(|source| CaError::Io {
+            path: p.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(RotationStep::Promoted)
+}
+
+/// What [`rotate_root`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationStep {
+    /// A new root is trusted (after a restart) but does not sign yet.
+    Staged,
+    /// The staged root signs; the old one is a previous root.
+    Promoted,
 }

@@ -12,7 +12,7 @@ pub mod token;
 use std::fmt;
 use std::str::FromStr;
 
-pub use ca::{CaError, CaOptions, CertificateAuthority, rotate_root};
+pub use ca::{CaError, CaOptions, CertificateAuthority, RotationStep, rotate_root};
 pub use service::{Citadel, ServerTls, serve};
 pub use token::TokenVerifier;
 

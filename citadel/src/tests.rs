@@ -177,18 +177,48 @@ fn incomplete_plugin_files_are_an_error() {
 }
 
 #[test]
-fn rotation_keeps_the_previous_root_trusted() {
+fn rotation_stages_then_promotes_with_both_roots_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let old = CertificateAuthority::load_or_create(dir.path(), CaOptions::default()).unwrap();
-    rotate_root(dir.path(), &CaOptions::default()).unwrap();
-    let new = CertificateAuthority::load_or_create(dir.path(), CaOptions::default()).unwrap();
-    let bundle = new.trust_bundle_pem();
-    assert!(bundle.contains(old.trust_bundle_pem().trim()));
+    let opts = CaOptions::default();
+    let old = CertificateAuthority::load_or_create(dir.path(), opts.clone()).unwrap();
+    let old_root = old.trust_bundle_pem();
+    // Stage: the new root is trusted, the old one still signs.
+    assert_eq!(
+        rotate_root(dir.path(), &opts).unwrap(),
+        RotationStep::Staged
+    );
+    let staged = CertificateAuthority::load_or_create(dir.path(), opts.clone()).unwrap();
+    let bundle = staged.trust_bundle_pem();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(bundle.starts_with(old_root.trim_end()));
+    let chain = staged
+        .sign_csr(&csr(&user().to_string()), &user(), None)
+        .unwrap();
+    assert_eq!(chain.len(), 3, "leaf, current root, staged root");
+    let leaf = der(&chain[0]);
+    let (_, leaf_x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let old_der = der(&old_root);
+    let (_, old_x) = x509_parser::parse_x509_certificate(&old_der).unwrap();
+    assert!(leaf_x.verify_signature(Some(old_x.public_key())).is_ok());
+    // Promote: the new root signs, the old one is still trusted.
+    assert_eq!(
+        rotate_root(dir.path(), &opts).unwrap(),
+        RotationStep::Promoted
+    );
+    let new = CertificateAuthority::load_or_create(dir.path(), opts).unwrap();
+    let bundle = new.trust_bundle_pem();
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
+    assert!(bundle.contains(old_root.trim()));
+    assert!(
+        !bundle.starts_with(old_root.trim_end()),
+        "the new root comes first"
+    );
     let chain = new
         .sign_csr(&csr(&user().to_string()), &user(), None)
         .unwrap();
-    assert_eq!(chain.len(), 3, "leaf, new root, previous root");
+    let leaf = der(&chain[0]);
+    let (_, leaf_x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert!(leaf_x.verify_signature(Some(old_x.public_key())).is_err());
 }
 
 async fn serve_test_ca() -> (std::net::SocketAddr, tempfile::TempDir, String) {

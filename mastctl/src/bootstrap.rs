@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::grpc_service::{EnvoyGrpc, TargetSp
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, GrpcService,
-    Http2ProtocolOptions, Node, SocketAddress, address,
+    Http2ProtocolOptions, Node, Pipe, SocketAddress, address,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -33,7 +33,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
     ExplicitHttpConfig, UpstreamProtocolOptions,
 };
-use envoy_types::pb::google::protobuf::{Duration, Struct, Value, value::Kind};
+use envoy_types::pb::google::protobuf::{Any, Duration, Struct, Value, value::Kind};
 use envoy_types::util::pack_any;
 use prost::Name;
 
@@ -72,7 +72,16 @@ pub struct Args {
     /// Use delta xDS instead of state of the world.
     #[arg(long)]
     delta: bool,
+    /// Unix socket of the SDS server that holds the workload certificate (istio-agent's
+    /// role; `mast-proxy --agent --sds-socket PATH` serves it).
+    #[arg(long, default_value = SDS_SOCKET)]
+    sds_socket: String,
 }
+
+/// Istio's path of the agent's SDS socket.
+const SDS_SOCKET: &str = "./var/run/secrets/workload-spiffe-uds/socket";
+/// The bootstrap cluster to the SDS server (Istio's name; pilot's TLS config refers to it).
+const SDS_CLUSTER: &str = "sds-grpc";
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let json = mast_proto::message_to_json(&build(args)?)?;
@@ -117,15 +126,8 @@ fn ads_config_source() -> ConfigSource {
     }
 }
 
-/// The cluster to mastd: gRPC needs HTTP/2, which Envoy only speaks upstream when told.
-fn xds_cluster(host: &str, port: u16) -> Cluster {
-    // A literal IP needs no resolver; a name (`mastd.mast-system.svc`) is re-resolved.
-    let discovery = if host.parse::<IpAddr>().is_ok() {
-        DiscoveryType::Static
-    } else {
-        DiscoveryType::StrictDns
-    };
-    let http2 = HttpProtocolOptions {
+fn http2_options() -> Any {
+    pack_any(HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
@@ -134,6 +136,50 @@ fn xds_cluster(host: &str, port: u16) -> Cluster {
             },
         )),
         ..Default::default()
+    })
+}
+
+/// The cluster to the local SDS server, over a Unix socket (gRPC, so HTTP/2).
+fn sds_cluster(path: &str) -> Cluster {
+    Cluster {
+        name: SDS_CLUSTER.to_string(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: SDS_CLUSTER.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::Pipe(Pipe {
+                                path: path.to_string(),
+                                mode: 0,
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), http2_options())]
+            .into(),
+        ..Default::default()
+    }
+}
+
+/// The cluster to mastd: gRPC needs HTTP/2, which Envoy only speaks upstream when told.
+fn xds_cluster(host: &str, port: u16) -> Cluster {
+    // A literal IP needs no resolver; a name (`mastd.mast-system.svc`) is re-resolved.
+    let discovery = if host.parse::<IpAddr>().is_ok() {
+        DiscoveryType::Static
+    } else {
+        DiscoveryType::StrictDns
     };
     Cluster {
         name: XDS_CLUSTER.to_string(),
@@ -156,7 +202,7 @@ fn xds_cluster(host: &str, port: u16) -> Cluster {
             }],
             ..Default::default()
         }),
-        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), pack_any(http2))]
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), http2_options())]
             .into(),
         ..Default::default()
     }
@@ -244,7 +290,7 @@ pub fn build(args: &Args) -> anyhow::Result<Bootstrap> {
             ..Default::default()
         }),
         static_resources: Some(StaticResources {
-            clusters: vec![xds_cluster(host, port)],
+            clusters: vec![xds_cluster(host, port), sds_cluster(&args.sds_socket)],
             ..Default::default()
         }),
         ..Default::default()

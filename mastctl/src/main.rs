@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod analyze;
 mod bootstrap;
+mod credential;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,6 +26,10 @@ enum Command {
     Analyze(analyze::Args),
     /// Print an Envoy bootstrap (JSON) that connects a sidecar to mastd over ADS.
     Bootstrap(bootstrap::Args),
+    /// Issue a local-mode workload credential that citadel accepts for one service account.
+    Credential(credential::Args),
+    /// Rotate citadel's self-signed root, keeping the old one trusted until it expires.
+    RotateRoot(credential::RotateArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +37,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Analyze(args) => analyze::run(&args),
         Command::Bootstrap(args) => bootstrap::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Credential(args) => credential::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::RotateRoot(args) => credential::rotate(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,8 @@
-//! mastd: the Mast control plane in one binary, as istiod is for Istio. Today it hosts pilot
-//! (config folder → xDS over ADS); citadel, the injector and the telemetry collector join it
-//! as components that can each be switched off.
+//! mastd: the Mast control plane in one binary, as istiod is for Istio. It hosts pilot
+//! (config folder → xDS over ADS) and, with `--ca-dir`, citadel (workload certificates over
+//! Istio's CA API on TLS :15012) — which also turns on mesh mTLS in the generated config.
+//! The injector and the telemetry collector join it as components that can each be switched
+//! off.
 //!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
@@ -9,9 +11,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use mast_citadel::{CaOptions, CertificateAuthority, Citadel, ServerTls, TokenVerifier};
 use mast_pilot::server::{self, PilotConfig};
 use mast_pilot::source::Debounce;
-use mast_pilot::xds::XdsGenerator;
+use mast_pilot::xds::{Security, XdsGenerator};
 use tracing::{error, info};
 
 /// pilot builds and frees large encoded responses (a route configuration of a thousand
@@ -51,6 +54,28 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     debounce_max: std::time::Duration,
 
+    /// citadel's directory: the self-signed root (made on first start) or Istio's plug-in
+    /// `cacerts` files, and the key of local workload credentials. Without it there is no
+    /// CA and no mesh mTLS.
+    #[arg(long, env = "MAST_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+
+    /// Address of citadel's gRPC server (TLS), Istio's :15012.
+    #[arg(long, default_value = "127.0.0.1:15012", env = "MAST_CA_ADDR")]
+    ca_addr: SocketAddr,
+
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+
+    /// Workload certificate lifetime when a CSR asks for none (Istio: 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: std::time::Duration,
+
+    /// The longest workload certificate lifetime granted (Istio: 90 days).
+    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    max_workload_cert_ttl: std::time::Duration,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -82,26 +107,119 @@ fn main() -> ExitCode {
             max: args.debounce_max,
         },
     };
-    let result = runtime.block_on(server::run(
-        config,
-        XdsGenerator::default(),
-        shutdown_signal(),
-        |bound| info!(xds = %bound.xds, http = %bound.http, "mastd ready"),
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let result = runtime.block_on(async {
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop_tx.send_replace(true);
+        });
+        let security = match &args.ca_dir {
+            None => Security {
+                mtls: false,
+                trust_domain: args.trust_domain.clone(),
+            },
+            Some(dir) => {
+                let opts = CaOptions {
+                    trust_domain: args.trust_domain.clone(),
+                    default_ttl: args.workload_cert_ttl,
+                    max_ttl: args.max_workload_cert_ttl,
+                };
+                start_citadel(dir, args.ca_addr, opts, stopped()).await?;
+                Security {
+                    mtls: true,
+                    trust_domain: args.trust_domain.clone(),
+                }
+            }
+        };
+        server::run(
+            config,
+            XdsGenerator::new(security),
+            stopped(),
+            |bound| info!(xds = %bound.xds, http = %bound.http, "mastd ready"),
+        )
+        .await
+        .map_err(StartError::Pilot)
+    });
     match result {
         Ok(()) => {
             info!("mastd stopped");
             ExitCode::SUCCESS
         }
-        Err(e @ (server::Error::NoConfigDir(_) | server::Error::Bind { .. })) => {
-            error!("{e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
         Err(e) => {
             error!("{e}");
-            ExitCode::FAILURE
+            if e.is_bad_config() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(transparent)]
+    Pilot(server::Error),
+    #[error(transparent)]
+    Citadel(#[from] CitadelError),
+}
+
+impl StartError {
+    /// The operator's configuration is at fault (exit 64), not the machine.
+    fn is_bad_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Pilot(server::Error::NoConfigDir(_) | server::Error::Bind { .. })
+                | Self::Citadel(_)
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CitadelError {
+    #[error("citadel: {0}")]
+    Ca(#[from] mast_citadel::CaError),
+    #[error("citadel: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Load (or create) the CA and serve Istio's CA API on `addr` over TLS until shutdown.
+async fn start_citadel(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    opts: CaOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), CitadelError> {
+    let ca = std::sync::Arc::new(CertificateAuthority::load_or_create(dir, opts)?);
+    let tokens = TokenVerifier::load(dir)?;
+    let tls = ServerTls::from_ca(&ca, addr)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| CitadelError::Bind { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(
+        ca = %bound,
+        dir = %dir.display(),
+        plug_in = ca.plugged_in,
+        trust_domain = %ca.opts.trust_domain,
+        "citadel serving (mesh mTLS on)"
+    );
+    let citadel = Citadel::new(ca, tokens);
+    tokio::spawn(async move {
+        if let Err(e) = mast_citadel::serve(listener, citadel, tls, shutdown).await {
+            error!("citadel stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 fn init_tracing(json: bool) {

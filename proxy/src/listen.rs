@@ -208,6 +208,7 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         inbound: listener.inbound,
         peer,
         dst,
+        sni: hello.as_ref().and_then(|h| h.sni.clone()),
     };
     let Some(tls) = chain.tls.clone() else {
         conn.serve(stream, None).await;
@@ -240,6 +241,8 @@ struct Conn {
     inbound: bool,
     peer: SocketAddr,
     dst: SocketAddr,
+    /// The SNI of the ClientHello, for RBAC's `requested_server_name`.
+    sni: Option<String>,
 }
 
 impl Conn {
@@ -250,8 +253,12 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // RBAC network filters, once the peer's identity is known (after the handshake).
-        let attrs =
-            crate::rbac::Attrs::connection(self.peer, self.dst, peer_identity.as_deref(), None);
+        let attrs = crate::rbac::Attrs::connection(
+            self.peer,
+            self.dst,
+            peer_identity.as_deref(),
+            self.sni.as_deref(),
+        );
         if !crate::rbac::allow_connection(self.kind.network_rbac(), &attrs) {
             return;
         }

@@ -181,6 +181,55 @@ pub struct Mastd {
     pub proc: Proc,
     pub xds_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// citadel, when mastd runs it.
+    pub ca: Option<Ca>,
+}
+
+/// citadel as a workload sees it: where it listens, its root, and its state directory (where
+/// `mastctl credential` finds the key that signs workload credentials).
+#[derive(Debug, Clone)]
+pub struct Ca {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Ca {
+    pub fn root_cert(&self) -> PathBuf {
+        self.dir.join("root-cert.pem")
+    }
+
+    /// A workload credential for `namespace/service_account`, written to `path`.
+    pub fn credential(&self, namespace: &str, service_account: &str, path: &Path) -> Result<()> {
+        let out = Command::new(bin("mastctl"))
+            .arg("credential")
+            .arg("--ca-dir")
+            .arg(&self.dir)
+            .args([
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+            ])
+            .arg("--output")
+            .arg(path)
+            .output()
+            .context("run mastctl credential")?;
+        if !out.status.success() {
+            bail!(
+                "mastctl credential failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Extra mastd flags for citadel (`--ca-dir`, `--ca-addr`, TTLs).
+#[derive(Debug, Clone, Default)]
+pub struct CaOptions {
+    pub dir: PathBuf,
+    pub addr: Option<SocketAddr>,
+    pub workload_ttl: Option<&'static str>,
 }
 
 impl Mastd {
@@ -190,6 +239,13 @@ impl Mastd {
         Self::start_on(config_dir, work, xds_addr, http_addr).await
     }
 
+    /// Start with citadel: mTLS in the generated config, certificates for the sidecars.
+    pub async fn start_with_ca(config_dir: &Path, work: &Path, ca: CaOptions) -> Result<Self> {
+        let xds_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let http_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        Self::launch(config_dir, work, xds_addr, http_addr, Some(ca)).await
+    }
+
     /// Start on given addresses (a restart where the proxies expect it).
     pub async fn start_on(
         config_dir: &Path,
@@ -197,16 +253,44 @@ impl Mastd {
         xds_addr: SocketAddr,
         http_addr: SocketAddr,
     ) -> Result<Self> {
+        Self::launch(config_dir, work, xds_addr, http_addr, None).await
+    }
+
+    /// Start on given addresses, with citadel when `ca` is set.
+    pub async fn launch(
+        config_dir: &Path,
+        work: &Path,
+        xds_addr: SocketAddr,
+        http_addr: SocketAddr,
+        ca: Option<CaOptions>,
+    ) -> Result<Self> {
+        let mut cmd = Command::new(bin("mastd"));
+        cmd.arg("--config-dir")
+            .arg(config_dir)
+            .arg("--xds-addr")
+            .arg(xds_addr.to_string())
+            .arg("--http-addr")
+            .arg(http_addr.to_string())
+            .env("RUST_LOG", "info");
+        let ca = match ca {
+            None => None,
+            Some(o) => {
+                let addr = o
+                    .addr
+                    .unwrap_or_else(|| ([127, 0, 0, 1], free_port()).into());
+                cmd.arg("--ca-dir")
+                    .arg(&o.dir)
+                    .arg("--ca-addr")
+                    .arg(addr.to_string());
+                if let Some(ttl) = o.workload_ttl {
+                    cmd.args(["--workload-cert-ttl", ttl]);
+                }
+                Some(Ca { addr, dir: o.dir })
+            }
+        };
         let proc = Proc::spawn(
             "mastd",
-            Command::new(bin("mastd"))
-                .arg("--config-dir")
-                .arg(config_dir)
-                .arg("--xds-addr")
-                .arg(xds_addr.to_string())
-                .arg("--http-addr")
-                .arg(http_addr.to_string())
-                .env("RUST_LOG", "info"),
+            &mut cmd,
             // A restarted mastd logs beside the first one, not over it.
             (0..)
                 .map(|i| match i {
@@ -220,6 +304,7 @@ impl Mastd {
             proc,
             xds_addr,
             http_addr,
+            ca,
         };
         let client = HttpClient::new();
         let url = format!("http://{http_addr}/ready");
@@ -273,6 +358,8 @@ pub struct Sidecar {
     pub admin_port: u16,
     /// mast-proxy's Prometheus port (Envoy serves stats on its admin port).
     pub stats_port: u16,
+    /// The SDS agent beside an Envoy with a workload identity.
+    pub agent: Option<Proc>,
 }
 
 /// Kept for the Envoy-only call sites.
@@ -315,17 +402,73 @@ impl Sidecar {
         work: &Path,
         delta: bool,
     ) -> Result<Self> {
+        Self::start_full(kind, pod, ip, xds, work, delta, None).await
+    }
+
+    /// A sidecar with a workload identity from `mastd`'s citadel: mast-proxy asks for its
+    /// certificate itself; an Envoy gets it over SDS from a mast-proxy in agent mode, as
+    /// from istio-agent.
+    pub async fn start_secure(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        ip: &str,
+        mastd: &Mastd,
+        work: &Path,
+    ) -> Result<Self> {
+        let ca = mastd.ca.as_ref().context("mastd runs without citadel")?;
+        Self::start_full(kind, pod, ip, mastd.xds_addr, work, true, Some(ca)).await
+    }
+
+    async fn start_full(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        ip: &str,
+        xds: SocketAddr,
+        work: &Path,
+        delta: bool,
+        ca: Option<&Ca>,
+    ) -> Result<Self> {
         let admin_port = free_port();
         let stats_port = free_port();
+        let token = work.join(format!("token-{}", pod.name));
+        if let Some(ca) = ca {
+            ca.credential(pod.namespace, pod.service_account, &token)?;
+        }
+        let mut agent = None;
         let proc = match kind {
             SidecarKind::Envoy => {
+                let sds = work.join(format!("sds-{}.sock", pod.name));
+                if let Some(ca) = ca {
+                    let mut cmd = Command::new(bin("mast-proxy"));
+                    cmd.env("POD_NAME", pod.name)
+                        .env("POD_NAMESPACE", pod.namespace)
+                        .env("SERVICE_ACCOUNT", pod.service_account)
+                        .env("RUST_LOG", "info")
+                        .arg("--agent")
+                        .arg("--sds-socket")
+                        .arg(&sds)
+                        .args(["--ca-address", &ca.addr.to_string()])
+                        .arg("--ca-root-cert")
+                        .arg(ca.root_cert())
+                        .arg("--ca-token-file")
+                        .arg(&token)
+                        .args(["--admin-port", &free_port().to_string()])
+                        .args(["--stats-port", "0", "--status-port", "0"]);
+                    agent = Some(Proc::spawn(
+                        "mast-proxy agent",
+                        &mut cmd,
+                        work.join(format!("agent-{}.log", pod.name)),
+                    )?);
+                }
                 let mut cmd = Command::new(bin("mastctl"));
                 cmd.args(["bootstrap", "--pod", pod.name, "--namespace", pod.namespace])
                     .args(["--ip", ip, "--labels", &pod.labels_arg()])
                     .args(["--service-account", pod.service_account])
                     .args(["--xds-address", &xds.to_string()])
                     .args(["--interception-mode", "NONE"])
-                    .args(["--admin-port", &admin_port.to_string()]);
+                    .args(["--admin-port", &admin_port.to_string()])
+                    .arg("--sds-socket")
+                    .arg(&sds);
                 if delta {
                     cmd.arg("--delta");
                 }
@@ -383,6 +526,13 @@ impl Sidecar {
                 if !delta {
                     cmd.arg("--sotw");
                 }
+                if let Some(ca) = ca {
+                    cmd.args(["--ca-address", &ca.addr.to_string()])
+                        .arg("--ca-root-cert")
+                        .arg(ca.root_cert())
+                        .arg("--ca-token-file")
+                        .arg(&token);
+                }
                 Proc::spawn(
                     "mast-proxy",
                     &mut cmd,
@@ -395,6 +545,7 @@ impl Sidecar {
             proc,
             admin_port,
             stats_port,
+            agent,
         };
         let client = HttpClient::new();
         let url = format!("http://127.0.0.1:{admin_port}/ready");

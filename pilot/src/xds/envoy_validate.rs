@@ -346,7 +346,7 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/web"], namespaces: ["prod"]}}]
-    when: [{key: request.headers[x-user], values: ["jason"]}]
+    when: [{key: "request.headers[x-user]", values: ["jason"]}]
   - from: [{source: {ipBlocks: ["10.0.0.0/8"]}}]
     to: [{operation: {ports: ["9080"]}}]
 ---

@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
 use envoy_types::pb::envoy::config::core::v3::{
     ApiConfigSource, ApiVersion, ConfigSource, GrpcService, TransportSocket,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CombinedCertificateValidationContext, ValidationContextType,
 };
@@ -176,7 +177,7 @@ pub fn auto_mtls_matches(tls: TransportSocket) -> Vec<TransportSocketMatch> {
             r#match: Some(Struct::default()),
             transport_socket: Some(TransportSocket {
                 name: "envoy.transport_sockets.raw_buffer".into(),
-                config_type: None,
+                config_type: Some(ConfigType::TypedConfig(any(&RawBuffer {}))),
             }),
         },
     ]
