@@ -590,6 +590,8 @@ pub struct Backend {
     pub name: String,
     pub port: u16,
     pub requests: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -603,13 +605,16 @@ impl Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let requests = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (name_c, req_c, stop_c) = (name.to_string(), requests.clone(), stop.clone());
+        let conn_c = connections.clone();
         tokio::spawn(async move {
             while !stop_c.load(Ordering::Relaxed) {
                 let Ok((stream, _)) = listener.accept().await else {
                     break;
                 };
+                conn_c.fetch_add(1, Ordering::Relaxed);
                 let (name, requests) = (name_c.clone(), req_c.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |_req: Request<Incoming>| {
@@ -633,6 +638,7 @@ impl Backend {
             name: name.to_string(),
             port,
             requests,
+            connections,
             stop,
         })
     }

@@ -880,3 +880,84 @@ async fn websocket_upgrade_passes_through() -> Result<()> {
     }
     Ok(())
 }
+
+/// DestinationRule `maxRequestsPerConnection` (Envoy's `max_requests_per_connection`): the
+/// sidecar retires an upstream connection after that many requests. 1 → one connection per
+/// request; unset → a handful of pooled connections for the whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_recycles_upstream_connections() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let backend = Backend::start("v1").await?;
+    let port = free_port();
+    let yaml = |per_conn: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: user, namespace: default}}
+spec:
+  selector: {{app: user}}
+  ports:
+  - {{name: http, port: {port}, targetPort: {backend}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: user-v1, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: user}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: user, namespace: default}}
+spec:
+  host: user
+  trafficPolicy:
+    connectionPool:
+      http: {{{per_conn}}}
+"#,
+            backend = backend.port
+        )
+    };
+    std::fs::write(
+        config.join("mesh.yaml"),
+        yaml("maxRequestsPerConnection: 5"),
+    )?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let _client = Sidecar::start_kind(
+        SidecarKind::Mast,
+        &CLIENT,
+        "127.0.0.1",
+        mastd.xds_addr,
+        dir.path(),
+        true,
+    )
+    .await?;
+    let url = format!("http://127.0.0.1:{port}/");
+    eventually("the route is up", Duration::from_secs(20), || {
+        let url = url.clone();
+        async move {
+            let (s, _) = HttpClient::new().get(&url, Some("user"), &[]).await?;
+            ensure!(s == 200);
+            Ok(())
+        }
+    })
+    .await?;
+    let c0 = backend
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let tally = send_requests(&url, "user", &[], 200, 1).await;
+    ensure!(tally.failures() == 0, "{tally:?}");
+    let used = backend
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - c0;
+    // 200 requests, 5 per connection: 40 connections (one more if a retired connection's
+    // successor was already being dialled).
+    ensure!(
+        (40..=42).contains(&used),
+        "200 requests used {used} connections"
+    );
+    Ok(())
+}

@@ -22,6 +22,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::capture_connection;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
@@ -599,6 +600,13 @@ async fn forward(
             .stats
             .upstream_rq_total
             .fetch_add(1, Ordering::Relaxed);
+        // Envoy's max_requests_per_connection (DestinationRule maxRequestsPerConnection):
+        // the connection is retired from the pool once it has carried that many.
+        let captured = cluster
+            .config
+            .max_requests_per_connection
+            .filter(|n| *n > 0)
+            .map(|n| (n, capture_connection(&mut up_req)));
         let send = cluster.client(h2, &ctx.shared.secrets).request(up_req);
         let per_try = retry.as_ref().and_then(|r| r.per_try_timeout);
         let now = tokio::time::Instant::now();
@@ -621,6 +629,13 @@ async fn forward(
         };
         match result {
             Ok(resp) => {
+                if let Some((max, cap)) = &captured
+                    && let Some(count) = resp.extensions().get::<crate::upstream::ConnRequests>()
+                    && count.0.fetch_add(1, Ordering::Relaxed) + 1 >= *max
+                    && let Some(conn) = cap.connection_metadata().as_ref()
+                {
+                    conn.poison();
+                }
                 let status = resp.status().as_u16();
                 let grpc_status = resp
                     .headers()

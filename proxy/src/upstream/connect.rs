@@ -122,6 +122,7 @@ impl Connector {
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(TokioIo::new(Upstream {
             stream: io,
+            requests: ConnRequests::default(),
             _permit: permit,
             open: self.open,
         }))
@@ -190,6 +191,7 @@ impl tower_service::Service<Uri> for Connector {
 /// An upstream connection; releases its connection slot when closed.
 pub struct Upstream {
     stream: Io,
+    requests: ConnRequests,
     _permit: Option<OwnedSemaphorePermit>,
     open: Arc<AtomicU32>,
 }
@@ -209,14 +211,20 @@ enum Io {
 #[derive(Debug, Clone)]
 pub struct UpstreamIdentity(pub Arc<str>);
 
+/// Requests carried so far by one upstream connection (for `max_requests_per_connection`),
+/// attached to its responses.
+#[derive(Debug, Clone, Default)]
+pub struct ConnRequests(pub Arc<AtomicU32>);
+
 impl Connection for Upstream {
     fn connected(&self) -> Connected {
+        let c = Connected::new().extra(self.requests.clone());
         match &self.stream {
             Io::Tls(s) => match crate::tls::peer_identity(s.get_ref().1) {
-                Some(id) => Connected::new().extra(UpstreamIdentity(id.into())),
-                None => Connected::new(),
+                Some(id) => c.extra(UpstreamIdentity(id.into())),
+                None => c,
             },
-            Io::Plain(_) => Connected::new(),
+            Io::Plain(_) => c,
         }
     }
 }

@@ -22,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::{
-    ConnectError, Connector, Upstream, UpstreamIdentity, connect_tcp, tls_handshake,
+    ConnRequests, ConnectError, Connector, Upstream, UpstreamIdentity, connect_tcp, tls_handshake,
 };
 
 use crate::metrics::ServiceId;
