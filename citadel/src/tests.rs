@@ -295,3 +295,19 @@ async fn grpc_over_tls_signs_only_the_callers_identity() {
         .unwrap_err();
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
 }
+
+/// Not a benchmark (bench/mtls/run.sh measures the service): a guard that signing stays
+/// cheap. Prints the per-CSR cost; fails only if it is absurd (> 20 ms in a debug build).
+#[test]
+fn signing_cost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(dir.path(), CaOptions::default()).unwrap();
+    let csrs: Vec<String> = (0..20).map(|_| csr(&user().to_string())).collect();
+    let t = std::time::Instant::now();
+    for c in &csrs {
+        ca.sign_csr(c, &user(), None).unwrap();
+    }
+    let per = t.elapsed() / csrs.len() as u32;
+    eprintln!("sign_csr: {per:?} per CSR");
+    assert!(per < Duration::from_millis(20), "{per:?}");
+}
