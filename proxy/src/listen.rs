@@ -271,6 +271,7 @@ impl Conn {
                     peer: self.peer,
                     dst: self.dst,
                     peer_identity,
+                    principal_peer: std::sync::OnceLock::new(),
                 });
                 http::serve(ctx, stream).await;
             }

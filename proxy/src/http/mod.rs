@@ -50,6 +50,9 @@ pub struct ConnCtx {
     pub dst: SocketAddr,
     /// The client's SPIFFE ID when the connection is mTLS.
     pub peer_identity: Option<Arc<str>>,
+    /// The client's metrics identity with its principal, built once per connection:
+    /// (as the metadata exchange names it, with the principal added).
+    pub principal_peer: std::sync::OnceLock<(Arc<crate::metrics::Peer>, Arc<crate::metrics::Peer>)>,
 }
 
 /// Serve HTTP on one accepted connection until it closes or the proxy drains.
@@ -192,7 +195,14 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
     let (reporter, peer) = if ctx.inbound {
         let mut peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
         if let Some(id) = &ctx.peer_identity {
-            peer = crate::metrics::with_principal(&peer, id);
+            peer = match ctx.principal_peer.get() {
+                Some((base, with)) if Arc::ptr_eq(base, &peer) => Arc::clone(with),
+                _ => {
+                    let with = crate::metrics::with_principal(&peer, id);
+                    let _ = ctx.principal_peer.set((peer, Arc::clone(&with)));
+                    with
+                }
+            };
         }
         parts.headers.remove(PEER_METADATA);
         parts.headers.remove(PEER_METADATA_ID);
