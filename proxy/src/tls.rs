@@ -486,10 +486,14 @@ pub fn server_config(
         provider: Arc::clone(&provider),
         mandatory: require_client_cert,
     };
-    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(StoreResolver(Arc::clone(store))));
+    // Stateless resumption, as Envoy's server does by default: a sidecar that reconnects
+    // (pool churn, maxRequestsPerConnection) skips the certificate exchange. A resumed
+    // session keeps the identity verified by its full handshake.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(cfg))
 }
 

@@ -203,3 +203,47 @@ fn client_hello_sni_and_alpn() {
     assert_eq!(info.alpn, vec!["istio-peer-exchange", "istio"]);
     assert!(parse_client_hello(&bytes[..20]).is_none());
 }
+
+#[tokio::test]
+async fn resumed_sessions_keep_the_peer_identity() {
+    let ca = ca("cluster.local");
+    let client = store(leaf(&ca, "sleep", now(), Duration::from_secs(3600)));
+    let server = store(leaf(&ca, "user", now(), Duration::from_secs(3600)));
+    let cc = client_config(&client, &[], &[]).unwrap();
+    let sc = server_config(&server, &[], true).unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let sc = Arc::clone(&sc);
+        let srv = tokio::spawn(async move {
+            let mut s = tokio_rustls::TlsAcceptor::from(sc).accept(b).await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(b"pong").await.unwrap();
+            s.flush().await.unwrap();
+            let (_, conn) = s.get_ref();
+            (peer_identity(conn), conn.handshake_kind())
+        });
+        let name = ServerName::try_from("outbound_.80_._.user.default.svc.cluster.local").unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(Arc::clone(&cc))
+            .connect(name, a)
+            .await
+            .unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        let (id, kind) = srv.await.unwrap();
+        assert_eq!(
+            id.as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/sleep")
+        );
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            Some(rustls::HandshakeKind::Full),
+            Some(rustls::HandshakeKind::Resumed)
+        ]
+    );
+}
