@@ -291,6 +291,14 @@ impl CertificateAuthority {
         })
     }
 
+    /// When the signing chain's root expires (Unix seconds; 0 if unreadable).
+    pub fn root_not_after_unix(&self) -> i64 {
+        self.bundle
+            .first()
+            .and_then(|r| not_after(r))
+            .map_or(0, |t| t.unix_timestamp())
+    }
+
     /// The trust bundle, PEM.
     pub fn trust_bundle_pem(&self) -> String {
         self.bundle.concat()

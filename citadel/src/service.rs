@@ -9,13 +9,15 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use mast_proto::istio::ca::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use mast_proto::istio::ca::{IstioCertificateRequest, IstioCertificateResponse};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -24,11 +26,62 @@ use crate::SpiffeId;
 use crate::ca::{CaError, CertificateAuthority};
 use crate::token::TokenVerifier;
 
-/// Counters for /metrics and the bench.
+/// Istio's CA metrics (`citadel_server_*`), for mastd's `/metrics`.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub signed: AtomicU64,
-    pub refused: AtomicU64,
+    /// Every CreateCertificate call.
+    pub csr: Counter,
+    pub authentication_failure: Counter,
+    /// Malformed CSR or validity.
+    pub csr_parsing_err: Counter,
+    /// A CSR for an identity that is not the caller's.
+    pub id_mismatch: Counter,
+    pub sign_err: Counter,
+    pub success_cert_issuance: Counter,
+    /// The current root's expiry (Unix seconds).
+    pub root_cert_expiry: Gauge,
+}
+
+impl Counters {
+    /// Register under Istio's names (prometheus-client adds `_total` to counters).
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            ("citadel_server_csr_count", "CSRs received", &self.csr),
+            (
+                "citadel_server_authentication_failure_count",
+                "CSRs from callers that could not be authenticated",
+                &self.authentication_failure,
+            ),
+            (
+                "citadel_server_csr_parsing_err_count",
+                "Malformed CSRs or validity durations",
+                &self.csr_parsing_err,
+            ),
+            (
+                "citadel_server_id_extraction_err_count",
+                "CSRs for an identity other than the caller's",
+                &self.id_mismatch,
+            ),
+            (
+                "citadel_server_csr_sign_err_count",
+                "CSRs that failed to sign",
+                &self.sign_err,
+            ),
+            (
+                "citadel_server_success_cert_issuance_count",
+                "Certificates issued",
+                &self.success_cert_issuance,
+            ),
+        ];
+        for (name, help, c) in counters {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            "citadel_server_root_cert_expiry_timestamp",
+            "Unix time at which the signing root expires",
+            self.root_cert_expiry.clone(),
+        );
+    }
 }
 
 /// The CA service.
@@ -41,10 +94,12 @@ pub struct Citadel {
 
 impl Citadel {
     pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenVerifier) -> Self {
+        let counters = Arc::new(Counters::default());
+        counters.root_cert_expiry.set(ca.root_not_after_unix());
         Self {
             ca,
             tokens: Arc::new(tokens),
-            counters: Arc::default(),
+            counters,
         }
     }
 
@@ -96,10 +151,11 @@ impl IstioCertificateService for Citadel {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.remote_addr();
+        self.counters.csr.inc();
         let caller = match self.caller(&request) {
             Ok(c) => c,
             Err(s) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.authentication_failure.inc();
                 tracing::warn!(peer = ?peer, reason = %s.message(), "CSR refused: unauthenticated");
                 return Err(s);
             }
@@ -112,7 +168,7 @@ impl IstioCertificateService for Citadel {
         };
         match self.ca.sign_csr(&req.csr, &caller, ttl) {
             Ok(cert_chain) => {
-                self.counters.signed.fetch_add(1, Ordering::Relaxed);
+                self.counters.success_cert_issuance.inc();
                 tracing::debug!(identity = %caller, "certificate issued");
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain,
@@ -120,7 +176,7 @@ impl IstioCertificateService for Citadel {
                 }))
             }
             Err(CaError::IdentityMismatch { requested, caller }) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.id_mismatch.inc();
                 tracing::warn!(
                     peer = ?peer,
                     %caller,
@@ -133,10 +189,13 @@ impl IstioCertificateService for Citadel {
                 )))
             }
             Err(e @ (CaError::BadCsr(_) | CaError::BadTtl(_))) => {
-                self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.csr_parsing_err.inc();
                 Err(Status::invalid_argument(e.to_string()))
             }
-            Err(e) => Err(Status::internal(e.to_string())),
+            Err(e) => {
+                self.counters.sign_err.inc();
+                Err(Status::internal(e.to_string()))
+            }
         }
     }
 }

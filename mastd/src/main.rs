@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             shutdown_signal().await;
             stop_tx.send_replace(true);
         });
+        let mut registry = prometheus_client::registry::Registry::default();
         let security = match &args.ca_dir {
             None => Security {
                 mtls: false,
@@ -130,16 +131,18 @@ fn main() -> ExitCode {
                     default_ttl: args.workload_cert_ttl,
                     max_ttl: args.max_workload_cert_ttl,
                 };
-                start_citadel(dir, args.ca_addr, opts, stopped()).await?;
+                let counters = start_citadel(dir, args.ca_addr, opts, stopped()).await?;
+                counters.register(&mut registry);
                 Security {
                     mtls: true,
                     trust_domain: args.trust_domain.clone(),
                 }
             }
         };
-        server::run(
+        server::run_with_registry(
             config,
             XdsGenerator::new(security),
+            registry,
             stopped(),
             |bound| info!(xds = %bound.xds, http = %bound.http, "mastd ready"),
         )
@@ -198,7 +201,7 @@ async fn start_citadel(
     addr: SocketAddr,
     opts: CaOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), CitadelError> {
+) -> Result<std::sync::Arc<mast_citadel::service::Counters>, CitadelError> {
     let ca = std::sync::Arc::new(CertificateAuthority::load_or_create(dir, opts)?);
     let tokens = TokenVerifier::load(dir)?;
     let tls = ServerTls::from_ca(&ca, addr)?;
@@ -214,12 +217,13 @@ async fn start_citadel(
         "citadel serving (mesh mTLS on)"
     );
     let citadel = Citadel::new(ca, tokens);
+    let counters = std::sync::Arc::clone(&citadel.counters);
     tokio::spawn(async move {
         if let Err(e) = mast_citadel::serve(listener, citadel, tls, shutdown).await {
             error!("citadel stopped: {e}");
         }
     });
-    Ok(())
+    Ok(counters)
 }
 
 fn init_tracing(json: bool) {

@@ -60,12 +60,23 @@ pub async fn run<G: Generator>(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), Error> {
+    run_with_registry(config, generator, Registry::default(), shutdown, on_bound).await
+}
+
+/// [`run`], serving on `/metrics` the other components' metrics already in `registry`
+/// (mastd's citadel) beside pilot's own.
+pub async fn run_with_registry<G: Generator>(
+    config: PilotConfig,
+    generator: G,
+    mut registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), Error> {
     for dir in &config.config_dirs {
         if !dir.is_dir() {
             return Err(Error::NoConfigDir(dir.clone()));
         }
     }
-    let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let status = Arc::new(SourceStatus::default());
     let mut source = FolderSource::new(

@@ -383,6 +383,29 @@ async fn csr_for_another_identity_is_refused() -> Result<()> {
     // No credential at all.
     cfg.token_file = m.dir.path().join("no-such-token");
     ensure!(mast_proxy::identity::fetch(&cfg, None).await.is_err());
+    // mastd's /metrics counts them under Istio's citadel names.
+    let (_, text) = HttpClient::new()
+        .get(&format!("http://{}/metrics", m.mastd.http_addr), None, &[])
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    ensure!(
+        value("citadel_server_id_extraction_err_count_total") == 1.0,
+        "refusals:\n{text}"
+    );
+    // The two sidecars and the client's own identity.
+    ensure!(
+        value("citadel_server_success_cert_issuance_count_total") >= 3.0,
+        "issued:\n{text}"
+    );
+    ensure!(
+        value("citadel_server_root_cert_expiry_timestamp") > 1.7e9,
+        "{text}"
+    );
     Ok(())
 }
 
