@@ -8,4 +8,6 @@
 
 pub mod capture;
 pub mod cli;
+pub mod inject;
 pub mod iptables;
+pub mod kube_inject;
