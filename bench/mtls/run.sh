@@ -110,7 +110,7 @@ write_config 0
 
 CA_ADDR=127.0.0.1:19012
 taskset -c 0 "$BIN/mastd" --config-dir "$WORK/config" --xds-addr 127.0.0.1:19010 \
-    --http-addr 127.0.0.1:19014 --ca-dir "$WORK/ca" --ca-addr "$CA_ADDR" >"$WORK/mastd.log" 2>&1 &
+    --http-addr 127.0.0.1:19014 --no-injector --ca-dir "$WORK/ca" --ca-addr "$CA_ADDR" >"$WORK/mastd.log" 2>&1 &
 MASTD=$!
 PIDS+=("$MASTD")
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19014/ready >/dev/null 2>&1 && break; sleep 0.1; done
@@ -198,7 +198,7 @@ done
 echo "== citadel signing rate (mastd alone on CPU 1)"
 stop "$MASTD"
 taskset -c 1 "$BIN/mastd" --config-dir "$WORK/config" --xds-addr 127.0.0.1:19010 \
-    --http-addr 127.0.0.1:19014 --ca-dir "$WORK/ca" --ca-addr "$CA_ADDR" >"$WORK/mastd2.log" 2>&1 &
+    --http-addr 127.0.0.1:19014 --no-injector --ca-dir "$WORK/ca" --ca-addr "$CA_ADDR" >"$WORK/mastd2.log" 2>&1 &
 MASTD=$!
 PIDS+=("$MASTD")
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19014/ready >/dev/null 2>&1 && break; sleep 0.1; done

@@ -13,13 +13,14 @@ use crate::inject::{self, Decision, InjectError, Settings, Workload};
 pub enum Error {
     #[error("document {index}: not YAML: {reason}")]
     Yaml { index: usize, reason: String },
-    #[error("{kind} {namespace}/{name}: {source}")]
+    /// The injector's reason is part of the message (not a separate source), so one line
+    /// names the object, the annotation and the value.
+    #[error("{kind} {namespace}/{name}: {reason}")]
     Inject {
         kind: String,
         namespace: String,
         name: String,
-        #[source]
-        source: Box<InjectError>,
+        reason: Box<InjectError>,
     },
     #[error("cannot write YAML: {0}")]
     Write(String),
@@ -113,7 +114,7 @@ pub fn inject_document(
                     kind: kind.clone(),
                     namespace: namespace.clone(),
                     name: name.clone(),
-                    source: Box::new(source),
+                    reason: Box::new(source),
                 }
             })?;
         *template = injected;

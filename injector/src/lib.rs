@@ -11,3 +11,4 @@ pub mod cli;
 pub mod inject;
 pub mod iptables;
 pub mod kube_inject;
+pub mod webhook;

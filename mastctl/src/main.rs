@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod analyze;
 mod bootstrap;
 mod credential;
+mod kube_inject;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +31,8 @@ enum Command {
     Credential(credential::Args),
     /// Rotate citadel's self-signed root, keeping the old one trusted until it expires.
     RotateRoot(credential::RotateArgs),
+    /// Inject the sidecar into Kubernetes manifests offline (as the webhook would).
+    KubeInject(kube_inject::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         Command::Bootstrap(args) => bootstrap::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Credential(args) => credential::run(&args).map(|()| ExitCode::SUCCESS),
         Command::RotateRoot(args) => credential::rotate(&args).map(|()| ExitCode::SUCCESS),
+        Command::KubeInject(args) => kube_inject::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

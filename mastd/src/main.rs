@@ -1,8 +1,8 @@
 //! mastd: the Mast control plane in one binary, as istiod is for Istio. It hosts pilot
 //! (config folder → xDS over ADS) and, with `--ca-dir`, citadel (workload certificates over
 //! Istio's CA API on TLS :15012) — which also turns on mesh mTLS in the generated config.
-//! The injector and the telemetry collector join it as components that can each be switched
-//! off.
+//! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off); the
+//! telemetry collector joins it as another component.
 //!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mast_citadel::{CaOptions, CertificateAuthority, Citadel, ServerTls, TokenVerifier};
+use mast_injector::inject::Settings as InjectSettings;
+use mast_injector::webhook;
 use mast_pilot::server::{self, PilotConfig};
 use mast_pilot::source::Debounce;
 use mast_pilot::xds::{Security, XdsGenerator};
@@ -76,6 +78,28 @@ struct Args {
     #[arg(long, default_value = "2160h", value_parser = parse_duration)]
     max_workload_cert_ttl: std::time::Duration,
 
+    /// Address of the sidecar injection webhook (HTTPS, `/inject`), Istio's :15017.
+    #[arg(long, default_value = "127.0.0.1:15017", env = "MAST_INJECTOR_ADDR")]
+    injector_addr: SocketAddr,
+
+    /// Do not serve the injection webhook.
+    #[arg(long)]
+    no_injector: bool,
+
+    /// The sidecar image injected pods run (mast-proxy, with mast-init).
+    #[arg(long, env = "MAST_PROXY_IMAGE")]
+    proxy_image: Option<String>,
+
+    /// Inject the sidecar as a classic container instead of a native sidecar
+    /// (init container with restartPolicy: Always, Kubernetes ≥ 1.29).
+    #[arg(long)]
+    classic_sidecar: bool,
+
+    /// Hold the application's containers until the proxy is ready (Istio's
+    /// holdApplicationUntilProxyStarts; native sidecars always do).
+    #[arg(long)]
+    hold_application_until_proxy_starts: bool,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -120,6 +144,7 @@ fn main() -> ExitCode {
             stop_tx.send_replace(true);
         });
         let mut registry = prometheus_client::registry::Registry::default();
+        let mut ca = None;
         let security = match &args.ca_dir {
             None => Security {
                 mtls: false,
@@ -131,14 +156,28 @@ fn main() -> ExitCode {
                     default_ttl: args.workload_cert_ttl,
                     max_ttl: args.max_workload_cert_ttl,
                 };
-                let counters = start_citadel(dir, args.ca_addr, opts, stopped()).await?;
+                let (authority, counters) =
+                    start_citadel(dir, args.ca_addr, opts, stopped()).await?;
                 counters.register(&mut registry);
+                ca = Some(authority);
                 Security {
                     mtls: true,
                     trust_domain: args.trust_domain.clone(),
                 }
             }
         };
+        if !args.no_injector {
+            let mut settings = InjectSettings {
+                native_sidecar: !args.classic_sidecar,
+                hold_application_until_proxy_starts: args.hold_application_until_proxy_starts,
+                trust_domain: args.trust_domain.clone(),
+                ..InjectSettings::default()
+            };
+            if let Some(image) = &args.proxy_image {
+                settings.image = image.clone();
+            }
+            start_injector(args.injector_addr, ca.as_deref(), settings, stopped()).await?;
+        }
         server::run_with_registry(
             config,
             XdsGenerator::new(security),
@@ -171,6 +210,8 @@ enum StartError {
     Pilot(server::Error),
     #[error(transparent)]
     Citadel(#[from] CitadelError),
+    #[error("injector: {0}")]
+    Injector(String),
 }
 
 impl StartError {
@@ -180,6 +221,7 @@ impl StartError {
             self,
             Self::Pilot(server::Error::NoConfigDir(_) | server::Error::Bind { .. })
                 | Self::Citadel(_)
+                | Self::Injector(_)
         )
     }
 }
@@ -201,7 +243,13 @@ async fn start_citadel(
     addr: SocketAddr,
     opts: CaOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<std::sync::Arc<mast_citadel::service::Counters>, CitadelError> {
+) -> Result<
+    (
+        std::sync::Arc<CertificateAuthority>,
+        std::sync::Arc<mast_citadel::service::Counters>,
+    ),
+    CitadelError,
+> {
     let ca = std::sync::Arc::new(CertificateAuthority::load_or_create(dir, opts)?);
     let tokens = TokenVerifier::load(dir)?;
     let tls = ServerTls::from_ca(&ca, addr)?;
@@ -216,14 +264,60 @@ async fn start_citadel(
         trust_domain = %ca.opts.trust_domain,
         "citadel serving (mesh mTLS on)"
     );
-    let citadel = Citadel::new(ca, tokens);
+    let citadel = Citadel::new(std::sync::Arc::clone(&ca), tokens);
     let counters = std::sync::Arc::clone(&citadel.counters);
     tokio::spawn(async move {
         if let Err(e) = mast_citadel::serve(listener, citadel, tls, shutdown).await {
             error!("citadel stopped: {e}");
         }
     });
-    Ok(counters)
+    Ok((ca, counters))
+}
+
+/// Serve the injection webhook on `addr`: with a CA its certificate comes from citadel (so
+/// the MutatingWebhookConfiguration's caBundle is the mesh root), else it is self-signed.
+async fn start_injector(
+    addr: SocketAddr,
+    ca: Option<&CertificateAuthority>,
+    settings: InjectSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let names = [
+        "mastd.mast-system.svc",
+        "mastd.mast-system.svc.cluster.local",
+    ]
+    .map(String::from);
+    let tls = match ca {
+        Some(ca) => {
+            let ips = [addr.ip(), std::net::IpAddr::from([127, 0, 0, 1])];
+            let (chain, key) = ca
+                .issue_server_cert(
+                    &names,
+                    &ips,
+                    std::time::Duration::from_secs(365 * 24 * 3600),
+                )
+                .map_err(|e| StartError::Injector(e.to_string()))?;
+            webhook::server_tls(&chain, &key)
+        }
+        None => {
+            let mut all = names.to_vec();
+            all.extend(["localhost".to_string(), addr.ip().to_string()]);
+            webhook::self_signed_tls(&all)
+        }
+    }
+    .map_err(|e| StartError::Injector(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Injector(format!("cannot bind {addr}: {e}")))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(injector = %bound, image = %settings.image, native_sidecar = settings.native_sidecar, "injection webhook serving /inject");
+    let settings = std::sync::Arc::new(settings);
+    tokio::spawn(async move {
+        if let Err(e) = webhook::serve(listener, tls, settings, shutdown).await {
+            error!("injection webhook stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 fn init_tracing(json: bool) {
