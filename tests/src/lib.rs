@@ -181,6 +181,8 @@ pub struct Mastd {
     pub proc: Proc,
     pub xds_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The sidecar injection webhook (HTTPS).
+    pub injector_addr: SocketAddr,
     /// citadel, when mastd runs it.
     pub ca: Option<Ca>,
 }
@@ -264,6 +266,7 @@ impl Mastd {
         http_addr: SocketAddr,
         ca: Option<CaOptions>,
     ) -> Result<Self> {
+        let injector_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(bin("mastd"));
         cmd.arg("--config-dir")
             .arg(config_dir)
@@ -271,6 +274,8 @@ impl Mastd {
             .arg(xds_addr.to_string())
             .arg("--http-addr")
             .arg(http_addr.to_string())
+            .arg("--injector-addr")
+            .arg(injector_addr.to_string())
             .env("RUST_LOG", "info");
         let ca = match ca {
             None => None,
@@ -304,6 +309,7 @@ impl Mastd {
             proc,
             xds_addr,
             http_addr,
+            injector_addr,
             ca,
         };
         let client = HttpClient::new();
