@@ -4,7 +4,7 @@
 //! `/ready`, `/quitquitquit`, `/logging`, `/server_info`), loopback-only because it can stop
 //! the proxy; `:15021/healthz/ready` is what Kubernetes probes; `:15090/stats/prometheus` is
 //! what Prometheus scrapes. Same shapes as Envoy's so `istioctl proxy-config`-style tooling
-//! and dashboards read them unchanged.
+//! and dashboards read them unchanged. pilot-agent's `:15020` is [`crate::agent`].
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -84,7 +84,9 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-fn ready(shared: &Shared) -> Response<Full<Bytes>> {
+/// Readiness as Kubernetes reads it, on `:15021/healthz/ready`, the agent's
+/// `:15020/healthz/ready` and the admin `/ready`.
+pub(crate) fn ready(shared: &Shared) -> Response<Full<Bytes>> {
     if *shared.drain.borrow() {
         text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n")
     } else if shared.is_ready() {
@@ -105,14 +107,7 @@ fn route(
     match (role, path) {
         (Role::Status, "/healthz/ready") | (Role::Admin, "/ready") => ready(shared),
         (Role::Stats, "/stats/prometheus") | (Role::Admin, "/stats/prometheus") => {
-            // OpenMetrics ends with "# EOF"; Envoy's own series go before it.
-            let mut body = shared.metrics.encode();
-            if body.ends_with("# EOF\n") {
-                body.truncate(body.len() - "# EOF\n".len());
-            }
-            body.push_str(&envoy_prometheus(shared));
-            body.push_str("# EOF\n");
-            let mut r = text(StatusCode::OK, body);
+            let mut r = text(StatusCode::OK, prometheus_exposition(shared));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -204,6 +199,18 @@ fn route(
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// The proxy's Prometheus exposition (OpenMetrics), as `:15090` and the agent serve it.
+pub(crate) fn prometheus_exposition(shared: &Shared) -> String {
+    // OpenMetrics ends with "# EOF"; Envoy's own series go before it.
+    let mut body = shared.metrics.encode();
+    if body.ends_with("# EOF\n") {
+        body.truncate(body.len() - "# EOF\n".len());
+    }
+    body.push_str(&envoy_prometheus(shared));
+    body.push_str("# EOF\n");
+    body
 }
 
 /// Envoy's `/certs`: the workload certificate and trust bundle in use, with expiry.

@@ -27,7 +27,8 @@ pub enum Error {
     },
 }
 
-/// Run the proxy until it has drained (SIGTERM, SIGINT or `/quitquitquit`).
+/// Run the proxy until it has drained (SIGTERM, SIGINT, `/quitquitquit` or the agent's
+/// `/drain`).
 pub async fn run(
     config: Config,
     access_log: bool,
@@ -64,6 +65,21 @@ pub async fn run(
             Arc::clone(&shared),
             Arc::clone(&listeners),
         ));
+    }
+    if cfg.agent_addr.port() != 0 {
+        let addr = cfg.agent_addr;
+        let what = "agent status (app probes, merged metrics, drain)";
+        match admin::bind(addr).await {
+            Ok(l) => {
+                tracing::info!(%addr, what, probes = cfg.app_probers.len(), "serving");
+                tokio::spawn(crate::agent::serve(l, Arc::clone(&shared)));
+            }
+            Err(source) if cfg.agent_addr_required => {
+                return Err(Error::Bind { what, addr, source });
+            }
+            // Istio's default port, taken (another proxy on this host): the rest still works.
+            Err(e) => tracing::error!(%addr, what, error = %e, "cannot serve; set --agent-port"),
+        }
     }
 
     if let Some(ca) = &cfg.ca_address {

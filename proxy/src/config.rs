@@ -3,8 +3,11 @@
 //! An injected pod hands the sidecar its identity through the downward API (`POD_NAME`,
 //! `POD_NAMESPACE`, `INSTANCE_IP`, `SERVICE_ACCOUNT`), node metadata as `ISTIO_META_*` (strings)
 //! and `ISTIO_METAJSON_*` (JSON) variables, and mesh settings in `PROXY_CONFIG` (JSON). The same
-//! names keep mast-proxy a drop-in for Istio's injection templates. The environment is read
-//! through [`Env`] so tests pass a map instead of mutating the process environment.
+//! names keep mast-proxy a drop-in for Istio's injection templates. The same holds for what the
+//! injector hands pilot-agent: the rewritten app probes (`ISTIO_KUBE_APP_PROBERS`) and the
+//! app's scrape settings (`ISTIO_PROMETHEUS_ANNOTATIONS`), checked here so a bad one stops the
+//! sidecar at start. The environment is read through [`Env`] so tests pass a map instead of
+//! mutating the process environment.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +15,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::agent::merge::{self, AppMetrics};
+use crate::agent::probe::{self, AppProbe};
 
 pub const POD_NAME: &str = "POD_NAME";
 pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
@@ -100,9 +106,13 @@ pub struct Overrides {
     pub admin_port: Option<u16>,
     pub status_port: Option<u16>,
     pub stats_port: Option<u16>,
+    /// pilot-agent's status port (Istio's `--statusPort`).
+    pub agent_port: Option<u16>,
     pub concurrency: Option<usize>,
     pub sotw: bool,
     pub drain: Option<Duration>,
+    /// The DNS domain in the node id (Istio's `--domain`).
+    pub domain: Option<String>,
 }
 
 /// Everything the proxy needs to start.
@@ -131,6 +141,19 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub status_addr: SocketAddr,
     pub stats_addr: SocketAddr,
+    /// pilot-agent's status server (Istio's 15020): app probes, merged metrics, drain.
+    /// Port 0: not served.
+    pub agent_addr: SocketAddr,
+    /// The agent port was asked for (flag, `MAST_AGENT_PORT`, `PROXY_CONFIG.statusPort`), so
+    /// failing to bind it is fatal; Istio's default 15020 is served when it can be bound,
+    /// so that several proxies on one host (tests, benchmarks) do not stop each other.
+    pub agent_addr_required: bool,
+    /// `ISTIO_KUBE_APP_PROBERS`: the app's probes by the agent path kubelet now asks.
+    pub app_probers: BTreeMap<String, AppProbe>,
+    /// `ISTIO_PROMETHEUS_ANNOTATIONS`: the app's metrics, merged into the agent's.
+    pub app_metrics: Option<AppMetrics>,
+    /// The node id's DNS domain, `<namespace>.svc.cluster.local` unless `--domain` says.
+    pub dns_domain: String,
     pub concurrency: usize,
     /// Use state-of-the-world ADS rather than trying delta first.
     pub sotw_only: bool,
@@ -141,8 +164,8 @@ impl Config {
     /// Node id as Istio's sidecar writes it.
     pub fn node_id(&self) -> String {
         format!(
-            "sidecar~{}~{}.{}~{}.svc.cluster.local",
-            self.instance_ip, self.pod_name, self.pod_namespace, self.pod_namespace
+            "sidecar~{}~{}.{}~{}",
+            self.instance_ip, self.pod_name, self.pod_namespace, self.dns_domain
         )
     }
 
@@ -341,6 +364,46 @@ impl Config {
         let trust_domain = env
             .var(TRUST_DOMAIN)
             .unwrap_or_else(|| "cluster.local".into());
+        let dns_domain = match &o.domain {
+            Some(d) if is_dns_name(d) => d.clone(),
+            Some(d) => {
+                return Err(ConfigError::new(
+                    "--domain",
+                    d,
+                    "not a DNS domain (was $(POD_NAMESPACE) left unexpanded?)",
+                ));
+            }
+            None => format!("{pod_namespace}.svc.cluster.local"),
+        };
+        // Istio's ProxyConfig.statusPort is the agent's port; the flag wins over it.
+        let agent_default = match proxy_config.get("statusPort") {
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "PROXY_CONFIG.statusPort",
+                        &v.to_string(),
+                        "not a port number",
+                    )
+                })?,
+            None => 15020,
+        };
+        let agent_port = port("MAST_AGENT_PORT", o.agent_port, agent_default)?;
+        let agent_addr_required = o.agent_port.is_some()
+            || env.var("MAST_AGENT_PORT").is_some()
+            || proxy_config.get("statusPort").is_some();
+        let app_probers = match env.var(probe::KUBE_APP_PROBERS) {
+            Some(text) => probe::parse_probers(&text)
+                .map_err(|e| ConfigError::new(probe::KUBE_APP_PROBERS, &text, e.to_string()))?,
+            None => BTreeMap::new(),
+        };
+        let app_metrics = match env.var(merge::PROMETHEUS_ANNOTATIONS) {
+            Some(text) => merge::parse_annotations(&text, agent_port).map_err(|e| {
+                ConfigError::new(merge::PROMETHEUS_ANNOTATIONS, &text, e.to_string())
+            })?,
+            None => None,
+        };
         Ok(Self {
             ca_address,
             ca_root_cert: o
@@ -366,6 +429,11 @@ impl Config {
             admin_addr: (localhost, port("MAST_ADMIN_PORT", o.admin_port, 15000)?).into(),
             status_addr: (any, port("STATUS_PORT", o.status_port, 15021)?).into(),
             stats_addr: (any, port("MAST_STATS_PORT", o.stats_port, 15090)?).into(),
+            agent_addr: (any, agent_port).into(),
+            agent_addr_required,
+            app_probers,
+            app_metrics,
+            dns_domain,
             concurrency,
             sotw_only: o.sotw,
             termination_drain,
@@ -380,6 +448,20 @@ fn is_dns_label(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// Dot-separated DNS labels (`shop.svc.cluster.local`).
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn check_host_port(addr: &str) -> Result<(), String> {
@@ -482,6 +564,26 @@ mod tests {
             ("ISTIO_METAJSON_LABELS", "[1]", "ISTIO_METAJSON_LABELS"),
             (POD_NAMESPACE, "Bad_NS", "POD_NAMESPACE"),
             ("STATUS_PORT", "99999", "STATUS_PORT"),
+            (
+                PROXY_CONFIG,
+                r#"{"statusPort":"x"}"#,
+                "PROXY_CONFIG.statusPort",
+            ),
+            (
+                probe::KUBE_APP_PROBERS,
+                r#"{"/app-health/a/livez":{"httpGet":{"port":"#,
+                "ISTIO_KUBE_APP_PROBERS",
+            ),
+            (
+                probe::KUBE_APP_PROBERS,
+                r#"{"/app-health/a/livez":{"tcpSocket":{"port":0}}}"#,
+                "/app-health/a/livez",
+            ),
+            (
+                merge::PROMETHEUS_ANNOTATIONS,
+                r#"{"port":"15020"}"#,
+                "ISTIO_PROMETHEUS_ANNOTATIONS",
+            ),
         ];
         for (var, value, named) in cases {
             let err = Config::from_env(&env(&[(var, value)]), &Overrides::default()).unwrap_err();
@@ -501,6 +603,55 @@ mod tests {
         assert_eq!(c.pod_name, "b");
         assert_eq!(c.labels["version"], "v2");
         assert_eq!(c.instance_ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn agent_port_probers_and_domain() {
+        let c = Config::from_env(&env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.agent_addr, "0.0.0.0:15020".parse().unwrap());
+        assert!(!c.agent_addr_required);
+        assert!(c.app_probers.is_empty() && c.app_metrics.is_none());
+        assert_eq!(
+            c.node_id(),
+            "sidecar~127.0.0.1~mast-proxy.default~default.svc.cluster.local"
+        );
+
+        let e = env(&[
+            (PROXY_CONFIG, r#"{"statusPort":15999}"#),
+            (POD_NAMESPACE, "shop"),
+            (
+                probe::KUBE_APP_PROBERS,
+                r#"{"/app-health/hello/livez":{"httpGet":{"port":80,"path":"/foo"}}}"#,
+            ),
+            (
+                merge::PROMETHEUS_ANNOTATIONS,
+                r#"{"scrape":"true","path":"/metrics","port":"8080"}"#,
+            ),
+        ]);
+        let c = Config::from_env(&e, &Overrides::default()).unwrap();
+        assert_eq!(c.agent_addr.port(), 15999);
+        assert!(c.agent_addr_required);
+        assert!(c.app_probers.contains_key("/app-health/hello/livez"));
+        assert_eq!(c.app_metrics.as_ref().map(|m| m.port), Some(8080));
+
+        let o = Overrides {
+            agent_port: Some(0),
+            domain: Some("shop.svc.corp.example".into()),
+            ..Default::default()
+        };
+        let c = Config::from_env(&e, &o).unwrap();
+        assert_eq!(c.agent_addr.port(), 0);
+        assert!(
+            c.node_id().ends_with("~shop.svc.corp.example"),
+            "{}",
+            c.node_id()
+        );
+        let o = Overrides {
+            domain: Some("$(POD_NAMESPACE).svc.cluster.local".into()),
+            ..Default::default()
+        };
+        let err = Config::from_env(&e, &o).unwrap_err().to_string();
+        assert!(err.contains("--domain"), "{err}");
     }
 
     #[test]

@@ -7,10 +7,14 @@
 //! xDS resources); [`listen`] accepts connections and hands them to [`http`] (the router) or
 //! [`tcp`]; [`upstream`] holds clusters, load balancing and pools; [`metrics`] and [`admin`]
 //! report; [`identity`] keeps the workload certificate that [`tls`] uses for mTLS; [`app`]
-//! wires it together.
+//! wires it together. [`agent`] plays pilot-agent's part for Istio's injected pod spec (the
+//! `:15020` status server with app probes, merged metrics and drain; `mast-proxy request`),
+//! and [`cli`] reads both mast-proxy's flags and Istio's sidecar argv.
 
 pub mod admin;
+pub mod agent;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod identity;

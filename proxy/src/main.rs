@@ -1,82 +1,20 @@
-//! `mast-proxy`: the sidecar binary. Flags override Istio's sidecar environment.
+//! `mast-proxy`: the sidecar binary. Flags override Istio's sidecar environment; Istio's
+//! injected argv (`proxy sidecar …`) and pilot-agent's `request` command work too, since the
+//! injected `istio-proxy` container runs this binary in pilot-agent's place (see [`cli`]).
+//!
+//! [`cli`]: mast_proxy::cli
 
-use std::path::PathBuf;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mast_proxy::config::{Config, Overrides, ProcessEnv};
+use mast_proxy::cli::{Cli, Command, ProxyKind, RequestArgs, RunArgs, WaitArgs};
+use mast_proxy::config::{Config, ProcessEnv};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The Mast sidecar proxy.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Args {
-    /// Run from an Envoy bootstrap or xDS resource file instead of pilot.
-    #[arg(long, short = 'c')]
-    config: Option<PathBuf>,
-    /// pilot's ADS address (host:port); default PROXY_CONFIG's discoveryAddress.
-    #[arg(long)]
-    discovery_address: Option<String>,
-    /// citadel's address (host:port); default CA_ADDR, or the discovery address on :15012.
-    #[arg(long)]
-    ca_address: Option<String>,
-    /// Root certificate(s) to verify the CA with (default Istio's mounted root-cert.pem).
-    #[arg(long)]
-    ca_root_cert: Option<PathBuf>,
-    /// The workload credential presented to the CA (default Istio's projected token path).
-    #[arg(long)]
-    ca_token_file: Option<PathBuf>,
-    /// Serve the workload certificate over SDS on this Unix socket, as istio-agent does for
-    /// an Envoy sidecar.
-    #[arg(long)]
-    sds_socket: Option<PathBuf>,
-    /// Agent only: keep the certificate and serve SDS, no xDS and no traffic.
-    #[arg(long, requires = "sds_socket")]
-    agent: bool,
-    #[arg(long)]
-    pod_name: Option<String>,
-    #[arg(long)]
-    pod_namespace: Option<String>,
-    #[arg(long)]
-    instance_ip: Option<String>,
-    #[arg(long)]
-    service_account: Option<String>,
-    /// Pod labels, k=v,k=v (default: ISTIO_METAJSON_LABELS or the downward-API file).
-    #[arg(long)]
-    labels: Option<String>,
-    /// REDIRECT, TPROXY or NONE (default ISTIO_META_INTERCEPTION_MODE).
-    #[arg(long)]
-    interception_mode: Option<String>,
-    #[arg(long)]
-    admin_port: Option<u16>,
-    #[arg(long)]
-    status_port: Option<u16>,
-    #[arg(long)]
-    stats_port: Option<u16>,
-    /// Worker threads (Envoy's --concurrency); 0 = one per core.
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// State-of-the-world ADS only (no delta).
-    #[arg(long)]
-    sotw: bool,
-    /// How long to drain on SIGTERM (default PROXY_CONFIG terminationDrainDuration, 5s).
-    #[arg(long, value_parser = parse_duration)]
-    drain: Option<std::time::Duration>,
-    /// JSON access log lines on stdout.
-    #[arg(long)]
-    access_log: bool,
-    /// Log level (RUST_LOG syntax).
-    #[arg(long, short = 'l', default_value = "info")]
-    log_level: String,
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    mast_proxy::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s"))
-}
 
 /// mimalloc keeps freed memory committed by default (eagerly committed arenas, purged after
 /// a delay); a sidecar's footprint is multiplied by every pod, so free pages go back to the
@@ -95,29 +33,122 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let args = Args::parse();
-    let overrides = Overrides {
-        pod_name: args.pod_name,
-        pod_namespace: args.pod_namespace,
-        instance_ip: args.instance_ip,
-        service_account: args.service_account,
-        discovery_address: args.discovery_address,
-        ca_address: args.ca_address,
-        ca_root_cert: args.ca_root_cert,
-        ca_token_file: args.ca_token_file,
-        sds_socket: args.sds_socket,
-        agent: args.agent,
-        labels: args.labels,
-        interception_mode: args.interception_mode,
-        static_config: args.config,
-        admin_port: args.admin_port,
-        status_port: args.status_port,
-        stats_port: args.stats_port,
-        concurrency: args.concurrency,
-        sotw: args.sotw,
-        drain: args.drain,
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_proxy(cli.run),
+        Some(Command::Proxy {
+            kind: ProxyKind::Sidecar,
+            run,
+        }) => run_proxy(*run),
+        Some(Command::Proxy {
+            kind: ProxyKind::Router,
+            ..
+        }) => {
+            eprintln!(
+                "mast-proxy: `proxy router` (a gateway) is not supported: mast-proxy runs only \
+                 as a sidecar (`proxy sidecar`); run gateways with Istio's proxyv2 image"
+            );
+            ExitCode::from(64)
+        }
+        Some(Command::Request(r)) => request(&r),
+        Some(Command::IstioIptables { args }) => istio_iptables(&args),
+        Some(Command::Wait(w)) => wait(&w),
+    }
+}
+
+/// `mast-proxy istio-iptables …`: hand over to `mast-init`, installed beside this binary in
+/// Mast's image (and on PATH elsewhere), so Istio's init container argv works unchanged.
+fn istio_iptables(args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("mast-init")))
+        .filter(|p| p.exists());
+    let program = beside.unwrap_or_else(|| "mast-init".into());
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "mast-proxy istio-iptables: cannot run {}: {err}",
+        program.display()
+    );
+    ExitCode::from(127)
+}
+
+/// `mast-proxy wait`: poll the readiness URL until it answers 200, as `pilot-agent wait`.
+fn wait(w: &WaitArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mast-proxy wait: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let config = match Config::from_env(&ProcessEnv, &overrides) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(w.timeout_seconds);
+    let period = std::time::Duration::from_millis(w.period_millis.max(10));
+    let per_try = std::time::Duration::from_millis(w.request_timeout_millis.max(10));
+    runtime.block_on(async {
+        loop {
+            let check = mast_proxy::agent::request::get_status(&w.url);
+            match tokio::time::timeout(per_try, check).await {
+                Ok(Ok(200)) => return ExitCode::SUCCESS,
+                Ok(Ok(status)) => tracing::debug!(status, "not ready yet"),
+                Ok(Err(e)) => tracing::debug!("not ready yet: {e}"),
+                Err(_) => tracing::debug!("readiness check timed out"),
+            }
+            if std::time::Instant::now() >= deadline {
+                eprintln!(
+                    "mast-proxy wait: {} not ready after {}s",
+                    w.url, w.timeout_seconds
+                );
+                return ExitCode::FAILURE;
+            }
+            tokio::time::sleep(period).await;
+        }
+    })
+}
+
+/// `mast-proxy request`: pilot-agent's local HTTP client (the injected preStop hook).
+fn request(r: &RequestArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mast-proxy request: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sent =
+        mast_proxy::agent::request::request(r.debug_port, &r.method, &r.path, r.body.as_deref());
+    match runtime.block_on(sent) {
+        Ok(body) => {
+            let mut out = std::io::stdout().lock();
+            let written = out.write_all(&body).and_then(|()| {
+                if !body.is_empty() && !body.ends_with(b"\n") {
+                    out.write_all(b"\n")?;
+                }
+                out.flush()
+            });
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mast-proxy request: cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("mast-proxy request: {e}");
+            ExitCode::from(if e.is_usage() { 64 } else { 1 })
+        }
+    }
+}
+
+fn run_proxy(args: RunArgs) -> ExitCode {
+    let config = match Config::from_env(&ProcessEnv, &args.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mast-proxy: bad configuration: {e}");
@@ -125,7 +156,13 @@ fn main() -> ExitCode {
         }
     };
 
-    let filter = std::env::var("RUST_LOG").unwrap_or(args.log_level);
+    let filter = match args.log_filter(std::env::var("RUST_LOG").ok()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("mast-proxy: bad configuration: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let filter = match EnvFilter::try_new(&filter) {
         Ok(f) => f,
         Err(e) => {
@@ -134,9 +171,15 @@ fn main() -> ExitCode {
         }
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let json = args.log_as_json();
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+        }))
+        .with((!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr)))
         .init();
     let reload: mast_proxy::shared::LogReload = Box::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
