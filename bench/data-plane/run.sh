@@ -134,7 +134,7 @@ EOF
 start_proxy() { # name bootstrap admin → PROXY_PID (no subshell: it must stay our child)
     case $1 in
     envoy) taskset -c 1 "$ENVOY" -c "$2" --concurrency 1 -l error --use-dynamic-base-id >"$WORK/$1.log" 2>&1 & ;;
-    mast) taskset -c 1 "$MAST" -c "$2" --concurrency 1 -l warn --stats-port 0 --status-port 0 >"$WORK/$1.log" 2>&1 & ;;
+    mast) taskset -c 1 "$MAST" -c "$2" --concurrency 1 -l warn --stats-port 0 --status-port 0 --agent-port 0 >"$WORK/$1.log" 2>&1 & ;;
     esac
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")

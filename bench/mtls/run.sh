@@ -123,7 +123,7 @@ wait_ready() { for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$1/ready" >/
 start_mast() { # name sa ip labels admin
     POD_NAME=$1 POD_NAMESPACE=default SERVICE_ACCOUNT=$2 INSTANCE_IP=$3 ISTIO_META_INTERCEPTION_MODE=NONE \
         PROXY_CONFIG='{"discoveryAddress":"127.0.0.1:19010"}' \
-        taskset -c 1 "$BIN/mast-proxy" --labels "$4" --admin-port "$5" --stats-port 0 --status-port 0 \
+        taskset -c 1 "$BIN/mast-proxy" --labels "$4" --admin-port "$5" --stats-port 0 --status-port 0 --agent-port 0 \
         --concurrency 1 -l warn --ca-address "$CA_ADDR" --ca-root-cert "$WORK/ca/root-cert.pem" \
         --ca-token-file "$WORK/token-$2" >"$WORK/mast-$1.log" 2>&1 &
     PIDS+=($!)
@@ -135,7 +135,7 @@ start_envoy() { # name sa ip labels admin
     POD_NAME=$1 POD_NAMESPACE=default SERVICE_ACCOUNT=$2 \
         taskset -c 0 "$BIN/mast-proxy" --agent --sds-socket "$WORK/sds-$1.sock" --ca-address "$CA_ADDR" \
         --ca-root-cert "$WORK/ca/root-cert.pem" --ca-token-file "$WORK/token-$2" \
-        --admin-port $(( $5 + 1 )) --stats-port 0 --status-port 0 -l warn >"$WORK/agent-$1.log" 2>&1 &
+        --admin-port $(( $5 + 1 )) --stats-port 0 --status-port 0 --agent-port 0 -l warn >"$WORK/agent-$1.log" 2>&1 &
     PIDS+=($!)
     AGENT=$!
     "$BIN/mastctl" bootstrap --pod "$1" --namespace default --ip "$3" --labels "$4" \

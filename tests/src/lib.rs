@@ -459,7 +459,14 @@ impl Sidecar {
                         .arg("--ca-token-file")
                         .arg(&token)
                         .args(["--admin-port", &free_port().to_string()])
-                        .args(["--stats-port", "0", "--status-port", "0"]);
+                        .args([
+                            "--stats-port",
+                            "0",
+                            "--status-port",
+                            "0",
+                            "--agent-port",
+                            "0",
+                        ]);
                     agent = Some(Proc::spawn(
                         "mast-proxy agent",
                         &mut cmd,
@@ -514,7 +521,12 @@ impl Sidecar {
                     .args(["--labels", &pod.labels_arg()])
                     .args(["--admin-port", &admin_port.to_string()])
                     .args(["--stats-port", &stats_port.to_string()])
-                    .args(["--status-port", &free_port().to_string()])
+                    .args([
+                        "--status-port",
+                        &free_port().to_string(),
+                        "--agent-port",
+                        "0",
+                    ])
                     .args(["--concurrency", "1"]);
                 if let Some((_, app)) = pod.labels.iter().find(|(k, _)| *k == "app") {
                     let version = pod

@@ -1,5 +1,6 @@
 //! Transparent traffic capture, end to end, the way a Kubernetes pod with an injected sidecar
-//! works: real network namespaces, real iptables programmed by the real `mast-init` (Istio's
+//! works: real network namespaces, real iptables programmed by the pod's `istio-init` argv as
+//! Mast's injector writes it (`mastctl kube-inject`; run by mast-proxy → mast-init, Istio's
 //! injector arguments), real `mast-proxy` sidecars in REDIRECT mode running as UID/GID 1337,
 //! and unmodified apps — `curl` calling `http://user/` by name, Python's `http.server`
 //! answering on :8080 — that know nothing about the mesh.
@@ -22,7 +23,8 @@
 //!   and the app sees every request arrive from 127.0.0.1 (its sidecar), not the client's IP;
 //! - a direct call to a pod IP (:8080) leaves the client by the passthrough cluster to the
 //!   original destination and is captured inbound at user-v1;
-//! - an excluded port (9090: `-o 9090` on the client, `-d …,9090` on user-v1) bypasses both
+//! - an excluded port (9090: the client's `traffic.sidecar.istio.io/excludeOutboundPorts` and
+//!   user-v1's `excludeInboundPorts` annotations, turned into `-o`/`-d` by the injector) bypasses both
 //!   sidecars: no counter moves, and the app on 9090 sees the client's own pod IP.
 //!
 //! Needs root, `ip`, iptables (nft or legacy), `setpriv`, `curl` and `python3`; otherwise it
@@ -42,11 +44,6 @@ use mast_e2e::{HttpClient, Mastd, Proc, bin, eventually, free_port};
 
 const VIP: &str = "10.96.0.10";
 const PROXY_UID: &str = "1337";
-/// Istio's injected `istio-init` arguments (the injector's defaults); `-d` comes per pod.
-const INIT_ARGS: &[&str] = &[
-    "-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-];
-const INBOUND_EXCLUDED: &str = "15090,15021,15020";
 /// Requests in the split run (half by the short name, half by the FQDN). With a fair 50/50
 /// split, 40–60% is ±6σ at 1000 requests (±2.8σ, a 1-in-200 flake, at 200).
 const REQUESTS: usize = 1000;
@@ -301,15 +298,64 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-/// `mast-init` in the pod, with Istio's injector arguments plus `extra`.
-fn mast_init(pod: &Pod, inbound_excluded: &str, extra: &[&str]) -> Result<()> {
-    let init = bin("mast-init");
-    let mut args = vec![init.to_str().context("mast-init path")?];
-    args.extend_from_slice(INIT_ARGS);
-    args.extend(["-d", inbound_excluded]);
-    args.extend_from_slice(extra);
+/// The pod's `istio-init` container, as Mast's injector writes it: `mastctl kube-inject` on a
+/// Deployment of `app` carrying `annotations`, then the init container's argv
+/// (`istio-iptables -p 15001 …`) run in the pod by the sidecar image's entrypoint, mast-proxy,
+/// which hands it to mast-init — exactly what the kubelet would run.
+fn injected_init(pod: &Pod, app: &str, annotations: &[(&str, &str)], work: &Path) -> Result<()> {
+    let manifest = work.join(format!("deploy-{}.yaml", pod.name));
+    let annotations: String = annotations
+        .iter()
+        .map(|(k, v)| format!("        {k}: \"{v}\"\n"))
+        .collect();
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata:\n\
+             \x20     labels: {{app: {app}}}\n      annotations:\n{annotations}        x: \"y\"\n\
+             \x20   spec:\n      containers:\n      - {{name: {app}, image: {app}:1, ports: [{{containerPort: 8080}}]}}\n",
+            name = pod.name,
+        ),
+    )?;
+    let out = Command::new(bin("mastctl"))
+        .args(["kube-inject", "-f"])
+        .arg(&manifest)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "kube-inject: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_str_multiple(&String::from_utf8(out.stdout)?)?;
+    let init = docs
+        .first()
+        .and_then(|d| d["spec"]["template"]["spec"]["initContainers"].as_array())
+        .and_then(|c| c.iter().find(|c| c["name"] == "istio-init"))
+        .context("no istio-init in the injected pod")?;
+    let argv: Vec<String> = init["args"]
+        .as_array()
+        .context("istio-init args")?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect();
+    ensure!(
+        argv.first().map(String::as_str) == Some("istio-iptables"),
+        "{argv:?}"
+    );
+    let proxy = bin("mast-proxy");
+    let mut args = vec![proxy.to_str().context("mast-proxy path")?.to_string()];
+    args.extend(argv);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    writeln!(
+        std::io::stderr(),
+        "capture: {} istio-init: {}",
+        pod.name,
+        args[1..].join(" ")
+    )?;
     netns_exec(&pod.ns, &args)
-        .with_context(|| format!("mast-init in {}", pod.name))
+        .with_context(|| format!("istio-init in {}", pod.name))
         .map(|_| ())
 }
 
@@ -606,9 +652,19 @@ async fn scenario(
     .await?;
 
     // --- iptables, as the injected istio-init container sets it up. ---
-    mast_init(client, INBOUND_EXCLUDED, &["-o", "9090"])?;
-    mast_init(v1, &format!("{INBOUND_EXCLUDED},9090"), &[])?;
-    mast_init(v2, INBOUND_EXCLUDED, &[])?;
+    injected_init(
+        client,
+        "client",
+        &[("traffic.sidecar.istio.io/excludeOutboundPorts", "9090")],
+        work,
+    )?;
+    injected_init(
+        v1,
+        "user",
+        &[("traffic.sidecar.istio.io/excludeInboundPorts", "9090")],
+        work,
+    )?;
+    injected_init(v2, "user", &[], work)?;
     let rules = netns_exec(&v1.ns, &["iptables-save", "-t", "nat"]).unwrap_or_default();
     eprintln!(
         "capture: user-v1's nat rules:\n{}",

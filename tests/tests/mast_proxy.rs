@@ -539,7 +539,12 @@ fn spawn_static(dir: &std::path::Path, bootstrap: &std::path::Path) -> Result<ma
             .arg("--config")
             .arg(bootstrap)
             .args(["--stats-port", &free_port().to_string()])
-            .args(["--status-port", &free_port().to_string()])
+            .args([
+                "--status-port",
+                &free_port().to_string(),
+                "--agent-port",
+                "0",
+            ])
             .args(["--drain", "3s", "--concurrency", "1"]),
         dir.join("static.log"),
     )

@@ -162,7 +162,12 @@ async fn rbac_filters_allow_and_deny() -> Result<()> {
             .arg("--config")
             .arg(&boot)
             .args(["--stats-port", &stats.to_string()])
-            .args(["--status-port", &free_port().to_string()])
+            .args([
+                "--status-port",
+                &free_port().to_string(),
+                "--agent-port",
+                "0",
+            ])
             .args(["--drain", "1s", "--concurrency", "1"]),
         dir.path().join("proxy.log"),
     )?;
@@ -253,7 +258,14 @@ async fn rbac_filters_allow_and_deny() -> Result<()> {
         .arg("--config")
         .arg(&bad)
         .args(["--admin-port", &free_port().to_string()])
-        .args(["--stats-port", "0", "--status-port", "0"])
+        .args([
+            "--stats-port",
+            "0",
+            "--status-port",
+            "0",
+            "--agent-port",
+            "0",
+        ])
         .output()?;
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);

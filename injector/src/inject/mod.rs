@@ -68,6 +68,9 @@ pub struct Settings {
     pub default_proxy_config: Map<String, Value>,
     /// Namespaces never injected.
     pub ignored_namespaces: Vec<String>,
+    /// Render Istio's `gateway` template. Off until pilot serves gateway (router) config: a
+    /// gateway pod injected today would only fail at start, so admission says so instead.
+    pub gateway_template: bool,
 }
 
 impl Default for Settings {
@@ -107,6 +110,7 @@ impl Default for Settings {
             inbound_localhost: false,
             default_proxy_config: Map::new(),
             ignored_namespaces: vec!["kube-system".into(), "kube-public".into()],
+            gateway_template: false,
         }
     }
 }
