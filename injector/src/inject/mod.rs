@@ -15,6 +15,7 @@ pub mod annotations;
 mod merge;
 mod probes;
 pub mod quantity;
+pub mod selection;
 mod template;
 
 use std::collections::BTreeMap;
