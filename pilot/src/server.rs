@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
-use crate::ads::{AdsServer, ConnectionRegistry, Generator};
+use crate::ads::{AdsServer, ConnectionRegistry, Generator, Snapshot};
 use crate::debug::{self, DebugState};
 use crate::metrics::Metrics;
 use crate::source::{Debounce, FolderSource, SourceStatus};
@@ -68,9 +68,31 @@ pub async fn run<G: Generator>(
 pub async fn run_with_registry<G: Generator>(
     config: PilotConfig,
     generator: G,
-    mut registry: Registry,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
+) -> Result<(), Error> {
+    run_hosted(config, generator, registry, shutdown, |bound, _| {
+        on_bound(bound)
+    })
+    .await
+}
+
+/// What the other components hosted with pilot (mastd's telemetry collector) may read of its
+/// state: the connected proxies and the current mesh model.
+#[derive(Clone)]
+pub struct Handles {
+    pub connections: Arc<ConnectionRegistry>,
+    pub snapshots: watch::Receiver<Snapshot>,
+}
+
+/// [`run_with_registry`], also handing pilot's [`Handles`] to `on_bound`.
+pub async fn run_hosted<G: Generator>(
+    config: PilotConfig,
+    generator: G,
+    mut registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound, Handles),
 ) -> Result<(), Error> {
     for dir in &config.config_dirs {
         if !dir.is_dir() {
@@ -104,7 +126,13 @@ pub async fn run_with_registry<G: Generator>(
         })?,
     };
     info!(xds = %bound.xds, http = %bound.http, "pilot listening");
-    on_bound(bound);
+    on_bound(
+        bound,
+        Handles {
+            connections: connections.clone(),
+            snapshots: snapshots.clone(),
+        },
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

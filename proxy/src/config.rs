@@ -364,6 +364,15 @@ impl Config {
         let trust_domain = env
             .var(TRUST_DOMAIN)
             .unwrap_or_else(|| "cluster.local".into());
+        let stats_port = port("MAST_STATS_PORT", o.stats_port, 15090)?;
+        if stats_port != 0 {
+            // Where Istio's metrics are scraped (INSTANCE_IPS + this port): mastd's telemetry
+            // collector finds every sidecar's :15090 through pilot, with no Prometheus needed.
+            metadata.insert(
+                "MAST_STATS_PORT".into(),
+                Value::String(stats_port.to_string()),
+            );
+        }
         let dns_domain = match &o.domain {
             Some(d) if is_dns_name(d) => d.clone(),
             Some(d) => {
@@ -428,7 +437,7 @@ impl Config {
             static_config: o.static_config.clone(),
             admin_addr: (localhost, port("MAST_ADMIN_PORT", o.admin_port, 15000)?).into(),
             status_addr: (any, port("STATUS_PORT", o.status_port, 15021)?).into(),
-            stats_addr: (any, port("MAST_STATS_PORT", o.stats_port, 15090)?).into(),
+            stats_addr: (any, stats_port).into(),
             agent_addr: (any, agent_port).into(),
             agent_addr_required,
             app_probers,
