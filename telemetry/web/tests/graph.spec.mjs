@@ -1,0 +1,203 @@
+#!/usr/bin/env node
+// Browser test of the topology view: drives Debian's headless Chromium with playwright-core and
+// checks what a user sees. A plain script (no test runner): exits 0 when every check passes,
+// non-zero with a FAIL line naming the failed check otherwise.
+//
+// Environment (all optional):
+//   BASE_URL         the web view to test (default: start tests/fixture-server.mjs on a free port)
+//   NAMESPACE        namespace to show (default: default)
+//   EXPECT_SPLIT     expected share of each of user v1/v2, in % (default 50)
+//   SPLIT_TOLERANCE  allowed deviation in points (default 10)
+//   REFRESH          the page's refresh period in s, passed as ?refresh= (default 2)
+//   SCREENSHOT       where to save the screenshot (default tests/out/graph.png next to this file)
+//   CHROMIUM         browser binary (default /usr/bin/chromium)
+import { chromium } from 'playwright-core';
+import { access, constants, mkdir } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const env = process.env;
+const NS = env.NAMESPACE || 'default';
+const EXPECT_SPLIT = Number(env.EXPECT_SPLIT ?? 50);
+const TOLERANCE = Number(env.SPLIT_TOLERANCE ?? 10);
+const REFRESH = Number(env.REFRESH ?? 2);
+const SCREENSHOT = env.SCREENSHOT ? resolve(env.SCREENSHOT) : resolve(here, 'out/graph.png');
+const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
+const OVERALL_TIMEOUT_MS = 45_000;
+
+const started = Date.now();
+let passed = 0;
+let fixture;
+let browser;
+let page;
+
+class CheckFailed extends Error {}
+function check(ok, what, detail = '') {
+  if (!ok) throw new CheckFailed(`${what}${detail ? `: ${detail}` : ''}`);
+  passed++;
+  console.log(`ok ${passed} - ${what}${detail ? ` (${detail})` : ''}`);
+}
+
+// Everything the checks need, read from the live cytoscape instance in one round trip.
+const snapshot = () => page.evaluate(() => {
+  const { cy, refreshes, layouts } = window.__mast;
+  const [w, h] = [cy.width(), cy.height()];
+  const inView = (bb) => bb.x1 >= 0 && bb.y1 >= 0 && bb.x2 <= w && bb.y2 <= h;
+  return {
+    refreshes, layouts, sameCy: window.__testCy ? window.__testCy === cy : null,
+    nodes: cy.nodes().map((n) => ({
+      id: n.id(), data: n.data(), pos: { ...n.position() }, bb: n.boundingBox(),
+      label: n.style('label'), shown: n.visible() && inView(n.renderedBoundingBox({ includeLabels: false })),
+    })),
+    edges: cy.edges().map((e) => ({
+      id: e.id(), source: e.source().id(), target: e.target().id(), data: e.data(),
+      label: e.style('label'), shown: e.visible(), color: e.style('line-color'),
+    })),
+  };
+});
+
+const waitFor = (fn, arg, what, timeout) =>
+  page.waitForFunction(fn, arg, { timeout, polling: 100 }).catch(() => { throw new CheckFailed(`timed out waiting for ${what}`); });
+
+async function main() {
+  let base = env.BASE_URL?.replace(/\/$/, '');
+  if (!base) {
+    const { start } = await import('./fixture-server.mjs');
+    fixture = await start(0);
+    base = fixture.url;
+    console.log(`# fixture server on ${base}`);
+  }
+
+  await access(CHROMIUM, constants.X_OK).catch(() => {
+    throw new CheckFailed(`no browser at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM=/path/to/chromium)`);
+  });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'], timeout: 15_000 });
+  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.setDefaultTimeout(8000);
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+
+  const url = `${base}/?refresh=${REFRESH}&namespace=${encodeURIComponent(NS)}`;
+  const res = await page.goto(url, { timeout: 10_000 });
+  check(res?.ok(), `page loads: ${url}`, `HTTP ${res?.status()}`);
+  await waitFor(() => window.__mast?.refreshes >= 1 && window.__mast.cy.nodes().length > 0, null, 'the first graph', 10_000);
+  await page.evaluate(() => { window.__testCy = window.__mast.cy; });
+  const first = await snapshot();
+  const nodeWhere = (s, pred) => s.nodes.find((n) => pred(n.data));
+
+  // The nodes a user expects, drawn inside the viewport.
+  const myapp = nodeWhere(first, (d) => d.app === 'myapp' && d.nodeType !== 'box' && d.nodeType !== 'service');
+  check(myapp?.shown, 'myapp is shown', myapp ? `${myapp.id}` : 'no myapp node');
+  const svc = nodeWhere(first, (d) => d.nodeType === 'service' && d.service === 'user');
+  check(svc?.shown, 'the user service is shown', svc ? `${svc.id}, label ${JSON.stringify(svc.label)}` : 'no service node "user"');
+  if (svc.data.hasTrafficShifting) check(svc.label.includes('🔀'), 'the user service shows its traffic-shifting badge');
+  const box = nodeWhere(first, (d) => d.nodeType === 'box' && d.app === 'user');
+  check(box?.shown, 'the user app box is shown', box?.id ?? 'no box for app "user"');
+  const inBox = (n) => n.pos.x > box.bb.x1 && n.pos.x < box.bb.x2 && n.pos.y > box.bb.y1 && n.pos.y < box.bb.y2;
+  const versions = {};
+  for (const v of ['v1', 'v2']) {
+    const n = nodeWhere(first, (d) => d.nodeType === 'app' && d.app === 'user' && d.version === v);
+    check(n?.shown && n.data.parent === box.id && inBox(n), `user ${v} is drawn inside the user box`, n ? `label ${JSON.stringify(n.label)}` : 'missing');
+    versions[v] = n;
+  }
+
+  // Edges: traffic flowing, the split, the lock.
+  const edge = (s, from, to) => s.edges.find((e) => e.source === from && e.target === to);
+  const inbound = edge(first, myapp.id, svc.id);
+  check(inbound?.data.rps > 0, 'myapp → user carries traffic', inbound ? `${inbound.data.rps.toFixed(1)} rps, label ${JSON.stringify(inbound.label)}` : 'no edge');
+  check(/\d+\.\d rps/.test(inbound.label), 'edge labels show requests/s', JSON.stringify(inbound.label));
+  for (const v of ['v1', 'v2']) {
+    const e = edge(first, svc.id, versions[v].id);
+    check(e?.data.rps > 0, `user → user ${v} carries traffic`, e ? `${e.data.rps.toFixed(1)} rps` : 'no edge');
+    const pct = e.data.percent ?? Number(e.data.traffic?.rates?.httpPercentReq);
+    check(Math.abs(pct - EXPECT_SPLIT) <= TOLERANCE, `user ${v} gets ${EXPECT_SPLIT}±${TOLERANCE}% of user's traffic`, `${pct.toFixed(1)}%`);
+    check(e.label.includes('🔒'), `user → user ${v} shows the mTLS lock`, `isMTLS ${e.data.isMTLS}, label ${JSON.stringify(e.label)}`);
+  }
+
+  // One refresh later: the data moved, the layout did not.
+  await waitFor((n) => window.__mast.refreshes > n, first.refreshes, 'a refresh', REFRESH * 1000 + 8000);
+  const second = await snapshot();
+  check(second.sameCy, 'the refresh kept the same cytoscape instance');
+  check(second.layouts === first.layouts, 'the refresh did not re-run the layout', `layouts ${first.layouts} → ${second.layouts}`);
+  const moved = first.nodes.filter((a) => {
+    const b = second.nodes.find((n) => n.id === a.id);
+    return !b || Math.hypot(a.pos.x - b.pos.x, a.pos.y - b.pos.y) > 0.5;
+  });
+  check(moved.length === 0 && second.nodes.length === first.nodes.length, 'every node kept its position', moved.map((n) => n.id).join(', ') || `${first.nodes.length} nodes`);
+  const changed = second.edges.filter((b) => first.edges.find((a) => a.id === b.id)?.data.rps !== b.data.rps);
+  check(changed.length > 0, 'the refresh updated the figures in place', `${changed.length}/${second.edges.length} edges got new rates`);
+
+  // Click the user service the way a user does, at its place on the screen.
+  const at = await page.evaluate((id) => {
+    const { cy } = window.__mast;
+    const p = cy.getElementById(id).renderedPosition();
+    const r = cy.container().getBoundingClientRect();
+    return { x: r.left + p.x, y: r.top + p.y + 4 }; // a little low: a triangle is widest at its base
+  }, svc.id);
+  await page.mouse.click(at.x, at.y);
+  await waitFor(() => !document.getElementById('side-panel').hidden, null, 'the side panel to open', 5000);
+  const title = await page.textContent('#panel-title');
+  check(title.includes('user'), 'clicking the user service opens the side panel with its name', JSON.stringify(title));
+  const figures = await page.textContent('#panel-figures');
+  check(/\d+\.\d rps/.test(figures), 'the side panel shows the figures', figures.replace(/\s+/g, ' ').slice(0, 120));
+  // A chart with data has pixels of its series colour; axes alone do not.
+  const colours = { rps: [0, 102, 204], errorRate: [201, 25, 11], p95: [236, 122, 8] };
+  const drawn = await waitFor((cols) => Object.entries(cols).every(([key, [r, g, b]]) => {
+    const c = document.querySelector(`#side-panel [data-testid="chart-${key}"] canvas`);
+    if (!c || !c.width) return false;
+    const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < px.length; i += 4) {
+      if (Math.abs(px[i] - r) < 30 && Math.abs(px[i + 1] - g) < 30 && Math.abs(px[i + 2] - b) < 30 && px[i + 3] > 200) return true;
+    }
+    return false;
+  }), colours, 'the three charts to draw their series', 5000).then(() => true);
+  check(drawn, 'the side panel draws the rps, error-rate and p95 charts');
+  const before = figures;
+  await waitFor((f) => window.__mast.refreshes > 0 && document.getElementById('panel-figures').textContent !== f, before, 'the side panel to refresh', REFRESH * 1000 + 8000);
+  check(!(await page.isHidden('#side-panel')), 'the side panel refreshes with the graph and stays open');
+
+  await mkdir(dirname(SCREENSHOT), { recursive: true });
+  await page.screenshot({ path: SCREENSHOT, timeout: 10_000 });
+  console.log(`# screenshot: ${SCREENSHOT}`);
+
+  // Errors: only against our fixture, which can be told to fail.
+  if (fixture) {
+    const count = second.nodes.length;
+    await fetch(`${fixture.url}/__fixture/fail?n=1000`);
+    await waitFor(() => !document.getElementById('error-banner').hidden, null, 'the error banner', REFRESH * 1000 + 8000);
+    const banner = await page.textContent('#error-banner');
+    const during = await snapshot();
+    check(banner.includes('503') && during.nodes.length === count, 'an API error shows a banner and keeps the last good graph', JSON.stringify(banner));
+    await fetch(`${fixture.url}/__fixture/fail?n=0`);
+    await waitFor(() => document.getElementById('error-banner').hidden, null, 'the banner to clear', REFRESH * 1000 + 8000);
+    check(true, 'the banner clears when the API answers again');
+  }
+  check(pageErrors.length === 0, 'no uncaught error in the page', pageErrors.join('; '));
+}
+
+const watchdog = setTimeout(() => {
+  console.log(`FAIL: the test did not finish within ${OVERALL_TIMEOUT_MS / 1000} s`);
+  process.exit(2);
+}, OVERALL_TIMEOUT_MS);
+
+let code = 0;
+try {
+  await main();
+} catch (e) {
+  code = 1;
+  console.log(`FAIL: ${e instanceof CheckFailed ? e.message : e.stack ?? e}`);
+  if (page) {
+    // A picture of the failure helps more than the message alone.
+    const shot = SCREENSHOT.replace(/(\.png)?$/, '-failed.png');
+    await mkdir(dirname(shot), { recursive: true }).catch(() => {});
+    if (await page.screenshot({ path: shot, timeout: 5000 }).then(() => true, () => false)) console.log(`# failure screenshot: ${shot}`);
+  }
+} finally {
+  await browser?.close().catch(() => {});
+  await fixture?.close();
+  clearTimeout(watchdog);
+}
+console.log(`# took ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(`${passed} passed, ${code ? 1 : 0} failed`);
+process.exit(code);
