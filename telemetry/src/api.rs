@@ -1,0 +1,266 @@
+//! The HTTP face of the collector (telemetry/API.md): the Kiali-style JSON API under `/api`
+//! and, when a directory is given, the web view's static files at `/`. Query values are
+//! checked here and a bad one is answered 400 with a JSON error naming the parameter and the
+//! value, so the UI can show it; graphs are built off the async threads.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{any, get};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::assets;
+use crate::graph::{Detail, Graph, GraphQuery, GraphResponse, GraphType, Period, namespaces};
+use crate::state::{HealthReport, Telemetry};
+
+/// An API failure, answered as `{"error": "…"}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{name} {value:?}: expected one of {expected}")]
+    BadValue {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("namespaces: required, a comma-separated list such as namespaces=default,shop")]
+    MissingNamespaces,
+    #[error("namespaces {0:?}: empty namespace name in the list")]
+    EmptyNamespace(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no node or edge {id:?} in namespace {namespace:?} over {duration}")]
+    NotFound {
+        id: String,
+        namespace: String,
+        duration: &'static str,
+    },
+    #[error("no API at {0:?}")]
+    NoRoute(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadValue { .. }
+            | ApiError::MissingNamespaces
+            | ApiError::EmptyNamespace(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body {
+            error: String,
+        }
+        (
+            self.status(),
+            Json(Body {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// The API (and, with `web_dir`, the web view's files) over the collector's state.
+pub fn router(state: Arc<Telemetry>, web_dir: Option<PathBuf>) -> Router {
+    let api = Router::new()
+        .route("/api/namespaces", get(list_namespaces))
+        .route("/api/namespaces/graph", get(multi_graph))
+        .route("/api/namespaces/{ns}/graph", get(namespace_graph))
+        .route("/api/namespaces/{ns}/nodes/{id}", get(node_detail))
+        .route("/api/health", get(health))
+        .route("/api", any(no_route))
+        .route("/api/{*rest}", any(no_route))
+        .with_state(state);
+    match web_dir {
+        Some(dir) => {
+            api.fallback(move |method: Method, uri: Uri| assets::serve(dir.clone(), method, uri))
+        }
+        None => api.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes (in-flight requests finish).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+type QueryParams = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn from(q: QueryParams) -> Result<Self, ApiError> {
+        q.map(|Query(v)| Params(v))
+            .map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn graph_type(&self) -> Result<GraphType, ApiError> {
+        match self.get("graphType") {
+            None => Ok(GraphType::VersionedApp),
+            Some(v) => GraphType::parse(v).ok_or_else(|| ApiError::BadValue {
+                name: "graphType",
+                value: v.to_string(),
+                expected: GraphType::EXPECTED,
+            }),
+        }
+    }
+
+    fn period(&self) -> Result<Period, ApiError> {
+        match self.get("duration") {
+            None => Ok(Period::M5),
+            Some(v) => Period::parse(v).ok_or_else(|| ApiError::BadValue {
+                name: "duration",
+                value: v.to_string(),
+                expected: Period::EXPECTED,
+            }),
+        }
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Serialize)]
+struct Namespace {
+    name: String,
+}
+
+async fn list_namespaces(State(t): State<Arc<Telemetry>>) -> Json<Vec<Namespace>> {
+    let state = t.read();
+    Json(
+        namespaces(&state)
+            .into_iter()
+            .map(|name| Namespace { name })
+            .collect(),
+    )
+}
+
+async fn health(State(t): State<Arc<Telemetry>>) -> Json<HealthReport> {
+    Json(t.health())
+}
+
+async fn namespace_graph(
+    State(t): State<Arc<Telemetry>>,
+    path: Result<Path<String>, PathRejection>,
+    query: QueryParams,
+) -> Result<Json<GraphResponse>, ApiError> {
+    let Path(ns) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let p = Params::from(query)?;
+    graph(
+        t,
+        GraphQuery {
+            namespaces: vec![ns],
+            graph_type: p.graph_type()?,
+            period: p.period()?,
+        },
+    )
+    .await
+}
+
+async fn multi_graph(
+    State(t): State<Arc<Telemetry>>,
+    query: QueryParams,
+) -> Result<Json<GraphResponse>, ApiError> {
+    let p = Params::from(query)?;
+    let list = p.get("namespaces").ok_or(ApiError::MissingNamespaces)?;
+    let namespaces: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+    if namespaces.iter().any(String::is_empty) {
+        return Err(if list.trim().is_empty() {
+            ApiError::MissingNamespaces
+        } else {
+            ApiError::EmptyNamespace(list.to_string())
+        });
+    }
+    graph(
+        t,
+        GraphQuery {
+            namespaces,
+            graph_type: p.graph_type()?,
+            period: p.period()?,
+        },
+    )
+    .await
+}
+
+async fn graph(t: Arc<Telemetry>, q: GraphQuery) -> Result<Json<GraphResponse>, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let state = t.read();
+        Graph::build(&state, &q).response(t.mesh(), &q, now())
+    })
+    .await
+    .map(Json)
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn node_detail(
+    State(t): State<Arc<Telemetry>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    query: QueryParams,
+) -> Result<Json<Detail>, ApiError> {
+    let Path((ns, id)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let p = Params::from(query)?;
+    let first = p.graph_type()?;
+    let period = p.period()?;
+    let found = tokio::task::spawn_blocking(move || {
+        let state = t.read();
+        // Ids name entities, not graph types; the UI's current type is tried first.
+        let order =
+            std::iter::once(first).chain(GraphType::ALL.into_iter().filter(|g| *g != first));
+        for graph_type in order {
+            let q = GraphQuery {
+                namespaces: vec![ns.clone()],
+                graph_type,
+                period,
+            };
+            if let Some(d) = Graph::build(&state, &q).detail(&id, &state.store, t.mesh()) {
+                return Ok(d);
+            }
+        }
+        Err(ApiError::NotFound {
+            id,
+            namespace: ns,
+            duration: period.as_str(),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(found))
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_string())
+}

@@ -1,0 +1,37 @@
+//! mast-telemetry: the topology view's back end, as Kiali's, without Prometheus. mastd lists
+//! its proxies through [`MeshView`]; the [`Collector`] scrapes Istio's standard metrics from
+//! each proxy's `/stats/prometheus`, turns them into per-edge deltas and keeps rolling 1m,
+//! 5m, 15m and 1h windows; [`router`] serves the graph JSON of telemetry/API.md and the web
+//! view's static files on :20001.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # async fn wire(mesh: Arc<dyn mast_telemetry::MeshView>) -> anyhow::Result<()> {
+//! use mast_telemetry::{Collector, CollectorConfig, router, serve};
+//! let collector = Collector::new(mesh, CollectorConfig::default())?;
+//! let app = router(collector.telemetry(), Some("telemetry/web/dist".into()));
+//! tokio::spawn(collector.run(std::future::pending()));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:20001").await?;
+//! serve(listener, app, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod assets;
+mod collector;
+pub mod exposition;
+mod graph;
+pub mod istio;
+mod mesh;
+mod scrape;
+mod state;
+mod stats;
+mod store;
+mod target;
+
+pub use api::{ApiError, router, serve};
+pub use collector::{Collector, CollectorConfig, ConfigError, LONGEST_WINDOW, RoundReport};
+pub use graph::{GraphType, Period};
+pub use mesh::{MeshView, ServiceFeatures, Target};
+pub use scrape::ScrapeError;
+pub use state::{HealthReport, TargetStatus, Telemetry};
