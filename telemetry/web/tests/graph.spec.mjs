@@ -72,7 +72,11 @@ async function main() {
   await access(CHROMIUM, constants.X_OK).catch(() => {
     throw new CheckFailed(`no browser at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM=/path/to/chromium)`);
   });
-  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'], timeout: 15_000 });
+  browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: [
+    // As root in CI; and no background calls out of a closed network (they are refused, noisily).
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ], timeout: 15_000 });
   page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   page.setDefaultTimeout(8000);
   const pageErrors = [];
