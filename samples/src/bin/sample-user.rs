@@ -1,0 +1,19 @@
+//! `sample-user`: one version of the todo list's user service (see [`mast_samples::user`]).
+
+use std::process::ExitCode;
+
+use mast_samples::config::ProcessEnv;
+use mast_samples::server;
+use mast_samples::user::{App, Config};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<ExitCode> {
+    server::init_logging();
+    let config = match Config::parse(std::env::args_os(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => return Ok(e.report("sample-user")),
+    };
+    let name = format!("sample-user {}", config.version);
+    server::run_app(&name, config.listen, App::new(config.version)).await?;
+    Ok(ExitCode::SUCCESS)
+}
