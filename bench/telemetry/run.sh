@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Topology view at scale: mast-telemetry's collector vs Prometheus on 2000 synthetic sidecars.
 #
-#   bench/telemetry/run.sh                 # ~4.5 minutes after the build; writes bench/telemetry/latest.md
+#   bench/telemetry/run.sh                 # ~3.7 minutes after the build; writes bench/telemetry/latest.md
 #   ALL_TIMEOUT=300 bench/telemetry/run.sh # let the all-namespace page finish drawing (longer)
-#   SETTLE=300 bench/telemetry/run.sh      # time the graphs with a full 5 m window of data (longer)
+#   SETTLE=300 bench/telemetry/run.sh      # time the graphs with a full 5 m window of data (+10 min)
 #
 # One run, same pinning for both peers (2-core machine): the 2000 sidecars' stats pages
 # (`telemetry-load sidecars`), every client (the timing client, Chromium) on CPU 0; the scraper
