@@ -62,12 +62,22 @@ pub fn envoy_bin() -> PathBuf {
     venv
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and not handed out before by this process:
+/// the kernel may give the same ephemeral port to two quick `bind(0)`s once the first is
+/// closed, and a mastd started with the same port for two listeners fails to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind 127.0.0.1:0");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Poll `check` until it returns `Ok`, or fail with its last error after `timeout`.
