@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod analyze;
 mod bootstrap;
 mod credential;
+mod demo;
 mod kube_inject;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,9 @@ enum Command {
     Credential(credential::Args),
     /// Rotate citadel's self-signed root, keeping the old one trusted until it expires.
     RotateRoot(credential::RotateArgs),
+    /// Run the whole mesh locally: mastd, the todo-list sample with sidecars, traffic, and a
+    /// live view (the README's first command).
+    Demo(demo::Args),
     /// Inject the sidecar into Kubernetes manifests offline (as the webhook would).
     KubeInject(kube_inject::Args),
 }
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
         Command::Bootstrap(args) => bootstrap::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Credential(args) => credential::run(&args).map(|()| ExitCode::SUCCESS),
         Command::RotateRoot(args) => credential::rotate(&args).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => demo::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {

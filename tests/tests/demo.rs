@@ -1,0 +1,395 @@
+//! `mastctl demo`, the README's first command, run as a user runs it and judged by what it
+//! prints: its `--json` summary and its terminal commentary.
+//!
+//! - As root (pods: network namespaces, iptables capture): `mastctl demo --duration 40s
+//!   --json` on a copy of `manifests/samples/todolist`. While it runs the test breaks
+//!   `user-split.yaml` (weights summing to 90: reported in the terminal, the 50/50 split stays)
+//!   and then sets 80/20. The summary must show v1 and v2 each 50% ±5% before, 80% ±5% for v1
+//!   after, zero failed requests, 100% mTLS between services, and a clean teardown — which
+//!   the test checks itself too: no process, network namespace, link, `/etc/netns` entry,
+//!   temporary directory or root-namespace iptables rule of the run is left.
+//! - Not root (loopback, INTERCEPTION_MODE=NONE): the same demo as an unprivileged user
+//!   (`setpriv` to `nobody` when the test runs as root), 20 s, same checks without the edit.
+//!
+//! Without root the first part prints `demo: SKIPPED` (a failure when MAST_REQUIRE_NETNS is
+//! set, as scripts/test.sh does as root).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use mast_e2e::{bin, free_port, workspace_root};
+use serde_json::Value;
+
+/// The demos use Istio's fixed ports (15010, 15012, 15014): one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The demo's run, as a user started it.
+struct Run {
+    summary: Value,
+    /// Its terminal commentary (stderr, since stdout carries the JSON).
+    commentary: String,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// A copy of the sample folder the test may edit.
+fn sample_copy(dir: &Path) -> Result<PathBuf> {
+    let config = dir.join("todolist");
+    std::fs::create_dir_all(&config)?;
+    for entry in std::fs::read_dir(workspace_root().join("manifests/samples/todolist"))? {
+        let path = entry?.path();
+        std::fs::copy(&path, config.join(path.file_name().context("name")?))?;
+    }
+    Ok(config)
+}
+
+/// `user-split.yaml` with these two weights.
+fn set_split(config: &Path, v1: u32, v2: u32) -> Result<()> {
+    let path = config.join("user-split.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut weights = [v1, v2].into_iter();
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once("weight:") {
+            Some((indent, _)) => match weights.next() {
+                Some(w) => format!("{indent}weight: {w}"),
+                None => l.to_string(),
+            },
+            None => l.to_string(),
+        })
+        .collect();
+    ensure!(
+        weights.next().is_none(),
+        "two weights in {}",
+        path.display()
+    );
+    // Written whole and renamed into place, as editors do.
+    let tmp = config.join(".user-split.yaml.tmp");
+    std::fs::write(&tmp, edited.join("\n") + "\n")?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Runs `cmd` (a `mastctl demo … --json`), calling `during(seconds since the load started)`
+/// every 100 ms once the demo says it is serving; returns the summary and commentary.
+fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<()>) -> Result<Run> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting mastctl demo")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let commentary = Arc::new(Mutex::new(String::new()));
+    let serving = Arc::new(Mutex::new(None::<Instant>));
+    let reader = std::thread::spawn({
+        let (commentary, serving) = (commentary.clone(), serving.clone());
+        move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("demo| {line}");
+                if line.contains("Change the split") {
+                    *serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                }
+                let mut c = commentary.lock().unwrap_or_else(|e| e.into_inner());
+                c.push_str(&line);
+                c.push('\n');
+            }
+        }
+    });
+    let stdout = child.stdout.take().context("stdout")?;
+    let json_reader = std::thread::spawn(move || -> std::io::Result<String> {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut BufReader::new(stdout), &mut s)?;
+        Ok(s)
+    });
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("mastctl demo still running after 180 s");
+        }
+        let since = *serving.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = since
+            && let Err(e) = during(t.elapsed().as_secs_f64())
+        {
+            // Stop it the way a user would, so it still cleans up.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(i32::try_from(child.id())?, libc::SIGINT) };
+            let _ = child.wait();
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = reader.join();
+    let json = json_reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
+    let commentary = commentary.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    ensure!(
+        status.success(),
+        "mastctl demo exited with {status}:\n{commentary}"
+    );
+    let summary: Value = serde_json::from_str(&json)
+        .with_context(|| format!("the --json summary is not JSON: {json}"))?;
+    Ok(Run {
+        summary,
+        commentary,
+    })
+}
+
+fn pct(phase: &Value, version: &str) -> f64 {
+    phase["split"][version].as_f64().unwrap_or(-1.0)
+}
+
+/// What every run must show: no failed request, full mTLS between services, a clean exit.
+fn common_checks(run: &Run, mode: &str) -> Result<()> {
+    let s = &run.summary;
+    ensure!(s["mode"] == mode, "mode {} (want {mode})", s["mode"]);
+    ensure!(
+        s["requests"].as_u64() > Some(500),
+        "too few requests: {}",
+        s["requests"]
+    );
+    ensure!(
+        s["errors"] == 0,
+        "{} failed requests: {}",
+        s["errors"],
+        s["first_errors"]
+    );
+    ensure!(
+        s["mtls_percent"].as_f64() == Some(100.0),
+        "mTLS between services: {} (mesh rps {})",
+        s["mtls_percent"],
+        s["mesh_rps"]
+    );
+    let t = &s["teardown"];
+    ensure!(t["clean"] == true, "teardown: {t}");
+    // Our own look: no process the demo started is alive, its directory is gone.
+    for pid in t["pids"].as_array().context("pids")? {
+        let pid = pid.as_u64().context("pid")?;
+        ensure!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|st| st.contains(") Z ")),
+            "process {pid} of the demo is still running"
+        );
+    }
+    let work = t["work_dir"].as_str().context("work_dir")?;
+    ensure!(!Path::new(work).exists(), "{work} was left behind");
+    Ok(())
+}
+
+/// The root namespace's iptables rules (without counters), to compare before and after.
+fn root_rules() -> String {
+    ["iptables-nft-save", "iptables-legacy-save", "iptables-save"]
+        .iter()
+        .filter(|p| in_path(p))
+        .filter_map(|p| Command::new(p).output().ok())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn demo_as_root_in_pods() -> Result<()> {
+    let why_not = if !is_root() {
+        Some("needs root (network namespaces and iptables)")
+    } else if !in_path("iptables-nft-restore") && !in_path("iptables-restore") {
+        Some("iptables is not installed")
+    } else {
+        None
+    };
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reason) = why_not {
+        if std::env::var_os("MAST_REQUIRE_NETNS").is_some() {
+            bail!("demo: cannot run ({reason}) but MAST_REQUIRE_NETNS is set");
+        }
+        println!("demo: SKIPPED: {reason}");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let config = sample_copy(dir.path())?;
+    let rules_before = root_rules();
+    let netns_before = Command::new("ip").args(["netns", "list"]).output()?.stdout;
+
+    let mut cmd = Command::new(bin("mastctl"));
+    cmd.args(["demo", "--duration", "40s", "--json", "--mode", "pods"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--port", &free_port().to_string()]);
+    let (mut broke, mut fixed) = (false, false);
+    let run = run_demo(cmd, |t| {
+        if t > 10.0 && !broke {
+            set_split(&config, 70, 20)?; // sums to 90: rejected, 50/50 stays
+            broke = true;
+        }
+        if t > 20.0 && !fixed {
+            set_split(&config, 80, 20)?;
+            fixed = true;
+        }
+        Ok(())
+    })?;
+    println!(
+        "demo summary: {}",
+        serde_json::to_string_pretty(&run.summary)?
+    );
+    common_checks(&run, "pods")?;
+    let s = &run.summary;
+    ensure!(
+        s["interception_mode"] == "REDIRECT",
+        "{}",
+        s["interception_mode"]
+    );
+
+    // The broken edit: reported naming the file and the field, and nothing changed.
+    ensure!(
+        run.commentary.contains("rejected")
+            && run.commentary.contains("user-split.yaml")
+            && run.commentary.contains("weights sum to 90"),
+        "the invalid edit was not reported:\n{}",
+        run.commentary
+    );
+    ensure!(
+        run.commentary
+            .contains("the last good split stays: v1 50% / v2 50%"),
+        "{}",
+        run.commentary
+    );
+    let phases = s["phases"].as_array().context("phases")?;
+    ensure!(phases.len() == 2, "two splits expected, got {phases:?}");
+    let (before, after) = (&phases[0], &phases[1]);
+    ensure!(before["weights"]["v1"] == 50 && before["weights"]["v2"] == 50);
+    for v in ["v1", "v2"] {
+        ensure!(
+            (45.0..=55.0).contains(&pct(before, v)),
+            "{v} served {}% of 50/50 ({before})",
+            pct(before, v)
+        );
+    }
+    ensure!(after["weights"]["v1"] == 80 && after["weights"]["v2"] == 20);
+    ensure!(
+        (75.0..=85.0).contains(&pct(after, "v1")),
+        "v1 served {}% of 80/20 ({after})",
+        pct(after, "v1")
+    );
+    ensure!(after["errors"] == 0 && before["errors"] == 0);
+    let from = after["from_s"].as_f64().context("from_s")?;
+    ensure!(
+        (19.0..=23.0).contains(&from),
+        "the 80/20 edit seen at {from} s"
+    );
+
+    // Nothing left in the kernel: the demo's namespaces, links, /etc/netns, root rules.
+    let netns_after = Command::new("ip").args(["netns", "list"]).output()?.stdout;
+    ensure!(
+        netns_before == netns_after,
+        "network namespaces changed:\nbefore {}\nafter {}",
+        String::from_utf8_lossy(&netns_before),
+        String::from_utf8_lossy(&netns_after)
+    );
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()?
+        .stdout;
+    let links = String::from_utf8_lossy(&links);
+    ensure!(
+        !links.contains("mastdemo") && !links.contains("mdemo"),
+        "links left: {links}"
+    );
+    if let Ok(dir) = std::fs::read_dir("/etc/netns") {
+        let left: Vec<_> = dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("mast-demo-"))
+            .map(|e| e.path())
+            .collect();
+        ensure!(left.is_empty(), "left in /etc/netns: {left:?}");
+    }
+    ensure!(
+        root_rules() == rules_before,
+        "the root namespace's iptables rules changed"
+    );
+    Ok(())
+}
+
+#[test]
+fn demo_without_root_on_loopback() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir()?;
+    let config = sample_copy(dir.path())?;
+    let mut cmd = if is_root() {
+        ensure!(
+            in_path("setpriv"),
+            "setpriv (util-linux) is needed to drop root"
+        );
+        // An unprivileged user must be able to run the binaries and read the config.
+        use std::os::unix::fs::PermissionsExt;
+        let bins = dir.path().join("bin");
+        std::fs::create_dir_all(&bins)?;
+        for name in [
+            "mastctl",
+            "mastd",
+            "mast-proxy",
+            "sample-myapp",
+            "sample-user",
+            "sample-todo",
+        ] {
+            std::fs::copy(bin(name), bins.join(name))?;
+        }
+        for path in [dir.path(), &bins, &config] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bins.join("mastctl"))
+            .env("TMPDIR", "/tmp")
+            .current_dir(dir.path());
+        c
+    } else {
+        Command::new(bin("mastctl"))
+    };
+    cmd.args(["demo", "--duration", "20s", "--json"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--port", &free_port().to_string()]);
+    let run = run_demo(cmd, |_| Ok(()))?;
+    println!(
+        "demo summary: {}",
+        serde_json::to_string_pretty(&run.summary)?
+    );
+    common_checks(&run, "loopback")?;
+    ensure!(run.summary["interception_mode"] == "NONE");
+    ensure!(
+        run.commentary.contains("INTERCEPTION_MODE=NONE"),
+        "the demo must say it runs without capture:\n{}",
+        run.commentary
+    );
+    let split = &run.summary["split"];
+    for v in ["v1", "v2"] {
+        let p = split[v].as_f64().unwrap_or(-1.0);
+        ensure!((45.0..=55.0).contains(&p), "{v} served {p}% of 50/50");
+    }
+    Ok(())
+}
