@@ -18,7 +18,7 @@ pub const MAX_TITLE_CHARS: usize = 200;
 /// The list keeps its newest items: a load generator adding items for hours must not grow the
 /// process without bound, nor start failing.
 pub const MAX_TODOS: usize = 1000;
-/// The port of the todo WorkloadEntry in `manifests/samples/todolist`.
+/// The port of the todo WorkloadEntry `mastctl demo` registers.
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9182));
 /// What a fresh list holds, so the demo page is not empty and tells what to try.
 const SEED: &[&str] = &[

@@ -86,7 +86,7 @@ impl Version {
         }
     }
 
-    /// The port of this version's WorkloadEntry in `manifests/samples/todolist`.
+    /// The port of this version's WorkloadEntry `mastctl demo` registers.
     fn default_listen(self) -> SocketAddr {
         let port = match self {
             Version::V1 => 9181,

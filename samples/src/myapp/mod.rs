@@ -27,7 +27,7 @@ pub const TODO_URL: &str = "TODO_URL";
 pub const USER_HOST: &str = "USER_HOST";
 pub const TODO_HOST: &str = "TODO_HOST";
 
-/// The port of the myapp WorkloadEntry in `manifests/samples/todolist`.
+/// The port of the myapp WorkloadEntry `mastctl demo` registers.
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9080));
 /// The user backend's settings; the default URL is the Service in
 /// `manifests/samples/todolist/services.yaml`.
