@@ -9,7 +9,8 @@
 //!   the test checks itself too: no process, network namespace, link, `/etc/netns` entry,
 //!   temporary directory or root-namespace iptables rule of the run is left.
 //! - Not root (loopback, INTERCEPTION_MODE=NONE): the same demo as an unprivileged user
-//!   (`setpriv` to `nobody` when the test runs as root), 20 s, same checks without the edit.
+//!   (`setpriv` to `nobody` when the test runs as root), stopped by Ctrl-C after 20 s, same
+//!   checks without the edit.
 //!
 //! Without root the first part prints `demo: SKIPPED` (a failure when MAST_REQUIRE_NETNS is
 //! set, as scripts/test.sh does as root).
@@ -83,8 +84,9 @@ fn set_split(config: &Path, v1: u32, v2: u32) -> Result<()> {
 }
 
 /// Runs `cmd` (a `mastctl demo … --json`), calling `during(seconds since the load started)`
-/// every 100 ms once the demo says it is serving; returns the summary and commentary.
-fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<()>) -> Result<Run> {
+/// every 100 ms once the demo says it is serving — `Ok(true)` presses Ctrl-C (SIGINT) —
+/// and returns the summary and commentary.
+fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<bool>) -> Result<Run> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -115,6 +117,7 @@ fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<()>) -> Resu
         Ok(s)
     });
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut interrupted = false;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -125,14 +128,21 @@ fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<()>) -> Resu
             bail!("mastctl demo still running after 180 s");
         }
         let since = *serving.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = since
-            && let Err(e) = during(t.elapsed().as_secs_f64())
-        {
-            // Stop it the way a user would, so it still cleans up.
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(i32::try_from(child.id())?, libc::SIGINT) };
-            let _ = child.wait();
-            return Err(e);
+        if let Some(t) = since {
+            match during(t.elapsed().as_secs_f64()) {
+                Ok(false) => {}
+                Ok(true) if !interrupted => {
+                    ctrl_c(child.id())?;
+                    interrupted = true;
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    // Stop it the way a user would, so it still cleans up.
+                    ctrl_c(child.id())?;
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -151,6 +161,14 @@ fn run_demo(mut cmd: Command, mut during: impl FnMut(f64) -> Result<()>) -> Resu
         summary,
         commentary,
     })
+}
+
+/// What the terminal sends on Ctrl-C.
+fn ctrl_c(pid: u32) -> Result<()> {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    let rc = unsafe { libc::kill(i32::try_from(pid)?, libc::SIGINT) };
+    ensure!(rc == 0, "kill(SIGINT) failed");
+    Ok(())
 }
 
 fn pct(phase: &Value, version: &str) -> f64 {
@@ -250,7 +268,7 @@ fn demo_as_root_in_pods() -> Result<()> {
             set_split(&config, 80, 20)?;
             fixed = true;
         }
-        Ok(())
+        Ok(false)
     })?;
     println!(
         "demo summary: {}",
@@ -370,17 +388,23 @@ fn demo_without_root_on_loopback() -> Result<()> {
     } else {
         Command::new(bin("mastctl"))
     };
-    cmd.args(["demo", "--duration", "20s", "--json"])
+    // No --duration: stopped by Ctrl-C after 20 s, as a user at the terminal would.
+    cmd.args(["demo", "--json"])
         .arg("--config")
         .arg(&config)
         .args(["--port", &free_port().to_string()]);
-    let run = run_demo(cmd, |_| Ok(()))?;
+    let run = run_demo(cmd, |t| Ok(t > 20.0))?;
     println!(
         "demo summary: {}",
         serde_json::to_string_pretty(&run.summary)?
     );
     common_checks(&run, "loopback")?;
     ensure!(run.summary["interception_mode"] == "NONE");
+    ensure!(
+        run.summary["stopped_by"] == "Ctrl-C",
+        "{}",
+        run.summary["stopped_by"]
+    );
     ensure!(
         run.commentary.contains("INTERCEPTION_MODE=NONE"),
         "the demo must say it runs without capture:\n{}",

@@ -28,8 +28,9 @@ use super::split::Weights;
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// How many seconds of per-second buckets the live view keeps.
 const LIVE_SECONDS: usize = 10;
-/// A request that takes longer has failed.
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// A request that takes longer has failed. Longer than myapp's own 5 s limit on its calls,
+/// so that a stuck backend shows as myapp's 502 naming it.
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
@@ -189,7 +190,8 @@ impl Stats {
                 second.errors += 1;
                 phase.errors += 1;
                 if self.first_errors.len() < 5 {
-                    self.first_errors.push(e.clone());
+                    let at = done.duration_since(self.start).as_secs_f64();
+                    self.first_errors.push(format!("{at:.1} s: {e}"));
                 }
             }
         }
@@ -449,7 +451,7 @@ mod tests {
         assert_eq!(later.split(), BTreeMap::from([("v1".to_string(), 100.0)]));
         assert_eq!((later.from_s, later.to_s), (1.0, 3.0));
         assert_eq!(later.latency_ms(1.0), Some(9.0));
-        assert_eq!(s.first_errors, ["GET /api/page: 503"]);
+        assert_eq!(s.first_errors, ["2.6 s: GET /api/page: 503"]);
     }
 
     #[test]
