@@ -1,10 +1,10 @@
 // The topology graph: cytoscape set-up, the mapping from API elements to cytoscape elements,
-// and the in-place diff that keeps the layout across refreshes.
+// and the in-place diff that keeps the layout across refreshes. Positions come from
+// layout.js, run in a Web Worker (layout-worker.js) so that a large graph's layout does not
+// freeze the page; they are kept by node id, so a refresh moves nothing and a node that
+// appears is placed next to its neighbours without moving the others.
 import cytoscape from 'cytoscape';
-import dagre from 'cytoscape-dagre';
 import { num, fmtRps, fmtPercent, fmtMs, fmtBytes } from './format.js';
-
-cytoscape.use(dagre);
 
 // Kiali's service badges: [data flag, glyph, legend text].
 export const BADGES = [
@@ -85,10 +85,14 @@ function toEdge(d, opts) {
   return { group: 'edges', data: { ...d, label: edgeLabel(d, opts.labelMode) }, classes: edgeClasses(d) };
 }
 
+// Labels smaller than this on screen are not drawn (a whole namespace in view): cytoscape skips
+// them without any restyling, and zooming in brings them back.
+const MIN_FONT = 6;
+
 const STYLE = [
   { selector: 'node', style: {
-    label: 'data(label)', 'font-size': 11, color: '#151515', 'text-wrap': 'wrap', 'text-max-width': 140,
-    'text-valign': 'bottom', 'text-margin-y': 4,
+    label: 'data(label)', 'font-size': 11, 'min-zoomed-font-size': MIN_FONT, color: '#151515',
+    'text-wrap': 'wrap', 'text-max-width': 140, 'text-valign': 'bottom', 'text-margin-y': 4,
     'text-background-color': '#fff', 'text-background-opacity': 0.75, 'text-background-padding': 1,
     width: 26, height: 26, 'background-color': '#fff', 'border-width': 1.5, 'border-color': '#393f44',
   } },
@@ -108,7 +112,7 @@ const STYLE = [
   { selector: 'edge', style: {
     width: 2, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle',
     'line-color': COLORS.idle, 'target-arrow-color': COLORS.idle,
-    label: 'data(label)', 'font-size': 10, color: '#151515',
+    label: 'data(label)', 'font-size': 10, 'min-zoomed-font-size': MIN_FONT, color: '#151515',
     'text-background-color': '#fff', 'text-background-opacity': 0.85, 'text-background-padding': 2,
   } },
   ...['healthy', 'degraded', 'failure'].map((h) => ({
@@ -116,7 +120,13 @@ const STYLE = [
   })),
   { selector: 'edge.tcp', style: { 'line-style': 'dashed', 'line-dash-pattern': [2, 3] } },
   { selector: 'edge:selected', style: { width: 4, color: '#0066cc' } },
+  // The whole mesh: "haystack" edges, the cheapest edges cytoscape draws (straight, and
+  // without arrowheads).
+  { selector: 'edge.big', style: { 'curve-style': 'haystack', 'haystack-radius': 0, 'target-arrow-shape': 'none' } },
 ];
+
+// Above this many elements (nodes + edges) a graph gets the cheaper drawing above.
+export const BIG = 2500;
 
 export function createGraph(container) {
   return cytoscape({
@@ -125,18 +135,146 @@ export function createGraph(container) {
   });
 }
 
-export function runLayout(cy) {
-  cy.layout({
-    name: 'dagre', rankDir: 'LR', nodeSep: 30, rankSep: 110, edgeSep: 10, padding: 40,
-    nodeDimensionsIncludeLabels: true, fit: false, animate: false,
-  }).run();
-  fit(cy);
-}
-
 // Fit the graph in view, but do not blow a three-node graph up to giant size.
 export function fit(cy) {
   cy.fit(undefined, 40);
   if (cy.zoom() > 1.6) cy.zoom({ level: 1.6, renderedPosition: { x: cy.width() / 2, y: cy.height() / 2 } });
+}
+
+// The same from the layout's own figures, without asking cytoscape for the bounding box of
+// every element (which measures every label: seconds on the whole mesh).
+function fitTo(cy, box) {
+  const pad = 40;
+  const w = Math.max(1, box.x2 - box.x1);
+  const h = Math.max(1, box.y2 - box.y1);
+  const zoom = Math.min(1.6, (cy.width() - 2 * pad) / w, (cy.height() - 2 * pad) / h);
+  // A large graph may need to be smaller than the usual floor to fit at all.
+  if (zoom < cy.minZoom()) cy.minZoom(Math.max(0.01, zoom));
+  const z = Math.max(cy.minZoom(), zoom);
+  cy.viewport({ zoom: z, pan: { x: cy.width() / 2 - z * (box.x1 + box.x2) / 2, y: cy.height() / 2 - z * (box.y1 + box.y2) / 2 } });
+}
+
+// === layout: sizes, the worker, positions kept by id ===
+
+// A node's size for the layout: its shape plus its label under it (11 px font, wrapped at
+// 140 px), estimated from the text rather than measured, so that no label is measured before
+// the graph is drawn.
+function layoutSize(w) {
+  const body = w.data.nodeType === 'service' ? 30 : 26;
+  const lines = String(w.data.label ?? '').split('\n');
+  let rows = 0;
+  let width = body;
+  for (const line of lines) {
+    const px = [...line].length * 6.4;
+    rows += Math.max(1, Math.ceil(px / 140));
+    width = Math.max(width, Math.min(140, px));
+  }
+  return { w: Math.ceil(width) + 8, h: body + 6 + rows * 14 };
+}
+
+function layoutInput(wanted) {
+  const nodes = [];
+  const edges = [];
+  for (const w of wanted.values()) {
+    const d = w.data;
+    if (w.group === 'edges') { edges.push({ s: d.source, t: d.target }); continue; }
+    // A workload graph has no app boxes: a workload is laid out with the other workloads of
+    // its app all the same (the group is not drawn).
+    const group = !d.parent && d.nodeType === 'workload' && d.app ? `${d.namespace}/${d.app}` : undefined;
+    nodes.push({ id: d.id, parent: d.parent, group, ns: d.namespace, sort: d.label, ...layoutSize(w) });
+  }
+  return { nodes, edges };
+}
+
+let worker;
+let seq = 0;
+const pending = new Map();
+
+/**
+ * Start the layout worker now, before the first graph arrives: loading it then overlaps the
+ * API call instead of adding to the time to the first drawing.
+ */
+export function startLayoutWorker() {
+  layoutInWorker({ nodes: [], edges: [] }).catch(() => {}); // a failure shows on the real layout
+}
+
+function layoutInWorker(input) {
+  if (!worker) {
+    // Beside app.js in dist/ (fixed file names: see build.mjs).
+    worker = new Worker(new URL('./layout-worker.js', import.meta.url), { type: 'module' });
+    worker.onmessage = ({ data }) => {
+      const p = pending.get(data.id);
+      pending.delete(data.id);
+      if (data.error) p?.reject(new Error(`layout: ${data.error}`));
+      else p?.resolve(data.result);
+    };
+    worker.onerror = (e) => {
+      for (const p of pending.values()) p.reject(new Error(`layout worker: ${e.message ?? 'failed to start'}`));
+      pending.clear();
+      worker = undefined;
+    };
+  }
+  const id = ++seq;
+  return new Promise((resolve, reject) => {
+    pending.set(id, { resolve, reject });
+    worker.postMessage({ id, input });
+  });
+}
+
+// Per cytoscape instance: where every node was put, by id (kept after a node goes, so a node
+// that comes back returns to its place), and an epoch that resetLayout() moves on, so a layout
+// that finishes after the graph was cleared is dropped.
+const placed = new WeakMap();
+function memory(cy) {
+  if (!placed.has(cy)) placed.set(cy, { pos: new Map(), epoch: 0 });
+  return placed.get(cy);
+}
+
+/** Forget every position (namespace or graph type changed: the ids mean other things). */
+export function resetLayout(cy) {
+  const m = memory(cy);
+  m.pos.clear();
+  m.epoch++;
+}
+
+// New nodes among kept ones: each goes where the new layout puts it relative to a neighbour
+// that is already drawn (a sibling in its box first), so nothing already drawn moves; without
+// such a neighbour, the new nodes keep their layout among themselves, under the graph.
+function placeNew(fresh, layout, known, input) {
+  const neighbours = new Map();
+  const link = (a, b) => {
+    if (!neighbours.has(a)) neighbours.set(a, []);
+    neighbours.get(a).push(b);
+  };
+  const byParent = new Map();
+  for (const n of input.nodes) {
+    if (!n.parent) continue;
+    if (!byParent.has(n.parent)) byParent.set(n.parent, []);
+    byParent.get(n.parent).push(n.id);
+  }
+  for (const n of input.nodes) if (n.parent) for (const s of byParent.get(n.parent)) if (s !== n.id) link(n.id, s);
+  for (const e of input.edges) { link(e.s, e.t); link(e.t, e.s); }
+
+  const out = new Map();
+  const loose = [];
+  for (const id of fresh) {
+    const anchor = (neighbours.get(id) ?? []).find((a) => known.has(a) && layout[a]);
+    if (anchor) {
+      const a = known.get(anchor);
+      out.set(id, { x: a.x + layout[id].x - layout[anchor].x, y: a.y + layout[id].y - layout[anchor].y });
+    } else {
+      loose.push(id);
+    }
+  }
+  if (loose.length) {
+    let below = -Infinity;
+    let left = Infinity;
+    for (const p of known.values()) { below = Math.max(below, p.y); left = Math.min(left, p.x); }
+    const x0 = Math.min(...loose.map((id) => layout[id].x));
+    const y0 = Math.min(...loose.map((id) => layout[id].y));
+    for (const id of loose) out.set(id, { x: left + layout[id].x - x0, y: below + 120 + layout[id].y - y0 });
+  }
+  return out;
 }
 
 // The structural fields cytoscape cannot change through data(): a change means remove + add.
@@ -144,45 +282,85 @@ const FIXED = ['parent', 'source', 'target'];
 
 /**
  * Make cy show `graph` (an API graph response) by diffing on element ids: existing elements get
- * their data and classes updated in place, new ones are added, gone ones removed. The dagre
- * layout is re-run only when the set of nodes changed, so positions (and what the user dragged)
- * survive refreshes. Returns whether the layout ran.
+ * their data and classes updated in place, new ones are added, gone ones removed. Positions are
+ * kept by node id: the layout runs (in the worker) only when a node without a position
+ * appears, and then only the new nodes are placed, unless nothing was drawn yet. Resolves to
+ * whether the layout ran.
  */
-export function applyGraph(cy, graph, opts) {
+export async function applyGraph(cy, graph, opts) {
   const wanted = new Map();
   for (const n of graph?.elements?.nodes ?? []) wanted.set(n.data.id, toNode(n.data, opts));
   for (const e of graph?.elements?.edges ?? []) wanted.set(e.data.id, toEdge(e.data, opts));
+  const big = wanted.size > BIG;
+  if (big) for (const w of wanted.values()) if (w.group === 'edges') w.classes += ' big';
 
-  let nodesChanged = false;
+  const mem = memory(cy);
+  const epoch = mem.epoch;
+  // Where the drawn nodes are now (the user may have dragged some).
+  cy.nodes().forEach((n) => { if (!n.isParent()) mem.pos.set(n.id(), { ...n.position() }); });
+  const parents = new Set();
+  for (const w of wanted.values()) if (w.group === 'nodes' && w.data.parent) parents.add(w.data.parent);
+  const fresh = [];
+  for (const w of wanted.values()) {
+    if (w.group === 'nodes' && !parents.has(w.data.id) && !mem.pos.has(w.data.id)) fresh.push(w.data.id);
+  }
+  let laidOut = false;
+  let box; // set when the whole graph was laid out afresh
+  if (fresh.length) {
+    const input = layoutInput(wanted);
+    performance.mark('mast:layout-start');
+    const { positions, box: all } = await layoutInWorker(input);
+    performance.mark('mast:layout-done');
+    if (mem.epoch !== epoch) return false; // cleared meanwhile: this answer is for another graph
+    const known = new Map([...mem.pos].filter(([id]) => wanted.has(id)));
+    // Nothing drawn yet, or most of it is new: the whole layout. Else only the new nodes.
+    if (known.size === 0 || fresh.length > known.size) {
+      for (const [id, p] of Object.entries(positions)) mem.pos.set(id, p);
+      box = all;
+    } else {
+      for (const [id, p] of placeNew(fresh, positions, known, input)) mem.pos.set(id, p);
+    }
+    laidOut = true;
+  }
+
+  // Draw the cheaper way while the view moves, for a large graph (cytoscape reads these
+  // renderer options on every frame; they are init options, so set on its renderer).
+  const r = cy.renderer?.();
+  if (r) { r.textureOnViewport = big; r.hideEdgesOnViewport = big; }
+
+  // The zoom the fit below will choose decides whether labels show, before anything is drawn.
   cy.batch(() => {
     cy.elements().forEach((ele) => {
       if (ele.removed()) return; // already gone with a removed parent
       const w = wanted.get(ele.id());
       const stale = !w || w.group !== ele.group() || FIXED.some((k) => (w.data[k] ?? undefined) !== (ele.data(k) ?? undefined));
-      if (stale) {
-        if (ele.isNode()) nodesChanged = true;
-        ele.remove();
-      }
+      if (stale) ele.remove();
     });
     const added = [];
     for (const [id, w] of wanted) {
       const ele = cy.getElementById(id);
-      if (ele.empty()) { added.push(w); continue; }
+      if (ele.empty()) {
+        const p = mem.pos.get(id);
+        added.push(p && w.group === 'nodes' ? { ...w, position: { ...p } } : w);
+        continue;
+      }
       const old = ele.data();
       const gone = Object.keys(old).filter((k) => !(k in w.data) && !FIXED.includes(k) && k !== 'id');
       if (gone.length) ele.removeData(gone.join(' '));
       ele.data(w.data);
       ele.classes(w.classes);
+      // A fresh layout of the whole graph moves what was drawn; otherwise it stays put.
+      const p = box && w.group === 'nodes' && !parents.has(id) ? mem.pos.get(id) : undefined;
+      if (p) ele.position({ ...p });
     }
-    if (added.some((w) => w.group === 'nodes')) nodesChanged = true;
     // Parents before children, nodes before edges: cytoscape needs the referenced ids to exist.
     added.sort((a, b) => rank(a) - rank(b));
     cy.add(added);
   });
-  if (nodesChanged && cy.nodes().nonempty()) runLayout(cy);
-  return nodesChanged;
+  if (box) fitTo(cy, box);
+  performance.mark('mast:applied');
+  return laidOut;
 }
-
 const rank = (w) => (w.group === 'edges' ? 2 : w.data.parent ? 1 : 0);
 
 export function relabelEdges(cy, mode) {

@@ -2,9 +2,10 @@
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { getNamespaces, getGraph } from './api.js';
-import { BADGES, createGraph, applyGraph, relabelEdges, setAnimation } from './graph.js';
+import { BADGES, createGraph, applyGraph, relabelEdges, resetLayout, setAnimation, startLayoutWorker } from './graph.js';
 import { createPanel } from './panel.js';
 
+performance.mark('mast:start');
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 // ?refresh=N seconds (tests use a short one); 5 s as Kiali's default.
@@ -28,6 +29,7 @@ const state = {
   edgeLabel: selects.edgeLabel.value,
 };
 
+startLayoutWorker();
 const cy = createGraph($('graph'));
 const panel = createPanel({ root: $('side-panel'), cy, getState: () => state });
 // For tests and debugging: the live cytoscape instance and refresh counters.
@@ -75,12 +77,24 @@ async function refresh() {
   const gen = ++generation;
   setIndicator('loading');
   try {
-    if (!nsLoaded) await loadNamespaces();
+    // The first time, the graph of the namespace the URL names is fetched together with the
+    // namespace list (and used if that namespace is in it).
+    let early;
+    if (!nsLoaded) {
+      const asked = state.ns;
+      const first = asked ? getGraph(asked, state.graphType, state.duration) : undefined;
+      first?.catch(() => {}); // awaited below, or dropped
+      await loadNamespaces();
+      if (state.ns === asked) early = first;
+    }
     if (gen !== generation) return;
     if (!state.ns) throw new Error('no namespace has workloads or traffic yet');
-    const graph = await getGraph(state.ns, state.graphType, state.duration);
+    const graph = await (early ?? getGraph(state.ns, state.graphType, state.duration));
+    performance.mark('mast:graph-data');
     if (gen !== generation) return;
-    if (applyGraph(cy, graph, { ns: state.ns, labelMode: state.edgeLabel })) debug.layouts++;
+    const laidOut = await applyGraph(cy, graph, { ns: state.ns, labelMode: state.edgeLabel });
+    if (gen !== generation) return;
+    if (laidOut) debug.layouts++;
     $('empty').hidden = cy.nodes().nonempty();
     $('empty').textContent = `No traffic in namespace ${state.ns} over the last ${state.duration}.`;
     await panel.refresh();
@@ -114,6 +128,7 @@ function restart() {
   writeURL();
   panel.close();
   cy.elements().remove();
+  resetLayout(cy);
   refresh();
 }
 
