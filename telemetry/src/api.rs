@@ -1,7 +1,8 @@
 //! The HTTP face of the collector (telemetry/API.md): the Kiali-style JSON API under `/api`
 //! and, when a directory is given, the web view's static files at `/`. Query values are
 //! checked here and a bad one is answered 400 with a JSON error naming the parameter and the
-//! value, so the UI can show it; graphs are built off the async threads.
+//! value, so the UI can show it; graphs are built off the async threads, and from the
+//! collector's windows at most once per scrape round and query (see [`crate::cache`]).
 //!
 //! With a Prometheus source each request first reads Prometheus (its failures are 502s
 //! carrying Prometheus' message), then the same builder makes the same JSON.
@@ -14,16 +15,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{any, get};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::assets;
-use crate::graph::{
-    Detail, DetailData, Graph, GraphQuery, GraphResponse, GraphType, Period, namespaces,
-};
+use crate::graph::{Detail, DetailData, Graph, GraphQuery, GraphType, Period, namespaces};
 use crate::istio::EdgeKey;
 use crate::prometheus::{PrometheusError, PrometheusSource};
 use crate::state::{HealthReport, State as Windows, Telemetry};
@@ -225,7 +224,7 @@ async fn namespace_graph(
     State(t): State<Arc<Telemetry>>,
     path: Result<Path<String>, PathRejection>,
     query: QueryParams,
-) -> Result<Json<GraphResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path(ns) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let p = Params::from(query)?;
     graph(
@@ -242,7 +241,7 @@ async fn namespace_graph(
 async fn multi_graph(
     State(t): State<Arc<Telemetry>>,
     query: QueryParams,
-) -> Result<Json<GraphResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = Params::from(query)?;
     let list = p.get("namespaces").ok_or(ApiError::MissingNamespaces)?;
     let namespaces: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
@@ -264,19 +263,27 @@ async fn multi_graph(
     .await
 }
 
-async fn graph(t: Arc<Telemetry>, q: GraphQuery) -> Result<Json<GraphResponse>, ApiError> {
+async fn graph(t: Arc<Telemetry>, q: GraphQuery) -> Result<Response, ApiError> {
     let fetched = prometheus_windows(&t, &q.namespaces, q.period).await?;
-    tokio::task::spawn_blocking(move || {
-        let build = |state: &Windows| Graph::build(state, &q).response(t.mesh(), &q, now());
-        match &fetched {
-            Some(state) => build(state),
-            None => build(&t.read()),
-        }
+    let json = tokio::task::spawn_blocking(move || match &fetched {
+        // Prometheus is read afresh for every request: nothing to memoise.
+        Some(state) => serde_json::to_vec(&Graph::build(state, &q).response(t.mesh(), &q, now()))
+            .map_err(|e| e.to_string()),
+        // The collector's windows change once per round: memoised until the next one.
+        None => t.graph_json(&q, now()),
     })
     .await
-    .map(Json)
-    .map_err(|e| ApiError::Internal(e.to_string()))
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::Internal)?;
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+        json,
+    )
+        .into_response())
 }
+
+/// What axum's `Json` answers with, so a memoised answer looks the same.
+const JSON: &str = "application/json";
 
 async fn node_detail(
     State(t): State<Arc<Telemetry>>,

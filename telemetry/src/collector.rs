@@ -227,6 +227,12 @@ impl Collector {
             .targets
             .retain(|_, t| t.listed || at - t.last_listed <= retention);
         state.store.record(at, span, deltas);
+        self.telemetry.round_landed(&mut state);
+        drop(state);
+        // The graphs pages keep asking for, built for this round now rather than by their
+        // next request (off the async threads; the round does not wait for it).
+        let telemetry = Arc::clone(&self.telemetry);
+        tokio::task::spawn_blocking(move || telemetry.rebuild_asked_graphs());
         report
     }
 }

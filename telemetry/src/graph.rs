@@ -18,7 +18,7 @@ use crate::stats::{Agg, Health};
 use crate::store::{Series, Store, Window};
 
 /// Kiali's graph types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GraphType {
     VersionedApp,
     App,
@@ -50,7 +50,7 @@ impl GraphType {
 }
 
 /// The windows the API offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Period {
     M1,
     M5,

@@ -22,6 +22,7 @@
 
 mod api;
 mod assets;
+mod cache;
 mod collector;
 pub mod exposition;
 mod graph;
