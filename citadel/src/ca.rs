@@ -8,6 +8,10 @@
 //!   `ca-key.pem`, `root-cert.pem`, `cert-chain.pem`), typically an intermediate under an
 //!   organisation's root; workloads get the intermediate chain with their certificate.
 //!
+//! The same material can also come from memory ([`CaPem`], [`CertificateAuthority::from_pem`]):
+//! on Kubernetes it lives in a Secret (`istio-ca-secret`, or the plug-in `cacerts`) under the
+//! same key names as the files, and mastd's replicas must share one root without a shared disk.
+//!
 //! **Chains and trust bundles.** A CreateCertificate answer lists the leaf first, then the
 //! intermediates, then the trust anchors: every *self-signed* certificate at the end of the
 //! list is a root the workload must trust. During a root rotation that tail holds the staged
@@ -46,6 +50,8 @@ pub enum CaError {
         "plug-in CA in {dir}: missing {missing} (need ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem)"
     )]
     IncompletePlugin { dir: PathBuf, missing: String },
+    #[error("{key}: {message}")]
+    BadPem { key: &'static str, message: String },
     #[error("bad CSR: {0}")]
     BadCsr(String),
     #[error("the CSR asks for {requested:?}, but the caller is {caller}")]
@@ -76,6 +82,61 @@ impl Default for CaOptions {
             default_ttl: Duration::from_secs(24 * 3600),
             max_ttl: Duration::from_secs(90 * 24 * 3600),
         }
+    }
+}
+
+/// The CA's material as PEM text under Istio's key names (`cacerts` / `istio-ca-secret`).
+///
+/// A self-signed root has only `ca-cert.pem` and `ca-key.pem` (Istio leaves `cert-chain.pem`
+/// and `root-cert.pem` empty in `istio-ca-secret`); a plug-in CA has all four, `root-cert.pem`
+/// holding the trust anchor(s) and `cert-chain.pem` the signing certificate and intermediates.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct CaPem {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub cert_chain: String,
+    pub root_cert: String,
+}
+
+impl CaPem {
+    pub const CA_CERT: &'static str = "ca-cert.pem";
+    pub const CA_KEY: &'static str = "ca-key.pem";
+    pub const CERT_CHAIN: &'static str = "cert-chain.pem";
+    pub const ROOT_CERT: &'static str = "root-cert.pem";
+
+    /// A new self-signed root (ECDSA P-256, 10 years), as citadel makes on first start.
+    pub fn self_signed(trust_domain: &str) -> Result<Self, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let cert = root_params(trust_domain)
+            .self_signed(&key)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(Self {
+            ca_cert: cert.pem(),
+            ca_key: key.serialize_pem(),
+            cert_chain: String::new(),
+            root_cert: String::new(),
+        })
+    }
+
+    /// The certificates workloads must trust: `root-cert.pem`, or the self-signed `ca-cert.pem`.
+    pub fn trust_anchors_pem(&self) -> String {
+        if self.root_cert.trim().is_empty() {
+            self.ca_cert.clone()
+        } else {
+            self.root_cert.clone()
+        }
+    }
+}
+
+impl std::fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaPem")
+            .field("ca_cert", &self.ca_cert.len())
+            .field("ca_key", &"<redacted>")
+            .field("cert_chain", &self.cert_chain.len())
+            .field("root_cert", &self.root_cert.len())
+            .finish()
     }
 }
 
@@ -288,6 +349,52 @@ impl CertificateAuthority {
             bundle,
             opts,
             plugged_in: true,
+        })
+    }
+
+    /// The CA from in-memory PEM (a Kubernetes Secret's data): a self-signed root when
+    /// `root-cert.pem` is empty, else a plug-in CA whose `cert-chain.pem` (the signing
+    /// certificate and intermediates; empty means signed directly by the root) workloads get
+    /// after their leaf, then the roots.
+    pub fn from_pem(pem: &CaPem, opts: CaOptions) -> Result<Self, CaError> {
+        let bad = |key, message: &dyn std::fmt::Display| CaError::BadPem {
+            key,
+            message: message.to_string(),
+        };
+        if pem_blocks(&pem.ca_cert).len() != 1 {
+            return Err(bad(CaPem::CA_CERT, &"expected exactly one certificate"));
+        }
+        let key = KeyPair::from_pem(&pem.ca_key).map_err(|e| bad(CaPem::CA_KEY, &e))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&pem.ca_cert, key).map_err(|e| bad(CaPem::CA_CERT, &e))?;
+        let signing_not_after =
+            not_after(&pem.ca_cert).ok_or_else(|| bad(CaPem::CA_CERT, &"not a certificate"))?;
+        let self_signed = pem.root_cert.trim().is_empty();
+        let bundle = if self_signed {
+            vec![pem.ca_cert.clone()]
+        } else {
+            let roots = pem_blocks(&pem.root_cert);
+            if roots.is_empty() {
+                return Err(bad(CaPem::ROOT_CERT, &"no certificate"));
+            }
+            roots
+        };
+        let mut chain = pem_blocks(&pem.cert_chain);
+        if chain.is_empty() {
+            chain.push(pem.ca_cert.clone());
+        }
+        let mut tail: Vec<String> = chain
+            .into_iter()
+            .filter(|c| !bundle.iter().any(|r| r.trim() == c.trim()))
+            .collect();
+        tail.extend(bundle.iter().cloned());
+        Ok(Self {
+            issuer,
+            signing_not_after,
+            chain_tail: tail,
+            plugged_in: !bundle.iter().any(|r| r.trim() == pem.ca_cert.trim()),
+            bundle,
+            opts,
         })
     }
 

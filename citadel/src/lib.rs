@@ -3,8 +3,11 @@
 //! Every workload gets `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>` from
 //! Istio's CA API (`CreateCertificate`), for exactly the identity its credential proves.
 //! [`ca`] holds the signing certificate and trust bundle (self-signed root or plug-in
-//! `cacerts`), [`token`] the local-mode workload credential, [`service`] the gRPC server.
+//! `cacerts`, from a directory or from a Kubernetes Secret's data), [`auth`] the pluggable
+//! caller authentication, [`token`] the local-mode workload credential, [`service`] the gRPC
+//! server.
 
+pub mod auth;
 pub mod ca;
 pub mod service;
 pub mod token;
@@ -12,7 +15,8 @@ pub mod token;
 use std::fmt;
 use std::str::FromStr;
 
-pub use ca::{CaError, CaOptions, CertificateAuthority, RotationStep, rotate_root};
+pub use auth::{AuthFuture, AuthenticationError, Authenticator, Caller};
+pub use ca::{CaError, CaOptions, CaPem, CertificateAuthority, RotationStep, rotate_root};
 pub use service::{Citadel, ServerTls, serve};
 pub use token::TokenVerifier;
 

@@ -1,15 +1,17 @@
 //! `istio.v1.auth.IstioCertificateService/CreateCertificate`, served over TLS.
 //!
-//! Who may have which certificate: the caller proves an identity — a workload credential
-//! (`authorization: Bearer …`, see [`crate::token`]) or, for renewals, the mesh certificate it
-//! presents on the TLS connection — and gets a certificate for exactly that SPIFFE ID. A CSR
+//! Who may have which certificate: the caller proves an identity — a bearer token
+//! (`authorization: Bearer …`) checked by the configured [`Authenticator`] (local workload
+//! credentials, see [`crate::token`], or Kubernetes TokenReview) or, for renewals, the mesh
+//! certificate it presents on the TLS connection — and gets a certificate for exactly that
+//! SPIFFE ID. A CSR
 //! naming anyone else is refused with PERMISSION_DENIED and logged with the caller and the
 //! identity it asked for.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use mast_proto::istio::ca::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
@@ -23,6 +25,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::SpiffeId;
+use crate::auth::{AuthenticationError, Authenticator};
 use crate::ca::{CaError, CertificateAuthority};
 use crate::token::TokenVerifier;
 
@@ -88,17 +91,27 @@ impl Counters {
 #[derive(Debug, Clone)]
 pub struct Citadel {
     ca: Arc<CertificateAuthority>,
-    tokens: Arc<TokenVerifier>,
+    tokens: Arc<dyn Authenticator>,
     pub counters: Arc<Counters>,
 }
 
 impl Citadel {
+    /// The CA with local workload credentials (the CA directory's key).
     pub fn new(ca: Arc<CertificateAuthority>, tokens: TokenVerifier) -> Self {
+        Self::with_authenticator(ca, Arc::new(tokens))
+    }
+
+    /// The CA with any bearer-token check, e.g. Kubernetes TokenReview
+    /// (`mast_kube::tokenreview::TokenReviewer`).
+    pub fn with_authenticator(
+        ca: Arc<CertificateAuthority>,
+        authenticator: Arc<dyn Authenticator>,
+    ) -> Self {
         let counters = Arc::new(Counters::default());
         counters.root_cert_expiry.set(ca.root_not_after_unix());
         Self {
             ca,
-            tokens: Arc::new(tokens),
+            tokens: authenticator,
             counters,
         }
     }
@@ -108,7 +121,7 @@ impl Citadel {
     }
 
     /// Who is calling: the bearer credential, else the mesh certificate on the connection.
-    fn caller(&self, req: &Request<IstioCertificateRequest>) -> Result<SpiffeId, Status> {
+    async fn caller(&self, req: &Request<IstioCertificateRequest>) -> Result<SpiffeId, Status> {
         let td = &self.ca.opts.trust_domain;
         if let Some(v) = req.metadata().get("authorization") {
             let text = v
@@ -117,11 +130,15 @@ impl Citadel {
             let token = text
                 .strip_prefix("Bearer ")
                 .ok_or_else(|| Status::unauthenticated("authorization must be a Bearer token"))?;
-            let (ns, sa) = self
-                .tokens
-                .verify(token, SystemTime::now())
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            return Ok(SpiffeId::new(td, &ns, &sa));
+            let caller = self.tokens.authenticate(token).await.map_err(|e| match e {
+                AuthenticationError::Refused(m) => Status::unauthenticated(m),
+                e @ AuthenticationError::Unavailable(_) => Status::unavailable(e.to_string()),
+            })?;
+            return Ok(SpiffeId::new(
+                td,
+                &caller.namespace,
+                &caller.service_account,
+            ));
         }
         // Renewal with the current certificate (verified against the bundle by TLS).
         if let Some(certs) = req.peer_certs()
@@ -152,7 +169,7 @@ impl IstioCertificateService for Citadel {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let peer = request.remote_addr();
         self.counters.csr.inc();
-        let caller = match self.caller(&request) {
+        let caller = match self.caller(&request).await {
             Ok(c) => c,
             Err(s) => {
                 self.counters.authentication_failure.inc();

@@ -311,3 +311,92 @@ fn signing_cost() {
     eprintln!("sign_csr: {per:?} per CSR");
     assert!(per < Duration::from_millis(20), "{per:?}");
 }
+
+#[test]
+fn ca_from_secret_data_self_signed_and_plugin() {
+    // istio-ca-secret: a self-signed root, cert-chain.pem and root-cert.pem empty.
+    let pem = CaPem::self_signed("cluster.local").unwrap();
+    let ca = CertificateAuthority::from_pem(&pem, CaOptions::default()).unwrap();
+    assert!(!ca.plugged_in);
+    assert_eq!(ca.trust_bundle_pem(), pem.ca_cert);
+    assert_eq!(pem.trust_anchors_pem(), pem.ca_cert);
+    let chain = ca
+        .sign_csr(&csr(&user().to_string()), &user(), None)
+        .unwrap();
+    assert_eq!(chain.len(), 2, "leaf then root");
+    let root_der = der(&pem.ca_cert);
+    let (_, root_x) = x509_parser::parse_x509_certificate(&root_der).unwrap();
+    let leaf = der(&chain[0]);
+    let (_, leaf_x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    assert!(leaf_x.verify_signature(Some(root_x.public_key())).is_ok());
+    assert!(
+        !format!("{pem:?}").contains("PRIVATE"),
+        "key never in Debug"
+    );
+
+    // cacerts: an intermediate under an organisation root.
+    let root = CaPem::self_signed("Org Root").unwrap();
+    let root_issuer = rcgen::Issuer::from_ca_cert_pem(
+        &root.ca_cert,
+        rcgen::KeyPair::from_pem(&root.ca_key).unwrap(),
+    )
+    .unwrap();
+    let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ip = rcgen::CertificateParams::default();
+    ip.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ip.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let int = ip.signed_by(&int_key, &root_issuer).unwrap();
+    let plugin = CaPem {
+        ca_cert: int.pem(),
+        ca_key: int_key.serialize_pem(),
+        cert_chain: format!("{}{}", int.pem(), root.ca_cert),
+        root_cert: root.ca_cert.clone(),
+    };
+    let ca = CertificateAuthority::from_pem(&plugin, CaOptions::default()).unwrap();
+    assert!(ca.plugged_in);
+    assert_eq!(ca.trust_bundle_pem().trim(), root.ca_cert.trim());
+    let chain = ca
+        .sign_csr(&csr(&user().to_string()), &user(), None)
+        .unwrap();
+    assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+    assert_eq!(chain[1].trim(), int.pem().trim());
+
+    // Garbage names the key at fault.
+    let broken = CaPem {
+        ca_key: "not a key".into(),
+        ..pem
+    };
+    let err = CertificateAuthority::from_pem(&broken, CaOptions::default()).unwrap_err();
+    assert!(err.to_string().starts_with("ca-key.pem:"), "{err}");
+}
+
+/// An authenticator that cannot reach its authority.
+#[derive(Debug)]
+struct Down;
+
+impl Authenticator for Down {
+    fn authenticate<'a>(&'a self, _token: &'a str) -> AuthFuture<'a> {
+        Box::pin(std::future::ready(Err(AuthenticationError::Unavailable(
+            "API server unreachable".into(),
+        ))))
+    }
+}
+
+#[tokio::test]
+async fn pluggable_authenticator_unavailable_is_not_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca =
+        Arc::new(CertificateAuthority::load_or_create(dir.path(), CaOptions::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tls = ServerTls::from_ca(&ca, addr).unwrap();
+    let root = ca.trust_bundle_pem();
+    let citadel = Citadel::with_authenticator(ca, Arc::new(Down));
+    tokio::spawn(serve(listener, citadel, tls, std::future::pending()));
+    let mut c = client(addr, &root).await;
+    let err = c
+        .create_certificate(request(csr(&user().to_string()), Some("any")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
