@@ -174,7 +174,7 @@ impl<'a> Demo<'a> {
                 std::io::stdout().is_terminal()
             },
         };
-        let config = args.config.clone();
+        let config = in_repository(&args.config);
         if !config.is_dir() {
             bail!(
                 "the config folder {} does not exist (run from the repository root, or pass \
@@ -966,17 +966,22 @@ fn ensure_free(addr: SocketAddr) -> Result<()> {
 /// The built topology view: `telemetry/web/dist` under the working directory or the
 /// repository this mastctl was built in.
 fn web_dir() -> Option<PathBuf> {
-    let rel = Path::new("telemetry/web/dist");
-    let mut candidates = vec![rel.to_path_buf()];
-    if let Ok(exe) = std::env::current_exe() {
-        // target/<profile>/mastctl → the repository root.
-        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
-            candidates.push(root.join(rel));
-        }
+    let dir = in_repository(Path::new("telemetry/web/dist"));
+    dir.join("index.html").is_file().then_some(dir)
+}
+
+/// A relative path as given when it exists from the working directory, else the same path
+/// in the repository this mastctl was built in (`target/<profile>/mastctl`), so the demo
+/// also starts from another directory.
+fn in_repository(rel: &Path) -> PathBuf {
+    if rel.is_absolute() || rel.exists() {
+        return rel.to_path_buf();
     }
-    candidates
-        .into_iter()
-        .find(|d| d.join("index.html").is_file())
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.join(rel)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| rel.to_path_buf())
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
