@@ -104,6 +104,9 @@ const STYLE = [
     shape: 'round-rectangle', 'background-color': '#f5f7fa', 'border-color': '#8a8d90', 'border-style': 'dashed',
     'text-valign': 'top', 'text-margin-y': -3, 'font-weight': 'bold', padding: 14,
   } },
+  { selector: 'node.flatbox', style: {
+    width: 'data(boxW)', height: 'data(boxH)', 'z-compound-depth': 'bottom',
+  } },
   { selector: 'node.idle', style: { opacity: 0.45 } },
   { selector: 'node.unreachable', style: {
     'background-color': '#d2d2d2', 'border-color': '#8a8d90', 'border-style': 'dotted', color: '#8a8d90',
@@ -278,7 +281,51 @@ function placeNew(fresh, layout, known, input) {
 }
 
 // The structural fields cytoscape cannot change through data(): a change means remove + add.
-const FIXED = ['parent', 'source', 'target'];
+const FIXED = ['parent', 'source', 'target', 'flatBox'];
+
+// Above this many elements the app boxes are drawn as plain nodes behind their versions rather
+// than as cytoscape compound nodes: cytoscape keeps compound nodes' bookkeeping up to date for
+// every style property of every element, which made a third of the first drawing of one
+// namespace of the benchmark's mesh (946 elements). A box then does not follow a dragged
+// version until the next refresh; the versions keep their box's id as `box` instead of
+// `parent`. Small graphs (the demo's) keep real compound boxes.
+export const FLAT_ABOVE = 600;
+
+function flattenBoxes(wanted, parents, pos) {
+  const extent = new Map();
+  for (const w of wanted.values()) {
+    const box = w.group === 'nodes' ? w.data.parent : undefined;
+    if (!box) continue;
+    const p = pos.get(w.data.id);
+    const { w: width, h } = layoutSize(w);
+    const e = extent.get(box) ?? { x1: Infinity, y1: Infinity, x2: -Infinity, y2: -Infinity };
+    if (p) {
+      e.x1 = Math.min(e.x1, p.x - width / 2);
+      e.x2 = Math.max(e.x2, p.x + width / 2);
+      e.y1 = Math.min(e.y1, p.y - 13);
+      e.y2 = Math.max(e.y2, p.y - 13 + h);
+    }
+    extent.set(box, e);
+    const { parent, ...data } = w.data;
+    w.data = { ...data, box: parent };
+  }
+  for (const id of parents) {
+    const w = wanted.get(id);
+    const e = extent.get(id);
+    if (!w || !e || !Number.isFinite(e.x1)) continue;
+    // The box style's padding (14) goes around this, as around a compound node's children.
+    w.data = { ...w.data, flatBox: true, boxW: e.x2 - e.x1, boxH: e.y2 - e.y1 };
+    w.classes += ' flatbox';
+    w.position = { x: (e.x1 + e.x2) / 2, y: (e.y1 + e.y2) / 2 };
+  }
+}
+
+/** The nodes a node stands for: a box's versions (drawn inside it or not), else itself. */
+export function members(node) {
+  if (node.isParent()) return node.children();
+  if (node.data('flatBox')) return node.cy().nodes().filter((n) => n.data('box') === node.id());
+  return node;
+}
 
 /**
  * Make cy show `graph` (an API graph response) by diffing on element ids: existing elements get
@@ -297,7 +344,7 @@ export async function applyGraph(cy, graph, opts) {
   const mem = memory(cy);
   const epoch = mem.epoch;
   // Where the drawn nodes are now (the user may have dragged some).
-  cy.nodes().forEach((n) => { if (!n.isParent()) mem.pos.set(n.id(), { ...n.position() }); });
+  cy.nodes().forEach((n) => { if (!n.isParent() && !n.data('flatBox')) mem.pos.set(n.id(), { ...n.position() }); });
   const parents = new Set();
   for (const w of wanted.values()) if (w.group === 'nodes' && w.data.parent) parents.add(w.data.parent);
   const fresh = [];
@@ -328,7 +375,8 @@ export async function applyGraph(cy, graph, opts) {
   const r = cy.renderer?.();
   if (r) { r.textureOnViewport = big; r.hideEdgesOnViewport = big; }
 
-  // The zoom the fit below will choose decides whether labels show, before anything is drawn.
+  if (wanted.size > FLAT_ABOVE) flattenBoxes(wanted, parents, mem.pos);
+
   cy.batch(() => {
     cy.elements().forEach((ele) => {
       if (ele.removed()) return; // already gone with a removed parent
@@ -340,7 +388,7 @@ export async function applyGraph(cy, graph, opts) {
     for (const [id, w] of wanted) {
       const ele = cy.getElementById(id);
       if (ele.empty()) {
-        const p = mem.pos.get(id);
+        const p = w.position ?? mem.pos.get(id);
         added.push(p && w.group === 'nodes' ? { ...w, position: { ...p } } : w);
         continue;
       }
@@ -349,8 +397,9 @@ export async function applyGraph(cy, graph, opts) {
       if (gone.length) ele.removeData(gone.join(' '));
       ele.data(w.data);
       ele.classes(w.classes);
-      // A fresh layout of the whole graph moves what was drawn; otherwise it stays put.
-      const p = box && w.group === 'nodes' && !parents.has(id) ? mem.pos.get(id) : undefined;
+      // A fresh layout of the whole graph moves what was drawn; otherwise it stays put. A
+      // drawn-flat box goes around its versions wherever they are.
+      const p = w.position ?? (box && w.group === 'nodes' && !parents.has(id) ? mem.pos.get(id) : undefined);
       if (p) ele.position({ ...p });
     }
     // Parents before children, nodes before edges: cytoscape needs the referenced ids to exist.

@@ -1,7 +1,7 @@
 // The side panel: figures and three time-series charts for the clicked node or edge.
 import uPlot from 'uplot';
 import { getDetail } from './api.js';
-import { edgeFigures, fit, nodeName } from './graph.js';
+import { edgeFigures, fit, members, nodeName } from './graph.js';
 import { fmtRps, fmtRatio, fmtMs, fmtPercent, fmtBytes } from './format.js';
 
 const CHARTS = [
@@ -15,7 +15,7 @@ const CHARTS = [
 // figures of their own, so a node shows its inbound traffic (outbound for a pure client).
 // Figures the server does put in the node's data win; p95 falls back to the detail series.
 function nodeFigures(node, detail) {
-  const around = node.isParent() ? node.children() : node;
+  const around = members(node);
   let edges = around.incomers('edge').filter((e) => !around.contains(e.source()));
   if (edges.empty()) edges = around.outgoers('edge');
   const figs = edges.map((e) => edgeFigures(e.data()));
