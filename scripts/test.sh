@@ -64,5 +64,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building binaries (the end-to-end tests run them)"
 cargo build --workspace --bins --locked
 
+log "Kubernetes manifests against Kubernetes' schemas (kubernetes-validate --strict)"
+scripts/validate-manifests.sh
+
 log "cargo test"
 cargo test --workspace --locked -- --test-threads 2
