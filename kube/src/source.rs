@@ -1,1 +1,573 @@
-//! (being written)
+//! The Kubernetes config source: the API server's objects, read into the same model as a
+//! folder of YAML.
+//!
+//! One kube-rs watcher per kind (Services, Pods, Namespaces, and every mesh custom resource
+//! the dialect parsers read) keeps a local copy of the cluster's objects. Each object becomes
+//! a pseudo-file — path `kube:/<group>/<Kind>/<namespace>/<name>`, text the object's JSON
+//! (JSON is YAML) — and the whole set goes to the same [`ConfigStore`] the folder source
+//! uses. Validation, error messages (file = the kube path, resource, field) and "a rejected
+//! edit keeps the last good version in force" are therefore exactly the folder source's, and
+//! the xDS is the same whichever the source.
+//!
+//! Custom resources are found by discovery, so a cluster without, say, Knative or SMI
+//! installed is a warning at start-up and not a failure. Watch errors are the watcher's to
+//! recover from: an expired resourceVersion (410 Gone) makes it relist, anything else is
+//! retried with kube's default backoff; the last good config is served meanwhile. Changes are
+//! debounced like the folder source's (100 ms of quiet, at most 10 s), and after every apply
+//! the rejected resources get a status written back ([`crate::status`]) when this replica may
+//! write.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::discovery::{Discovery, Scope};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use mast_mesh_config::ConfigError;
+use mast_mesh_config::model::MeshModel;
+use mast_mesh_config::store::ConfigStore;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, info, warn};
+
+use crate::status::{self, WriteGate};
+
+/// Every mesh custom resource a dialect parser reads, by group.
+pub const MESH_KINDS: &[(&str, &[&str])] = &[
+    (
+        "networking.istio.io",
+        &[
+            "VirtualService",
+            "DestinationRule",
+            "ServiceEntry",
+            "WorkloadEntry",
+            "WorkloadGroup",
+            "Sidecar",
+            "Gateway",
+        ],
+    ),
+    (
+        "security.istio.io",
+        &[
+            "PeerAuthentication",
+            "AuthorizationPolicy",
+            "RequestAuthentication",
+        ],
+    ),
+    ("gateway.networking.k8s.io", &["HTTPRoute", "GRPCRoute"]),
+    ("split.smi-spec.io", &["TrafficSplit"]),
+    ("serving.knative.dev", &["Route", "Service"]),
+];
+
+/// Istio's `PILOT_DEBOUNCE_AFTER` and `PILOT_DEBOUNCE_MAX`, as the folder source.
+#[derive(Clone, Copy, Debug)]
+pub struct Debounce {
+    pub quiet: Duration,
+    pub max: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub debounce: Debounce,
+    /// Whether this replica writes status back (the leader, when there is an election).
+    pub write_status: WriteGate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API discovery failed (is the API server reachable?): {0}")]
+    Discovery(#[source] kube::Error),
+    #[error("the watches stopped before the first full list of every kind")]
+    Closed,
+}
+
+/// What one apply produced.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub model: Arc<MeshModel>,
+    /// Everything rejected now (its last good version, if any, is in `model`).
+    pub errors: Vec<ConfigError>,
+    /// The model differs from the previous update's.
+    pub changed: bool,
+    /// When the first change that led to this update arrived (before debouncing).
+    pub first_change: std::time::Instant,
+}
+
+/// One watched kind.
+#[derive(Clone, Debug)]
+struct Watched {
+    ar: ApiResource,
+    namespaced: bool,
+    writes_status: bool,
+}
+
+/// One object, as the store sees it and as status needs it.
+#[derive(Clone, Debug)]
+struct Tracked {
+    kind: usize,
+    namespace: Option<String>,
+    name: String,
+    generation: Option<i64>,
+    /// The pseudo-file text (without `status` and `managedFields`).
+    text: String,
+    /// The `status.validationMessages` the object shows now.
+    messages: Vec<Value>,
+}
+
+type WatchItem = (usize, Result<Event<DynamicObject>, watcher::Error>);
+
+/// Watches the cluster and publishes an [`Update`] after every debounced change.
+pub struct KubeSource {
+    client: kube::Client,
+    options: Options,
+    kinds: Vec<Watched>,
+    events: mpsc::Receiver<WatchItem>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Kinds whose first full list has arrived.
+    synced: BTreeSet<usize>,
+    /// The list in progress of a kind (between `Init` and `InitDone`).
+    relisting: BTreeMap<usize, BTreeMap<PathBuf, Tracked>>,
+    objects: BTreeMap<PathBuf, Tracked>,
+    store: ConfigStore,
+}
+
+// === impl KubeSource ===
+
+impl KubeSource {
+    /// Discover which mesh kinds the cluster serves and start watching them and the core
+    /// kinds. Fails only when discovery itself fails (API server unreachable, forbidden).
+    pub async fn start(client: kube::Client, options: Options) -> Result<Self, Error> {
+        let kinds = discover(&client).await?;
+        let (tx, events) = mpsc::channel(1024);
+        let tasks = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, w)| spawn_watch(&client, i, w, tx.clone()))
+            .collect();
+        info!(
+            kinds = %kinds.iter().map(|w| w.ar.kind.as_str()).collect::<Vec<_>>().join(","),
+            "watching the Kubernetes API"
+        );
+        Ok(Self {
+            client,
+            options,
+            kinds,
+            events,
+            tasks,
+            synced: BTreeSet::new(),
+            relisting: BTreeMap::new(),
+            objects: BTreeMap::new(),
+            store: ConfigStore::default(),
+        })
+    }
+
+    /// Wait for the first full list of every kind and apply it: what mastd serves first.
+    pub async fn initial_sync(&mut self) -> Result<Update, Error> {
+        let started = std::time::Instant::now();
+        while self.synced.len() < self.kinds.len() {
+            let item = self.events.recv().await.ok_or(Error::Closed)?;
+            self.handle(item);
+        }
+        let update = self.apply(started, true);
+        self.write_status().await;
+        Ok(update)
+    }
+
+    /// Follow changes: after each debounced burst, apply and hand the [`Update`] to
+    /// `on_update`; stop when it returns false or the watches end.
+    pub async fn run(mut self, mut on_update: impl FnMut(Update) -> bool) {
+        let mut gate = self.options.write_status.clone();
+        loop {
+            let item = tokio::select! {
+                item = self.events.recv() => item,
+                () = gate.changed() => {
+                    // Became leader: bring every status up to date.
+                    self.write_status().await;
+                    continue;
+                }
+            };
+            let Some(item) = item else { return };
+            let first = std::time::Instant::now();
+            let mut dirty = self.handle(item);
+            let deadline = Instant::now() + self.options.debounce.max;
+            let mut quiet_until = (Instant::now() + self.options.debounce.quiet).min(deadline);
+            loop {
+                tokio::select! {
+                    item = self.events.recv() => {
+                        let Some(item) = item else { return };
+                        dirty |= self.handle(item);
+                        quiet_until = (Instant::now() + self.options.debounce.quiet).min(deadline);
+                    }
+                    () = sleep_until(quiet_until) => break,
+                }
+            }
+            if !dirty {
+                continue;
+            }
+            let update = self.apply(first, false);
+            let go_on = on_update(update);
+            self.write_status().await;
+            if !go_on {
+                return;
+            }
+        }
+    }
+
+    /// The kinds watched (core kinds and the mesh kinds the cluster serves).
+    pub fn kinds(&self) -> impl Iterator<Item = &ApiResource> {
+        self.kinds.iter().map(|w| &w.ar)
+    }
+
+    /// The objects as pseudo-files, path → text (what the store was given last).
+    pub fn files(&self) -> BTreeMap<PathBuf, String> {
+        self.objects
+            .iter()
+            .map(|(p, t)| (p.clone(), t.text.clone()))
+            .collect()
+    }
+
+    /// Take one watch event; true when the config text changed.
+    fn handle(&mut self, (kind, event): WatchItem) -> bool {
+        let what = &self.kinds[kind].ar.kind;
+        match event {
+            Err(e) => {
+                if matches!(&e, watcher::Error::WatchError(s) if s.code == 410) {
+                    info!(kind = %what, "watch expired (410 Gone); relisting");
+                } else {
+                    warn!(kind = %what, error = %e, "watch failed; retrying with backoff, the last good config stays");
+                }
+                false
+            }
+            Ok(Event::Init) => {
+                self.relisting.insert(kind, BTreeMap::new());
+                false
+            }
+            Ok(Event::InitApply(obj)) => {
+                if let Some((path, t)) = self.track(kind, obj) {
+                    self.relisting.entry(kind).or_default().insert(path, t);
+                }
+                false
+            }
+            Ok(Event::InitDone) => {
+                let listed = self.relisting.remove(&kind).unwrap_or_default();
+                let (before, others): (BTreeMap<PathBuf, Tracked>, BTreeMap<PathBuf, Tracked>) =
+                    std::mem::take(&mut self.objects)
+                        .into_iter()
+                        .partition(|(_, t)| t.kind == kind);
+                self.objects = others;
+                let changed = before.len() != listed.len()
+                    || before
+                        .iter()
+                        .zip(&listed)
+                        .any(|((p1, t1), (p2, t2))| p1 != p2 || t1.text != t2.text);
+                debug!(kind = %self.kinds[kind].ar.kind, objects = listed.len(), "listed");
+                self.objects.extend(listed);
+                self.synced.insert(kind);
+                changed
+            }
+            Ok(Event::Apply(obj)) => match self.track(kind, obj) {
+                Some((path, t)) => {
+                    let changed = self.objects.get(&path).is_none_or(|old| old.text != t.text);
+                    self.objects.insert(path, t);
+                    changed
+                }
+                None => false,
+            },
+            Ok(Event::Delete(obj)) => match self.track(kind, obj) {
+                Some((path, _)) => self.objects.remove(&path).is_some(),
+                None => false,
+            },
+        }
+    }
+
+    fn track(&self, kind: usize, obj: DynamicObject) -> Option<(PathBuf, Tracked)> {
+        let w = &self.kinds[kind];
+        let name = obj.metadata.name.clone()?;
+        let namespace = if w.namespaced {
+            Some(
+                obj.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            )
+        } else {
+            None
+        };
+        let generation = obj.metadata.generation;
+        let mut value = serde_json::to_value(&obj).ok()?;
+        let messages = status::current_messages(&value);
+        prepare(&mut value, &w.ar);
+        let text = serde_json::to_string_pretty(&value).ok()?;
+        let path = pseudo_path(&w.ar, namespace.as_deref(), &name);
+        Some((
+            path,
+            Tracked {
+                kind,
+                namespace,
+                name,
+                generation,
+                text,
+                messages,
+            },
+        ))
+    }
+
+    fn apply(&mut self, first_change: std::time::Instant, initial: bool) -> Update {
+        let report = self.store.apply_files(self.files());
+        for e in &report.errors {
+            warn!("config rejected, last good version kept: {e}");
+        }
+        let model = self.store.model();
+        if report.changed || initial {
+            info!(
+                objects = self.objects.len(),
+                services = model.services.len(),
+                workloads = model.workloads.len(),
+                routes = model.routes.len(),
+                destination_rules = model.destination_policies.len(),
+                rejected = report.errors.len(),
+                "config loaded from the Kubernetes API"
+            );
+        }
+        Update {
+            model,
+            errors: self.store.errors().to_vec(),
+            changed: report.changed,
+            first_change,
+        }
+    }
+
+    /// Make every status-bearing object show its current errors (or none).
+    async fn write_status(&mut self) {
+        if !self.options.write_status.may_write() {
+            return;
+        }
+        let mut by_file: BTreeMap<&PathBuf, Vec<&ConfigError>> = BTreeMap::new();
+        for e in self.store.errors() {
+            by_file.entry(&e.file).or_default().push(e);
+        }
+        let mut writes = Vec::new();
+        for (path, t) in &self.objects {
+            let w = &self.kinds[t.kind];
+            if !w.writes_status {
+                continue;
+            }
+            let wanted =
+                status::validation_messages(by_file.get(path).map(Vec::as_slice).unwrap_or(&[]));
+            if wanted != t.messages {
+                writes.push((path.clone(), wanted));
+            }
+        }
+        for (path, wanted) in writes {
+            let Some(t) = self.objects.get(&path) else {
+                continue;
+            };
+            let ar = &self.kinds[t.kind].ar;
+            match status::write(
+                &self.client,
+                ar,
+                t.namespace.as_deref(),
+                &t.name,
+                &wanted,
+                t.generation,
+            )
+            .await
+            {
+                Ok(_) => {
+                    info!(resource = %path.display(), errors = wanted.len(), "status written");
+                    if let Some(t) = self.objects.get_mut(&path) {
+                        // What the object shows now; the watch echo agrees.
+                        t.messages = wanted;
+                    }
+                }
+                Err(e) => warn!(resource = %path.display(), error = %e, "cannot write status"),
+            }
+        }
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The core kinds, always served, and the mesh kinds this cluster has CRDs for.
+async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
+    let mut kinds = vec![
+        core(ApiResource::erase::<Namespace>(&()), false),
+        core(ApiResource::erase::<Service>(&()), true),
+        core(ApiResource::erase::<Pod>(&()), true),
+    ];
+    let groups: Vec<&str> = MESH_KINDS.iter().map(|(g, _)| *g).collect();
+    let discovery = Discovery::new(client.clone())
+        .filter(&groups)
+        .run()
+        .await
+        .map_err(Error::Discovery)?;
+    for (group, wanted) in MESH_KINDS {
+        let Some(api_group) = discovery.get(group) else {
+            warn!(
+                group = %group,
+                kinds = %wanted.join(","),
+                "API group not served (CRDs not installed); its kinds are skipped"
+            );
+            continue;
+        };
+        for kind in *wanted {
+            match api_group.recommended_kind(kind) {
+                Some((ar, caps)) => {
+                    let has_status = caps.subresources.iter().any(|(s, _)| s.plural == "status");
+                    kinds.push(Watched {
+                        writes_status: has_status && status::writes_status(&ar),
+                        namespaced: matches!(caps.scope, Scope::Namespaced),
+                        ar,
+                    });
+                }
+                None => {
+                    warn!(group = %group, kind = %kind, "kind not served (CRD not installed); skipped")
+                }
+            }
+        }
+    }
+    Ok(kinds)
+}
+
+fn core(ar: ApiResource, namespaced: bool) -> Watched {
+    Watched {
+        ar,
+        namespaced,
+        writes_status: false,
+    }
+}
+
+fn spawn_watch(
+    client: &kube::Client,
+    index: usize,
+    w: &Watched,
+    tx: mpsc::Sender<WatchItem>,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.ar);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if tx.send((index, event)).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// `kube:/<group>/<Kind>/<namespace>/<name>` (group `core` for v1; no namespace segment for
+/// cluster-scoped kinds): what errors and logs name as the "file".
+pub fn pseudo_path(ar: &ApiResource, namespace: Option<&str>, name: &str) -> PathBuf {
+    let group = if ar.group.is_empty() {
+        "core"
+    } else {
+        &ar.group
+    };
+    match namespace {
+        Some(ns) => format!("kube:/{group}/{}/{ns}/{name}", ar.kind),
+        None => format!("kube:/{group}/{}/{name}", ar.kind),
+    }
+    .into()
+}
+
+/// Turn an API object into the document the parsers read: TypeMeta filled in (items of a
+/// built-in kind's list come without it), server bookkeeping that only adds noise dropped,
+/// and `status` dropped except a Pod's (its IP is the workload's address) — a mesh resource's
+/// status is ours to write and must not make its text differ.
+fn prepare(value: &mut Value, ar: &ApiResource) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    map.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+    map.insert("kind".into(), Value::String(ar.kind.clone()));
+    if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+        for noise in [
+            "managedFields",
+            "resourceVersion",
+            "creationTimestamp",
+            "uid",
+            "generation",
+        ] {
+            meta.remove(noise);
+        }
+        if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+            // kubectl's copy of the whole object: large, and not the object.
+            annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+    }
+    if !(ar.group.is_empty() && ar.kind == "Pod") {
+        map.remove("status");
+    }
+}
+
+#[cfg(test)]
+mod api_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prepare_fills_type_meta_and_drops_noise() {
+        let ar = ApiResource::erase::<Service>(&());
+        let mut v = json!({
+            "metadata": {"name": "user", "namespace": "default", "resourceVersion": "7",
+                         "managedFields": [{}], "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "a": "b"}},
+            "spec": {"ports": [{"port": 80}]},
+            "status": {"loadBalancer": {}},
+        });
+        prepare(&mut v, &ar);
+        assert_eq!(v["apiVersion"], "v1");
+        assert_eq!(v["kind"], "Service");
+        assert!(v.get("status").is_none());
+        assert_eq!(
+            v["metadata"],
+            json!({"name": "user", "namespace": "default", "annotations": {"a": "b"}})
+        );
+
+        let mut pod = json!({"metadata": {"name": "p"}, "status": {"podIP": "10.0.0.1"}});
+        prepare(&mut pod, &ApiResource::erase::<Pod>(&()));
+        assert_eq!(pod["status"]["podIP"], "10.0.0.1");
+    }
+
+    #[test]
+    fn pseudo_paths_name_group_kind_namespace_and_name() {
+        let vs = ApiResource {
+            group: "networking.istio.io".into(),
+            version: "v1".into(),
+            api_version: "networking.istio.io/v1".into(),
+            kind: "VirtualService".into(),
+            plural: "virtualservices".into(),
+        };
+        assert_eq!(
+            pseudo_path(&vs, Some("default"), "user"),
+            PathBuf::from("kube:/networking.istio.io/VirtualService/default/user")
+        );
+        assert_eq!(
+            pseudo_path(&ApiResource::erase::<Namespace>(&()), None, "default"),
+            PathBuf::from("kube:/core/Namespace/default")
+        );
+    }
+}

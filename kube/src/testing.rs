@@ -173,7 +173,8 @@ impl FakeApiServer {
 
     /// Create or replace an object (its `apiVersion`/`kind` must be served): watches see
     /// `ADDED` or `MODIFIED`. Returns its new resourceVersion. Server-owned metadata
-    /// (resourceVersion, uid, generation, creationTimestamp, managedFields) is filled in.
+    /// (resourceVersion, uid, generation, creationTimestamp, managedFields) is filled in; an
+    /// object given without `status` keeps the one it had, as through a status subresource.
     pub fn apply(&self, object: Value) -> u64 {
         self.store(object, true)
     }
@@ -223,6 +224,11 @@ impl FakeApiServer {
         self.lock()
             .canned
             .insert((method.to_string(), path.to_string()), (status, body));
+    }
+
+    /// Forget every canned response.
+    pub fn clear_responses(&self) {
+        self.lock().canned.clear();
     }
 
     /// The object as the server holds it now.
@@ -301,6 +307,13 @@ impl FakeApiServer {
             .and_then(|o| o["metadata"]["uid"].as_str())
             .map(String::from)
             .unwrap_or_else(|| format!("00000000-0000-4000-8000-{revision:012}"));
+        // As with a status subresource, writing the object does not reset its status (an
+        // object given with a `status` sets it: fixtures stand in for the kubelet too).
+        if object.get("status").is_none()
+            && let Some(status) = old.and_then(|o| o.get("status"))
+        {
+            object["status"] = status.clone();
+        }
         let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
         set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
         set_meta(&mut object, "uid", json!(uid));
@@ -438,10 +451,10 @@ async fn handle(
     if let Some((code, body)) = st.canned.get(&(method.to_string(), path.clone())) {
         return json_response(*code, body);
     }
-    if method == Method::GET {
-        if let Some(doc) = discovery(&st, &path) {
-            return json_response(200, &doc);
-        }
+    if method == Method::GET
+        && let Some(doc) = discovery(&st, &path)
+    {
+        return json_response(200, &doc);
     }
     let Some(target) = route(&st, &path) else {
         return status_response(

@@ -1,0 +1,391 @@
+//! The Kubernetes source against the fake API server: the todo-list sample as API objects,
+//! followed through list, watch events, an invalid edit (status written back), a 410 Gone,
+//! API errors and deletions.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mast_mesh_config::model::{MeshModel, RouteAction};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use super::*;
+use crate::testing::{FakeApiServer, KindSpec};
+
+const VS: (&str, &str) = ("networking.istio.io/v1", "VirtualService");
+const VS_PATH: &str = "kube:/networking.istio.io/VirtualService/default/user";
+
+/// A cluster with Istio's CRDs (but not SMI, Knative or the Gateway API) holding the
+/// todo-list sample and its pods.
+async fn todolist_cluster() -> FakeApiServer {
+    let server = FakeApiServer::start().await.unwrap();
+    for kind in [
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "WorkloadEntry",
+        "WorkloadGroup",
+        "Sidecar",
+        "Gateway",
+    ] {
+        let plural = format!("{}s", kind.to_ascii_lowercase());
+        server.add_kind(KindSpec::namespaced(
+            "networking.istio.io",
+            "v1",
+            kind,
+            &plural,
+        ));
+    }
+    for (kind, plural) in [
+        ("PeerAuthentication", "peerauthentications"),
+        ("AuthorizationPolicy", "authorizationpolicies"),
+        ("RequestAuthentication", "requestauthentications"),
+    ] {
+        server.add_kind(KindSpec::namespaced(
+            "security.istio.io",
+            "v1",
+            kind,
+            plural,
+        ));
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples/todolist");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let (docs, errors) = mast_mesh_config::source::parse_documents(&file, &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        for doc in docs {
+            server.apply(doc.value);
+        }
+    }
+    for (name, app, version, ip) in [
+        ("myapp-v1-7d4b9c", "myapp", "v1", "10.244.0.10"),
+        ("user-v1-5f6d7b", "user", "v1", "10.244.0.11"),
+        ("user-v2-6c8e9a", "user", "v2", "10.244.0.12"),
+        ("todo-v1-84f2d1", "todo", "v1", "10.244.0.13"),
+    ] {
+        server.apply(pod(name, app, version, ip));
+    }
+    server
+}
+
+fn pod(name: &str, app: &str, version: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"app": app, "version": version, "pod-template-hash": "5f6d7b",
+                       "security.istio.io/tlsMode": "istio"},
+            "annotations": {"sidecar.istio.io/status": "{\"containers\":[\"istio-proxy\"]}"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{version}"),
+                                 "uid": "1b2c", "controller": true, "blockOwnerDeletion": true}],
+        },
+        "spec": {
+            "serviceAccountName": app,
+            "nodeName": "kind-worker",
+            "containers": [
+                {"name": app, "image": format!("mast/{app}:{version}"), "ports": [{"name": "http", "containerPort": 9080, "protocol": "TCP"}],
+                 "resources": {}, "terminationMessagePath": "/dev/termination-log", "imagePullPolicy": "IfNotPresent"},
+                {"name": "istio-proxy", "image": "mast/proxy:latest", "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}]},
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "hostIP": "172.18.0.2",
+            "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        },
+    })
+}
+
+fn virtual_service(w1: i64, w2: i64) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "user", "namespace": "default"},
+        "spec": {"hosts": ["user"], "http": [{"route": [
+            {"destination": {"host": "user", "subset": "v1"}, "weight": w1},
+            {"destination": {"host": "user", "subset": "v2"}, "weight": w2},
+        ]}]},
+    })
+}
+
+fn options() -> Options {
+    Options {
+        debounce: Debounce {
+            quiet: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+        },
+        write_status: WriteGate::always(),
+    }
+}
+
+fn user_weights(model: &MeshModel) -> Vec<u32> {
+    let Some(table) = model.routes.iter().find(|r| {
+        r.hosts
+            .iter()
+            .any(|h| h == "user.default.svc.cluster.local")
+    }) else {
+        return Vec::new();
+    };
+    match &table.http[0].action {
+        RouteAction::Forward(d) => d.iter().map(|d| d.weight).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn workloads(model: &MeshModel) -> Vec<(String, String)> {
+    model
+        .workloads
+        .iter()
+        .map(|w| (w.name.clone(), w.address.clone()))
+        .collect()
+}
+
+/// Run the source, forwarding every update.
+fn follow(source: KubeSource) -> mpsc::UnboundedReceiver<Update> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(source.run(move |u| tx.send(u).is_ok()));
+    rx
+}
+
+/// The first update that satisfies `pred` (within 15 s).
+async fn until(rx: &mut mpsc::UnboundedReceiver<Update>, pred: impl Fn(&Update) -> bool) -> Update {
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let u = rx.recv().await.expect("the source stopped");
+            if pred(&u) {
+                return u;
+            }
+        }
+    })
+    .await
+    .expect("no such update within 15 s")
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("not within 6 s: {what}");
+}
+
+#[tokio::test]
+async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_writes_status() {
+    let server = todolist_cluster().await;
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+
+    // Missing CRD groups are skipped, not fatal.
+    let kinds: Vec<String> = source.kinds().map(|k| k.kind.clone()).collect();
+    assert!(kinds.contains(&"VirtualService".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"TrafficSplit".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"HTTPRoute".to_string()), "{kinds:?}");
+
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let m = &first.model;
+    for svc in ["user", "todo", "myapp"] {
+        assert!(
+            m.services
+                .contains_key(&format!("{svc}.default.svc.cluster.local")),
+            "{svc}"
+        );
+    }
+    let user_v2 = m
+        .workloads
+        .iter()
+        .find(|w| w.name == "user-v2-6c8e9a")
+        .unwrap();
+    assert_eq!(user_v2.address, "10.244.0.12");
+    assert_eq!(
+        user_v2.labels.get("version").map(String::as_str),
+        Some("v2")
+    );
+    assert_eq!(user_v2.service_account, "user");
+    assert!(user_v2.has_sidecar);
+    assert_eq!(m.workloads.len(), 4);
+    assert!(m.namespaces.contains_key("default"));
+    assert_eq!(m.peer_authentications.len(), 2);
+    assert_eq!(user_weights(m), [50, 50]);
+    // Valid resources get no status written.
+    assert!(server.status_patches().is_empty());
+
+    let mut updates = follow(source);
+
+    // A watch MODIFIED event: the split becomes 80/20.
+    server.apply(virtual_service(80, 20));
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(user_weights(&u.model), [80, 20]);
+
+    // An invalid edit: 80/20 stays, the error names the object and the field, and the
+    // object's status says why.
+    server.apply(virtual_service(80, 10));
+    let u = until(&mut updates, |u| !u.errors.is_empty()).await;
+    assert!(!u.changed);
+    assert_eq!(user_weights(&u.model), [80, 20]);
+    let e = &u.errors[0];
+    assert_eq!(e.file, Path::new(VS_PATH));
+    assert!(e.field.starts_with("spec.http[0]"), "{e}");
+    assert!(e.to_string().contains("VirtualService default/user"), "{e}");
+    eventually("a status patch", || !server.status_patches().is_empty()).await;
+    let patch = &server.status_patches()[0];
+    assert_eq!(
+        patch.path,
+        "/apis/networking.istio.io/v1/namespaces/default/virtualservices/user/status"
+    );
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    let message = patch.body["status"]["validationMessages"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.starts_with("spec.http[0]"), "{message}");
+    assert!(message.contains("100"), "{message}");
+    let stored = server.get(VS.0, VS.1, "default", "user").unwrap();
+    assert_eq!(
+        stored["status"]["validationMessages"][0]["type"]["code"],
+        "IST0106"
+    );
+    assert_eq!(stored["status"]["conditions"][0]["type"], "PassedAnalysis");
+    assert_eq!(stored["status"]["observedGeneration"], 3);
+    // The watch echo of our own patch changes nothing and writes nothing more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.status_patches().len(), 1);
+
+    // Fixed: the new split, and the status is cleared.
+    server.apply(virtual_service(70, 30));
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(user_weights(&u.model), [70, 30]);
+    assert!(u.errors.is_empty(), "{:?}", u.errors);
+    eventually("the status cleared", || {
+        server
+            .get(VS.0, VS.1, "default", "user")
+            .is_some_and(|o| o["status"].get("validationMessages").is_none())
+    })
+    .await;
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 2);
+    assert!(patches[1].body["status"]["validationMessages"].is_null());
+
+    // DELETED removes: a pod, then the VirtualService.
+    server.delete("v1", "Pod", "default", "user-v2-6c8e9a");
+    let u = until(&mut updates, |u| u.changed).await;
+    assert!(
+        !workloads(&u.model)
+            .iter()
+            .any(|(n, _)| n == "user-v2-6c8e9a")
+    );
+    server.delete(VS.0, VS.1, "default", "user");
+    let u = until(&mut updates, |u| u.changed).await;
+    assert!(user_weights(&u.model).is_empty());
+}
+
+#[tokio::test]
+async fn a_410_gone_relists_and_converges_on_what_the_watch_missed() {
+    let server = todolist_cluster().await;
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    source.initial_sync().await.unwrap();
+    let mut updates = follow(source);
+    let lists = server.list_count("virtualservices");
+    assert_eq!(lists, 1);
+
+    // Changes no watch sees (their events compacted away), then the 410.
+    server.apply_unwatched(virtual_service(60, 40));
+    server.apply_unwatched(pod("user-v3-1a2b3c", "user", "v3", "10.244.0.14"));
+    server.delete("v1", "Pod", "default", "todo-v1-84f2d1");
+    server.expire_watches();
+
+    let u = until(&mut updates, |u| {
+        user_weights(&u.model) == [60, 40]
+            && workloads(&u.model)
+                .iter()
+                .any(|(n, _)| n == "user-v3-1a2b3c")
+    })
+    .await;
+    assert!(
+        !workloads(&u.model)
+            .iter()
+            .any(|(n, _)| n == "todo-v1-84f2d1")
+    );
+    assert!(
+        server.list_count("virtualservices") >= 2,
+        "{:?}",
+        server.requests()
+    );
+    assert!(server.list_count("pods") >= 2);
+    let gone = server
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/virtualservices?") && r.contains("watch=true"))
+        .count();
+    assert!(gone >= 2, "a new watch after the relist");
+}
+
+#[tokio::test]
+async fn api_errors_keep_the_last_good_config_and_are_retried() {
+    let server = todolist_cluster().await;
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    source.initial_sync().await.unwrap();
+    let mut updates = follow(source);
+
+    // The relist after a 410 fails with a 500 for a while.
+    server.respond(
+        http::Method::GET,
+        "/apis/networking.istio.io/v1/virtualservices",
+        500,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+    );
+    server.apply_unwatched(virtual_service(90, 10));
+    server.expire_watches();
+    eventually("two failed lists", || {
+        server.list_count("virtualservices") >= 3
+    })
+    .await;
+    // Nothing was published meanwhile: the 50/50 stays.
+    while let Ok(u) = updates.try_recv() {
+        assert_eq!(user_weights(&u.model), [50, 50]);
+    }
+
+    server.clear_responses();
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(user_weights(&u.model), [90, 10]);
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_status() {
+    let server = todolist_cluster().await;
+    server.apply(virtual_service(80, 10));
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let mut source = KubeSource::start(
+        server.client(),
+        Options {
+            write_status: WriteGate::from_receiver(leader_rx),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+    // With no last good version, the invalid VirtualService is not in the model at all.
+    assert!(user_weights(&first.model).is_empty());
+    let _updates = follow(source);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(server.status_patches().is_empty());
+
+    leader_tx.send_replace(true);
+    eventually("the new leader writes the status", || {
+        server.status_patches().len() == 1
+    })
+    .await;
+}
