@@ -211,10 +211,6 @@ fn from_secret(s: &Secret, namespace: &str, name: &str, plugin: bool) -> Result<
 }
 
 #[cfg(test)]
-#[path = "fake_api.rs"]
-mod fake_api;
-
-#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,8 +218,8 @@ mod tests {
     use http::Method;
     use serde_json::json;
 
-    use super::fake_api::{FakeApi, status};
     use super::*;
+    use crate::leader::fake_api::{FakeApi, status};
 
     const NS: &str = "mast-system";
     const SECRETS: &str = "/api/v1/namespaces/mast-system/secrets";

@@ -9,9 +9,7 @@
 //! per-item `kind`, newline-delimited `WatchEvent`s replayed from the asked resourceVersion).
 //! A hook can answer any request first (a TokenReview, an injected failure).
 //!
-//! Test-only: included with `#[path]` by the test modules that use it, since `lib.rs` (shared
-//! with other engineers) declares the crate's modules.
-#![allow(dead_code)]
+//! Test-only: declared as `crate::leader::fake_api` for now, since `lib.rs` is shared.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

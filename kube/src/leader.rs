@@ -263,9 +263,11 @@ fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
+/// The tests' fake API server, shared by this crate's writing pieces (hosted here because
+/// `lib.rs` is shared; it belongs beside `testing` as `#[cfg(test)] mod fake_api;`).
 #[cfg(test)]
 #[path = "fake_api.rs"]
-mod fake_api;
+pub(crate) mod fake_api;
 
 #[cfg(test)]
 mod tests {

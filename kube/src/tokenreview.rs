@@ -185,10 +185,6 @@ fn judge(review: &TokenReview, audiences: &[String]) -> Result<Caller, Authentic
 }
 
 #[cfg(test)]
-#[path = "fake_api.rs"]
-mod fake_api;
-
-#[cfg(test)]
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -196,8 +192,8 @@ mod tests {
     use http::Method;
     use serde_json::{Value, json};
 
-    use super::fake_api::{FakeApi, status};
     use super::*;
+    use crate::leader::fake_api::{FakeApi, status};
 
     const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 

@@ -235,17 +235,13 @@ async fn publish(
 }
 
 #[cfg(test)]
-#[path = "fake_api.rs"]
-mod fake_api;
-
-#[cfg(test)]
 mod tests {
     use std::time::Instant;
 
     use serde_json::Value;
 
-    use super::fake_api::FakeApi;
     use super::*;
+    use crate::leader::fake_api::FakeApi;
 
     const A: &str = "-----BEGIN CERTIFICATE-----\nMIIBa...A\n-----END CERTIFICATE-----\n";
     const B: &str = "-----BEGIN CERTIFICATE-----\nMIIBb...B\n-----END CERTIFICATE-----\n";

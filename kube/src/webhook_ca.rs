@@ -118,18 +118,14 @@ pub async fn run(
 }
 
 #[cfg(test)]
-#[path = "fake_api.rs"]
-mod fake_api;
-
-#[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
 
     use http::Method;
     use serde_json::Value;
 
-    use super::fake_api::FakeApi;
     use super::*;
+    use crate::leader::fake_api::FakeApi;
 
     const PATH: &str =
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mast-sidecar-injector";
