@@ -4,9 +4,10 @@
 // Loads the web view served by `telemetry-load collector` in headless Chromium (Debian's
 // /usr/bin/chromium, driven by playwright-core from telemetry/web/node_modules) and times, per
 // load, navigation start → the graph drawn: the page has applied its first graph answer to its
-// cytoscape instance (window.__mast.cy has the nodes), the dagre layout has run
-// (window.__mast.layouts ≥ 1; it runs synchronously, animate: false, right after the elements
-// are added) and two animation frames have passed, so cytoscape has painted it. Each load is a fresh browser context (cold cache), like opening the page.
+// cytoscape instance with their positions (window.__mast.cy has the nodes, and
+// window.__mast.layouts ≥ 1: the page counts the layout once its positions are applied; the
+// layout itself runs in a Web Worker before the elements are added) and two animation frames
+// have passed, so cytoscape has painted it. Each load is a fresh browser context (cold cache), like opening the page.
 //
 // The page shows one namespace at a time (its selector has no multi-namespace choice yet). For
 // "all namespaces" this script offers one more entry in /api/namespaces and routes that

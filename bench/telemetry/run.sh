@@ -204,7 +204,7 @@ mesh() { jq -r "$1" "$WORK/mesh.json"; }
 ALLR="all 10 namespaces"
 all_drawn=$(render "$ALLR" .median_drawn_ms)
 if [ "$all_drawn" = "null" ] || [ -z "$all_drawn" ]; then
-    all_page="not drawn within ${ALL_TIMEOUT} s (graph JSON in $(render "$ALLR" .median_data_ms) ms; the dagre layout was still running)"
+    all_page="not drawn within ${ALL_TIMEOUT} s (graph JSON in $(render "$ALLR" .median_data_ms) ms; the page was still laying out or drawing)"
 else
     all_page="$(render "$ALLR" '.drawn_ms | map(tostring) | join(" · ")') ms (median $all_drawn ms; graph JSON in $(render "$ALLR" .median_data_ms) ms)"
 fi
