@@ -10,6 +10,7 @@ mod bootstrap;
 mod credential;
 mod demo;
 mod kube_inject;
+mod manifest;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +38,8 @@ enum Command {
     Demo(demo::Args),
     /// Inject the sidecar into Kubernetes manifests offline (as the webhook would).
     KubeInject(kube_inject::Args),
+    /// Print the Kubernetes manifests that install Mast (CRDs, control plane, webhook).
+    Manifest(manifest::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::RotateRoot(args) => credential::rotate(&args).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => demo::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Manifest(args) => manifest::run(&args),
     };
     match result {
         Ok(code) => code,
