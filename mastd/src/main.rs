@@ -5,6 +5,9 @@
 //! the telemetry collector with the topology web view on :20001 (`--no-telemetry`; with
 //! `--prometheus URL` the graph is read from Prometheus instead of scraped).
 //!
+//! With `--kube` pilot reads the mesh from the Kubernetes API (mast-kube) instead of
+//! `--config-dir`; everything else is the same.
+//!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
 use std::net::SocketAddr;
@@ -16,6 +19,7 @@ use mast_citadel::{CaOptions, CertificateAuthority, Citadel, ServerTls, TokenVer
 use mast_injector::inject::Settings as InjectSettings;
 use mast_injector::webhook;
 
+mod kube;
 mod telemetry;
 use mast_pilot::server::{self, PilotConfig};
 use mast_pilot::source::Debounce;
@@ -34,14 +38,25 @@ const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(name = "mastd", version, about = "The Mast control plane (pilot)")]
 struct Args {
-    /// Directory of mesh configuration YAML/JSON, watched for changes (repeatable).
+    /// Directory of mesh configuration YAML/JSON, watched for changes (repeatable). Either
+    /// this or `--kube`.
     #[arg(
         long = "config-dir",
-        required = true,
+        required_unless_present = "kube",
+        conflicts_with = "kube",
         env = "MAST_CONFIG_DIR",
         value_delimiter = ','
     )]
     config_dirs: Vec<PathBuf>,
+
+    /// Read the mesh configuration from the Kubernetes API (Services, Pods, Namespaces and
+    /// the mesh CRDs) instead of a folder: in-cluster in a pod, else the kubeconfig.
+    #[arg(long, env = "MAST_KUBE")]
+    kube: bool,
+
+    /// The kubeconfig for `--kube` (default: in-cluster, else KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    kubeconfig: Option<PathBuf>,
 
     /// Address of the plaintext xDS (ADS) gRPC server.
     #[arg(long, default_value = "127.0.0.1:15010", env = "MAST_XDS_ADDR")]
@@ -148,7 +163,7 @@ fn main() -> ExitCode {
         }
     };
     let config = PilotConfig {
-        config_dirs: args.config_dirs,
+        config_dirs: args.config_dirs.clone(),
         xds_addr: args.xds_addr,
         http_addr: args.http_addr,
         debounce: Debounce {
@@ -241,20 +256,34 @@ fn main() -> ExitCode {
             Some((listener, web_dir, source))
         };
         let stop_for_telemetry = stopped.clone();
-        server::run_hosted(
-            config,
-            XdsGenerator::new(security),
-            registry,
-            stopped(),
-            move |bound, handles| {
-                info!(xds = %bound.xds, http = %bound.http, "mastd ready");
-                if let Some((listener, web_dir, source)) = telemetry {
-                    start_telemetry(listener, web_dir, source, handles, stop_for_telemetry);
-                }
-            },
-        )
-        .await
-        .map_err(StartError::Pilot)
+        let on_bound = move |bound: server::Bound, handles| {
+            info!(xds = %bound.xds, http = %bound.http, "mastd ready");
+            if let Some((listener, web_dir, source)) = telemetry {
+                start_telemetry(listener, web_dir, source, handles, stop_for_telemetry);
+            }
+        };
+        let generator = XdsGenerator::new(security);
+        if args.kube {
+            let client = kube::client_source(args.kubeconfig.clone());
+            // Only the leader should write status once leader election is wired in; one
+            // replica always may.
+            let gate = mast_kube::status::WriteGate::always();
+            let (source, first) = kube::start(&client, config.debounce, gate).await?;
+            server::run_with_source(
+                config,
+                move |ctx| kube::PilotSource::new(source, first, ctx),
+                generator,
+                registry,
+                stopped(),
+                on_bound,
+            )
+            .await
+            .map_err(StartError::Pilot)
+        } else {
+            server::run_hosted(config, generator, registry, stopped(), on_bound)
+                .await
+                .map_err(StartError::Pilot)
+        }
     });
     match result {
         Ok(()) => {
@@ -282,6 +311,8 @@ enum StartError {
     Injector(String),
     #[error("telemetry: {0}")]
     Telemetry(String),
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
 }
 
 impl StartError {
@@ -293,6 +324,7 @@ impl StartError {
                 | Self::Citadel(_)
                 | Self::Injector(_)
                 | Self::Telemetry(_)
+                | Self::Kube(kube::KubeError::Client(_))
         )
     }
 }

@@ -1,5 +1,5 @@
-//! Wiring: the folder source, the ADS gRPC server and the debug HTTP server, run together
-//! until shutdown. Listeners are bound before anything is served so that a busy port is a
+//! Wiring: the config source (the folder source, or one the host hands in), the ADS gRPC
+//! server and the debug HTTP server, run together until shutdown. Listeners are bound before anything is served so that a busy port is a
 //! clear start-up error, not a log line later.
 
 use std::future::Future;
@@ -16,7 +16,7 @@ use tracing::info;
 use crate::ads::{AdsServer, ConnectionRegistry, Generator, Snapshot};
 use crate::debug::{self, DebugState};
 use crate::metrics::Metrics;
-use crate::source::{Debounce, FolderSource, SourceStatus};
+use crate::source::{ConfigSource, Debounce, FolderSource, SourceContext, SourceStatus};
 
 #[derive(Clone, Debug)]
 pub struct PilotConfig {
@@ -90,7 +90,7 @@ pub struct Handles {
 pub async fn run_hosted<G: Generator>(
     config: PilotConfig,
     generator: G,
-    mut registry: Registry,
+    registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound, Handles),
 ) -> Result<(), Error> {
@@ -99,14 +99,34 @@ pub async fn run_hosted<G: Generator>(
             return Err(Error::NoConfigDir(dir.clone()));
         }
     }
+    let (dirs, debounce) = (config.config_dirs.clone(), config.debounce);
+    run_with_source(
+        config,
+        move |ctx| FolderSource::new(dirs, debounce, ctx.status, ctx.metrics),
+        generator,
+        registry,
+        shutdown,
+        on_bound,
+    )
+    .await
+}
+
+/// [`run_hosted`] with config from another source than the folders (`config.config_dirs` is
+/// not read): `make_source` is given where to report, and pilot serves its initial snapshot.
+pub async fn run_with_source<G: Generator, S: ConfigSource>(
+    config: PilotConfig,
+    make_source: impl FnOnce(SourceContext) -> S,
+    generator: G,
+    mut registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound, Handles),
+) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::new(&mut registry));
     let status = Arc::new(SourceStatus::default());
-    let mut source = FolderSource::new(
-        config.config_dirs.clone(),
-        config.debounce,
-        status.clone(),
-        metrics.clone(),
-    );
+    let mut source = make_source(SourceContext {
+        status: status.clone(),
+        metrics: metrics.clone(),
+    });
     let (publish, snapshots) = watch::channel(source.initial_snapshot());
     let generator = Arc::new(generator);
     let connections = Arc::new(ConnectionRegistry::default());

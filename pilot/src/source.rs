@@ -52,7 +52,8 @@ impl SourceStatus {
             .clone()
     }
 
-    fn set_errors(&self, errors: Vec<ConfigError>) {
+    /// Replace what is rejected now (any source reports here).
+    pub fn set_errors(&self, errors: Vec<ConfigError>) {
         *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = errors;
     }
 }
@@ -65,6 +66,29 @@ pub enum Error {
         #[source]
         source: notify::Error,
     },
+    /// Another source (mastd's Kubernetes source) failed.
+    #[error("config source: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where pilot reports what a source rejected and how often the config changed.
+#[derive(Clone)]
+pub struct SourceContext {
+    pub status: Arc<SourceStatus>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where pilot's config comes from: the folder source, or one hosted with pilot (mastd's
+/// Kubernetes source). pilot serves the initial snapshot before anything else, then runs the
+/// source, which publishes a new snapshot on every accepted change.
+pub trait ConfigSource: Send + 'static {
+    fn initial_snapshot(&mut self) -> Snapshot;
+
+    /// Publish until `publish` has no receivers left.
+    fn run(
+        self,
+        publish: watch::Sender<Snapshot>,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
 }
 
 /// Watches config directories and publishes a [`Snapshot`] on every accepted change.
@@ -179,6 +203,19 @@ impl FolderSource {
         self.metrics.rejected_configs.set(errors.len() as i64);
         self.status.set_errors(errors);
         report.changed
+    }
+}
+
+impl ConfigSource for FolderSource {
+    fn initial_snapshot(&mut self) -> Snapshot {
+        FolderSource::initial_snapshot(self)
+    }
+
+    fn run(
+        self,
+        publish: watch::Sender<Snapshot>,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        FolderSource::run(self, publish)
     }
 }
 
