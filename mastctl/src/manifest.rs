@@ -217,4 +217,109 @@ mod tests {
                 .any(|p| &p["port"] == port && p["targetPort"] == "https-webhook")
         );
     }
+
+    /// The workspace's (package, binary) pairs, read from the members' Cargo.toml files: a
+    /// `[[bin]]` table's name, or the package name when `src/main.rs` exists.
+    fn workspace_bins() -> Vec<(String, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let text = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        let members = text
+            .split("members = [")
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap();
+        let name_of = |line: &str| line.split('"').nth(1).map(str::to_string);
+        let mut out = Vec::new();
+        for member in members.split(',').filter_map(name_of) {
+            let dir = root.join(&member);
+            let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+            let (mut package, mut section) = (String::new(), String::new());
+            for line in manifest.lines().map(str::trim) {
+                if line.starts_with('[') {
+                    section = line.to_string();
+                } else if line.starts_with("name =") {
+                    let name = name_of(line).unwrap();
+                    match section.as_str() {
+                        "[package]" => package = name,
+                        "[[bin]]" => out.push((package.clone(), name)),
+                        _ => {}
+                    }
+                }
+            }
+            if dir.join("src/main.rs").exists() {
+                out.push((package.clone(), package));
+            }
+        }
+        out
+    }
+
+    /// What the Dockerfiles build exists in the workspace, what they copy is what they built,
+    /// and the images are the ones the manifests name. (They cannot be built here: no
+    /// registry access for base images.)
+    #[test]
+    fn dockerfiles_build_workspace_binaries() {
+        let bins = workspace_bins();
+        let docker = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker");
+        let mut images = Vec::new();
+        for name in ["mastd", "proxy", "samples"] {
+            let path = docker.join(format!("{name}.Dockerfile"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let after = |flag: &str| -> Vec<&str> {
+                words
+                    .windows(2)
+                    .filter(|w| w[0] == flag)
+                    .map(|w| w[1])
+                    .collect()
+            };
+            let (packages, built) = (after("-p"), after("--bin"));
+            assert!(!built.is_empty(), "{name}: builds nothing");
+            for bin in &built {
+                assert!(
+                    bins.iter()
+                        .any(|(p, b)| b == bin && packages.contains(&p.as_str())),
+                    "{name}: --bin {bin} is no binary of the packages {packages:?}"
+                );
+            }
+            for copied in words
+                .iter()
+                .filter_map(|w| w.strip_prefix("target/release/"))
+            {
+                assert!(
+                    built.contains(&copied),
+                    "{name}: copies {copied}, not built"
+                );
+            }
+            assert!(
+                text.contains("FROM rust:1.95-bookworm AS build"),
+                "{name}: builder"
+            );
+            assert!(text.contains("--locked"), "{name}: builds without --locked");
+            images.extend(
+                words
+                    .iter()
+                    .filter(|w| w.starts_with("ghcr.io/mast-mesh/"))
+                    .map(|w| w.to_string()),
+            );
+        }
+        let proxy = std::fs::read_to_string(docker.join("proxy.Dockerfile")).unwrap();
+        assert!(proxy.contains("ln -s mast-proxy /usr/local/bin/pilot-agent"));
+        assert!(proxy.contains(r#"ENTRYPOINT ["/usr/local/bin/pilot-agent"]"#));
+        assert!(proxy.contains("iptables"));
+        // Every image the manifests run is one a Dockerfile says it builds.
+        let samples = include_str!("../../manifests/samples/kubernetes/todolist.yaml");
+        for text in [MAST_YAML, samples] {
+            for line in text.lines() {
+                if let Some(at) = line.find("ghcr.io/mast-mesh/") {
+                    let image = line[at..].trim_end_matches(['"', '}', ' ']);
+                    assert!(
+                        images.iter().any(|i| i == image),
+                        "no Dockerfile builds {image}"
+                    );
+                }
+            }
+        }
+    }
 }
