@@ -39,7 +39,8 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 const RETRY: Duration = Duration::from_secs(5);
 
 /// Keep `istio-ca-root-cert` equal to `bundle` in every namespace while `leader` is true.
-/// Runs until either sender is dropped.
+/// Runs until the leader election ends (its sender dropped); a dropped bundle sender only
+/// means the root no longer changes.
 pub async fn run(
     client: kube::Client,
     mut bundle: watch::Receiver<String>,
@@ -104,8 +105,8 @@ impl<V> Mirror<V> {
     }
 }
 
-/// Publish while leading. Returns false when a sender is gone (stop), true when leadership
-/// was lost (wait for it again).
+/// Publish while leading. Returns false when the election is over (stop), true when
+/// leadership was lost (wait for it again).
 async fn lead(
     client: &kube::Client,
     bundle: &mut watch::Receiver<String>,
@@ -127,6 +128,7 @@ async fn lead(
     // Namespace → its ConfigMap's bundle.
     let mut cms: Mirror<Option<String>> = Mirror::default();
     let mut retry = false;
+    let mut bundle_open = true;
     loop {
         tokio::select! {
             e = namespaces.next() => match e {
@@ -148,7 +150,7 @@ async fn lead(
                 Some(Err(e)) => tracing::warn!("trust bundle: watching ConfigMaps: {e}"),
                 None => return true,
             },
-            r = bundle.changed() => if r.is_err() { return false },
+            r = bundle.changed(), if bundle_open => bundle_open = r.is_ok(),
             r = leader.changed() => {
                 if r.is_err() {
                     return false;
@@ -347,6 +349,8 @@ mod tests {
         api.put(&cm_path("todo"), edited);
         eventually("restored", || bundle_in(&api, "todo").as_deref() == Some(B)).await;
 
+        // The root no longer changes (its sender is gone): publishing goes on.
+        drop(bundle_tx);
         // A follower writes nothing.
         leader_tx.send_replace(false);
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -360,7 +364,8 @@ mod tests {
         })
         .await;
 
-        drop((bundle_tx, leader_tx));
+        // The election is over: the publisher stops.
+        drop(leader_tx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .unwrap()

@@ -80,8 +80,9 @@ pub async fn patch_ca_bundle(
 
 /// Keep the configuration `name`'s caBundle equal to `bundle` (the root that signs the
 /// injector's serving certificate) while `leader` is true: at once, on every change of either,
-/// and every [`RESYNC`]. Failures are retried with a capped backoff. Runs until both senders
-/// are dropped.
+/// and every [`RESYNC`]. Failures are retried with a capped backoff. Runs until the leader
+/// election ends (its sender dropped); a dropped bundle sender only means the root no longer
+/// changes.
 pub async fn run(
     client: kube::Client,
     name: String,
@@ -89,6 +90,7 @@ pub async fn run(
     mut leader: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
+    let mut bundle_open = true;
     loop {
         if !*leader.borrow_and_update() {
             if leader.changed().await.is_err() {
@@ -110,7 +112,7 @@ pub async fn run(
             }
         };
         tokio::select! {
-            r = bundle.changed() => if r.is_err() { return },
+            r = bundle.changed(), if bundle_open => bundle_open = r.is_ok(),
             r = leader.changed() => if r.is_err() { return },
             () = tokio::time::sleep(wait) => {}
         }
