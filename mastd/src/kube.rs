@@ -117,3 +117,173 @@ impl ConfigSource for PilotSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mast_kube::status::WriteGate;
+    use mast_kube::testing::{FakeApiServer, KindSpec};
+    use mast_mesh_config::model::{MeshModel, RouteAction};
+    use mast_pilot::server::{self, PilotConfig};
+    use mast_pilot::xds::{Security, XdsGenerator};
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn virtual_service(w1: i64, w2: i64) -> Value {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "user", "namespace": "default"},
+            "spec": {"hosts": ["user"], "http": [{"route": [
+                {"destination": {"host": "user", "subset": "v1"}, "weight": w1},
+                {"destination": {"host": "user", "subset": "v2"}, "weight": w2},
+            ]}]},
+        })
+    }
+
+    fn weights(model: &MeshModel) -> Vec<u32> {
+        match &model.routes[0].http[0].action {
+            RouteAction::Forward(d) => d.iter().map(|d| d.weight).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    /// mastd's `--kube --kubeconfig PATH` path: the cluster's split in pilot's snapshots, an
+    /// edit pushed as a new snapshot, an invalid edit kept out and shown on /debug/configz.
+    #[tokio::test]
+    async fn pilot_serves_the_clusters_config_and_pushes_its_edits() {
+        let api = FakeApiServer::start().await.unwrap();
+        api.add_kind(KindSpec::namespaced(
+            "networking.istio.io",
+            "v1",
+            "VirtualService",
+            "virtualservices",
+        ));
+        api.add_kind(KindSpec::namespaced(
+            "networking.istio.io",
+            "v1",
+            "DestinationRule",
+            "destinationrules",
+        ));
+        api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "user", "namespace": "default"},
+                         "spec": {"selector": {"app": "user"}, "ports": [{"name": "http", "port": 8081, "targetPort": "http"}]}}));
+        for (v, ip) in [("v1", "10.244.0.11"), ("v2", "10.244.0.12")] {
+            api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+                             "metadata": {"name": format!("user-{v}"), "namespace": "default", "labels": {"app": "user", "version": v}},
+                             "spec": {"containers": [{"name": "user", "ports": [{"name": "http", "containerPort": 9081}]}]},
+                             "status": {"podIP": ip}}));
+        }
+        api.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                         "metadata": {"name": "user", "namespace": "default"},
+                         "spec": {"host": "user", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                               {"name": "v2", "labels": {"version": "v2"}}]}}));
+        api.apply(virtual_service(50, 50));
+
+        let kubeconfig =
+            std::env::temp_dir().join(format!("mastd-kube-test-{}.yaml", std::process::id()));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{}'}}\n\
+                 users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\n\
+                 current-context: c\n",
+                api.url()
+            ),
+        )
+        .unwrap();
+        let debounce = Debounce {
+            quiet: Duration::from_millis(20),
+            max: Duration::from_secs(1),
+        };
+        let (source, first) = start(
+            &client_source(Some(kubeconfig.clone())),
+            debounce,
+            WriteGate::always(),
+        )
+        .await
+        .unwrap();
+        let _ = std::fs::remove_file(&kubeconfig);
+
+        let config = PilotConfig {
+            config_dirs: Vec::new(),
+            xds_addr: "127.0.0.1:0".parse().unwrap(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            debounce,
+        };
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let pilot = tokio::spawn(server::run_with_source(
+            config,
+            move |ctx| PilotSource::new(source, first, ctx),
+            XdsGenerator::new(Security {
+                mtls: false,
+                trust_domain: "cluster.local".into(),
+            }),
+            Default::default(),
+            async move {
+                let _ = stop_rx.await;
+            },
+            move |bound, handles| {
+                let _ = bound_tx.send((bound, handles));
+            },
+        ));
+        let (bound, handles) = bound_rx.await.unwrap();
+        let mut snapshots = handles.snapshots.clone();
+        {
+            let s = snapshots.borrow_and_update();
+            assert_eq!(s.version, 1);
+            assert_eq!(weights(&s.model), [50, 50]);
+            assert_eq!(s.model.workloads.len(), 2);
+        }
+
+        api.apply(virtual_service(80, 20));
+        tokio::time::timeout(Duration::from_secs(10), snapshots.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        {
+            let s = snapshots.borrow_and_update();
+            assert_eq!(s.version, 2);
+            assert_eq!(weights(&s.model), [80, 20]);
+        }
+
+        api.apply(virtual_service(80, 10));
+        let mut configz = String::new();
+        for _ in 0..200 {
+            configz = get(bound.http, "/debug/configz").await;
+            if configz.contains("kube:/networking.istio.io/VirtualService/default/user") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            configz.contains("kube:/networking.istio.io/VirtualService/default/user"),
+            "{configz}"
+        );
+        assert!(configz.contains("spec.http[0]"), "{configz}");
+        assert!(
+            !snapshots.has_changed().unwrap(),
+            "an invalid edit publishes nothing"
+        );
+        assert_eq!(weights(&snapshots.borrow().model), [80, 20]);
+
+        let _ = stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(10), pilot)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}

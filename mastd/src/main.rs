@@ -42,8 +42,8 @@ struct Args {
     /// this or `--kube`.
     #[arg(
         long = "config-dir",
-        required_unless_present = "kube",
-        conflicts_with = "kube",
+        required_unless_present_any = ["kube", "kubeconfig"],
+        conflicts_with_all = ["kube", "kubeconfig"],
         env = "MAST_CONFIG_DIR",
         value_delimiter = ','
     )]
@@ -54,8 +54,9 @@ struct Args {
     #[arg(long, env = "MAST_KUBE")]
     kube: bool,
 
-    /// The kubeconfig for `--kube` (default: in-cluster, else KUBECONFIG or ~/.kube/config).
-    #[arg(long, value_name = "PATH", requires = "kube")]
+    /// The kubeconfig for `--kube` (implies it; default: in-cluster, else KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
 
     /// Address of the plaintext xDS (ADS) gRPC server.
@@ -263,7 +264,7 @@ fn main() -> ExitCode {
             }
         };
         let generator = XdsGenerator::new(security);
-        if args.kube {
+        if args.kube || args.kubeconfig.is_some() {
             let client = kube::client_source(args.kubeconfig.clone());
             // Only the leader should write status once leader election is wired in; one
             // replica always may.
@@ -509,5 +510,26 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_and_config_dir_are_exclusive_and_one_is_required() {
+        let parse = |args: &[&str]| Args::try_parse_from([&["mastd"], args].concat());
+        let kube = parse(&["--kube"]).unwrap();
+        assert!(kube.kube && kube.config_dirs.is_empty());
+        let with = parse(&["--kube", "--kubeconfig", "/k"]).unwrap();
+        assert_eq!(with.kubeconfig, Some(PathBuf::from("/k")));
+        assert!(parse(&["--config-dir", "x"]).is_ok_and(|a| !a.kube));
+        let both = parse(&["--kube", "--config-dir", "x"]).unwrap_err();
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--config-dir", "x", "--kubeconfig", "/k"]).is_err());
+        // --kubeconfig alone means Kubernetes mode.
+        assert!(parse(&["--kubeconfig", "/k"]).is_ok_and(|a| a.config_dirs.is_empty()));
     }
 }
