@@ -413,6 +413,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn replicas_starting_together_elect_exactly_one() {
+        let (client, api) = FakeApi::start();
+        let electors: Vec<_> = ["mastd-a", "mastd-b", "mastd-c"]
+            .into_iter()
+            .map(|n| elector(&client, n))
+            .collect();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let leaders: Vec<bool> = electors.iter().map(|(rx, _, _)| *rx.borrow()).collect();
+        assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
+        let creates = api.log().iter().filter(|l| l.starts_with("POST")).count();
+        // However the requests interleave, at most one create can have succeeded.
+        assert!((1..=3).contains(&creates), "{creates}");
+        for (_, task, stop) in electors {
+            stop.send(()).unwrap();
+            task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_on_update_is_retried_with_a_fresh_read() {
+        let (client, api) = FakeApi::start();
+        api.put(
+            LEASE,
+            json!({
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "mast-leader", "namespace": "mast-system"},
+                "spec": {"leaseDurationSeconds": 1, "leaseTransitions": 2,
+                         "renewTime": "2026-11-30T01:59:58.123456Z"}
+            }),
+        );
+        // Released Lease; our first write races another writer and loses.
+        let puts = Arc::new(AtomicUsize::new(0));
+        let n = Arc::clone(&puts);
+        api.hook(move |method, _, _| {
+            (*method == Method::PUT && n.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+                let msg = "Operation cannot be fulfilled on leases.coordination.k8s.io \"mast-leader\": the object has been modified; please apply your changes to the latest version and try again";
+                (409, status(409, "Conflict", msg, "leases", "mast-leader"))
+            })
+        });
+        let (mut a, a_task, a_stop) = elector(&client, "mastd-a");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!*a.borrow(), "a lost write is not leadership");
+        until(&mut a, true, Duration::from_secs(3)).await;
+        assert_eq!(puts.load(Ordering::SeqCst), 2);
+        let gets = api.log().iter().filter(|l| l.starts_with("GET")).count();
+        assert_eq!(gets, 2, "each attempt reads the Lease afresh");
+        assert_eq!(api.get(LEASE).unwrap()["spec"]["leaseTransitions"], 3);
+        a_stop.send(()).unwrap();
+        a_task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires() {
         let (client, api) = FakeApi::start();
         let (mut a, a_task, a_stop) = elector(&client, "mastd-a");
