@@ -239,6 +239,17 @@ pub const KINDS: &[Kind] = &[
         spec_required: false,
         spec_schema: schema_of::<security::AuthorizationPolicySpec>,
     },
+    Kind {
+        group: SECURITY,
+        kind: "RequestAuthentication",
+        plural: "requestauthentications",
+        short_names: &["ra"],
+        categories: SECURITY_CATEGORIES,
+        versions: SECURITY_VERSIONS,
+        columns: &[],
+        spec_required: false,
+        spec_schema: schema_of::<security::RequestAuthenticationSpec>,
+    },
 ];
 
 // === impl Kind ===

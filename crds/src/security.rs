@@ -186,3 +186,79 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_values: Vec<String>,
 }
+
+// === RequestAuthentication ===
+
+/// Which JWTs a workload accepts (issuers, keys, where the token is found). Mast checks it
+/// and keeps it; end-user authentication comes with the proxies' JWT support.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_refs: Vec<PolicyTargetReference>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// One accepted token issuer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Deprecated spelling of `jwksUri`, still accepted by Istio.
+    #[serde(default, rename = "jwks_uri", skip_serializing_if = "Option::is_none")]
+    pub jwks_uri_snake: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_params: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_cookies: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_payload_to_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_original_token: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub space_delimited_claims: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// OPTIONAL or REQUIRED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<Presence>,
+}
+
+/// Whether a request must carry a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Presence {
+    Optional,
+    Required,
+}
+
+/// A header a token is read from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JwtHeader {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A claim copied into a request header.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ClaimToHeader {
+    pub header: String,
+    pub claim: String,
+}

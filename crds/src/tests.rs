@@ -125,6 +125,7 @@ fn typed(doc: &Value) -> Result<(), String> {
         "Gateway" => de::<networking::GatewaySpec>(spec),
         "PeerAuthentication" => de::<security::PeerAuthenticationSpec>(spec),
         "AuthorizationPolicy" => de::<security::AuthorizationPolicySpec>(spec),
+        "RequestAuthentication" => de::<security::RequestAuthenticationSpec>(spec),
         other => Err(format!("no type for {other}")),
     }
 }
@@ -368,6 +369,17 @@ fn wrong_types_and_unknown_fields_are_refused() {
             "AuthorizationPolicy",
             "security.istio.io/v1",
             json!({"rules": [{"when": [{"values": ["a"]}]}]}),
+        ),
+        // a header to read the token from needs a name
+        doc(
+            "RequestAuthentication",
+            "security.istio.io/v1",
+            json!({"jwtRules": [{"issuer": "a", "fromHeaders": [{"prefix": "Bearer "}]}]}),
+        ),
+        doc(
+            "RequestAuthentication",
+            "security.istio.io/v1beta1",
+            json!({"jwtRules": [{"issuer": "a", "presence": "MANDATORY"}]}),
         ),
     ];
     for d in &bad {
