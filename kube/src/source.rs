@@ -96,6 +96,9 @@ pub enum Error {
     Closed,
 }
 
+/// How often a slow initial sync says what it waits for.
+const SYNC_REPORT: Duration = Duration::from_secs(10);
+
 /// What one apply produced.
 #[derive(Clone, Debug)]
 pub struct Update {
@@ -180,8 +183,23 @@ impl KubeSource {
     pub async fn initial_sync(&mut self) -> Result<Update, Error> {
         let started = std::time::Instant::now();
         while self.synced.len() < self.kinds.len() {
-            let item = self.events.recv().await.ok_or(Error::Closed)?;
-            self.handle(item);
+            match tokio::time::timeout(SYNC_REPORT, self.events.recv()).await {
+                Ok(item) => {
+                    self.handle(item.ok_or(Error::Closed)?);
+                }
+                // Keep waiting (serving a partial mesh could move traffic), but say on what.
+                Err(_) => warn!(
+                    waiting_for = %self
+                        .kinds
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !self.synced.contains(i))
+                        .map(|(_, w)| w.ar.kind.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    "still waiting for the first list of every kind (RBAC? API server load?); not serving yet"
+                ),
+            }
         }
         let update = self.apply(started, true);
         self.write_status().await;

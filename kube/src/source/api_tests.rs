@@ -389,3 +389,51 @@ async fn only_the_leader_writes_status() {
     })
     .await;
 }
+
+/// Objects as a real API server returns them (defaulted fields, status, finalizers) parse as
+/// their YAML does.
+#[tokio::test]
+async fn real_api_object_shapes_parse() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop", "istio-injection": "enabled"}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }));
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "cart", "namespace": "shop", "labels": {"app": "cart"},
+                     "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"apiVersion\":\"v1\"}\n"}},
+        "spec": {
+            "clusterIP": "10.96.14.7", "clusterIPs": ["10.96.14.7"], "internalTrafficPolicy": "Cluster",
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None", "type": "ClusterIP",
+            "selector": {"app": "cart"},
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "targetPort": 9080},
+                      {"name": "grpc", "port": 9090, "protocol": "TCP", "targetPort": "grpc", "appProtocol": "grpc"}],
+        },
+        "status": {"loadBalancer": {}},
+    }));
+    server.apply(pod("cart-7c9d-x2x", "cart", "v1", "10.244.1.5"));
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let m = &first.model;
+    assert_eq!(
+        m.namespaces["shop"]
+            .labels
+            .get("istio-injection")
+            .map(String::as_str),
+        Some("enabled")
+    );
+    let cart = &m.services["cart.shop.svc.cluster.local"];
+    assert_eq!(cart.addresses, ["10.96.14.7"]);
+    assert_eq!(cart.ports.len(), 2);
+    assert_eq!(m.workloads[0].address, "10.244.1.5");
+    assert!(
+        source
+            .files()
+            .contains_key(Path::new("kube:/core/Service/shop/cart"))
+    );
+    assert!(!source.files().values().any(|t| t.contains("last-applied")));
+}
