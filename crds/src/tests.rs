@@ -449,3 +449,18 @@ fn committed_crds_yaml_is_current() {
         .collect();
     assert_eq!(back, crds());
 }
+
+/// Client-side `kubectl apply` stores the whole object in the last-applied-configuration
+/// annotation, and annotations are limited to 256 KiB: every CRD stays well below, so the
+/// plain `kubectl apply -f crds.yaml` works (no `--server-side` needed).
+#[test]
+fn every_crd_fits_kubectl_apply_annotation() {
+    for crd in crds() {
+        let size = serde_json::to_vec(&crd).unwrap().len();
+        assert!(
+            size < 128 * 1024,
+            "{}: {size} bytes",
+            crd["metadata"]["name"]
+        );
+    }
+}
