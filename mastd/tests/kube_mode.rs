@@ -1,0 +1,149 @@
+//! `mastd --kubeconfig PATH` as a process against the fake API server: the flags, the client
+//! built from a kubeconfig, the source wired into pilot, the status written back — and a bad
+//! kubeconfig is a configuration error (exit 64) that names the file.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use mast_kube::testing::{FakeApiServer, KindSpec};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+fn virtual_service(w1: i64, w2: i64) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "user", "namespace": "default"},
+        "spec": {"hosts": ["user"], "http": [{"route": [
+            {"destination": {"host": "user", "subset": "v1"}, "weight": w1},
+            {"destination": {"host": "user", "subset": "v2"}, "weight": w2},
+        ]}]},
+    })
+}
+
+fn kubeconfig(server: &str, tag: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("mastd-{tag}-{}.yaml", std::process::id()));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: '{server}'}}\n\
+             users:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn configz(addr: &str) -> Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /debug/configz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn weights(configz: &Value) -> Vec<u64> {
+    configz["model"]["routes"][0]["http"][0]["action"]["Forward"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["weight"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
+    let api = FakeApiServer::start().await.unwrap();
+    api.add_kind(KindSpec::namespaced(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    ));
+    api.add_kind(KindSpec::namespaced(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+    ));
+    api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "user", "namespace": "default"},
+                     "spec": {"selector": {"app": "user"}, "ports": [{"name": "http", "port": 8081}]}}));
+    api.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                     "metadata": {"name": "user", "namespace": "default"},
+                     "spec": {"host": "user", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                           {"name": "v2", "labels": {"version": "v2"}}]}}));
+    api.apply(virtual_service(50, 50));
+    let config = kubeconfig(&api.url(), "kube-mode");
+
+    let mut mastd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
+        .args(["--kubeconfig", config.to_str().unwrap()])
+        .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--no-injector", "--no-telemetry", "--log-json"])
+        .env("RUST_LOG", "info")
+        .env_remove("MAST_CONFIG_DIR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(mastd.stdout.take().unwrap()).lines();
+    let http = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["fields"]["message"] == "mastd ready" {
+                return entry["fields"]["http"].as_str().unwrap().to_string();
+            }
+        }
+        panic!("mastd exited before it was ready");
+    })
+    .await
+    .expect("mastd ready within 30 s");
+    // Keep draining the log so mastd never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let _ = std::fs::remove_file(&config);
+
+    let z = configz(&http).await;
+    assert_eq!(weights(&z), [50, 50], "{z}");
+
+    api.apply(virtual_service(80, 10));
+    let mut z = Value::Null;
+    for _ in 0..250 {
+        z = configz(&http).await;
+        if z["errors"].as_array().is_some_and(|e| !e.is_empty()) && !api.status_patches().is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let error = z["errors"][0].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.starts_with("kube:/networking.istio.io/VirtualService/default/user"),
+        "{z}"
+    );
+    assert_eq!(weights(&z), [50, 50], "the last good split stays");
+    let patches = api.status_patches();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert_eq!(
+        patches[0].body["status"]["validationMessages"][0]["level"],
+        "ERROR"
+    );
+    mastd.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_kubeconfig_is_a_configuration_error() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
+        .args(["--kubeconfig", "/nonexistent/kubeconfig"])
+        .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--no-injector", "--no-telemetry"])
+        .env_remove("MAST_CONFIG_DIR")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let log =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("/nonexistent/kubeconfig"), "{log}");
+}
