@@ -44,8 +44,14 @@ pub struct Percent {
     pub value: f64,
 }
 
-/// How to match a string: exactly one of `exact`, `prefix` or `regex` (RE2).
+/// How to match a string: at most one of `exact`, `prefix` or `regex` (RE2).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(extend("oneOf" = [
+    {"not": {"anyOf": [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["regex"]}]}},
+    {"required": ["exact"]},
+    {"required": ["prefix"]},
+    {"required": ["regex"]},
+]))]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exact: Option<String>,

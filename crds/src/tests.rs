@@ -315,6 +315,12 @@ fn wrong_types_and_unknown_fields_are_refused() {
             vs,
             json!({"http": [{"route": [{"destination": {"subset": "v1"}}]}]}),
         ),
+        // a string match is one kind of match
+        doc(
+            "VirtualService",
+            vs,
+            json!({"http": [{"match": [{"uri": {"exact": "/a", "prefix": "/"}}]}]}),
+        ),
         // a field Istio does not have
         doc("VirtualService", vs, json!({"hosts": ["a"], "htpp": []})),
         // host is required
