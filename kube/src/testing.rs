@@ -16,7 +16,9 @@
 //! - discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>/<version>`) lists the registered
 //!   kinds, with their `status` subresource; a kind never registered is a missing CRD;
 //! - `PATCH …/<name>/status` (merge patch) changes only `status`, bumps the resourceVersion,
-//!   is seen by watches, and is recorded for assertions.
+//!   is seen by watches, and is recorded for assertions;
+//! - `POST` on a collection creates (409 AlreadyExists), `PUT` on an object replaces it with
+//!   optimistic concurrency on `metadata.resourceVersion` (409 Conflict), as a Lease needs.
 //!
 //! It is HTTP/1.1 on `127.0.0.1:0`; a [`kube::Client`] from [`FakeApiServer::client`] talks to
 //! it like to any cluster. Other requests can be answered with a canned response
@@ -264,18 +266,42 @@ impl FakeApiServer {
             .count()
     }
 
-    fn store(&self, mut object: Value, notify: bool) -> u64 {
+    fn store(&self, object: Value, notify: bool) -> u64 {
+        let mut state = self.lock();
+        let Some(stored) = put(&mut state, object, notify) else {
+            panic!("fake API server: the object's apiVersion/kind is not served (add_kind first)");
+        };
+        drop(state);
+        if notify {
+            let _ = self.changed.send(());
+        }
+        resource_version(&stored)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+}
+
+fn resource_version(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Store an object as the server does (bookkeeping metadata filled in); `None` when its kind
+/// is not served.
+fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
+    {
         let api_version = object["apiVersion"]
             .as_str()
             .unwrap_or_default()
             .to_string();
         let kind = object["kind"].as_str().unwrap_or_default().to_string();
-        let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
-        let Some(k) = state.kind_mut(&api_version, &kind) else {
-            panic!("fake API server: {api_version} {kind} is not served (add_kind first)");
-        };
+        let k = state.kind_mut(&api_version, &kind)?;
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
@@ -337,17 +363,9 @@ impl FakeApiServer {
         );
         k.objects.insert(key, object.clone());
         if notify {
-            k.history.push((revision, event, object));
+            k.history.push((revision, event, object.clone()));
         }
-        drop(state);
-        if notify {
-            let _ = self.changed.send(());
-        }
-        revision
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        Some(object)
     }
 }
 
@@ -484,6 +502,99 @@ async fn handle(
             Some(o) => json_response(200, o),
             None => not_found(&st.kinds[kind].spec, &name),
         },
+        (Method::POST, Target::Collection { kind, namespace }) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "the object is not JSON");
+            };
+            if let Some(ns) = namespace {
+                set_meta(&mut object, "namespace", json!(ns));
+            }
+            let spec = st.kinds[kind].spec.clone();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            let key = (
+                if spec.namespaced {
+                    ns.to_string()
+                } else {
+                    String::new()
+                },
+                name.clone(),
+            );
+            if st.kinds[kind].objects.contains_key(&key) {
+                return status_response(
+                    409,
+                    "AlreadyExists",
+                    &format!("{} \"{name}\" already exists", spec.plural),
+                );
+            }
+            object["apiVersion"] = json!(spec.api_version());
+            object["kind"] = json!(spec.kind);
+            match put(&mut st, object, true) {
+                Some(stored) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(201, &stored)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
+        (
+            Method::PUT,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+        ) => {
+            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(400, "BadRequest", "the object is not JSON");
+            };
+            let spec = st.kinds[kind].spec.clone();
+            let Some(current) = st.kinds[kind]
+                .objects
+                .get(&(namespace.clone(), name.clone()))
+            else {
+                return not_found(&spec, &name);
+            };
+            // Optimistic concurrency: a replace names the version it read.
+            let asked = object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            if !asked.is_empty()
+                && asked
+                    != current["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+            {
+                return status_response(
+                    409,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        spec.plural
+                    ),
+                );
+            }
+            if spec.namespaced {
+                set_meta(&mut object, "namespace", json!(namespace));
+            }
+            object["apiVersion"] = json!(spec.api_version());
+            object["kind"] = json!(spec.kind);
+            match put(&mut st, object, true) {
+                Some(stored) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(200, &stored)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
         (
             Method::PATCH,
             Target::Object {
@@ -942,6 +1053,48 @@ mod tests {
             caps.subresources.iter().any(|(s, _)| s.plural == "status"),
             "{caps:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn create_conflicts_and_replace_is_optimistic() {
+        use k8s_openapi::api::coordination::v1::Lease;
+        use kube::api::PostParams;
+        let server = FakeApiServer::start().await.unwrap();
+        server.add_kind(KindSpec::namespaced(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+        ));
+        let api: Api<Lease> = Api::namespaced(server.client(), "mast-system");
+        let mut lease = Lease::default();
+        lease.metadata.name = Some("mast-leader".into());
+        let created = api.create(&PostParams::default(), &lease).await.unwrap();
+        let again = api
+            .create(&PostParams::default(), &lease)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&again, kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists"),
+            "{again}"
+        );
+        let replaced = api
+            .replace("mast-leader", &PostParams::default(), &created)
+            .await
+            .unwrap();
+        assert_ne!(
+            replaced.metadata.resource_version,
+            created.metadata.resource_version
+        );
+        let stale = api
+            .replace("mast-leader", &PostParams::default(), &created)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&stale, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"),
+            "{stale}"
+        );
+        assert!(api.get_opt("other").await.unwrap().is_none());
     }
 
     #[test]
