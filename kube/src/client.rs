@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
+/// The client type, for crates that hold one without depending on kube-rs themselves.
+pub use kube::Client;
+
 /// Where the API server's address and credentials come from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum ClientSource {

@@ -31,13 +31,46 @@ pub fn client_source(kubeconfig: Option<PathBuf>) -> ClientSource {
     }
 }
 
-/// Connect, discover, and wait for the first full list: the source, ready for pilot.
+/// A client for the cluster.
+pub async fn connect(source: &ClientSource) -> Result<mast_kube::client::Client, KubeError> {
+    Ok(mast_kube::client::client(source).await?)
+}
+
+/// This replica's name in the leader Lease when `POD_NAME` is not set: the host name (a
+/// pod's is its name), else one unique to the process.
+pub fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("mastd-{}", std::process::id()))
+}
+
+/// Run the leader election (Lease `mast-leader` in `namespace`) until `shutdown`; the gate
+/// lets only the leader write status. Await the handle before exiting: the Lease is released
+/// so a peer takes over at once.
+pub fn elect(
+    client: mast_kube::client::Client,
+    namespace: &str,
+    identity: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (mast_kube::status::WriteGate, tokio::task::JoinHandle<()>) {
+    let election = mast_kube::leader::LeaderElection::new(
+        namespace,
+        mast_kube::leader::DEFAULT_LEASE_NAME,
+        identity,
+    );
+    tracing::info!(namespace, identity, lease = %election.lease_name, "leader election (only the leader writes status)");
+    let (leader, task) = election.spawn(client, shutdown);
+    (mast_kube::status::WriteGate::from_receiver(leader), task)
+}
+
+/// Discover, and wait for the first full list: the source, ready for pilot.
 pub async fn start(
-    client: &ClientSource,
+    client: mast_kube::client::Client,
     debounce: Debounce,
     write_status: mast_kube::status::WriteGate,
 ) -> Result<(KubeSource, Update), KubeError> {
-    let client = mast_kube::client::client(client).await?;
     let options = source::Options {
         debounce: source::Debounce {
             quiet: debounce.quiet,
@@ -207,13 +240,10 @@ mod tests {
             quiet: Duration::from_millis(20),
             max: Duration::from_secs(1),
         };
-        let (source, first) = start(
-            &client_source(Some(kubeconfig.clone())),
-            debounce,
-            WriteGate::always(),
-        )
-        .await
-        .unwrap();
+        let client = connect(&client_source(Some(kubeconfig.clone())))
+            .await
+            .unwrap();
+        let (source, first) = start(client, debounce, WriteGate::always()).await.unwrap();
         let _ = std::fs::remove_file(&kubeconfig);
 
         let config = PilotConfig {

@@ -59,6 +59,15 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     kubeconfig: Option<PathBuf>,
 
+    /// With `--kube`: this replica's name in the leader-election Lease (default: the host
+    /// name, which is the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+
+    /// With `--kube`: the namespace of the leader-election Lease (mastd's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mast-system")]
+    pod_namespace: String,
+
     /// Address of the plaintext xDS (ADS) gRPC server.
     #[arg(long, default_value = "127.0.0.1:15010", env = "MAST_XDS_ADDR")]
     xds_addr: SocketAddr,
@@ -265,12 +274,15 @@ fn main() -> ExitCode {
         };
         let generator = XdsGenerator::new(security);
         if args.kube || args.kubeconfig.is_some() {
-            let client = kube::client_source(args.kubeconfig.clone());
-            // Only the leader should write status once leader election is wired in; one
-            // replica always may.
-            let gate = mast_kube::status::WriteGate::always();
-            let (source, first) = kube::start(&client, config.debounce, gate).await?;
-            server::run_with_source(
+            let client = kube::connect(&kube::client_source(args.kubeconfig.clone())).await?;
+            let identity = args.pod_name.clone().unwrap_or_else(kube::default_identity);
+            let (end_election, election_ends) = tokio::sync::oneshot::channel::<()>();
+            let (gate, election) =
+                kube::elect(client.clone(), &args.pod_namespace, &identity, async move {
+                    let _ = election_ends.await;
+                });
+            let (source, first) = kube::start(client, config.debounce, gate).await?;
+            let result = server::run_with_source(
                 config,
                 move |ctx| kube::PilotSource::new(source, first, ctx),
                 generator,
@@ -279,7 +291,11 @@ fn main() -> ExitCode {
                 on_bound,
             )
             .await
-            .map_err(StartError::Pilot)
+            .map_err(StartError::Pilot);
+            // Step down and release the Lease, so a peer takes over without waiting it out.
+            let _ = end_election.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
+            result
         } else {
             server::run_hosted(config, generator, registry, stopped(), on_bound)
                 .await

@@ -1,6 +1,7 @@
 //! `mastd --kubeconfig PATH` as a process against the fake API server: the flags, the client
-//! built from a kubeconfig, the source wired into pilot, the status written back — and a bad
-//! kubeconfig is a configuration error (exit 64) that names the file.
+//! built from a kubeconfig, the source wired into pilot, the leader election that lets it
+//! write status (and releases the Lease on SIGTERM) — and a bad kubeconfig is a
+//! configuration error (exit 64) that names the file.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -67,6 +68,12 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         "DestinationRule",
         "destinationrules",
     ));
+    api.add_kind(KindSpec::namespaced(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+    ));
     api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "user", "namespace": "default"},
                      "spec": {"selector": {"app": "user"}, "ports": [{"name": "http", "port": 8081}]}}));
     api.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
@@ -81,6 +88,8 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--no-injector", "--no-telemetry", "--log-json"])
         .env("RUST_LOG", "info")
+        .env("POD_NAME", "mastd-0")
+        .env("POD_NAMESPACE", "mast-system")
         .env_remove("MAST_CONFIG_DIR")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -129,7 +138,44 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         patches[0].body["status"]["validationMessages"][0]["level"],
         "ERROR"
     );
-    mastd.kill().await.unwrap();
+    // It leads (so it wrote the status) …
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "mast-system",
+            "mast-leader",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "mastd-0", "{lease}");
+
+    // … and on SIGTERM it releases the Lease for the next replica.
+    let pid = mastd.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), mastd.wait())
+        .await
+        .expect("mastd stops on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "mast-system",
+            "mast-leader",
+        )
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
+        "{lease}"
+    );
 }
 
 #[tokio::test]
