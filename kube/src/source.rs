@@ -534,8 +534,33 @@ fn prepare(value: &mut Value, ar: &ApiResource) {
             annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         }
     }
-    if !(ar.group.is_empty() && ar.kind == "Pod") {
+    if ar.group.is_empty() && ar.kind == "Pod" {
+        keep_pod_fields(map);
+    } else {
         map.remove("status");
+    }
+}
+
+/// A Pod reduced to what makes it a workload (labels and annotations in `metadata`, service
+/// account, named container ports, IP). Pods are most of a cluster's objects and their status
+/// changes all the time (probes, restarts, conditions); text that changes only when the
+/// workload does keeps every pod update from rebuilding the model, and keeps the store small.
+fn keep_pod_fields(map: &mut serde_json::Map<String, Value>) {
+    if let Some(Value::Object(spec)) = map.get_mut("spec") {
+        spec.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "serviceAccountName" | "containers" | "hostNetwork"
+            )
+        });
+        if let Some(Value::Array(containers)) = spec.get_mut("containers") {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                c.retain(|k, _| matches!(k.as_str(), "name" | "ports"));
+            }
+        }
+    }
+    if let Some(Value::Object(status)) = map.get_mut("status") {
+        status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "phase"));
     }
 }
 
@@ -565,9 +590,23 @@ mod tests {
             json!({"name": "user", "namespace": "default", "annotations": {"a": "b"}})
         );
 
-        let mut pod = json!({"metadata": {"name": "p"}, "status": {"podIP": "10.0.0.1"}});
+        let mut pod = json!({
+            "metadata": {"name": "p", "labels": {"app": "a"}},
+            "spec": {"serviceAccountName": "a", "nodeName": "n1", "volumes": [{}],
+                     "containers": [{"name": "a", "image": "a:1", "env": [{}], "ports": [{"name": "http", "containerPort": 80}]}]},
+            "status": {"podIP": "10.0.0.1", "phase": "Running", "conditions": [{"type": "Ready"}],
+                       "containerStatuses": [{"restartCount": 3}]},
+        });
         prepare(&mut pod, &ApiResource::erase::<Pod>(&()));
-        assert_eq!(pod["status"]["podIP"], "10.0.0.1");
+        assert_eq!(
+            pod,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "labels": {"app": "a"}},
+                "spec": {"serviceAccountName": "a", "containers": [{"name": "a", "ports": [{"name": "http", "containerPort": 80}]}]},
+                "status": {"podIP": "10.0.0.1", "phase": "Running"},
+            })
+        );
     }
 
     #[test]

@@ -276,6 +276,18 @@ async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_w
     assert_eq!(patches.len(), 2);
     assert!(patches[1].body["status"]["validationMessages"].is_null());
 
+    // A pod's status churn (a probe, a restart) is not a config change: no update.
+    let mut busy = pod("user-v1-5f6d7b", "user", "v1", "10.244.0.11");
+    busy["status"]["containerStatuses"] =
+        json!([{"name": "user", "restartCount": 1, "ready": true}]);
+    busy["status"]["conditions"][0]["lastTransitionTime"] = json!("2026-01-01T00:05:00Z");
+    server.apply(busy);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        updates.try_recv().is_err(),
+        "pod status churn rebuilt the model"
+    );
+
     // DELETED removes: a pod, then the VirtualService.
     server.delete("v1", "Pod", "default", "user-v2-6c8e9a");
     let u = until(&mut updates, |u| u.changed).await;
