@@ -234,11 +234,9 @@ impl KubeSource {
                     () = sleep_until(quiet_until) => break,
                 }
             }
-            if !dirty {
-                continue;
-            }
-            let update = self.apply(first, false);
-            let go_on = on_update(update);
+            let go_on = !dirty || on_update(self.apply(first, false));
+            // Also after status-only events: a status someone else changed is put back (a
+            // no-op, without requests, when every object already shows what it should).
             self.write_status().await;
             if !go_on {
                 return;

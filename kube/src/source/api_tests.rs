@@ -261,6 +261,17 @@ async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_w
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.status_patches().len(), 1);
 
+    // Someone overwrites the status: it is put back.
+    let mut tampered = server.get(VS.0, VS.1, "default", "user").unwrap();
+    tampered["status"] = json!({"validationMessages": []});
+    server.apply(tampered);
+    eventually("the status put back", || server.status_patches().len() == 2).await;
+    let stored = server.get(VS.0, VS.1, "default", "user").unwrap();
+    assert_eq!(
+        stored["status"]["validationMessages"][0]["message"],
+        message.as_str()
+    );
+
     // Fixed: the new split, and the status is cleared.
     server.apply(virtual_service(70, 30));
     let u = until(&mut updates, |u| u.changed).await;
@@ -273,8 +284,8 @@ async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_w
     })
     .await;
     let patches = server.status_patches();
-    assert_eq!(patches.len(), 2);
-    assert!(patches[1].body["status"]["validationMessages"].is_null());
+    assert_eq!(patches.len(), 3);
+    assert!(patches[2].body["status"]["validationMessages"].is_null());
 
     // A pod's status churn (a probe, a restart) is not a config change: no update.
     let mut busy = pod("user-v1-5f6d7b", "user", "v1", "10.244.0.11");
