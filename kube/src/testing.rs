@@ -4,7 +4,7 @@
 //! The point is to test what a real API server does to a client, not what a mock is told to
 //! say, so responses follow the Kubernetes API conventions (api-concepts: "Efficient detection
 //! of changes", "Watch bookmarks", "410 Gone responses"):
-//! - lists carry `metadata.resourceVersion`; the items of a built-in kind's list carry no
+//! - lists carry `metadata.resourceVersion` and come in pages (`limit`, `continue`); the items of a built-in kind's list carry no
 //!   `kind`/`apiVersion` (only custom resources' do), as the real server encodes them;
 //! - `?watch=true&resourceVersion=N` streams newline-delimited `WatchEvent`s (`ADDED`,
 //!   `MODIFIED`, `DELETED`) for every change after N and stays open; with
@@ -487,7 +487,7 @@ async fn handle(
                 drop(st);
                 watch(state, changed, kind, namespace, &query)
             } else {
-                json_response(200, &list(&st, kind, namespace.as_deref()))
+                json_response(200, &list(&st, kind, namespace.as_deref(), &query))
             }
         }
         (
@@ -769,9 +769,27 @@ fn route(st: &State, path: &str) -> Option<Target> {
     }
 }
 
-fn list(st: &State, kind: usize, namespace: Option<&str>) -> Value {
+/// A list, in pages of `limit` with a `continue` token as the real server pages (every page
+/// carries the first page's resourceVersion).
+fn list(
+    st: &State,
+    kind: usize,
+    namespace: Option<&str>,
+    query: &BTreeMap<String, String>,
+) -> Value {
     let k = &st.kinds[kind];
-    let items: Vec<Value> = k
+    // The token is `<resourceVersion>.<offset>`; opaque to clients, as the real one.
+    let (revision, offset) = query
+        .get("continue")
+        .and_then(|t| t.split_once('.'))
+        .and_then(|(rv, off)| Some((rv.parse::<u64>().ok()?, off.parse::<usize>().ok()?)))
+        .unwrap_or((st.revision, 0));
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let all: Vec<Value> = k
         .objects
         .iter()
         .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
@@ -787,10 +805,17 @@ fn list(st: &State, kind: usize, namespace: Option<&str>) -> Value {
             o
         })
         .collect();
+    let items: Vec<Value> = all.iter().skip(offset).take(limit).cloned().collect();
+    let next = offset.saturating_add(items.len());
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if next < all.len() {
+        metadata["continue"] = json!(format!("{revision}.{next}"));
+        metadata["remainingItemCount"] = json!(all.len() - next);
+    }
     json!({
         "kind": format!("{}List", k.spec.kind),
         "apiVersion": k.spec.api_version(),
-        "metadata": {"resourceVersion": st.revision.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }

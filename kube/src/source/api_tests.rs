@@ -460,3 +460,37 @@ async fn real_api_object_shapes_parse() {
     );
     assert!(!source.files().values().any(|t| t.contains("last-applied")));
 }
+
+/// A cluster bigger than a list page (the watcher asks for 500 at a time) is read whole.
+#[tokio::test]
+async fn lists_are_read_across_pages() {
+    let server = FakeApiServer::start().await.unwrap();
+    for i in 0..1203 {
+        server.apply(pod(
+            &format!("load-{i}"),
+            "load",
+            "v1",
+            &format!("10.245.{}.{}", i / 200, i % 200 + 1),
+        ));
+    }
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert_eq!(first.model.workloads.len(), 1203);
+    let pages: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch="))
+        .collect();
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages[1].contains("continue="), "{pages:?}");
+    // Then the watch, with bookmarks, from the list's resourceVersion.
+    eventually("the pods watch", || {
+        server.requests().iter().any(|r| {
+            r.starts_with("GET /api/v1/pods?")
+                && r.contains("watch=true")
+                && r.contains("allowWatchBookmarks=true")
+                && r.contains("resourceVersion=")
+        })
+    })
+    .await;
+}
