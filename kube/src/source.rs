@@ -559,6 +559,15 @@ fn keep_pod_fields(map: &mut serde_json::Map<String, Value>) {
     }
     if let Some(Value::Object(status)) = map.get_mut("status") {
         status.retain(|k, _| matches!(k.as_str(), "podIP" | "podIPs" | "phase"));
+        // A finished pod (a Job's) keeps its IP in status after the IP went back to the pool
+        // and maybe to another pod: it is no workload any more, as for Istio's endpoints.
+        if matches!(
+            status.get("phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        ) {
+            status.remove("podIP");
+            status.remove("podIPs");
+        }
     }
 }
 
@@ -605,6 +614,13 @@ mod tests {
                 "status": {"podIP": "10.0.0.1", "phase": "Running"},
             })
         );
+    }
+
+    #[test]
+    fn a_finished_pod_is_no_workload() {
+        let mut pod = json!({"metadata": {"name": "job-x"}, "status": {"phase": "Succeeded", "podIP": "10.0.0.9"}});
+        prepare(&mut pod, &ApiResource::erase::<Pod>(&()));
+        assert_eq!(pod["status"], json!({"phase": "Succeeded"}));
     }
 
     #[test]
