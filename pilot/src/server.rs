@@ -1,6 +1,6 @@
 //! Wiring: the config source (the folder source, or one the host hands in), the ADS gRPC
-//! server and the debug HTTP server, run together until shutdown. Listeners are bound before anything is served so that a busy port is a
-//! clear start-up error, not a log line later.
+//! server and the debug HTTP server, run together until shutdown. Listeners are bound before
+//! anything is served so that a busy port is a clear start-up error, not a log line later.
 
 use std::future::Future;
 use std::net::SocketAddr;
