@@ -4,8 +4,9 @@
 //! The point is to test what a real API server does to a client, not what a mock is told to
 //! say, so responses follow the Kubernetes API conventions (api-concepts: "Efficient detection
 //! of changes", "Watch bookmarks", "410 Gone responses"):
-//! - lists carry `metadata.resourceVersion` and come in pages (`limit`, `continue`); the items of a built-in kind's list carry no
-//!   `kind`/`apiVersion` (only custom resources' do), as the real server encodes them;
+//! - lists carry `metadata.resourceVersion` and come in pages (`limit`, `continue`); the
+//!   items of a built-in kind's list carry no `kind`/`apiVersion` (only custom resources'
+//!   do), as the real server encodes them;
 //! - `?watch=true&resourceVersion=N` streams newline-delimited `WatchEvent`s (`ADDED`,
 //!   `MODIFIED`, `DELETED`) for every change after N and stays open; with
 //!   `allowWatchBookmarks=true` a `BOOKMARK` carrying the current resourceVersion follows the

@@ -60,7 +60,12 @@ pub fn elect(
         mast_kube::leader::DEFAULT_LEASE_NAME,
         identity,
     );
-    tracing::info!(namespace, identity, lease = %election.lease_name, "leader election (only the leader writes status)");
+    tracing::info!(
+        namespace,
+        identity,
+        lease = %election.lease_name,
+        "leader election (only the leader writes status)"
+    );
     let (leader, task) = election.spawn(client, shutdown);
     (mast_kube::status::WriteGate::from_receiver(leader), task)
 }
