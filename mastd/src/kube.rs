@@ -46,15 +46,16 @@ pub fn default_identity() -> String {
         .unwrap_or_else(|| format!("mastd-{}", std::process::id()))
 }
 
-/// Run the leader election (Lease `mast-leader` in `namespace`) until `shutdown`; the gate
-/// lets only the leader write status. Await the handle before exiting: the Lease is released
-/// so a peer takes over at once.
+/// Run the leader election (Lease `mast-leader` in `namespace`) until `shutdown`; the
+/// receiver says whether this replica leads (every writer — status, and the CA's ConfigMaps
+/// and caBundle when they are hosted — follows the same one). Await the handle before
+/// exiting: the Lease is released so a peer takes over at once.
 pub fn elect(
     client: mast_kube::client::Client,
     namespace: &str,
     identity: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> (mast_kube::status::WriteGate, tokio::task::JoinHandle<()>) {
+) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let election = mast_kube::leader::LeaderElection::new(
         namespace,
         mast_kube::leader::DEFAULT_LEASE_NAME,
@@ -64,10 +65,9 @@ pub fn elect(
         namespace,
         identity,
         lease = %election.lease_name,
-        "leader election (only the leader writes status)"
+        "leader election (only the leader writes to the API server)"
     );
-    let (leader, task) = election.spawn(client, shutdown);
-    (mast_kube::status::WriteGate::from_receiver(leader), task)
+    election.spawn(client, shutdown)
 }
 
 /// Discover, and wait for the first full list: the source, ready for pilot.

@@ -277,10 +277,11 @@ fn main() -> ExitCode {
             let client = kube::connect(&kube::client_source(args.kubeconfig.clone())).await?;
             let identity = args.pod_name.clone().unwrap_or_else(kube::default_identity);
             let (end_election, election_ends) = tokio::sync::oneshot::channel::<()>();
-            let (gate, election) =
+            let (leader, election) =
                 kube::elect(client.clone(), &args.pod_namespace, &identity, async move {
                     let _ = election_ends.await;
                 });
+            let gate = mast_kube::status::WriteGate::from_receiver(leader);
             let (source, first) = kube::start(client, config.debounce, gate).await?;
             let result = server::run_with_source(
                 config,
