@@ -21,6 +21,8 @@ pub enum KubeError {
     Client(#[from] mast_kube::client::Error),
     #[error("kubernetes: {0}")]
     Source(#[from] source::Error),
+    #[error("kubernetes: citadel's root: {0}")]
+    Ca(#[from] mast_kube::ca_secret::Error),
 }
 
 /// Where the API server is: `--kubeconfig PATH`, else `KUBECONFIG`/in-cluster as kubectl.

@@ -6,7 +6,10 @@
 //! `--prometheus URL` the graph is read from Prometheus instead of scraped).
 //!
 //! With `--kube` pilot reads the mesh from the Kubernetes API (mast-kube) instead of
-//! `--config-dir`; everything else is the same.
+//! `--config-dir`, and citadel (unless `--ca-dir` is given) keeps its root in the Secret
+//! `istio-ca-secret` (or Istio's plug-in `cacerts`) and checks callers by TokenReview; the
+//! elected leader publishes the trust bundle as ConfigMap `istio-ca-root-cert` in every
+//! namespace and keeps the injector webhook's caBundle current.
 //!
 //! `main` only parses flags and wires; the logic lives in the library crates.
 
@@ -64,9 +67,15 @@ struct Args {
     #[arg(long, env = "POD_NAME")]
     pod_name: Option<String>,
 
-    /// With `--kube`: the namespace of the leader-election Lease (mastd's own).
+    /// With `--kube`: mastd's namespace — the leader-election Lease and the CA's Secrets
+    /// (`cacerts`, else `istio-ca-secret`) live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "mast-system")]
     pod_namespace: String,
+
+    /// With `--kube`: the MutatingWebhookConfiguration whose caBundle mastd keeps equal to
+    /// the root that signs the injector's certificate.
+    #[arg(long, default_value = mast_kube::webhook_ca::DEFAULT_WEBHOOK_CONFIG)]
+    webhook_config: String,
 
     /// Address of the plaintext xDS (ADS) gRPC server.
     #[arg(long, default_value = "127.0.0.1:15010", env = "MAST_XDS_ADDR")]
@@ -194,20 +203,72 @@ fn main() -> ExitCode {
             stop_tx.send_replace(true);
         });
         let mut registry = prometheus_client::registry::Registry::default();
+        // On Kubernetes: the client, and the leader election that decides which replica
+        // writes (status, trust-bundle ConfigMaps, the webhook's caBundle). Every replica
+        // serves xDS, certificates and injection.
+        let cluster = if args.kube || args.kubeconfig.is_some() {
+            let client = kube::connect(&kube::client_source(args.kubeconfig.clone())).await?;
+            let identity = args.pod_name.clone().unwrap_or_else(kube::default_identity);
+            let (end_election, election_ends) = tokio::sync::oneshot::channel::<()>();
+            let (leader, election) =
+                kube::elect(client.clone(), &args.pod_namespace, &identity, async move {
+                    let _ = election_ends.await;
+                });
+            Some(Cluster {
+                client,
+                leader,
+                end_election,
+                election,
+            })
+        } else {
+            None
+        };
+        let ca_opts = CaOptions {
+            trust_domain: args.trust_domain.clone(),
+            default_ttl: args.workload_cert_ttl,
+            max_ttl: args.max_workload_cert_ttl,
+        };
+        // citadel: the root from --ca-dir (local credentials), or on a cluster from the
+        // Secrets `cacerts`/`istio-ca-secret` with callers checked by TokenReview.
+        let authority = match (&args.ca_dir, &cluster) {
+            (Some(dir), _) => Some((
+                std::sync::Arc::new(
+                    CertificateAuthority::load_or_create(dir, ca_opts).map_err(CitadelError::Ca)?,
+                ),
+                std::sync::Arc::new(TokenVerifier::load(dir).map_err(CitadelError::Ca)?)
+                    as std::sync::Arc<dyn mast_citadel::Authenticator>,
+                dir.display().to_string(),
+            )),
+            (None, Some(c)) => {
+                let (authority, root) =
+                    mast_kube::ca_secret::load_ca(c.client.clone(), &args.pod_namespace, ca_opts)
+                        .await
+                        .map_err(|e| StartError::Kube(kube::KubeError::Ca(e)))?;
+                Some((
+                    std::sync::Arc::new(authority),
+                    std::sync::Arc::new(mast_kube::tokenreview::TokenReviewer::new(
+                        c.client.clone(),
+                    )) as std::sync::Arc<dyn mast_citadel::Authenticator>,
+                    format!("secret {}/{root:?}", args.pod_namespace),
+                ))
+            }
+            (None, None) => None,
+        };
         let mut ca = None;
-        let security = match &args.ca_dir {
+        let security = match authority {
             None => Security {
                 mtls: false,
                 trust_domain: args.trust_domain.clone(),
             },
-            Some(dir) => {
-                let opts = CaOptions {
-                    trust_domain: args.trust_domain.clone(),
-                    default_ttl: args.workload_cert_ttl,
-                    max_ttl: args.max_workload_cert_ttl,
-                };
-                let (authority, counters) =
-                    start_citadel(dir, args.ca_addr, opts, stopped()).await?;
+            Some((authority, authenticator, from)) => {
+                let counters = start_citadel(
+                    std::sync::Arc::clone(&authority),
+                    authenticator,
+                    &from,
+                    args.ca_addr,
+                    stopped(),
+                )
+                .await?;
                 counters.register(&mut registry);
                 ca = Some(authority);
                 Security {
@@ -216,6 +277,25 @@ fn main() -> ExitCode {
                 }
             }
         };
+        // The trust bundle in every namespace, and the webhook's caBundle (leader only).
+        if let (Some(c), Some(authority)) = (&cluster, &ca) {
+            let (bundle_tx, bundle) = tokio::sync::watch::channel(authority.trust_bundle_pem());
+            // The root does not change while mastd runs; the sender may go.
+            drop(bundle_tx);
+            tokio::spawn(mast_kube::trust_bundle::run(
+                c.client.clone(),
+                bundle.clone(),
+                c.leader.clone(),
+            ));
+            if !args.no_injector {
+                tokio::spawn(mast_kube::webhook_ca::run(
+                    c.client.clone(),
+                    args.webhook_config.clone(),
+                    bundle,
+                    c.leader.clone(),
+                ));
+            }
+        }
         if !args.no_injector {
             let mut settings = InjectSettings {
                 native_sidecar: !args.classic_sidecar,
@@ -273,14 +353,13 @@ fn main() -> ExitCode {
             }
         };
         let generator = XdsGenerator::new(security);
-        if args.kube || args.kubeconfig.is_some() {
-            let client = kube::connect(&kube::client_source(args.kubeconfig.clone())).await?;
-            let identity = args.pod_name.clone().unwrap_or_else(kube::default_identity);
-            let (end_election, election_ends) = tokio::sync::oneshot::channel::<()>();
-            let (leader, election) =
-                kube::elect(client.clone(), &args.pod_namespace, &identity, async move {
-                    let _ = election_ends.await;
-                });
+        if let Some(Cluster {
+            client,
+            leader,
+            end_election,
+            election,
+        }) = cluster
+        {
             let gate = mast_kube::status::WriteGate::from_receiver(leader);
             let (source, first) = kube::start(client, config.debounce, gate).await?;
             let result = server::run_with_source(
@@ -358,21 +437,23 @@ enum CitadelError {
     },
 }
 
-/// Load (or create) the CA and serve Istio's CA API on `addr` over TLS until shutdown.
+/// mastd on a cluster: the API client and this replica's part in the leader election.
+struct Cluster {
+    client: mast_kube::client::Client,
+    leader: tokio::sync::watch::Receiver<bool>,
+    end_election: tokio::sync::oneshot::Sender<()>,
+    election: tokio::task::JoinHandle<()>,
+}
+
+/// Serve Istio's CA API on `addr` over TLS until shutdown, signing with `ca` for callers
+/// `authenticator` accepts (`from` says where the root came from, for the log).
 async fn start_citadel(
-    dir: &std::path::Path,
+    ca: std::sync::Arc<CertificateAuthority>,
+    authenticator: std::sync::Arc<dyn mast_citadel::Authenticator>,
+    from: &str,
     addr: SocketAddr,
-    opts: CaOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<
-    (
-        std::sync::Arc<CertificateAuthority>,
-        std::sync::Arc<mast_citadel::service::Counters>,
-    ),
-    CitadelError,
-> {
-    let ca = std::sync::Arc::new(CertificateAuthority::load_or_create(dir, opts)?);
-    let tokens = TokenVerifier::load(dir)?;
+) -> Result<std::sync::Arc<mast_citadel::service::Counters>, CitadelError> {
     let tls = ServerTls::from_ca(&ca, addr)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -380,19 +461,19 @@ async fn start_citadel(
     let bound = listener.local_addr().unwrap_or(addr);
     info!(
         ca = %bound,
-        dir = %dir.display(),
+        root = %from,
         plug_in = ca.plugged_in,
         trust_domain = %ca.opts.trust_domain,
         "citadel serving (mesh mTLS on)"
     );
-    let citadel = Citadel::new(std::sync::Arc::clone(&ca), tokens);
+    let citadel = Citadel::with_authenticator(std::sync::Arc::clone(&ca), authenticator);
     let counters = std::sync::Arc::clone(&citadel.counters);
     tokio::spawn(async move {
         if let Err(e) = mast_citadel::serve(listener, citadel, tls, shutdown).await {
             error!("citadel stopped: {e}");
         }
     });
-    Ok((ca, counters))
+    Ok(counters)
 }
 
 /// Serve the injection webhook on `addr`: with a CA its certificate comes from citadel (so

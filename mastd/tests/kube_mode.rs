@@ -74,6 +74,10 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         "Lease",
         "leases",
     ));
+    // citadel keeps its root in a Secret; the trust bundle goes to a ConfigMap per namespace.
+    api.add_kind(KindSpec::namespaced("", "v1", "Secret", "secrets"));
+    api.add_kind(KindSpec::namespaced("", "v1", "ConfigMap", "configmaps"));
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}));
     api.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "user", "namespace": "default"},
                      "spec": {"selector": {"app": "user"}, "ports": [{"name": "http", "port": 8081}]}}));
     api.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
@@ -86,6 +90,7 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
     let mut mastd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
         .args(["--kubeconfig", config.to_str().unwrap()])
         .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--ca-addr", "127.0.0.1:0"])
         .args(["--no-injector", "--no-telemetry", "--log-json"])
         .env("RUST_LOG", "info")
         .env("POD_NAME", "mastd-0")
@@ -148,6 +153,27 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         )
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "mastd-0", "{lease}");
+    // citadel made its root and stored it as Istio does; the leader published it.
+    let secret = api
+        .get("v1", "Secret", "mast-system", "istio-ca-secret")
+        .expect("istio-ca-secret created");
+    let root_b64 = secret["data"]["ca-cert.pem"].as_str().unwrap_or_default();
+    assert!(!root_b64.is_empty(), "{secret}");
+    let mut bundle = None;
+    for _ in 0..250 {
+        bundle = api.get("v1", "ConfigMap", "default", "istio-ca-root-cert");
+        if bundle.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bundle = bundle.expect("istio-ca-root-cert published in namespace default");
+    assert!(
+        bundle["data"]["root-cert.pem"]
+            .as_str()
+            .is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")),
+        "{bundle}"
+    );
 
     // … and on SIGTERM it releases the Lease for the next replica.
     let pid = mastd.id().unwrap().to_string();
@@ -183,6 +209,7 @@ async fn an_unreadable_kubeconfig_is_a_configuration_error() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
         .args(["--kubeconfig", "/nonexistent/kubeconfig"])
         .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--ca-addr", "127.0.0.1:0"])
         .args(["--no-injector", "--no-telemetry"])
         .env_remove("MAST_CONFIG_DIR")
         .output()
