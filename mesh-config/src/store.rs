@@ -194,8 +194,14 @@ impl ConfigStore {
     }
 }
 
+/// A resource's identity: API group and kind, namespace, name. The group matters: Knative
+/// makes a core `Service` with the name of each Knative `Service`, and both are legitimate.
 fn key_of(meta: &Meta) -> Key {
-    (meta.kind.clone(), meta.namespace.clone(), meta.name.clone())
+    (
+        format!("{}/{}", meta.group(), meta.kind),
+        meta.namespace.clone(),
+        meta.name.clone(),
+    )
 }
 
 /// Translation order: what routes refer to goes first.
@@ -311,6 +317,27 @@ mod tests {
         let r = store.apply_files(files(&[("svc.yaml", SVC), ("dr.yaml", DR)]));
         assert!(r.changed);
         assert!(store.model().routes.is_empty());
+    }
+
+    #[test]
+    fn same_kind_name_in_another_group_is_not_a_duplicate() {
+        let mut store = ConfigStore::default();
+        let report = store.apply_files(BTreeMap::from([(
+            PathBuf::from("knative.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\n\
+             spec: {ports: [{port: 80}]}\n---\n\
+             apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello, namespace: default}\n\
+             spec: {template: {spec: {containers: [{image: hello}]}}}\n"
+                .to_string(),
+        )]));
+        assert!(
+            report
+                .errors
+                .iter()
+                .all(|e| !e.to_string().contains("duplicate")),
+            "{:?}",
+            report.errors
+        );
     }
 
     #[test]
