@@ -65,21 +65,7 @@ pub const MESH_KINDS: &[(&str, &[&str])] = &[
     ("serving.knative.dev", &["Route", "Service"]),
 ];
 
-/// Istio's `PILOT_DEBOUNCE_AFTER` and `PILOT_DEBOUNCE_MAX`, as the folder source.
-#[derive(Clone, Copy, Debug)]
-pub struct Debounce {
-    pub quiet: Duration,
-    pub max: Duration,
-}
-
-impl Default for Debounce {
-    fn default() -> Self {
-        Self {
-            quiet: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
-    }
-}
+pub use mast_mesh_config::source::Debounce;
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {

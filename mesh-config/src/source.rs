@@ -283,3 +283,21 @@ mod tests {
         assert_eq!(names, ["a.yaml", "c.json", "sub/b.yml"]);
     }
 }
+
+/// Istio's `PILOT_DEBOUNCE_AFTER` and `PILOT_DEBOUNCE_MAX`: how long a config source waits for
+/// edits to settle before publishing (quiet time), and at most after the first one. Shared by
+/// the folder source and the Kubernetes source, so both behave alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debounce {
+    pub quiet: std::time::Duration,
+    pub max: std::time::Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self {
+            quiet: std::time::Duration::from_millis(100),
+            max: std::time::Duration::from_secs(10),
+        }
+    }
+}

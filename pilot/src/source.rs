@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use mast_mesh_config::ConfigError;
 use mast_mesh_config::source::read_config_dirs;
@@ -22,21 +21,7 @@ use tracing::{error, info, warn};
 use crate::ads::Snapshot;
 use crate::metrics::Metrics;
 
-/// Istio's `PILOT_DEBOUNCE_AFTER` and `PILOT_DEBOUNCE_MAX`.
-#[derive(Clone, Copy, Debug)]
-pub struct Debounce {
-    pub quiet: Duration,
-    pub max: Duration,
-}
-
-impl Default for Debounce {
-    fn default() -> Self {
-        Self {
-            quiet: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        }
-    }
-}
+pub use mast_mesh_config::source::Debounce;
 
 /// What the folder source reports to the debug endpoints.
 #[derive(Debug, Default)]
