@@ -179,13 +179,30 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
     let mut hello = None;
     let port = dst.port();
     if listener.sniffs(port) {
-        match sniff(&stream, listener.sniff_timeout).await {
+        // One budget for all the inspectors, as Envoy's listener_filters_timeout.
+        let deadline = listener
+            .sniff_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let sniffed = match sniff(&stream, deadline).await {
             Sniffed::Tls if listener.sniffs_tls(port) => {
                 transport = "tls";
-                hello = client_hello(&stream, listener.sniff_timeout).await;
+                match client_hello(&stream, deadline).await {
+                    Ok(h) => {
+                        hello = h;
+                        Sniffed::Tls
+                    }
+                    Err(TimedOut) => Sniffed::TimedOut,
+                }
             }
+            other => other,
+        };
+        match sniffed {
             Sniffed::Http1 if listener.sniffs_http(port) => alpn.push("http/1.1"),
             Sniffed::Http2 if listener.sniffs_http(port) => alpn.push("h2c"),
+            Sniffed::TimedOut if !listener.continue_on_sniff_timeout => {
+                tracing::debug!(listener = %listener.name, %peer, "listener filters timed out; closing");
+                return;
+            }
             _ => {}
         }
     }
@@ -290,24 +307,59 @@ impl Conn {
     }
 }
 
-/// Read (without consuming) a whole ClientHello, for SNI and ALPN.
-async fn client_hello(stream: &TcpStream, timeout: Duration) -> Option<crate::tls::HelloInfo> {
+/// The inspectors' wait for the client's first bytes ran out.
+#[derive(Debug, PartialEq, Eq)]
+struct TimedOut;
+
+/// Peek at what the client has sent so far, waiting for at least one byte until `deadline`
+/// (forever without one). `Ok(0)` is a closed connection.
+async fn peek(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    deadline: Option<tokio::time::Instant>,
+) -> Result<usize, TimedOut> {
+    let peeked = match deadline {
+        Some(at) => tokio::time::timeout_at(at, stream.peek(buf))
+            .await
+            .map_err(|_| TimedOut)?,
+        None => stream.peek(buf).await,
+    };
+    Ok(peeked.unwrap_or(0))
+}
+
+/// Wait a little for more bytes of a message that has begun to arrive (`peek` returns at
+/// once while anything is buffered), backing off from 1 ms to 50 ms; `Err` past `deadline`.
+async fn wait_for_more(
+    deadline: Option<tokio::time::Instant>,
+    pause: &mut Duration,
+) -> Result<(), TimedOut> {
+    if deadline.is_some_and(|at| tokio::time::Instant::now() >= at) {
+        return Err(TimedOut);
+    }
+    tokio::time::sleep(*pause).await;
+    *pause = (*pause * 2).min(Duration::from_millis(50));
+    Ok(())
+}
+
+/// Read (without consuming) a whole ClientHello, for SNI and ALPN. `Ok(None)` when what
+/// arrived is not a ClientHello this parser understands.
+async fn client_hello(
+    stream: &TcpStream,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Option<crate::tls::HelloInfo>, TimedOut> {
     let mut buf = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
     let mut last = 0;
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return None,
-        };
+        let n = peek(stream, &mut buf, deadline).await?;
         if let Some(info) = crate::tls::parse_client_hello(&buf[..n]) {
-            return Some(info);
+            return Ok(Some(info));
         }
-        if n == 0 || n == buf.len() || tokio::time::Instant::now() >= deadline {
-            return None;
+        if n == 0 || n == buf.len() {
+            return Ok(None);
         }
         if n == last {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            wait_for_more(deadline, &mut pause).await?;
         }
         last = n;
     }
@@ -319,16 +371,19 @@ enum Sniffed {
     Http1,
     Http2,
     Other,
+    /// The client sent too little before the listener's timeout.
+    TimedOut,
 }
 
-/// Look at the first bytes without consuming them.
-async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
+/// Look at the first bytes without consuming them, until `deadline` (none: as long as the
+/// client takes, as Envoy's `listener_filters_timeout: 0s`).
+async fn sniff(stream: &TcpStream, deadline: Option<tokio::time::Instant>) -> Sniffed {
     let mut buf = [0u8; 24];
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
     loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return Sniffed::Other,
+        let n = match peek(stream, &mut buf, deadline).await {
+            Ok(n) => n,
+            Err(TimedOut) => return Sniffed::TimedOut,
         };
         if n == 0 {
             return Sniffed::Other;
@@ -353,10 +408,9 @@ async fn sniff(stream: &TcpStream, timeout: Duration) -> Sniffed {
             return Sniffed::Other;
         }
         // Not enough bytes yet to decide: wait for more.
-        if tokio::time::Instant::now() >= deadline {
-            return Sniffed::Other;
+        if wait_for_more(deadline, &mut pause).await.is_err() {
+            return Sniffed::TimedOut;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -419,7 +473,8 @@ mod tests {
             tokio::io::AsyncWriteExt::write_all(&mut c, bytes)
                 .await
                 .unwrap();
-            assert_eq!(sniff(&s, Duration::from_secs(1)).await, want, "{bytes:?}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            assert_eq!(sniff(&s, Some(deadline)).await, want, "{bytes:?}");
         }
     }
 
@@ -429,7 +484,46 @@ mod tests {
         let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         let t = std::time::Instant::now();
-        assert_eq!(sniff(&s, Duration::from_millis(100)).await, Sniffed::Other);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
+        assert_eq!(sniff(&s, Some(deadline)).await, Sniffed::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    /// Istio's `listener_filters_timeout: 0s`: a client may open a connection and speak
+    /// much later (HTTP clients pool connections they opened speculatively). Giving up
+    /// early would send its request down the TCP passthrough instead of the routes.
+    #[tokio::test]
+    async fn without_a_timeout_a_late_client_is_still_recognised() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"GET / HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            c
+        });
+        assert_eq!(sniff(&s, None).await, Sniffed::Http1);
+        drop(late.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_request_line_split_across_writes_is_waited_for() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"GE")
+            .await
+            .unwrap();
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"T / HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            c
+        });
+        assert_eq!(sniff(&s, None).await, Sniffed::Http1);
+        drop(rest.await.unwrap());
     }
 }

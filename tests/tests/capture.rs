@@ -764,6 +764,28 @@ async fn scenario(
         }
     }
 
+    // A client that connects and speaks only 6 s later (an HTTP client's pool does this
+    // with connections it opened speculatively) is still routed: Istio's
+    // `listener_filters_timeout: 0s` means the inspectors wait as long as the client does.
+    let late = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &client.ns, "bash", "-c"])
+        .arg(
+            "exec 3<>/dev/tcp/user/80 && sleep 6 && \
+             printf 'GET /?late=1 HTTP/1.1\\r\\nHost: user\\r\\nConnection: close\\r\\n\\r\\n' >&3 && \
+             timeout 5 cat <&3",
+        )
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run the late client")?;
+    let answer = String::from_utf8_lossy(&late.stdout);
+    ensure!(
+        answer.starts_with("HTTP/1.1 200") && (answer.ends_with("v1") || answer.ends_with("v2")),
+        "a client that spoke 6 s after connecting was not routed: {answer:?} (stderr {:?})",
+        String::from_utf8_lossy(&late.stderr)
+    );
+    eprintln!("capture: a client that spoke 6 s after connecting was routed to user");
+
     // --- 1. The split, by name, through outbound and inbound capture. ---
     let before_client = prometheus(&http, client).await?;
     let before_v1 = prometheus(&http, v1).await?;

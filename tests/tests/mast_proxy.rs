@@ -466,6 +466,17 @@ fn static_bootstrap(
     admin: u16,
     backend: u16,
 ) -> Result<std::path::PathBuf> {
+    static_bootstrap_with(dir, listen, admin, backend, "")
+}
+
+/// [`static_bootstrap`] with `hcm_extra` (YAML at the connection manager's indentation).
+fn static_bootstrap_with(
+    dir: &std::path::Path,
+    listen: u16,
+    admin: u16,
+    backend: u16,
+    hcm_extra: &str,
+) -> Result<std::path::PathBuf> {
     let path = dir.join("bootstrap.yaml");
     std::fs::write(
         &path,
@@ -482,6 +493,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: web
+          {hcm_extra}
           route_config:
             virtual_hosts:
             - name: all
@@ -575,6 +587,56 @@ async fn raw_exchange(port: u16, bytes: &[u8]) -> Result<String> {
         .next()
         .unwrap_or("")
         .to_string())
+}
+
+/// A kept-alive client connection stays open until the connection manager's idle timeout
+/// (Envoy's `common_http_protocol_options.idle_timeout`), counted from the end of the last
+/// request — never in the middle of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_close_at_the_idle_timeout_only() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let backend = slow_backend(Duration::from_millis(1500)).await?;
+    let (listen, admin) = (free_port(), free_port());
+    let boot = static_bootstrap_with(
+        dir.path(),
+        listen,
+        admin,
+        backend,
+        "common_http_protocol_options: {idle_timeout: 1s}",
+    )?;
+    let mut proxy = spawn_static(dir.path(), &boot)?;
+    wait_ready(admin).await?;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;
+    let request = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    // Two requests, each slower than the idle timeout and 0.5 s apart: neither is cut.
+    for _ in 0..2 {
+        conn.write_all(request).await?;
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .context("no answer")??;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        ensure!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Then idle: closed about 1 s after the last answer.
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+        .await
+        .context("the idle connection was not closed")??;
+    ensure!(
+        n == 0,
+        "expected a close, got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let waited = started.elapsed();
+    ensure!(
+        waited < Duration::from_millis(1200),
+        "closed {waited:?} after the idle wait began (0.5 s had already passed)"
+    );
+    proxy.check_running()?;
+    Ok(())
 }
 
 /// Malformed and hostile traffic gets the right status or a clean close, never a crash.

@@ -38,7 +38,6 @@ pub use recorder::Recorder;
 
 /// Bodies up to this size are buffered so the request can be retried or mirrored.
 const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a connection knows about itself.
 pub struct ConnCtx {
@@ -55,7 +54,13 @@ pub struct ConnCtx {
     pub principal_peer: std::sync::OnceLock<(Arc<crate::metrics::Peer>, Arc<crate::metrics::Peer>)>,
 }
 
-/// Serve HTTP on one accepted connection until it closes or the proxy drains.
+/// Serve HTTP on one accepted connection until it closes, stays idle past the connection
+/// manager's `idle_timeout`, or the proxy drains.
+///
+/// Idle keep-alive connections are kept as long as Envoy keeps them (an hour unless the
+/// config says otherwise): a proxy that closes them sooner than its clients expect races
+/// their next request — the client writes on a connection the proxy is closing and sees a
+/// reset it cannot safely retry.
 pub async fn serve<S>(ctx: Arc<ConnCtx>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -69,7 +74,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // hyper's header-read timeout also runs while a kept-alive connection waits for its
+        // next request, so it is only set when the config asks for one.
+        .header_read_timeout(ctx.hcm.request_headers_timeout)
         // A client may shut its write side and still wait for the answer.
         .half_close(true)
         .max_buf_size(96 * 1024);
@@ -78,23 +85,121 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(1024u32)
         .keep_alive_interval(Duration::from_secs(300));
+    let activity = Arc::new(Activity::new());
     let svc_ctx = Arc::clone(&ctx);
+    let svc_activity = Arc::clone(&activity);
     let svc = service_fn(move |req| {
         let ctx = Arc::clone(&svc_ctx);
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+        let stream = InFlight::new(Arc::clone(&svc_activity));
+        async move {
+            let resp = handle(ctx, req).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked {
+                body,
+                _stream: stream,
+            }))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(peer = %ctx.peer, error = %e, "downstream connection error");
+    let idle_timeout = ctx.hcm.idle_timeout;
+    loop {
+        // Without an idle timeout the branch below is off; the instant is never reached.
+        let check = tokio::time::Instant::from_std(activity.quiet_since())
+            + idle_timeout.unwrap_or(Duration::from_secs(86_400));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %ctx.peer, error = %e, "downstream connection error");
+                }
+                return;
+            }
+            _ = ctx.shared.drained() => break,
+            _ = tokio::time::sleep_until(check), if idle_timeout.is_some() => {
+                if idle_timeout.is_some_and(|t| activity.idle_for(t)) {
+                    tracing::debug!(peer = %ctx.peer, "downstream connection idle; closing");
+                    break;
+                }
             }
         }
-        _ = ctx.shared.drained() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    }
+    // Close what is idle now; requests in flight finish first (HTTP/2 gets a GOAWAY).
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A downstream connection's streams, for the idle timeout: how many are open, and when the
+/// last one ended.
+struct Activity {
+    start: Instant,
+    open: AtomicU64,
+    /// Milliseconds after `start` when the count last fell to zero.
+    quiet_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            open: AtomicU64::new(0),
+            quiet_ms: AtomicU64::new(0),
         }
+    }
+
+    /// When the connection last became idle; now if a stream is open.
+    fn quiet_since(&self) -> Instant {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Instant::now();
+        }
+        self.start + Duration::from_millis(self.quiet_ms.load(Ordering::Acquire))
+    }
+
+    fn idle_for(&self, timeout: Duration) -> bool {
+        self.open.load(Ordering::Acquire) == 0 && self.quiet_since().elapsed() >= timeout
+    }
+}
+
+/// One open stream: counted from its request until its response body ends or is dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let ms = u64::try_from(a.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        a.quiet_ms.store(ms, Ordering::Release);
+        a.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its stream counted as open until it is done.
+struct Tracked {
+    body: Body,
+    _stream: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -676,6 +781,10 @@ async fn forward(
                 if again && retried {
                     rec.flags = "URX";
                 }
+                // The client hears its own protocol version, whatever the upstream spoke
+                // (an HTTP/1.0 app's answer goes to an HTTP/1.1 client as HTTP/1.1).
+                let mut resp = resp;
+                *resp.version_mut() = parts.version;
                 return respond(ctx, vhost, route, resp, rec, on_upgrade, grpc_status);
             }
             Err(err) => {

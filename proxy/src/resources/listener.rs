@@ -30,6 +30,12 @@ pub const HCM: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
 /// Network filters that mast-proxy implements natively, so their config is not needed.
+/// Envoy's default `listener_filters_timeout`.
+const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Envoy's default HTTP connection idle timeout (`common_http_protocol_options.idle_timeout`).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 const BUILTIN_NETWORK_FILTERS: [&str; 3] = [
     "istio.metadata_exchange",
     "istio.stats",
@@ -58,12 +64,17 @@ pub struct ListenerConfig {
     pub inbound: bool,
     pub sniff_http: bool,
     pub sniff_tls: bool,
-    /// Ports where the listener filters look at the first bytes.
     /// Ports where `http_inspector` runs.
     pub sniff_ports: SniffPorts,
     /// Ports where `tls_inspector` runs.
     pub tls_ports: SniffPorts,
-    pub sniff_timeout: Duration,
+    /// `listener_filters_timeout`: how long the inspectors wait for the client's first
+    /// bytes. `None` waits as long as the client does (Envoy's `0s`, which Istio sets); the
+    /// default is Envoy's 15 s.
+    pub sniff_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: when the wait runs out, carry on with what
+    /// is known (true) or close the connection (false, Envoy's default).
+    pub continue_on_sniff_timeout: bool,
     pub chains: Vec<FilterChain>,
     pub default_chain: Option<FilterChain>,
 }
@@ -111,6 +122,12 @@ pub struct HttpManager {
     pub codec: Codec,
     pub websocket: bool,
     pub stream_idle_timeout: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request
+    /// in flight is closed after this long. Envoy's default is one hour; zero disables it.
+    pub idle_timeout: Option<Duration>,
+    /// `request_headers_timeout`: how long a client may take to send a request's headers
+    /// (off by default, as in Envoy).
+    pub request_headers_timeout: Option<Duration>,
     /// `envoy.filters.http.rbac` filters, in order; any denial stops the request.
     pub rbac: Vec<Arc<Rbac>>,
     /// The chain's network RBAC filters (see [`ChainKind::network_rbac`]).
@@ -217,9 +234,15 @@ impl ListenerConfig {
             sniff_tls,
             sniff_ports,
             tls_ports,
-            sniff_timeout: opt_duration(&l.listener_filters_timeout, "listener_filters_timeout")?
-                .filter(|d| !d.is_zero())
-                .unwrap_or(Duration::from_secs(5)),
+            sniff_timeout: match opt_duration(
+                &l.listener_filters_timeout,
+                "listener_filters_timeout",
+            )? {
+                None => Some(DEFAULT_LISTENER_FILTERS_TIMEOUT),
+                Some(d) if d.is_zero() => None,
+                Some(d) => Some(d),
+            },
+            continue_on_sniff_timeout: l.continue_on_listener_filters_timeout,
             chains,
             default_chain,
         })
@@ -556,6 +579,11 @@ impl HttpManager {
                 "envoy.filters.http.router is required",
             ));
         }
+        let idle_timeout = match &h.common_http_protocol_options {
+            Some(o) => opt_duration(&o.idle_timeout, "common_http_protocol_options.idle_timeout")?
+                .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            None => DEFAULT_IDLE_TIMEOUT,
+        };
         let codec = match CodecType::try_from(h.codec_type) {
             Ok(CodecType::Http1) => Codec::Http1,
             Ok(CodecType::Http2) => Codec::Http2,
@@ -577,6 +605,12 @@ impl HttpManager {
             }),
             stream_idle_timeout: opt_duration(&h.stream_idle_timeout, "stream_idle_timeout")?
                 .filter(|d| !d.is_zero()),
+            idle_timeout: Some(idle_timeout).filter(|d| !d.is_zero()),
+            request_headers_timeout: opt_duration(
+                &h.request_headers_timeout,
+                "request_headers_timeout",
+            )?
+            .filter(|d| !d.is_zero()),
             rbac,
             network_rbac: Vec::new(),
         })
@@ -644,4 +678,72 @@ pub fn handoff_index(listeners: &[Arc<ListenerConfig>]) -> HashMap<SocketAddr, u
         .filter(|(_, l)| !l.bind)
         .map(|(i, l)| (l.addr, i))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listener(extra: &str, hcm_extra: &str) -> ListenerConfig {
+        let yaml = format!(
+            r#"
+name: web
+address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}
+{extra}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: web
+      rds: {{route_config_name: web}}
+      {hcm_extra}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        );
+        ListenerConfig::from_proto(&mast_proto::json::yaml_to_message(&yaml).unwrap()).unwrap()
+    }
+
+    fn hcm(l: &ListenerConfig) -> &HttpManager {
+        match &l.chains[0].kind {
+            ChainKind::Http(h) => h,
+            ChainKind::Tcp(_) => panic!("not HTTP"),
+        }
+    }
+
+    #[test]
+    fn listener_filters_timeout_follows_envoy() {
+        let unset = listener("", "");
+        assert_eq!(unset.sniff_timeout, Some(Duration::from_secs(15)));
+        assert!(!unset.continue_on_sniff_timeout);
+        // Istio's setting: 0s is no timeout at all, not "use a default".
+        let istio = listener(
+            "listener_filters_timeout: 0s\ncontinue_on_listener_filters_timeout: true",
+            "",
+        );
+        assert_eq!(istio.sniff_timeout, None);
+        assert!(istio.continue_on_sniff_timeout);
+        let set = listener("listener_filters_timeout: 2s", "");
+        assert_eq!(set.sniff_timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn connection_idle_timeout_defaults_to_an_hour_and_zero_disables_it() {
+        let unset = listener("", "");
+        assert_eq!(hcm(&unset).idle_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(hcm(&unset).request_headers_timeout, None);
+        let set = listener(
+            "",
+            "common_http_protocol_options: {idle_timeout: 90s}\n      request_headers_timeout: 10s",
+        );
+        assert_eq!(hcm(&set).idle_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            hcm(&set).request_headers_timeout,
+            Some(Duration::from_secs(10))
+        );
+        let off = listener("", "common_http_protocol_options: {idle_timeout: 0s}");
+        assert_eq!(hcm(&off).idle_timeout, None);
+    }
 }

@@ -293,7 +293,9 @@ impl Cluster {
                 .pool_idle_timeout(cfg.idle_timeout.unwrap_or(Duration::from_secs(3600)))
                 .pool_max_idle_per_host(cfg.limits.max_connections.min(4096) as usize)
                 .set_host(false)
-                .retry_canceled_requests(false);
+                // A pooled connection found closed before the request was written: hyper
+                // sends it on another (nothing reached the upstream, so this is safe).
+                .retry_canceled_requests(true);
             if http2 {
                 b.http2_only(true)
                     .timer(TokioTimer::new())
