@@ -16,6 +16,7 @@ mod load;
 mod pods;
 mod procs;
 mod split;
+mod sync;
 mod topology;
 
 use std::io::{IsTerminal, Write};
@@ -402,6 +403,7 @@ impl<'a> Demo<'a> {
             weights: first.weights,
             myapp,
             view,
+            debug: http,
         })
     }
 
@@ -418,12 +420,17 @@ impl<'a> Demo<'a> {
             weights,
             myapp,
             view,
+            debug,
         } = up;
+        let syncz = format!("http://{debug}/debug/syncz");
+        let mut acks = sync::RouteAcks::default();
+        // A valid edit not yet in force at myapp's sidecar: (saved at, its event, seen at).
+        let mut pending: Option<(std::time::SystemTime, usize, Instant)> = None;
         let load_start = Instant::now();
         let stats = SharedStats::new(Stats::new(load_start, weights.clone()));
         let load =
             (!self.args.no_load).then(|| Load::start(&myapp, self.args.rps, 8, stats.clone()));
-        let mut events = Vec::new();
+        let mut events: Vec<serde_json::Value> = Vec::new();
         let mut mtls: Option<Mtls> = None;
         let deadline = self.args.duration.map(|d| load_start + d);
         self.out
@@ -440,6 +447,31 @@ impl<'a> Demo<'a> {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 break "--duration reached";
+            }
+            if let Ok((200, body)) = http_get(&syncz).await
+                && let Ok(json) = serde_json::from_str::<serde_json::Value>(&body)
+            {
+                acks.record(std::time::SystemTime::now(), &json, "myapp");
+            }
+            if let Some((saved, event, seen)) = pending {
+                let took = acks.took_effect(saved);
+                if took.is_some() || seen.elapsed() > EFFECT_WAIT {
+                    pending = None;
+                    self.out.end_status();
+                    match took {
+                        Some(d) => self.out.line(&format!(
+                            "             in force at myapp's sidecar {} ms after the save",
+                            d.as_millis()
+                        )),
+                        None => self.out.line(&format!(
+                            "             myapp's sidecar has not acknowledged new routes after {} s",
+                            EFFECT_WAIT.as_secs()
+                        )),
+                    }
+                    if let Some(e) = events.get_mut(event) {
+                        e["took_effect_ms"] = json!(took.map(|d| d.as_millis() as u64));
+                    }
+                }
             }
             if let Some(change) = watcher.poll() {
                 let at = now.duration_since(load_start).as_secs_f64();
@@ -477,6 +509,13 @@ impl<'a> Demo<'a> {
                     "weights": change.weights,
                 }));
                 if change.weights != last_split {
+                    let saved = change
+                        .files
+                        .iter()
+                        .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                        .max()
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    pending = Some((saved, events.len() - 1, now));
                     stats.lock().new_phase(now, change.weights.clone());
                     last_split = change.weights.clone();
                 }
@@ -859,7 +898,12 @@ struct Up {
     weights: split::Weights,
     myapp: String,
     view: SocketAddr,
+    /// mastd's debug endpoints (`/debug/syncz`).
+    debug: SocketAddr,
 }
+
+/// How long the demo waits for myapp's sidecar to acknowledge an edit's routes.
+const EFFECT_WAIT: Duration = Duration::from_secs(10);
 
 /// Ctrl-C (SIGINT), SIGTERM and SIGHUP, as a value that changes once: from then on the demo
 /// winds down and cleans up instead of dying with its children still running.

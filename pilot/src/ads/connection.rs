@@ -376,6 +376,12 @@ impl<G: Generator> Connection<G> {
     fn on_ack(&self, type_url: &'static str, version: &str) {
         let mut status = self.info.lock_status();
         let t = status.entry(short_type(type_url)).or_default();
+        if t.acked_version.as_deref() != Some(version) {
+            t.acked_at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok());
+        }
         t.acked_version = Some(version.to_string());
         t.acked_snapshot = Some(self.snapshot.version);
     }

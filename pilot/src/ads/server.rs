@@ -34,6 +34,9 @@ pub struct TypeStatus {
     pub sent_snapshot: Option<u64>,
     pub acked_version: Option<String>,
     pub acked_snapshot: Option<u64>,
+    /// When the proxy acknowledged `acked_version` (Unix milliseconds): when that config
+    /// came into force there (`mastctl demo` reports a split edit's delay from it).
+    pub acked_at_ms: Option<u64>,
     pub resources: usize,
     pub nacks: u64,
     pub last_nack: Option<String>,

@@ -230,6 +230,16 @@ async fn sotw_push_ack_and_no_push_without_change() {
         status["cds"].sent_version.as_deref(),
         Some(second.version_info.as_str())
     );
+    // The ACK's time, for "how long did my edit take" (now, give or take the test's run).
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let acked_at = status["cds"].acked_at_ms.expect("acked_at_ms");
+    assert!(
+        acked_at <= now_ms && now_ms - acked_at < 60_000,
+        "{acked_at} vs {now_ms}"
+    );
 }
 
 #[tokio::test]
