@@ -19,7 +19,18 @@
 //! - `PATCH …/<name>/status` (merge patch) changes only `status`, bumps the resourceVersion,
 //!   is seen by watches, and is recorded for assertions;
 //! - `POST` on a collection creates (409 AlreadyExists), `PUT` on an object replaces it with
-//!   optimistic concurrency on `metadata.resourceVersion` (409 Conflict), as a Lease needs.
+//!   optimistic concurrency on `metadata.resourceVersion` (409 Conflict), as a Lease needs;
+//! - `PATCH` on an object: server-side apply (`application/apply-patch+yaml`, `fieldManager`
+//!   required, creates the object when missing, answers the stored object unchanged, with the
+//!   same resourceVersion, when the apply changes nothing), JSON merge patch, and strategic
+//!   merge patch served as a merge patch (lists are replaced whole); `?dryRun=All` answers
+//!   without storing. Field ownership is not tracked: applies never conflict, and a field an
+//!   earlier apply set and a later one leaves out is kept, not removed;
+//! - `DELETE` on an object answers the deleted object (404 NotFound when there is none);
+//! - a CustomResourceDefinition, once stored, serves its kind (discovery, lists, watches) and
+//!   gets `NamesAccepted` and `Established` conditions, unless
+//!   [`FakeApiServer::hold_crds`] delays that; deleting it deletes its objects and stops
+//!   serving the kind.
 //!
 //! It is HTTP/1.1 on `127.0.0.1:0`; a [`kube::Client`] from [`FakeApiServer::client`] talks to
 //! it like to any cluster. Other requests can be answered with a canned response
@@ -109,6 +120,8 @@ struct State {
     requests: Vec<String>,
     patches: Vec<RecordedPatch>,
     canned: BTreeMap<(String, String), (u16, Value)>,
+    /// CRDs are stored without the Established condition until `establish_crds`.
+    hold_crds: bool,
 }
 
 struct Kind {
@@ -120,6 +133,8 @@ struct Kind {
     compacted: u64,
     /// Bumped by `expire_watches`: open watches of an older epoch end with 410.
     epoch: u64,
+    /// False once its CRD is deleted (kept in place: watches hold its index).
+    served: bool,
 }
 
 // === impl FakeApiServer ===
@@ -161,17 +176,81 @@ impl FakeApiServer {
 
     /// Serve `spec` (install its CRD). Serving a kind twice is a no-op.
     pub fn add_kind(&self, spec: KindSpec) {
-        let mut state = self.lock();
-        if state.kinds.iter().any(|k| k.spec == spec) {
-            return;
+        self.lock().add_kind(spec);
+    }
+
+    /// The kinds a real cluster serves that `mastctl install` writes: ServiceAccounts,
+    /// ConfigMaps, Secrets, RBAC, Deployments, PodDisruptionBudgets, webhook configurations
+    /// and CustomResourceDefinitions (Namespaces, Services and Pods are always served).
+    pub fn add_builtin_kinds(&self) {
+        for spec in [
+            KindSpec::namespaced("", "v1", "ServiceAccount", "serviceaccounts"),
+            KindSpec::namespaced("", "v1", "ConfigMap", "configmaps"),
+            KindSpec::namespaced("", "v1", "Secret", "secrets"),
+            KindSpec::cluster(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRole",
+                "clusterroles",
+            ),
+            KindSpec::cluster(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+            ),
+            KindSpec::namespaced("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+            KindSpec::namespaced(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
+            KindSpec::namespaced("apps", "v1", "Deployment", "deployments"),
+            KindSpec::namespaced(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+            ),
+            KindSpec::cluster(
+                "admissionregistration.k8s.io",
+                "v1",
+                "MutatingWebhookConfiguration",
+                "mutatingwebhookconfigurations",
+            ),
+            KindSpec::cluster(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+            ),
+        ] {
+            self.add_kind(spec);
         }
-        state.kinds.push(Kind {
-            spec,
-            objects: BTreeMap::new(),
-            history: Vec::new(),
-            compacted: 0,
-            epoch: 0,
-        });
+    }
+
+    /// Store CRDs without the `Established` condition (as a busy API server takes a while to
+    /// serve a new kind), until [`establish_crds`](Self::establish_crds).
+    pub fn hold_crds(&self) {
+        self.lock().hold_crds = true;
+    }
+
+    /// Give every stored CRD its `Established` condition now (watches see `MODIFIED`), and
+    /// establish the ones stored later at once again.
+    pub fn establish_crds(&self) {
+        let mut state = self.lock();
+        state.hold_crds = false;
+        let crds: Vec<Value> = state
+            .kind_mut("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+            .map(|k| k.objects.values().cloned().collect())
+            .unwrap_or_default();
+        for mut crd in crds {
+            crd["status"] = crd_status(&crd, true);
+            put(&mut state, crd, true);
+        }
+        drop(state);
+        let _ = self.changed.send(());
     }
 
     /// Create or replace an object (its `apiVersion`/`kind` must be served): watches see
@@ -191,20 +270,15 @@ impl FakeApiServer {
     /// Delete an object; watches see `DELETED`. False when there was none.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
         let mut state = self.lock();
-        state.revision += 1;
-        let revision = state.revision;
-        let Some(k) = state.kind_mut(api_version, kind) else {
+        let Some(index) = state.kind_index(api_version, kind) else {
             return false;
         };
-        let ns = if k.spec.namespaced { namespace } else { "" };
-        let Some(mut object) = k.objects.remove(&(ns.to_string(), name.to_string())) else {
-            return false;
-        };
-        set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
-        k.history.push((revision, "DELETED", object));
+        let removed = remove(&mut state, index, namespace, name).is_some();
         drop(state);
-        let _ = self.changed.send(());
-        true
+        if removed {
+            let _ = self.changed.send(());
+        }
+        removed
     }
 
     /// Compact history: every open watch gets a `410 Expired` ERROR event and is closed, and
@@ -293,7 +367,18 @@ fn resource_version(object: &Value) -> u64 {
 
 /// Store an object as the server does (bookkeeping metadata filled in); `None` when its kind
 /// is not served.
-fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
+fn put(state: &mut State, object: Value, notify: bool) -> Option<Value> {
+    put_as(state, object, notify, "kubectl-client-side-apply", "Update")
+}
+
+/// [`put`], recording `manager` and `operation` in `managedFields`.
+fn put_as(
+    state: &mut State,
+    mut object: Value,
+    notify: bool,
+    manager: &str,
+    operation: &str,
+) -> Option<Value> {
     {
         let api_version = object["apiVersion"]
             .as_str()
@@ -341,6 +426,8 @@ fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
         {
             object["status"] = status.clone();
         }
+        let is_crd =
+            k.spec.group == "apiextensions.k8s.io" && k.spec.kind == "CustomResourceDefinition";
         let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
         set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
         set_meta(&mut object, "uid", json!(uid));
@@ -354,20 +441,109 @@ fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
             &mut object,
             "managedFields",
             json!([{
-                "manager": "kubectl-client-side-apply",
-                "operation": "Update",
+                "manager": manager,
+                "operation": operation,
                 "apiVersion": api_version,
                 "time": "2026-01-01T00:00:00Z",
                 "fieldsType": "FieldsV1",
                 "fieldsV1": {"f:spec": {}},
             }]),
         );
+        if is_crd && object.get("status").is_none() {
+            object["status"] = crd_status(&object, !state.hold_crds);
+        }
+        let k = state.kind_mut(&api_version, &kind)?;
         k.objects.insert(key, object.clone());
         if notify {
             k.history.push((revision, event, object.clone()));
         }
+        if is_crd {
+            for spec in crd_kinds(&object) {
+                state.add_kind(spec);
+            }
+        }
         Some(object)
     }
+}
+
+/// The kinds a CRD serves: one per served version.
+fn crd_kinds(crd: &Value) -> Vec<KindSpec> {
+    let spec = &crd["spec"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool().unwrap_or(true))
+        .map(|v| KindSpec {
+            group: text(&spec["group"]),
+            version: text(&v["name"]),
+            kind: text(&spec["names"]["kind"]),
+            plural: text(&spec["names"]["plural"]),
+            namespaced: spec["scope"] != "Cluster",
+        })
+        .collect()
+}
+
+/// A CRD's status as the apiextensions controller writes it.
+fn crd_status(crd: &Value, established: bool) -> Value {
+    let condition = |kind: &str, status: bool, reason: &str| {
+        json!({
+            "type": kind,
+            "status": if status { "True" } else { "False" },
+            "reason": reason,
+            "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        })
+    };
+    json!({
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": crd["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["storage"].as_bool().unwrap_or(false))
+            .map(|v| v["name"].clone())
+            .collect::<Vec<_>>(),
+        "conditions": [
+            condition("NamesAccepted", true, "NoConflicts"),
+            if established {
+                condition("Established", true, "InitialNamesAccepted")
+            } else {
+                condition("Established", false, "Installing")
+            },
+        ],
+    })
+}
+
+/// Remove an object (watches see `DELETED`); removing a CRD removes its objects and stops
+/// serving its kinds. The removed object, `None` when there was none.
+fn remove(state: &mut State, kind: usize, namespace: &str, name: &str) -> Option<Value> {
+    state.revision += 1;
+    let revision = state.revision;
+    let k = &mut state.kinds[kind];
+    let ns = if k.spec.namespaced { namespace } else { "" };
+    let mut object = k.objects.remove(&(ns.to_string(), name.to_string()))?;
+    set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
+    k.history.push((revision, "DELETED", object.clone()));
+    let is_crd =
+        k.spec.group == "apiextensions.k8s.io" && k.spec.kind == "CustomResourceDefinition";
+    if is_crd {
+        let served = crd_kinds(&object);
+        for k in state
+            .kinds
+            .iter_mut()
+            .filter(|k| k.served && served.contains(&k.spec))
+        {
+            k.served = false;
+            let objects = std::mem::take(&mut k.objects);
+            for (_, mut o) in objects {
+                set_meta(&mut o, "resourceVersion", json!(revision.to_string()));
+                k.history.push((revision, "DELETED", o));
+            }
+        }
+    }
+    Some(object)
 }
 
 impl Drop for FakeApiServer {
@@ -390,10 +566,32 @@ fn set_meta(object: &mut Value, key: &str, value: Value) {
 // === the HTTP side ===
 
 impl State {
-    fn kind_mut(&mut self, api_version: &str, kind: &str) -> Option<&mut Kind> {
+    fn kind_index(&self, api_version: &str, kind: &str) -> Option<usize> {
         self.kinds
-            .iter_mut()
-            .find(|k| k.spec.api_version() == api_version && k.spec.kind == kind)
+            .iter()
+            .position(|k| k.served && k.spec.api_version() == api_version && k.spec.kind == kind)
+    }
+
+    fn kind_mut(&mut self, api_version: &str, kind: &str) -> Option<&mut Kind> {
+        let index = self.kind_index(api_version, kind)?;
+        Some(&mut self.kinds[index])
+    }
+
+    /// Serve `spec`; serving a kind twice is a no-op, serving a deleted CRD's kind again
+    /// revives it.
+    fn add_kind(&mut self, spec: KindSpec) {
+        if let Some(k) = self.kinds.iter_mut().find(|k| k.spec == spec) {
+            k.served = true;
+            return;
+        }
+        self.kinds.push(Kind {
+            spec,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            compacted: 0,
+            epoch: 0,
+            served: true,
+        });
     }
 }
 
@@ -640,6 +838,130 @@ async fn handle(
             let _ = changed.send(());
             json_response(200, &object)
         }
+        (
+            Method::PATCH,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+        ) => {
+            let dry_run = query.get("dryRun").map(String::as_str) == Some("All");
+            let spec = st.kinds[kind].spec.clone();
+            let Ok(mut patch) = serde_json::from_slice::<Value>(&body) else {
+                return status_response(
+                    400,
+                    "BadRequest",
+                    "the patch is not JSON (the fake parses only JSON, YAML's subset)",
+                );
+            };
+            let current = st.kinds[kind]
+                .objects
+                .get(&(namespace.clone(), name.clone()))
+                .cloned();
+            let (manager, operation) = match content_type.split(';').next().unwrap_or("") {
+                "application/apply-patch+yaml" => {
+                    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                        return status_response(
+                            400,
+                            "BadRequest",
+                            "PATCH, fieldManager: Required value: is required for apply patch",
+                        );
+                    };
+                    if patch["apiVersion"] != json!(spec.api_version())
+                        || patch["kind"] != json!(spec.kind)
+                        || patch["metadata"]["name"] != json!(name)
+                    {
+                        return status_response(
+                            400,
+                            "BadRequest",
+                            &format!(
+                                "the applied object's apiVersion, kind and name must be {}, {} and {name}",
+                                spec.api_version(),
+                                spec.kind
+                            ),
+                        );
+                    }
+                    (manager.clone(), "Apply")
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    if current.is_none() {
+                        return not_found(&spec, &name);
+                    }
+                    (
+                        query
+                            .get("fieldManager")
+                            .cloned()
+                            .unwrap_or_else(|| "unknown".into()),
+                        "Update",
+                    )
+                }
+                other => {
+                    return status_response(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+                        ),
+                    );
+                }
+            };
+            // The main resource ignores status when the kind has a status subresource (all
+            // kinds here have one).
+            if let Some(map) = patch.as_object_mut() {
+                map.remove("status");
+            }
+            let created = current.is_none();
+            let mut object = current.clone().unwrap_or_else(|| json!({}));
+            merge_patch(&mut object, &patch);
+            if spec.namespaced {
+                set_meta(&mut object, "namespace", json!(namespace));
+            }
+            object["apiVersion"] = json!(spec.api_version());
+            object["kind"] = json!(spec.kind);
+            if let Some(current) = current.filter(|c| *c == object) {
+                // A no-op write is not written: same resourceVersion, no event.
+                return json_response(200, &current);
+            }
+            let code = if created { 201 } else { 200 };
+            if dry_run {
+                return json_response(code, &object);
+            }
+            match put_as(&mut st, object, true, &manager, operation) {
+                Some(stored) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(code, &stored)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
+        (
+            Method::DELETE,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+        ) => {
+            let spec = st.kinds[kind].spec.clone();
+            if query.get("dryRun").map(String::as_str) == Some("All") {
+                return match st.kinds[kind].objects.get(&(namespace, name.clone())) {
+                    Some(o) => json_response(200, o),
+                    None => not_found(&spec, &name),
+                };
+            }
+            match remove(&mut st, kind, &namespace, &name) {
+                Some(object) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(200, &object)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
         _ => status_response(
             405,
             "MethodNotAllowed",
@@ -660,7 +982,7 @@ fn discovery(st: &State, path: &str) -> Option<Value> {
     let resources = |group: &str, version: &str| -> Vec<Value> {
         st.kinds
             .iter()
-            .filter(|k| k.spec.group == group && k.spec.version == version)
+            .filter(|k| k.served && k.spec.group == group && k.spec.version == version)
             .flat_map(|k| {
                 let s = &k.spec;
                 [
@@ -696,7 +1018,7 @@ fn discovery(st: &State, path: &str) -> Option<Value> {
         })),
         ["apis"] => {
             let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            for k in st.kinds.iter().filter(|k| !k.spec.is_core()) {
+            for k in st.kinds.iter().filter(|k| k.served && !k.spec.is_core()) {
                 let versions = groups.entry(&k.spec.group).or_default();
                 if !versions.contains(&k.spec.version.as_str()) {
                     versions.push(&k.spec.version);
@@ -745,7 +1067,10 @@ fn route(st: &State, path: &str) -> Option<Target> {
     };
     let find = |plural: &str| {
         st.kinds.iter().position(|k| {
-            k.spec.group == group && k.spec.version == version && k.spec.plural == plural
+            k.served
+                && k.spec.group == group
+                && k.spec.version == version
+                && k.spec.plural == plural
         })
     };
     match rest {
@@ -1121,6 +1446,130 @@ mod tests {
             "{stale}"
         );
         assert!(api.get_opt("other").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn server_side_apply_creates_merges_and_deletes() {
+        use kube::api::{DeleteParams, Patch, PatchParams};
+        let server = FakeApiServer::start().await.unwrap();
+        let api: Api<Service> = Api::namespaced(server.client(), "default");
+        let applied = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}});
+        let params = PatchParams::apply("tester").force();
+        let created = api
+            .patch("a", &params, &Patch::Apply(&applied))
+            .await
+            .unwrap();
+        let rv = created.metadata.resource_version.clone();
+        let fields = created.metadata.managed_fields.unwrap();
+        assert_eq!(fields[0].manager.as_deref(), Some("tester"));
+        // The same apply again writes nothing.
+        let again = api
+            .patch("a", &params, &Patch::Apply(&applied))
+            .await
+            .unwrap();
+        assert_eq!(again.metadata.resource_version, rv);
+        // A merge patch changes one field and keeps the rest.
+        let merged = api
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await
+            .unwrap();
+        assert_ne!(merged.metadata.resource_version, rv);
+        assert_eq!(merged.spec.unwrap().ports.unwrap()[0].port, 80);
+        // Apply without a field manager, and JSON patches, are refused as the real server does.
+        let raw = |content_type: &str, query: &str| {
+            http::Request::patch(format!("/api/v1/namespaces/default/services/a{query}"))
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(applied.to_string().into_bytes())
+                .unwrap()
+        };
+        let client = server.client();
+        let e = client
+            .request_text(raw("application/apply-patch+yaml", ""))
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 400), "{e}");
+        let e = client
+            .request_text(raw("application/json-patch+json", "?fieldManager=x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 415), "{e}");
+        // Dry run stores nothing; delete removes; a second delete is NotFound.
+        let mut dry = params.clone();
+        dry.dry_run = true;
+        let b = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}});
+        api.patch("b", &dry, &Patch::Apply(&b)).await.unwrap();
+        assert!(server.get("v1", "Service", "default", "b").is_none());
+        api.delete("a", &DeleteParams::default()).await.unwrap();
+        assert!(server.get("v1", "Service", "default", "a").is_none());
+        let e = api.delete("a", &DeleteParams::default()).await.unwrap_err();
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crd_serves_its_kind_until_deleted() {
+        let server = FakeApiServer::start().await.unwrap();
+        server.add_builtin_kinds();
+        server.hold_crds();
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Namespaced",
+                "names": {"kind": "Widget", "plural": "widgets"},
+                "versions": [{"name": "v1", "served": true, "storage": true}],
+            },
+        });
+        server.apply(crd);
+        let established = |server: &FakeApiServer| {
+            let crd = server
+                .get(
+                    "apiextensions.k8s.io/v1",
+                    "CustomResourceDefinition",
+                    "",
+                    "widgets.example.com",
+                )
+                .unwrap();
+            crd["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        };
+        assert!(!established(&server));
+        server.establish_crds();
+        assert!(established(&server));
+        server.apply(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "default"}}));
+        let gvk = kube::api::GroupVersionKind::gvk("example.com", "v1", "Widget");
+        assert!(
+            kube::discovery::pinned_kind(&server.client(), &gvk)
+                .await
+                .is_ok()
+        );
+        assert!(server.delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            "widgets.example.com"
+        ));
+        assert!(
+            kube::discovery::pinned_kind(&server.client(), &gvk)
+                .await
+                .is_err()
+        );
+        assert!(
+            server
+                .get("example.com/v1", "Widget", "default", "w")
+                .is_none()
+        );
     }
 
     #[test]
