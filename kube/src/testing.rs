@@ -32,9 +32,19 @@
 //!   [`FakeApiServer::hold_crds`] delays that; deleting it deletes its objects and stops
 //!   serving the kind.
 //!
+//! - `fieldSelector=metadata.name=<name>` narrows lists and watches (the only field selector
+//!   served, the one kube-rs' watchers of one object use).
+//!
 //! It is HTTP/1.1 on `127.0.0.1:0`; a [`kube::Client`] from [`FakeApiServer::client`] talks to
-//! it like to any cluster. Other requests can be answered with a canned response
-//! ([`FakeApiServer::respond`]), for example a TokenReview.
+//! it like to any cluster. This crate's own tests on paused time use an in-memory client of
+//! the same server instead (`memory_client`), so no socket wake-up races a timer. Other
+//! requests can be answered with a canned response ([`FakeApiServer::respond`]) or by a hook
+//! that sees each request first ([`FakeApiServer::hook`]): a TokenReview per token, an
+//! injected failure. Objects can be read and written by API path as well as by kind
+//! ([`FakeApiServer::get_at`], [`FakeApiServer::put_at`], [`FakeApiServer::delete_at`]).
+//!
+//! This is the crate's one fake API server: the writing pieces' tests (CA Secret, Lease,
+//! TokenReview, trust bundle, webhook caBundle) and the reading ones' share it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -50,6 +60,10 @@ use tokio::sync::{broadcast, mpsc};
 
 /// The body every response of the fake server has.
 type Body = BoxBody<Bytes, Infallible>;
+
+/// A test's own answer to a request: `(method, path, JSON body or null)` → `Some((code,
+/// body))` to answer, `None` to let the server answer.
+type Hook = Box<dyn FnMut(&Method, &str, &Value) -> Option<(u16, Value)> + Send>;
 
 /// A kind the fake server serves (a built-in kind, or an installed CRD).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +134,8 @@ struct State {
     requests: Vec<String>,
     patches: Vec<RecordedPatch>,
     canned: BTreeMap<(String, String), (u16, Value)>,
+    /// Asked first about every request (see [`FakeApiServer::hook`]).
+    hook: Option<Hook>,
     /// CRDs are stored without the Established condition until `establish_crds`.
     hold_crds: bool,
 }
@@ -179,9 +195,9 @@ impl FakeApiServer {
         self.lock().add_kind(spec);
     }
 
-    /// The kinds a real cluster serves that `mastctl install` writes: ServiceAccounts,
-    /// ConfigMaps, Secrets, RBAC, Deployments, PodDisruptionBudgets, webhook configurations
-    /// and CustomResourceDefinitions (Namespaces, Services and Pods are always served).
+    /// The kinds a real cluster serves that Mast writes: ServiceAccounts, ConfigMaps,
+    /// Secrets, RBAC, Deployments, Leases, PodDisruptionBudgets, webhook configurations and
+    /// CustomResourceDefinitions (Namespaces, Services and Pods are always served).
     pub fn add_builtin_kinds(&self) {
         for spec in [
             KindSpec::namespaced("", "v1", "ServiceAccount", "serviceaccounts"),
@@ -207,6 +223,7 @@ impl FakeApiServer {
                 "rolebindings",
             ),
             KindSpec::namespaced("apps", "v1", "Deployment", "deployments"),
+            KindSpec::namespaced("coordination.k8s.io", "v1", "Lease", "leases"),
             KindSpec::namespaced(
                 "policy",
                 "v1",
@@ -301,6 +318,107 @@ impl FakeApiServer {
         self.lock()
             .canned
             .insert((method.to_string(), path.to_string()), (status, body));
+    }
+
+    /// Answer requests with `hook` first (`Some((code, body))`), else as before: for answers
+    /// that depend on the request (a TokenReview) or count (an injected failure, then
+    /// success). Replaces an earlier hook.
+    pub fn hook(
+        &self,
+        hook: impl FnMut(&Method, &str, &Value) -> Option<(u16, Value)> + Send + 'static,
+    ) {
+        self.lock().hook = Some(Box::new(hook));
+    }
+
+    /// The object at an API path (`/api/v1/namespaces/ns/configmaps/name`).
+    pub fn get_at(&self, path: &str) -> Option<Value> {
+        let st = self.lock();
+        match route(&st, path)? {
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                ..
+            } => st.kinds[kind].objects.get(&(namespace, name)).cloned(),
+            Target::Collection { .. } => None,
+        }
+    }
+
+    /// Create or replace the object at an API path, as another client would (its
+    /// apiVersion, kind, name and namespace are the path's).
+    pub fn put_at(&self, path: &str, mut object: Value) {
+        let st = self.lock();
+        let Some(Target::Object {
+            kind,
+            namespace,
+            name,
+            ..
+        }) = route(&st, path)
+        else {
+            panic!("fake API server: {path} names no object of a served kind");
+        };
+        let spec = st.kinds[kind].spec.clone();
+        drop(st);
+        object["apiVersion"] = json!(spec.api_version());
+        object["kind"] = json!(spec.kind);
+        set_meta(&mut object, "name", json!(name));
+        if spec.namespaced {
+            set_meta(&mut object, "namespace", json!(namespace));
+        }
+        self.apply(object);
+    }
+
+    /// Delete the object at an API path, as another client would. False when there was none.
+    pub fn delete_at(&self, path: &str) -> bool {
+        let mut st = self.lock();
+        let Some(Target::Object {
+            kind,
+            namespace,
+            name,
+            ..
+        }) = route(&st, path)
+        else {
+            return false;
+        };
+        let removed = remove(&mut st, kind, &namespace, &name).is_some();
+        drop(st);
+        if removed {
+            let _ = self.changed.send(());
+        }
+        removed
+    }
+
+    /// A server with [`add_builtin_kinds`](Self::add_builtin_kinds), and a
+    /// [`memory_client`](Self::memory_client) of it: what the writing pieces' tests use.
+    #[cfg(test)]
+    pub(crate) async fn start_in_memory() -> (kube::Client, Self) {
+        let server = match Self::start().await {
+            Ok(server) => server,
+            Err(e) => panic!("fake API server: {e}"),
+        };
+        server.add_builtin_kinds();
+        (server.memory_client(), server)
+    }
+
+    /// A client that reaches this server in memory, not over TCP (namespace `mast-system`):
+    /// for tests on paused time, where a socket's wake-up could come after a timer's.
+    #[cfg(test)]
+    pub(crate) fn memory_client(&self) -> kube::Client {
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+        let (state, changed) = (self.state.clone(), self.changed.clone());
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                send.send_response(answer(&parts, &body, state.clone(), changed.clone()));
+            }
+        });
+        kube::Client::new(service, "mast-system")
     }
 
     /// Forget every canned response.
@@ -638,33 +756,49 @@ async fn handle(
     state: Arc<Mutex<State>>,
     changed: broadcast::Sender<()>,
 ) -> Response<Body> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = req
-        .into_body()
+    let (parts, body) = req.into_parts();
+    let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    answer(&parts, &body, state, changed)
+}
+
+/// The answer to one request, whichever transport brought it.
+fn answer(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    state: Arc<Mutex<State>>,
+    changed: broadcast::Sender<()>,
+) -> Response<Body> {
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query: BTreeMap<String, String> = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let mut st = lock(&state);
     st.requests.push(match req_query(&query) {
         q if q.is_empty() => format!("{method} {path}"),
         q => format!("{method} {path}?{q}"),
     });
+    if let Some(hook) = st.hook.as_mut() {
+        let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+        if let Some((code, answer)) = hook(&method, &path, &value) {
+            return json_response(code, &answer);
+        }
+    }
     if let Some((code, body)) = st.canned.get(&(method.to_string(), path.clone())) {
         return json_response(*code, body);
     }
@@ -702,7 +836,7 @@ async fn handle(
             None => not_found(&st.kinds[kind].spec, &name),
         },
         (Method::POST, Target::Collection { kind, namespace }) => {
-            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the object is not JSON");
             };
             if let Some(ns) = namespace {
@@ -751,7 +885,7 @@ async fn handle(
                 status: false,
             },
         ) => {
-            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the object is not JSON");
             };
             let spec = st.kinds[kind].spec.clone();
@@ -803,7 +937,7 @@ async fn handle(
                 status: true,
             },
         ) => {
-            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the patch is not JSON");
             };
             st.patches.push(RecordedPatch {
@@ -849,7 +983,7 @@ async fn handle(
         ) => {
             let dry_run = query.get("dryRun").map(String::as_str) == Some("All");
             let spec = st.kinds[kind].spec.clone();
-            let Ok(mut patch) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut patch) = serde_json::from_slice::<Value>(body) else {
                 return status_response(
                     400,
                     "BadRequest",
@@ -914,7 +1048,11 @@ async fn handle(
             }
             let created = current.is_none();
             let mut object = current.clone().unwrap_or_else(|| json!({}));
-            merge_patch(&mut object, &patch);
+            if content_type.starts_with("application/strategic-merge-patch+json") {
+                strategic_merge_patch(&mut object, &patch);
+            } else {
+                merge_patch(&mut object, &patch);
+            }
             if spec.namespaced {
                 set_meta(&mut object, "namespace", json!(namespace));
             }
@@ -968,6 +1106,52 @@ async fn handle(
             "the fake API server does not serve this",
         ),
     }
+}
+
+/// `%XX` escapes decoded (selectors arrive as `metadata.name%3Dx`).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The name a `fieldSelector=metadata.name=<name>` asks for (the only field selector served).
+fn selected_name(query: &BTreeMap<String, String>) -> Option<String> {
+    query
+        .get("fieldSelector")?
+        .split(',')
+        .find_map(|f| f.strip_prefix("metadata.name="))
+        .map(String::from)
+}
+
+/// A `Status` failure as the API server writes it, for hooks' answers.
+pub fn status(code: u16, reason: &str, message: &str, plural: &str, name: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason,
+        "details": {"name": name, "kind": plural}, "code": code
+    })
 }
 
 fn req_query(query: &BTreeMap<String, String>) -> String {
@@ -1104,6 +1288,7 @@ fn list(
     query: &BTreeMap<String, String>,
 ) -> Value {
     let k = &st.kinds[kind];
+    let selected = selected_name(query);
     // The token is `<resourceVersion>.<offset>`; opaque to clients, as the real one.
     let (revision, offset) = query
         .get("continue")
@@ -1118,7 +1303,9 @@ fn list(
     let all: Vec<Value> = k
         .objects
         .iter()
-        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+        .filter(|((ns, name), _)| {
+            namespace.is_none_or(|n| n == ns) && selected.as_deref().is_none_or(|s| s == name)
+        })
         .map(|(_, o)| {
             let mut o = o.clone();
             // The real server leaves TypeMeta out of a built-in kind's list items.
@@ -1160,6 +1347,7 @@ fn watch(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let selected = selected_name(query);
     let mut wake = changed.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
@@ -1184,6 +1372,9 @@ fn watch(
                             && namespace
                                 .as_deref()
                                 .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
+                            && selected
+                                .as_deref()
+                                .is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
                     })
                     .map(|(rv, t, o)| (*rv, json!({"type": t, "object": o})))
                     .collect();
@@ -1265,6 +1456,35 @@ fn merge_patch(target: &mut Value, patch: &Value) {
                 merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
+    }
+}
+
+/// A strategic merge patch as the built-in kinds here use it: a merge patch, except that
+/// lists of objects with a `name` (containers, webhooks: `patchMergeKey: name`) merge item by
+/// item instead of being replaced.
+fn strategic_merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if p.iter().all(|item| item.get("name").is_some()) && !p.is_empty() =>
+        {
+            for item in p {
+                let name = item.get("name");
+                match t.iter_mut().find(|e| e.get("name") == name) {
+                    Some(e) => strategic_merge_patch(e, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
     }
 }
 
@@ -1570,6 +1790,49 @@ mod tests {
                 .get("example.com/v1", "Widget", "default", "w")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn strategic_merge_patch_merges_named_lists_by_name() {
+        let mut t =
+            json!({"webhooks": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "l": [1, 2]});
+        strategic_merge_patch(
+            &mut t,
+            &json!({"webhooks": [{"name": "b", "x": 3}, {"name": "c"}], "l": [3]}),
+        );
+        assert_eq!(
+            t,
+            json!({"webhooks": [{"name": "a", "x": 1}, {"name": "b", "x": 3}, {"name": "c"}], "l": [3]})
+        );
+    }
+
+    #[tokio::test]
+    async fn field_selector_narrows_lists_and_watches() {
+        let server = FakeApiServer::start().await.unwrap();
+        server.apply(service("a"));
+        server.apply(service("b"));
+        let api: Api<Service> = Api::namespaced(server.client(), "default");
+        let lp = ListParams::default().fields("metadata.name=b");
+        let list = api.list(&lp).await.unwrap();
+        let names: Vec<_> = list.items.iter().map(|s| s.metadata.name.clone()).collect();
+        assert_eq!(names, [Some("b".to_string())]);
+        let wp = WatchParams::default().fields("metadata.name=a");
+        let mut events = api.watch(&wp, "0").await.unwrap().boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(s) => assert_eq!(s.metadata.name.as_deref(), Some("a")),
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            events.try_next().await.unwrap().unwrap(),
+            WatchEvent::Bookmark(_)
+        ));
+        // A change to another object is not seen; the watched one's is.
+        server.apply(service("b"));
+        server.delete("v1", "Service", "default", "a");
+        assert!(matches!(
+            events.try_next().await.unwrap().unwrap(),
+            WatchEvent::Deleted(s) if s.metadata.name.as_deref() == Some("a")
+        ));
     }
 
     #[test]
