@@ -156,7 +156,8 @@ struct Kind {
 // === impl FakeApiServer ===
 
 impl FakeApiServer {
-    /// Start serving, with Namespaces, Services and Pods (core v1) registered.
+    /// Start serving, with Namespaces, Services, Pods (core v1) and EndpointSlices
+    /// (discovery.k8s.io/v1) registered, as every cluster serves them.
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -174,6 +175,12 @@ impl FakeApiServer {
         server.add_kind(KindSpec::cluster("", "v1", "Namespace", "namespaces"));
         server.add_kind(KindSpec::namespaced("", "v1", "Service", "services"));
         server.add_kind(KindSpec::namespaced("", "v1", "Pod", "pods"));
+        server.add_kind(KindSpec::namespaced(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+        ));
         Ok(server)
     }
 
