@@ -79,7 +79,9 @@ pub async fn fetch(client: &kube::Client, namespace: &str, pod: &str) -> anyhow:
     let text = client.request_text(request).await.with_context(|| {
         format!(
             "reading {pod}.{namespace}'s config dump (GET {path}): is the pod running with a \
-             sidecar, and may you get pods/proxy there?"
+             sidecar, and may you get pods/proxy there? (A refused connection: the admin port \
+             listens on 127.0.0.1 only; use `kubectl port-forward {pod} {ADMIN_PORT}` and \
+             `curl localhost:{ADMIN_PORT}/config_dump` instead.)"
         )
     })?;
     serde_json::from_str(&text)
