@@ -219,7 +219,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::leader::fake_api::{FakeApi, status};
+    use crate::testing::{FakeApiServer, status};
 
     const NS: &str = "mast-system";
     const SECRETS: &str = "/api/v1/namespaces/mast-system/secrets";
@@ -249,12 +249,12 @@ mod tests {
 
     #[tokio::test]
     async fn first_start_creates_the_root_and_restarts_load_it() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let (ca, source) = load_ca(client.clone(), NS, CaOptions::default())
             .await
             .unwrap();
         assert_eq!(source, RootSource::Created);
-        let stored = api.get(&format!("{SECRETS}/{CA_SECRET}")).unwrap();
+        let stored = api.get_at(&format!("{SECRETS}/{CA_SECRET}")).unwrap();
         assert_eq!(stored["type"], CA_SECRET_TYPE);
         assert_eq!(stored["data"]["cert-chain.pem"], "");
         assert!(stored["data"]["ca-key.pem"].as_str().unwrap().len() > 100);
@@ -263,18 +263,21 @@ mod tests {
         assert_eq!(source, RootSource::Existing);
         assert_eq!(again.trust_bundle_pem(), ca.trust_bundle_pem());
         assert_eq!(
-            api.log().iter().filter(|l| l.starts_with("POST")).count(),
+            api.requests()
+                .iter()
+                .filter(|l| l.starts_with("POST"))
+                .count(),
             1,
             "{:?}",
-            api.log()
+            api.requests()
         );
     }
 
     #[tokio::test]
     async fn a_lost_create_race_reads_the_winners_root() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let winner = CaPem::self_signed("cluster.local").unwrap();
-        api.put(
+        api.put_at(
             &format!("{SECRETS}/{CA_SECRET}"),
             secret_json(CA_SECRET, &winner),
         );
@@ -293,27 +296,27 @@ mod tests {
         assert_eq!(root.source, RootSource::CreatedByPeer);
         assert_eq!(root.pem, winner);
         assert!(
-            api.log()
+            api.requests()
                 .iter()
                 .any(|l| l.starts_with("POST /api/v1/namespaces/mast-system/secrets")),
             "{:?}",
-            api.log()
+            api.requests()
         );
     }
 
     #[tokio::test]
     async fn plugin_cacerts_takes_precedence() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let org = CaPem::self_signed("Org Root").unwrap();
         let plug = CaPem {
             root_cert: org.ca_cert.clone(),
             ..org.clone()
         };
-        api.put(
+        api.put_at(
             &format!("{SECRETS}/{CA_SECRET}"),
             secret_json(CA_SECRET, &CaPem::self_signed("cluster.local").unwrap()),
         );
-        api.put(
+        api.put_at(
             &format!("{SECRETS}/{PLUGIN_SECRET}"),
             secret_json(PLUGIN_SECRET, &plug),
         );
@@ -322,8 +325,8 @@ mod tests {
         assert_eq!(ca.trust_bundle_pem().trim(), org.ca_cert.trim());
 
         // A plug-in Secret without its root is an error naming the key.
-        let (client, api) = FakeApi::start();
-        api.put(
+        let (client, api) = FakeApiServer::start_in_memory().await;
+        api.put_at(
             &format!("{SECRETS}/{PLUGIN_SECRET}"),
             secret_json(PLUGIN_SECRET, &org),
         );
@@ -338,7 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_error_is_not_absence() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         api.hook(|method, path, _| {
             (*method == Method::GET && path.ends_with("/secrets/cacerts")).then(|| {
                 let msg = "secrets \"cacerts\" is forbidden: User \"system:serviceaccount:mast-system:mastd\" cannot get resource \"secrets\" in API group \"\" in the namespace \"mast-system\"";
@@ -350,7 +353,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::Api { .. }), "{err}");
         assert!(
-            !api.log().iter().any(|l| l.starts_with("POST")),
+            !api.requests().iter().any(|l| l.starts_with("POST")),
             "no new root on a read error"
         );
     }

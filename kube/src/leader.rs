@@ -263,12 +263,6 @@ fn secs(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-/// The tests' fake API server, shared by this crate's writing pieces (hosted here because
-/// `lib.rs` is shared; it belongs beside `testing` as `#[cfg(test)] mod fake_api;`).
-#[cfg(test)]
-#[path = "fake_api.rs"]
-pub(crate) mod fake_api;
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -277,8 +271,8 @@ mod tests {
     use http::Method;
     use serde_json::json;
 
-    use super::fake_api::{FakeApi, status};
     use super::*;
+    use crate::testing::{FakeApiServer, status};
 
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/mast-system/leases/mast-leader";
 
@@ -309,14 +303,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_leader_and_a_clean_handover_on_release() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let (mut a, a_task, a_stop) = elector(&client, "mastd-7c9f-a");
         until(&mut a, true, Duration::from_secs(1)).await;
         let (mut b, b_task, b_stop) = elector(&client, "mastd-7c9f-b");
         // B keeps trying for far longer than a lease, and stays a follower.
         tokio::time::sleep(Duration::from_secs(40)).await;
         assert!(*a.borrow() && !*b.borrow());
-        let lease = api.get(LEASE).unwrap();
+        let lease = api.get_at(LEASE).unwrap();
         assert_eq!(lease["spec"]["holderIdentity"], "mastd-7c9f-a");
         assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
 
@@ -325,11 +319,11 @@ mod tests {
         a_stop.send(()).unwrap();
         a_task.await.unwrap();
         assert!(!*a.borrow());
-        let released = api.get(LEASE).unwrap();
+        let released = api.get_at(LEASE).unwrap();
         assert!(released["spec"]["holderIdentity"].is_null(), "{released}");
         until(&mut b, true, Duration::from_secs(5)).await;
         assert!(t0.elapsed() < Duration::from_secs(5));
-        let lease = api.get(LEASE).unwrap();
+        let lease = api.get_at(LEASE).unwrap();
         assert_eq!(lease["spec"]["holderIdentity"], "mastd-7c9f-b");
         assert_eq!(lease["spec"]["leaseTransitions"], 1);
         b_stop.send(()).unwrap();
@@ -338,9 +332,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_lease_of_a_vanished_holder_is_taken_over() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         // A Lease as a crashed replica left it (the API server's shape).
-        api.put(
+        api.put_at(
             LEASE,
             json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -364,7 +358,7 @@ mod tests {
             (Duration::from_secs(15)..Duration::from_secs(18)).contains(&waited),
             "{waited:?}"
         );
-        let lease = api.get(LEASE).unwrap();
+        let lease = api.get_at(LEASE).unwrap();
         assert_eq!(lease["spec"]["holderIdentity"], "mastd-5d8b-new");
         assert_eq!(lease["spec"]["leaseTransitions"], 4);
         assert_ne!(lease["spec"]["acquireTime"], "2026-11-30T01:00:00.000000Z");
@@ -374,7 +368,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_holder_that_keeps_renewing_is_never_displaced_and_conflicts_retry() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         // The first write of the Lease loses a race: 409 Conflict, as the API server says it.
         let creates = Arc::new(AtomicUsize::new(0));
         let n = Arc::clone(&creates);
@@ -401,7 +395,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(*a.borrow() && !*b.borrow());
         let renewals = api
-            .log()
+            .requests()
             .iter()
             .filter(|l| l.starts_with("PUT") && l.contains("mast-leader"))
             .count();
@@ -414,7 +408,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn replicas_starting_together_elect_exactly_one() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let electors: Vec<_> = ["mastd-a", "mastd-b", "mastd-c"]
             .into_iter()
             .map(|n| elector(&client, n))
@@ -422,7 +416,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         let leaders: Vec<bool> = electors.iter().map(|(rx, _, _)| *rx.borrow()).collect();
         assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
-        let creates = api.log().iter().filter(|l| l.starts_with("POST")).count();
+        let creates = api
+            .requests()
+            .iter()
+            .filter(|l| l.starts_with("POST"))
+            .count();
         // However the requests interleave, at most one create can have succeeded.
         assert!((1..=3).contains(&creates), "{creates}");
         for (_, task, stop) in electors {
@@ -433,8 +431,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_conflict_on_update_is_retried_with_a_fresh_read() {
-        let (client, api) = FakeApi::start();
-        api.put(
+        let (client, api) = FakeApiServer::start_in_memory().await;
+        api.put_at(
             LEASE,
             json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -457,16 +455,20 @@ mod tests {
         assert!(!*a.borrow(), "a lost write is not leadership");
         until(&mut a, true, Duration::from_secs(3)).await;
         assert_eq!(puts.load(Ordering::SeqCst), 2);
-        let gets = api.log().iter().filter(|l| l.starts_with("GET")).count();
+        let gets = api
+            .requests()
+            .iter()
+            .filter(|l| l.starts_with("GET"))
+            .count();
         assert_eq!(gets, 2, "each attempt reads the Lease afresh");
-        assert_eq!(api.get(LEASE).unwrap()["spec"]["leaseTransitions"], 3);
+        assert_eq!(api.get_at(LEASE).unwrap()["spec"]["leaseTransitions"], 3);
         a_stop.send(()).unwrap();
         a_task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let (mut a, a_task, a_stop) = elector(&client, "mastd-a");
         until(&mut a, true, Duration::from_secs(1)).await;
         let t0 = Instant::now();

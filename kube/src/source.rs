@@ -1,8 +1,8 @@
 //! The Kubernetes config source: the API server's objects, read into the same model as a
 //! folder of YAML.
 //!
-//! One kube-rs watcher per kind (Services, Pods, Namespaces, and every mesh custom resource
-//! the dialect parsers read) keeps a local copy of the cluster's objects. Each object becomes
+//! One kube-rs watcher per kind (Services, Pods, Namespaces, EndpointSlices — the endpoints
+//! of Services without a selector — and every mesh custom resource the dialect parsers read) keeps a local copy of the cluster's objects. Each object becomes
 //! a pseudo-file — path `kube:/<group>/<Kind>/<namespace>/<name>`, text the object's JSON
 //! (JSON is YAML) — and the whole set goes to the same [`ConfigStore`] the folder source
 //! uses. Validation, error messages (file = the kube path, resource, field) and "a rejected
@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::WatchStreamExt;
@@ -411,12 +412,13 @@ impl Drop for KubeSource {
     }
 }
 
-/// The core kinds, always served, and the mesh kinds this cluster has CRDs for.
+/// The built-in kinds, always served (discovery.k8s.io/v1 since Kubernetes 1.21), and the mesh kinds this cluster has CRDs for.
 async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
     let mut kinds = vec![
         core(ApiResource::erase::<Namespace>(&()), false),
         core(ApiResource::erase::<Service>(&()), true),
         core(ApiResource::erase::<Pod>(&()), true),
+        core(ApiResource::erase::<EndpointSlice>(&()), true),
     ];
     let groups: Vec<&str> = MESH_KINDS.iter().map(|(g, _)| *g).collect();
     let discovery = Discovery::new(client.clone())

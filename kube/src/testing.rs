@@ -19,11 +19,32 @@
 //! - `PATCH …/<name>/status` (merge patch) changes only `status`, bumps the resourceVersion,
 //!   is seen by watches, and is recorded for assertions;
 //! - `POST` on a collection creates (409 AlreadyExists), `PUT` on an object replaces it with
-//!   optimistic concurrency on `metadata.resourceVersion` (409 Conflict), as a Lease needs.
+//!   optimistic concurrency on `metadata.resourceVersion` (409 Conflict), as a Lease needs;
+//! - `PATCH` on an object: server-side apply (`application/apply-patch+yaml`, `fieldManager`
+//!   required, creates the object when missing, answers the stored object unchanged, with the
+//!   same resourceVersion, when the apply changes nothing), JSON merge patch, and strategic
+//!   merge patch served as a merge patch (lists are replaced whole); `?dryRun=All` answers
+//!   without storing. Field ownership is not tracked: applies never conflict, and a field an
+//!   earlier apply set and a later one leaves out is kept, not removed;
+//! - `DELETE` on an object answers the deleted object (404 NotFound when there is none);
+//! - a CustomResourceDefinition, once stored, serves its kind (discovery, lists, watches) and
+//!   gets `NamesAccepted` and `Established` conditions, unless
+//!   [`FakeApiServer::hold_crds`] delays that; deleting it deletes its objects and stops
+//!   serving the kind.
+//!
+//! - `fieldSelector=metadata.name=<name>` narrows lists and watches (the only field selector
+//!   served, the one kube-rs' watchers of one object use).
 //!
 //! It is HTTP/1.1 on `127.0.0.1:0`; a [`kube::Client`] from [`FakeApiServer::client`] talks to
-//! it like to any cluster. Other requests can be answered with a canned response
-//! ([`FakeApiServer::respond`]), for example a TokenReview.
+//! it like to any cluster. This crate's own tests on paused time use an in-memory client of
+//! the same server instead (`memory_client`), so no socket wake-up races a timer. Other
+//! requests can be answered with a canned response ([`FakeApiServer::respond`]) or by a hook
+//! that sees each request first ([`FakeApiServer::hook`]): a TokenReview per token, an
+//! injected failure. Objects can be read and written by API path as well as by kind
+//! ([`FakeApiServer::get_at`], [`FakeApiServer::put_at`], [`FakeApiServer::delete_at`]).
+//!
+//! This is the crate's one fake API server: the writing pieces' tests (CA Secret, Lease,
+//! TokenReview, trust bundle, webhook caBundle) and the reading ones' share it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -39,6 +60,10 @@ use tokio::sync::{broadcast, mpsc};
 
 /// The body every response of the fake server has.
 type Body = BoxBody<Bytes, Infallible>;
+
+/// A test's own answer to a request: `(method, path, JSON body or null)` → `Some((code,
+/// body))` to answer, `None` to let the server answer.
+type Hook = Box<dyn FnMut(&Method, &str, &Value) -> Option<(u16, Value)> + Send>;
 
 /// A kind the fake server serves (a built-in kind, or an installed CRD).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +134,10 @@ struct State {
     requests: Vec<String>,
     patches: Vec<RecordedPatch>,
     canned: BTreeMap<(String, String), (u16, Value)>,
+    /// Asked first about every request (see [`FakeApiServer::hook`]).
+    hook: Option<Hook>,
+    /// CRDs are stored without the Established condition until `establish_crds`.
+    hold_crds: bool,
 }
 
 struct Kind {
@@ -120,12 +149,15 @@ struct Kind {
     compacted: u64,
     /// Bumped by `expire_watches`: open watches of an older epoch end with 410.
     epoch: u64,
+    /// False once its CRD is deleted (kept in place: watches hold its index).
+    served: bool,
 }
 
 // === impl FakeApiServer ===
 
 impl FakeApiServer {
-    /// Start serving, with Namespaces, Services and Pods (core v1) registered.
+    /// Start serving, with Namespaces, Services, Pods (core v1) and EndpointSlices
+    /// (discovery.k8s.io/v1) registered, as every cluster serves them.
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -143,6 +175,12 @@ impl FakeApiServer {
         server.add_kind(KindSpec::cluster("", "v1", "Namespace", "namespaces"));
         server.add_kind(KindSpec::namespaced("", "v1", "Service", "services"));
         server.add_kind(KindSpec::namespaced("", "v1", "Pod", "pods"));
+        server.add_kind(KindSpec::namespaced(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+        ));
         Ok(server)
     }
 
@@ -161,17 +199,82 @@ impl FakeApiServer {
 
     /// Serve `spec` (install its CRD). Serving a kind twice is a no-op.
     pub fn add_kind(&self, spec: KindSpec) {
-        let mut state = self.lock();
-        if state.kinds.iter().any(|k| k.spec == spec) {
-            return;
+        self.lock().add_kind(spec);
+    }
+
+    /// The kinds a real cluster serves that Mast writes: ServiceAccounts, ConfigMaps,
+    /// Secrets, RBAC, Deployments, Leases, PodDisruptionBudgets, webhook configurations and
+    /// CustomResourceDefinitions (Namespaces, Services and Pods are always served).
+    pub fn add_builtin_kinds(&self) {
+        for spec in [
+            KindSpec::namespaced("", "v1", "ServiceAccount", "serviceaccounts"),
+            KindSpec::namespaced("", "v1", "ConfigMap", "configmaps"),
+            KindSpec::namespaced("", "v1", "Secret", "secrets"),
+            KindSpec::cluster(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRole",
+                "clusterroles",
+            ),
+            KindSpec::cluster(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "ClusterRoleBinding",
+                "clusterrolebindings",
+            ),
+            KindSpec::namespaced("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+            KindSpec::namespaced(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "RoleBinding",
+                "rolebindings",
+            ),
+            KindSpec::namespaced("apps", "v1", "Deployment", "deployments"),
+            KindSpec::namespaced("coordination.k8s.io", "v1", "Lease", "leases"),
+            KindSpec::namespaced(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+            ),
+            KindSpec::cluster(
+                "admissionregistration.k8s.io",
+                "v1",
+                "MutatingWebhookConfiguration",
+                "mutatingwebhookconfigurations",
+            ),
+            KindSpec::cluster(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+            ),
+        ] {
+            self.add_kind(spec);
         }
-        state.kinds.push(Kind {
-            spec,
-            objects: BTreeMap::new(),
-            history: Vec::new(),
-            compacted: 0,
-            epoch: 0,
-        });
+    }
+
+    /// Store CRDs without the `Established` condition (as a busy API server takes a while to
+    /// serve a new kind), until [`establish_crds`](Self::establish_crds).
+    pub fn hold_crds(&self) {
+        self.lock().hold_crds = true;
+    }
+
+    /// Give every stored CRD its `Established` condition now (watches see `MODIFIED`), and
+    /// establish the ones stored later at once again.
+    pub fn establish_crds(&self) {
+        let mut state = self.lock();
+        state.hold_crds = false;
+        let crds: Vec<Value> = state
+            .kind_mut("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+            .map(|k| k.objects.values().cloned().collect())
+            .unwrap_or_default();
+        for mut crd in crds {
+            crd["status"] = crd_status(&crd, true);
+            put(&mut state, crd, true);
+        }
+        drop(state);
+        let _ = self.changed.send(());
     }
 
     /// Create or replace an object (its `apiVersion`/`kind` must be served): watches see
@@ -191,20 +294,15 @@ impl FakeApiServer {
     /// Delete an object; watches see `DELETED`. False when there was none.
     pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
         let mut state = self.lock();
-        state.revision += 1;
-        let revision = state.revision;
-        let Some(k) = state.kind_mut(api_version, kind) else {
+        let Some(index) = state.kind_index(api_version, kind) else {
             return false;
         };
-        let ns = if k.spec.namespaced { namespace } else { "" };
-        let Some(mut object) = k.objects.remove(&(ns.to_string(), name.to_string())) else {
-            return false;
-        };
-        set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
-        k.history.push((revision, "DELETED", object));
+        let removed = remove(&mut state, index, namespace, name).is_some();
         drop(state);
-        let _ = self.changed.send(());
-        true
+        if removed {
+            let _ = self.changed.send(());
+        }
+        removed
     }
 
     /// Compact history: every open watch gets a `410 Expired` ERROR event and is closed, and
@@ -227,6 +325,107 @@ impl FakeApiServer {
         self.lock()
             .canned
             .insert((method.to_string(), path.to_string()), (status, body));
+    }
+
+    /// Answer requests with `hook` first (`Some((code, body))`), else as before: for answers
+    /// that depend on the request (a TokenReview) or count (an injected failure, then
+    /// success). Replaces an earlier hook.
+    pub fn hook(
+        &self,
+        hook: impl FnMut(&Method, &str, &Value) -> Option<(u16, Value)> + Send + 'static,
+    ) {
+        self.lock().hook = Some(Box::new(hook));
+    }
+
+    /// The object at an API path (`/api/v1/namespaces/ns/configmaps/name`).
+    pub fn get_at(&self, path: &str) -> Option<Value> {
+        let st = self.lock();
+        match route(&st, path)? {
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                ..
+            } => st.kinds[kind].objects.get(&(namespace, name)).cloned(),
+            Target::Collection { .. } => None,
+        }
+    }
+
+    /// Create or replace the object at an API path, as another client would (its
+    /// apiVersion, kind, name and namespace are the path's).
+    pub fn put_at(&self, path: &str, mut object: Value) {
+        let st = self.lock();
+        let Some(Target::Object {
+            kind,
+            namespace,
+            name,
+            ..
+        }) = route(&st, path)
+        else {
+            panic!("fake API server: {path} names no object of a served kind");
+        };
+        let spec = st.kinds[kind].spec.clone();
+        drop(st);
+        object["apiVersion"] = json!(spec.api_version());
+        object["kind"] = json!(spec.kind);
+        set_meta(&mut object, "name", json!(name));
+        if spec.namespaced {
+            set_meta(&mut object, "namespace", json!(namespace));
+        }
+        self.apply(object);
+    }
+
+    /// Delete the object at an API path, as another client would. False when there was none.
+    pub fn delete_at(&self, path: &str) -> bool {
+        let mut st = self.lock();
+        let Some(Target::Object {
+            kind,
+            namespace,
+            name,
+            ..
+        }) = route(&st, path)
+        else {
+            return false;
+        };
+        let removed = remove(&mut st, kind, &namespace, &name).is_some();
+        drop(st);
+        if removed {
+            let _ = self.changed.send(());
+        }
+        removed
+    }
+
+    /// A server with [`add_builtin_kinds`](Self::add_builtin_kinds), and a
+    /// [`memory_client`](Self::memory_client) of it: what the writing pieces' tests use.
+    #[cfg(test)]
+    pub(crate) async fn start_in_memory() -> (kube::Client, Self) {
+        let server = match Self::start().await {
+            Ok(server) => server,
+            Err(e) => panic!("fake API server: {e}"),
+        };
+        server.add_builtin_kinds();
+        (server.memory_client(), server)
+    }
+
+    /// A client that reaches this server in memory, not over TCP (namespace `mast-system`):
+    /// for tests on paused time, where a socket's wake-up could come after a timer's.
+    #[cfg(test)]
+    pub(crate) fn memory_client(&self) -> kube::Client {
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
+        let (state, changed) = (self.state.clone(), self.changed.clone());
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let (parts, body) = req.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                send.send_response(answer(&parts, &body, state.clone(), changed.clone()));
+            }
+        });
+        kube::Client::new(service, "mast-system")
     }
 
     /// Forget every canned response.
@@ -293,7 +492,18 @@ fn resource_version(object: &Value) -> u64 {
 
 /// Store an object as the server does (bookkeeping metadata filled in); `None` when its kind
 /// is not served.
-fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
+fn put(state: &mut State, object: Value, notify: bool) -> Option<Value> {
+    put_as(state, object, notify, "kubectl-client-side-apply", "Update")
+}
+
+/// [`put`], recording `manager` and `operation` in `managedFields`.
+fn put_as(
+    state: &mut State,
+    mut object: Value,
+    notify: bool,
+    manager: &str,
+    operation: &str,
+) -> Option<Value> {
     {
         let api_version = object["apiVersion"]
             .as_str()
@@ -341,6 +551,8 @@ fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
         {
             object["status"] = status.clone();
         }
+        let is_crd =
+            k.spec.group == "apiextensions.k8s.io" && k.spec.kind == "CustomResourceDefinition";
         let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
         set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
         set_meta(&mut object, "uid", json!(uid));
@@ -354,20 +566,109 @@ fn put(state: &mut State, mut object: Value, notify: bool) -> Option<Value> {
             &mut object,
             "managedFields",
             json!([{
-                "manager": "kubectl-client-side-apply",
-                "operation": "Update",
+                "manager": manager,
+                "operation": operation,
                 "apiVersion": api_version,
                 "time": "2026-01-01T00:00:00Z",
                 "fieldsType": "FieldsV1",
                 "fieldsV1": {"f:spec": {}},
             }]),
         );
+        if is_crd && object.get("status").is_none() {
+            object["status"] = crd_status(&object, !state.hold_crds);
+        }
+        let k = state.kind_mut(&api_version, &kind)?;
         k.objects.insert(key, object.clone());
         if notify {
             k.history.push((revision, event, object.clone()));
         }
+        if is_crd {
+            for spec in crd_kinds(&object) {
+                state.add_kind(spec);
+            }
+        }
         Some(object)
     }
+}
+
+/// The kinds a CRD serves: one per served version.
+fn crd_kinds(crd: &Value) -> Vec<KindSpec> {
+    let spec = &crd["spec"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    spec["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool().unwrap_or(true))
+        .map(|v| KindSpec {
+            group: text(&spec["group"]),
+            version: text(&v["name"]),
+            kind: text(&spec["names"]["kind"]),
+            plural: text(&spec["names"]["plural"]),
+            namespaced: spec["scope"] != "Cluster",
+        })
+        .collect()
+}
+
+/// A CRD's status as the apiextensions controller writes it.
+fn crd_status(crd: &Value, established: bool) -> Value {
+    let condition = |kind: &str, status: bool, reason: &str| {
+        json!({
+            "type": kind,
+            "status": if status { "True" } else { "False" },
+            "reason": reason,
+            "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        })
+    };
+    json!({
+        "acceptedNames": crd["spec"]["names"],
+        "storedVersions": crd["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["storage"].as_bool().unwrap_or(false))
+            .map(|v| v["name"].clone())
+            .collect::<Vec<_>>(),
+        "conditions": [
+            condition("NamesAccepted", true, "NoConflicts"),
+            if established {
+                condition("Established", true, "InitialNamesAccepted")
+            } else {
+                condition("Established", false, "Installing")
+            },
+        ],
+    })
+}
+
+/// Remove an object (watches see `DELETED`); removing a CRD removes its objects and stops
+/// serving its kinds. The removed object, `None` when there was none.
+fn remove(state: &mut State, kind: usize, namespace: &str, name: &str) -> Option<Value> {
+    state.revision += 1;
+    let revision = state.revision;
+    let k = &mut state.kinds[kind];
+    let ns = if k.spec.namespaced { namespace } else { "" };
+    let mut object = k.objects.remove(&(ns.to_string(), name.to_string()))?;
+    set_meta(&mut object, "resourceVersion", json!(revision.to_string()));
+    k.history.push((revision, "DELETED", object.clone()));
+    let is_crd =
+        k.spec.group == "apiextensions.k8s.io" && k.spec.kind == "CustomResourceDefinition";
+    if is_crd {
+        let served = crd_kinds(&object);
+        for k in state
+            .kinds
+            .iter_mut()
+            .filter(|k| k.served && served.contains(&k.spec))
+        {
+            k.served = false;
+            let objects = std::mem::take(&mut k.objects);
+            for (_, mut o) in objects {
+                set_meta(&mut o, "resourceVersion", json!(revision.to_string()));
+                k.history.push((revision, "DELETED", o));
+            }
+        }
+    }
+    Some(object)
 }
 
 impl Drop for FakeApiServer {
@@ -390,10 +691,32 @@ fn set_meta(object: &mut Value, key: &str, value: Value) {
 // === the HTTP side ===
 
 impl State {
-    fn kind_mut(&mut self, api_version: &str, kind: &str) -> Option<&mut Kind> {
+    fn kind_index(&self, api_version: &str, kind: &str) -> Option<usize> {
         self.kinds
-            .iter_mut()
-            .find(|k| k.spec.api_version() == api_version && k.spec.kind == kind)
+            .iter()
+            .position(|k| k.served && k.spec.api_version() == api_version && k.spec.kind == kind)
+    }
+
+    fn kind_mut(&mut self, api_version: &str, kind: &str) -> Option<&mut Kind> {
+        let index = self.kind_index(api_version, kind)?;
+        Some(&mut self.kinds[index])
+    }
+
+    /// Serve `spec`; serving a kind twice is a no-op, serving a deleted CRD's kind again
+    /// revives it.
+    fn add_kind(&mut self, spec: KindSpec) {
+        if let Some(k) = self.kinds.iter_mut().find(|k| k.spec == spec) {
+            k.served = true;
+            return;
+        }
+        self.kinds.push(Kind {
+            spec,
+            objects: BTreeMap::new(),
+            history: Vec::new(),
+            compacted: 0,
+            epoch: 0,
+            served: true,
+        });
     }
 }
 
@@ -440,33 +763,49 @@ async fn handle(
     state: Arc<Mutex<State>>,
     changed: broadcast::Sender<()>,
 ) -> Response<Body> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let content_type = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = req
-        .into_body()
+    let (parts, body) = req.into_parts();
+    let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    answer(&parts, &body, state, changed)
+}
+
+/// The answer to one request, whichever transport brought it.
+fn answer(
+    parts: &http::request::Parts,
+    body: &Bytes,
+    state: Arc<Mutex<State>>,
+    changed: broadcast::Sender<()>,
+) -> Response<Body> {
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_string();
+    let query: BTreeMap<String, String> = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let mut st = lock(&state);
     st.requests.push(match req_query(&query) {
         q if q.is_empty() => format!("{method} {path}"),
         q => format!("{method} {path}?{q}"),
     });
+    if let Some(hook) = st.hook.as_mut() {
+        let value = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+        if let Some((code, answer)) = hook(&method, &path, &value) {
+            return json_response(code, &answer);
+        }
+    }
     if let Some((code, body)) = st.canned.get(&(method.to_string(), path.clone())) {
         return json_response(*code, body);
     }
@@ -504,7 +843,7 @@ async fn handle(
             None => not_found(&st.kinds[kind].spec, &name),
         },
         (Method::POST, Target::Collection { kind, namespace }) => {
-            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the object is not JSON");
             };
             if let Some(ns) = namespace {
@@ -553,7 +892,7 @@ async fn handle(
                 status: false,
             },
         ) => {
-            let Ok(mut object) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the object is not JSON");
             };
             let spec = st.kinds[kind].spec.clone();
@@ -605,7 +944,7 @@ async fn handle(
                 status: true,
             },
         ) => {
-            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            let Ok(patch) = serde_json::from_slice::<Value>(body) else {
                 return status_response(400, "BadRequest", "the patch is not JSON");
             };
             st.patches.push(RecordedPatch {
@@ -640,12 +979,186 @@ async fn handle(
             let _ = changed.send(());
             json_response(200, &object)
         }
+        (
+            Method::PATCH,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+        ) => {
+            let dry_run = query.get("dryRun").map(String::as_str) == Some("All");
+            let spec = st.kinds[kind].spec.clone();
+            let Ok(mut patch) = serde_json::from_slice::<Value>(body) else {
+                return status_response(
+                    400,
+                    "BadRequest",
+                    "the patch is not JSON (the fake parses only JSON, YAML's subset)",
+                );
+            };
+            let current = st.kinds[kind]
+                .objects
+                .get(&(namespace.clone(), name.clone()))
+                .cloned();
+            let (manager, operation) = match content_type.split(';').next().unwrap_or("") {
+                "application/apply-patch+yaml" => {
+                    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                        return status_response(
+                            400,
+                            "BadRequest",
+                            "PATCH, fieldManager: Required value: is required for apply patch",
+                        );
+                    };
+                    if patch["apiVersion"] != json!(spec.api_version())
+                        || patch["kind"] != json!(spec.kind)
+                        || patch["metadata"]["name"] != json!(name)
+                    {
+                        return status_response(
+                            400,
+                            "BadRequest",
+                            &format!(
+                                "the applied object's apiVersion, kind and name must be {}, {} and {name}",
+                                spec.api_version(),
+                                spec.kind
+                            ),
+                        );
+                    }
+                    (manager.clone(), "Apply")
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    if current.is_none() {
+                        return not_found(&spec, &name);
+                    }
+                    (
+                        query
+                            .get("fieldManager")
+                            .cloned()
+                            .unwrap_or_else(|| "unknown".into()),
+                        "Update",
+                    )
+                }
+                other => {
+                    return status_response(
+                        415,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "the body of the request was in an unknown format - accepted media types include: application/apply-patch+yaml, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
+                        ),
+                    );
+                }
+            };
+            // The main resource ignores status when the kind has a status subresource (all
+            // kinds here have one).
+            if let Some(map) = patch.as_object_mut() {
+                map.remove("status");
+            }
+            let created = current.is_none();
+            let mut object = current.clone().unwrap_or_else(|| json!({}));
+            if content_type.starts_with("application/strategic-merge-patch+json") {
+                strategic_merge_patch(&mut object, &patch);
+            } else {
+                merge_patch(&mut object, &patch);
+            }
+            if spec.namespaced {
+                set_meta(&mut object, "namespace", json!(namespace));
+            }
+            object["apiVersion"] = json!(spec.api_version());
+            object["kind"] = json!(spec.kind);
+            if let Some(current) = current.filter(|c| *c == object) {
+                // A no-op write is not written: same resourceVersion, no event.
+                return json_response(200, &current);
+            }
+            let code = if created { 201 } else { 200 };
+            if dry_run {
+                return json_response(code, &object);
+            }
+            match put_as(&mut st, object, true, &manager, operation) {
+                Some(stored) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(code, &stored)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
+        (
+            Method::DELETE,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+                status: false,
+            },
+        ) => {
+            let spec = st.kinds[kind].spec.clone();
+            if query.get("dryRun").map(String::as_str) == Some("All") {
+                return match st.kinds[kind].objects.get(&(namespace, name.clone())) {
+                    Some(o) => json_response(200, o),
+                    None => not_found(&spec, &name),
+                };
+            }
+            match remove(&mut st, kind, &namespace, &name) {
+                Some(object) => {
+                    drop(st);
+                    let _ = changed.send(());
+                    json_response(200, &object)
+                }
+                None => not_found(&spec, &name),
+            }
+        }
         _ => status_response(
             405,
             "MethodNotAllowed",
             "the fake API server does not serve this",
         ),
     }
+}
+
+/// `%XX` escapes decoded (selectors arrive as `metadata.name%3Dx`).
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The name a `fieldSelector=metadata.name=<name>` asks for (the only field selector served).
+fn selected_name(query: &BTreeMap<String, String>) -> Option<String> {
+    query
+        .get("fieldSelector")?
+        .split(',')
+        .find_map(|f| f.strip_prefix("metadata.name="))
+        .map(String::from)
+}
+
+/// A `Status` failure as the API server writes it, for hooks' answers.
+pub fn status(code: u16, reason: &str, message: &str, plural: &str, name: &str) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason,
+        "details": {"name": name, "kind": plural}, "code": code
+    })
 }
 
 fn req_query(query: &BTreeMap<String, String>) -> String {
@@ -660,7 +1173,7 @@ fn discovery(st: &State, path: &str) -> Option<Value> {
     let resources = |group: &str, version: &str| -> Vec<Value> {
         st.kinds
             .iter()
-            .filter(|k| k.spec.group == group && k.spec.version == version)
+            .filter(|k| k.served && k.spec.group == group && k.spec.version == version)
             .flat_map(|k| {
                 let s = &k.spec;
                 [
@@ -696,7 +1209,7 @@ fn discovery(st: &State, path: &str) -> Option<Value> {
         })),
         ["apis"] => {
             let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-            for k in st.kinds.iter().filter(|k| !k.spec.is_core()) {
+            for k in st.kinds.iter().filter(|k| k.served && !k.spec.is_core()) {
                 let versions = groups.entry(&k.spec.group).or_default();
                 if !versions.contains(&k.spec.version.as_str()) {
                     versions.push(&k.spec.version);
@@ -745,7 +1258,10 @@ fn route(st: &State, path: &str) -> Option<Target> {
     };
     let find = |plural: &str| {
         st.kinds.iter().position(|k| {
-            k.spec.group == group && k.spec.version == version && k.spec.plural == plural
+            k.served
+                && k.spec.group == group
+                && k.spec.version == version
+                && k.spec.plural == plural
         })
     };
     match rest {
@@ -779,6 +1295,7 @@ fn list(
     query: &BTreeMap<String, String>,
 ) -> Value {
     let k = &st.kinds[kind];
+    let selected = selected_name(query);
     // The token is `<resourceVersion>.<offset>`; opaque to clients, as the real one.
     let (revision, offset) = query
         .get("continue")
@@ -793,7 +1310,9 @@ fn list(
     let all: Vec<Value> = k
         .objects
         .iter()
-        .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+        .filter(|((ns, name), _)| {
+            namespace.is_none_or(|n| n == ns) && selected.as_deref().is_none_or(|s| s == name)
+        })
         .map(|(_, o)| {
             let mut o = o.clone();
             // The real server leaves TypeMeta out of a built-in kind's list items.
@@ -835,6 +1354,7 @@ fn watch(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let bookmarks = query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let selected = selected_name(query);
     let mut wake = changed.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
@@ -859,6 +1379,9 @@ fn watch(
                             && namespace
                                 .as_deref()
                                 .is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n))
+                            && selected
+                                .as_deref()
+                                .is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
                     })
                     .map(|(rv, t, o)| (*rv, json!({"type": t, "object": o})))
                     .collect();
@@ -940,6 +1463,35 @@ fn merge_patch(target: &mut Value, patch: &Value) {
                 merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
             }
         }
+    }
+}
+
+/// A strategic merge patch as the built-in kinds here use it: a merge patch, except that
+/// lists of objects with a `name` (containers, webhooks: `patchMergeKey: name`) merge item by
+/// item instead of being replaced.
+fn strategic_merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    strategic_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if p.iter().all(|item| item.get("name").is_some()) && !p.is_empty() =>
+        {
+            for item in p {
+                let name = item.get("name");
+                match t.iter_mut().find(|e| e.get("name") == name) {
+                    Some(e) => strategic_merge_patch(e, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
     }
 }
 
@@ -1121,6 +1673,173 @@ mod tests {
             "{stale}"
         );
         assert!(api.get_opt("other").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn server_side_apply_creates_merges_and_deletes() {
+        use kube::api::{DeleteParams, Patch, PatchParams};
+        let server = FakeApiServer::start().await.unwrap();
+        let api: Api<Service> = Api::namespaced(server.client(), "default");
+        let applied = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}});
+        let params = PatchParams::apply("tester").force();
+        let created = api
+            .patch("a", &params, &Patch::Apply(&applied))
+            .await
+            .unwrap();
+        let rv = created.metadata.resource_version.clone();
+        let fields = created.metadata.managed_fields.unwrap();
+        assert_eq!(fields[0].manager.as_deref(), Some("tester"));
+        // The same apply again writes nothing.
+        let again = api
+            .patch("a", &params, &Patch::Apply(&applied))
+            .await
+            .unwrap();
+        assert_eq!(again.metadata.resource_version, rv);
+        // A merge patch changes one field and keeps the rest.
+        let merged = api
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await
+            .unwrap();
+        assert_ne!(merged.metadata.resource_version, rv);
+        assert_eq!(merged.spec.unwrap().ports.unwrap()[0].port, 80);
+        // Apply without a field manager, and JSON patches, are refused as the real server does.
+        let raw = |content_type: &str, query: &str| {
+            http::Request::patch(format!("/api/v1/namespaces/default/services/a{query}"))
+                .header(http::header::CONTENT_TYPE, content_type)
+                .body(applied.to_string().into_bytes())
+                .unwrap()
+        };
+        let client = server.client();
+        let e = client
+            .request_text(raw("application/apply-patch+yaml", ""))
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 400), "{e}");
+        let e = client
+            .request_text(raw("application/json-patch+json", "?fieldManager=x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 415), "{e}");
+        // Dry run stores nothing; delete removes; a second delete is NotFound.
+        let mut dry = params.clone();
+        dry.dry_run = true;
+        let b = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "b"}});
+        api.patch("b", &dry, &Patch::Apply(&b)).await.unwrap();
+        assert!(server.get("v1", "Service", "default", "b").is_none());
+        api.delete("a", &DeleteParams::default()).await.unwrap();
+        assert!(server.get("v1", "Service", "default", "a").is_none());
+        let e = api.delete("a", &DeleteParams::default()).await.unwrap_err();
+        assert!(
+            matches!(&e, kube::Error::Api(s) if s.code == 404 && s.reason == "NotFound"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crd_serves_its_kind_until_deleted() {
+        let server = FakeApiServer::start().await.unwrap();
+        server.add_builtin_kinds();
+        server.hold_crds();
+        let crd = json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Namespaced",
+                "names": {"kind": "Widget", "plural": "widgets"},
+                "versions": [{"name": "v1", "served": true, "storage": true}],
+            },
+        });
+        server.apply(crd);
+        let established = |server: &FakeApiServer| {
+            let crd = server
+                .get(
+                    "apiextensions.k8s.io/v1",
+                    "CustomResourceDefinition",
+                    "",
+                    "widgets.example.com",
+                )
+                .unwrap();
+            crd["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        };
+        assert!(!established(&server));
+        server.establish_crds();
+        assert!(established(&server));
+        server.apply(json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w", "namespace": "default"}}));
+        let gvk = kube::api::GroupVersionKind::gvk("example.com", "v1", "Widget");
+        assert!(
+            kube::discovery::pinned_kind(&server.client(), &gvk)
+                .await
+                .is_ok()
+        );
+        assert!(server.delete(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            "widgets.example.com"
+        ));
+        assert!(
+            kube::discovery::pinned_kind(&server.client(), &gvk)
+                .await
+                .is_err()
+        );
+        assert!(
+            server
+                .get("example.com/v1", "Widget", "default", "w")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn strategic_merge_patch_merges_named_lists_by_name() {
+        let mut t =
+            json!({"webhooks": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "l": [1, 2]});
+        strategic_merge_patch(
+            &mut t,
+            &json!({"webhooks": [{"name": "b", "x": 3}, {"name": "c"}], "l": [3]}),
+        );
+        assert_eq!(
+            t,
+            json!({"webhooks": [{"name": "a", "x": 1}, {"name": "b", "x": 3}, {"name": "c"}], "l": [3]})
+        );
+    }
+
+    #[tokio::test]
+    async fn field_selector_narrows_lists_and_watches() {
+        let server = FakeApiServer::start().await.unwrap();
+        server.apply(service("a"));
+        server.apply(service("b"));
+        let api: Api<Service> = Api::namespaced(server.client(), "default");
+        let lp = ListParams::default().fields("metadata.name=b");
+        let list = api.list(&lp).await.unwrap();
+        let names: Vec<_> = list.items.iter().map(|s| s.metadata.name.clone()).collect();
+        assert_eq!(names, [Some("b".to_string())]);
+        let wp = WatchParams::default().fields("metadata.name=a");
+        let mut events = api.watch(&wp, "0").await.unwrap().boxed();
+        match events.try_next().await.unwrap().unwrap() {
+            WatchEvent::Added(s) => assert_eq!(s.metadata.name.as_deref(), Some("a")),
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            events.try_next().await.unwrap().unwrap(),
+            WatchEvent::Bookmark(_)
+        ));
+        // A change to another object is not seen; the watched one's is.
+        server.apply(service("b"));
+        server.delete("v1", "Service", "default", "a");
+        assert!(matches!(
+            events.try_next().await.unwrap().unwrap(),
+            WatchEvent::Deleted(s) if s.metadata.name.as_deref() == Some("a")
+        ));
     }
 
     #[test]

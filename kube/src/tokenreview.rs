@@ -193,7 +193,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::leader::fake_api::{FakeApi, status};
+    use crate::testing::{FakeApiServer, status};
 
     const PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
@@ -234,8 +234,8 @@ mod tests {
     }
 
     /// A fake API server that answers reviews per token, counting them.
-    fn server() -> (TokenReviewer, Arc<AtomicUsize>) {
-        let (client, api) = FakeApi::start();
+    async fn server() -> (TokenReviewer, Arc<AtomicUsize>) {
+        let (client, api) = FakeApiServer::start_in_memory().await;
         let calls = Arc::new(AtomicUsize::new(0));
         let n = Arc::clone(&calls);
         api.hook(move |method, path, body| {
@@ -279,7 +279,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_account_token_is_that_identity_and_is_cached() {
-        let (r, calls) = server();
+        let (r, calls) = server().await;
         let auth: &dyn Authenticator = &r;
         assert_eq!(
             auth.authenticate("good").await,
@@ -298,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_say_why_and_are_not_cached() {
-        let (r, calls) = server();
+        let (r, calls) = server().await;
         for (token, reason) in [
             ("revoked", "has been invalidated"),
             ("for-api", "is invalid for the target audiences"),
@@ -316,7 +316,7 @@ mod tests {
 
     #[tokio::test]
     async fn api_errors_are_unavailable_not_an_identity() {
-        let (r, _) = server();
+        let (r, _) = server().await;
         match r.review("forbidden").await {
             Err(AuthenticationError::Unavailable(m)) => assert!(m.contains("tokenreviews"), "{m}"),
             other => panic!("{other:?}"),

@@ -243,7 +243,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::leader::fake_api::FakeApi;
+    use crate::testing::FakeApiServer;
 
     const A: &str = "-----BEGIN CERTIFICATE-----\nMIIBa...A\n-----END CERTIFICATE-----\n";
     const B: &str = "-----BEGIN CERTIFICATE-----\nMIIBb...B\n-----END CERTIFICATE-----\n";
@@ -261,8 +261,8 @@ mod tests {
         format!("/api/v1/namespaces/{ns}/configmaps/{CONFIGMAP}")
     }
 
-    fn bundle_in(api: &FakeApi, ns: &str) -> Option<String> {
-        api.get(&cm_path(ns))
+    fn bundle_in(api: &FakeApiServer, ns: &str) -> Option<String> {
+        api.get_at(&cm_path(ns))
             .and_then(|c| c["data"][KEY].as_str().map(String::from))
     }
 
@@ -275,8 +275,8 @@ mod tests {
         }
     }
 
-    fn writes(api: &FakeApi) -> Vec<String> {
-        api.log()
+    fn writes(api: &FakeApiServer) -> Vec<String> {
+        api.requests()
             .into_iter()
             .filter(|l| l.starts_with("POST") || l.starts_with("PATCH"))
             .collect()
@@ -284,17 +284,17 @@ mod tests {
 
     #[tokio::test]
     async fn every_namespace_gets_the_bundle_and_keeps_it() {
-        let (client, api) = FakeApi::start();
+        let (client, api) = FakeApiServer::start_in_memory().await;
         for (n, phase) in [
             ("default", "Active"),
             ("bookinfo", "Active"),
             ("kube-system", "Active"),
             ("leaving", "Terminating"),
         ] {
-            api.put(&format!("/api/v1/namespaces/{n}"), namespace(n, phase));
+            api.put_at(&format!("/api/v1/namespaces/{n}"), namespace(n, phase));
         }
         // bookinfo already has the right bundle (a previous leader wrote it).
-        api.put(
+        api.put_at(
             &cm_path("bookinfo"),
             json!({"apiVersion": "v1", "kind": "ConfigMap",
                    "metadata": {"name": CONFIGMAP, "namespace": "bookinfo", "labels": {"istio.io/config": "true"}},
@@ -309,13 +309,13 @@ mod tests {
         })
         .await;
         assert_eq!(
-            api.get(&cm_path("default")).unwrap()["metadata"]["labels"]["istio.io/config"],
+            api.get_at(&cm_path("default")).unwrap()["metadata"]["labels"]["istio.io/config"],
             "true"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             writes(&api),
-            ["POST /api/v1/namespaces/default/configmaps?"],
+            ["POST /api/v1/namespaces/default/configmaps"],
             "only the missing one is written"
         );
         assert_eq!(bundle_in(&api, "kube-system"), None);
@@ -330,8 +330,8 @@ mod tests {
         .await;
 
         // Deleted: re-created. A new namespace: published.
-        assert!(api.delete(&cm_path("default")));
-        api.put("/api/v1/namespaces/todo", namespace("todo", "Active"));
+        assert!(api.delete_at(&cm_path("default")));
+        api.put_at("/api/v1/namespaces/todo", namespace("todo", "Active"));
         eventually("re-created and new", || {
             bundle_in(&api, "default").as_deref() == Some(B)
                 && bundle_in(&api, "todo").as_deref() == Some(B)
@@ -344,9 +344,9 @@ mod tests {
         assert_eq!(writes(&api).len(), n, "{:?}", writes(&api));
 
         // Someone edits it by hand: put back.
-        let mut edited = api.get(&cm_path("todo")).unwrap();
+        let mut edited = api.get_at(&cm_path("todo")).unwrap();
         edited["data"][KEY] = json!("tampered");
-        api.put(&cm_path("todo"), edited);
+        api.put_at(&cm_path("todo"), edited);
         eventually("restored", || bundle_in(&api, "todo").as_deref() == Some(B)).await;
 
         // The root no longer changes (its sender is gone): publishing goes on.
@@ -354,7 +354,7 @@ mod tests {
         // A follower writes nothing.
         leader_tx.send_replace(false);
         tokio::time::sleep(Duration::from_millis(100)).await;
-        api.put("/api/v1/namespaces/later", namespace("later", "Active"));
+        api.put_at("/api/v1/namespaces/later", namespace("later", "Active"));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(bundle_in(&api, "later"), None);
         // Leading again: caught up.

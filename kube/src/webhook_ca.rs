@@ -127,7 +127,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::leader::fake_api::FakeApi;
+    use crate::testing::FakeApiServer;
 
     const PATH: &str =
         "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mast-sidecar-injector";
@@ -169,8 +169,8 @@ mod tests {
         serde_json::to_value(ByteString(pem.as_bytes().to_vec())).unwrap()
     }
 
-    fn bundles(api: &FakeApi) -> Vec<Value> {
-        api.get(PATH).unwrap()["webhooks"]
+    fn bundles(api: &FakeApiServer) -> Vec<Value> {
+        api.get_at(PATH).unwrap()["webhooks"]
             .as_array()
             .unwrap()
             .iter()
@@ -183,8 +183,8 @@ mod tests {
 
     #[tokio::test]
     async fn every_webhook_gets_the_root_base64_and_nothing_else_changes() {
-        let (client, api) = FakeApi::start();
-        api.put(PATH, installed());
+        let (client, api) = FakeApiServer::start_in_memory().await;
+        api.put_at(PATH, installed());
         let patches = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&patches);
         api.hook(move |method, _, body| {
@@ -204,7 +204,7 @@ mod tests {
             sent["webhooks"][0],
             json!({"name": "namespace.sidecar-injector.mast.io", "clientConfig": {"caBundle": b64(ROOT_A)}})
         );
-        let after = api.get(PATH).unwrap();
+        let after = api.get_at(PATH).unwrap();
         assert_eq!(after["webhooks"][0]["failurePolicy"], "Fail");
         assert_eq!(
             after["webhooks"][2]["clientConfig"]["service"]["path"],
@@ -222,7 +222,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_configuration_is_a_clear_error() {
-        let (client, _api) = FakeApi::start();
+        let (client, _api) = FakeApiServer::start_in_memory().await;
         let err = patch_ca_bundle(client, DEFAULT_WEBHOOK_CONFIG, ROOT_A)
             .await
             .unwrap_err();
@@ -234,14 +234,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_leader_patches_at_start_on_root_change_and_after_a_reapply() {
-        let (client, api) = FakeApi::start();
-        api.put(PATH, installed());
+        let (client, api) = FakeApiServer::start_in_memory().await;
+        api.put_at(PATH, installed());
         let (bundle_tx, bundle) = watch::channel(ROOT_A.to_string());
         let (leader_tx, leader) = watch::channel(false);
         let task = tokio::spawn(run(client, DEFAULT_WEBHOOK_CONFIG.into(), bundle, leader));
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert!(
-            !api.log().iter().any(|l| l.starts_with("PATCH")),
+            !api.requests().iter().any(|l| l.starts_with("PATCH")),
             "followers never write"
         );
         leader_tx.send_replace(true);
@@ -251,7 +251,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(bundles(&api), vec![b64(ROOT_B); 3]);
         // `kubectl apply` of the manifest empties caBundle; the resync restores it.
-        api.put(PATH, installed());
+        api.put_at(PATH, installed());
         tokio::time::sleep(RESYNC + Duration::from_secs(1)).await;
         assert_eq!(bundles(&api), vec![b64(ROOT_B); 3]);
         drop((bundle_tx, leader_tx));

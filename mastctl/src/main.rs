@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod analyze;
 mod bootstrap;
+mod cluster;
 mod credential;
 mod demo;
 mod kube_inject;
@@ -40,6 +41,17 @@ enum Command {
     KubeInject(kube_inject::Args),
     /// Print the Kubernetes manifests that install Mast (CRDs, control plane, webhook).
     Manifest(manifest::Args),
+    /// Install Mast on the cluster: server-side apply of what `manifest generate` prints, CRDs
+    /// first (waiting until they are Established), then the control plane and the webhook.
+    Install(cluster::install::InstallArgs),
+    /// Delete what `install` applied, in reverse order. CRDs are kept unless --purge, which
+    /// also deletes every resource of those kinds (users' VirtualServices included).
+    Uninstall(cluster::install::UninstallArgs),
+    /// Show a sidecar's clusters, listeners, routes, endpoints or secrets from its Envoy
+    /// config dump (read through the API server's pod proxy).
+    ProxyConfig(cluster::proxy_config::Args),
+    /// Serve mastd's topology web view on a local port, through the API server.
+    Dashboard(cluster::dashboard::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +64,12 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::KubeInject(args) => kube_inject::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Manifest(args) => manifest::run(&args),
+        Command::Install(args) => cluster::install::run_install(&args).map(|()| ExitCode::SUCCESS),
+        Command::Uninstall(args) => {
+            cluster::install::run_uninstall(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Command::ProxyConfig(args) => cluster::proxy_config::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Dashboard(args) => cluster::dashboard::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

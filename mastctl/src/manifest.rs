@@ -29,18 +29,18 @@ enum Command {
     Generate(GenerateArgs),
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 #[group(multiple = false)]
 pub struct GenerateArgs {
     /// Only the CustomResourceDefinitions (manifests/install/crds.yaml).
     #[arg(long)]
-    crds: bool,
+    pub crds: bool,
     /// Only the control plane: mast.yaml, istiod-alias.yaml and the injection webhook.
     #[arg(long)]
-    install: bool,
+    pub install: bool,
     /// CRDs and control plane (the default).
     #[arg(long)]
-    all: bool,
+    pub all: bool,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -56,8 +56,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The text `generate` prints.
-fn generate(args: &GenerateArgs) -> anyhow::Result<String> {
+/// The text `generate` prints (and `mastctl install` applies).
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<String> {
     let everything = args.all || !(args.crds || args.install);
     let mut out = String::new();
     if args.crds || everything {

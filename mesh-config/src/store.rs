@@ -211,6 +211,8 @@ fn kind_rank(kind: &str) -> u8 {
         "Service" => 1,
         "ServiceEntry" => 2,
         "WorkloadEntry" | "Pod" => 3,
+        // After its Service, and after the Pods whose labels its endpoints carry.
+        "EndpointSlice" => 4,
         "DestinationRule" => 4,
         "Sidecar" => 6,
         _ => 5,

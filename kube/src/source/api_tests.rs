@@ -494,3 +494,74 @@ async fn lists_are_read_across_pages() {
     })
     .await;
 }
+
+/// A Service without a selector takes its endpoints from its EndpointSlices, and follows
+/// them: a slice's endpoint that stops being ready leaves the model.
+#[tokio::test]
+async fn a_selectorless_service_follows_its_endpoint_slices() {
+    let server = todolist_cluster().await;
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"ports": [{"name": "tcp-pg", "port": 5432, "targetPort": 6432, "protocol": "TCP"}],
+                 "clusterIP": "10.96.0.50", "type": "ClusterIP"},
+    }));
+    let slice = |ready: bool| {
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-x7k2p", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "db",
+                                    "endpointslice.kubernetes.io/managed-by": "staff"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp-pg", "port": 6432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["192.168.10.5"], "conditions": {"ready": true}},
+                {"addresses": ["192.168.10.6"], "conditions": {"ready": ready}},
+            ],
+        })
+    };
+    server.apply(slice(true));
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let kinds: Vec<String> = source.kinds().map(|k| k.kind.clone()).collect();
+    assert!(kinds.contains(&"EndpointSlice".to_string()), "{kinds:?}");
+    let endpoints = |m: &MeshModel| -> Vec<(String, Option<u16>)> {
+        m.services
+            .get("db.default.svc.cluster.local")
+            .map(|s| {
+                s.endpoints
+                    .iter()
+                    .map(|e| (e.address.clone(), e.ports.get("tcp-pg").copied()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(
+        endpoints(&first.model),
+        [
+            ("192.168.10.5".to_string(), Some(6432)),
+            ("192.168.10.6".to_string(), Some(6432))
+        ]
+    );
+    // The todo-list's selector Services keep their pods and get nothing from slices.
+    assert!(
+        first.model.services["user.default.svc.cluster.local"]
+            .endpoints
+            .is_empty()
+    );
+    let mut rx = follow(source);
+    server.apply(slice(false));
+    let u = until(&mut rx, |u| endpoints(&u.model).len() == 1).await;
+    assert_eq!(
+        endpoints(&u.model),
+        [("192.168.10.5".to_string(), Some(6432))]
+    );
+    server.delete(
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "default",
+        "db-x7k2p",
+    );
+    until(&mut rx, |u| endpoints(&u.model).is_empty()).await;
+}

@@ -1,8 +1,13 @@
-//! Kubernetes core resources: Service, Namespace and Pod.
+//! Kubernetes core resources: Service, Namespace, Pod, and EndpointSlice
+//! (`discovery.k8s.io/v1`).
 //!
 //! A Service gives a hostname and ports to the workloads its selector picks; the port's
 //! application protocol is inferred as Istio does (`appProtocol`, else the port name's
 //! prefix: `http-web`, `grpc`, …), because it decides whether traffic is routed at L7.
+//! A Service without a selector has the endpoints its EndpointSlices list (label
+//! `kubernetes.io/service-name`), as in Istio: that is how a cluster names backends that are
+//! no pods of its own (a database outside, another cluster). A selector's Service ignores its
+//! slices, which only repeat the pods the selector already picks.
 //! Other core kinds (Deployment, ServiceAccount, ConfigMap, …) are none of the mesh's business
 //! and are ignored.
 
@@ -12,11 +17,14 @@ use serde::Deserialize;
 
 use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::{
-    Labels, MeshModel, Namespace, Protocol, Resolution, Service, ServicePort, TargetPort, Workload,
-    service_fqdn,
+    Endpoint, Labels, MeshModel, Namespace, Protocol, Resolution, Service, ServicePort, TargetPort,
+    Workload, service_fqdn,
 };
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
+    if doc.meta.api_version == "discovery.k8s.io/v1" && doc.meta.kind == "EndpointSlice" {
+        return Some(parse_endpoint_slice(doc).map(|s| Box::new(s) as Box<dyn MeshResource>));
+    }
     if doc.meta.api_version != "v1" {
         return None;
     }
@@ -324,6 +332,180 @@ impl MeshResource for PodResource {
     }
 }
 
+// === EndpointSlice ===
+
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label pilot reads to know an endpoint has a sidecar (mTLS towards it).
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointSliceDoc {
+    address_type: String,
+    #[serde(default)]
+    endpoints: Vec<SliceEndpoint>,
+    /// Absent or null: no ports (the slice's endpoints serve none of the Service's ports).
+    #[serde(default)]
+    ports: Option<Vec<SlicePort>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SliceEndpoint {
+    addresses: Vec<String>,
+    #[serde(default)]
+    conditions: SliceConditions,
+    #[serde(default)]
+    target_ref: Option<TargetRef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SliceConditions {
+    /// Absent means unknown, which consumers must treat as ready (the API's documentation).
+    #[serde(default)]
+    ready: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TargetRef {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlicePort {
+    /// The Service port's name ("" for a Service's only, unnamed, port).
+    #[serde(default)]
+    name: Option<String>,
+    /// Absent: every port (the API allows it; no Service controller writes it).
+    #[serde(default)]
+    port: Option<i64>,
+}
+
+/// The ready endpoints of one slice, for the Service it names.
+#[derive(Debug)]
+struct EndpointSliceResource {
+    /// `None` when the slice names no Service (it then feeds nothing).
+    service: Option<String>,
+    endpoints: Vec<SliceAddress>,
+}
+
+#[derive(Debug)]
+struct SliceAddress {
+    address: String,
+    /// Service port name → the endpoint's port.
+    ports: BTreeMap<String, u16>,
+    /// The Pod behind it (`targetRef`), whose labels and sidecar the endpoint carries.
+    pod: Option<(String, String)>,
+}
+
+fn parse_endpoint_slice(doc: &Document<'_>) -> Result<EndpointSliceResource, Vec<FieldError>> {
+    let slice: EndpointSliceDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
+        errors.push(FieldError::new(
+            "addressType",
+            format!("{:?} is not IPv4, IPv6 or FQDN", slice.address_type),
+        ));
+    }
+    let mut ports = BTreeMap::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let Some(n) = p.port else { continue };
+        if let Some(port) = port_number(n, &format!("ports[{i}].port"), &mut errors) {
+            ports.insert(p.name.clone().unwrap_or_default(), port);
+        }
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        if e.addresses.is_empty() {
+            errors.push(FieldError::new(
+                format!("endpoints[{i}].addresses"),
+                "at least one address is required",
+            ));
+        }
+        // Not ready: terminating or failing its readiness probe; no traffic, as in Istio.
+        if e.conditions.ready == Some(false) {
+            continue;
+        }
+        let pod = e
+            .target_ref
+            .as_ref()
+            .and_then(|t| match (&t.kind, &t.name) {
+                (Some(kind), Some(name)) if kind == "Pod" => Some((
+                    t.namespace
+                        .clone()
+                        .unwrap_or_else(|| doc.meta.namespace.clone()),
+                    name.clone(),
+                )),
+                _ => None,
+            });
+        // The API holds one address per endpoint (more are for a future dual-stack use).
+        if let Some(address) = e.addresses.first() {
+            endpoints.push(SliceAddress {
+                address: address.clone(),
+                ports: ports.clone(),
+                pod,
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(EndpointSliceResource {
+        service: doc.meta.labels.get(SERVICE_NAME_LABEL).cloned(),
+        endpoints,
+    })
+}
+
+impl MeshResource for EndpointSliceResource {
+    fn translate(&self, meta: &Meta, model: &mut MeshModel) {
+        let Some(name) = &self.service else {
+            return;
+        };
+        let hostname = service_fqdn(name, &meta.namespace);
+        let endpoints: Vec<Endpoint> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                // A Pod's labels select subsets; its sidecar decides mTLS.
+                let mut labels = Labels::new();
+                if let Some((ns, pod)) = &e.pod
+                    && let Some(w) = model
+                        .workloads
+                        .iter()
+                        .find(|w| &w.namespace == ns && &w.name == pod)
+                {
+                    labels = w.labels.clone();
+                    if w.has_sidecar {
+                        labels.insert(TLS_MODE_LABEL.into(), "istio".into());
+                    }
+                }
+                Endpoint {
+                    address: e.address.clone(),
+                    ports: e.ports.clone(),
+                    labels,
+                    weight: None,
+                }
+            })
+            .collect();
+        match model.services.get_mut(&hostname) {
+            // Only a selector-less Service: a selector's pods are its endpoints already.
+            Some(svc) if svc.selector.is_none() && !svc.mesh_external => {
+                svc.endpoints.extend(endpoints);
+            }
+            _ => {}
+        }
+    }
+}
+
 // === helpers shared with other dialects ===
 
 /// A TCP/UDP port number, or an error at `field`.
@@ -362,6 +544,99 @@ pub(crate) fn check_dns_label(name: &str, field: &str, errors: &mut Vec<FieldErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ConfigStore;
+
+    /// The model of these documents, read as one folder's file.
+    fn model_of(yaml: &str) -> (std::sync::Arc<MeshModel>, Vec<crate::ConfigError>) {
+        let mut store = ConfigStore::default();
+        let report = store.apply_files(BTreeMap::from([(
+            std::path::PathBuf::from("k.yaml"),
+            yaml.to_string(),
+        )]));
+        (store.model(), report.errors)
+    }
+
+    const SELECTORLESS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  ports:\n  - {name: tcp-pg, port: 5432, targetPort: 6432}\n";
+
+    fn slice(name: &str, service: &str, body: &str) -> String {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {service}}}\n{body}"
+        )
+    }
+
+    #[test]
+    fn a_selectorless_service_gets_its_slices_ready_endpoints() {
+        let yaml = format!(
+            "{SELECTORLESS}{}{}",
+            slice(
+                "db-abc",
+                "db",
+                "addressType: IPv4\nports:\n- {name: tcp-pg, port: 6432, protocol: TCP}\nendpoints:\n- addresses: [10.1.0.5]\n  conditions: {ready: true}\n- addresses: [10.1.0.6]\n- addresses: [10.1.0.7]\n  conditions: {ready: false}\n"
+            ),
+            slice(
+                "other-xyz",
+                "other",
+                "addressType: IPv4\nendpoints:\n- addresses: [10.9.9.9]\n"
+            )
+        );
+        let (model, errors) = model_of(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let svc = &model.services["db.shop.svc.cluster.local"];
+        let got: Vec<(&str, Option<&u16>)> = svc
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.ports.get("tcp-pg")))
+            .collect();
+        // The not-ready one is left out; a slice of another Service adds nothing here.
+        assert_eq!(got, [("10.1.0.5", Some(&6432)), ("10.1.0.6", Some(&6432))]);
+    }
+
+    #[test]
+    fn a_selectors_service_ignores_its_slices_and_pods_lend_their_labels() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80}}\n{}---\n{SELECTORLESS}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: db-0\n  namespace: shop\n  labels: {{app: db, version: v2}}\n  annotations: {{sidecar.istio.io/status: '{{}}'}}\nstatus: {{podIP: 10.1.0.5}}\n{}",
+            slice(
+                "web-1",
+                "web",
+                "addressType: IPv4\nendpoints:\n- addresses: [10.2.0.1]\n"
+            ),
+            slice(
+                "db-1",
+                "db",
+                "addressType: IPv4\nendpoints:\n- addresses: [10.1.0.5]\n  targetRef: {kind: Pod, name: db-0, namespace: shop}\n"
+            ),
+        );
+        let (model, errors) = model_of(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            model.services["web.shop.svc.cluster.local"]
+                .endpoints
+                .is_empty()
+        );
+        let db = &model.services["db.shop.svc.cluster.local"].endpoints;
+        assert_eq!(db.len(), 1);
+        assert_eq!(db[0].labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(
+            db[0].labels.get(TLS_MODE_LABEL).map(String::as_str),
+            Some("istio")
+        );
+    }
+
+    #[test]
+    fn a_bad_slice_names_its_field() {
+        let yaml = slice(
+            "db-bad",
+            "db",
+            "addressType: IPX\nports:\n- {name: a, port: 70000}\nendpoints:\n- addresses: []\n",
+        );
+        let (_, errors) = model_of(&yaml);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["addressType", "ports[0].port", "endpoints[0].addresses"],
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn protocol_inference_follows_istio() {

@@ -333,6 +333,24 @@ mod tests {
             .collect()
     }
 
+    /// A Service without a selector, read with its EndpointSlice (as the Kubernetes source
+    /// hands them over), gets the slice's ready endpoints on the slice's port.
+    #[test]
+    fn endpoint_slices_feed_a_selectorless_service() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  ports:\n  - {name: tcp-pg, port: 5432}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-1\n  namespace: shop\n  labels: {kubernetes.io/service-name: db}\naddressType: IPv4\nports:\n- {name: tcp-pg, port: 6432}\nendpoints:\n- addresses: [192.168.10.5]\n- addresses: [192.168.10.6]\n  conditions: {ready: false}\n";
+        let mut store = mast_mesh_config::store::ConfigStore::default();
+        let report = store.apply_files([("kube.yaml".into(), yaml.to_string())].into());
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let model = store.model();
+        let svc = &model.services["db.shop.svc.cluster.local"];
+        let cla = &outbound(&model, &[svc])[0];
+        assert_eq!(cla.cluster_name, "outbound|5432||db.shop.svc.cluster.local");
+        assert_eq!(
+            flat(cla),
+            [("192.168.10.5".to_string(), 6432, None, String::new())]
+        );
+    }
+
     #[test]
     fn named_target_port_resolves_through_workload_ports() {
         let mut m = MeshModel::default();
