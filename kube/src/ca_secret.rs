@@ -81,7 +81,7 @@ pub async fn load_ca(
     client: kube::Client,
     namespace: &str,
     opts: CaOptions,
-) -> Result<(CertificateAuthority, RootSource), Error> {
+) -> Result<(CertificateAuthority, LoadedRoot), Error> {
     let root = load_or_create(client, namespace, &opts.trust_domain).await?;
     let name = match root.source {
         RootSource::PlugIn => PLUGIN_SECRET,
@@ -92,7 +92,64 @@ pub async fn load_ca(
         name: name.into(),
         source,
     })?;
-    Ok((ca, root.source))
+    Ok((ca, root))
+}
+
+/// The CA material the Secrets hold now (`cacerts`, else `istio-ca-secret`) with the name of
+/// the Secret it comes from; `None` when neither exists. Creates nothing.
+pub async fn in_force(
+    client: kube::Client,
+    namespace: &str,
+) -> Result<Option<(CaPem, &'static str)>, Error> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    for (name, plugin) in [(PLUGIN_SECRET, true), (CA_SECRET, false)] {
+        let found = api.get_opt(name).await.map_err(|source| Error::Api {
+            namespace: namespace.into(),
+            name: name.into(),
+            source,
+        })?;
+        if let Some(s) = found {
+            return Ok(Some((from_secret(&s, namespace, name, plugin)?, name)));
+        }
+    }
+    Ok(None)
+}
+
+/// Resolves when the Secrets name a CA other than `loaded` — an operator plugged in
+/// `cacerts`, or replaced a root — with a sentence saying which Secret changed. Read every
+/// `every`.
+///
+/// citadel's root is in every workload's trust bundle and in the certificates mastd serves
+/// with; swapping it under running servers would be a partial change, so mastd restarts to
+/// load it (see mastd's `--ca-poll-interval`). A Secret that cannot be read, is incomplete or
+/// was deleted changes nothing: the CA in force stays, and the reason is logged.
+pub async fn wait_for_change(
+    client: kube::Client,
+    namespace: &str,
+    loaded: &CaPem,
+    every: std::time::Duration,
+) -> String {
+    let mut told = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let problem = match in_force(client.clone(), namespace).await {
+            Ok(Some((pem, name))) if pem != *loaded => {
+                return format!("Secret {namespace}/{name} holds a new CA");
+            }
+            Ok(Some(_)) => None,
+            Ok(None) => Some(format!(
+                "neither Secret {namespace}/{PLUGIN_SECRET} nor {namespace}/{CA_SECRET} exists; \
+                 the CA in force stays"
+            )),
+            Err(e) => Some(format!("{e}; the CA in force stays")),
+        };
+        if problem != told {
+            if let Some(p) = &problem {
+                tracing::warn!("{p}");
+            }
+            told = problem;
+        }
+    }
 }
 
 /// The CA's PEM material from `cacerts`, else `istio-ca-secret`, else a new self-signed root
@@ -250,17 +307,17 @@ mod tests {
     #[tokio::test]
     async fn first_start_creates_the_root_and_restarts_load_it() {
         let (client, api) = FakeApiServer::start_in_memory().await;
-        let (ca, source) = load_ca(client.clone(), NS, CaOptions::default())
+        let (ca, root) = load_ca(client.clone(), NS, CaOptions::default())
             .await
             .unwrap();
-        assert_eq!(source, RootSource::Created);
+        assert_eq!(root.source, RootSource::Created);
         let stored = api.get_at(&format!("{SECRETS}/{CA_SECRET}")).unwrap();
         assert_eq!(stored["type"], CA_SECRET_TYPE);
         assert_eq!(stored["data"]["cert-chain.pem"], "");
         assert!(stored["data"]["ca-key.pem"].as_str().unwrap().len() > 100);
 
-        let (again, source) = load_ca(client, NS, CaOptions::default()).await.unwrap();
-        assert_eq!(source, RootSource::Existing);
+        let (again, root) = load_ca(client, NS, CaOptions::default()).await.unwrap();
+        assert_eq!(root.source, RootSource::Existing);
         assert_eq!(again.trust_bundle_pem(), ca.trust_bundle_pem());
         assert_eq!(
             api.requests()
@@ -320,8 +377,8 @@ mod tests {
             &format!("{SECRETS}/{PLUGIN_SECRET}"),
             secret_json(PLUGIN_SECRET, &plug),
         );
-        let (ca, source) = load_ca(client, NS, CaOptions::default()).await.unwrap();
-        assert_eq!(source, RootSource::PlugIn);
+        let (ca, root) = load_ca(client, NS, CaOptions::default()).await.unwrap();
+        assert_eq!(root.source, RootSource::PlugIn);
         assert_eq!(ca.trust_bundle_pem().trim(), org.ca_cert.trim());
 
         // A plug-in Secret without its root is an error naming the key.
@@ -356,5 +413,44 @@ mod tests {
             !api.requests().iter().any(|l| l.starts_with("POST")),
             "no new root on a read error"
         );
+    }
+
+    #[tokio::test]
+    async fn a_plugged_in_or_replaced_root_is_noticed_and_nothing_else_is() {
+        let (client, api) = FakeApiServer::start_in_memory().await;
+        let (_, root) = load_ca(client.clone(), NS, CaOptions::default())
+            .await
+            .unwrap();
+        let every = std::time::Duration::from_millis(20);
+        let wait = |loaded: CaPem| {
+            let client = client.clone();
+            tokio::spawn(async move { wait_for_change(client, NS, &loaded, every).await })
+        };
+        // Unchanged, or deleted: nothing happens.
+        let quiet = wait(root.pem.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        api.delete_at(&format!("{SECRETS}/{CA_SECRET}"));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!quiet.is_finished());
+        quiet.abort();
+        // An operator plugs in an organisation's CA.
+        let org = CaPem::self_signed("Org Root").unwrap();
+        let plug = CaPem {
+            root_cert: org.ca_cert.clone(),
+            ..org
+        };
+        let noticed = wait(root.pem.clone());
+        api.put_at(
+            &format!("{SECRETS}/{PLUGIN_SECRET}"),
+            secret_json(PLUGIN_SECRET, &plug),
+        );
+        let why = tokio::time::timeout(std::time::Duration::from_secs(5), noticed)
+            .await
+            .expect("the new CA was not noticed")
+            .unwrap();
+        assert_eq!(why, "Secret mast-system/cacerts holds a new CA");
+        // And the root the Secrets hold now is that CA.
+        let (pem, name) = in_force(client, NS).await.unwrap().unwrap();
+        assert_eq!((pem, name), (plug, PLUGIN_SECRET));
     }
 }

@@ -27,7 +27,7 @@ mod telemetry;
 use mast_pilot::server::{self, PilotConfig};
 use mast_pilot::source::Debounce;
 use mast_pilot::xds::{Security, XdsGenerator};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// pilot builds and frees large encoded responses (a route configuration of a thousand
 /// virtual hosts, copied once per proxy) on every push; mimalloc reuses those pages where the
@@ -71,6 +71,13 @@ struct Args {
     /// (`cacerts`, else `istio-ca-secret`) live there.
     #[arg(long, env = "POD_NAMESPACE", default_value = "mast-system")]
     pod_namespace: String,
+
+    /// With `--kube`: how often the CA's Secrets are read again. When they hold a new CA (an
+    /// operator plugged in `cacerts`, or replaced the root), mastd shuts down cleanly at a
+    /// random moment within one more interval — so replicas don't go together — and
+    /// Kubernetes starts it again with the new root.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ca_poll_interval: std::time::Duration,
 
     /// With `--kube`: the MutatingWebhookConfiguration whose caBundle mastd keeps equal to
     /// the root that signs the injector's certificate.
@@ -191,6 +198,8 @@ fn main() -> ExitCode {
         },
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let stop_on_signal = std::sync::Arc::clone(&stop_tx);
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -200,7 +209,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::spawn(async move {
             shutdown_signal().await;
-            stop_tx.send_replace(true);
+            stop_on_signal.send_replace(true);
         });
         let mut registry = prometheus_client::registry::Registry::default();
         // On Kubernetes: the client, and the leader election that decides which replica
@@ -240,10 +249,18 @@ fn main() -> ExitCode {
                 dir.display().to_string(),
             )),
             (None, Some(c)) => {
-                let (authority, root) =
+                let (authority, loaded) =
                     mast_kube::ca_secret::load_ca(c.client.clone(), &args.pod_namespace, ca_opts)
                         .await
                         .map_err(|e| StartError::Kube(kube::KubeError::Ca(e)))?;
+                let root = loaded.source;
+                tokio::spawn(restart_on_new_ca(
+                    c.client.clone(),
+                    args.pod_namespace.clone(),
+                    loaded.pem,
+                    args.ca_poll_interval,
+                    std::sync::Arc::clone(&stop_tx),
+                ));
                 Some((
                     std::sync::Arc::new(authority),
                     std::sync::Arc::new(mast_kube::tokenreview::TokenReviewer::new(
@@ -593,6 +610,26 @@ fn init_tracing(json: bool) {
     } else {
         builder.init();
     }
+}
+
+/// On a cluster: once the CA's Secrets hold a new CA, shut down cleanly (as on SIGTERM) at a
+/// random moment within `every`, so Kubernetes restarts this replica with the new root while
+/// the others keep serving.
+async fn restart_on_new_ca(
+    client: mast_kube::client::Client,
+    namespace: String,
+    loaded: mast_citadel::CaPem,
+    every: std::time::Duration,
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    let why = mast_kube::ca_secret::wait_for_change(client, &namespace, &loaded, every).await;
+    let delay = every.mul_f64(rand::random::<f64>());
+    warn!(
+        "{why}: restarting in {:.1} s to load it (Kubernetes starts this replica again)",
+        delay.as_secs_f64()
+    );
+    tokio::time::sleep(delay).await;
+    stop.send_replace(true);
 }
 
 async fn shutdown_signal() {

@@ -220,3 +220,86 @@ async fn an_unreadable_kubeconfig_is_a_configuration_error() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("/nonexistent/kubeconfig"), "{log}");
 }
+
+/// An operator plugs in `cacerts` while mastd runs: it notices within its poll interval and
+/// shuts down cleanly (exit 0, the Lease released) so Kubernetes starts it with the new root.
+#[tokio::test]
+async fn a_new_ca_in_the_secrets_restarts_mastd_cleanly() {
+    let api = FakeApiServer::start().await.unwrap();
+    for (group, kind, plural) in [
+        ("coordination.k8s.io", "Lease", "leases"),
+        ("", "Secret", "secrets"),
+        ("", "ConfigMap", "configmaps"),
+    ] {
+        api.add_kind(KindSpec::namespaced(group, "v1", kind, plural));
+    }
+    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}));
+    let config = kubeconfig(&api.url(), "new-ca");
+    let mut mastd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
+        .args(["--kubeconfig", config.to_str().unwrap()])
+        .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .args(["--ca-addr", "127.0.0.1:0", "--ca-poll-interval", "200ms"])
+        .args(["--no-injector", "--no-telemetry", "--log-json"])
+        .env("RUST_LOG", "info")
+        .env("POD_NAME", "mastd-0")
+        .env("POD_NAMESPACE", "mast-system")
+        .env_remove("MAST_CONFIG_DIR")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(mastd.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("mastd ready") {
+                return;
+            }
+        }
+        panic!("mastd exited before it was ready");
+    })
+    .await
+    .expect("mastd ready within 30 s");
+    let log = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let _ = std::fs::remove_file(&config);
+
+    // A plug-in CA: here the self-signed root mastd created, now with its own root named,
+    // which is a different CA as far as the Secrets go.
+    let created = api
+        .get("v1", "Secret", "mast-system", "istio-ca-secret")
+        .expect("istio-ca-secret created");
+    let data = &created["data"];
+    api.apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": "mast-system"},
+        "data": {
+            "ca-cert.pem": data["ca-cert.pem"], "ca-key.pem": data["ca-key.pem"],
+            "root-cert.pem": data["ca-cert.pem"], "cert-chain.pem": data["ca-cert.pem"],
+        },
+    }));
+    let status = tokio::time::timeout(Duration::from_secs(10), mastd.wait())
+        .await
+        .expect("mastd restarts for the new CA within 10 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let log = log.await.unwrap();
+    assert!(
+        log.contains("Secret mast-system/cacerts holds a new CA: restarting in"),
+        "{log}"
+    );
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "mast-system",
+            "mast-leader",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"].as_str().unwrap_or(""), "");
+}
