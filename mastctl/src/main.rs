@@ -48,7 +48,7 @@ enum Command {
     /// also deletes every resource of those kinds (users' VirtualServices included).
     Uninstall(cluster::install::UninstallArgs),
     /// Show a sidecar's clusters, listeners, routes, endpoints or secrets from its Envoy
-    /// config dump (read through the API server's pod proxy).
+    /// config dump (the sidecar's, through the API server's pod proxy; else what mastd sent it).
     ProxyConfig(cluster::proxy_config::Args),
     /// Serve mastd's topology web view on a local port, through the API server.
     Dashboard(cluster::dashboard::Args),

@@ -33,6 +33,12 @@ pub struct KubeArgs {
 impl KubeArgs {
     /// A client for the cluster these flags name.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        Ok(mast_kube::client::from_config(self.config().await?)?)
+    }
+
+    /// The configuration of the cluster these flags name (for a client that needs a setting
+    /// changed first).
+    pub async fn config(&self) -> anyhow::Result<kube::Config> {
         let options = KubeConfigOptions {
             context: self.context.clone(),
             ..KubeConfigOptions::default()
@@ -53,7 +59,7 @@ impl KubeArgs {
                  ~/.kube/config, and not in a pod",
             )?,
         };
-        Ok(mast_kube::client::from_config(config)?)
+        Ok(config)
     }
 }
 

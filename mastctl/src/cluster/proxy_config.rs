@@ -1,17 +1,23 @@
 //! `mastctl proxy-config`, as istioctl's: what a sidecar runs with, read from its Envoy admin
 //! `/config_dump` and shown as istioctl's tables (or as the JSON itself).
 //!
-//! The dump is fetched through the API server's pod proxy subresource
-//! (`/api/v1/namespaces/{ns}/pods/{pod}:15000/proxy/config_dump`), which needs no port-forward
-//! support in the client. The tables are built from the dump only, so they work the same for
-//! Envoy and for mast-proxy, which serves the same format; a column the dump cannot fill
-//! honestly is `-`.
+//! Two sources, both reached through the API server so the client needs no port-forward
+//! support (kube-rs port-forwards only with a WebSocket crate this workspace does not carry):
+//! - `proxy`: the sidecar's own admin, through the pod proxy subresource
+//!   (`/api/v1/namespaces/{ns}/pods/{pod}:15000/proxy/config_dump`). The API server dials the
+//!   pod's IP and the admin port listens on 127.0.0.1 only (mast-proxy's as Envoy's in Istio),
+//!   so on a real cluster this is expected to be refused (a 503 "error trying to reach
+//!   service ... connection refused").
+//! - `pilot`: what mastd last sent that proxy, from its debug endpoint
+//!   `/debug/config_dump?proxyID=<pod>.<ns>` on 15014 (which listens on the pod IP), through
+//!   the service proxy (`services/mastd:15014/proxy/...`). Each mastd replica knows only the
+//!   proxies connected to it and the service proxy picks a replica per request, so a "no
+//!   connected proxy" answer is asked again a few times before it is believed.
 //!
-//! Known limit: the API server's pod proxy dials the pod's IP, and the admin port listens on
-//! 127.0.0.1 only (mast-proxy's as Envoy's in Istio), so on a real cluster this request is
-//! expected to be refused; istioctl port-forwards instead, which kube-rs does only with a
-//! WebSocket crate this workspace does not carry. The fetch is tested against the fake API
-//! server only.
+//! `auto` (the default) asks the sidecar first and falls back to mastd when the pod proxy
+//! cannot reach it, saying so on stderr: the sidecar's view is the truth when it is available.
+//! The tables are built from the dump only, so they work the same for Envoy, mast-proxy and
+//! mastd, which serve the same format; a column the dump cannot fill honestly is `-`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,6 +29,14 @@ use super::KubeArgs;
 
 /// The sidecar's admin port (Envoy's and mast-proxy's).
 pub const ADMIN_PORT: u16 = 15000;
+
+/// mastd's HTTP port (metrics and `/debug/*`), as istiod's monitoring port.
+pub const MASTD_HTTP_PORT: u16 = 15014;
+
+/// How many times `pilot` asks before it believes "no connected proxy": the service proxy
+/// picks one of mastd's replicas (two in the install manifest) per request, and only the one
+/// the sidecar is connected to knows it. With two replicas, six misses in a row is 1 in 64.
+const PILOT_ATTEMPTS: usize = 6;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,6 +50,20 @@ pub struct Args {
     /// `short`: istioctl's tables; `json`: the section of the config dump as JSON.
     #[arg(long, short, value_enum, default_value_t = Output::Short)]
     output: Output,
+    /// Whose view: `proxy`, the sidecar's admin; `pilot`, what mastd last sent it; `auto`, the
+    /// sidecar's, else mastd's when the API server cannot reach the sidecar's admin port.
+    #[arg(long, value_enum, default_value_t = Source::Auto)]
+    source: Source,
+    /// The namespace mastd runs in (its Service `mastd`, port 15014).
+    #[arg(long, default_value = "mast-system")]
+    mastd_namespace: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    Auto,
+    Proxy,
+    Pilot,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,19 +83,115 @@ pub enum Output {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let dump = super::runtime()?.block_on(async {
-        let client = args.kube.client().await?;
+    let (dump, notice) = super::runtime()?.block_on(async {
+        let mut config = args.kube.config().await?;
+        // kube retries a 503 for minutes; from the pod proxy it is the sidecar refusing the
+        // API server's dial, which no retry fixes, and `auto` should fall back at once.
+        config.default_retry = false;
+        let client = mast_kube::client::from_config(config)?;
         let (name, namespace) = match args.pod.split_once('.') {
             Some((name, namespace)) => (name.to_string(), namespace.to_string()),
             None => (args.pod.clone(), client.default_namespace().to_string()),
         };
-        fetch(&client, &namespace, &name).await
+        check_name("pod", &name)?;
+        check_name("namespace", &namespace)?;
+        check_name("--mastd-namespace", &args.mastd_namespace)?;
+        fetch_from(
+            &client,
+            args.source,
+            &args.mastd_namespace,
+            &namespace,
+            &name,
+        )
+        .await
     })?;
+    if let Some(notice) = notice {
+        eprintln!("{notice}");
+    }
     let text = render(&dump, args.section, args.output)?;
     std::io::stdout()
         .lock()
         .write_all(text.as_bytes())
         .context("writing to stdout")
+}
+
+/// Refuse what cannot be a Kubernetes name before it goes into a URL path.
+fn check_name(what: &str, name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    if !ok {
+        bail!(
+            "{what} {name:?} is not a Kubernetes name (lowercase letters, digits, '-' and '.'; \
+             give the pod as <pod> or <pod>.<namespace>)"
+        );
+    }
+    Ok(())
+}
+
+/// The config dump from `source`, and for `auto` the line saying which source answered when
+/// it was not the sidecar.
+pub async fn fetch_from(
+    client: &kube::Client,
+    source: Source,
+    mastd_namespace: &str,
+    namespace: &str,
+    pod: &str,
+) -> anyhow::Result<(Value, Option<String>)> {
+    match source {
+        Source::Proxy => Ok((fetch(client, namespace, pod).await?, None)),
+        Source::Pilot => Ok((
+            fetch_from_pilot(client, mastd_namespace, namespace, pod).await?,
+            None,
+        )),
+        Source::Auto => {
+            let err = match fetch(client, namespace, pod).await {
+                Ok(dump) => return Ok((dump, None)),
+                Err(e) => e,
+            };
+            let Some(why) = unreachable_backend(&err) else {
+                return Err(err);
+            };
+            let dump = fetch_from_pilot(client, mastd_namespace, namespace, pod)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the sidecar's admin port is not reachable through the API server \
+                         ({why}), and asking mastd in {mastd_namespace} instead failed"
+                    )
+                })?;
+            let notice = format!(
+                "{pod}.{namespace}: the sidecar's admin port is not reachable through the API \
+                 server (it listens on 127.0.0.1; {why}); showing what mastd last sent it \
+                 (--source pilot)"
+            );
+            Ok((dump, Some(notice)))
+        }
+    }
+}
+
+/// Why the pod proxy could not reach the backend, if that is the failure: the API server's
+/// 502/503 (its Status message, e.g. "error trying to reach service: dial tcp
+/// 10.0.0.7:15000: connect: connection refused"), or such a message under another code. A
+/// failure to reach the API server itself is not one: mastd is asked through it too.
+fn unreachable_backend(err: &anyhow::Error) -> Option<String> {
+    let status = err
+        .chain()
+        .find_map(|e| match e.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => Some(status),
+            _ => None,
+        })?;
+    let refused = status.message.contains("connection refused")
+        || status.message.contains("error trying to reach");
+    if matches!(status.code, 502 | 503) || refused {
+        Some(format!("{} {}", status.code, status.message.trim()))
+    } else {
+        None
+    }
 }
 
 /// The pod's config dump, through the API server's pod proxy.
@@ -80,12 +204,61 @@ pub async fn fetch(client: &kube::Client, namespace: &str, pod: &str) -> anyhow:
         format!(
             "reading {pod}.{namespace}'s config dump (GET {path}): is the pod running with a \
              sidecar, and may you get pods/proxy there? (A refused connection: the admin port \
-             listens on 127.0.0.1 only; use `kubectl port-forward {pod} {ADMIN_PORT}` and \
-             `curl localhost:{ADMIN_PORT}/config_dump` instead.)"
+             listens on 127.0.0.1 only; use `--source pilot` for what mastd sent it, or \
+             `kubectl port-forward {pod} {ADMIN_PORT}` and `curl \
+             localhost:{ADMIN_PORT}/config_dump`.)"
         )
     })?;
     serde_json::from_str(&text)
         .with_context(|| format!("{pod}.{namespace}: the config dump is not JSON"))
+}
+
+/// What mastd last sent the pod's sidecar, from its `/debug/config_dump` through the API
+/// server's service proxy to `mastd:15014` in `mastd_namespace`.
+pub async fn fetch_from_pilot(
+    client: &kube::Client,
+    mastd_namespace: &str,
+    namespace: &str,
+    pod: &str,
+) -> anyhow::Result<Value> {
+    let path = format!(
+        "/api/v1/namespaces/{mastd_namespace}/services/mastd:{MASTD_HTTP_PORT}/proxy\
+         /debug/config_dump?proxyID={pod}.{namespace}"
+    );
+    let mut attempt = 0;
+    let text = loop {
+        attempt += 1;
+        let request = http::Request::get(&path)
+            .body(Vec::new())
+            .context("building the request")?;
+        match client.request_text(request).await {
+            Ok(text) => break text,
+            Err(kube::Error::Api(status))
+                if status.code == 404 && status.message.contains("no connected proxy") =>
+            {
+                if attempt < PILOT_ATTEMPTS {
+                    continue;
+                }
+                bail!(
+                    "mastd has no connected proxy {pod}.{namespace} (asked {PILOT_ATTEMPTS} \
+                     times through GET {path}; each mastd replica knows only the sidecars \
+                     connected to it): is the pod running with a sidecar, and is the sidecar \
+                     connected to mastd in {mastd_namespace}? (mastd's /debug/syncz lists the \
+                     connected proxies.)"
+                );
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "asking mastd for {pod}.{namespace}'s config (GET {path}): is mast \
+                     installed in {mastd_namespace} (--mastd-namespace), is a mastd pod \
+                     ready, and may you get services/proxy there?"
+                )));
+            }
+        }
+    };
+    serde_json::from_str(&text).with_context(|| {
+        format!("mastd's config dump for {pod}.{namespace} is not JSON (GET {path})")
+    })
 }
 
 /// `section` of `dump` as `output`.

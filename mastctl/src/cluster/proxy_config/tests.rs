@@ -282,3 +282,208 @@ async fn fetch_goes_through_the_pod_proxy() {
         "{e}"
     );
 }
+
+/// A client of `server` without kube's retries, as `run` builds it (a 503 is answered at once).
+fn client(server: &FakeApiServer) -> kube::Client {
+    let mut config = kube::Config::new(server.url().parse().unwrap());
+    config.default_namespace = "default".into();
+    config.default_retry = false;
+    mast_kube::client::from_config(config).unwrap()
+}
+
+const MASTD_DUMP_PATH: &str =
+    "/api/v1/namespaces/mast-system/services/mastd:15014/proxy/debug/config_dump";
+
+/// What a real API server answers when the pod proxy's dial to the admin port is refused.
+fn refused(code: u16) -> Value {
+    mast_kube::testing::status(
+        code,
+        "ServiceUnavailable",
+        "error trying to reach service: dial tcp 10.244.0.7:15000: connect: connection refused",
+        "pods",
+        "reviews-v2-5d8f",
+    )
+}
+
+/// mastd's view differs from the sidecar's (one cluster, no listener) so tests see who answered.
+fn mastd_dump() -> Value {
+    let mut dump = mast_proxy_dump();
+    dump["configs"].as_array_mut().unwrap().retain(|c| {
+        !c["@type"]
+            .as_str()
+            .unwrap()
+            .ends_with("ListenersConfigDump")
+    });
+    dump
+}
+
+#[tokio::test]
+async fn pilot_source_asks_mastd_through_the_service_proxy() {
+    let server = FakeApiServer::start().await.unwrap();
+    // `respond` matches the path without its query; the query is checked in `requests()`.
+    server.respond(
+        http::Method::GET,
+        "/api/v1/namespaces/mesh/services/mastd:15014/proxy/debug/config_dump",
+        200,
+        mastd_dump(),
+    );
+    let (got, notice) = fetch_from(
+        &client(&server),
+        Source::Pilot,
+        "mesh",
+        "shop",
+        "reviews-v2-5d8f",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, mastd_dump());
+    assert_eq!(notice, None);
+    // Only mastd was asked, for the pod by `<pod>.<namespace>`.
+    assert_eq!(
+        server.requests(),
+        [
+            "GET /api/v1/namespaces/mesh/services/mastd:15014/proxy/debug/config_dump?proxyID=reviews-v2-5d8f.shop"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_mastd_when_the_pod_proxy_is_refused() {
+    for code in [502, 503] {
+        let server = FakeApiServer::start().await.unwrap();
+        server.respond(
+            http::Method::GET,
+            "/api/v1/namespaces/shop/pods/reviews-v2-5d8f:15000/proxy/config_dump",
+            code,
+            refused(code),
+        );
+        server.respond(http::Method::GET, MASTD_DUMP_PATH, 200, mastd_dump());
+        let (got, notice) = fetch_from(
+            &client(&server),
+            Source::Auto,
+            "mast-system",
+            "shop",
+            "reviews-v2-5d8f",
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, mastd_dump(), "{code}");
+        let notice = notice.unwrap();
+        assert!(
+            notice.starts_with("reviews-v2-5d8f.shop: the sidecar's admin port is not reachable"),
+            "{notice}"
+        );
+        assert!(notice.contains("it listens on 127.0.0.1"), "{notice}");
+        assert!(
+            notice.contains(&format!("{code} error trying to reach service")),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("showing what mastd last sent it"),
+            "{notice}"
+        );
+        assert_eq!(
+            server.requests(),
+            [
+                "GET /api/v1/namespaces/shop/pods/reviews-v2-5d8f:15000/proxy/config_dump",
+                "GET /api/v1/namespaces/mast-system/services/mastd:15014/proxy/debug/config_dump?proxyID=reviews-v2-5d8f.shop",
+            ]
+        );
+    }
+}
+
+#[tokio::test]
+async fn auto_prefers_the_sidecar_and_does_not_hide_other_failures() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.respond(
+        http::Method::GET,
+        "/api/v1/namespaces/shop/pods/reviews-v2-5d8f:15000/proxy/config_dump",
+        200,
+        mast_proxy_dump(),
+    );
+    server.respond(http::Method::GET, MASTD_DUMP_PATH, 200, mastd_dump());
+    let client = client(&server);
+    let (got, notice) = fetch_from(
+        &client,
+        Source::Auto,
+        "mast-system",
+        "shop",
+        "reviews-v2-5d8f",
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, mast_proxy_dump());
+    assert_eq!(notice, None);
+    // A pod that is not there (404) is the answer: mastd is not asked.
+    let e = fetch_from(&client, Source::Auto, "mast-system", "shop", "gone")
+        .await
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("GET /api/v1/namespaces/shop/pods/gone:15000"),
+        "{e}"
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.contains("services/mastd")),
+        "{:?}",
+        server.requests()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_proxy_is_an_error_naming_the_pod() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.respond(
+        http::Method::GET,
+        "/api/v1/namespaces/shop/pods/gone:15000/proxy/config_dump",
+        503,
+        refused(503),
+    );
+    // mastd's answer is plain text; the fake can only send JSON, so it is a JSON string here.
+    server.respond(
+        http::Method::GET,
+        MASTD_DUMP_PATH,
+        404,
+        json!("no connected proxy \"gone.shop\" (see /debug/syncz)\n"),
+    );
+    let client = client(&server);
+    for source in [Source::Pilot, Source::Auto] {
+        let e = fetch_from(&client, source, "mast-system", "shop", "gone")
+            .await
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("mastd has no connected proxy gone.shop"), "{e}");
+        assert!(e.contains("/debug/syncz"), "{e}");
+    }
+    // Each replica knows only its own proxies: asked again before believing it.
+    let asked = server
+        .requests()
+        .iter()
+        .filter(|r| r.contains("proxyID=gone.shop"))
+        .count();
+    assert_eq!(asked, 2 * PILOT_ATTEMPTS);
+    // No mastd Service there: the error says where it looked.
+    let e = fetch_from(&client, Source::Pilot, "elsewhere", "shop", "gone")
+        .await
+        .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("/api/v1/namespaces/elsewhere/services/mastd:15014/proxy"),
+        "{e}"
+    );
+    assert!(e.contains("--mastd-namespace"), "{e}");
+}
+
+#[test]
+fn names_that_cannot_go_into_a_path_are_refused() {
+    for ok in ["reviews-v2-5d8f", "mast-system", "a.b"] {
+        check_name("pod", ok).unwrap();
+    }
+    for bad in ["", "Reviews", "a/b", "a?b", "-a", "a."] {
+        let e = check_name("pod", bad).unwrap_err().to_string();
+        assert!(e.contains("is not a Kubernetes name"), "{e}");
+    }
+}
