@@ -8,13 +8,21 @@
 //! * [`config_dump`]: builds Envoy's admin `ConfigDump` (clusters, listeners, routes, endpoints,
 //!   secrets) so our dumps have exactly the shape `istioctl proxy-config` and people expect.
 //! * [`istio`]: Istio's CA API (`istio.v1.auth.IstioCertificateService`), client and server.
+//! * [`xds`]: the xDS resource types as one typed [`TypeUrl`] (URL, short name, push order),
+//!   so pilot, mast-proxy and the load tools cannot disagree on a type URL.
+//! * [`duration`]: Go's duration syntax (`1m30s`, `250us`), as Istio takes it in YAML, flags
+//!   and environment; the mesh config and the sidecar both parse with it.
 
 pub mod config_dump;
+pub mod duration;
 pub mod istio;
 pub mod json;
+pub mod xds;
 
 pub use config_dump::ConfigDumpBuilder;
+pub use duration::{DurationError, parse_go_duration};
 pub use json::{
     Error, any_to_json, decode_any, encoded_to_json, json_to_any, json_to_message, message_to_json,
     pool, yaml_to_any, yaml_to_message,
 };
+pub use xds::{TypeUrl, UnknownTypeUrl};

@@ -1,4 +1,4 @@
-//! Config dump tests: real dumps from istioctl's test data (the shared corpus) must parse into
+//! Config dump tests: real dumps from istioctl's test data (`testdata/upstream`) must parse into
 //! our pool's `ConfigDump` and print back identically, and a dump we build must have their
 //! shape.
 
@@ -16,21 +16,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::json::json_to_message;
 
-/// The corpus folder: `MAST_CORPUS_DIR`, else `shared/corpus` beside the workspace.
-fn corpus_file(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("MAST_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let path = dir.join("envoy-configdump").join(name);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "NOTICE: corpus file {} not found (set MAST_CORPUS_DIR); skipping",
-            path.display()
-        );
-        None
-    }
+/// A config dump of the corpus (`testdata/upstream/envoy-configdump`).
+fn corpus_file(name: &str) -> PathBuf {
+    mast_testdata::corpus(&format!("envoy-configdump/{name}"))
 }
 
 /// Equality as JSON values mean it: numbers by value (`100` and `100.0` are the same proto
@@ -84,9 +72,7 @@ fn is_default(v: &Value) -> bool {
 
 /// Parses a corpus dump as `type_name`, prints it back, and demands the same JSON.
 fn round_trip(name: &str, type_name: &str) -> anyhow::Result<()> {
-    let Some(path) = corpus_file(name) else {
-        return Ok(());
-    };
+    let path = corpus_file(name);
     let original: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let any = crate::json::json_to_any(type_name, &original)?;
     let mut printed = crate::json::encoded_to_json(type_name, &any.value)?;
@@ -131,9 +117,7 @@ fn describe_dump_round_trips() -> anyhow::Result<()> {
 
 #[test]
 fn corpus_dump_parses_into_typed_config_dump() -> anyhow::Result<()> {
-    let Some(path) = corpus_file("istioctl-proxyconfig-config_dump.json") else {
-        return Ok(());
-    };
+    let path = corpus_file("istioctl-proxyconfig-config_dump.json");
     let original: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let dump: ConfigDump = json_to_message(&original)?;
     let types: Vec<_> = dump.configs.iter().map(|c| c.type_url.as_str()).collect();
