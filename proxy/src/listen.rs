@@ -9,8 +9,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,10 +83,7 @@ impl Listeners {
                         stop_rx,
                     ));
                 }
-                Err(e) => errors.push(format!(
-                    "Listener {name:?}: address: cannot bind {}: {e}",
-                    l.addr
-                )),
+                Err(e) => errors.push(bind_failure(name, l.addr, &e)),
             }
         }
         if errors.is_empty() {
@@ -108,6 +104,40 @@ impl Listeners {
         }
     }
 
+    /// Whether each listener of `wanted` that does not run yet could bind its address now,
+    /// without keeping it: Envoy binds a listener when LDS adds it and NACKs that response
+    /// if it cannot, even while the listener still waits for its routes; mast-proxy binds
+    /// only when the routes are there, so it asks first and NACKs the same response.
+    /// Returns one message per listener that could not bind, as [`Listeners::reconcile`]
+    /// words it.
+    pub fn probe<'a>(
+        &self,
+        wanted: impl IntoIterator<Item = (&'a str, SocketAddr)>,
+    ) -> Vec<String> {
+        let running = match self.running.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        wanted
+            .into_iter()
+            .filter(|(name, addr)| running.get(*name).is_none_or(|r| r.addr != *addr))
+            // An address one of ours holds is handed over by reconcile (a renamed listener).
+            .filter(|(_, addr)| !running.values().any(|r| r.addr == *addr))
+            .filter_map(|(name, addr)| {
+                let bound = socket2::Socket::new(
+                    socket2::Domain::for_address(addr),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )
+                .and_then(|s| {
+                    s.set_reuse_address(true)?;
+                    s.bind(&addr.into())
+                });
+                bound.err().map(|e| bind_failure(name, addr, &e))
+            })
+            .collect()
+    }
+
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
         let running = match self.running.lock() {
             Ok(r) => r,
@@ -117,6 +147,10 @@ impl Listeners {
         v.sort();
         v
     }
+}
+
+fn bind_failure(name: &str, addr: SocketAddr, e: &io::Error) -> String {
+    format!("Listener {name:?}: address: cannot bind {addr}: {e}")
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -129,7 +163,9 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    let listener = TcpListener::from_std(socket.into())?;
+    crate::upstream::loop_guard::listening(listener.local_addr()?);
+    Ok(listener)
 }
 
 async fn accept_loop(
@@ -156,6 +192,9 @@ async fn accept_loop(
             _ = shared.drained() => break,
         }
     }
+    if let Ok(addr) = listener.local_addr() {
+        crate::upstream::loop_guard::closed(addr);
+    }
 }
 
 async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer: SocketAddr) {
@@ -164,15 +203,18 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         return;
     };
     let local = stream.local_addr().unwrap_or(l.addr);
-    let (listener, dst) = if l.original_dst {
-        let dst = original_dst(&stream).unwrap_or(local);
-        // Outbound capture hands the connection to the listener for its destination.
-        match l.use_original_dst.then(|| snap.handoff(dst)).flatten() {
-            Some(target) if dst != local => (Arc::clone(target), dst),
-            _ => (Arc::clone(l), dst),
-        }
+    // The destination before capture, when the listener reads it and the kernel has one
+    // (as Envoy's "restored" local address): only then may a passthrough cluster dial it.
+    let restored = if l.original_dst {
+        original_dst(&stream)
     } else {
-        (Arc::clone(l), local)
+        None
+    };
+    let dst = restored.unwrap_or(local);
+    // Outbound capture hands the connection to the listener for its destination.
+    let listener = match l.use_original_dst.then(|| snap.handoff(dst)).flatten() {
+        Some(target) if dst != local => Arc::clone(target),
+        _ => Arc::clone(l),
     };
     let mut transport = "raw_buffer";
     let mut alpn: Vec<&str> = Vec::new();
@@ -225,6 +267,7 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         inbound: listener.inbound,
         peer,
         dst,
+        original_dst: restored,
         sni: hello.as_ref().and_then(|h| h.sni.clone()),
     };
     let Some(tls) = chain.tls.clone() else {
@@ -258,6 +301,8 @@ struct Conn {
     inbound: bool,
     peer: SocketAddr,
     dst: SocketAddr,
+    /// The original destination, when it was restored from capture.
+    original_dst: Option<SocketAddr>,
     /// The SNI of the ClientHello, for RBAC's `requested_server_name`.
     sni: Option<String>,
 }
@@ -287,6 +332,7 @@ impl Conn {
                     inbound: self.inbound,
                     peer: self.peer,
                     dst: self.dst,
+                    original_dst: self.original_dst,
                     peer_identity,
                     principal_peer: std::sync::OnceLock::new(),
                 });
@@ -298,6 +344,7 @@ impl Conn {
                     t,
                     stream,
                     self.dst,
+                    self.original_dst,
                     self.inbound,
                     peer_identity,
                 )
@@ -414,49 +461,41 @@ async fn sniff(stream: &TcpStream, deadline: Option<tokio::time::Instant>) -> Sn
     }
 }
 
-/// The destination before iptables REDIRECT rewrote it (`SO_ORIGINAL_DST`).
+/// The destination before iptables REDIRECT rewrote it (`SO_ORIGINAL_DST`, or
+/// `IP6T_SO_ORIGINAL_DST` on an IPv6 socket). `None` when nothing redirected the connection.
 pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    let fd = stream.as_raw_fd();
-    let local = stream.local_addr().ok()?;
-    // SAFETY: getsockopt writes at most `len` bytes into a properly sized, zeroed
-    // sockaddr_storage; the fd is owned by `stream` for the duration of the call.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let (level, v6) = if local.is_ipv4() {
-            (libc::SOL_IP, false)
-        } else {
-            (libc::SOL_IPV6, true)
-        };
-        let rc = libc::getsockopt(
-            fd,
-            level,
-            SO_ORIGINAL_DST,
-            &mut storage as *mut _ as *mut libc::c_void,
-            &mut len,
-        );
-        if rc != 0 {
-            return None;
-        }
-        if !v6 {
-            let sin = &*(&storage as *const _ as *const libc::sockaddr_in);
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be(sin.sin_port)))
-        } else {
-            let sin6 = &*(&storage as *const _ as *const libc::sockaddr_in6);
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Some(SocketAddr::new(
-                IpAddr::V6(ip),
-                u16::from_be(sin6.sin6_port),
-            ))
-        }
-    }
+    let socket = socket2::SockRef::from(stream);
+    let dst = if stream.local_addr().ok()?.is_ipv4() {
+        socket.original_dst_v4()
+    } else {
+        socket.original_dst_v6()
+    };
+    dst.ok()?.as_socket()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn probe_names_a_taken_address_and_lets_a_free_one_pass() {
+        let env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        let config = crate::config::Config::from_env(&env, &Default::default()).unwrap();
+        let listeners = Listeners::new(Arc::new(Shared::new(config, false, None)));
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = taken.local_addr().map(|a| (a, taken)).unwrap();
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let failures = listeners.probe([("a", taken.0), ("b", free)]);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].starts_with(&format!("Listener \"a\": address: cannot bind {}", taken.0)),
+            "{failures:?}"
+        );
+        // The probe keeps nothing: the free address is still free.
+        std::net::TcpListener::bind(free).unwrap();
+    }
 
     #[tokio::test]
     async fn sniffs_http1_http2_tls_and_other() {

@@ -17,6 +17,7 @@ pub async fn proxy<S>(
     tcp: Arc<TcpProxy>,
     mut down: S,
     dst: SocketAddr,
+    original_dst: Option<SocketAddr>,
     inbound: bool,
     peer_identity: Option<Arc<str>>,
 ) where
@@ -75,7 +76,8 @@ pub async fn proxy<S>(
                 .ok()
                 .and_then(|mut a| a.next()),
         },
-        (None, true) => Some(dst),
+        // A passthrough dials the original destination only when capture restored one.
+        (None, true) => original_dst,
         (None, false) => None,
     };
     let Some(target) = target else {

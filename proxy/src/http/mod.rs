@@ -8,7 +8,10 @@
 //! `UO`, `UT`, `FI`, `DI`, `RBAC`), so operators read them the same way.
 
 mod body;
+mod framing;
+mod path;
 mod recorder;
+mod sanitize;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ use crate::shared::Shared;
 use crate::upstream::{ActiveGuard, Body, BoxError, Cluster, LimitGuard, Outcome};
 
 pub use body::{Counted, Metered};
+pub use path::{EscapedSlashes, PathNormalization};
 pub use recorder::Recorder;
 
 /// Bodies up to this size are buffered so the request can be retried or mirrored.
@@ -47,6 +51,9 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Where the client was going: the original destination, or the listener address.
     pub dst: SocketAddr,
+    /// The original destination when capture restored one: the only address a passthrough
+    /// (ORIGINAL_DST) cluster may dial.
+    pub original_dst: Option<SocketAddr>,
     /// The client's SPIFFE ID when the connection is mTLS.
     pub peer_identity: Option<Arc<str>>,
     /// The client's metrics identity with its principal, built once per connection:
@@ -65,6 +72,10 @@ pub async fn serve<S>(ctx: Arc<ConnCtx>, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let hcm = &ctx.hcm;
+    // hyper must read any head the connection manager accepts; the router answers 431
+    // above `max_request_headers_kb` itself, as Envoy does.
+    let max_buf = (hcm.max_request_headers + 8 * 1024).max(96 * 1024);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder = match ctx.hcm.codec {
         Codec::Http1 => builder.http1_only(),
@@ -79,7 +90,8 @@ where
         .header_read_timeout(ctx.hcm.request_headers_timeout)
         // A client may shut its write side and still wait for the answer.
         .half_close(true)
-        .max_buf_size(96 * 1024);
+        .max_headers(hcm.max_headers)
+        .max_buf_size(max_buf);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -88,18 +100,42 @@ where
     let activity = Arc::new(Activity::new());
     let svc_ctx = Arc::clone(&ctx);
     let svc_activity = Arc::clone(&activity);
-    let svc = service_fn(move |req| {
+    // HTTP/1 heads are read a second time, from the raw bytes (see `framing`).
+    let scanner = match hcm.codec {
+        Codec::Http2 => framing::Scanner::off(),
+        codec => framing::Scanner::new(codec == Codec::Auto, max_buf, hcm.max_headers),
+    };
+    let verdicts = scanner.verdicts();
+    let svc = service_fn(move |req: Request<Incoming>| {
         let ctx = Arc::clone(&svc_ctx);
         let stream = InFlight::new(Arc::clone(&svc_activity));
+        let head = match req.version() {
+            Version::HTTP_2 => None,
+            _ => verdicts.next(),
+        };
+        // The framing guard stops reading at an upgrade: unless it is tunnelled, the
+        // connection must close after this response.
+        let ends_reading = req.version() != Version::HTTP_2
+            && (req.method() == http::Method::CONNECT
+                || req
+                    .headers()
+                    .get_all(header::UPGRADE)
+                    .iter()
+                    .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")));
         async move {
-            let resp = handle(ctx, req).await;
+            let mut resp = handle(ctx, req, head).await;
+            if ends_reading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok::<_, Infallible>(resp.map(|body| Tracked {
                 body,
                 _stream: stream,
             }))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let io = framing::Guarded::new(stream, scanner);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle_timeout = ctx.hcm.idle_timeout;
     loop {
@@ -289,13 +325,21 @@ fn local_reply(
     resp
 }
 
-async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    ctx: Arc<ConnCtx>,
+    req: Request<Incoming>,
+    head: Option<framing::Head>,
+) -> Response<Body> {
     let start = Instant::now();
     let shared = &ctx.shared;
     let snap = shared.store.current.load_full();
     let (mut parts, body) = req.into_parts();
     let grpc = is_grpc(&parts.headers);
-    let host = request_host(&parts);
+    let checked = sanitize::request(&ctx.hcm, &mut parts, head, grpc);
+    let host = match &checked {
+        Ok(s) => s.authority.clone(),
+        Err(_) => request_host(&parts),
+    };
     let metrics = Arc::clone(&shared.metrics);
     let (reporter, peer) = if ctx.inbound {
         let mut peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
@@ -339,6 +383,10 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
         upstream: None,
         cluster: None,
     };
+    if let Err(refusal) = checked {
+        tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
+        return refused(rec, grpc, parts.version, refusal);
+    }
 
     // RBAC filters run before the router, as in the filter chain Envoy builds.
     if !ctx.hcm.rbac.is_empty() {
@@ -433,6 +481,27 @@ async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Body> {
             forward(&ctx, &snap, vhost, route, &fwd, parts, body, rec, grpc).await
         }
     }
+}
+
+/// A request refused before routing: Envoy's status, its details as the body, and for
+/// HTTP/1 the connection closed when the stream can no longer be trusted.
+fn refused(rec: Recorder, grpc: bool, version: Version, r: sanitize::Refusal) -> Response<Body> {
+    let redirect = r.location.is_some();
+    let mut resp = local_reply(
+        rec,
+        grpc && !redirect,
+        r.status,
+        "-",
+        if redirect { "" } else { r.details },
+    );
+    if let Some(location) = r.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    if r.close && version != Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 fn apply_response_ops(vhost: &VirtualHost, route: &Route, headers: &mut http::HeaderMap) {
@@ -673,10 +742,17 @@ async fn forward(
     let mut retried = false;
     loop {
         attempt += 1;
-        let host = match cluster.pick(hash_key.as_deref(), &tried) {
-            Ok(h) => Some(h),
-            Err(_) if cluster.is_original_dst() => None,
-            Err(_) => {
+        // A passthrough (ORIGINAL_DST) dials the destination capture restored; without one
+        // it has nowhere to go — its own listener would be the only candidate — and, as any
+        // cluster without a host, answers "no healthy upstream".
+        let picked = cluster.pick(hash_key.as_deref(), &tried);
+        let (host, scheme, authority) = match (picked, ctx.original_dst) {
+            (Ok(h), _) => {
+                let (scheme, authority) = (h.scheme(), h.authority());
+                (Some(h), scheme, authority)
+            }
+            (Err(_), Some(dst)) if cluster.is_original_dst() => (None, "http", dst.to_string()),
+            (Err(_), _) => {
                 return local_reply(
                     rec,
                     grpc,
@@ -685,10 +761,6 @@ async fn forward(
                     "no healthy upstream",
                 );
             }
-        };
-        let (scheme, authority) = match &host {
-            Some(h) => (h.scheme(), h.authority()),
-            None => ("http", ctx.dst.to_string()),
         };
         rec.upstream = Some(authority.clone());
         let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() else {

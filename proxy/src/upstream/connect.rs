@@ -42,6 +42,8 @@ pub enum ConnectError {
     Address(String),
     #[error("TLS handshake: {0}")]
     Tls(String),
+    #[error("{0} is this proxy's own listener: refusing to connect to itself")]
+    OwnListener(SocketAddr),
 }
 
 /// The connector behind a cluster's HTTP client.
@@ -158,6 +160,9 @@ pub async fn connect_tcp(
     bind: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectError> {
+    if super::loop_guard::is_own(addr) {
+        return Err(ConnectError::OwnListener(addr));
+    }
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {

@@ -8,6 +8,7 @@
 
 mod connect;
 mod lb;
+pub mod loop_guard;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
