@@ -35,7 +35,9 @@ pub enum Role {
 }
 
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    let l = TcpListener::bind(addr).await?;
+    crate::upstream::loop_guard::listening(l.local_addr()?);
+    Ok(l)
 }
 
 /// Serve one of the admin-side servers until the process exits.

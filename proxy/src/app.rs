@@ -83,14 +83,17 @@ pub async fn run(
     }
 
     if let Some(ca) = &cfg.ca_address {
-        let identity = crate::identity::IdentityConfig {
+        let ca = crate::identity::IstioCa::new(crate::identity::IdentityConfig {
             ca_address: ca.clone(),
             root_cert: cfg.ca_root_cert.clone(),
             token_file: cfg.ca_token_file.clone(),
-            spiffe_id: cfg.spiffe_id(),
             ttl: cfg.secret_ttl,
-        };
-        tokio::spawn(crate::identity::run(identity, Arc::clone(&shared.secrets)));
+        });
+        tokio::spawn(crate::identity::run(
+            ca,
+            cfg.spiffe_id(),
+            Arc::clone(&shared.secrets),
+        ));
     } else {
         tracing::info!("no CA address (CA_ADDR): no workload certificate, mTLS is off");
     }
@@ -110,8 +113,8 @@ pub async fn run(
     match (static_cfg, &cfg.discovery_address) {
         (Some((path, s)), _) => {
             let mut publisher = xds::Publisher::new(Arc::clone(&shared), Arc::clone(&listeners));
-            for type_url in crate::state::TYPES {
-                let items = s.by_type.get(type_url).cloned().unwrap_or_default();
+            for type_url in mast_proto::TypeUrl::PUSH_ORDER {
+                let items = s.by_type.get(&type_url).cloned().unwrap_or_default();
                 let incoming = items
                     .into_iter()
                     .map(|any| crate::state::Incoming {
@@ -121,7 +124,7 @@ pub async fn run(
                     })
                     .collect();
                 publisher
-                    .apply(type_url, "static", incoming, &[], true)
+                    .apply(type_url.url(), "static", incoming, &[], true)
                     .map_err(|message| Error::Rejected {
                         path: path.display().to_string(),
                         message,

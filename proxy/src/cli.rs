@@ -332,8 +332,9 @@ pub fn envoy_log_level(text: &str) -> Result<&'static str, String> {
     })
 }
 
+/// Go's duration syntax (`5s`, `1m30s`, `250ms`), as Istio's agent takes its flags.
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s"))
+    mast_proto::parse_go_duration(s).map_err(|e| e.to_string())
 }
 
 /// Go's `strconv.ParseBool`, as Istio's boolean flags take it.

@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mast_proto::DurationError;
 use serde_json::Value;
 
 use crate::agent::merge::{self, AppMetrics};
@@ -247,11 +248,11 @@ impl Config {
             (Some(d), _) => d,
             (None, Some(v)) => {
                 let text = v.as_str().unwrap_or_default();
-                parse_duration(text).ok_or_else(|| {
+                parse_duration(text).map_err(|reason| {
                     ConfigError::new(
                         "PROXY_CONFIG.terminationDrainDuration",
                         &v.to_string(),
-                        "not a duration like \"5s\"",
+                        reason,
                     )
                 })?
             }
@@ -356,9 +357,17 @@ impl Config {
             check_host_port(addr).map_err(|reason| ConfigError::new(CA_ADDR, addr, reason))?;
         }
         let secret_ttl = match env.var(SECRET_TTL) {
-            Some(text) => Some(parse_duration(&text).filter(|d| !d.is_zero()).ok_or_else(
-                || ConfigError::new(SECRET_TTL, &text, "not a duration like \"24h\""),
-            )?),
+            Some(text) => match parse_duration(&text) {
+                Ok(d) if d.is_zero() => {
+                    return Err(ConfigError::new(
+                        SECRET_TTL,
+                        &text,
+                        "must be more than zero",
+                    ));
+                }
+                Ok(d) => Some(d),
+                Err(reason) => return Err(ConfigError::new(SECRET_TTL, &text, reason)),
+            },
             None => None,
         };
         let trust_domain = env
@@ -480,19 +489,13 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
-/// `5s`, `500ms`, `1m`, `1.5s`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (num, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+/// A duration in Go's syntax (`5s`, `250ms`, `1m30s`, `250us`), as Istio's agent reads its
+/// flags, environment and `PROXY_CONFIG`; the error is a [`ConfigError`] reason.
+pub fn parse_duration(text: &str) -> Result<Duration, &'static str> {
+    mast_proto::parse_go_duration(text).map_err(|e| match e {
+        DurationError::Negative(_) => "must not be negative",
+        DurationError::Syntax(_) => "not a duration like \"5s\", \"250ms\" or \"1m30s\"",
+    })
 }
 
 fn parse_labels(text: &str) -> Option<BTreeMap<String, String>> {
@@ -665,10 +668,13 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        // What Istio's agent takes and the old grammar did not.
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert!(parse_duration("5").unwrap_err().contains("like \"5s\""));
+        assert_eq!(parse_duration("-1s"), Err("must not be negative"));
     }
 }

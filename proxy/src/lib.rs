@@ -19,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod listen;
+pub mod matcher;
 pub mod metrics;
 pub mod rbac;
 pub mod resources;

@@ -17,10 +17,10 @@
 //! filter sets any), which is what Envoy does when the metadata is absent. CEL conditions,
 //! `matcher` trees, custom principals/permissions and `filter_state` are refused.
 //!
-//! Regexes are compiled here, once; evaluation allocates only to join a header's several
-//! values (with `,`, as Envoy does) and to name the policy behind a denial.
+//! Header and string matching is [`crate::matcher`]'s, shared with the router so that a
+//! policy and a route read a header the same way. Regexes are compiled once; evaluation
+//! allocates only to join a header's several values and to name the policy behind a denial.
 
-use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -28,17 +28,14 @@ use envoy_types::pb::envoy::config::core::v3::{CidrRange, TypedExtensionConfig};
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::config::rbac::v3::permission::Rule;
 use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier;
-use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
-use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::path::r#match::uri_template::v3::UriTemplateMatchConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::envoy::r#type::matcher::v3::{PathMatcher, RegexMatcher, StringMatcher};
-use http::HeaderName;
 use regex::Regex;
 
+use crate::matcher::{HeaderMatcher, RequestHead, StringMatcher};
 use crate::resources::{At, FieldError, FieldResult, decode_any};
 
 pub const HTTP_FILTER: &str = "envoy.filters.http.rbac";
@@ -109,13 +106,13 @@ enum Permission {
     And(Vec<Permission>),
     Or(Vec<Permission>),
     Not(Box<Permission>),
-    Header(HeaderMatch),
-    UrlPath(StrMatch),
+    Header(HeaderMatcher),
+    UrlPath(StringMatcher),
     UriTemplate(Regex),
     DestinationIp(Cidr),
     DestinationPort(u32),
     DestinationPortRange(i64, i64),
-    RequestedServerName(StrMatch),
+    RequestedServerName(StringMatcher),
     /// `metadata`, `sourced_metadata`: no dynamic metadata exists here.
     Never,
 }
@@ -127,56 +124,14 @@ enum Principal {
     Or(Vec<Principal>),
     Not(Box<Principal>),
     /// `None`: any authenticated (mTLS) peer.
-    Authenticated(Option<StrMatch>),
+    Authenticated(Option<StringMatcher>),
     /// `direct_remote_ip` and the deprecated `source_ip`.
     DirectRemoteIp(Cidr),
     RemoteIp(Cidr),
-    Header(HeaderMatch),
-    UrlPath(StrMatch),
+    Header(HeaderMatcher),
+    UrlPath(StringMatcher),
     /// `metadata`, `sourced_metadata`: no dynamic metadata exists here.
     Never,
-}
-
-#[derive(Debug)]
-struct HeaderMatch {
-    source: HeaderSource,
-    kind: HeaderKind,
-    invert: bool,
-    missing_as_empty: bool,
-}
-
-#[derive(Debug)]
-enum HeaderSource {
-    Method,
-    Authority,
-    Path,
-    /// Other pseudo-headers (`:scheme`, …): never present in [`Attrs`].
-    Unknown,
-    Named(HeaderName),
-}
-
-#[derive(Debug)]
-enum HeaderKind {
-    Str(StrMatch),
-    /// The deprecated `exact_match`: an empty value matches any value, as in Envoy.
-    LegacyExact(String),
-    Present(bool),
-    Range(i64, i64),
-}
-
-#[derive(Debug)]
-struct StrMatch {
-    pattern: Pattern,
-    ignore_case: bool,
-}
-
-#[derive(Debug)]
-enum Pattern {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    Regex(Regex),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -315,6 +270,32 @@ impl<'a> Attrs<'a> {
     }
 }
 
+impl Attrs<'_> {
+    /// A header matcher against this request, reading pseudo-headers as Envoy's header map
+    /// holds them. A connection has no headers: only `present_match: false` (or
+    /// `treat_missing_header_as_empty`) can match it.
+    fn header_matches(&self, m: &HeaderMatcher) -> bool {
+        let empty;
+        let headers = match self.headers {
+            Some(h) => h,
+            None => {
+                empty = http::HeaderMap::new();
+                &empty
+            }
+        };
+        m.matches(&RequestHead {
+            headers,
+            method: self.method,
+            authority: self.authority,
+            path: self.full_path.or(self.path),
+            // Attrs carries no HTTP/2 `:scheme`; an mTLS peer means a TLS connection.
+            scheme: self
+                .headers
+                .map(|h| crate::matcher::scheme(None, h, self.principal.is_some())),
+        })
+    }
+}
+
 // === impl Engine ===
 
 impl Engine {
@@ -417,7 +398,7 @@ impl Permission {
             Some(Rule::AndRules(s)) => Self::And(set(&s.rules, "and_rules")?),
             Some(Rule::OrRules(s)) => Self::Or(set(&s.rules, "or_rules")?),
             Some(Rule::NotRule(r)) => Self::Not(Box::new(Self::from_proto(r).at("not_rule")?)),
-            Some(Rule::Header(h)) => Self::Header(HeaderMatch::from_proto(h).at("header")?),
+            Some(Rule::Header(h)) => Self::Header(HeaderMatcher::from_proto(h).at("header")?),
             Some(Rule::UrlPath(m)) => Self::UrlPath(path_matcher(m).at("url_path")?),
             Some(Rule::UriTemplate(t)) => Self::UriTemplate(uri_template(t).at("uri_template")?),
             Some(Rule::DestinationIp(c)) => {
@@ -428,7 +409,7 @@ impl Permission {
                 Self::DestinationPortRange(i64::from(r.start), i64::from(r.end))
             }
             Some(Rule::RequestedServerName(m)) => {
-                Self::RequestedServerName(StrMatch::from_proto(m).at("requested_server_name")?)
+                Self::RequestedServerName(StringMatcher::from_proto(m).at("requested_server_name")?)
             }
             Some(Rule::Metadata(_)) | Some(Rule::SourcedMetadata(_)) => Self::Never,
             Some(Rule::Matcher(_)) => {
@@ -447,7 +428,7 @@ impl Permission {
             Self::And(v) => v.iter().all(|p| p.matches(a)),
             Self::Or(v) => v.iter().any(|p| p.matches(a)),
             Self::Not(p) => !p.matches(a),
-            Self::Header(h) => h.matches(a),
+            Self::Header(h) => a.header_matches(h),
             Self::UrlPath(m) => a.path.is_some_and(|p| m.matches(p)),
             Self::UriTemplate(r) => a.path.is_some_and(|p| r.is_match(p)),
             Self::DestinationIp(c) => c.contains(a.destination.ip()),
@@ -482,7 +463,7 @@ impl Principal {
             Some(Identifier::NotId(p)) => Self::Not(Box::new(Self::from_proto(p).at("not_id")?)),
             Some(Identifier::Authenticated(a)) => Self::Authenticated(match &a.principal_name {
                 Some(m) if m.match_pattern.is_some() => {
-                    Some(StrMatch::from_proto(m).at("authenticated.principal_name")?)
+                    Some(StringMatcher::from_proto(m).at("authenticated.principal_name")?)
                 }
                 _ => None,
             }),
@@ -493,7 +474,7 @@ impl Principal {
                 Self::DirectRemoteIp(Cidr::from_proto(c).at("direct_remote_ip")?)
             }
             Some(Identifier::RemoteIp(c)) => Self::RemoteIp(Cidr::from_proto(c).at("remote_ip")?),
-            Some(Identifier::Header(h)) => Self::Header(HeaderMatch::from_proto(h).at("header")?),
+            Some(Identifier::Header(h)) => Self::Header(HeaderMatcher::from_proto(h).at("header")?),
             Some(Identifier::UrlPath(m)) => Self::UrlPath(path_matcher(m).at("url_path")?),
             Some(Identifier::Metadata(_)) | Some(Identifier::SourcedMetadata(_)) => Self::Never,
             Some(Identifier::FilterState(_)) => {
@@ -527,165 +508,18 @@ impl Principal {
             },
             Self::DirectRemoteIp(c) => c.contains(a.source.ip()),
             Self::RemoteIp(c) => c.contains(a.remote_ip),
-            Self::Header(h) => h.matches(a),
+            Self::Header(h) => a.header_matches(h),
             Self::UrlPath(m) => a.path.is_some_and(|p| m.matches(p)),
             Self::Never => false,
         }
     }
 }
 
-// === impl HeaderMatch ===
-
-impl HeaderMatch {
-    // Istio and older configs still use the deprecated exact/prefix/… forms.
-    #[allow(deprecated)]
-    fn from_proto(h: &HeaderMatcher) -> FieldResult<Self> {
-        let lower = h.name.to_ascii_lowercase();
-        let source = match lower.as_str() {
-            ":method" => HeaderSource::Method,
-            ":authority" | "host" => HeaderSource::Authority,
-            ":path" => HeaderSource::Path,
-            n if n.starts_with(':') => HeaderSource::Unknown,
-            n => HeaderSource::Named(HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                FieldError::new("name", format!("{:?} is not a header name", h.name))
-            })?),
-        };
-        let plain = |pattern| {
-            HeaderKind::Str(StrMatch {
-                pattern,
-                ignore_case: false,
-            })
-        };
-        let kind = match &h.header_match_specifier {
-            Some(HeaderMatchSpecifier::ExactMatch(v)) => HeaderKind::LegacyExact(v.clone()),
-            Some(HeaderMatchSpecifier::PrefixMatch(v)) => plain(Pattern::Prefix(v.clone())),
-            Some(HeaderMatchSpecifier::SuffixMatch(v)) => plain(Pattern::Suffix(v.clone())),
-            Some(HeaderMatchSpecifier::ContainsMatch(v)) => plain(Pattern::Contains(v.clone())),
-            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
-                plain(Pattern::Regex(regex(r).at("safe_regex_match")?))
-            }
-            Some(HeaderMatchSpecifier::StringMatch(s)) => {
-                HeaderKind::Str(StrMatch::from_proto(s).at("string_match")?)
-            }
-            Some(HeaderMatchSpecifier::PresentMatch(p)) => HeaderKind::Present(*p),
-            Some(HeaderMatchSpecifier::RangeMatch(r)) => HeaderKind::Range(r.start, r.end),
-            // No specifier: the header must be present (Envoy's default).
-            None => HeaderKind::Present(true),
-        };
-        Ok(Self {
-            source,
-            kind,
-            invert: h.invert_match,
-            missing_as_empty: h.treat_missing_header_as_empty,
-        })
-    }
-
-    /// Envoy's `HeaderUtility::matchHeaders`, including its treatment of absent headers.
-    fn matches(&self, a: &Attrs<'_>) -> bool {
-        let value: Option<Cow<'_, str>> = match &self.source {
-            HeaderSource::Method => a.method.map(Cow::Borrowed),
-            HeaderSource::Authority => a.authority.map(Cow::Borrowed),
-            HeaderSource::Path => a.full_path.or(a.path).map(Cow::Borrowed),
-            HeaderSource::Unknown => None,
-            HeaderSource::Named(n) => a.headers.and_then(|h| header_value(h, n)),
-        };
-        let value = match value {
-            Some(v) => v,
-            None if self.missing_as_empty => Cow::Borrowed(""),
-            None => {
-                let present = matches!(self.kind, HeaderKind::Present(_));
-                let want = matches!(self.kind, HeaderKind::Present(true));
-                return present && (want == self.invert);
-            }
-        };
-        let hit = match &self.kind {
-            HeaderKind::Str(m) => m.matches(&value),
-            HeaderKind::LegacyExact(e) => e.is_empty() || *e == *value,
-            HeaderKind::Present(p) => *p,
-            HeaderKind::Range(lo, hi) => value.parse::<i64>().is_ok_and(|n| *lo <= n && n < *hi),
-        };
-        hit != self.invert
-    }
-}
-
-/// All values of a header, joined with `,` as Envoy does; borrowed when there is one.
-fn header_value<'h>(headers: &'h http::HeaderMap, name: &HeaderName) -> Option<Cow<'h, str>> {
-    let mut values = headers.get_all(name).iter();
-    let first = values.next()?;
-    let as_str = |v: &'h http::HeaderValue| String::from_utf8_lossy(v.as_bytes());
-    match values.next() {
-        None => Some(as_str(first)),
-        Some(second) => {
-            let mut joined = as_str(first).into_owned();
-            for v in std::iter::once(second).chain(values) {
-                joined.push(',');
-                joined.push_str(&as_str(v));
-            }
-            Some(Cow::Owned(joined))
-        }
-    }
-}
-
-// === impl StrMatch ===
-
-impl StrMatch {
-    fn from_proto(s: &StringMatcher) -> FieldResult<Self> {
-        let pattern = match &s.match_pattern {
-            Some(MatchPattern::Exact(v)) => Pattern::Exact(v.clone()),
-            Some(MatchPattern::Prefix(v)) => Pattern::Prefix(v.clone()),
-            Some(MatchPattern::Suffix(v)) => Pattern::Suffix(v.clone()),
-            Some(MatchPattern::Contains(v)) => Pattern::Contains(v.clone()),
-            Some(MatchPattern::SafeRegex(r)) => Pattern::Regex(regex(r).at("safe_regex")?),
-            Some(MatchPattern::Custom(_)) => {
-                return Err(FieldError::new(
-                    "custom",
-                    "custom string matchers are not supported",
-                ));
-            }
-            None => {
-                return Err(FieldError::new(
-                    "match_pattern",
-                    "one of exact, prefix, suffix, contains, safe_regex is required",
-                ));
-            }
-        };
-        Ok(Self {
-            pattern,
-            ignore_case: s.ignore_case,
-        })
-    }
-
-    /// `ignore_case` folds ASCII only and does not apply to regexes, as in Envoy.
-    fn matches(&self, v: &str) -> bool {
-        let (v, ic) = (v.as_bytes(), self.ignore_case);
-        let eq = |a: &[u8], b: &[u8]| {
-            if ic {
-                a.eq_ignore_ascii_case(b)
-            } else {
-                a == b
-            }
-        };
-        match &self.pattern {
-            Pattern::Exact(p) => eq(v, p.as_bytes()),
-            Pattern::Prefix(p) => v.len() >= p.len() && eq(&v[..p.len()], p.as_bytes()),
-            Pattern::Suffix(p) => v.len() >= p.len() && eq(&v[v.len() - p.len()..], p.as_bytes()),
-            Pattern::Contains(p) => p.is_empty() || v.windows(p.len()).any(|w| eq(w, p.as_bytes())),
-            Pattern::Regex(r) => std::str::from_utf8(v).is_ok_and(|s| r.is_match(s)),
-        }
-    }
-}
-
-fn path_matcher(m: &PathMatcher) -> FieldResult<StrMatch> {
+fn path_matcher(m: &PathMatcher) -> FieldResult<StringMatcher> {
     match &m.rule {
-        Some(PathRule::Path(s)) => StrMatch::from_proto(s).at("path"),
+        Some(PathRule::Path(s)) => StringMatcher::from_proto(s).at("path"),
         None => Err(FieldError::new("rule", "path is required")),
     }
-}
-
-/// An RE2 regex as a full match (Envoy's `safe_regex`).
-fn regex(r: &RegexMatcher) -> FieldResult<Regex> {
-    Regex::new(&format!("^(?:{})$", r.regex))
-        .map_err(|e| FieldError::new("regex", format!("bad regex {:?}: {e}", r.regex)))
 }
 
 /// `envoy.path.match.uri_template` as a full-match regex over the path: `*` and `{name}`

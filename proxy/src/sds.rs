@@ -28,14 +28,13 @@ use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server
 };
 use envoy_types::pb::google::protobuf::Any;
 use futures::Stream;
+use mast_proto::TypeUrl;
 use prost::Message;
 use tokio::net::UnixListener;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::tls::{SDS_DEFAULT, SDS_ROOTCA, SecretStore, WorkloadCert};
-
-const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Bind the SDS socket, replacing a stale one from an earlier run.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
@@ -163,14 +162,14 @@ fn response(
         .iter()
         .filter_map(|name| secret(cert, name))
         .map(|s| Any {
-            type_url: SECRET_TYPE.into(),
+            type_url: TypeUrl::Secret.url().into(),
             value: s.encode_to_vec(),
         })
         .collect();
     DiscoveryResponse {
         version_info: version.to_string(),
         resources,
-        type_url: SECRET_TYPE.into(),
+        type_url: TypeUrl::Secret.url().into(),
         nonce: nonce.to_string(),
         ..Default::default()
     }

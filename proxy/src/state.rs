@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
+use mast_proto::TypeUrl;
 use prost::Message;
 
 use crate::resources::ResourceError;
@@ -25,15 +26,6 @@ use crate::resources::cluster::{ClusterConfig, Discovery, HostSpec, assignment_h
 use crate::resources::listener::{ChainKind, ListenerConfig, RouteSource, handoff_index};
 use crate::resources::route::RouteTable;
 use crate::upstream::Cluster;
-
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-
-/// The xDS types, in the order they are applied.
-pub const TYPES: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
 
 /// One received resource.
 #[derive(Debug)]
@@ -91,7 +83,7 @@ impl Resources {
     /// the error is the NACK's detail — and nothing changes.
     pub fn apply(
         &mut self,
-        type_url: &str,
+        type_url: TypeUrl,
         version: &str,
         incoming: Vec<Incoming>,
         removed: &[String],
@@ -113,7 +105,7 @@ impl Resources {
                     let proto = match <$proto>::decode(inc.any.value.as_slice()) {
                         Ok(p) => p,
                         Err(e) => {
-                            errors.push(format!("{}: cannot decode: {e}", type_url));
+                            errors.push(format!("{type_url}: cannot decode: {e}"));
                             continue;
                         }
                     };
@@ -150,31 +142,31 @@ impl Resources {
             }};
         }
         match type_url {
-            LISTENER_TYPE => apply_type!(
+            TypeUrl::Listener => apply_type!(
                 &mut self.listeners,
                 ListenerProto,
                 |p: &ListenerProto| p.name.clone(),
                 ListenerConfig::from_proto
             ),
-            ROUTE_TYPE => apply_type!(
+            TypeUrl::Route => apply_type!(
                 &mut self.routes,
                 RouteConfiguration,
                 |p: &RouteConfiguration| p.name.clone(),
                 RouteTable::from_proto
             ),
-            CLUSTER_TYPE => apply_type!(
+            TypeUrl::Cluster => apply_type!(
                 &mut self.clusters,
                 ClusterProto,
                 |p: &ClusterProto| p.name.clone(),
                 ClusterConfig::from_proto
             ),
-            ENDPOINT_TYPE => apply_type!(
+            TypeUrl::Endpoint => apply_type!(
                 &mut self.endpoints,
                 ClusterLoadAssignment,
                 |p: &ClusterLoadAssignment| p.cluster_name.clone(),
                 assignment_hosts
             ),
-            other => Err(format!("type {other} is not supported")),
+            TypeUrl::Secret => Err(format!("type {type_url} is not supported")),
         }
     }
 
@@ -354,7 +346,7 @@ mod tests {
             name: Some(name.into()),
             version: String::new(),
             any: Any {
-                type_url: ROUTE_TYPE.into(),
+                type_url: TypeUrl::Route.url().into(),
                 value: rc.encode_to_vec(),
             },
         }
@@ -364,7 +356,7 @@ mod tests {
     fn a_bad_resource_rejects_the_whole_response_and_keeps_the_last_good() {
         let mut r = Resources::default();
         r.apply(
-            ROUTE_TYPE,
+            TypeUrl::Route,
             "1",
             vec![rc("80", ""), rc("8080", "")],
             &[],
@@ -373,7 +365,7 @@ mod tests {
         .unwrap();
         let err = r
             .apply(
-                ROUTE_TYPE,
+                TypeUrl::Route,
                 "2",
                 vec![rc("80", ""), rc("8080", "(")],
                 &[],
@@ -388,20 +380,23 @@ mod tests {
         assert_eq!(r.routes.version, "1");
         assert!(r.routes.items.values().all(|i| i.version == "1"));
         // Delta removal and state-of-the-world replacement.
-        r.apply(ROUTE_TYPE, "3", vec![], &["8080".to_string()], false)
+        r.apply(TypeUrl::Route, "3", vec![], &["8080".to_string()], false)
             .unwrap();
         assert_eq!(r.routes.items.keys().collect::<Vec<_>>(), ["80"]);
-        r.apply(ROUTE_TYPE, "4", vec![rc("9090", "")], &[], true)
+        r.apply(TypeUrl::Route, "4", vec![rc("9090", "")], &[], true)
             .unwrap();
         assert_eq!(r.routes.items.keys().collect::<Vec<_>>(), ["9090"]);
         let wrong = Incoming {
             name: None,
             version: String::new(),
             any: Any {
-                type_url: CLUSTER_TYPE.into(),
+                type_url: TypeUrl::Cluster.url().into(),
                 value: Vec::new(),
             },
         };
-        assert!(r.apply(ROUTE_TYPE, "5", vec![wrong], &[], false).is_err());
+        assert!(
+            r.apply(TypeUrl::Route, "5", vec![wrong], &[], false)
+                .is_err()
+        );
     }
 }

@@ -11,11 +11,12 @@ use std::path::Path;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use envoy_types::pb::google::protobuf::Any;
+use mast_proto::TypeUrl;
 use prost::Message;
 use serde_json::Value;
 
 use crate::resources::cluster::socket_addr;
-use crate::state::{CLUSTER_TYPE, Incoming, LISTENER_TYPE, Resources, TYPES};
+use crate::state::{Incoming, Resources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,7 +26,7 @@ pub enum Error {
 
 /// The file's resources by type, and the admin address it names.
 pub struct StaticConfig {
-    pub by_type: BTreeMap<String, Vec<Any>>,
+    pub by_type: BTreeMap<TypeUrl, Vec<Any>>,
     pub admin: Option<SocketAddr>,
     pub bootstrap: Option<Bootstrap>,
 }
@@ -38,7 +39,7 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let json: Value =
         serde_saphyr::from_str(&text).map_err(|e| err(format!("not YAML or JSON: {e}")))?;
-    let mut by_type: BTreeMap<String, Vec<Any>> = BTreeMap::new();
+    let mut by_type: BTreeMap<TypeUrl, Vec<Any>> = BTreeMap::new();
     // A private descriptor pool, dropped on return: a sidecar should not carry Envoy's whole
     // API schema (~25 MB decoded) for the rest of its life to read one file at start.
     let pool = mast_proto::json::fresh_pool().map_err(|e| err(e.to_string()))?;
@@ -53,12 +54,14 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
             let type_name = type_url.rsplit('/').next().unwrap_or(&type_url).to_string();
             let any = mast_proto::json::json_to_any_in(&pool, &type_name, &item)
                 .map_err(|e| err(format!("resources[{i}]: {e}")))?;
-            if !TYPES.contains(&any.type_url.as_str()) {
+            let Some(t) =
+                TypeUrl::from_url(&any.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
+            else {
                 return Err(err(format!(
                     "resources[{i}]: type {type_url} is not an xDS resource mast-proxy reads"
                 )));
-            }
-            by_type.entry(any.type_url.clone()).or_default().push(any);
+            };
+            by_type.entry(t).or_default().push(any);
         }
         return Ok(StaticConfig {
             by_type,
@@ -75,14 +78,14 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
         .and_then(|a| socket_addr(a).ok());
     if let Some(sr) = &bootstrap.static_resources {
         for l in &sr.listeners {
-            by_type.entry(LISTENER_TYPE.into()).or_default().push(Any {
-                type_url: LISTENER_TYPE.into(),
+            by_type.entry(TypeUrl::Listener).or_default().push(Any {
+                type_url: TypeUrl::Listener.url().into(),
                 value: l.encode_to_vec(),
             });
         }
         for c in &sr.clusters {
-            by_type.entry(CLUSTER_TYPE.into()).or_default().push(Any {
-                type_url: CLUSTER_TYPE.into(),
+            by_type.entry(TypeUrl::Cluster).or_default().push(Any {
+                type_url: TypeUrl::Cluster.url().into(),
                 value: c.encode_to_vec(),
             });
         }
@@ -96,8 +99,8 @@ pub fn load(path: &Path) -> Result<StaticConfig, Error> {
 
 /// Apply a static config to an empty resource store, type by type.
 pub fn apply(cfg: &StaticConfig, resources: &mut Resources) -> Result<(), String> {
-    for type_url in TYPES {
-        let items = cfg.by_type.get(type_url).cloned().unwrap_or_default();
+    for type_url in TypeUrl::PUSH_ORDER {
+        let items = cfg.by_type.get(&type_url).cloned().unwrap_or_default();
         let incoming = items
             .into_iter()
             .map(|any| Incoming {

@@ -19,15 +19,14 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
 use envoy_types::pb::google::rpc::Status;
+use mast_proto::TypeUrl;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::listen::Listeners;
 use crate::shared::Shared;
-use crate::state::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, Incoming, LISTENER_TYPE, ROUTE_TYPE, Resources, Wanted,
-};
+use crate::state::{Incoming, Resources, Wanted};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -134,6 +133,11 @@ pub fn node(shared: &Shared) -> Node {
                 .collect(),
         }),
         user_agent_name: "mast-proxy".into(),
+        user_agent_version_type: Some(
+            envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentVersion(
+                env!("CARGO_PKG_VERSION").into(),
+            ),
+        ),
         ..Default::default()
     }
 }
@@ -174,21 +178,21 @@ async fn delta_stream(
     let held = publisher.held_versions();
     let wanted = publisher.wanted();
     let mut first = Some(node);
-    for type_url in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+    for type_url in TypeUrl::PUSH_ORDER {
         let names: Vec<String> = match type_url {
-            ENDPOINT_TYPE => wanted.endpoints.iter().cloned().collect(),
-            ROUTE_TYPE => wanted.routes.iter().cloned().collect(),
+            TypeUrl::Endpoint => wanted.endpoints.iter().cloned().collect(),
+            TypeUrl::Route => wanted.routes.iter().cloned().collect(),
             _ => Vec::new(),
         };
-        if names.is_empty() && matches!(type_url, ENDPOINT_TYPE | ROUTE_TYPE) {
+        if names.is_empty() && !type_url.is_wildcard() {
             continue;
         }
         let req = DeltaDiscoveryRequest {
             node: first.take(),
-            type_url: type_url.into(),
+            type_url: type_url.url().into(),
             resource_names_subscribe: names,
             initial_resource_versions: held
-                .get(type_url)
+                .get(&type_url)
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
@@ -242,14 +246,14 @@ async fn delta_stream(
         // New names to follow: subscribe before publishing so the missing pieces come.
         let wanted = publisher.wanted();
         for (type_url, now, before) in [
-            (ENDPOINT_TYPE, &wanted.endpoints, &subscribed.endpoints),
-            (ROUTE_TYPE, &wanted.routes, &subscribed.routes),
+            (TypeUrl::Endpoint, &wanted.endpoints, &subscribed.endpoints),
+            (TypeUrl::Route, &wanted.routes, &subscribed.routes),
         ] {
             let add: Vec<String> = now.difference(before).cloned().collect();
             let remove: Vec<String> = before.difference(now).cloned().collect();
             if !add.is_empty() || !remove.is_empty() {
                 tx.send(DeltaDiscoveryRequest {
-                    type_url: type_url.into(),
+                    type_url: type_url.url().into(),
                     resource_names_subscribe: add,
                     resource_names_unsubscribe: remove,
                     ..Default::default()
@@ -272,26 +276,26 @@ async fn sotw_stream(
     let mut versions: BTreeMap<String, (String, String)> = BTreeMap::new();
     let wanted = publisher.wanted();
     let mut first = Some(node);
-    for type_url in [CLUSTER_TYPE, LISTENER_TYPE] {
+    for type_url in [TypeUrl::Cluster, TypeUrl::Listener] {
         tx.send(DiscoveryRequest {
             node: first.take(),
-            type_url: type_url.into(),
+            type_url: type_url.url().into(),
             ..Default::default()
         })
         .await
         .map_err(|_| Error::Closed)?;
     }
-    let names_of = |w: &Wanted, t: &str| -> Vec<String> {
+    let names_of = |w: &Wanted, t: TypeUrl| -> Vec<String> {
         match t {
-            ENDPOINT_TYPE => w.endpoints.iter().cloned().collect(),
+            TypeUrl::Endpoint => w.endpoints.iter().cloned().collect(),
             _ => w.routes.iter().cloned().collect(),
         }
     };
-    for t in [ENDPOINT_TYPE, ROUTE_TYPE] {
+    for t in [TypeUrl::Endpoint, TypeUrl::Route] {
         let names = names_of(&wanted, t);
         if !names.is_empty() {
             tx.send(DiscoveryRequest {
-                type_url: t.into(),
+                type_url: t.url().into(),
                 resource_names: names,
                 ..Default::default()
             })
@@ -327,8 +331,8 @@ async fn sotw_stream(
             .collect();
         let result = publisher.apply(&resp.type_url, &resp.version_info, incoming, &[], true);
         let wanted = publisher.wanted();
-        let names = match resp.type_url.as_str() {
-            ENDPOINT_TYPE | ROUTE_TYPE => names_of(&wanted, &resp.type_url),
+        let names = match TypeUrl::from_url(&resp.type_url) {
+            Some(t @ (TypeUrl::Endpoint | TypeUrl::Route)) => names_of(&wanted, t),
             _ => Vec::new(),
         };
         let entry = versions.entry(resp.type_url.clone()).or_default();
@@ -347,16 +351,16 @@ async fn sotw_stream(
         })
         .await
         .map_err(|_| Error::Closed)?;
-        for t in [ENDPOINT_TYPE, ROUTE_TYPE] {
+        for t in [TypeUrl::Endpoint, TypeUrl::Route] {
             let (now, before) = match t {
-                ENDPOINT_TYPE => (&wanted.endpoints, &subscribed.endpoints),
+                TypeUrl::Endpoint => (&wanted.endpoints, &subscribed.endpoints),
                 _ => (&wanted.routes, &subscribed.routes),
             };
-            if now != before && resp.type_url != t {
-                let (version, nonce) = versions.get(t).cloned().unwrap_or_default();
+            if now != before && resp.type_url != t.url() {
+                let (version, nonce) = versions.get(t.url()).cloned().unwrap_or_default();
                 tx.send(DiscoveryRequest {
                     version_info: version,
-                    type_url: t.into(),
+                    type_url: t.url().into(),
                     response_nonce: nonce,
                     resource_names: now.iter().cloned().collect(),
                     ..Default::default()
@@ -377,6 +381,9 @@ pub struct Publisher {
     dirty: bool,
     incomplete_since: Option<Instant>,
     bind_error: Option<String>,
+    /// Bind failures already NACKed with the LDS response that added the listener, so the
+    /// publish that tries again later does not NACK an unrelated response for them.
+    reported_binds: Vec<String>,
 }
 
 impl Publisher {
@@ -387,6 +394,7 @@ impl Publisher {
             dirty: false,
             incomplete_since: None,
             bind_error: None,
+            reported_binds: Vec::new(),
         }
     }
 
@@ -401,7 +409,7 @@ impl Publisher {
         self.resources().wanted()
     }
 
-    fn held_versions(&self) -> BTreeMap<&'static str, BTreeMap<String, String>> {
+    fn held_versions(&self) -> BTreeMap<TypeUrl, BTreeMap<String, String>> {
         let r = self.resources();
         let mut out = BTreeMap::new();
         macro_rules! held {
@@ -416,14 +424,15 @@ impl Publisher {
                 );
             };
         }
-        held!(CLUSTER_TYPE, r.clusters);
-        held!(ENDPOINT_TYPE, r.endpoints);
-        held!(LISTENER_TYPE, r.listeners);
-        held!(ROUTE_TYPE, r.routes);
+        held!(TypeUrl::Cluster, r.clusters);
+        held!(TypeUrl::Endpoint, r.endpoints);
+        held!(TypeUrl::Listener, r.listeners);
+        held!(TypeUrl::Route, r.routes);
         out
     }
 
-    /// Apply one response; the error is the NACK detail.
+    /// Apply one response of type `type_url` (as it came on the wire); the error is the NACK
+    /// detail.
     pub fn apply(
         &mut self,
         type_url: &str,
@@ -433,9 +442,13 @@ impl Publisher {
         replace: bool,
     ) -> Result<(), String> {
         let count = incoming.len();
-        let result = self
-            .resources()
-            .apply(type_url, version, incoming, removed, replace);
+        let typed = TypeUrl::from_url(type_url);
+        let result = match typed {
+            Some(t) => self
+                .resources()
+                .apply(t, version, incoming, removed, replace),
+            None => Err(format!("type {type_url} is not supported")),
+        };
         match &result {
             Ok(()) => {
                 self.dirty = true;
@@ -456,9 +469,25 @@ impl Publisher {
                     .update_xds(|s| s.last_nack = Some(format!("{type_url}: {e}")));
             }
         }
-        let bind = if type_url == LISTENER_TYPE && result.is_ok() {
+        let bind = if typed == Some(TypeUrl::Listener) && result.is_ok() {
+            // A listener whose address is taken fails this response, as in Envoy, even
+            // when it waits for its routes before it is published.
+            let wanted: Vec<(String, std::net::SocketAddr)> = self
+                .resources()
+                .listeners
+                .items
+                .values()
+                .filter(|i| i.parsed.bind)
+                .map(|i| (i.parsed.name.clone(), i.parsed.addr))
+                .collect();
+            self.reported_binds = self
+                .listeners
+                .probe(wanted.iter().map(|(n, a)| (n.as_str(), *a)));
             self.try_publish();
-            self.bind_error.take()
+            let mut failures = self.reported_binds.clone();
+            failures.extend(self.bind_error.take());
+            failures.dedup();
+            (!failures.is_empty()).then(|| failures.join("; "))
         } else {
             None
         };
@@ -488,7 +517,12 @@ impl Publisher {
         self.dirty = false;
         if let Err(e) = self.listeners.reconcile(&snap) {
             tracing::warn!(error = %e, "some listeners could not start");
-            self.bind_error = Some(e);
+            // What the LDS response that added them was NACKed for is not said again.
+            let fresh: Vec<&str> = e
+                .split("; ")
+                .filter(|f| !self.reported_binds.iter().any(|r| r == f))
+                .collect();
+            self.bind_error = (!fresh.is_empty()).then(|| fresh.join("; "));
         }
         let counts = (snap.listeners.len(), snap.routes.len(), snap.clusters.len());
         self.shared.store.current.store(Arc::new(snap));

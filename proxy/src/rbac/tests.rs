@@ -10,6 +10,8 @@ use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecif
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use envoy_types::pb::envoy::r#type::v3::{Int32Range, Int64Range};
 use envoy_types::pb::google::protobuf::UInt32Value;
 use envoy_types::util::pack_any;
@@ -470,8 +472,12 @@ fn header_matchers() {
             &req
         ));
     }
-    // Several values are joined with ','.
+    // Several values: any one of them matching is a match (Envoy 1.40), not their join.
     assert!(ok(
+        header("x-multi", H::StringMatch(exact("b")), false),
+        &req
+    ));
+    assert!(!ok(
         header("x-multi", H::StringMatch(exact("a,b")), false),
         &req
     ));
@@ -534,7 +540,40 @@ fn pseudo_headers_map_to_request_fields() {
         H::StringMatch(exact("/api/v1/items?x=1")),
         false
     )));
-    assert!(!ok(header(":scheme", H::PresentMatch(true), false)));
+    // Envoy always sets `:scheme`: from x-forwarded-proto, else the connection (an mTLS
+    // peer means TLS). `host` reads `:authority`, as in Envoy's header map.
+    assert!(ok(header(":scheme", H::StringMatch(exact("https")), false)));
+    assert!(ok(header(
+        "host",
+        H::StringMatch(exact("Reviews.default.svc:9080")),
+        false
+    )));
+    let plain = Req {
+        principal: None,
+        ..Req::new()
+    };
+    let scheme_http = allow_perm(perm(Rule::Header(header(
+        ":scheme",
+        H::StringMatch(exact("http")),
+        false,
+    ))));
+    assert!(allows(&scheme_http, &plain));
+    assert!(!allows(
+        &scheme_http,
+        &plain.header("x-forwarded-proto", "https")
+    ));
+}
+
+#[test]
+fn deprecated_exact_match_empty_matches_any_value() {
+    #[allow(deprecated)]
+    let any = allow_perm(perm(Rule::Header(header(
+        "x-user",
+        H::ExactMatch(String::new()),
+        false,
+    ))));
+    assert!(allows(&any, &Req::new().header("x-user", "Alice")));
+    assert!(!allows(&any, &Req::new()));
 }
 
 #[test]
@@ -862,29 +901,25 @@ fn unsupported_fields_name_the_field() {
 
 // --- Istio's generated filters ---
 
-const AUTHZ_BUILDER: &str = "/work/shared/corpus/istio-samples/security/authz-builder";
+/// istiod's RBAC goldens (`testdata/upstream/istio-samples/security/authz-builder`).
+fn authz_builder() -> std::path::PathBuf {
+    mast_testdata::corpus("istio-samples/security/authz-builder")
+}
 
-fn istio_filter(name: &str) -> Option<Rbac> {
-    let path = format!("{AUTHZ_BUILDER}/{name}");
-    let Ok(yaml) = std::fs::read_to_string(&path) else {
-        eprintln!("skipping: {path} is not here");
-        return None;
-    };
+fn istio_filter(name: &str) -> Rbac {
+    let yaml = std::fs::read_to_string(authz_builder().join(name)).unwrap();
     let filter: HttpFilter = mast_proto::json::yaml_to_message(&yaml).unwrap();
     assert_eq!(filter.name, HTTP_FILTER);
     let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
         panic!("{name}: no typed_config");
     };
     let proto: HttpRbac = decode_any(any, "typed_config").unwrap();
-    Some(Rbac::from_http_proto(&proto).unwrap_or_else(|e| panic!("{name}: {e:?}")))
+    Rbac::from_http_proto(&proto).unwrap_or_else(|e| panic!("{name}: {e:?}"))
 }
 
 #[test]
 fn istio_generated_filters_compile() {
-    let Ok(dir) = std::fs::read_dir(AUTHZ_BUILDER) else {
-        eprintln!("skipping: {AUTHZ_BUILDER} is not here");
-        return;
-    };
+    let dir = std::fs::read_dir(authz_builder()).unwrap();
     let mut n = 0;
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -902,12 +937,8 @@ fn istio_generated_filters_compile() {
 
 #[test]
 fn istio_deny_then_allow() {
-    let (Some(deny), Some(allow)) = (
-        istio_filter("deny-and-allow-out1.yaml"),
-        istio_filter("deny-and-allow-out2.yaml"),
-    ) else {
-        return;
-    };
+    let deny = istio_filter("deny-and-allow-out1.yaml");
+    let allow = istio_filter("deny-and-allow-out2.yaml");
     let filters = [Arc::new(deny), Arc::new(allow)];
     let mut req = Req::new();
     req.principal = Some("spiffe://allow");
@@ -933,25 +964,24 @@ fn istio_deny_then_allow() {
 
 #[test]
 fn istio_single_policy_path_and_dry_run() {
-    if let Some(r) = istio_filter("allow-path-out.yaml") {
-        // `/**/not-path/template` and friends aside, any path matches `.+` in the or_rules,
-        // but the not_rule also has `.+`, so nothing is allowed: the policy is deny-all.
-        assert!(!allows(&r, &Req::new()));
-    }
-    if let Some(r) = istio_filter("dry-run-allow-out.yaml") {
-        // Only shadow rules: nothing is enforced.
-        let mut req = Req::new();
-        req.path = "/not-exact";
-        assert!(allows(&r, &req));
-    }
-    if let Some(r) = istio_filter("allow-nil-rule-out.yaml") {
-        assert!(!allows(&r, &Req::new()));
-    }
-    if let Some(r) = istio_filter("trust-domains-out.yaml") {
-        let mut req = Req::new();
-        req.principal = Some("spiffe://nobody.example/ns/x/sa/y");
-        let _ = r.evaluate(&req.attrs());
-    }
+    // `/**/not-path/template` and friends aside, any path matches `.+` in the or_rules, but
+    // the not_rule also has `.+`, so nothing is allowed: the policy is deny-all.
+    let r = istio_filter("allow-path-out.yaml");
+    assert!(!allows(&r, &Req::new()));
+
+    // Only shadow rules: nothing is enforced.
+    let r = istio_filter("dry-run-allow-out.yaml");
+    let mut req = Req::new();
+    req.path = "/not-exact";
+    assert!(allows(&r, &req));
+
+    let r = istio_filter("allow-nil-rule-out.yaml");
+    assert!(!allows(&r, &Req::new()));
+
+    let r = istio_filter("trust-domains-out.yaml");
+    let mut req = Req::new();
+    req.principal = Some("spiffe://nobody.example/ns/x/sa/y");
+    let _ = r.evaluate(&req.attrs());
 }
 
 // --- in a Listener ---

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::listener::v3 as lv3;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
-    CodecType, RouteSpecifier,
+    CodecType, PathWithEscapedSlashesAction, RouteSpecifier,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as TcpProxyProto;
@@ -24,6 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use super::cluster::socket_addr;
 use super::route::{Clusters, RouteTable};
 use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration};
+use crate::http::{EscapedSlashes, PathNormalization};
 use crate::rbac::Rbac;
 
 pub const HCM: &str = "envoy.filters.network.http_connection_manager";
@@ -35,6 +36,11 @@ const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Envoy's default HTTP connection idle timeout (`common_http_protocol_options.idle_timeout`).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's `max_request_headers_kb` default, and the most it accepts.
+const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+/// Envoy's `max_headers_count` default.
+const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
 
 const BUILTIN_NETWORK_FILTERS: [&str; 3] = [
     "istio.metadata_exchange",
@@ -132,6 +138,17 @@ pub struct HttpManager {
     pub rbac: Vec<Arc<Rbac>>,
     /// The chain's network RBAC filters (see [`ChainKind::network_rbac`]).
     pub network_rbac: Vec<Arc<Rbac>>,
+    /// `normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`.
+    pub path: PathNormalization,
+    /// `max_request_headers_kb`, in bytes: a larger request head is answered 431.
+    pub max_request_headers: usize,
+    /// `common_http_protocol_options.max_headers_count`: more headers are answered 431.
+    pub max_headers: usize,
+    /// `http_protocol_options.accept_http_10`: off (Envoy's and Istio's default), an
+    /// HTTP/1.0 request is answered 426.
+    pub accept_http_10: bool,
+    /// `http_protocol_options.default_host_for_http_10`, for HTTP/1.0 requests without Host.
+    pub default_host_for_http_10: Option<String>,
 }
 
 #[derive(Debug)]
@@ -595,10 +612,63 @@ impl HttpManager {
                 ));
             }
         };
+        let escaped_slashes =
+            match PathWithEscapedSlashesAction::try_from(h.path_with_escaped_slashes_action) {
+                Ok(
+                    PathWithEscapedSlashesAction::ImplementationSpecificDefault
+                    | PathWithEscapedSlashesAction::KeepUnchanged,
+                ) => EscapedSlashes::Keep,
+                Ok(PathWithEscapedSlashesAction::RejectRequest) => EscapedSlashes::Reject,
+                Ok(PathWithEscapedSlashesAction::UnescapeAndRedirect) => EscapedSlashes::Redirect,
+                Ok(PathWithEscapedSlashesAction::UnescapeAndForward) => EscapedSlashes::Forward,
+                Err(_) => {
+                    return Err(FieldError::new(
+                        "path_with_escaped_slashes_action",
+                        format!("unknown action {}", h.path_with_escaped_slashes_action),
+                    ));
+                }
+            };
+        let headers_kb = h
+            .max_request_headers_kb
+            .as_ref()
+            .map_or(DEFAULT_MAX_REQUEST_HEADERS_KB, |v| v.value);
+        if headers_kb == 0 || headers_kb > MAX_REQUEST_HEADERS_KB {
+            return Err(FieldError::new(
+                "max_request_headers_kb",
+                format!("must be between 1 and {MAX_REQUEST_HEADERS_KB}"),
+            ));
+        }
+        let max_headers = h
+            .common_http_protocol_options
+            .as_ref()
+            .and_then(|o| o.max_headers_count.as_ref())
+            .map_or(DEFAULT_MAX_HEADERS_COUNT, |v| v.value);
+        if max_headers == 0 {
+            return Err(FieldError::new(
+                "common_http_protocol_options.max_headers_count",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
             stat_prefix: h.stat_prefix.clone(),
             routes,
             codec,
+            path: PathNormalization {
+                normalize: h.normalize_path.as_ref().is_some_and(|b| b.value),
+                merge_slashes: h.merge_slashes,
+                escaped_slashes,
+            },
+            max_request_headers: headers_kb as usize * 1024,
+            max_headers: max_headers as usize,
+            accept_http_10: h
+                .http_protocol_options
+                .as_ref()
+                .is_some_and(|o| o.accept_http_10),
+            default_host_for_http_10: h
+                .http_protocol_options
+                .as_ref()
+                .map(|o| o.default_host_for_http_10.clone())
+                .filter(|h| !h.is_empty()),
             websocket: h.upgrade_configs.iter().any(|u| {
                 u.upgrade_type.eq_ignore_ascii_case("websocket")
                     && u.enabled.as_ref().is_none_or(|e| e.value)

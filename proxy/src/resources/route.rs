@@ -2,7 +2,8 @@
 //!
 //! Virtual hosts are found as Envoy finds them — exact domain, then the longest `*.suffix`,
 //! then the longest `prefix*`, then `*` — and routes are tried in order. Regexes are RE2 full
-//! matches, as Envoy's `safe_regex`, compiled here once.
+//! matches, as Envoy's `safe_regex`, compiled here once. Header and query-parameter values
+//! are matched by [`crate::matcher`], the same code RBAC uses.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSpecifier;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::route::v3 as rv3;
-use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
@@ -26,14 +26,19 @@ use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
-use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use regex::Regex;
 
 use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration, per_million};
+use crate::matcher::{self, HeaderMatcher, RequestHead, full_match_regex};
+
+// The route tests (`route/tests.rs`, through `super::*`) build their protos with these names.
+#[cfg(test)]
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+#[cfg(test)]
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
@@ -72,7 +77,7 @@ pub struct Route {
 pub struct RouteMatch {
     path: PathMatch,
     case_sensitive: bool,
-    headers: Vec<HeaderMatch>,
+    headers: Vec<HeaderMatcher>,
     query: Vec<QueryMatch>,
 }
 
@@ -85,40 +90,10 @@ enum PathMatch {
 }
 
 #[derive(Debug)]
-struct HeaderMatch {
-    name: HeaderName,
-    kind: ValueMatch,
-    invert: bool,
-    missing_as_empty: bool,
-}
-
-#[derive(Debug)]
-enum ValueMatch {
-    Str(StrMatch),
-    Present(bool),
-    Range(i64, i64),
-}
-
-#[derive(Debug)]
 struct QueryMatch {
     name: String,
-    kind: Option<StrMatch>,
+    kind: Option<matcher::StringMatcher>,
     present: bool,
-}
-
-#[derive(Debug)]
-pub struct StrMatch {
-    pattern: StrPattern,
-    ignore_case: bool,
-}
-
-#[derive(Debug)]
-enum StrPattern {
-    Exact(String),
-    Prefix(String),
-    Suffix(String),
-    Contains(String),
-    Regex(Regex),
 }
 
 #[derive(Debug)]
@@ -439,7 +414,9 @@ impl RouteMatch {
             Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(fold(p)),
             Some(PathSpecifier::Path(p)) => PathMatch::Exact(fold(p)),
             Some(PathSpecifier::PathSeparatedPrefix(p)) => PathMatch::Separated(fold(p)),
-            Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(regex(r, "safe_regex")?),
+            Some(PathSpecifier::SafeRegex(r)) => {
+                PathMatch::Regex(full_match_regex(r, "safe_regex")?)
+            }
             Some(_) => {
                 return Err(FieldError::new(
                     "path_specifier",
@@ -452,7 +429,7 @@ impl RouteMatch {
             .headers
             .iter()
             .enumerate()
-            .map(|(i, h)| HeaderMatch::from_proto(h).at(format!("headers[{i}]")))
+            .map(|(i, h)| HeaderMatcher::from_proto(h).at(format!("headers[{i}]")))
             .collect::<FieldResult<_>>()?;
         let query = m
             .query_parameters
@@ -463,7 +440,10 @@ impl RouteMatch {
                 Ok(match &q.query_parameter_match_specifier {
                     Some(QueryParameterMatchSpecifier::StringMatch(s)) => QueryMatch {
                         name: q.name.clone(),
-                        kind: Some(StrMatch::from_proto(s).at(&at)?),
+                        kind: Some(
+                            matcher::StringMatcher::from_proto(s)
+                                .at(format!("{at}.string_match"))?,
+                        ),
                         present: true,
                     },
                     Some(QueryParameterMatchSpecifier::PresentMatch(p)) => QueryMatch {
@@ -506,7 +486,10 @@ impl RouteMatch {
             PathMatch::Regex(r) => r.is_match(raw),
         };
         path_ok
-            && self.headers.iter().all(|h| h.matches(req))
+            && (self.headers.is_empty() || {
+                let head = RequestHead::from_parts(req);
+                self.headers.iter().all(|h| h.matches(&head))
+            })
             && (self.query.is_empty() || self.query_matches(req.uri.query().unwrap_or_default()))
     }
 
@@ -523,121 +506,6 @@ impl RouteMatch {
             }
         })
     }
-}
-
-impl HeaderMatch {
-    // Istio still writes the deprecated exact/prefix/regex forms; Envoy accepts both.
-    #[allow(deprecated)]
-    fn from_proto(h: &rv3::HeaderMatcher) -> FieldResult<Self> {
-        let name = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
-            .map_err(|_| FieldError::new("name", format!("{:?} is not a header name", h.name)))?;
-        let literal = |pattern| {
-            ValueMatch::Str(StrMatch {
-                pattern,
-                ignore_case: false,
-            })
-        };
-        let kind = match &h.header_match_specifier {
-            Some(HeaderMatchSpecifier::ExactMatch(v)) => literal(StrPattern::Exact(v.clone())),
-            Some(HeaderMatchSpecifier::PrefixMatch(v)) => literal(StrPattern::Prefix(v.clone())),
-            Some(HeaderMatchSpecifier::SuffixMatch(v)) => literal(StrPattern::Suffix(v.clone())),
-            Some(HeaderMatchSpecifier::ContainsMatch(v)) => {
-                literal(StrPattern::Contains(v.clone()))
-            }
-            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => {
-                literal(StrPattern::Regex(regex(r, "safe_regex_match")?))
-            }
-            Some(HeaderMatchSpecifier::StringMatch(s)) => {
-                ValueMatch::Str(StrMatch::from_proto(s).at("string_match")?)
-            }
-            Some(HeaderMatchSpecifier::PresentMatch(p)) => ValueMatch::Present(*p),
-            Some(HeaderMatchSpecifier::RangeMatch(r)) => ValueMatch::Range(r.start, r.end),
-            None => ValueMatch::Present(true),
-        };
-        Ok(Self {
-            name,
-            kind,
-            invert: h.invert_match,
-            missing_as_empty: h.treat_missing_header_as_empty,
-        })
-    }
-
-    fn matches(&self, req: &Parts) -> bool {
-        let value = if self.name.as_str() == ":authority" || self.name == http::header::HOST {
-            req.uri
-                .authority()
-                .map(|a| a.as_str())
-                .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())
-        } else if self.name.as_str() == ":method" {
-            Some(req.method.as_str())
-        } else if self.name.as_str() == ":path" {
-            req.uri.path_and_query().map(|p| p.as_str())
-        } else {
-            req.headers.get(&self.name).and_then(|v| v.to_str().ok())
-        };
-        let value = value.or(self.missing_as_empty.then_some(""));
-        let hit = match (&self.kind, value) {
-            (ValueMatch::Present(p), v) => v.is_some() == *p,
-            (_, None) => return false,
-            (ValueMatch::Str(m), Some(v)) => m.matches(v),
-            (ValueMatch::Range(lo, hi), Some(v)) => {
-                v.parse::<i64>().is_ok_and(|n| n >= *lo && n < *hi)
-            }
-        };
-        hit != self.invert
-    }
-}
-
-impl StrMatch {
-    pub fn from_proto(s: &StringMatcher) -> FieldResult<Self> {
-        let fold = |v: &String| {
-            if s.ignore_case {
-                v.to_ascii_lowercase()
-            } else {
-                v.clone()
-            }
-        };
-        let pattern = match &s.match_pattern {
-            Some(MatchPattern::Exact(v)) => StrPattern::Exact(fold(v)),
-            Some(MatchPattern::Prefix(v)) => StrPattern::Prefix(fold(v)),
-            Some(MatchPattern::Suffix(v)) => StrPattern::Suffix(fold(v)),
-            Some(MatchPattern::Contains(v)) => StrPattern::Contains(fold(v)),
-            Some(MatchPattern::SafeRegex(r)) => StrPattern::Regex(regex(r, "safe_regex")?),
-            Some(_) | None => {
-                return Err(FieldError::new(
-                    "match_pattern",
-                    "one of exact, prefix, suffix, contains, safe_regex is required",
-                ));
-            }
-        };
-        Ok(Self {
-            pattern,
-            ignore_case: s.ignore_case,
-        })
-    }
-
-    pub fn matches(&self, v: &str) -> bool {
-        let folded;
-        let v = if self.ignore_case && !matches!(self.pattern, StrPattern::Regex(_)) {
-            folded = v.to_ascii_lowercase();
-            folded.as_str()
-        } else {
-            v
-        };
-        match &self.pattern {
-            StrPattern::Exact(p) => v == p,
-            StrPattern::Prefix(p) => v.starts_with(p.as_str()),
-            StrPattern::Suffix(p) => v.ends_with(p.as_str()),
-            StrPattern::Contains(p) => v.contains(p.as_str()),
-            StrPattern::Regex(r) => r.is_match(v),
-        }
-    }
-}
-
-/// An RE2 regex as a full match (Envoy's `safe_regex` semantics).
-fn regex(r: &RegexMatcher, field: &str) -> FieldResult<Regex> {
-    Regex::new(&format!("^(?:{})$", r.regex))
-        .map_err(|e| FieldError::new(field, format!("bad regex {:?}: {e}", r.regex)))
 }
 
 // === impl Forward ===
