@@ -61,12 +61,12 @@ mod tests {
             }),
             field: "spec.http[0].route[1].weight".into(),
             line: Some(14),
-            message: "weights sum to 90, must be 100".into(),
+            message: "-10 is negative; weights are relative shares ≥ 0".into(),
         };
         assert_eq!(
             e.to_string(),
             "cfg/user-split.yaml:14 (document 2) VirtualService default/user: \
-             spec.http[0].route[1].weight: weights sum to 90, must be 100"
+             spec.http[0].route[1].weight: -10 is negative; weights are relative shares ≥ 0"
         );
     }
 }

@@ -2,8 +2,9 @@
 //! already write: Kubernetes, Istio, Gateway API (GAMMA), SMI and Knative.
 //!
 //! This crate is shared by `mastd` (pilot), `mastctl` (offline `analyze`) and the injector, so
-//! it does no networking and pulls in no xDS: input text in, [`model::MeshModel`] and
-//! [`error::ConfigError`]s out.
+//! it does no networking and builds no xDS: input text in, [`model::MeshModel`] and
+//! [`error::ConfigError`]s out. Its one Mast dependency is `mast-proto`, for the duration
+//! grammar it shares with the sidecar (every user of this crate links `mast-proto` anyway).
 
 pub mod error;
 pub mod model;

@@ -1,7 +1,7 @@
 //! Finding the line of a field path (`spec.http[0].route[1].weight`) in a YAML document.
 //!
 //! The parser reports lines only for what it rejects itself; most mistakes in mesh config are
-//! semantic (weights that do not sum to 100, a bad duration, an unknown subset) and found
+//! semantic (a negative weight, a bad duration, an unknown subset) and found
 //! after parsing. People edit block-style YAML, so walking its indentation is enough to point
 //! at the offending line; when a step cannot be followed (flow style, anchors) the deepest
 //! line found so far is returned, which is still the right neighbourhood.

@@ -42,6 +42,32 @@ pub struct MeshModel {
     pub peer_authentications: Vec<crate::security::PeerAuthn>,
     /// AuthorizationPolicies, in source order.
     pub authorization_policies: Vec<crate::security::AuthzPolicy>,
+    /// MeshConfig: the `mesh` key of the `istio` ConfigMap in `istio-system`, as istiod
+    /// reads it (only the settings Mast acts on).
+    pub mesh: MeshSettings,
+}
+
+/// The MeshConfig settings Mast acts on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MeshSettings {
+    /// `pathNormalization.normalization`.
+    pub path_normalization: PathNormalization,
+}
+
+/// `meshConfig.pathNormalization.normalization`: how sidecars normalise request paths
+/// before authorization and routing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PathNormalization {
+    /// No normalisation (`normalize_path: false`).
+    None,
+    /// RFC 3986 normalisation and backslashes as slashes (`DEFAULT` is this).
+    #[default]
+    Base,
+    /// BASE, and runs of slashes merged.
+    MergeSlashes,
+    /// MERGE_SLASHES, and `%2F`/`%5C` decoded first.
+    DecodeAndMergeSlashes,
 }
 
 /// Where a model element came from, so that xDS metadata, debug pages and errors can point
@@ -141,6 +167,44 @@ pub struct Endpoint {
     pub ports: BTreeMap<String, u16>,
     pub labels: Labels,
     pub weight: Option<u32>,
+    /// A sidecar answers at this address: auto mTLS applies (`tlsMode: istio`).
+    pub has_sidecar: bool,
+}
+
+/// gRPC status names as Istio writes them (`fault.abort.grpcStatus`, `retryOn`), indexed by
+/// their code: `UNAVAILABLE` is 14.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// Istio's label saying whether a workload runs a sidecar (`istio`) or not (`disabled`).
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// Whether a WorkloadEntry, or a ServiceEntry's inline endpoint (the same message), is backed
+/// by a sidecar, as istiod decides its endpoints' `tlsMode`: the `security.istio.io/tlsMode`
+/// label when there is one (`istio` means a sidecar), otherwise a sidecar exactly when a
+/// service account is named. A plain server registered without either is reached in plaintext.
+pub fn workload_entry_has_sidecar(labels: &Labels, service_account: Option<&str>) -> bool {
+    match labels.get(TLS_MODE_LABEL) {
+        Some(mode) => mode == "istio",
+        None => service_account.is_some_and(|sa| !sa.is_empty()),
+    }
 }
 
 /// A running instance: a WorkloadEntry, a Pod, or a Knative revision pod.
@@ -157,8 +221,8 @@ pub struct Workload {
     pub weight: Option<u32>,
     pub locality: Option<String>,
     pub network: Option<String>,
-    /// The workload runs a sidecar (so mTLS can be used towards it). WorkloadEntries carry
-    /// the `security.istio.io/tlsMode: istio` label when they do.
+    /// The workload runs a sidecar (so mTLS can be used towards it): for a WorkloadEntry, see
+    /// [`workload_entry_has_sidecar`].
     pub has_sidecar: bool,
     pub source: ResourceRef,
 }
@@ -197,7 +261,7 @@ pub struct HttpRoute {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum RouteAction {
-    /// Forward to weighted destinations; weights are relative (Istio's sum to 100).
+    /// Forward to weighted destinations; weights are relative shares (60 and 30 split 2:1).
     Forward(Vec<WeightedDestination>),
     Redirect(Redirect),
     DirectResponse {

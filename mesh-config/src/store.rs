@@ -262,7 +262,7 @@ mod tests {
         assert!(r.changed);
         assert_eq!(weights(&store), [50, 50]);
 
-        let bad = vs(80, 30);
+        let bad = vs(80, -30);
         let r = store.apply_files(files(&[
             ("svc.yaml", SVC),
             ("dr.yaml", DR),
@@ -288,6 +288,95 @@ mod tests {
         assert!(r.errors.is_empty() && r.changed);
         assert_eq!(weights(&store), [80, 20]);
         assert!(store.errors().is_empty());
+    }
+
+    #[test]
+    fn weights_are_relative_shares_as_in_current_istio() {
+        let apply = |w1, w2| {
+            let mut store = ConfigStore::default();
+            let r = store.apply_files(files(&[
+                ("svc.yaml", SVC),
+                ("dr.yaml", DR),
+                ("vs.yaml", &vs(w1, w2)),
+            ]));
+            (store, r)
+        };
+        // 60 and 30 are valid: a 2:1 split, kept as written (pilot writes them as Envoy
+        // weighted clusters, which split in proportion).
+        let (store, r) = apply(60, 30);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(weights(&store), [60, 30]);
+        let (store, r) = apply(500, 1500);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(weights(&store), [500, 1500]);
+        // A zero share is allowed; all zero is not.
+        let (_, r) = apply(100, 0);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let (_, r) = apply(0, 0);
+        let e = r.errors[0].to_string();
+        assert!(
+            e.contains("route[1].weight") && e.contains("sum to 0"),
+            "{e}"
+        );
+        let (_, r) = apply(-1, 10);
+        let e = r.errors[0].to_string();
+        assert!(
+            e.contains("route[0].weight") && e.contains("-1 is negative"),
+            "{e}"
+        );
+        // One destination gets everything, whatever its weight says.
+        let mut store = ConfigStore::default();
+        let one = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: user}\nspec:\n  hosts: [user]\n  http:\n  - route:\n    - destination: {host: user, subset: v2}\n      weight: 0\n";
+        let r = store.apply_files(files(&[
+            ("svc.yaml", SVC),
+            ("dr.yaml", DR),
+            ("vs.yaml", one),
+        ]));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(weights(&store), [100]);
+    }
+
+    #[test]
+    fn workload_entries_are_sidecar_backed_as_istiod_decides() {
+        // istiod's rule for WorkloadEntries and ServiceEntry endpoints: the tlsMode label when
+        // present, else a named service account means a sidecar; neither means plaintext.
+        let we = |name: &str, extra: &str| {
+            format!(
+                "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: 10.0.0.1\n{extra}"
+            )
+        };
+        let yaml = [
+            we("plain", "  labels: {app: user}\n"),
+            we("with-sa", "  labels: {app: user}\n  serviceAccount: user\n"),
+            we("labelled", "  labels: {app: user, security.istio.io/tlsMode: istio}\n"),
+            we(
+                "disabled",
+                "  labels: {app: user, security.istio.io/tlsMode: disabled}\n  serviceAccount: user\n",
+            ),
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [ext.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints:\n  - {address: 10.0.0.2}\n  - {address: 10.0.0.3, serviceAccount: ext}\n  - {address: 10.0.0.4, labels: {security.istio.io/tlsMode: istio}}\n".to_string(),
+        ]
+        .concat();
+        let mut store = ConfigStore::default();
+        let r = store.apply_files(files(&[("we.yaml", &yaml)]));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let m = store.model();
+        let sidecar: BTreeMap<&str, bool> = m
+            .workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.has_sidecar))
+            .collect();
+        assert_eq!(
+            sidecar,
+            BTreeMap::from([
+                ("disabled", false),
+                ("labelled", true),
+                ("plain", false),
+                ("with-sa", true),
+            ])
+        );
+        let ext = &m.services["ext.example.com"].endpoints;
+        let ext: Vec<bool> = ext.iter().map(|e| e.has_sidecar).collect();
+        assert_eq!(ext, [false, true, true]);
     }
 
     #[test]

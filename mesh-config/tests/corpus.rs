@@ -1,4 +1,4 @@
-//! The real third-party configuration in `../shared/corpus` (Istio, Gateway API, SMI,
+//! The real third-party configuration in `testdata/upstream` (Istio, Gateway API, SMI,
 //! Knative), read through the same store mastd and `mastctl analyze` use.
 //!
 //! Each example file is checked on its own (the corpus holds independent examples that reuse
@@ -14,7 +14,7 @@ use mast_mesh_config::source::split_documents;
 use mast_mesh_config::store::{ApplyReport, ConfigStore};
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+    mast_testdata::corpus_dir()
 }
 
 fn yaml_files(dir: &str) -> Vec<PathBuf> {

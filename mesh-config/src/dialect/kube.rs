@@ -8,8 +8,10 @@
 //! `kubernetes.io/service-name`), as in Istio: that is how a cluster names backends that are
 //! no pods of its own (a database outside, another cluster). A selector's Service ignores its
 //! slices, which only repeat the pods the selector already picks.
-//! Other core kinds (Deployment, ServiceAccount, ConfigMap, …) are none of the mesh's business
-//! and are ignored.
+//! The ConfigMap `istio` in `istio-system` carries MeshConfig under its `mesh` key, as for
+//! istiod; the settings Mast acts on are read from it (others are left alone).
+//! Other core kinds (Deployment, ServiceAccount, other ConfigMaps, …) are none of the mesh's
+//! business and are ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,9 +19,13 @@ use serde::Deserialize;
 
 use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::{
-    Endpoint, Labels, MeshModel, Namespace, Protocol, Resolution, Service, ServicePort, TargetPort,
-    Workload, service_fqdn,
+    Endpoint, Labels, MeshModel, MeshSettings, Namespace, PathNormalization, Protocol, Resolution,
+    Service, ServicePort, TargetPort, Workload, service_fqdn,
 };
+
+/// Istio's root namespace and the ConfigMap istiod reads MeshConfig from.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+pub const MESH_CONFIGMAP: &str = "istio";
 
 pub fn parse(doc: &Document<'_>) -> ParseResult {
     if doc.meta.api_version == "discovery.k8s.io/v1" && doc.meta.kind == "EndpointSlice" {
@@ -32,8 +38,76 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         "Service" => parse_service(doc).map(|s| Box::new(s) as Box<dyn MeshResource>),
         "Namespace" => Ok(Box::new(NamespaceResource) as Box<dyn MeshResource>),
         "Pod" => parse_pod(doc).map(|p| Box::new(p) as Box<dyn MeshResource>),
+        "ConfigMap" if doc.meta.name == MESH_CONFIGMAP && doc.meta.namespace == ROOT_NAMESPACE => {
+            parse_mesh_config(doc).map(|m| Box::new(m) as Box<dyn MeshResource>)
+        }
         _ => return None,
     })
+}
+
+// === MeshConfig (ConfigMap istio-system/istio) ===
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfigMapDoc {
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+}
+
+/// The part of MeshConfig Mast reads; other fields are Istio's and pass unread.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeshConfigDoc {
+    #[serde(default)]
+    path_normalization: Option<PathNormalizationDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PathNormalizationDoc {
+    #[serde(default)]
+    normalization: Option<String>,
+}
+
+#[derive(Debug)]
+struct MeshConfigResource(MeshSettings);
+
+fn parse_mesh_config(doc: &Document<'_>) -> Result<MeshConfigResource, Vec<FieldError>> {
+    let cm: ConfigMapDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let Some(text) = cm.data.get("mesh") else {
+        return Ok(MeshConfigResource(MeshSettings::default()));
+    };
+    let mesh: MeshConfigDoc = serde_saphyr::from_str::<Option<MeshConfigDoc>>(text)
+        .map_err(|e| {
+            vec![FieldError::new(
+                "data.mesh",
+                super::short_message(&e.to_string()),
+            )]
+        })?
+        .unwrap_or_default();
+    let level = mesh
+        .path_normalization
+        .and_then(|p| p.normalization)
+        .unwrap_or_default();
+    let path_normalization = match level.as_str() {
+        "" | "DEFAULT" | "BASE" => PathNormalization::Base,
+        "NONE" => PathNormalization::None,
+        "MERGE_SLASHES" => PathNormalization::MergeSlashes,
+        "DECODE_AND_MERGE_SLASHES" => PathNormalization::DecodeAndMergeSlashes,
+        other => {
+            return Err(vec![FieldError::new(
+                "data.mesh: pathNormalization.normalization",
+                format!(
+                    "unknown level {other:?} (DEFAULT, NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES)"
+                ),
+            )]);
+        }
+    };
+    Ok(MeshConfigResource(MeshSettings { path_normalization }))
+}
+
+impl MeshResource for MeshConfigResource {
+    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
+        model.mesh = self.0;
+    }
 }
 
 // === Service ===
@@ -163,6 +237,7 @@ fn parse_service(doc: &Document<'_>) -> Result<ServiceResource, Vec<FieldError>>
                     ports: BTreeMap::new(),
                     labels: Labels::new(),
                     weight: None,
+                    has_sidecar: false,
                 }]
             })
             .unwrap_or_default(),
@@ -300,12 +375,13 @@ fn parse_pod(doc: &Document<'_>) -> Result<PodResource, Vec<FieldError>> {
         return Err(errors);
     }
     let meta = &doc.meta;
-    let has_sidecar = meta.annotations.contains_key("sidecar.istio.io/status")
-        || meta
-            .labels
-            .get("security.istio.io/tlsMode")
-            .map(String::as_str)
-            == Some("istio");
+    // istiod reads only the label the injector puts on the pod (GetTLSModeFromEndpointLabels);
+    // an injection status annotation without it is not a sidecar pilot may speak mTLS to.
+    let has_sidecar = meta
+        .labels
+        .get(crate::model::TLS_MODE_LABEL)
+        .map(String::as_str)
+        == Some("istio");
     Ok(PodResource(Some(Workload {
         name: meta.name.clone(),
         namespace: meta.namespace.clone(),
@@ -336,8 +412,6 @@ impl MeshResource for PodResource {
 
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// The label pilot reads to know an endpoint has a sidecar (mTLS towards it).
-const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -476,23 +550,18 @@ impl MeshResource for EndpointSliceResource {
             .iter()
             .map(|e| {
                 // A Pod's labels select subsets; its sidecar decides mTLS.
-                let mut labels = Labels::new();
-                if let Some((ns, pod)) = &e.pod
-                    && let Some(w) = model
+                let pod = e.pod.as_ref().and_then(|(ns, pod)| {
+                    model
                         .workloads
                         .iter()
                         .find(|w| &w.namespace == ns && &w.name == pod)
-                {
-                    labels = w.labels.clone();
-                    if w.has_sidecar {
-                        labels.insert(TLS_MODE_LABEL.into(), "istio".into());
-                    }
-                }
+                });
                 Endpoint {
                     address: e.address.clone(),
                     ports: e.ports.clone(),
-                    labels,
+                    labels: pod.map(|w| w.labels.clone()).unwrap_or_default(),
                     weight: None,
+                    has_sidecar: pod.is_some_and(|w| w.has_sidecar),
                 }
             })
             .collect();
@@ -565,6 +634,46 @@ mod tests {
     }
 
     #[test]
+    fn mesh_config_path_normalization_from_the_istio_configmap() {
+        let cm = |ns: &str, name: &str, mesh: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n  mesh: |-\n{}\n",
+                mesh.lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        };
+        let (m, errors) = model_of(&cm(
+            "istio-system",
+            "istio",
+            "accessLogFile: /dev/stdout\npathNormalization:\n  normalization: MERGE_SLASHES",
+        ));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(m.mesh.path_normalization, PathNormalization::MergeSlashes);
+        // Istio's default, and other ConfigMaps are none of the mesh's business.
+        let (m, _) = model_of(&cm("istio-system", "istio", "accessLogFile: /dev/stdout"));
+        assert_eq!(m.mesh.path_normalization, PathNormalization::Base);
+        let (m, errors) = model_of(&cm(
+            "default",
+            "istio",
+            "pathNormalization: {normalization: NONE}",
+        ));
+        assert!(errors.is_empty());
+        assert_eq!(m.mesh.path_normalization, PathNormalization::Base);
+        let (_, errors) = model_of(&cm(
+            "istio-system",
+            "istio",
+            "pathNormalization: {normalization: SOMETIMES}",
+        ));
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("pathNormalization.normalization") && text.contains("SOMETIMES"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_selectorless_service_gets_its_slices_ready_endpoints() {
         let yaml = format!(
             "{SELECTORLESS}{}{}",
@@ -594,7 +703,7 @@ mod tests {
     #[test]
     fn a_selectors_service_ignores_its_slices_and_pods_lend_their_labels() {
         let yaml = format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80}}\n{}---\n{SELECTORLESS}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: db-0\n  namespace: shop\n  labels: {{app: db, version: v2}}\n  annotations: {{sidecar.istio.io/status: '{{}}'}}\nstatus: {{podIP: 10.1.0.5}}\n{}",
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80}}\n{}---\n{SELECTORLESS}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: db-0\n  namespace: shop\n  labels: {{app: db, version: v2, security.istio.io/tlsMode: istio}}\n  annotations: {{sidecar.istio.io/status: '{{}}'}}\nstatus: {{podIP: 10.1.0.5}}\n{}",
             slice(
                 "web-1",
                 "web",
@@ -616,9 +725,9 @@ mod tests {
         let db = &model.services["db.shop.svc.cluster.local"].endpoints;
         assert_eq!(db.len(), 1);
         assert_eq!(db[0].labels.get("version").map(String::as_str), Some("v2"));
-        assert_eq!(
-            db[0].labels.get(TLS_MODE_LABEL).map(String::as_str),
-            Some("istio")
+        assert!(
+            db[0].has_sidecar,
+            "the pod's sidecar makes its endpoint mTLS"
         );
     }
 

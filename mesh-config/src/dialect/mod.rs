@@ -19,7 +19,6 @@ use crate::model::{Labels, MeshModel, ResourceRef};
 pub mod duration;
 pub mod gateway;
 pub mod istio;
-mod istio_security;
 pub mod knative;
 pub mod kube;
 pub mod smi;
