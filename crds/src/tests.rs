@@ -8,22 +8,13 @@ use serde_json::{Value, json};
 
 use super::*;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use mast_testdata::workspace_root as repo;
 
-/// The corpus folder: `MAST_CORPUS_DIR`, else `shared/corpus` beside the workspace. Missing
-/// is a failure, not a skip: these tests are the proof that Istio YAML applies.
+/// The corpus folder (`testdata/upstream`). Missing is a failure, not a skip: these tests are
+/// the proof that Istio YAML applies.
 fn corpus() -> PathBuf {
-    let dir = std::env::var_os("MAST_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/corpus"));
-    assert!(
-        dir.join("istio-crds/crd-all.gen.yaml").is_file(),
-        "corpus not found at {} (set MAST_CORPUS_DIR)",
-        dir.display()
-    );
-    dir
+    mast_testdata::corpus("istio-crds/crd-all.gen.yaml");
+    mast_testdata::corpus_dir()
 }
 
 fn yaml_docs(path: &Path) -> Vec<Value> {
@@ -247,9 +238,7 @@ fn every_valid_sample_validates() {
             unquoted_ipv6_in_flow_sequence(&mut doc);
             let name = format!(
                 "{} {}/{}",
-                path.strip_prefix(repo().join(".."))
-                    .unwrap_or(path)
-                    .display(),
+                path.strip_prefix(repo()).unwrap_or(path).display(),
                 doc["kind"].as_str().unwrap_or_default(),
                 doc["metadata"]["name"].as_str().unwrap_or_default()
             );

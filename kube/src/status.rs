@@ -181,7 +181,7 @@ mod tests {
     fn messages_have_istios_shape_and_name_the_field() {
         let schema = error(
             "spec.http[0].route[1].weight",
-            "weights sum to 90, must be 100",
+            "-10 is negative; weights are relative shares ≥ 0",
         );
         let reference = error(
             "spec.http[0].route[1].destination.subset",
@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(m[0]["level"], "ERROR");
         assert_eq!(
             m[0]["message"],
-            "spec.http[0].route[1].weight: weights sum to 90, must be 100"
+            "spec.http[0].route[1].weight: -10 is negative; weights are relative shares ≥ 0"
         );
         assert_eq!(m[1]["type"]["code"], "IST0101");
         assert_eq!(m[1]["type"]["name"], "ReferencedResourceNotFound");

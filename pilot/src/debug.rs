@@ -19,6 +19,7 @@ use crate::ads::server::TypeStatus;
 use crate::ads::{ConnectionRegistry, Generator, Snapshot};
 use crate::dump;
 use crate::source::SourceStatus;
+use crate::xds::node::ProxyNode;
 
 pub struct DebugState<G> {
     pub registry: Arc<Registry>,
@@ -56,6 +57,10 @@ async fn metrics<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Respo
 #[derive(Serialize)]
 struct SyncStatus {
     proxy: String,
+    /// The proxy's `CLUSTER_ID` and version (`mastctl proxy-status` shows them); absent when
+    /// its node could not be read.
+    cluster_id: Option<String>,
+    version: Option<String>,
     conn_id: u64,
     delta: bool,
     connected_at: u64,
@@ -68,12 +73,17 @@ async fn syncz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Json<Ve
             .connections
             .list()
             .into_iter()
-            .map(|c| SyncStatus {
-                proxy: c.node.id.clone(),
-                conn_id: c.conn_id,
-                delta: c.delta,
-                connected_at: c.connected_at,
-                types: c.lock_status().clone(),
+            .map(|c| {
+                let node = ProxyNode::from_envoy_node(&c.node).ok();
+                SyncStatus {
+                    proxy: c.node.id.clone(),
+                    cluster_id: node.as_ref().map(|n| n.cluster_id.clone()),
+                    version: node.and_then(|n| n.version),
+                    conn_id: c.conn_id,
+                    delta: c.delta,
+                    connected_at: c.connected_at,
+                    types: c.lock_status().clone(),
+                }
             })
             .collect(),
     )

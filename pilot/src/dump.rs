@@ -6,7 +6,9 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::ads::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ProxyResources, ROUTE_TYPE};
+use mast_proto::TypeUrl;
+
+use crate::ads::ProxyResources;
 
 /// Render what `resources` would give a proxy as a `envoy.admin.v3.ConfigDump`, every
 /// resource marked with its own version and the model version it comes from.
@@ -19,17 +21,17 @@ pub fn config_dump(
     let version = model_version.to_string();
     dump.clusters_version(version.clone());
     dump.listeners_version(version.clone());
-    let each = |t: &str| resources.of_type(t).into_iter().flat_map(|m| m.values());
-    for r in each(CLUSTER_TYPE) {
+    let each = |t: TypeUrl| resources.of_type(t).into_iter().flat_map(|m| m.values());
+    for r in each(TypeUrl::Cluster) {
         dump.dynamic_cluster(r.version.clone(), r.any.clone(), now);
     }
-    for r in each(LISTENER_TYPE) {
+    for r in each(TypeUrl::Listener) {
         dump.dynamic_listener(r.name.clone(), r.version.clone(), r.any.clone(), now);
     }
-    for r in each(ROUTE_TYPE) {
+    for r in each(TypeUrl::Route) {
         dump.dynamic_route_config(r.version.clone(), r.any.clone(), now);
     }
-    for r in each(ENDPOINT_TYPE) {
+    for r in each(TypeUrl::Endpoint) {
         dump.dynamic_endpoint_config(r.version.clone(), r.any.clone(), now);
     }
     dump.to_json()
@@ -50,8 +52,8 @@ mod tests {
             ..Default::default()
         };
         r.insert(
-            CLUSTER_TYPE,
-            Resource::new(c.name.clone(), CLUSTER_TYPE, &c),
+            TypeUrl::Cluster,
+            Resource::new(c.name.clone(), TypeUrl::Cluster, &c),
         );
         let json = config_dump(&r, 7).unwrap();
         let configs = json["configs"].as_array().unwrap();

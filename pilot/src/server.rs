@@ -52,32 +52,6 @@ pub struct Bound {
     pub http: SocketAddr,
 }
 
-/// Run pilot until `shutdown` completes. `on_bound` is told the bound addresses once
-/// listening.
-pub async fn run<G: Generator>(
-    config: PilotConfig,
-    generator: G,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound),
-) -> Result<(), Error> {
-    run_with_registry(config, generator, Registry::default(), shutdown, on_bound).await
-}
-
-/// [`run`], serving on `/metrics` the other components' metrics already in `registry`
-/// (mastd's citadel) beside pilot's own.
-pub async fn run_with_registry<G: Generator>(
-    config: PilotConfig,
-    generator: G,
-    registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound),
-) -> Result<(), Error> {
-    run_hosted(config, generator, registry, shutdown, |bound, _| {
-        on_bound(bound)
-    })
-    .await
-}
-
 /// What the other components hosted with pilot (mastd's telemetry collector) may read of its
 /// state: the connected proxies and the current mesh model.
 #[derive(Clone)]
@@ -86,115 +60,205 @@ pub struct Handles {
     pub snapshots: watch::Receiver<Snapshot>,
 }
 
-/// [`run_with_registry`], also handing pilot's [`Handles`] to `on_bound`.
-pub async fn run_hosted<G: Generator>(
+/// pilot as its host starts it: `Pilot::new(config, generator)`, then what the host adds —
+/// the metrics registry pilot serves beside its own (mastd's citadel), a config source other
+/// than the folders (mastd's Kubernetes source), a callback once the listeners are bound —
+/// and [`Pilot::run`] until shutdown.
+pub struct Pilot<G, M = Folders, B = fn(Bound, Handles)> {
     config: PilotConfig,
     generator: G,
     registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound, Handles),
-) -> Result<(), Error> {
-    for dir in &config.config_dirs {
-        if !dir.is_dir() {
-            return Err(Error::NoConfigDir(dir.clone()));
-        }
-    }
-    let (dirs, debounce) = (config.config_dirs.clone(), config.debounce);
-    run_with_source(
-        config,
-        move |ctx| FolderSource::new(dirs, debounce, ctx.status, ctx.metrics),
-        generator,
-        registry,
-        shutdown,
-        on_bound,
-    )
-    .await
+    make_source: M,
+    on_bound: B,
 }
 
-/// [`run_hosted`] with config from another source than the folders (`config.config_dirs` is
-/// not read): `make_source` is given where to report, and pilot serves its initial snapshot.
-pub async fn run_with_source<G: Generator, S: ConfigSource>(
-    config: PilotConfig,
-    make_source: impl FnOnce(SourceContext) -> S,
-    generator: G,
-    mut registry: Registry,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_bound: impl FnOnce(Bound, Handles),
-) -> Result<(), Error> {
-    let metrics = Arc::new(Metrics::new(&mut registry));
-    let status = Arc::new(SourceStatus::default());
-    let mut source = make_source(SourceContext {
-        status: status.clone(),
-        metrics: metrics.clone(),
-    });
-    let (publish, snapshots) = watch::channel(source.initial_snapshot());
-    let generator = Arc::new(generator);
-    let connections = Arc::new(ConnectionRegistry::default());
+/// What makes pilot's config source once pilot knows where the source reports.
+pub trait MakeSource {
+    type Source: ConfigSource;
 
-    let xds_listener = bind("xDS", config.xds_addr).await?;
-    let http_listener = bind("debug HTTP", config.http_addr).await?;
-    let bound = Bound {
-        xds: xds_listener.local_addr().map_err(|source| Error::Bind {
-            what: "xDS",
-            addr: config.xds_addr,
-            source,
-        })?,
-        http: http_listener.local_addr().map_err(|source| Error::Bind {
-            what: "debug HTTP",
-            addr: config.http_addr,
-            source,
-        })?,
-    };
-    info!(xds = %bound.xds, http = %bound.http, "pilot listening");
-    on_bound(
-        bound,
-        Handles {
-            connections: connections.clone(),
-            snapshots: snapshots.clone(),
-        },
-    );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    let ads = AdsServer::new(
-        generator.clone(),
-        snapshots.clone(),
-        connections.clone(),
-        metrics,
-    );
-    let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(ads.into_service())
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(xds_listener),
-            stopped(stop_rx.clone()),
-        );
-    let http = axum::serve(
-        http_listener,
-        debug::router(Arc::new(DebugState {
-            registry: Arc::new(registry),
-            connections,
-            snapshots,
-            source: status,
-            generator,
-        })),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let watch_task = source.run(publish);
-
-    tokio::select! {
-        r = grpc => r?,
-        r = http => r.map_err(Error::Http)?,
-        r = watch_task => r?,
+    /// Fails before anything is bound when the source cannot work (a missing folder).
+    fn check(&self) -> Result<(), Error> {
+        Ok(())
     }
-    Ok(())
+
+    fn make(self, ctx: SourceContext) -> Self::Source;
+}
+
+/// The default source: `config.config_dirs`, watched.
+pub struct Folders {
+    dirs: Vec<PathBuf>,
+    debounce: Debounce,
+}
+
+impl MakeSource for Folders {
+    type Source = FolderSource;
+
+    fn check(&self) -> Result<(), Error> {
+        match self.dirs.iter().find(|d| !d.is_dir()) {
+            Some(dir) => Err(Error::NoConfigDir(dir.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn make(self, ctx: SourceContext) -> FolderSource {
+        FolderSource::new(self.dirs, self.debounce, ctx.status, ctx.metrics)
+    }
+}
+
+/// A source the host makes ([`Pilot::source`]).
+pub struct Custom<F>(F);
+
+impl<F, S> MakeSource for Custom<F>
+where
+    F: FnOnce(SourceContext) -> S,
+    S: ConfigSource,
+{
+    type Source = S;
+
+    fn make(self, ctx: SourceContext) -> S {
+        (self.0)(ctx)
+    }
+}
+
+impl<G: Generator> Pilot<G> {
+    /// pilot on `config`'s folders and addresses, with a registry of its own.
+    pub fn new(config: PilotConfig, generator: G) -> Self {
+        let make_source = Folders {
+            dirs: config.config_dirs.clone(),
+            debounce: config.debounce,
+        };
+        Self {
+            config,
+            generator,
+            registry: Registry::default(),
+            make_source,
+            on_bound: |_, _| {},
+        }
+    }
+}
+
+impl<G: Generator, M: MakeSource, B: FnOnce(Bound, Handles)> Pilot<G, M, B> {
+    /// Serve on `/metrics` the metrics already in `registry` beside pilot's own.
+    pub fn registry(self, registry: Registry) -> Self {
+        Self { registry, ..self }
+    }
+
+    /// Take the config from the source `make` returns instead of the folders
+    /// (`config.config_dirs` is then not read); pilot serves its initial snapshot first.
+    pub fn source<F, S>(self, make: F) -> Pilot<G, Custom<F>, B>
+    where
+        F: FnOnce(SourceContext) -> S,
+        S: ConfigSource,
+    {
+        Pilot {
+            config: self.config,
+            generator: self.generator,
+            registry: self.registry,
+            make_source: Custom(make),
+            on_bound: self.on_bound,
+        }
+    }
+
+    /// Called once listening, with the bound addresses (port 0 in tests) and the
+    /// [`Handles`] other hosted components read.
+    pub fn on_bound<C: FnOnce(Bound, Handles)>(self, on_bound: C) -> Pilot<G, M, C> {
+        Pilot {
+            config: self.config,
+            generator: self.generator,
+            registry: self.registry,
+            make_source: self.make_source,
+            on_bound,
+        }
+    }
+
+    /// Run until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let Self {
+            config,
+            generator,
+            mut registry,
+            make_source,
+            on_bound,
+        } = self;
+        make_source.check()?;
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let status = Arc::new(SourceStatus::default());
+        let mut source = make_source.make(SourceContext {
+            status: status.clone(),
+            metrics: metrics.clone(),
+        });
+        let (publish, snapshots) = watch::channel(source.initial_snapshot());
+        let generator = Arc::new(generator);
+        let connections = Arc::new(ConnectionRegistry::default());
+
+        let xds_listener = bind("xDS", config.xds_addr).await?;
+        let http_listener = bind("debug HTTP", config.http_addr).await?;
+        let bound = Bound {
+            xds: xds_listener.local_addr().map_err(|source| Error::Bind {
+                what: "xDS",
+                addr: config.xds_addr,
+                source,
+            })?,
+            http: http_listener.local_addr().map_err(|source| Error::Bind {
+                what: "debug HTTP",
+                addr: config.http_addr,
+                source,
+            })?,
+        };
+        info!(xds = %bound.xds, http = %bound.http, "pilot listening");
+        on_bound(
+            bound,
+            Handles {
+                connections: connections.clone(),
+                snapshots: snapshots.clone(),
+            },
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+
+        let ads = AdsServer::new(
+            generator.clone(),
+            snapshots.clone(),
+            connections.clone(),
+            metrics,
+        );
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(ads.into_service())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(xds_listener),
+                stopped(stop_rx.clone()),
+            );
+        let http = axum::serve(
+            http_listener,
+            debug::router(Arc::new(DebugState {
+                registry: Arc::new(registry),
+                connections,
+                snapshots,
+                source: status,
+                generator,
+            })),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let watch_task = source.run(publish);
+
+        tokio::select! {
+            r = grpc => r?,
+            r = http => r.map_err(Error::Http)?,
+            r = watch_task => r?,
+        }
+        Ok(())
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {

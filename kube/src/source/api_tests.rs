@@ -229,7 +229,7 @@ async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_w
 
     // An invalid edit: 80/20 stays, the error names the object and the field, and the
     // object's status says why.
-    server.apply(virtual_service(80, 10));
+    server.apply(virtual_service(80, -10));
     let u = until(&mut updates, |u| !u.errors.is_empty()).await;
     assert!(!u.changed);
     assert_eq!(user_weights(&u.model), [80, 20]);
@@ -249,7 +249,7 @@ async fn the_todolist_from_the_api_follows_edits_keeps_the_last_good_split_and_w
         .unwrap()
         .to_string();
     assert!(message.starts_with("spec.http[0]"), "{message}");
-    assert!(message.contains("100"), "{message}");
+    assert!(message.contains("negative"), "{message}");
     let stored = server.get(VS.0, VS.1, "default", "user").unwrap();
     assert_eq!(
         stored["status"]["validationMessages"][0]["type"]["code"],
@@ -387,7 +387,7 @@ async fn api_errors_keep_the_last_good_config_and_are_retried() {
 #[tokio::test]
 async fn only_the_leader_writes_status() {
     let server = todolist_cluster().await;
-    server.apply(virtual_service(80, 10));
+    server.apply(virtual_service(80, -10));
     let (leader_tx, leader_rx) = watch::channel(false);
     let mut source = KubeSource::start(
         server.client(),

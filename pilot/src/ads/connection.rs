@@ -18,11 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
+use mast_proto::TypeUrl;
+
 use super::server::ConnInfo;
-use super::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, PUSH_ORDER, ProxyView, Resource,
-    Snapshot, TypeSet, set_version, short_type,
-};
+use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_version};
 use crate::metrics::Metrics;
 
 /// Protocol state of one resource type on one stream.
@@ -64,7 +63,7 @@ impl TypeState {
     }
 
     /// Names the proxy has (wanted and sent) that are not in `view` any more.
-    fn gone(&self, view: &ProxyView, type_url: &str) -> Vec<String> {
+    fn gone(&self, view: &ProxyView, type_url: TypeUrl) -> Vec<String> {
         let held: Vec<&String> = match &self.initial {
             Some(initial) => initial.keys().collect(),
             None => self
@@ -165,7 +164,7 @@ pub struct Connection<G> {
     node: Node,
     snapshot: Snapshot,
     resources: ProxyView,
-    types: HashMap<&'static str, TypeState>,
+    types: HashMap<TypeUrl, TypeState>,
     nonce: u64,
 }
 
@@ -254,24 +253,24 @@ impl<G: Generator> Connection<G> {
         self.snapshot = snapshot;
         let mut pushed = false;
         let mut clusters_sent = Vec::new();
-        for type_url in PUSH_ORDER {
-            if !self.types.contains_key(type_url) {
+        for type_url in TypeUrl::PUSH_ORDER {
+            if !self.types.contains_key(&type_url) {
                 continue;
             }
             // A changed cluster is warmed again by Envoy and waits for its endpoints: resend
             // them even if they did not change.
-            let force = type_url == ENDPOINT_TYPE
+            let force = type_url == TypeUrl::Endpoint
                 && !clusters_sent.is_empty()
                 && self.flavor == Flavor::StateOfTheWorld;
-            if type_url == ENDPOINT_TYPE
+            if type_url == TypeUrl::Endpoint
                 && self.flavor == Flavor::Delta
-                && let Some(state) = self.types.get_mut(ENDPOINT_TYPE)
+                && let Some(state) = self.types.get_mut(&TypeUrl::Endpoint)
             {
                 state.fresh.extend(clusters_sent.iter().cloned());
             }
             if let Some(sent) = self.send(type_url, force).await? {
                 pushed = true;
-                if type_url == CLUSTER_TYPE {
+                if type_url == TypeUrl::Cluster {
                     clusters_sent = sent;
                 }
             }
@@ -285,7 +284,8 @@ impl<G: Generator> Connection<G> {
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), Closed> {
-        let Some(type_url) = PUSH_ORDER.iter().copied().find(|t| *t == req.type_url) else {
+        let served = TypeUrl::from_url(&req.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t));
+        let Some(type_url) = served else {
             debug!(proxy = %self.node.id, type_url = %req.type_url, "ignoring request for an unserved type");
             return Ok(());
         };
@@ -295,8 +295,8 @@ impl<G: Generator> Connection<G> {
         }
     }
 
-    async fn handle_sotw(&mut self, type_url: &'static str, req: Request) -> Result<(), Closed> {
-        let wildcard = is_wildcard_type(type_url) && req.resource_names.is_empty();
+    async fn handle_sotw(&mut self, type_url: TypeUrl, req: Request) -> Result<(), Closed> {
+        let wildcard = type_url.is_wildcard() && req.resource_names.is_empty();
         let names: BTreeSet<String> = req.resource_names.into_iter().collect();
         let state = self.types.entry(type_url).or_default();
         if !req.response_nonce.is_empty() {
@@ -327,11 +327,11 @@ impl<G: Generator> Connection<G> {
         }
     }
 
-    async fn handle_delta(&mut self, type_url: &'static str, req: Request) -> Result<(), Closed> {
-        let first = !self.types.contains_key(type_url);
+    async fn handle_delta(&mut self, type_url: TypeUrl, req: Request) -> Result<(), Closed> {
+        let first = !self.types.contains_key(&type_url);
         let state = self.types.entry(type_url).or_default();
         if first {
-            state.wildcard = is_wildcard_type(type_url)
+            state.wildcard = type_url.is_wildcard()
                 && (req.subscribe.is_empty() || req.subscribe.iter().any(|n| n == "*"));
             state.initial = Some(req.initial_versions);
             state.dirty = true;
@@ -366,16 +366,16 @@ impl<G: Generator> Connection<G> {
                 None => self.on_ack(type_url, &version),
             }
         }
-        let dirty = self.types.get(type_url).is_some_and(|s| s.dirty);
+        let dirty = self.types.get(&type_url).is_some_and(|s| s.dirty);
         if dirty {
             self.send(type_url, first).await?;
         }
         Ok(())
     }
 
-    fn on_ack(&self, type_url: &'static str, version: &str) {
+    fn on_ack(&self, type_url: TypeUrl, version: &str) {
         let mut status = self.info.lock_status();
-        let t = status.entry(short_type(type_url)).or_default();
+        let t = status.entry(type_url.short()).or_default();
         if t.acked_version.as_deref() != Some(version) {
             t.acked_at_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -386,11 +386,11 @@ impl<G: Generator> Connection<G> {
         t.acked_snapshot = Some(self.snapshot.version);
     }
 
-    fn on_nack(&self, type_url: &'static str, version: &str, error: &str) {
-        warn!(proxy = %self.node.id, type_url, version, error, "proxy rejected config (NACK)");
-        self.metrics.record_nack(short_type(type_url));
+    fn on_nack(&self, type_url: TypeUrl, version: &str, error: &str) {
+        warn!(proxy = %self.node.id, type_url = type_url.url(), version, error, "proxy rejected config (NACK)");
+        self.metrics.record_nack(type_url.short());
         let mut status = self.info.lock_status();
-        let t = status.entry(short_type(type_url)).or_default();
+        let t = status.entry(type_url.short()).or_default();
         t.last_nack = Some(error.to_string());
         t.nacks += 1;
     }
@@ -400,11 +400,11 @@ impl<G: Generator> Connection<G> {
     /// `None` when no response was sent.
     async fn send(
         &mut self,
-        type_url: &'static str,
+        type_url: TypeUrl,
         force: bool,
     ) -> Result<Option<Vec<String>>, Closed> {
         let sets = self.resources.sets(type_url);
-        let Some(state) = self.types.get_mut(type_url) else {
+        let Some(state) = self.types.get_mut(&type_url) else {
             return Ok(None);
         };
         if !force && !state.dirty && state.fresh.is_empty() && same_sets(&sets, &state.sent_sets) {
@@ -436,7 +436,7 @@ impl<G: Generator> Connection<G> {
                 let response = Response::Sotw(DiscoveryResponse {
                     version_info: version.clone(),
                     resources: wanted.iter().map(|r| r.any.clone()).collect(),
-                    type_url: type_url.to_string(),
+                    type_url: type_url.url().to_string(),
                     nonce: nonce.clone(),
                     ..Default::default()
                 });
@@ -470,7 +470,7 @@ impl<G: Generator> Connection<G> {
                             ..Default::default()
                         })
                         .collect(),
-                    type_url: type_url.to_string(),
+                    type_url: type_url.url().to_string(),
                     removed_resources: removed,
                     nonce: nonce.clone(),
                     ..Default::default()
@@ -480,16 +480,16 @@ impl<G: Generator> Connection<G> {
         };
         state.pending_nonce = Some(nonce.clone());
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.metrics.record_push(short_type(type_url));
+        self.metrics.record_push(type_url.short());
         {
             let mut status = self.info.lock_status();
-            let t = status.entry(short_type(type_url)).or_default();
+            let t = status.entry(type_url.short()).or_default();
             t.sent_version = Some(version);
             t.sent_nonce = Some(nonce);
             t.sent_snapshot = Some(self.snapshot.version);
             t.resources = total;
         }
-        debug!(proxy = %self.node.id, type_url, resources = sent.len(), "pushed");
+        debug!(proxy = %self.node.id, type_url = type_url.url(), resources = sent.len(), "pushed");
         Ok(Some(sent))
     }
 }
@@ -497,8 +497,3 @@ impl<G: Generator> Connection<G> {
 /// The response channel is gone: the proxy disconnected.
 #[derive(Debug)]
 pub struct Closed;
-
-/// Clusters and listeners are requested as a whole; endpoints and routes by name.
-fn is_wildcard_type(type_url: &str) -> bool {
-    type_url == CLUSTER_TYPE || type_url == LISTENER_TYPE
-}

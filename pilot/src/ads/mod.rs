@@ -15,32 +15,13 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use mast_mesh_config::MeshModel;
+use mast_proto::TypeUrl;
 use prost::Message;
 
 pub mod connection;
 pub mod server;
 
 pub use server::{AdsServer, ConnectionRegistry};
-
-/// Type URLs, in the order pushes are sent (as Istio: clusters before their endpoints,
-/// listeners before their routes, so Envoy never warms a listener on a missing cluster).
-pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const PUSH_ORDER: [&str; 4] = [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE];
-
-/// Short names used in logs, metrics and `/debug/syncz`.
-pub fn short_type(type_url: &str) -> &'static str {
-    match type_url {
-        CLUSTER_TYPE => "cds",
-        ENDPOINT_TYPE => "eds",
-        LISTENER_TYPE => "lds",
-        ROUTE_TYPE => "rds",
-        _ => "unknown",
-    }
-}
 
 /// A model version as distributed to connections.
 #[derive(Clone, Debug)]
@@ -73,7 +54,7 @@ pub struct Resource {
 }
 
 impl Resource {
-    pub fn new(name: impl Into<String>, type_url: &str, message: &impl Message) -> Self {
+    pub fn new(name: impl Into<String>, type_url: TypeUrl, message: &impl Message) -> Self {
         let value = message.encode_to_vec();
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         value.hash(&mut hasher);
@@ -81,7 +62,7 @@ impl Resource {
             name: name.into(),
             version: format!("{:016x}", hasher.finish()),
             any: Any {
-                type_url: type_url.to_string(),
+                type_url: type_url.url().to_string(),
                 value,
             },
         }
@@ -110,22 +91,22 @@ impl PartialEq for TypeSet {
     }
 }
 
-/// Resources by type URL and name: one layer of what a proxy gets.
+/// Resources by type and name: one layer of what a proxy gets.
 #[derive(Clone, Debug, Default)]
 pub struct ProxyResources {
-    pub by_type: BTreeMap<&'static str, Arc<TypeSet>>,
+    pub by_type: BTreeMap<TypeUrl, Arc<TypeSet>>,
 }
 
 impl ProxyResources {
-    pub fn insert(&mut self, type_url: &'static str, resource: Resource) {
+    pub fn insert(&mut self, type_url: TypeUrl, resource: Resource) {
         let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
         set.version = OnceLock::new();
         set.resources
             .insert(resource.name.clone(), Arc::new(resource));
     }
 
-    pub fn of_type(&self, type_url: &str) -> Option<&BTreeMap<String, Arc<Resource>>> {
-        self.by_type.get(type_url).map(|s| &s.resources)
+    pub fn of_type(&self, type_url: TypeUrl) -> Option<&BTreeMap<String, Arc<Resource>>> {
+        self.by_type.get(&type_url).map(|s| &s.resources)
     }
 
     /// Take `previous`'s set wherever the content is the same, so connections that hold the
@@ -157,30 +138,30 @@ impl ProxyView {
     }
 
     /// The sets of `type_url`, layer by layer.
-    pub fn sets(&self, type_url: &str) -> Vec<Arc<TypeSet>> {
+    pub fn sets(&self, type_url: TypeUrl) -> Vec<Arc<TypeSet>> {
         self.layers
             .iter()
-            .filter_map(|l| l.by_type.get(type_url).cloned())
+            .filter_map(|l| l.by_type.get(&type_url).cloned())
             .collect()
     }
 
-    pub fn get(&self, type_url: &str, name: &str) -> Option<&Arc<Resource>> {
+    pub fn get(&self, type_url: TypeUrl, name: &str) -> Option<&Arc<Resource>> {
         self.layers
             .iter()
-            .find_map(|l| l.by_type.get(type_url)?.resources.get(name))
+            .find_map(|l| l.by_type.get(&type_url)?.resources.get(name))
     }
 
     /// Every resource of the type, each name once.
-    pub fn all(&self, type_url: &str) -> Vec<&Arc<Resource>> {
+    pub fn all(&self, type_url: TypeUrl) -> Vec<&Arc<Resource>> {
         let mut out: Vec<&Arc<Resource>> = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
-            let Some(set) = layer.by_type.get(type_url) else {
+            let Some(set) = layer.by_type.get(&type_url) else {
                 continue;
             };
             for (name, r) in &set.resources {
                 let shadowed = self.layers[..i].iter().any(|l| {
                     l.by_type
-                        .get(type_url)
+                        .get(&type_url)
                         .is_some_and(|s| s.resources.contains_key(name))
                 });
                 if !shadowed {
@@ -194,7 +175,7 @@ impl ProxyView {
     /// All layers merged into one (tests and debug pages).
     pub fn flatten(&self) -> ProxyResources {
         let mut out = ProxyResources::default();
-        for t in PUSH_ORDER {
+        for t in TypeUrl::PUSH_ORDER {
             for r in self.all(t) {
                 let set = Arc::make_mut(out.by_type.entry(t).or_default());
                 set.resources.insert(r.name.clone(), r.clone());

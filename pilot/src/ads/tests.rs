@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use mast_mesh_config::MeshModel;
 use mast_mesh_config::model::{Resolution, ResourceRef, Service};
+use mast_proto::TypeUrl;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -42,15 +43,18 @@ impl Generator for FakeGenerator {
                 alt_stat_name: svc.ports.len().to_string(),
                 ..Default::default()
             };
-            r.insert(CLUSTER_TYPE, Resource::new(host, CLUSTER_TYPE, &cluster));
+            r.insert(
+                TypeUrl::Cluster,
+                Resource::new(host, TypeUrl::Cluster, &cluster),
+            );
         }
         let listener = Listener {
             name: "virtualOutbound".into(),
             ..Default::default()
         };
         r.insert(
-            LISTENER_TYPE,
-            Resource::new("virtualOutbound", LISTENER_TYPE, &listener),
+            TypeUrl::Listener,
+            Resource::new("virtualOutbound", TypeUrl::Listener, &listener),
         );
         Ok(ProxyView::single(r))
     }
@@ -189,16 +193,16 @@ async fn sotw_push_ack_and_no_push_without_change() {
     let (tx, mut rx) = h.sotw().await;
     tx.send(DiscoveryRequest {
         node: node(),
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await
     .unwrap();
     let first = next(&mut rx).await;
-    assert_eq!(first.type_url, CLUSTER_TYPE);
+    assert_eq!(first.type_url, TypeUrl::Cluster);
     assert_eq!(cluster_names(&first), ["a.default.svc.cluster.local"]);
     tx.send(DiscoveryRequest {
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         version_info: first.version_info.clone(),
         response_nonce: first.nonce.clone(),
         ..Default::default()
@@ -248,14 +252,14 @@ async fn sotw_nack_is_recorded_and_not_resent() {
     let (tx, mut rx) = h.sotw().await;
     tx.send(DiscoveryRequest {
         node: node(),
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await
     .unwrap();
     let first = next(&mut rx).await;
     tx.send(DiscoveryRequest {
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         version_info: String::new(),
         response_nonce: first.nonce.clone(),
         error_detail: Some(RpcStatus {
@@ -288,7 +292,7 @@ async fn stream_without_node_is_refused() {
     let mut h = Harness::start(&[]).await;
     let (tx, rx) = mpsc::channel(1);
     tx.send(DiscoveryRequest {
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await
@@ -314,7 +318,7 @@ async fn delta_sends_only_changes_and_removals() {
     let (tx, mut rx) = h.delta().await;
     tx.send(DeltaDiscoveryRequest {
         node: node(),
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await
@@ -326,7 +330,7 @@ async fn delta_sends_only_changes_and_removals() {
         ["a.default.svc.cluster.local", "b.default.svc.cluster.local"]
     );
     tx.send(DeltaDiscoveryRequest {
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         response_nonce: first.nonce.clone(),
         ..Default::default()
     })
@@ -347,7 +351,7 @@ async fn delta_reconnect_with_initial_versions_gets_nothing_new() {
     let (tx, mut rx) = h.delta().await;
     tx.send(DeltaDiscoveryRequest {
         node: node(),
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await
@@ -363,7 +367,7 @@ async fn delta_reconnect_with_initial_versions_gets_nothing_new() {
     let (tx, mut rx) = h.delta().await;
     tx.send(DeltaDiscoveryRequest {
         node: node(),
-        type_url: CLUSTER_TYPE.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         initial_resource_versions: versions,
         ..Default::default()
     })
@@ -385,9 +389,9 @@ fn resource_version_follows_content() {
         name: "b".into(),
         ..Default::default()
     };
-    let ra = Resource::new("a", CLUSTER_TYPE, &a);
-    assert_eq!(ra.version, Resource::new("a", CLUSTER_TYPE, &a).version);
-    assert_ne!(ra.version, Resource::new("b", CLUSTER_TYPE, &b).version);
+    let ra = Resource::new("a", TypeUrl::Cluster, &a);
+    assert_eq!(ra.version, Resource::new("a", TypeUrl::Cluster, &a).version);
+    assert_ne!(ra.version, Resource::new("b", TypeUrl::Cluster, &b).version);
     let set: BTreeMap<String, Arc<Resource>> = [("a".to_string(), Arc::new(ra))].into();
     assert_eq!(set_version(set.values()), set_version(set.values()));
 }

@@ -24,9 +24,6 @@ use super::clusters::is_eds;
 use super::mtls::SOCKET_MATCH_KEY;
 use super::{outbound_cluster_name, string_value};
 
-/// The label with which a workload declares its sidecar (Istio's injector adds it).
-const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
-
 /// One `ClusterLoadAssignment` per EDS cluster of `services` (every port, every subset), named
 /// as the cluster's `eds_cluster_config.service_name` — which is the cluster name.
 pub fn outbound(model: &MeshModel, services: &[&Service]) -> Vec<ClusterLoadAssignment> {
@@ -129,16 +126,11 @@ fn endpoints_of<'a>(
                 port: entry_endpoint_port(e, port),
                 weight: e.weight,
                 locality: None,
-                sidecar: entry_has_sidecar(e),
+                sidecar: e.has_sidecar,
             });
         }
     }
     out
-}
-
-/// ServiceEntry endpoints say they have a sidecar with Istio's label.
-fn entry_has_sidecar(e: &Endpoint) -> bool {
-    e.labels.get(TLS_MODE_LABEL).is_some_and(|v| v == "istio")
 }
 
 /// Where a workload serves a service port: a WorkloadEntry's port of the same name (Istio's
@@ -186,7 +178,7 @@ pub fn dns_assignment(
             port: entry_endpoint_port(e, port),
             weight: e.weight,
             locality: None,
-            sidecar: entry_has_sidecar(e),
+            sidecar: e.has_sidecar,
         })
         .collect();
     if svc.endpoints.is_empty() {
@@ -296,6 +288,7 @@ mod tests {
                 ports: [("http".to_string(), 9999)].into(),
                 labels: labels(&[("version", "v1")]),
                 weight: None,
+                has_sidecar: false,
             }],
             addresses: vec![],
             resolution: Resolution::Static,

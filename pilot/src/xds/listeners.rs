@@ -39,7 +39,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 };
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
-use mast_mesh_config::model::{MeshModel, Protocol, Service, ServicePort};
+use mast_mesh_config::model::{
+    MeshModel, MeshSettings, PathNormalization, Protocol, Service, ServicePort,
+};
 use mast_mesh_config::security::MtlsMode;
 
 use super::authz;
@@ -115,6 +117,7 @@ fn outbound_listener(
                 config_source: Some(ads_config_source()),
                 route_config_name: route.clone(),
             }),
+            &model.mesh,
         ))],
         ..Default::default()
     });
@@ -209,6 +212,7 @@ pub fn inbound(
     let rbac = Rbac {
         http: authz::http_rbac_filters(&policies),
         tcp: authz::network_rbac_filters(&policies),
+        mesh: model.mesh,
     };
     let mode = |port: u16| {
         if security.mtls {
@@ -331,6 +335,8 @@ pub fn inbound(
 struct Rbac {
     http: Vec<HttpFilter>,
     tcp: Vec<Filter>,
+    /// The mesh-wide connection manager settings the HTTP chains carry beside the filters.
+    mesh: MeshSettings,
 }
 
 fn tls_inspector() -> ListenerFilter {
@@ -446,6 +452,7 @@ fn inbound_chains(
             let mut hcm = http_connection_manager(
                 stat,
                 RouteSpecifier::RouteConfig(inbound_route_config(cluster)),
+                &rbac.mesh,
             );
             hcm.http_filters.splice(0..0, rbac.http.iter().cloned());
             hcm
@@ -529,7 +536,22 @@ fn tcp_cluster(
 /// The HTTP connection manager of every HTTP chain, with Istio's settings: fault before
 /// router (so per-route faults from RDS take effect), websocket upgrades, path
 /// normalisation, no idle stream timeout, no trust in client-supplied addresses.
-fn http_connection_manager(stat_prefix: &str, routes: RouteSpecifier) -> HttpConnectionManager {
+fn http_connection_manager(
+    stat_prefix: &str,
+    routes: RouteSpecifier,
+    mesh: &MeshSettings,
+) -> HttpConnectionManager {
+    // meshConfig.pathNormalization, as istiod writes it.
+    let (normalize, merge_slashes, escaped_slashes) = match mesh.path_normalization {
+        PathNormalization::None => (false, false, PathWithEscapedSlashesAction::KeepUnchanged),
+        PathNormalization::Base => (true, false, PathWithEscapedSlashesAction::KeepUnchanged),
+        PathNormalization::MergeSlashes => {
+            (true, true, PathWithEscapedSlashesAction::KeepUnchanged)
+        }
+        PathNormalization::DecodeAndMergeSlashes => {
+            (true, true, PathWithEscapedSlashesAction::UnescapeAndForward)
+        }
+    };
     HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.to_string(),
@@ -551,8 +573,9 @@ fn http_connection_manager(stat_prefix: &str, routes: RouteSpecifier) -> HttpCon
             ..Default::default()
         }],
         use_remote_address: Some(BoolValue { value: false }),
-        normalize_path: Some(BoolValue { value: true }),
-        path_with_escaped_slashes_action: PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        normalize_path: Some(BoolValue { value: normalize }),
+        merge_slashes,
+        path_with_escaped_slashes_action: escaped_slashes as i32,
         stream_idle_timeout: Some(duration(std::time::Duration::ZERO)),
         ..Default::default()
     }
@@ -734,6 +757,78 @@ mod tests {
         let vo = ls.last().unwrap();
         assert_eq!(vo.use_original_dst, Some(BoolValue { value: true }));
         assert_eq!(addr(vo), ("0.0.0.0".to_string(), 15001));
+    }
+
+    fn hcm_of(chain: &FilterChain) -> HttpConnectionManager {
+        let Some(FilterConfig::TypedConfig(a)) = &chain.filters[0].config_type else {
+            panic!()
+        };
+        HttpConnectionManager::decode(a.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn path_normalization_follows_mesh_config() {
+        use mast_mesh_config::model::PathNormalization as Level;
+        let port = InboundPort {
+            port: 9080,
+            protocol: Protocol::Http,
+            endpoint: ("127.0.0.1".into(), 9080),
+            bind: None,
+        };
+        for (level, normalize, merge, escaped) in [
+            (
+                Level::None,
+                false,
+                false,
+                PathWithEscapedSlashesAction::KeepUnchanged,
+            ),
+            (
+                Level::Base,
+                true,
+                false,
+                PathWithEscapedSlashesAction::KeepUnchanged,
+            ),
+            (
+                Level::MergeSlashes,
+                true,
+                true,
+                PathWithEscapedSlashesAction::KeepUnchanged,
+            ),
+            (
+                Level::DecodeAndMergeSlashes,
+                true,
+                true,
+                PathWithEscapedSlashesAction::UnescapeAndForward,
+            ),
+        ] {
+            let mut m = model();
+            m.mesh.path_normalization = level;
+            let p = proxy(InterceptionMode::Redirect);
+            let out = outbound(&m, &plan::outbound(&m, &p), &p);
+            let inb = inbound(&m, std::slice::from_ref(&port), &p, &Security::default());
+            let http_out = out
+                .iter()
+                .find(|l| l.name == "0.0.0.0_8080")
+                .and_then(|l| l.filter_chains.first())
+                .unwrap();
+            let http_in = inb[0]
+                .filter_chains
+                .iter()
+                .find(|c| c.name.contains("9080"))
+                .unwrap();
+            for hcm in [hcm_of(http_out), hcm_of(http_in)] {
+                assert_eq!(
+                    hcm.normalize_path.map(|b| b.value),
+                    Some(normalize),
+                    "{level:?}"
+                );
+                assert_eq!(hcm.merge_slashes, merge, "{level:?}");
+                assert_eq!(
+                    hcm.path_with_escaped_slashes_action, escaped as i32,
+                    "{level:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -25,10 +25,9 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, Value, valu
 use mast_mesh_config::model::{Labels, MeshModel, TrafficPolicy};
 use prost::Message;
 
-use crate::ads::{
-    CLUSTER_TYPE, ENDPOINT_TYPE, Generator, LISTENER_TYPE, ProxyResources, ProxyView, ROUTE_TYPE,
-    Resource, Snapshot,
-};
+use mast_proto::TypeUrl;
+
+use crate::ads::{Generator, ProxyResources, ProxyView, Resource, Snapshot};
 
 pub mod authz;
 pub mod clusters;
@@ -85,28 +84,28 @@ impl ProxyConfig {
     }
 
     pub fn encode_clusters(&self) -> Encoded {
-        encode_all(&self.clusters, CLUSTER_TYPE, |c| &c.name)
+        encode_all(&self.clusters, TypeUrl::Cluster, |c| &c.name)
     }
 
     pub fn encode_endpoints(&self) -> Encoded {
-        encode_all(&self.endpoints, ENDPOINT_TYPE, |e| &e.cluster_name)
+        encode_all(&self.endpoints, TypeUrl::Endpoint, |e| &e.cluster_name)
     }
 
     pub fn encode_listeners(&self) -> Encoded {
-        encode_all(&self.listeners, LISTENER_TYPE, |l| &l.name)
+        encode_all(&self.listeners, TypeUrl::Listener, |l| &l.name)
     }
 
     pub fn encode_routes(&self) -> Encoded {
-        encode_all(&self.routes, ROUTE_TYPE, |r| &r.name)
+        encode_all(&self.routes, TypeUrl::Route, |r| &r.name)
     }
 
-    /// Every type, by type URL, in push order (CDS, EDS, LDS, RDS).
-    pub fn encode(&self) -> Vec<(&'static str, Encoded)> {
+    /// Every type, in push order (CDS, EDS, LDS, RDS).
+    pub fn encode(&self) -> Vec<(TypeUrl, Encoded)> {
         vec![
-            (CLUSTER_TYPE, self.encode_clusters()),
-            (ENDPOINT_TYPE, self.encode_endpoints()),
-            (LISTENER_TYPE, self.encode_listeners()),
-            (ROUTE_TYPE, self.encode_routes()),
+            (TypeUrl::Cluster, self.encode_clusters()),
+            (TypeUrl::Endpoint, self.encode_endpoints()),
+            (TypeUrl::Listener, self.encode_listeners()),
+            (TypeUrl::Route, self.encode_routes()),
         ]
     }
 
@@ -114,26 +113,32 @@ impl ProxyConfig {
     /// (possibly empty), so "no listeners" is a state that gets pushed, not a missing type.
     pub fn resources(&self) -> ProxyResources {
         let mut out = ProxyResources::default();
-        for t in crate::ads::PUSH_ORDER {
+        for t in TypeUrl::PUSH_ORDER {
             out.by_type.entry(t).or_default();
         }
         for c in &self.clusters {
-            out.insert(CLUSTER_TYPE, Resource::new(c.name.clone(), CLUSTER_TYPE, c));
+            out.insert(
+                TypeUrl::Cluster,
+                Resource::new(c.name.clone(), TypeUrl::Cluster, c),
+            );
         }
         for e in &self.endpoints {
             out.insert(
-                ENDPOINT_TYPE,
-                Resource::new(e.cluster_name.clone(), ENDPOINT_TYPE, e),
+                TypeUrl::Endpoint,
+                Resource::new(e.cluster_name.clone(), TypeUrl::Endpoint, e),
             );
         }
         for l in &self.listeners {
             out.insert(
-                LISTENER_TYPE,
-                Resource::new(l.name.clone(), LISTENER_TYPE, l),
+                TypeUrl::Listener,
+                Resource::new(l.name.clone(), TypeUrl::Listener, l),
             );
         }
         for r in &self.routes {
-            out.insert(ROUTE_TYPE, Resource::new(r.name.clone(), ROUTE_TYPE, r));
+            out.insert(
+                TypeUrl::Route,
+                Resource::new(r.name.clone(), TypeUrl::Route, r),
+            );
         }
         out
     }
@@ -145,14 +150,14 @@ fn sort_dedup<T>(v: &mut Vec<T>, name: impl Fn(&T) -> &String) {
     v.dedup_by(|b, a| name(a) == name(b));
 }
 
-fn encode_all<T: Message>(v: &[T], type_url: &str, name: impl Fn(&T) -> &String) -> Encoded {
+fn encode_all<T: Message>(v: &[T], type_url: TypeUrl, name: impl Fn(&T) -> &String) -> Encoded {
     let mut out: Encoded = v
         .iter()
         .map(|m| {
             (
                 name(m).clone(),
                 Any {
-                    type_url: type_url.to_string(),
+                    type_url: type_url.url().to_string(),
                     value: m.encode_to_vec(),
                 },
             )

@@ -48,6 +48,10 @@ pub struct ProxyNode {
     pub cluster_id: String,
     pub mesh_id: Option<String>,
     pub interception_mode: InterceptionMode,
+    /// What the proxy runs, as `istioctl proxy-status` shows it: `ISTIO_VERSION` when the
+    /// agent sends it, else the user agent's name and version marked with a `*`
+    /// (`envoy 1.40.0*`, `mast-proxy 0.1.0*`).
+    pub version: Option<String>,
 }
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -126,8 +130,27 @@ impl ProxyNode {
                 .unwrap_or_else(|| DEFAULT_CLUSTER_ID.into()),
             mesh_id: non_empty(meta.string("MESH_ID")?),
             interception_mode,
+            version: non_empty(meta.string("ISTIO_VERSION")?).or_else(|| user_agent(node)),
         })
     }
+}
+
+/// `envoy 1.40.0*`: the node's user agent and its version, when it sends them.
+fn user_agent(node: &Node) -> Option<String> {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match node.user_agent_version_type.as_ref()? {
+        UserAgentVersionType::UserAgentVersion(v) => v.clone(),
+        UserAgentVersionType::UserAgentBuildVersion(b) => {
+            let v = b.version.as_ref()?;
+            format!("{}.{}.{}", v.major_number, v.minor_number, v.patch)
+        }
+    };
+    let name = node.user_agent_name.as_str();
+    Some(if name.is_empty() {
+        format!("{version}*")
+    } else {
+        format!("{name} {version}*")
+    })
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -229,6 +252,32 @@ mod tests {
         assert_eq!(p.cluster_id, "east");
         assert_eq!(p.mesh_id.as_deref(), Some("mesh1"));
         assert_eq!(p.labels.get("app").map(String::as_str), Some("user"));
+        assert_eq!(p.version, None);
+    }
+
+    #[test]
+    fn version_from_istio_metadata_else_the_user_agent() {
+        use envoy_types::pb::envoy::config::core::v3::BuildVersion;
+        use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+        use envoy_types::pb::envoy::r#type::v3::SemanticVersion;
+        let mut n = node(ID, &[("ISTIO_VERSION", string("1.28.0"))]);
+        n.user_agent_name = "envoy".into();
+        n.user_agent_version_type =
+            Some(UserAgentVersionType::UserAgentBuildVersion(BuildVersion {
+                version: Some(SemanticVersion {
+                    major_number: 1,
+                    minor_number: 40,
+                    patch: 0,
+                }),
+                metadata: None,
+            }));
+        let version = |n: &Node| ProxyNode::from_envoy_node(n).unwrap().version;
+        assert_eq!(version(&n).as_deref(), Some("1.28.0"));
+        n.metadata = None;
+        assert_eq!(version(&n).as_deref(), Some("envoy 1.40.0*"));
+        n.user_agent_name = "mast-proxy".into();
+        n.user_agent_version_type = Some(UserAgentVersionType::UserAgentVersion("0.1.0".into()));
+        assert_eq!(version(&n).as_deref(), Some("mast-proxy 0.1.0*"));
     }
 
     #[test]

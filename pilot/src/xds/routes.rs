@@ -692,28 +692,14 @@ fn http_fault(f: &mast_mesh_config::model::FaultInjection) -> HttpFault {
 
 /// gRPC status names as Istio accepts them (`UNAVAILABLE`), or a number.
 fn grpc_code(name: &str) -> u32 {
-    const CODES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
     name.parse()
         .ok()
-        .or_else(|| CODES.iter().position(|c| *c == name).map(|i| i as u32))
+        .or_else(|| {
+            mast_mesh_config::model::GRPC_STATUS_NAMES
+                .iter()
+                .position(|c| *c == name)
+                .map(|i| i as u32)
+        })
         .unwrap_or(2)
 }
 

@@ -27,10 +27,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::google::protobuf::value::Kind;
 use mast_mesh_config::model::*;
 use mast_mesh_config::security::MtlsMode;
+use mast_proto::TypeUrl;
 use prost::Message;
 
 use super::*;
-use crate::ads::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Snapshot};
+use crate::ads::Snapshot;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -493,8 +494,8 @@ fn rules_for_other_sources_are_skipped() {
     let a = g.generate(&snap, &node("client")).unwrap().flatten();
     let b = g.generate(&snap, &node("admin")).unwrap().flatten();
     assert_ne!(
-        a.of_type(ROUTE_TYPE).unwrap()["8081"].version,
-        b.of_type(ROUTE_TYPE).unwrap()["8081"].version
+        a.of_type(TypeUrl::Route).unwrap()["8081"].version,
+        b.of_type(TypeUrl::Route).unwrap()["8081"].version
     );
 }
 
@@ -730,23 +731,26 @@ fn output_is_deterministic_and_cached_per_version() {
     let snap = Snapshot::new(1, m.clone(), std::time::Instant::now());
     let x = g.generate(&snap, &node).unwrap().flatten();
     let y = g.generate(&snap, &node).unwrap().flatten();
-    for t in [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE] {
+    for t in TypeUrl::PUSH_ORDER {
         let vx: Vec<_> = x.of_type(t).unwrap().values().map(|r| &r.version).collect();
         let vy: Vec<_> = y.of_type(t).unwrap().values().map(|r| &r.version).collect();
         assert_eq!(vx, vy, "{t}");
     }
     let fresh = generate(&m, &ProxyNode::from_envoy_node(&node).unwrap()).resources();
     assert_eq!(
-        fresh.of_type(ROUTE_TYPE).unwrap()["8081"].version,
-        x.of_type(ROUTE_TYPE).unwrap()["8081"].version
+        fresh.of_type(TypeUrl::Route).unwrap()["8081"].version,
+        x.of_type(TypeUrl::Route).unwrap()["8081"].version
     );
     assert_eq!(
         fresh
-            .of_type(CLUSTER_TYPE)
+            .of_type(TypeUrl::Cluster)
             .unwrap()
             .keys()
             .collect::<Vec<_>>(),
-        x.of_type(CLUSTER_TYPE).unwrap().keys().collect::<Vec<_>>()
+        x.of_type(TypeUrl::Cluster)
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>()
     );
 }
 

@@ -10,8 +10,7 @@ use serde_json::Value;
 use super::*;
 
 fn corpus() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/corpus/istio-samples/security/authz-builder")
+    mast_testdata::corpus("istio-samples/security/authz-builder")
 }
 
 fn filters_for(input: &str) -> Vec<Value> {
