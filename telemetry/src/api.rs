@@ -1,5 +1,5 @@
 //! The HTTP face of the collector (telemetry/API.md): the Kiali-style JSON API under `/api`
-//! and, when a directory is given, the web view's static files at `/`. Query values are
+//! and, when given some, the web view's static files at `/`. Query values are
 //! checked here and a bad one is answered 400 with a JSON error naming the parameter and the
 //! value, so the UI can show it; graphs are built off the async threads, and from the
 //! collector's windows at most once per scrape round and query (see [`crate::cache`]).
@@ -8,7 +8,6 @@
 //! carrying Prometheus' message), then the same builder makes the same JSON.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,7 +20,7 @@ use axum::routing::{any, get};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::assets;
+use crate::assets::{self, WebAssets};
 use crate::graph::{Detail, DetailData, Graph, GraphQuery, GraphType, Period, namespaces};
 use crate::istio::EdgeKey;
 use crate::prometheus::{PrometheusError, PrometheusSource};
@@ -96,8 +95,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The API (and, with `web_dir`, the web view's files) over the collector's state.
-pub fn router(state: Arc<Telemetry>, web_dir: Option<PathBuf>) -> Router {
+/// The API (and, with `web`, the web view's files) over the collector's state. `web` is a
+/// [`WebAssets`], or an `Option<PathBuf>` for a directory or none.
+pub fn router(state: Arc<Telemetry>, web: impl Into<WebAssets>) -> Router {
     let api = Router::new()
         .route("/api/namespaces", get(list_namespaces))
         .route("/api/namespaces/graph", get(multi_graph))
@@ -107,11 +107,11 @@ pub fn router(state: Arc<Telemetry>, web_dir: Option<PathBuf>) -> Router {
         .route("/api", any(no_route))
         .route("/api/{*rest}", any(no_route))
         .with_state(state);
-    match web_dir {
-        Some(dir) => {
-            api.fallback(move |method: Method, uri: Uri| assets::serve(dir.clone(), method, uri))
+    match web.into() {
+        WebAssets::None => api.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
+        web => {
+            api.fallback(move |method: Method, uri: Uri| assets::serve(web.clone(), method, uri))
         }
-        None => api.fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") }),
     }
 }
 

@@ -5,14 +5,27 @@
 // appears is placed next to its neighbours without moving the others.
 import cytoscape from 'cytoscape';
 import { num, fmtRps, fmtPercent, fmtMs, fmtBytes } from './format.js';
+import { iconImage, iconStrip } from './icons.js';
 
-// Kiali's service badges: [data flag, glyph, legend text].
+// Kiali's service badges: [data flag, icon (icons.js), legend text].
 export const BADGES = [
-  ['hasTrafficShifting', '🔀', 'traffic shifting'],
-  ['hasFaultInjection', '💥', 'fault injection'],
-  ['hasRequestTimeout', '⏱', 'request timeout'],
-  ['hasCB', '⚡', 'circuit breaker'],
+  ['hasTrafficShifting', 'trafficShifting', 'traffic shifting'],
+  ['hasFaultInjection', 'faultInjection', 'fault injection'],
+  ['hasRequestTimeout', 'requestTimeout', 'request timeout'],
+  ['hasCB', 'circuitBreaker', 'circuit breaker'],
 ];
+
+// The mTLS icon of an edge's figures: a lock for all of its traffic, an open one for a share.
+export function mtlsIcon(f) {
+  if (f.mtls >= 100) return 'lock';
+  if (f.mtls > 0) return 'unlock';
+  return undefined;
+}
+
+// Room at the start of an edge label for the lock, which is drawn over it (see drawEdgeIcons):
+// an em space is one font size wide, the icon's size. Cytoscape trims labels, so zero-width
+// spaces (not white space to String.trim) hold the gap in place.
+const ICON_GAP = '\u200b\u2003\u2009\u200b';
 
 export const COLORS = { healthy: '#3f9c35', idle: '#9aa0a6', degraded: '#ec7a08', failure: '#c9190b' };
 
@@ -41,8 +54,9 @@ export function edgeLabel(d, mode) {
   else if (mode === 'percent') text = fmtPercent(f.percent);
   else if (mode === 'p95' && !f.tcp) text = fmtMs(f.p95);
   // The lock stays visible whatever the label mode, as in Kiali; a partial share is spelled out.
-  if (f.mtls >= 100) return text ? `🔒 ${text}` : '🔒';
-  if (f.mtls > 0) return text ? `🔓${Math.round(f.mtls)}% · ${text}` : `🔓${Math.round(f.mtls)}%`;
+  const icon = mtlsIcon(f);
+  if (icon === 'lock') return `${ICON_GAP}${text}`;
+  if (icon === 'unlock') return `${ICON_GAP}${Math.round(f.mtls)}%${text ? ` · ${text}` : ''}`;
   return text;
 }
 
@@ -60,17 +74,23 @@ export function nodeName(d) {
 function nodeLabel(d, ns) {
   // Inside an app box the box already names the app: the node only needs its version.
   let label = d.nodeType === 'app' && d.parent && d.version ? d.version : nodeName(d);
-  if (d.nodeType === 'service') {
-    const badges = BADGES.filter(([flag]) => d[flag]).map(([, glyph]) => glyph).join(' ');
-    if (badges) label += `\n${badges}`;
-  }
   if (d.namespace && d.namespace !== ns && d.nodeType !== 'box') label += `\n(${d.namespace})`;
   return label;
 }
 
+// A service's badges, drawn under it as one image (a strip of icons) between the node and its
+// label; undefined without badges.
+function badgeData(d) {
+  if (d.nodeType !== 'service') return {};
+  const icons = BADGES.filter(([flag]) => d[flag]).map(([, icon]) => icon);
+  if (!icons.length) return {};
+  const strip = iconStrip(icons);
+  return { badgeImage: strip.uri, badgeWidth: strip.width, badges: strip.title };
+}
+
 function toNode(d, opts) {
   const classes = [d.nodeType ?? 'unknown', d.isUnreachable && 'unreachable', d.isIdle && 'idle'];
-  return { group: 'nodes', data: { ...d, label: nodeLabel(d, opts.ns) }, classes: classes.filter(Boolean).join(' ') };
+  return { group: 'nodes', data: { ...d, ...badgeData(d), label: nodeLabel(d, opts.ns) }, classes: classes.filter(Boolean).join(' ') };
 }
 
 function edgeClasses(d) {
@@ -82,12 +102,19 @@ function edgeClasses(d) {
 }
 
 function toEdge(d, opts) {
-  return { group: 'edges', data: { ...d, label: edgeLabel(d, opts.labelMode) }, classes: edgeClasses(d) };
+  const icon = mtlsIcon(edgeFigures(d));
+  return { group: 'edges', data: { ...d, ...(icon && { mtlsIcon: icon }), label: edgeLabel(d, opts.labelMode) }, classes: edgeClasses(d) };
 }
 
 // Labels smaller than this on screen are not drawn (a whole namespace in view): cytoscape skips
 // them without any restyling, and zooming in brings them back.
 const MIN_FONT = 6;
+// Edge labels' font size and background padding (STYLE), which drawEdgeIcons needs.
+const EDGE_FONT = 10;
+const EDGE_LABEL_PAD = 2;
+// The badge strip's place: under the service triangle (26 px high), the label under it.
+const BADGE_TOP = 29;
+const BADGE_ROW = 17;
 
 const STYLE = [
   { selector: 'node', style: {
@@ -99,6 +126,11 @@ const STYLE = [
   { selector: 'node.app', style: { shape: 'round-rectangle' } },
   { selector: 'node.workload', style: { shape: 'ellipse' } },
   { selector: 'node.service', style: { shape: 'triangle', width: 30 } },
+  { selector: 'node[badgeImage]', style: {
+    'background-image': 'data(badgeImage)', 'background-fit': 'none', 'background-clip': 'none',
+    'background-image-containment': 'over', 'background-position-x': '50%', 'background-position-y': `${BADGE_TOP}px`,
+    'bounds-expansion': BADGE_ROW + 14, 'text-margin-y': 4 + BADGE_ROW,
+  } },
   { selector: 'node.unknown', style: { shape: 'diamond' } },
   { selector: 'node.box', style: {
     shape: 'round-rectangle', 'background-color': '#f5f7fa', 'border-color': '#8a8d90', 'border-style': 'dashed',
@@ -115,8 +147,8 @@ const STYLE = [
   { selector: 'edge', style: {
     width: 2, 'curve-style': 'bezier', 'target-arrow-shape': 'triangle',
     'line-color': COLORS.idle, 'target-arrow-color': COLORS.idle,
-    label: 'data(label)', 'font-size': 10, 'min-zoomed-font-size': MIN_FONT, color: '#151515',
-    'text-background-color': '#fff', 'text-background-opacity': 0.85, 'text-background-padding': 2,
+    label: 'data(label)', 'font-size': EDGE_FONT, 'min-zoomed-font-size': MIN_FONT, color: '#151515',
+    'text-background-color': '#fff', 'text-background-opacity': 0.85, 'text-background-padding': EDGE_LABEL_PAD,
   } },
   ...['healthy', 'degraded', 'failure'].map((h) => ({
     selector: `edge.${h}`, style: { 'line-color': COLORS[h], 'target-arrow-color': COLORS[h] },
@@ -132,10 +164,79 @@ const STYLE = [
 export const BIG = 2500;
 
 export function createGraph(container) {
-  return cytoscape({
+  const cy = cytoscape({
     container, style: STYLE, minZoom: 0.2, maxZoom: 3,
     boxSelectionEnabled: false, selectionType: 'single',
   });
+  drawEdgeIcons(cy);
+  return cy;
+}
+
+// === edge icons: the mTLS lock on the edge labels ===
+
+// Cytoscape labels are text only, so the lock is drawn on a canvas laid over cytoscape's, in
+// the gap the label keeps at its start (ICON_GAP), each time cytoscape draws a frame. The
+// icons drawn last, in screen pixels, are kept for tests (edgeIcons()).
+const edgeIconState = new WeakMap();
+
+function drawEdgeIcons(cy) {
+  const container = cy.container();
+  if (!container) return;
+  const canvas = document.createElement('canvas');
+  canvas.className = 'edge-icons';
+  canvas.dataset.testid = 'edge-icons';
+  canvas.setAttribute('aria-hidden', 'true'); // the side panel says it in words
+  Object.assign(canvas.style, { position: 'absolute', left: '0', top: '0', pointerEvents: 'none', zIndex: '1' });
+  container.append(canvas);
+  const state = { drawn: [] };
+  edgeIconState.set(cy, state);
+  let waiting = false;
+  const draw = () => {
+    const w = container.clientWidth;
+    const h = container.clientHeight;
+    const dpr = window.devicePixelRatio || 1;
+    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
+      canvas.width = Math.round(w * dpr);
+      canvas.height = Math.round(h * dpr);
+      canvas.style.width = `${w}px`;
+      canvas.style.height = `${h}px`;
+    }
+    const ctx = canvas.getContext('2d');
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    const drawn = [];
+    state.drawn = drawn;
+    const zoom = cy.zoom();
+    if (EDGE_FONT * zoom < MIN_FONT) return; // the labels are not drawn at this zoom either
+    const size = EDGE_FONT * zoom;
+    cy.edges('[mtlsIcon]').forEach((e) => {
+      if (!e.visible()) return;
+      const img = iconImage(e.data('mtlsIcon'));
+      if (!img.complete) {
+        if (!waiting) { waiting = true; img.addEventListener('load', () => { waiting = false; draw(); }, { once: true }); }
+        return;
+      }
+      const bb = e.renderedBoundingBox({
+        includeNodes: false, includeEdges: false, includeLabels: true, includeMainLabels: true,
+        includeSourceLabels: false, includeTargetLabels: false, includeOverlays: false, includeUnderlays: false,
+      });
+      if (bb.w <= 0 || bb.x2 < 0 || bb.y2 < 0 || bb.x1 > w || bb.y1 > h) return;
+      // The bounding box adds the background padding and 2 px of margin around the text.
+      const x = bb.x1 + (EDGE_LABEL_PAD + 2) * zoom;
+      const y = (bb.y1 + bb.y2) / 2 - size / 2;
+      ctx.globalAlpha = e.effectiveOpacity();
+      ctx.drawImage(img, x, y, size, size);
+      drawn.push({ id: e.id(), icon: e.data('mtlsIcon'), x, y, size });
+    });
+    ctx.globalAlpha = 1;
+  };
+  cy.on('render', draw);
+}
+
+/** The edge icons drawn in the last frame: `{ id, icon, x, y, size }` in screen pixels. */
+export function edgeIcons(cy) {
+  return edgeIconState.get(cy)?.drawn ?? [];
 }
 
 // Fit the graph in view, but do not blow a three-node graph up to giant size.
@@ -166,13 +267,13 @@ function layoutSize(w) {
   const body = w.data.nodeType === 'service' ? 30 : 26;
   const lines = String(w.data.label ?? '').split('\n');
   let rows = 0;
-  let width = body;
+  let width = Math.max(body, w.data.badgeWidth ?? 0);
   for (const line of lines) {
     const px = [...line].length * 6.4;
     rows += Math.max(1, Math.ceil(px / 140));
     width = Math.max(width, Math.min(140, px));
   }
-  return { w: Math.ceil(width) + 8, h: body + 6 + rows * 14 };
+  return { w: Math.ceil(width) + 8, h: body + 6 + rows * 14 + (w.data.badgeImage ? BADGE_ROW : 0) };
 }
 
 function layoutInput(wanted) {

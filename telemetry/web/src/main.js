@@ -2,7 +2,8 @@
 import 'uplot/dist/uPlot.min.css';
 import './style.css';
 import { getNamespaces, getGraph } from './api.js';
-import { BADGES, createGraph, applyGraph, relabelEdges, resetLayout, setAnimation, startLayoutWorker } from './graph.js';
+import { iconElement, withIcon } from './icons.js';
+import { BADGES, createGraph, edgeIcons, applyGraph, relabelEdges, resetLayout, setAnimation, startLayoutWorker } from './graph.js';
 import { createPanel } from './panel.js';
 
 performance.mark('mast:start');
@@ -33,12 +34,14 @@ startLayoutWorker();
 const cy = createGraph($('graph'));
 const panel = createPanel({ root: $('side-panel'), cy, getState: () => state });
 // For tests and debugging: the live cytoscape instance and refresh counters.
-const debug = { cy, state, refreshes: 0, layouts: 0, errors: 0 };
+const debug = { cy, state, refreshes: 0, layouts: 0, errors: 0, edgeIcons: () => edgeIcons(cy) };
 window.__mast = debug;
 
-$('legend-badges').replaceChildren(...BADGES.map(([, glyph, text]) => {
+// The legend's icons: the same drawings as the graph's (icons.js), as inline SVG.
+for (const el of document.querySelectorAll('#legend [data-icon]')) el.replaceWith(iconElement(el.dataset.icon));
+$('legend-badges').replaceChildren(...BADGES.map(([, icon, text]) => {
   const li = document.createElement('li');
-  li.textContent = `${glyph} ${text}`;
+  li.append(withIcon(icon, text));
   return li;
 }));
 

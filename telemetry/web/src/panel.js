@@ -1,7 +1,8 @@
 // The side panel: figures and three time-series charts for the clicked node or edge.
 import uPlot from 'uplot';
 import { getDetail } from './api.js';
-import { edgeFigures, fit, members, nodeName } from './graph.js';
+import { BADGES, edgeFigures, fit, members, mtlsIcon, nodeName } from './graph.js';
+import { withIcon } from './icons.js';
 import { fmtRps, fmtRatio, fmtMs, fmtPercent, fmtBytes } from './format.js';
 
 const CHARTS = [
@@ -75,14 +76,17 @@ export function createPanel({ root, cy, getState }) {
       f.tcp ? ['Throughput', fmtBytes(f.bytes)] : ['Requests', fmtRps(f.rps)],
       ['Error rate', fmtRatio(f.errorRate)],
       ['p50 / p95 / p99', [f.p50, f.p95, f.p99].map(fmtMs).join(' / ')],
-      ['mTLS', fmtPercent(f.mtls)],
+      ['mTLS', mtlsIcon(f) ? withIcon(mtlsIcon(f), fmtPercent(f.mtls)) : fmtPercent(f.mtls)],
       // From a service it is the traffic split; from a caller, the share of its requests.
       [ele.isEdge() && ele.source().data('nodeType') !== 'service' ? 'Share of source' : 'Split', fmtPercent(f.percent)],
     ];
     if (ele.isNode() && ele.data('isUnreachable')) rows.push(['Proxy', 'unreachable (last scrape failed)']);
+    const badges = ele.isNode() && ele.data('nodeType') === 'service' ? BADGES.filter(([flag]) => ele.data(flag)) : [];
+    if (badges.length) rows.push(['Routing', badges.map(([, icon, text]) => withIcon(icon, text))]);
     $('#panel-figures').replaceChildren(...rows.flatMap(([k, v]) => {
       const dt = document.createElement('dt'); dt.textContent = k;
-      const dd = document.createElement('dd'); dd.textContent = v;
+      const dd = document.createElement('dd');
+      dd.replaceChildren(...[v].flat());
       return [dt, dd];
     }));
   }

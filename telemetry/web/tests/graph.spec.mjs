@@ -57,6 +57,54 @@ const snapshot = () => page.evaluate(() => {
   };
 });
 
+// Emoji code points (the icons used to be emoji, empty boxes without a colour-emoji font).
+const EMOJI = /\p{Extended_Pictographic}/u;
+
+// A data: URI image drawn on a canvas in the page: how many pixels it paints (0 if it is not
+// a valid image), and whether it is an SVG with a <title>.
+async function paint(uri) {
+  return page.evaluate(async (src) => {
+    const img = new Image();
+    img.src = src;
+    try { await img.decode(); } catch { return { pixels: 0 }; }
+    const c = document.createElement('canvas');
+    c.width = Math.max(1, img.naturalWidth);
+    c.height = Math.max(1, img.naturalHeight);
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const px = ctx.getImageData(0, 0, c.width, c.height).data;
+    let pixels = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 128) pixels++;
+    const text = decodeURIComponent(src.slice(src.indexOf(',') + 1));
+    return { pixels, svg: src.startsWith('data:image/svg+xml') && text.includes('<svg'), title: /<title>([^<]*)<\/title>/.exec(text)?.[1] ?? '' };
+  }, uri);
+}
+
+// A service's badge strip: the node's SVG background, and that it paints.
+async function badgeDrawn(id) {
+  const uri = await page.evaluate((nid) => {
+    const n = window.__mast.cy.getElementById(nid);
+    const bg = n.style('background-image');
+    return (Array.isArray(bg) ? bg[0] : bg) === n.data('badgeImage') ? n.data('badgeImage') : '';
+  }, id);
+  return uri ? paint(uri) : { svg: false, title: '', pixels: 0 };
+}
+
+// An edge's lock, drawn over its label: dark pixels where the page says it drew it.
+async function lockDrawn(id) {
+  await waitFor((eid) => window.__mast.edgeIcons().some((i) => i.id === eid), id, 'the lock', 3000).catch(() => {});
+  return page.evaluate((eid) => {
+    const icon = window.__mast.edgeIcons().find((i) => i.id === eid);
+    if (!icon) return { drawn: false, pixels: 0 };
+    const c = document.querySelector('#graph canvas.edge-icons');
+    const k = c.width / c.clientWidth;
+    const px = c.getContext('2d').getImageData(Math.floor(icon.x * k), Math.floor(icon.y * k), Math.ceil(icon.size * k), Math.ceil(icon.size * k)).data;
+    let pixels = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 128) pixels++;
+    return { drawn: true, pixels };
+  }, id);
+}
+
 const waitFor = (fn, arg, what, timeout) =>
   page.waitForFunction(fn, arg, { timeout, polling: 100 }).catch(() => { throw new CheckFailed(`timed out waiting for ${what}`); });
 
@@ -95,7 +143,11 @@ async function main() {
   check(myapp?.shown, 'myapp is shown', myapp ? `${myapp.id}` : 'no myapp node');
   const svc = nodeWhere(first, (d) => d.nodeType === 'service' && d.service === 'user');
   check(svc?.shown, 'the user service is shown', svc ? `${svc.id}, label ${JSON.stringify(svc.label)}` : 'no service node "user"');
-  if (svc.data.hasTrafficShifting) check(svc.label.includes('🔀'), 'the user service shows its traffic-shifting badge');
+  if (svc.data.hasTrafficShifting) {
+    const badge = await badgeDrawn(svc.id);
+    check(badge.svg && badge.title.includes('traffic shifting') && badge.pixels > 0,
+      'the user service shows its traffic-shifting badge, an SVG drawn under it', JSON.stringify({ ...badge, uri: undefined }));
+  }
   const box = nodeWhere(first, (d) => d.nodeType === 'box' && d.app === 'user');
   check(box?.shown, 'the user app box is shown', box?.id ?? 'no box for app "user"');
   const inBox = (n) => n.pos.x > box.bb.x1 && n.pos.x < box.bb.x2 && n.pos.y > box.bb.y1 && n.pos.y < box.bb.y2;
@@ -116,8 +168,28 @@ async function main() {
     check(e?.data.rps > 0, `user → user ${v} carries traffic`, e ? `${e.data.rps.toFixed(1)} rps` : 'no edge');
     const pct = e.data.percent ?? Number(e.data.traffic?.rates?.httpPercentReq);
     check(Math.abs(pct - EXPECT_SPLIT) <= TOLERANCE, `user ${v} gets ${EXPECT_SPLIT}±${TOLERANCE}% of user's traffic`, `${pct.toFixed(1)}%`);
-    check(e.label.includes('🔒'), `user → user ${v} shows the mTLS lock`, `isMTLS ${e.data.isMTLS}, label ${JSON.stringify(e.label)}`);
+    const lock = await lockDrawn(e.id);
+    check(e.data.mtlsIcon === 'lock' && lock.drawn && lock.pixels > 0 && !EMOJI.test(e.label),
+      `user → user ${v} shows the mTLS lock, an SVG drawn on its label`, `isMTLS ${e.data.isMTLS}, label ${JSON.stringify(e.label)}, ${lock.pixels} lock pixels`);
   }
+  const noEmoji = first.nodes.concat(first.edges).filter((x) => EMOJI.test(x.label ?? ''));
+  check(noEmoji.length === 0, 'no graph label has an emoji', noEmoji.map((x) => `${x.id}: ${x.label}`).join('; '));
+
+  // The legend draws its icons as inline SVG with titles, and its text has no emoji left.
+  const legend = await page.evaluate(() => {
+    const el = document.getElementById('legend');
+    return {
+      text: el.textContent,
+      icons: [...el.querySelectorAll('svg[role="img"]')].map((s) => {
+        const r = s.getBoundingClientRect();
+        return { icon: s.dataset.icon, label: s.getAttribute('aria-label'), title: s.querySelector('title')?.textContent, w: r.width, h: r.height };
+      }),
+    };
+  });
+  const want = ['lock', 'unlock', 'service', 'app', 'workload', 'trafficShifting', 'faultInjection', 'requestTimeout', 'circuitBreaker'];
+  const missing = want.filter((n) => !legend.icons.some((i) => i.icon === n && i.label && i.title === i.label && i.w > 0 && i.h > 0));
+  check(missing.length === 0, 'the legend shows every icon as a titled, visible SVG', missing.length ? `missing or empty: ${missing.join(', ')}` : `${legend.icons.length} icons`);
+  check(!EMOJI.test(legend.text), 'the legend text has no emoji', JSON.stringify(legend.text.replace(/\s+/g, ' ')));
 
   // One refresh later: the data moved, the layout did not.
   await waitFor((n) => window.__mast.refreshes > n, first.refreshes, 'a refresh', REFRESH * 1000 + 8000);
@@ -145,6 +217,9 @@ async function main() {
   check(title.includes('user'), 'clicking the user service opens the side panel with its name', JSON.stringify(title));
   const figures = await page.textContent('#panel-figures');
   check(/\d+\.\d rps/.test(figures), 'the side panel shows the figures', figures.replace(/\s+/g, ' ').slice(0, 120));
+  const panelIcons = await page.evaluate(() => [...document.querySelectorAll('#panel-figures svg[role="img"]')].map((s) => s.dataset.icon));
+  check(panelIcons.includes('lock') && (!svc.data.hasTrafficShifting || panelIcons.includes('trafficShifting')) && !EMOJI.test(figures),
+    'the side panel shows the lock and the service\'s badges as SVG', panelIcons.join(', '));
   // A chart with data has pixels of its series colour; axes alone do not.
   const colours = { rps: [0, 102, 204], errorRate: [201, 25, 11], p95: [236, 122, 8] };
   const drawn = await waitFor((cols) => Object.entries(cols).every(([key, [r, g, b]]) => {
@@ -177,6 +252,8 @@ async function main() {
     await waitFor(() => document.getElementById('error-banner').hidden, null, 'the banner to clear', REFRESH * 1000 + 8000);
     check(true, 'the banner clears when the API answers again');
   }
+  const bodyText = await page.evaluate(() => document.body.innerText);
+  check(!EMOJI.test(bodyText), 'no emoji anywhere in the page', bodyText.match(EMOJI)?.[0] ?? '');
   check(pageErrors.length === 0, 'no uncaught error in the page', pageErrors.join('; '));
 }
 
