@@ -20,6 +20,25 @@ pub use ca::{CaError, CaOptions, CaPem, CertificateAuthority, RotationStep, rota
 pub use service::{Citadel, ServerTls, serve};
 pub use token::TokenVerifier;
 
+/// Where citadel keeps its root when no directory is given (mastd and mastctl agree on it):
+/// `mast/ca` in the user's state directory (XDG base directories: `$XDG_STATE_HOME`, else
+/// `~/.local/state`). `None` when neither is set to an absolute path.
+pub fn default_ca_dir() -> Option<std::path::PathBuf> {
+    default_ca_dir_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+fn default_ca_dir_from(
+    state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<std::path::PathBuf> {
+    let absolute =
+        |v: std::ffi::OsString| Some(std::path::PathBuf::from(v)).filter(|p| p.is_absolute());
+    state_home
+        .and_then(absolute)
+        .or_else(|| home.and_then(absolute).map(|h| h.join(".local/state")))
+        .map(|state| state.join("mast/ca"))
+}
+
 /// A workload identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpiffeId {

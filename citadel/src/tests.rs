@@ -400,3 +400,23 @@ async fn pluggable_authenticator_unavailable_is_not_a_refusal() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }
+
+#[test]
+fn the_default_ca_dir_follows_xdg_state_home_then_home() {
+    use std::path::PathBuf;
+    let os = |s: &str| Some(std::ffi::OsString::from(s));
+    assert_eq!(
+        default_ca_dir_from(os("/state"), os("/var/lib/u")),
+        Some(PathBuf::from("/state/mast/ca"))
+    );
+    assert_eq!(
+        default_ca_dir_from(None, os("/var/lib/u")),
+        Some(PathBuf::from("/var/lib/u/.local/state/mast/ca"))
+    );
+    // Relative values are ignored, as the XDG specification says.
+    assert_eq!(
+        default_ca_dir_from(os("state"), os("/var/lib/u")),
+        Some(PathBuf::from("/var/lib/u/.local/state/mast/ca"))
+    );
+    assert_eq!(default_ca_dir_from(None, None), None);
+}

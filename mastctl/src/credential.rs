@@ -16,9 +16,10 @@ use anyhow::Context;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// citadel's CA directory (mastd `--ca-dir`).
+    /// citadel's CA directory (mastd `--ca-dir`; default: mastd's, in the user's state
+    /// directory).
     #[arg(long, env = "MAST_CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
     #[arg(long, default_value = "default")]
     namespace: String,
     #[arg(long, default_value = "default")]
@@ -35,14 +36,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     mast_mesh_config::dialect::duration::parse_duration(s)
 }
 
+/// `--ca-dir`, else the directory mastd uses by default.
+fn ca_dir(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    given
+        .clone()
+        .or_else(mast_citadel::default_ca_dir)
+        .context("no --ca-dir and no state directory (set HOME or XDG_STATE_HOME)")
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let token = mast_citadel::token::issue(
-        &args.ca_dir,
-        &args.namespace,
-        &args.service_account,
-        args.ttl,
-    )
-    .with_context(|| format!("issuing a credential from {}", args.ca_dir.display()))?;
+    let dir = ca_dir(&args.ca_dir)?;
+    let token = mast_citadel::token::issue(&dir, &args.namespace, &args.service_account, args.ttl)
+        .with_context(|| format!("issuing a credential from {}", dir.display()))?;
     match &args.output {
         None => println!("{token}"),
         Some(path) => {
@@ -68,9 +73,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 /// `mastctl rotate-root`: rotate citadel's root in two steps (stage, then promote).
 #[derive(Debug, clap::Args)]
 pub struct RotateArgs {
-    /// citadel's CA directory (mastd `--ca-dir`).
+    /// citadel's CA directory (mastd `--ca-dir`; default: mastd's, in the user's state
+    /// directory).
     #[arg(long, env = "MAST_CA_DIR")]
-    ca_dir: PathBuf,
+    ca_dir: Option<PathBuf>,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
 }
@@ -82,13 +88,14 @@ pub fn rotate(args: &RotateArgs) -> anyhow::Result<()> {
         trust_domain: args.trust_domain.clone(),
         ..Default::default()
     };
-    let step = mast_citadel::rotate_root(&args.ca_dir, &opts)
-        .with_context(|| format!("rotating the root in {}", args.ca_dir.display()))?;
+    let dir = ca_dir(&args.ca_dir)?;
+    let step = mast_citadel::rotate_root(&dir, &opts)
+        .with_context(|| format!("rotating the root in {}", dir.display()))?;
     match step {
         mast_citadel::RotationStep::Staged => println!(
             "staged a new root ({}). Restart mastd: workloads will trust it as they renew. \
              After one certificate lifetime, run `mastctl rotate-root` again to make it sign.",
-            args.ca_dir.join("next-root-cert.pem").display()
+            dir.join("next-root-cert.pem").display()
         ),
         mast_citadel::RotationStep::Promoted => println!(
             "the new root signs now; the old one stays trusted until it expires. Restart mastd."

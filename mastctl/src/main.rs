@@ -10,6 +10,7 @@ mod bootstrap;
 mod cluster;
 mod credential;
 mod demo;
+mod http;
 mod kube_inject;
 mod manifest;
 
@@ -50,6 +51,10 @@ enum Command {
     /// Show a sidecar's clusters, listeners, routes, endpoints or secrets from its Envoy
     /// config dump (the sidecar's, through the API server's pod proxy; else what mastd sent it).
     ProxyConfig(cluster::proxy_config::Args),
+    /// Each proxy connected to mastd and, per xDS type, whether it runs what mastd last sent
+    /// it (SYNCED, NOT SENT, STALE), as `istioctl proxy-status`; `--mastd URL` for a local
+    /// mastd, else every mastd pod of the cluster.
+    ProxyStatus(cluster::proxy_status::Args),
     /// Serve mastd's topology web view on a local port, through the API server.
     Dashboard(cluster::dashboard::Args),
 }
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             cluster::install::run_uninstall(&args).map(|()| ExitCode::SUCCESS)
         }
         Command::ProxyConfig(args) => cluster::proxy_config::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::ProxyStatus(args) => cluster::proxy_status::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Dashboard(args) => cluster::dashboard::run(&args).map(|()| ExitCode::SUCCESS),
     };
     match result {

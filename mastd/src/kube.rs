@@ -261,21 +261,20 @@ mod tests {
         };
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let pilot = tokio::spawn(server::run_with_source(
-            config,
-            move |ctx| PilotSource::new(source, first, ctx),
-            XdsGenerator::new(Security {
-                mtls: false,
-                trust_domain: "cluster.local".into(),
-            }),
-            Default::default(),
-            async move {
-                let _ = stop_rx.await;
-            },
-            move |bound, handles| {
-                let _ = bound_tx.send((bound, handles));
-            },
-        ));
+        let generator = XdsGenerator::new(Security {
+            mtls: false,
+            trust_domain: "cluster.local".into(),
+        });
+        let pilot = tokio::spawn(
+            server::Pilot::new(config, generator)
+                .source(move |ctx| PilotSource::new(source, first, ctx))
+                .on_bound(move |bound, handles| {
+                    let _ = bound_tx.send((bound, handles));
+                })
+                .run(async move {
+                    let _ = stop_rx.await;
+                }),
+        );
         let (bound, handles) = bound_rx.await.unwrap();
         let mut snapshots = handles.snapshots.clone();
         {
@@ -296,7 +295,7 @@ mod tests {
             assert_eq!(weights(&s.model), [80, 20]);
         }
 
-        api.apply(virtual_service(80, 10));
+        api.apply(virtual_service(80, -10));
         let mut configz = String::new();
         for _ in 0..200 {
             configz = get(bound.http, "/debug/configz").await;

@@ -1,6 +1,8 @@
 //! mastd: the Mast control plane in one binary, as istiod is for Istio. It hosts pilot
-//! (config folder → xDS over ADS) and, with `--ca-dir`, citadel (workload certificates over
-//! Istio's CA API on TLS :15012) — which also turns on mesh mTLS in the generated config.
+//! (config folder → xDS over ADS) and citadel (workload certificates over Istio's CA API on
+//! TLS :15012), which also turns on mesh mTLS in the generated config. istiod always runs its
+//! CA, so mastd does too: its root lives in `--ca-dir` (by default a state directory of the
+//! user's, made on first start); `--no-ca` opts out, and then the mesh runs in plaintext.
 //! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off) and
 //! the telemetry collector with the topology web view on :20001 (`--no-telemetry`; with
 //! `--prometheus URL` the graph is read from Prometheus instead of scraped).
@@ -101,10 +103,15 @@ struct Args {
     debounce_max: std::time::Duration,
 
     /// citadel's directory: the self-signed root (made on first start) or Istio's plug-in
-    /// `cacerts` files, and the key of local workload credentials. Without it there is no
-    /// CA and no mesh mTLS.
-    #[arg(long, env = "MAST_CA_DIR")]
+    /// `cacerts` files, and the key of local workload credentials. Default: `mast/ca` in the
+    /// user's state directory ($XDG_STATE_HOME, else ~/.local/state); with `--kube`, the
+    /// cluster's Secret instead.
+    #[arg(long, env = "MAST_CA_DIR", conflicts_with = "no_ca")]
     ca_dir: Option<PathBuf>,
+
+    /// Run without citadel: no workload certificates and no mesh mTLS.
+    #[arg(long)]
+    no_ca: bool,
 
     /// Address of citadel's gRPC server (TLS), Istio's :15012.
     #[arg(long, default_value = "127.0.0.1:15012", env = "MAST_CA_ADDR")]
@@ -161,8 +168,9 @@ struct Args {
     #[arg(long = "prometheus", env = "MAST_PROMETHEUS_URL", value_name = "URL")]
     prometheus: Option<String>,
 
-    /// The built web view (`npm ci && npm run build` in telemetry/web); default
-    /// telemetry/web/dist when it exists.
+    /// A built web view to serve (the container image's /usr/share/mast/web). Default: the
+    /// one built into mastd, when `npm ci && npm run build` ran in telemetry/web before
+    /// `cargo build`; without either, the telemetry API only.
     #[arg(long, env = "MAST_WEB_DIR")]
     web_dir: Option<PathBuf>,
 
@@ -239,7 +247,14 @@ fn main() -> ExitCode {
         };
         // citadel: the root from --ca-dir (local credentials), or on a cluster from the
         // Secrets `cacerts`/`istio-ca-secret` with callers checked by TokenReview.
-        let authority = match (&args.ca_dir, &cluster) {
+        let ca_dir = match (&args.ca_dir, &cluster) {
+            _ if args.no_ca => None,
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(_)) => None,
+            (None, None) => Some(mast_citadel::default_ca_dir().ok_or(CitadelError::NoStateDir)?),
+        };
+        let authority = match (&ca_dir, &cluster) {
+            _ if args.no_ca => None,
             (Some(dir), _) => Some((
                 std::sync::Arc::new(
                     CertificateAuthority::load_or_create(dir, ca_opts).map_err(CitadelError::Ca)?,
@@ -333,14 +348,13 @@ fn main() -> ExitCode {
                 .map_err(|e| {
                     StartError::Telemetry(format!("cannot bind {}: {e}", args.telemetry_addr))
                 })?;
-            let web_dir = args.web_dir.clone().or_else(|| {
-                let default = PathBuf::from("telemetry/web/dist");
-                default.join("index.html").exists().then_some(default)
-            });
-            if web_dir.is_none() {
+            // --web-dir, else the page built into this binary, whatever the working directory.
+            let web_dir = mast_telemetry::WebAssets::choose(args.web_dir.clone());
+            if matches!(web_dir, mast_telemetry::WebAssets::None) {
                 info!(
-                    "no web view bundle (build it: cd telemetry/web && npm ci && npm run build); \
-                     serving the telemetry API only"
+                    "no web view in this build (build it: cd telemetry/web && npm ci && npm run \
+                     build, then cargo build mastd again, or pass --web-dir); serving the \
+                     telemetry API only"
                 );
             }
             let source = match &args.prometheus {
@@ -379,22 +393,22 @@ fn main() -> ExitCode {
         {
             let gate = mast_kube::status::WriteGate::from_receiver(leader);
             let (source, first) = kube::start(client, config.debounce, gate).await?;
-            let result = server::run_with_source(
-                config,
-                move |ctx| kube::PilotSource::new(source, first, ctx),
-                generator,
-                registry,
-                stopped(),
-                on_bound,
-            )
-            .await
-            .map_err(StartError::Pilot);
+            let result = server::Pilot::new(config, generator)
+                .registry(registry)
+                .source(move |ctx| kube::PilotSource::new(source, first, ctx))
+                .on_bound(on_bound)
+                .run(stopped())
+                .await
+                .map_err(StartError::Pilot);
             // Step down and release the Lease, so a peer takes over without waiting it out.
             let _ = end_election.send(());
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), election).await;
             result
         } else {
-            server::run_hosted(config, generator, registry, stopped(), on_bound)
+            server::Pilot::new(config, generator)
+                .registry(registry)
+                .on_bound(on_bound)
+                .run(stopped())
                 .await
                 .map_err(StartError::Pilot)
         }
@@ -452,6 +466,11 @@ enum CitadelError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "citadel: no state directory for its root (neither XDG_STATE_HOME nor HOME is set): \
+         pass --ca-dir DIR, or --no-ca to run without mTLS"
+    )]
+    NoStateDir,
 }
 
 /// mastd on a cluster: the API client and this replica's part in the leader election.
@@ -551,7 +570,7 @@ enum TelemetrySource {
 /// API + web view on `listener`.
 fn start_telemetry<F, Fut>(
     listener: tokio::net::TcpListener,
-    web_dir: Option<PathBuf>,
+    web_dir: mast_telemetry::WebAssets,
     source: TelemetrySource,
     handles: server::Handles,
     stopped: F,
@@ -596,7 +615,7 @@ fn start_telemetry<F, Fut>(
     });
     info!(
         telemetry = ?addr,
-        web = ?web_dir,
+        web = %web_dir,
         "topology view and telemetry API serving"
     );
 }

@@ -121,7 +121,7 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
     let z = configz(&http).await;
     assert_eq!(weights(&z), [50, 50], "{z}");
 
-    api.apply(virtual_service(80, 10));
+    api.apply(virtual_service(80, -10));
     let mut z = Value::Null;
     for _ in 0..250 {
         z = configz(&http).await;

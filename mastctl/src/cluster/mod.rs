@@ -1,5 +1,5 @@
 //! The subcommands that talk to a cluster (`install`, `uninstall`, `proxy-config`,
-//! `dashboard`), as istioctl's do: they reach the API server with the user's kubeconfig, the
+//! `proxy-status`, `dashboard`), as istioctl's do: they reach the API server with the user's kubeconfig, the
 //! way kubectl does, so whoever can `kubectl apply` can use them with nothing else to set up.
 //!
 //! Everything goes through the API server (server-side apply, the pod and service proxy
@@ -14,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub mod dashboard;
 pub mod install;
 pub mod proxy_config;
+pub mod proxy_status;
 
 /// The namespace the control plane is installed in (manifests/install/mast.yaml).
 pub const MAST_NAMESPACE: &str = "mast-system";

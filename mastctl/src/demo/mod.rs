@@ -33,6 +33,7 @@ use self::pods::Lab;
 use self::procs::Proc;
 use self::split::{SplitWatcher, describe};
 use self::topology::{App, Mode, NAMESPACE, WORKLOADS, Workload};
+use crate::http::get as http_get;
 
 /// The sidecar's user and group, as in Istio's injected pods.
 const PROXY_UID: u32 = 1337;
@@ -977,25 +978,6 @@ fn window_for(run: Duration) -> &'static str {
         296..=895 => "15m",
         _ => "1h",
     }
-}
-
-/// One GET with a short timeout; status and body.
-async fn http_get(url: &str) -> Result<(u16, String), String> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(uri))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e}"))?;
-    let status = resp.status().as_u16();
-    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
-        .await
-        .map_err(|_| "body timed out".to_string())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn ensure_free(addr: SocketAddr) -> Result<()> {

@@ -125,7 +125,7 @@ pub fn split_of(model: &MeshModel, host: &str) -> Weights {
                 .subset
                 .clone()
                 .unwrap_or_else(|| d.destination.host.clone());
-            // Weights are relative; Istio's sum to 100, a single destination may omit it.
+            // Weights are relative shares (60 and 30 split 2:1); a single destination may omit it.
             let pct = (d.weight * 100)
                 .checked_div(total)
                 .unwrap_or(100 / u32::try_from(dests.len()).unwrap_or(1).max(1));
@@ -163,7 +163,7 @@ mod tests {
         dir
     }
 
-    fn set_split(dir: &std::path::Path, v1: u32, v2: u32) {
+    fn set_split(dir: &std::path::Path, v1: i64, v2: i64) {
         let path = dir.join("user-split.yaml");
         let text = std::fs::read_to_string(&path).expect("read");
         let mut weights = [v1, v2].into_iter();
@@ -200,16 +200,22 @@ mod tests {
         assert_eq!(describe(&change.weights), "v1 80% / v2 20%");
         assert_eq!(change.files, vec![dir.path().join("user-split.yaml")]);
 
-        set_split(dir.path(), 70, 20);
+        // Weights are relative, as in current Istio: 60 and 30 split 2:1.
+        set_split(dir.path(), 60, 30);
+        let change = w.poll().expect("a change");
+        assert!(change.errors.is_empty(), "{:?}", change.errors);
+        assert_eq!(describe(&change.weights), "v1 66% / v2 33%");
+
+        set_split(dir.path(), -10, 20);
         let change = w.poll().expect("a change");
         assert_eq!(
             describe(&change.weights),
-            "v1 80% / v2 20%",
+            "v1 66% / v2 33%",
             "last good split stays"
         );
         let error = change.errors.join("\n");
         assert!(
-            error.contains("user-split.yaml") && error.contains("weights sum to 90"),
+            error.contains("user-split.yaml") && error.contains("-10 is negative"),
             "{error}"
         );
 

@@ -1,7 +1,6 @@
-//! proxy-config tables from real config dumps (istioctl's test data in the shared corpus) and
+//! proxy-config tables from real config dumps (istioctl's test data in `testdata/upstream`) and
 //! from one mast-proxy's builder makes, and the fetch through the fake API server's pod proxy.
 
-use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster::DiscoveryType};
@@ -16,23 +15,10 @@ use serde_json::json;
 
 use super::*;
 
-/// A config dump of the corpus (`MAST_CORPUS_DIR`, else `shared/corpus` beside the
-/// workspace); `None`, with a notice, where it is not checked out.
-fn corpus_dump(name: &str) -> Option<Value> {
-    let dir = std::env::var_os("MAST_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let path = dir.join("envoy-configdump").join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(serde_json::from_str(&text).unwrap()),
-        Err(_) => {
-            eprintln!(
-                "NOTICE: corpus file {} not found (set MAST_CORPUS_DIR); skipping",
-                path.display()
-            );
-            None
-        }
-    }
+/// A config dump of the corpus (`testdata/upstream/envoy-configdump`).
+fn corpus_dump(name: &str) -> Value {
+    let path = mast_testdata::corpus(&format!("envoy-configdump/{name}"));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn short(dump: &Value, section: Section) -> String {
@@ -41,9 +27,7 @@ fn short(dump: &Value, section: Section) -> String {
 
 #[test]
 fn clusters_of_istioctls_dump() {
-    let Some(dump) = corpus_dump("istioctl-proxyconfig-config_dump.json") else {
-        return;
-    };
+    let dump = corpus_dump("istioctl-proxyconfig-config_dump.json");
     assert_eq!(
         short(&dump, Section::Clusters),
         "\
@@ -57,9 +41,7 @@ httpbin.default.svc.cluster.local   8000   http     inbound-vip   EDS      -
 
 #[test]
 fn listeners_of_istioctls_dumps() {
-    let Some(dump) = corpus_dump("istioctl-proxyconfig-config_dump.json") else {
-        return;
-    };
+    let dump = corpus_dump("istioctl-proxyconfig-config_dump.json");
     let table = short(&dump, Section::Listeners);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
@@ -84,9 +66,7 @@ fn listeners_of_istioctls_dumps() {
         .collect();
     assert_eq!(internal.len(), 4, "{table}");
 
-    let Some(sidecar) = corpus_dump("istioctl-authz-sidecar-listeners-configdump.json") else {
-        return;
-    };
+    let sidecar = corpus_dump("istioctl-authz-sidecar-listeners-configdump.json");
     let table = short(&sidecar, Section::Listeners);
     let row = |address: &str, port: &str| -> Vec<String> {
         table
@@ -110,9 +90,7 @@ fn listeners_of_istioctls_dumps() {
 
 #[test]
 fn routes_name_their_virtual_service() {
-    let Some(dump) = corpus_dump("istioctl-describe-http_config.json") else {
-        return;
-    };
+    let dump = corpus_dump("istioctl-describe-http_config.json");
     let table = short(&dump, Section::Routes);
     let lines: Vec<Vec<&str>> = table
         .lines()
@@ -142,9 +120,7 @@ fn routes_name_their_virtual_service() {
 
 #[test]
 fn endpoints_and_secrets_of_istioctls_dump() {
-    let Some(dump) = corpus_dump("istioctl-proxyconfig-config_dump.json") else {
-        return;
-    };
+    let dump = corpus_dump("istioctl-proxyconfig-config_dump.json");
     assert_eq!(
         short(&dump, Section::Endpoints),
         "\
@@ -176,9 +152,7 @@ ROOTCA          CA           ACTIVE
 
 #[test]
 fn json_output_is_the_section() {
-    let Some(dump) = corpus_dump("istioctl-proxyconfig-config_dump.json") else {
-        return;
-    };
+    let dump = corpus_dump("istioctl-proxyconfig-config_dump.json");
     let clusters: Value =
         serde_json::from_str(&render(&dump, Section::Clusters, Output::Json).unwrap()).unwrap();
     assert_eq!(clusters.as_array().unwrap().len(), 3);
