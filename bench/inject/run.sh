@@ -29,7 +29,8 @@ need nginx nginx-light
 
 (cd "$ROOT" && cargo build --release -q -p mastd -p mast-bench)
 BIN="$ROOT/target/release"
-MANIFEST="$ROOT/../shared/corpus/istio-inject/hello-probes.yaml"
+# The corpus is vendored in the repository; MAST_CORPUS_DIR overrides it (as for the tests).
+MANIFEST="${MAST_CORPUS_DIR:-$ROOT/testdata/upstream}/istio-inject/hello-probes.yaml"
 
 echo "== in-process"
 IN_PROCESS=$(taskset -c 1 "$BIN/inject-bench" --manifest "$MANIFEST" --write-review "$WORK/review.json" --iterations 20000)

@@ -1,4 +1,4 @@
-//! Every input of Istio's injector golden tests (../shared/corpus/istio-inject), injected by
+//! Every input of Istio's injector golden tests (testdata/upstream/istio-inject), injected by
 //! Mast and compared with Istio's golden.
 //!
 //! The comparison is structural and strict: whole documents, every field, in order where
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 const ISTIO_TEST_IMAGE: &str = "registry.istio.io/testing/proxyv2:latest";
 
 fn corpus() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/istio-inject")
+    mast_testdata::corpus("istio-inject")
 }
 
 /// The settings upstream's inject_test.go used for each golden (corpus SOURCES.md).

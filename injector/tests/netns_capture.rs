@@ -50,8 +50,6 @@ const GOLDEN_ARGS: &[&str] = &[
     "15090,15021,15020",
     "--log_output_level=default:info",
 ];
-/// `SO_ORIGINAL_DST` from linux/netfilter_ipv4.h.
-const SO_ORIGINAL_DST: libc::c_int = 80;
 
 #[derive(Clone, Copy, Debug)]
 struct Creds {
@@ -203,23 +201,13 @@ fn enter(path: &str, creds: Creds) -> Result<()> {
 }
 
 fn original_dst(conn: &TcpStream) -> Option<SocketAddrV4> {
-    // SAFETY: getsockopt writes at most `len` bytes into a properly sized sockaddr_in.
-    unsafe {
-        let mut addr: libc::sockaddr_in = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&mut addr as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        );
-        (rc == 0).then(|| {
-            SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                u16::from_be(addr.sin_port),
-            )
-        })
+    match socket2::SockRef::from(conn)
+        .original_dst_v4()
+        .ok()?
+        .as_socket()?
+    {
+        SocketAddr::V4(v4) => Some(v4),
+        SocketAddr::V6(_) => None,
     }
 }
 

@@ -122,6 +122,11 @@ impl Proc {
         })
     }
 
+    /// The process ID (for reading `/proc/<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -306,7 +311,11 @@ impl Mastd {
             .args(extra)
             .env("RUST_LOG", "info");
         let ca = match ca {
-            None => None,
+            None => {
+                // mastd runs citadel by default, as istiod does; these tests ask for plaintext.
+                cmd.arg("--no-ca");
+                None
+            }
             Some(o) => {
                 let addr = o
                     .addr

@@ -786,6 +786,33 @@ async fn scenario(
     );
     eprintln!("capture: a client that spoke 6 s after connecting was routed to user");
 
+    // An app that dials its own sidecar's capture ports must not make the sidecar proxy to
+    // itself until it runs out of file descriptors: pilot's blackhole chains for :15001 and
+    // :15006 stop it here, and mast-proxy refuses to dial its own listeners behind them (the
+    // guard alone is proven in INTERCEPTION_MODE=NONE by tests/tests/hostile_http.rs).
+    let client_sidecar = procs[sidecars[0]].pid();
+    let fds = || std::fs::read_dir(format!("/proc/{client_sidecar}/fd")).map(|d| d.count());
+    let fds_before = fds()?;
+    let looped = Instant::now();
+    for port in [15001, 15006] {
+        let urls = vec![format!("http://{}:{port}/loop?i=[1-20]", client.ip)];
+        let answers = curl(client, &urls).await?;
+        ensure!(
+            answers.iter().all(|(_, code)| *code != 200),
+            "a request to the sidecar's own :{port} was answered 200: {answers:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds_after = fds()?;
+    ensure!(
+        fds_after < fds_before + 50 && looped.elapsed() < Duration::from_secs(30),
+        "dialling the sidecar's own ports grew its fds {fds_before} → {fds_after} in {:?}",
+        looped.elapsed()
+    );
+    eprintln!(
+        "capture: 40 requests to the sidecar's own :15001/:15006: refused, fds {fds_before} → {fds_after}"
+    );
+
     // --- 1. The split, by name, through outbound and inbound capture. ---
     let before_client = prometheus(&http, client).await?;
     let before_v1 = prometheus(&http, v1).await?;

@@ -9,13 +9,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
-use mast_e2e::{CaOptions, Mastd, bin, workspace_root};
+use mast_e2e::{CaOptions, Mastd, bin};
 use serde_json::{Value, json};
 
 fn corpus(name: &str) -> PathBuf {
-    workspace_root()
-        .join("../shared/corpus/istio-inject")
-        .join(name)
+    mast_testdata::corpus(&format!("istio-inject/{name}"))
 }
 
 /// The pod the API server would send for the first replica of `deployment`.

@@ -358,10 +358,12 @@ async fn csr_for_another_identity_is_refused() -> Result<()> {
         ca_address: ca.addr.to_string(),
         root_cert: ca.root_cert(),
         token_file: token.clone(),
-        spiffe_id: SERVER_ID.to_string(),
         ttl: None,
     };
-    match mast_proxy::identity::fetch(&cfg, None).await {
+    let istio_ca = |cfg: &mast_proxy::identity::IdentityConfig| {
+        mast_proxy::identity::IstioCa::new(cfg.clone())
+    };
+    match mast_proxy::identity::fetch(&istio_ca(&cfg), SERVER_ID, None).await {
         Err(mast_proxy::identity::IdentityError::Refused(status)) => {
             ensure!(
                 status.code() == tonic::Code::PermissionDenied,
@@ -377,12 +379,15 @@ async fn csr_for_another_identity_is_refused() -> Result<()> {
         m.mastd.proc.log_text()
     );
     // The same credential gets its own identity.
-    cfg.spiffe_id = CLIENT_ID.to_string();
-    let own = mast_proxy::identity::fetch(&cfg, None).await?;
+    let own = mast_proxy::identity::fetch(&istio_ca(&cfg), CLIENT_ID, None).await?;
     ensure!(own.spiffe == CLIENT_ID);
     // No credential at all.
     cfg.token_file = m.dir.path().join("no-such-token");
-    ensure!(mast_proxy::identity::fetch(&cfg, None).await.is_err());
+    ensure!(
+        mast_proxy::identity::fetch(&istio_ca(&cfg), CLIENT_ID, None)
+            .await
+            .is_err()
+    );
     // mastd's /metrics counts them under Istio's citadel names.
     let (_, text) = HttpClient::new()
         .get(&format!("http://{}/metrics", m.mastd.http_addr), None, &[])
@@ -549,14 +554,13 @@ async fn citadel_restart_keeps_the_root_and_traffic() -> Result<()> {
     );
     // A workload started after the restart gets a certificate that chains to the same root
     // the running proxies trust.
-    let cfg = mast_proxy::identity::IdentityConfig {
+    let ca = mast_proxy::identity::IstioCa::new(mast_proxy::identity::IdentityConfig {
         ca_address: ca.addr.to_string(),
         root_cert: ca.root_cert(),
         token_file: m.dir.path().join("token-client-1"),
-        spiffe_id: CLIENT_ID.to_string(),
         ttl: None,
-    };
-    let cert = mast_proxy::identity::fetch(&cfg, None).await?;
+    });
+    let cert = mast_proxy::identity::fetch(&ca, CLIENT_ID, None).await?;
     ensure!(cert.spiffe == CLIENT_ID);
     let tally = send_requests(&m.url("/"), "user", &[], 100, 2).await;
     ensure!(tally.failures() == 0, "after the restart: {tally:?}");

@@ -10,9 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use mast_e2e::{
-    Backend, HttpClient, Load, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port,
+    Backend, HttpClient, Load, Mastd, PodSpec, Sidecar, SidecarKind, bin, eventually, free_port,
     send_requests, tally_between, write_atomic,
 };
 
@@ -88,7 +88,7 @@ spec:
     )
 }
 
-fn virtual_service(w1: u32, w2: u32) -> String {
+fn virtual_service(w1: i64, w2: i64) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -214,12 +214,13 @@ async fn virtual_service_split_live_change_and_invalid_edit(kind: SidecarKind) -
     assert_share("v2 at 50/50", t.percent("v2"), 50.0);
 
     // Live change to 80/20 under continuous load: no failed request, new split within 1 s.
+    // Written as 60 and 15: weights are relative shares in current Istio (4:1 is 80/20).
     let load = Load::start(&mesh.url, "user", 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let changed = Instant::now();
     write_atomic(
         &mesh.config.join("user-split.yaml"),
-        &virtual_service(80, 20),
+        &virtual_service(60, 15),
     )?;
     tokio::time::sleep(Duration::from_millis(4000)).await;
     let seen = load.finish().await;
@@ -259,10 +260,11 @@ async fn virtual_service_split_live_change_and_invalid_edit(kind: SidecarKind) -
     );
     assert_share("v1 1s after the change to 80/20", after.percent("v1"), 80.0);
 
-    // An invalid edit: the error is reported, the sidecar keeps the last good split.
+    // An invalid edit (a negative weight): the error is reported, the sidecar keeps the last
+    // good split.
     write_atomic(
         &mesh.config.join("user-split.yaml"),
-        &virtual_service(80, 30),
+        &virtual_service(80, -30),
     )?;
     let errors = eventually(
         "mastd reports the invalid edit",
@@ -316,6 +318,43 @@ async fn virtual_service_split_live_change_and_invalid_edit(kind: SidecarKind) -
             "{t} never ACKed: {status}"
         );
     }
+
+    // ... and says so the way `istioctl proxy-status` does.
+    let out = std::process::Command::new(bin("mastctl"))
+        .args(["proxy-status", "--mastd"])
+        .arg(format!("http://{}", mesh.mastd.http_addr))
+        .output()?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "mastctl proxy-status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("client-1.default "))
+        .with_context(|| format!("no client-1.default row:\n{table}"))?
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let agent = match kind {
+        SidecarKind::Envoy => "envoy ",
+        SidecarKind::Mast => "mast-proxy ",
+    };
+    assert_eq!(
+        row[1..7],
+        [
+            "Kubernetes",
+            "SYNCED",
+            "SYNCED",
+            "SYNCED",
+            "SYNCED",
+            "IGNORED"
+        ],
+        "{table}"
+    );
+    assert!(row[8].starts_with(agent), "{table}");
     Ok(())
 }
 

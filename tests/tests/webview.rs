@@ -4,7 +4,9 @@
 //! by playwright-core, telemetry/web/tests/graph.spec.mjs): the app box with both versions at
 //! about 50% each, the mTLS lock, non-zero rates, the side panel of a clicked node; a screenshot
 //! is saved to target/webview/graph.png. The API's figures are checked against the sidecars'
-//! own counters, and a sidecar that disappears greys out while the view keeps working.
+//! own counters, and a sidecar that disappears greys out while the view keeps working. And
+//! the page is built into mastd: started elsewhere than the repository, without `--web-dir`, it
+//! still serves it.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mast_e2e::{
-    Backend, CaOptions, HttpClient, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port,
-    workspace_root,
+    Backend, CaOptions, HttpClient, Mastd, PodSpec, Proc, Sidecar, SidecarKind, bin, eventually,
+    free_port, workspace_root,
 };
 use serde_json::Value;
 
@@ -395,5 +397,77 @@ async fn topology_view_in_a_real_browser() -> Result<()> {
     .await?;
     ensure!(node_id(&g, |d| d["app"] == "myapp").is_some());
     drop((myapp, todo, v1));
+    Ok(())
+}
+
+/// mastd built after `npm run build` carries the page: started in an empty directory, with no
+/// `--web-dir` nor `MAST_WEB_DIR`, it serves the same index.html and app.js as `dist/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_built_into_mastd() -> Result<()> {
+    let dist = workspace_root().join("telemetry/web/dist");
+    let (Ok(index), Ok(app)) = (
+        std::fs::read_to_string(dist.join("index.html")),
+        std::fs::read(dist.join("app.js")),
+    ) else {
+        bail!(
+            "the web view is not built: cd telemetry/web && npm ci && npm run build, then \
+             cargo build -p mastd (scripts/test.sh does both)"
+        );
+    };
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let config = work.join("config");
+    std::fs::create_dir(&config)?;
+    let (http, telemetry) = (free_port(), free_port());
+    let mut cmd = Command::new(bin("mastd"));
+    cmd.current_dir(work)
+        .env_remove("MAST_WEB_DIR")
+        .env("HOME", work)
+        .env("RUST_LOG", "info")
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--ca-dir")
+        .arg(work.join("ca"))
+        .args(["--ca-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--telemetry-addr", &format!("127.0.0.1:{telemetry}")])
+        .arg("--no-injector");
+    let mut mastd = Proc::spawn("mastd", &mut cmd, work.join("mastd.log"))?;
+    let client = HttpClient::new();
+    let page = eventually("mastd serves /", Duration::from_secs(20), || {
+        let alive = mastd.check_running();
+        let client = client.clone();
+        async move {
+            alive?;
+            let (status, body) = client
+                .get(&format!("http://127.0.0.1:{telemetry}/"), None, &[])
+                .await?;
+            ensure!(status == 200, "{status}: {body}");
+            Ok(body)
+        }
+    })
+    .await
+    .with_context(|| format!("mastd log:\n{}", mastd.log_text()))?;
+    ensure!(
+        page == index,
+        "mastd serves another index.html than dist/ (built before the last npm run build? \
+         cargo build -p mastd):\n{page}\nlog:\n{}",
+        mastd.log_text()
+    );
+    let (status, body) = client
+        .get(&format!("http://127.0.0.1:{telemetry}/app.js"), None, &[])
+        .await?;
+    ensure!(
+        status == 200 && body.len() == String::from_utf8_lossy(&app).len(),
+        "/app.js: {status}, {} bytes, dist/app.js has {}",
+        body.len(),
+        app.len()
+    );
+    ensure!(
+        !mastd.log_text().contains("serving the telemetry API only"),
+        "{}",
+        mastd.log_text()
+    );
     Ok(())
 }

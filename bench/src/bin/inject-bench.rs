@@ -2,7 +2,7 @@
 //! (decode, decide, render, merge, JSON Patch diff, encode), and the review file that
 //! bench/inject/run.sh replays over HTTPS.
 //!
-//!   inject-bench --manifest ../shared/corpus/istio-inject/hello-probes.yaml \
+//!   inject-bench --manifest testdata/upstream/istio-inject/hello-probes.yaml \
 //!       --write-review /tmp/review.json --iterations 20000
 
 use std::path::PathBuf;

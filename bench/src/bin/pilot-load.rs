@@ -27,14 +27,10 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use mast_proto::TypeUrl;
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-
-const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -215,12 +211,12 @@ async fn proxy(
     let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
     tx.send(DeltaDiscoveryRequest {
         node: Some(node(i, svc, version)),
-        type_url: CDS.into(),
+        type_url: TypeUrl::Cluster.url().into(),
         ..Default::default()
     })
     .await?;
     tx.send(DeltaDiscoveryRequest {
-        type_url: LDS.into(),
+        type_url: TypeUrl::Listener.url().into(),
         ..Default::default()
     })
     .await?;
@@ -229,22 +225,19 @@ async fn proxy(
         .delta_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut have: HashSet<&'static str> = HashSet::new();
+    let mut have: HashSet<TypeUrl> = HashSet::new();
     let mut synced = false;
     let mut eds_names: HashSet<String> = HashSet::new();
     let mut rds_names: HashSet<String> = HashSet::new();
     while let Some(resp) = stream.message().await? {
         let now = Instant::now();
-        let t: &'static str = match resp.type_url.as_str() {
-            CDS => CDS,
-            EDS => EDS,
-            LDS => LDS,
-            RDS => RDS,
-            other => bail!("unexpected type {other}"),
+        let Some(t) = TypeUrl::from_url(&resp.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
+        else {
+            bail!("unexpected type {}", resp.type_url);
         };
         have.insert(t);
         let mut follow_up = None;
-        if t == CDS {
+        if t == TypeUrl::Cluster {
             // Subscribe to endpoints of every cluster (pilot answers for the EDS ones).
             let new: Vec<String> = resp
                 .resources
@@ -253,10 +246,10 @@ async fn proxy(
                 .filter(|n| n.starts_with("outbound|") && eds_names.insert(n.clone()))
                 .collect();
             if !new.is_empty() {
-                follow_up = Some((EDS, new));
+                follow_up = Some((TypeUrl::Endpoint, new));
             }
         }
-        if t == LDS {
+        if t == TypeUrl::Listener {
             let new: Vec<String> = resp
                 .resources
                 .iter()
@@ -264,7 +257,7 @@ async fn proxy(
                 .filter(|n| n.parse::<u16>().is_ok() && rds_names.insert(n.clone()))
                 .collect();
             if !new.is_empty() {
-                follow_up = Some((RDS, new));
+                follow_up = Some((TypeUrl::Route, new));
             }
         }
         tx.send(DeltaDiscoveryRequest {
@@ -275,16 +268,16 @@ async fn proxy(
         .await?;
         if let Some((type_url, names)) = follow_up {
             tx.send(DeltaDiscoveryRequest {
-                type_url: type_url.into(),
+                type_url: type_url.url().into(),
                 resource_names_subscribe: names,
                 ..Default::default()
             })
             .await?;
         }
-        if t == RDS && synced {
+        if t == TypeUrl::Route && synced {
             let _ = events.send(Event::Routes(i, now));
         }
-        if !synced && have.len() == 4 {
+        if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
             synced = true;
             let _ = events.send(Event::Synced(i));
         }
@@ -382,8 +375,10 @@ fn start_mastd(args: &Args, config: &Path, port: u16, http_port: u16) -> Result<
     } else {
         Command::new(&args.mastd)
     };
+    // Plaintext, as the figures in bench/README.md were taken (mastd runs citadel by default).
     cmd.arg("--config-dir")
         .arg(config)
+        .arg("--no-ca")
         .args(["--xds-addr", &format!("127.0.0.1:{port}")])
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
         .env("RUST_LOG", "warn")
