@@ -1,0 +1,487 @@
+//! The upstream request: the request head as the upstream sees it, one attempt to send it,
+//! and the upstream's response on its way back.
+//!
+//! Envoy's router rewrites the head once (hop-by-hop headers dropped, `x-forwarded-proto` and
+//! `x-request-id` filled in, the route's host and path rewrites, the VirtualService header
+//! operations, Istio's metadata exchange) and hands a copy to each attempt, its
+//! `UpstreamRequest`. An attempt picks a host (avoiding those already tried), sends within
+//! its time limit, and reports what happened — the response, or why there is none — for the
+//! retry state to judge. Keeping it apart from the retry loop means an attempt knows nothing
+//! of policy, and the retry state nothing of connections.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::capture_connection;
+use hyper_util::rt::TokioIo;
+
+use super::recorder::Recorder;
+use super::reply::{LocalReply, empty};
+use super::retry::RequestBody;
+use super::router::Routed;
+use super::{ConnCtx, Metered, request_host};
+use crate::metrics::{PEER_METADATA, PEER_METADATA_ID};
+use crate::resources::cluster::HostAddr;
+use crate::resources::route::{Forward, Route, VirtualHost};
+use crate::upstream::{ActiveGuard, Body, Cluster, Host, Outcome};
+
+/// The upstream request's head, rewritten once; each attempt and mirror sends a copy.
+pub(super) struct Head {
+    pub parts: Parts,
+    /// Path and query, after the route's rewrite.
+    pub path: String,
+    /// The downstream's host, before any rewrite (mirrors derive their host from it).
+    pub host: String,
+    /// The consistent-hash key, from the route's hash header.
+    pub hash_key: Option<Vec<u8>>,
+}
+
+/// One route's attempts at one cluster.
+pub(super) struct UpstreamRequest<'a> {
+    pub conn: &'a ConnCtx,
+    pub cluster: &'a Cluster,
+    pub head: &'a Head,
+    /// Speak HTTP/2 to the upstream.
+    pub h2: bool,
+}
+
+/// What one attempt got.
+pub(super) struct Attempt {
+    /// The host tried; `None` for a passthrough to the original destination.
+    pub host: Option<Arc<Host>>,
+    pub result: Result<Response<Incoming>, AttemptError>,
+}
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttemptError {
+    /// The per-try or the route's timeout passed.
+    Timeout,
+    /// The cluster's connection or pending-request limit was reached.
+    Overflow,
+    ConnectFailure,
+    /// The connection closed or reset before the response head.
+    Reset,
+}
+
+/// Hop-by-hop headers, which never cross a proxy.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+// === impl Head ===
+
+impl Head {
+    /// Rewrite the downstream head for the upstream.
+    pub fn new(req: &Routed<'_>, fwd: &Forward, mut parts: Parts, upgrade: bool) -> Self {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let path = match fwd.rewrite_path(&req.route.matcher, parts.uri.path()) {
+            Some(p) => match parts.uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            },
+            None => path,
+        };
+        let host = request_host(&parts);
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            parts
+                .headers
+                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        if !parts.headers.contains_key("x-request-id") {
+            parts.headers.insert("x-request-id", request_id());
+        }
+        if let Some(h) = &fwd.host_rewrite {
+            parts.headers.insert(header::HOST, h.clone());
+        } else if !parts.headers.contains_key(header::HOST)
+            && let Ok(h) = HeaderValue::from_str(&host)
+        {
+            parts.headers.insert(header::HOST, h);
+        }
+        req.vhost.headers.apply_request(&mut parts.headers);
+        req.route.headers.apply_request(&mut parts.headers);
+        let metrics = &req.conn.shared.metrics;
+        if req.conn.inbound {
+            parts.headers.remove(PEER_METADATA);
+            parts.headers.remove(PEER_METADATA_ID);
+        } else {
+            parts
+                .headers
+                .insert(PEER_METADATA, metrics.mx_header.clone());
+            parts
+                .headers
+                .insert(PEER_METADATA_ID, metrics.mx_id.clone());
+        }
+        let hash_key = fwd
+            .hash_header
+            .as_ref()
+            .and_then(|h| parts.headers.get(h))
+            .map(|v| v.as_bytes().to_vec());
+        Self {
+            parts,
+            path,
+            host,
+            hash_key,
+        }
+    }
+}
+
+// === impl UpstreamRequest ===
+
+impl UpstreamRequest<'_> {
+    /// One attempt: pick a host not in `tried`, send, and wait for the response head until
+    /// `deadline`. The host's and the cluster's stats see the outcome. A reply instead of an
+    /// attempt when there is no host to try or no URI to send.
+    pub async fn send(
+        &self,
+        tried: &[HostAddr],
+        body: &mut RequestBody,
+        deadline: Option<tokio::time::Instant>,
+        rec: &mut Recorder,
+    ) -> Result<Attempt, LocalReply> {
+        let cluster = self.cluster;
+        // A passthrough (ORIGINAL_DST) dials the destination capture restored; without one
+        // it has nowhere to go — its own listener would be the only candidate — and, as any
+        // cluster without a host, answers "no healthy upstream".
+        let picked = cluster.pick(self.head.hash_key.as_deref(), tried);
+        let (host, scheme, authority) = match (picked, self.conn.original_dst) {
+            (Ok(h), _) => {
+                let (scheme, authority) = (h.scheme(), h.authority());
+                (Some(h), scheme, authority)
+            }
+            (Err(_), Some(dst)) if cluster.is_original_dst() => (None, "http", dst.to_string()),
+            (Err(_), _) => {
+                return Err(LocalReply::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UH",
+                    "no healthy upstream",
+                ));
+            }
+        };
+        rec.upstream = Some(authority.clone());
+        let path = &self.head.path;
+        let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() else {
+            return Err(LocalReply::new(
+                StatusCode::BAD_REQUEST,
+                "-",
+                "bad request path",
+            ));
+        };
+        let mut parts = clone_parts(&self.head.parts);
+        parts.uri = uri;
+        parts.version = if self.h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let mut up_req = Request::from_parts(parts, body.for_attempt(&rec.request_bytes));
+        if self.h2 {
+            up_req.headers_mut().remove(header::HOST);
+        }
+        let guard = host.clone().map(ActiveGuard::new);
+        cluster
+            .stats
+            .upstream_rq_total
+            .fetch_add(1, Ordering::Relaxed);
+        // Envoy's max_requests_per_connection (DestinationRule maxRequestsPerConnection):
+        // the connection is retired from the pool once it has carried that many.
+        let captured = cluster
+            .config
+            .max_requests_per_connection
+            .filter(|n| *n > 0)
+            .map(|n| (n, capture_connection(&mut up_req)));
+        let send = cluster
+            .client(self.h2, &self.conn.shared.secrets)
+            .request(up_req);
+        let result = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, send).await {
+                Ok(r) => r.map_err(classify),
+                Err(_) => Err(AttemptError::Timeout),
+            },
+            None => send.await.map_err(classify),
+        };
+        drop(guard);
+        match &result {
+            Ok(resp) => {
+                if let Some((max, cap)) = &captured
+                    && let Some(count) = resp.extensions().get::<crate::upstream::ConnRequests>()
+                    && count.0.fetch_add(1, Ordering::Relaxed) + 1 >= *max
+                    && let Some(conn) = cap.connection_metadata().as_ref()
+                {
+                    conn.poison();
+                }
+                if let Some(h) = &host {
+                    let status = resp.status().as_u16();
+                    cluster.record(
+                        h,
+                        if status >= 500 {
+                            Outcome::Server5xx(status)
+                        } else {
+                            Outcome::Success
+                        },
+                    );
+                }
+            }
+            Err(err) => {
+                if let Some(h) = &host {
+                    cluster.record(h, Outcome::Gateway);
+                    if *err == AttemptError::ConnectFailure {
+                        h.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let stat = match err {
+                    AttemptError::Overflow => Some(&cluster.stats.upstream_rq_pending_overflow),
+                    AttemptError::Timeout => Some(&cluster.stats.upstream_rq_timeout),
+                    AttemptError::ConnectFailure => Some(&cluster.stats.upstream_cx_connect_fail),
+                    AttemptError::Reset => None,
+                };
+                if let Some(stat) = stat {
+                    stat.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(Attempt { host, result })
+    }
+}
+
+// === impl AttemptError ===
+
+impl AttemptError {
+    /// Envoy's local reply when this ends the request.
+    pub fn reply(self) -> LocalReply {
+        let (status, flags, text) = match self {
+            Self::Overflow => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UO",
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            ),
+            Self::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "UT",
+                "upstream request timeout",
+            ),
+            Self::ConnectFailure => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UF",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            ),
+            Self::Reset => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UC",
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+            ),
+        };
+        LocalReply::new(status, flags, text)
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> AttemptError {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if let Some(ce) = s.downcast_ref::<crate::upstream::ConnectError>() {
+            return match ce {
+                crate::upstream::ConnectError::Overflow => AttemptError::Overflow,
+                _ => AttemptError::ConnectFailure,
+            };
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        AttemptError::ConnectFailure
+    } else {
+        AttemptError::Reset
+    }
+}
+
+/// A copy of a request head, without its extensions (they hold the downstream's upgrade).
+pub(super) fn clone_parts(p: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+/// The upstream's response on its way back: header changes, metadata exchange, upgrades,
+/// and metering of the body.
+pub(super) fn respond(
+    req: &Routed<'_>,
+    mut resp: Response<Incoming>,
+    mut rec: Recorder,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    grpc_status: Option<u32>,
+) -> Response<Body> {
+    let upstream_upgrade = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        Some(hyper::upgrade::on(&mut resp))
+    } else {
+        None
+    };
+    let (mut parts, body) = resp.into_parts();
+    let metrics = &req.conn.shared.metrics;
+    if req.conn.inbound {
+        parts
+            .headers
+            .insert(PEER_METADATA, metrics.mx_header.clone());
+        parts
+            .headers
+            .insert(PEER_METADATA_ID, metrics.mx_id.clone());
+    } else {
+        rec.peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
+        if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
+            rec.peer = crate::metrics::with_principal(&rec.peer, &peer.0);
+            rec.local_principal = true;
+        }
+        parts.headers.remove(PEER_METADATA);
+        parts.headers.remove(PEER_METADATA_ID);
+    }
+    rec.code = parts.status.as_u16();
+    let switching = upstream_upgrade.is_some();
+    strip_hop_by_hop(&mut parts.headers, switching);
+    apply_response_ops(req.vhost, req.route, &mut parts.headers);
+    if let (Some(up), Some(down)) = (upstream_upgrade, on_upgrade) {
+        tokio::spawn(async move {
+            if let (Ok(up), Ok(down)) = (up.await, down.await) {
+                let mut up = TokioIo::new(up);
+                let mut down = TokioIo::new(down);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            }
+        });
+        rec.finish(None, 0, false);
+        return Response::from_parts(parts, empty());
+    }
+    let body: Body = Metered::new(body, rec, grpc_status).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// The route's, then the virtual host's, response header operations.
+pub(super) fn apply_response_ops(
+    vhost: &VirtualHost,
+    route: &Route,
+    headers: &mut http::HeaderMap,
+) {
+    route.headers.apply_response(headers);
+    vhost.headers.apply_response(headers);
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    if let Some(named) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.to_string())
+    {
+        for name in named.split(',').map(str::trim) {
+            if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.remove(n);
+            }
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for h in &HOP_BY_HOP {
+        if keep_upgrade && (*h == header::CONNECTION || *h == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove("http2-settings");
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// A random UUID (version 4) for `x-request-id`.
+fn request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    let s = format!("{n:032x}");
+    let id = format!(
+        "{}-{}-4{}-a{}-{}",
+        &s[0..8],
+        &s[8..12],
+        &s[13..16],
+        &s[17..20],
+        &s[20..32]
+    );
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut upgrade = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert!(h.get("keep-alive").is_none());
+        // `te: trailers` is the one hop-by-hop value gRPC needs end to end.
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h["x-kept"], "1");
+        strip_hop_by_hop(&mut upgrade, true);
+        assert_eq!(upgrade[header::UPGRADE], "websocket");
+        assert!(upgrade.get(header::CONNECTION).is_some());
+        assert!(upgrade.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id();
+        let id = id.to_str().unwrap();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&id[14..15], "4");
+        assert_ne!(id, request_id().to_str().unwrap());
+    }
+
+    #[test]
+    fn timeouts_answer_504_and_other_failures_503() {
+        assert_eq!(
+            AttemptError::Timeout.reply().status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(AttemptError::Timeout.reply().flags, "UT");
+        assert_eq!(AttemptError::Overflow.reply().flags, "UO");
+        assert_eq!(AttemptError::ConnectFailure.reply().flags, "UF");
+        assert_eq!(AttemptError::Reset.reply().flags, "UC");
+        assert_eq!(
+            AttemptError::Reset.reply().status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
