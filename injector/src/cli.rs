@@ -8,9 +8,11 @@
 //! mutating the process environment. Flags win over the environment, which wins over
 //! [`CaptureConfig::default`] (the injector's defaults).
 
-use std::collections::HashMap;
-
 use crate::capture::{self, CaptureConfig, InterceptionMode, IpRanges, ParseError, PortSelection};
+
+// Settings not given as flags come from an [`Env`]: the workspace's one environment
+// abstraction, re-exported so `mast-init` and its tests name it here.
+pub use mast_env::{Env, ProcessEnv};
 
 // === constants ===
 
@@ -82,15 +84,6 @@ pub enum CliError {
 }
 
 // === types ===
-
-/// Where settings not given as flags come from.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcessEnv;
 
 /// What `mast-init` was asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,26 +240,6 @@ const fn spec(short: char, long: &'static str, env: &'static str, setting: Setti
         long,
         env,
         setting,
-    }
-}
-
-// === impl Env ===
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
-
-impl Env for HashMap<&str, &str> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| v.to_string())
     }
 }
 
@@ -475,6 +448,8 @@ fn one_id(value: &str) -> Result<u32, ParseError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::capture::Cidr;
 

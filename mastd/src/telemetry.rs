@@ -2,6 +2,10 @@
 //! connected proxies (each mast-proxy announces its Istio metrics port in its node metadata),
 //! and Kiali's service badges (traffic shifting, faults, timeouts, circuit breakers), from the
 //! mesh model pilot serves. With these the topology view needs no Prometheus.
+//!
+//! [`Pending`] is the collector's server between the two halves of mastd's start: it is bound
+//! and checked with the other servers (a taken port or a bad `--prometheus` URL is a
+//! configuration error), and started once pilot is up, since the view reads pilot's handles.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +14,14 @@ use std::time::{Duration, Instant};
 use mast_mesh_config::model::{DEFAULT_DOMAIN_SUFFIX, MeshModel, RouteAction, TrafficPolicy};
 use mast_pilot::server::Handles;
 use mast_pilot::xds::ProxyNode;
-use mast_telemetry::{MeshView, ServiceFeatures, Target};
+use mast_telemetry::{
+    CollectorConfig, MeshView, PrometheusConfig, ServiceFeatures, Target, WebAssets,
+};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::app::{Shutdown, StartError};
+use crate::config::Config;
 
 /// The node metadata key holding a proxy's Prometheus port (set by mast-proxy).
 const STATS_PORT_KEY: &str = "MAST_STATS_PORT";
@@ -19,11 +30,125 @@ const STATS_PORT_KEY: &str = "MAST_STATS_PORT";
 /// the view greys it out instead of silently dropping it (the longest window).
 const REMEMBER: Duration = Duration::from_secs(3600);
 
+/// The telemetry server, bound but not yet started (it waits for pilot's handles).
+pub struct Pending {
+    listener: TcpListener,
+    web: WebAssets,
+    source: Source,
+}
+
+/// Where the telemetry API's figures come from.
+enum Source {
+    /// mastd scrapes every sidecar (the default).
+    Scrape(CollectorConfig),
+    /// `--prometheus`: read from Prometheus' HTTP API.
+    Prometheus(PrometheusConfig),
+}
+
+/// Which proxies to scrape and which badges a service has, as pilot knows them.
 pub struct PilotView {
     handles: Handles,
     /// Targets seen connected, with when they were last seen.
     seen: Mutex<HashMap<String, (Target, Instant)>>,
 }
+
+// === impl Pending ===
+
+impl Pending {
+    /// Bind the telemetry address and check the source; `None` with `--no-telemetry`.
+    pub async fn bind(config: &Config) -> Result<Option<Self>, StartError> {
+        if config.no_telemetry {
+            return Ok(None);
+        }
+        let addr = config.telemetry_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Telemetry(format!("cannot bind {addr}: {e}")))?;
+        // --web-dir, else the page built into this binary, whatever the working directory.
+        let web = WebAssets::choose(config.web_dir.clone());
+        if matches!(web, WebAssets::None) {
+            info!(
+                "no web view in this build (build it: cd telemetry/web && npm ci && npm run \
+                 build, then cargo build mastd again, or pass --web-dir); serving the \
+                 telemetry API only"
+            );
+        }
+        let source = match &config.prometheus {
+            Some(url) => {
+                let prometheus = PrometheusConfig::new(url.clone());
+                // Checked now: a bad URL is a configuration error, not a later 502.
+                mast_telemetry::prometheus::PrometheusClient::new(
+                    &prometheus.url,
+                    prometheus.timeout,
+                    prometheus.max_response_bytes,
+                )
+                .map_err(|e| StartError::Telemetry(e.to_string()))?;
+                Source::Prometheus(prometheus)
+            }
+            None => Source::Scrape(CollectorConfig {
+                interval: config.scrape_interval,
+                ..CollectorConfig::default()
+            }),
+        };
+        Ok(Some(Self {
+            listener,
+            web,
+            source,
+        }))
+    }
+
+    /// The collector (scraping every sidecar pilot knows), or the link to Prometheus, and
+    /// the API + web view, until shutdown. A failure here is logged: pilot keeps serving.
+    pub fn start(self, handles: Handles, shutdown: Shutdown) {
+        let Self {
+            listener,
+            web,
+            source,
+        } = self;
+        let view = std::sync::Arc::new(PilotView::new(handles));
+        let state = match source {
+            Source::Scrape(config) => {
+                let collector = match mast_telemetry::Collector::new(view, config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!("telemetry collector not started: {e}");
+                        return;
+                    }
+                };
+                let state = collector.telemetry();
+                tokio::spawn(collector.run(shutdown.wait()));
+                state
+            }
+            Source::Prometheus(config) => {
+                match mast_telemetry::Telemetry::from_prometheus(view, config) {
+                    Ok(state) => {
+                        info!(prometheus = ?state.prometheus_url(), "telemetry read from Prometheus");
+                        state
+                    }
+                    Err(e) => {
+                        error!("telemetry API not started: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        let addr = listener.local_addr().ok();
+        let router = mast_telemetry::router(state, web.clone());
+        let stopped = shutdown.wait();
+        tokio::spawn(async move {
+            if let Err(e) = mast_telemetry::serve(listener, router, stopped).await {
+                error!("telemetry server stopped: {e}");
+            }
+        });
+        info!(
+            telemetry = ?addr,
+            web = %web,
+            "topology view and telemetry API serving"
+        );
+    }
+}
+
+// === impl PilotView ===
 
 impl PilotView {
     pub fn new(handles: Handles) -> Self {

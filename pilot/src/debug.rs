@@ -126,7 +126,7 @@ async fn config_dump<G: Generator>(
     let snapshot = state.snapshots.borrow().clone();
     let resources = match state.generator.generate(&snapshot, &conn.node) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     match dump::config_dump(&resources.flatten(), snapshot.version) {
         Ok(json) => Json(json).into_response(),

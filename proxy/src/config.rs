@@ -20,6 +20,10 @@ use serde_json::Value;
 use crate::agent::merge::{self, AppMetrics};
 use crate::agent::probe::{self, AppProbe};
 
+// The one environment abstraction every Mast binary shares; re-exported so the proxy's
+// callers keep naming it `config::Env`.
+pub use mast_env::{Env, ProcessEnv};
+
 pub const POD_NAME: &str = "POD_NAME";
 pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
 pub const INSTANCE_IP: &str = "INSTANCE_IP";
@@ -40,34 +44,6 @@ pub const POD_LABELS_FILE: &str = "/etc/istio/pod/labels";
 
 const DEFAULT_DISCOVERY: &str = "istiod.istio-system.svc:15012";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
-
-/// A source of environment variables.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-    /// Every variable, for the `ISTIO_META_*` prefixes.
-    fn vars(&self) -> Vec<(String, String)>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-    fn vars(&self) -> Vec<(String, String)> {
-        std::env::vars().collect()
-    }
-}
-
-impl Env for BTreeMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-    fn vars(&self) -> Vec<(String, String)> {
-        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
 
 /// A bad setting: the variable (or flag), the value and what is wrong with it.
 #[derive(Debug, thiserror::Error)]

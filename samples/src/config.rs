@@ -3,36 +3,17 @@
 //! the sample mesh in `manifests/samples/todolist`. The environment is read through [`Env`] so
 //! tests pass a list instead of mutating the process environment.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+
+// The workspace's one environment abstraction, re-exported for the three binaries.
+pub use mast_env::{Env, ProcessEnv};
 
 /// The address to listen on.
 pub const LISTEN: &str = "LISTEN";
 
 /// The exit code for bad configuration (`EX_USAGE`), as the other Mast binaries use.
 const EXIT_USAGE: u8 = 64;
-
-/// A source of environment variables.
-pub trait Env {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-/// For tests.
-impl Env for HashMap<&str, &str> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| v.to_string())
-    }
-}
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +106,8 @@ pub fn listen(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     const DEFAULT: SocketAddr =

@@ -190,7 +190,7 @@ impl<G: Generator> Connection<G> {
             Ok(r) => r,
             Err(e) => {
                 warn!(proxy = %node.id, error = %e, "cannot generate config");
-                let _ = tx.send(Err(Status::invalid_argument(e))).await;
+                let _ = tx.send(Err(e.to_status())).await;
                 return;
             }
         };
@@ -253,7 +253,7 @@ impl<G: Generator> Connection<G> {
         self.snapshot = snapshot;
         let mut pushed = false;
         let mut clusters_sent = Vec::new();
-        for type_url in TypeUrl::PUSH_ORDER {
+        for type_url in TypeUrl::ADS_ORDER {
             if !self.types.contains_key(&type_url) {
                 continue;
             }
@@ -284,7 +284,7 @@ impl<G: Generator> Connection<G> {
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), Closed> {
-        let served = TypeUrl::from_url(&req.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t));
+        let served = TypeUrl::from_url(&req.type_url).filter(|t| TypeUrl::ADS_ORDER.contains(t));
         let Some(type_url) = served else {
             debug!(proxy = %self.node.id, type_url = %req.type_url, "ignoring request for an unserved type");
             return Ok(());

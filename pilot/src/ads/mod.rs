@@ -175,7 +175,7 @@ impl ProxyView {
     /// All layers merged into one (tests and debug pages).
     pub fn flatten(&self) -> ProxyResources {
         let mut out = ProxyResources::default();
-        for t in TypeUrl::PUSH_ORDER {
+        for t in TypeUrl::ADS_ORDER {
             for r in self.all(t) {
                 let set = Arc::make_mut(out.by_type.entry(t).or_default());
                 set.resources.insert(r.name.clone(), r.clone());
@@ -189,11 +189,39 @@ impl ProxyView {
 /// fakes.
 pub trait Generator: Send + Sync + 'static {
     /// Check the node a proxy announced; the error is sent back as the stream's status.
-    fn validate_node(&self, node: &Node) -> Result<(), String>;
+    fn validate_node(&self, node: &Node) -> Result<(), GenerateError>;
 
     /// Everything `node` should have under `snapshot`. Called once per connection per
     /// snapshot, so implementations cache what proxies share.
-    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, String>;
+    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, GenerateError>;
+}
+
+/// A generator's own error, boxed: this module serves any [`Generator`] and knows none of
+/// their error types, only which side is at fault.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a [`Generator`] cannot serve a proxy. The ADS server answers by cause: the proxy's
+/// fault ends its stream with `InvalidArgument`, pilot's with `Internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The node the proxy announced cannot be served (its id or metadata).
+    #[error(transparent)]
+    Node(BoxError),
+    /// pilot could not build the config for a valid node: a bug, not the proxy's.
+    #[error("cannot generate config: {0}")]
+    Internal(#[source] BoxError),
+}
+
+// === impl GenerateError ===
+
+impl GenerateError {
+    /// The gRPC status a proxy is answered with.
+    pub fn to_status(&self) -> tonic::Status {
+        match self {
+            Self::Node(_) => tonic::Status::invalid_argument(self.to_string()),
+            Self::Internal(_) => tonic::Status::internal(self.to_string()),
+        }
+    }
 }
 
 /// The version of a set of resources: a hash over names and versions, stable across runs.

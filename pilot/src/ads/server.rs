@@ -154,7 +154,7 @@ impl<G: Generator> AdsServer<G> {
                 return;
             };
             if let Err(e) = generator.validate_node(&node) {
-                let _ = tx.send(Err(Status::invalid_argument(e))).await;
+                let _ = tx.send(Err(e.to_status())).await;
                 return;
             }
             let conn_id = registry.next_id.fetch_add(1, Ordering::Relaxed);

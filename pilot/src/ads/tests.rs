@@ -28,14 +28,14 @@ use crate::metrics::Metrics;
 struct FakeGenerator;
 
 impl Generator for FakeGenerator {
-    fn validate_node(&self, node: &Node) -> Result<(), String> {
+    fn validate_node(&self, node: &Node) -> Result<(), GenerateError> {
         if node.id.is_empty() {
-            return Err("node id is empty".into());
+            return Err(GenerateError::Node("node id is empty".into()));
         }
         Ok(())
     }
 
-    fn generate(&self, snapshot: &Snapshot, _node: &Node) -> Result<ProxyView, String> {
+    fn generate(&self, snapshot: &Snapshot, _node: &Node) -> Result<ProxyView, GenerateError> {
         let mut r = ProxyResources::default();
         for (host, svc) in &snapshot.model.services {
             let cluster = Cluster {
@@ -394,4 +394,14 @@ fn resource_version_follows_content() {
     assert_ne!(ra.version, Resource::new("b", TypeUrl::Cluster, &b).version);
     let set: BTreeMap<String, Arc<Resource>> = [("a".to_string(), Arc::new(ra))].into();
     assert_eq!(set_version(set.values()), set_version(set.values()));
+}
+
+#[test]
+fn generate_errors_answer_by_cause() {
+    let node = GenerateError::Node("node id is empty".into()).to_status();
+    assert_eq!(node.code(), tonic::Code::InvalidArgument);
+    assert_eq!(node.message(), "node id is empty");
+    let bug = GenerateError::Internal("no listener for port 0".into()).to_status();
+    assert_eq!(bug.code(), tonic::Code::Internal);
+    assert!(bug.message().contains("no listener"), "{}", bug.message());
 }
