@@ -19,12 +19,11 @@ use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use mast_proto::TypeUrl;
-use prost::Message;
 
-use crate::resources::ResourceError;
-use crate::resources::cluster::{ClusterConfig, Discovery, HostSpec, assignment_hosts};
+use crate::resources::cluster::{ClusterConfig, Discovery, HostSpec};
 use crate::resources::listener::{ChainKind, ListenerConfig, RouteSource, handoff_index};
 use crate::resources::route::RouteTable;
+use crate::resources::{Nack, Rejection, XdsResource};
 use crate::upstream::Cluster;
 
 /// One received resource.
@@ -49,6 +48,54 @@ impl<T> Default for TypeState<T> {
             version: String::new(),
             items: BTreeMap::new(),
         }
+    }
+}
+
+impl<T> TypeState<T> {
+    /// Apply one response of `R`s (see [`Resources::apply`]).
+    fn apply<R: XdsResource<Compiled = T>>(
+        &mut self,
+        version: &str,
+        incoming: Vec<Incoming>,
+        removed: &[String],
+        replace: bool,
+    ) -> Result<(), Nack> {
+        let now = SystemTime::now();
+        let mut parsed = Vec::with_capacity(incoming.len());
+        let mut rejected = Vec::new();
+        for inc in incoming {
+            let compiled = R::from_any(&inc.any).and_then(|proto| {
+                let name = inc.name.unwrap_or_else(|| proto.name().to_string());
+                Ok((name, proto.compile()?))
+            });
+            match compiled {
+                Ok((name, value)) => parsed.push((name, inc.version, inc.any, value)),
+                Err(r) => rejected.push(r),
+            }
+        }
+        if !rejected.is_empty() {
+            return Err(Nack(rejected));
+        }
+        if replace {
+            self.items.clear();
+        }
+        for name in removed {
+            self.items.remove(name);
+        }
+        for (name, v, any, value) in parsed {
+            let item_version = if v.is_empty() { version.to_string() } else { v };
+            self.items.insert(
+                name,
+                Item {
+                    any,
+                    parsed: Arc::new(value),
+                    version: item_version,
+                    updated: now,
+                },
+            );
+        }
+        self.version = version.to_string();
+        Ok(())
     }
 }
 
@@ -80,7 +127,7 @@ pub struct Wanted {
 impl Resources {
     /// Apply one response. `replace`: state-of-the-world (the response is the whole set);
     /// otherwise delta (`removed` names go). Any bad resource rejects the whole response —
-    /// the error is the NACK's detail — and nothing changes.
+    /// the error is the NACK — and nothing changes.
     pub fn apply(
         &mut self,
         type_url: TypeUrl,
@@ -88,85 +135,21 @@ impl Resources {
         incoming: Vec<Incoming>,
         removed: &[String],
         replace: bool,
-    ) -> Result<(), String> {
-        let now = SystemTime::now();
-        macro_rules! apply_type {
-            ($state:expr, $proto:ty, $name:expr, $convert:expr) => {{
-                let mut parsed = Vec::with_capacity(incoming.len());
-                let mut errors = Vec::new();
-                for inc in incoming {
-                    if inc.any.type_url != type_url {
-                        errors.push(format!(
-                            "resource of type {} in a {type_url} response",
-                            inc.any.type_url
-                        ));
-                        continue;
-                    }
-                    let proto = match <$proto>::decode(inc.any.value.as_slice()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            errors.push(format!("{type_url}: cannot decode: {e}"));
-                            continue;
-                        }
-                    };
-                    let name: String = inc.name.clone().unwrap_or_else(|| $name(&proto));
-                    match $convert(&proto) {
-                        Ok(value) => parsed.push((name, inc.version, inc.any, value)),
-                        Err(e) => errors.push(ResourceError::to_string(&e)),
-                    }
-                }
-                if !errors.is_empty() {
-                    return Err(errors.join("; "));
-                }
-                let state = $state;
-                if replace {
-                    state.items.clear();
-                }
-                for name in removed {
-                    state.items.remove(name);
-                }
-                for (name, v, any, value) in parsed {
-                    let item_version = if v.is_empty() { version.to_string() } else { v };
-                    state.items.insert(
-                        name,
-                        Item {
-                            any,
-                            parsed: Arc::new(value),
-                            version: item_version,
-                            updated: now,
-                        },
-                    );
-                }
-                state.version = version.to_string();
-                Ok(())
-            }};
-        }
+    ) -> Result<(), Nack> {
         match type_url {
-            TypeUrl::Listener => apply_type!(
-                &mut self.listeners,
-                ListenerProto,
-                |p: &ListenerProto| p.name.clone(),
-                ListenerConfig::from_proto
-            ),
-            TypeUrl::Route => apply_type!(
-                &mut self.routes,
-                RouteConfiguration,
-                |p: &RouteConfiguration| p.name.clone(),
-                RouteTable::from_proto
-            ),
-            TypeUrl::Cluster => apply_type!(
-                &mut self.clusters,
-                ClusterProto,
-                |p: &ClusterProto| p.name.clone(),
-                ClusterConfig::from_proto
-            ),
-            TypeUrl::Endpoint => apply_type!(
-                &mut self.endpoints,
-                ClusterLoadAssignment,
-                |p: &ClusterLoadAssignment| p.cluster_name.clone(),
-                assignment_hosts
-            ),
-            TypeUrl::Secret => Err(format!("type {type_url} is not supported")),
+            TypeUrl::Listener => self
+                .listeners
+                .apply::<ListenerProto>(version, incoming, removed, replace),
+            TypeUrl::Route => self
+                .routes
+                .apply::<RouteConfiguration>(version, incoming, removed, replace),
+            TypeUrl::Cluster => self
+                .clusters
+                .apply::<ClusterProto>(version, incoming, removed, replace),
+            TypeUrl::Endpoint => self
+                .endpoints
+                .apply::<ClusterLoadAssignment>(version, incoming, removed, replace),
+            TypeUrl::Secret => Err(Rejection::UnsupportedType(type_url.url().into()).into()),
         }
     }
 
@@ -312,6 +295,7 @@ mod tests {
     use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
     use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, RouteMatch, VirtualHost};
     use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+    use prost::Message;
 
     fn rc(name: &str, regex: &str) -> Incoming {
         let path = if regex.is_empty() {
@@ -371,7 +355,8 @@ mod tests {
                 &[],
                 false,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("RouteConfiguration \"8080\"")
                 && err.contains("virtual_hosts[0].routes[0].match.safe_regex"),

@@ -8,14 +8,21 @@
 //! update. When pilot goes away the proxy keeps serving its last config and reconnects with
 //! capped exponential backoff (10 ms → 15 s, jittered); on reconnect it tells pilot which
 //! versions it holds so nothing is re-sent needlessly.
+//!
+//! Both protocols run through one loop (`stream`), so decoding, applying, the ACK/NACK
+//! decision and publishing are written once; what differs between them (the requests, the
+//! split of a response, what an ACK carries) is a `Protocol` (`xds/protocol.rs`),
+//! implemented in `xds/delta.rs` and `xds/sotw.rs`.
+
+mod delta;
+mod protocol;
+mod sotw;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
 use envoy_types::pb::google::rpc::Status;
@@ -24,7 +31,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use self::delta::Delta;
+use self::protocol::{Client, Held, Protocol};
+use self::sotw::Sotw;
 use crate::listen::Listeners;
+use crate::resources::{Nack, Rejection};
 use crate::shared::Shared;
 use crate::state::{Incoming, Resources, Wanted};
 
@@ -104,18 +115,18 @@ async fn connect_and_stream(
         .connect()
         .await
         .map_err(|source| Error::Connect { addr: uri, source })?;
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let mut client = Client::new(channel).max_decoding_message_size(256 * 1024 * 1024);
     let node = node(shared);
+    let mode = if delta { Delta::MODE } else { Sotw::MODE };
     shared.update_xds(|s| {
         s.connected = true;
-        s.mode = if delta { "delta" } else { "sotw" };
+        s.mode = mode;
     });
-    tracing::info!(pilot = %address, mode = if delta { "delta" } else { "sotw" }, "xDS connected");
+    tracing::info!(pilot = %address, mode, "xDS connected");
     if delta {
-        delta_stream(&mut client, publisher, node).await
+        stream::<Delta>(&mut client, publisher, node).await
     } else {
-        sotw_stream(&mut client, publisher, node).await
+        stream::<Sotw>(&mut client, publisher, node).await
     }
 }
 
@@ -159,52 +170,28 @@ fn json_value(v: &serde_json::Value) -> Value {
     Value { kind: Some(kind) }
 }
 
-fn nack(message: String) -> Option<Status> {
-    Some(Status {
+/// The `error_detail` of a NACK.
+fn nack(rejected: &Nack) -> Status {
+    Status {
         code: tonic::Code::InvalidArgument as i32,
-        message,
+        message: rejected.to_string(),
         details: Vec::new(),
-    })
+    }
 }
 
-async fn delta_stream(
-    client: &mut AggregatedDiscoveryServiceClient<Channel>,
+/// One stream in protocol `P`, until pilot or the connection ends it.
+async fn stream<P: Protocol>(
+    client: &mut Client,
     publisher: &mut Publisher,
     node: Node,
 ) -> Result<(), Error> {
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
-    // Subscribe: wildcard CDS and LDS, and the EDS/RDS names already known (reconnect),
-    // each with the versions held so pilot sends only what changed.
-    let held = publisher.held_versions();
+    let (tx, rx) = mpsc::channel::<P::Request>(64);
+    let mut protocol = P::default();
     let wanted = publisher.wanted();
-    let mut first = Some(node);
-    for type_url in TypeUrl::PUSH_ORDER {
-        let names: Vec<String> = match type_url {
-            TypeUrl::Endpoint => wanted.endpoints.iter().cloned().collect(),
-            TypeUrl::Route => wanted.routes.iter().cloned().collect(),
-            _ => Vec::new(),
-        };
-        if names.is_empty() && !type_url.is_wildcard() {
-            continue;
-        }
-        let req = DeltaDiscoveryRequest {
-            node: first.take(),
-            type_url: type_url.url().into(),
-            resource_names_subscribe: names,
-            initial_resource_versions: held
-                .get(&type_url)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-            ..Default::default()
-        };
+    for req in protocol.subscribe(node, &wanted, &publisher.held_versions()) {
         tx.send(req).await.map_err(|_| Error::Closed)?;
     }
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut stream = P::open(client, ReceiverStream::new(rx)).await?;
     let mut subscribed = wanted;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -218,156 +205,20 @@ async fn delta_stream(
                 continue;
             }
         };
-        let incoming: Vec<Incoming> = resp
-            .resources
-            .into_iter()
-            .filter_map(|r| {
-                Some(Incoming {
-                    name: Some(r.name),
-                    version: r.version,
-                    any: r.resource?,
-                })
-            })
-            .collect();
-        let result = publisher.apply(
-            &resp.type_url,
-            &resp.system_version_info,
+        let (received, incoming) = P::split(resp);
+        let result = publisher.apply_response(
+            &received.type_url,
+            &received.version,
             incoming,
-            &resp.removed_resources,
-            false,
+            &received.removed,
+            P::REPLACE,
         );
-        let ack = DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            error_detail: result.err().and_then(nack),
-            ..Default::default()
-        };
+        let wanted = publisher.wanted();
+        let ack = protocol.ack(&received, result.err().as_ref().map(nack), &wanted);
         tx.send(ack).await.map_err(|_| Error::Closed)?;
-        // New names to follow: subscribe before publishing so the missing pieces come.
-        let wanted = publisher.wanted();
-        for (type_url, now, before) in [
-            (TypeUrl::Endpoint, &wanted.endpoints, &subscribed.endpoints),
-            (TypeUrl::Route, &wanted.routes, &subscribed.routes),
-        ] {
-            let add: Vec<String> = now.difference(before).cloned().collect();
-            let remove: Vec<String> = before.difference(now).cloned().collect();
-            if !add.is_empty() || !remove.is_empty() {
-                tx.send(DeltaDiscoveryRequest {
-                    type_url: type_url.url().into(),
-                    resource_names_subscribe: add,
-                    resource_names_unsubscribe: remove,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|_| Error::Closed)?;
-            }
-        }
-        subscribed = wanted;
-        publisher.try_publish();
-    }
-}
-
-async fn sotw_stream(
-    client: &mut AggregatedDiscoveryServiceClient<Channel>,
-    publisher: &mut Publisher,
-    node: Node,
-) -> Result<(), Error> {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(64);
-    let mut versions: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let wanted = publisher.wanted();
-    let mut first = Some(node);
-    for type_url in [TypeUrl::Cluster, TypeUrl::Listener] {
-        tx.send(DiscoveryRequest {
-            node: first.take(),
-            type_url: type_url.url().into(),
-            ..Default::default()
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
-    }
-    let names_of = |w: &Wanted, t: TypeUrl| -> Vec<String> {
-        match t {
-            TypeUrl::Endpoint => w.endpoints.iter().cloned().collect(),
-            _ => w.routes.iter().cloned().collect(),
-        }
-    };
-    for t in [TypeUrl::Endpoint, TypeUrl::Route] {
-        let names = names_of(&wanted, t);
-        if !names.is_empty() {
-            tx.send(DiscoveryRequest {
-                type_url: t.url().into(),
-                resource_names: names,
-                ..Default::default()
-            })
-            .await
-            .map_err(|_| Error::Closed)?;
-        }
-    }
-    let mut stream = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut subscribed = wanted;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let resp = tokio::select! {
-            m = stream.message() => match m? {
-                Some(r) => r,
-                None => return Ok(()),
-            },
-            _ = tick.tick() => {
-                publisher.try_publish();
-                continue;
-            }
-        };
-        let incoming: Vec<Incoming> = resp
-            .resources
-            .into_iter()
-            .map(|any| Incoming {
-                name: None,
-                version: String::new(),
-                any,
-            })
-            .collect();
-        let result = publisher.apply(&resp.type_url, &resp.version_info, incoming, &[], true);
-        let wanted = publisher.wanted();
-        let names = match TypeUrl::from_url(&resp.type_url) {
-            Some(t @ (TypeUrl::Endpoint | TypeUrl::Route)) => names_of(&wanted, t),
-            _ => Vec::new(),
-        };
-        let entry = versions.entry(resp.type_url.clone()).or_default();
-        let ack_version = match &result {
-            Ok(()) => resp.version_info.clone(),
-            Err(_) => entry.0.clone(),
-        };
-        *entry = (ack_version.clone(), resp.nonce.clone());
-        tx.send(DiscoveryRequest {
-            version_info: ack_version,
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            resource_names: names,
-            error_detail: result.err().and_then(nack),
-            ..Default::default()
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
-        for t in [TypeUrl::Endpoint, TypeUrl::Route] {
-            let (now, before) = match t {
-                TypeUrl::Endpoint => (&wanted.endpoints, &subscribed.endpoints),
-                _ => (&wanted.routes, &subscribed.routes),
-            };
-            if now != before && resp.type_url != t.url() {
-                let (version, nonce) = versions.get(t.url()).cloned().unwrap_or_default();
-                tx.send(DiscoveryRequest {
-                    version_info: version,
-                    type_url: t.url().into(),
-                    response_nonce: nonce,
-                    resource_names: now.iter().cloned().collect(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|_| Error::Closed)?;
-            }
+        // New names to follow: ask for them before publishing so the missing pieces come.
+        for req in protocol.follow(&received, &wanted, &subscribed) {
+            tx.send(req).await.map_err(|_| Error::Closed)?;
         }
         subscribed = wanted;
         publisher.try_publish();
@@ -409,7 +260,7 @@ impl Publisher {
         self.resources().wanted()
     }
 
-    fn held_versions(&self) -> BTreeMap<TypeUrl, BTreeMap<String, String>> {
+    fn held_versions(&self) -> Held {
         let r = self.resources();
         let mut out = BTreeMap::new();
         macro_rules! held {
@@ -432,7 +283,7 @@ impl Publisher {
     }
 
     /// Apply one response of type `type_url` (as it came on the wire); the error is the NACK
-    /// detail.
+    /// text. For callers that only report it, as the static config does.
     pub fn apply(
         &mut self,
         type_url: &str,
@@ -441,13 +292,27 @@ impl Publisher {
         removed: &[String],
         replace: bool,
     ) -> Result<(), String> {
+        self.apply_response(type_url, version, incoming, removed, replace)
+            .map_err(|nack| nack.to_string())
+    }
+
+    /// Apply one response of type `type_url` (as it came on the wire); the error is the
+    /// NACK.
+    pub fn apply_response(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        incoming: Vec<Incoming>,
+        removed: &[String],
+        replace: bool,
+    ) -> Result<(), Nack> {
         let count = incoming.len();
         let typed = TypeUrl::from_url(type_url);
         let result = match typed {
             Some(t) => self
                 .resources()
                 .apply(t, version, incoming, removed, replace),
-            None => Err(format!("type {type_url} is not supported")),
+            None => Err(Rejection::UnsupportedType(type_url.to_string()).into()),
         };
         match &result {
             Ok(()) => {
@@ -487,7 +352,8 @@ impl Publisher {
             let mut failures = self.reported_binds.clone();
             failures.extend(self.bind_error.take());
             failures.dedup();
-            (!failures.is_empty()).then(|| failures.join("; "))
+            (!failures.is_empty())
+                .then(|| Nack(failures.into_iter().map(Rejection::Bind).collect()))
         } else {
             None
         };
@@ -537,3 +403,6 @@ impl Publisher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

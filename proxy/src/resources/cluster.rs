@@ -22,9 +22,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 
 use envoy_types::pb::google::protobuf::value::Kind;
+use mast_proto::TypeUrl;
 
 use super::tls::{self, Transport};
-use super::{FieldError, FieldResult, ResourceError, decode_any, opt_duration};
+use super::{
+    FieldError, FieldResult, Rejection, ResourceError, XdsResource, decode_any, opt_duration,
+};
 
 /// Endpoint metadata namespace that `transport_socket_matches` read.
 const SOCKET_MATCH_KEY: &str = "envoy.transport_socket_match";
@@ -132,6 +135,36 @@ impl Default for Limits {
             max_requests: DEFAULT_LIMIT,
             max_retries: 3,
         }
+    }
+}
+
+// === impl cv3::Cluster ===
+
+impl XdsResource for cv3::Cluster {
+    const TYPE: TypeUrl = TypeUrl::Cluster;
+    type Compiled = ClusterConfig;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compile(&self) -> Result<ClusterConfig, Rejection> {
+        Ok(ClusterConfig::from_proto(self)?)
+    }
+}
+
+// === impl ClusterLoadAssignment ===
+
+impl XdsResource for ClusterLoadAssignment {
+    const TYPE: TypeUrl = TypeUrl::Endpoint;
+    type Compiled = Vec<HostSpec>;
+
+    fn name(&self) -> &str {
+        &self.cluster_name
+    }
+
+    fn compile(&self) -> Result<Vec<HostSpec>, Rejection> {
+        Ok(assignment_hosts(self)?)
     }
 }
 

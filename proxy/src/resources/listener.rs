@@ -20,10 +20,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy as TcpProxyProto;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier as TcpClusterSpecifier;
+use mast_proto::TypeUrl;
 
 use super::cluster::socket_addr;
 use super::route::{Clusters, RouteTable};
-use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration};
+use super::{
+    At, FieldError, FieldResult, Rejection, ResourceError, XdsResource, decode_any, opt_duration,
+};
 use crate::http::{EscapedSlashes, PathNormalization};
 use crate::rbac::Rbac;
 
@@ -182,6 +185,21 @@ pub struct ConnInfo<'a> {
     /// Protocols offered in the TLS ClientHello, or the one HTTP sniffing found.
     pub alpn: Vec<&'a str>,
     pub sni: Option<&'a str>,
+}
+
+// === impl lv3::Listener ===
+
+impl XdsResource for lv3::Listener {
+    const TYPE: TypeUrl = TypeUrl::Listener;
+    type Compiled = ListenerConfig;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compile(&self) -> Result<ListenerConfig, Rejection> {
+        Ok(ListenerConfig::from_proto(self)?)
+    }
 }
 
 // === impl ListenerConfig ===

@@ -29,9 +29,13 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::E
 use envoy_types::pb::google::protobuf::Any;
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
+use mast_proto::TypeUrl;
 use regex::Regex;
 
-use super::{At, FieldError, FieldResult, ResourceError, decode_any, opt_duration, per_million};
+use super::{
+    At, FieldError, FieldResult, Rejection, ResourceError, XdsResource, decode_any, opt_duration,
+    per_million,
+};
 use crate::matcher::{self, HeaderMatcher, RequestHead, full_match_regex};
 
 // The route tests (`route/tests.rs`, through `super::*`) build their protos with these names.
@@ -197,6 +201,21 @@ pub struct HeaderOps {
     pub request_remove: Vec<HeaderName>,
     pub response_add: Vec<(HeaderName, HeaderValue, bool)>,
     pub response_remove: Vec<HeaderName>,
+}
+
+// === impl rv3::RouteConfiguration ===
+
+impl XdsResource for rv3::RouteConfiguration {
+    const TYPE: TypeUrl = TypeUrl::Route;
+    type Compiled = RouteTable;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn compile(&self) -> Result<RouteTable, Rejection> {
+        Ok(RouteTable::from_proto(self)?)
+    }
 }
 
 // === impl RouteTable ===
