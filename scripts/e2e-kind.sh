@@ -11,7 +11,7 @@
 #   REQUESTS=400 scripts/e2e-kind.sh    # requests per split measurement (default 200)
 #
 # Steps: docker build (docker/*.Dockerfile) → kind create cluster → kind load → apply
-# manifests/install/{crds,mast,istiod-alias,injector-webhook}.yaml → wait for mastd and the
+# manifests/install/{crds,mast,istiod-alias,gateways,injector-webhook}.yaml → wait for mastd and the
 # webhook's caBundle → apply manifests/samples/todolist (namespace `default` labelled
 # istio-injection=enabled) and manifests/samples/kubernetes → check every pod got its sidecar
 # → count versions over REQUESTS requests at 50/50, then at 80/20. The cluster is deleted on
@@ -79,6 +79,7 @@ kubectl wait --for=condition=Established --timeout=60s -f manifests/install/crds
 log "installing Mast: mastd, istiod alias, injection webhook"
 kubectl apply -f manifests/install/mast.yaml
 kubectl apply -f manifests/install/istiod-alias.yaml
+kubectl apply -f manifests/install/gateways.yaml
 kubectl apply -f manifests/install/injector-webhook.yaml
 kubectl -n mast-system rollout status deploy/mastd --timeout=180s \
     || fail "mastd did not become ready (readiness: GET :15014/ready)"

@@ -45,8 +45,6 @@ fn cases() -> Vec<(&'static str, &'static str, Settings)> {
                 s.readiness_failure_threshold = 300;
             }
             "merge-probers.yaml" => s.hold_application_until_proxy_starts = true,
-            // Rendering is checked; by default Mast refuses it (see docs/injection.md).
-            "gateway.yaml" => s.gateway_template = true,
             "traffic-annotations.yaml" => {
                 s.default_proxy_config.insert(
                     "proxyMetadata".into(),
@@ -291,16 +289,6 @@ fn every_corpus_input_matches_istios_golden() {
         failures.len()
     );
     assert_eq!(compared, 49, "every golden compared");
-}
-
-#[test]
-fn gateway_template_is_refused_by_default() {
-    let text = std::fs::read_to_string(corpus().join("gateway.yaml")).expect("input");
-    let err = inject_yaml(&text, &Settings::default()).expect_err("refused");
-    assert!(
-        err.to_string().contains("inject.istio.io/templates"),
-        "{err}"
-    );
 }
 
 #[test]

@@ -14,6 +14,8 @@ use anyhow::Context as _;
 const MAST_YAML: &str = include_str!("../../manifests/install/mast.yaml");
 /// `istiod.istio-system.svc` → mastd (clusters without Istio).
 const ISTIOD_ALIAS_YAML: &str = include_str!("../../manifests/install/istiod-alias.yaml");
+/// istio-ingressgateway and istio-egressgateway, run by mast-proxy as `proxy router`.
+const GATEWAYS_YAML: &str = include_str!("../../manifests/install/gateways.yaml");
 /// The sidecar injection webhook; applied last, once mastd can answer it.
 const WEBHOOK_YAML: &str = include_str!("../../manifests/install/injector-webhook.yaml");
 
@@ -35,7 +37,8 @@ pub struct GenerateArgs {
     /// Only the CustomResourceDefinitions (manifests/install/crds.yaml).
     #[arg(long)]
     pub crds: bool,
-    /// Only the control plane: mast.yaml, istiod-alias.yaml and the injection webhook.
+    /// Only the control plane: mast.yaml, istiod-alias.yaml, the gateways and the injection
+    /// webhook.
     #[arg(long)]
     pub install: bool,
     /// CRDs and control plane (the default).
@@ -64,7 +67,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<String> {
         out.push_str(&mast_crds::crds_yaml()?);
     }
     if args.install || everything {
-        for file in [MAST_YAML, ISTIOD_ALIAS_YAML, WEBHOOK_YAML] {
+        for file in [MAST_YAML, ISTIOD_ALIAS_YAML, GATEWAYS_YAML, WEBHOOK_YAML] {
             if !out.is_empty() {
                 out.push_str("---\n");
             }
@@ -144,6 +147,46 @@ mod tests {
                 .count(),
             mast_crds::KINDS.len()
         );
+    }
+
+    /// The committed gateway Deployments are what the injector writes for Istio's `gateway`
+    /// template: injecting them again changes nothing, and they run mast-proxy as Istio's
+    /// `proxy router`.
+    #[test]
+    fn gateways_are_the_injectors_gateway_pods() {
+        use mast_injector::inject::Settings;
+        let deployments: Vec<serde_json::Value> = docs(GATEWAYS_YAML)
+            .into_iter()
+            .filter(|d| d["kind"] == "Deployment")
+            .collect();
+        assert_eq!(deployments.len(), 2);
+        for d in &deployments {
+            let text = serde_saphyr::to_string(d).unwrap();
+            let (again, _) =
+                mast_injector::kube_inject::inject_yaml(&text, &Settings::default()).unwrap();
+            let again: serde_json::Value = serde_saphyr::from_str(&again).unwrap();
+            let strip = |mut v: serde_json::Value| {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("status");
+                }
+                v
+            };
+            assert_eq!(strip(again), strip(d.clone()), "{}", d["metadata"]["name"]);
+            let c = &d["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["args"][0], "proxy");
+            assert_eq!(c["args"][1], "router");
+            let version = env!("CARGO_PKG_VERSION");
+            assert_eq!(
+                c["image"],
+                format!("ghcr.io/mast-mesh/mast-proxy:{version}").as_str()
+            );
+        }
+        let services: Vec<serde_json::Value> = docs(GATEWAYS_YAML)
+            .into_iter()
+            .filter(|d| d["kind"] == "Service")
+            .collect();
+        assert_eq!(services[0]["metadata"]["name"], "istio-ingressgateway");
+        assert_eq!(services[0]["spec"]["type"], "LoadBalancer");
     }
 
     /// The images the install and the Kubernetes sample name are this release's.

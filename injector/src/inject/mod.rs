@@ -69,9 +69,6 @@ pub struct Settings {
     pub default_proxy_config: Map<String, Value>,
     /// Namespaces never injected.
     pub ignored_namespaces: Vec<String>,
-    /// Render Istio's `gateway` template. Off until pilot serves gateway (router) config: a
-    /// gateway pod injected today would only fail at start, so admission says so instead.
-    pub gateway_template: bool,
 }
 
 impl Default for Settings {
@@ -111,7 +108,6 @@ impl Default for Settings {
             inbound_localhost: false,
             default_proxy_config: Map::new(),
             ignored_namespaces: vec!["kube-system".into(), "kube-public".into()],
-            gateway_template: false,
         }
     }
 }

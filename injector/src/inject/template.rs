@@ -330,16 +330,7 @@ pub fn render(p: &Params, templates: &[String]) -> Result<Rendered, InjectError>
     for t in templates {
         match t.as_str() {
             "sidecar" => sidecar(p, &mut out),
-            "gateway" if p.settings.gateway_template => gateway(p, &mut out),
-            "gateway" => {
-                return Err(InjectError::Annotation {
-                    annotation: ann::TEMPLATES.into(),
-                    value: t.clone(),
-                    reason: "Mast does not serve gateway (router) configuration yet; run \
-                             ingress gateways outside the mesh for now"
-                        .into(),
-                });
-            }
+            "gateway" => gateway(p, &mut out),
             other => {
                 return Err(InjectError::Annotation {
                     annotation: ann::TEMPLATES.into(),
