@@ -6,6 +6,12 @@
 //! has a large sub-API Mast does not act on (locality load balancing, tunnels, gateway TLS
 //! details…) the subtree is [`Open`]: any object is kept as is, so valid Istio YAML is never
 //! refused for a feature Mast merely ignores.
+//!
+//! mesh-config's Istio dialect deserializes users' YAML into these same types, so a field is
+//! typed once, as Istio types it (`weight` is `int32`, ports `uint32`, modes are enums). Where
+//! Istio's schema requires a field that proto3 lets default (`DestinationRule.host`), the Rust
+//! field defaults and only the schema requires it (`#[schemars(extend("required" = …))]`):
+//! the dialect then reports the field by its own path, as istiod does.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +26,8 @@ use crate::Open;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PortSelector {
     /// Valid port number.
+    // Not required, as in Istio's schema (proto3: absent is 0); validation refuses 0.
+    #[serde(default)]
     pub number: u32,
 }
 
@@ -40,6 +48,8 @@ pub struct Destination {
 /// A percentage in the range 0.0–100.0.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Percent {
+    // Absent is 0, as in Istio's schema (proto3 `double`).
+    #[serde(default)]
     #[schemars(range(min = 0.0, max = 100.0))]
     pub value: f64,
 }
@@ -96,11 +106,14 @@ pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-/// A port of a service (ServiceEntry, Gateway server, Sidecar listener).
+/// A port of a Sidecar listener.
+// ServiceEntry and Gateway servers have their own port types, with required fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
     /// A valid non-negative integer port number.
+    // Not required, as in Istio's schema: 0 is an egress listener on a Unix socket.
+    #[serde(default)]
     pub number: u32,
     /// HTTP, HTTPS, GRPC, GRPC-WEB, HTTP2, MONGO, TCP or TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -432,6 +445,8 @@ pub struct TcpRoute {
 
 /// A route for non-terminated TLS traffic, matched by SNI.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// `match` is required by the schema only (as Istio's), as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["match"]))]
 pub struct TlsRoute {
     #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<TlsMatchAttributes>,
@@ -460,6 +475,8 @@ pub struct L4MatchAttributes {
 /// TLS match conditions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `sniHosts` is required by the schema only (as Istio's), as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["sniHosts"]))]
 pub struct TlsMatchAttributes {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sni_hosts: Vec<String>,
@@ -481,8 +498,12 @@ pub struct TlsMatchAttributes {
 /// pools, outlier detection and TLS.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Required by the schema (as Istio's) while the Rust field defaults, so a reader names the
+// missing field itself (`spec.host: required`), as istiod does with proto3's empty value.
+#[schemars(extend("required" = ["host"]))]
 pub struct DestinationRuleSpec {
     /// The name of a service from the service registry.
+    #[serde(default)]
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_policy: Option<TrafficPolicy>,
@@ -498,7 +519,10 @@ pub struct DestinationRuleSpec {
 /// A named set of endpoints of a service.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `name` is required by the schema only, as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["name"]))]
 pub struct Subset {
+    #[serde(default)]
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -621,12 +645,17 @@ pub struct HttpCookie {
 /// Slow start of new endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `duration` is required by the schema only, as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["duration"]))]
 pub struct Warmup {
     /// How long a new endpoint is warmed up.
+    #[serde(default)]
     pub duration: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
     pub minimum_percent: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub aggression: Option<f64>,
 }
 
@@ -762,11 +791,18 @@ pub enum ClientTlsMode {
 /// Adds an entry to the mesh's service registry (external services, VMs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `hosts` is required by the schema only, as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["hosts"]))]
 pub struct ServiceEntrySpec {
     /// The hosts associated with the ServiceEntry.
+    #[serde(default)]
     pub hosts: Vec<String>,
     /// Virtual IP addresses (or CIDR prefixes) associated with the service.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "addresses",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ServiceEntryPort>,
@@ -789,13 +825,37 @@ pub struct ServiceEntrySpec {
 /// A port of a ServiceEntry; `name` is required there.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `name` is required by the schema only, as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["number", "name"]))]
 pub struct ServiceEntryPort {
     pub number: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+    #[serde(default)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u32>,
+}
+
+/// IP addresses and CIDRs. An unquoted IPv6 address ending in `::` inside a flow sequence
+/// (`[1.2.3.4, 2001:db8::]`) is, to a YAML 1.2 parser, a one-key mapping (`2001:db8:` → null);
+/// Kubernetes' YAML 1.1 parser reads it as the string users meant, so this type does too.
+fn addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    use serde_json::Value;
+    let values = Vec::<Value>::deserialize(d)?;
+    values
+        .into_iter()
+        .map(|v| match v {
+            Value::String(s) => Ok(s),
+            Value::Object(m) if m.len() == 1 => match m.into_iter().next() {
+                Some((k, Value::Null)) => Ok(format!("{k}:")),
+                _ => Err(serde::de::Error::custom("expected an address")),
+            },
+            other => Err(serde::de::Error::custom(format!(
+                "expected an address, got {other}"
+            ))),
+        })
+        .collect()
 }
 
 /// Whether a ServiceEntry's service is part of the mesh.
@@ -848,10 +908,107 @@ pub struct WorkloadGroupSpec {
     pub metadata: Option<WorkloadGroupMetadata>,
     /// The WorkloadEntry every member starts from.
     pub template: WorkloadEntrySpec,
-    /// Readiness probe run by the proxy (exec, httpGet, tcpSocket or grpc); not acted on by
-    /// Mast, kept as given.
+    /// Readiness probe run by the proxy (exec, httpGet, tcpSocket or grpc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probe: Option<Open>,
+    pub probe: Option<ReadinessProbe>,
+}
+
+/// How the proxy of a WorkloadGroup member checks that its application is ready: at most one
+/// of `httpGet`, `tcpSocket`, `exec` or `grpc`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [
+    {"not": {"anyOf": [
+        {"required": ["httpGet"]}, {"required": ["tcpSocket"]},
+        {"required": ["exec"]}, {"required": ["grpc"]},
+    ]}},
+    {"required": ["httpGet"]},
+    {"required": ["tcpSocket"]},
+    {"required": ["exec"]},
+    {"required": ["grpc"]},
+]))]
+pub struct ReadinessProbe {
+    /// Seconds after the application started before the first probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub initial_delay_seconds: Option<i32>,
+    /// Seconds after which a probe times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub timeout_seconds: Option<i32>,
+    /// Seconds between probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub period_seconds: Option<i32>,
+    /// Consecutive successes that make a failed workload ready again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub success_threshold: Option<i32>,
+    /// Consecutive failures that make a ready workload not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failure_threshold: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
+}
+
+/// An HTTP GET readiness check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Port of the endpoint (1–65535).
+    pub port: u32,
+    /// Host name to connect to; the workload's address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP or HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<ProbeHeader>,
+}
+
+/// A header sent with an HTTP readiness check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ProbeHeader {
+    #[serde(default)]
+    #[schemars(extend("pattern" = "^[-_A-Za-z0-9]+$"))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A TCP connect readiness check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TcpHealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Port of the endpoint (1–65535).
+    pub port: u32,
+}
+
+/// A command run in the workload; exit status 0 is ready.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecHealthCheck {
+    pub command: Vec<String>,
+}
+
+/// A gRPC health-checking-protocol readiness check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GrpcHealthCheck {
+    /// Port of the endpoint (1–65535).
+    #[serde(default)]
+    pub port: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// Metadata of generated WorkloadEntries.
@@ -911,6 +1068,8 @@ pub struct IstioIngressListener {
 /// An outbound listener of a sidecar and the hosts it can reach.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `hosts` is required by the schema only, as `host` of DestinationRuleSpec.
+#[schemars(extend("required" = ["hosts"]))]
 pub struct IstioEgressListener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<ServicePort>,
@@ -919,6 +1078,7 @@ pub struct IstioEgressListener {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture_mode: Option<CaptureMode>,
     /// `namespace/dnsName` entries.
+    #[serde(default)]
     pub hosts: Vec<String>,
 }
 
@@ -964,13 +1124,53 @@ pub struct Server {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bind: Option<String>,
     pub hosts: Vec<String>,
-    /// Server TLS settings; kept as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Open>,
+    pub tls: Option<ServerTlsSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// A Gateway server's TLS settings (Istio's `ServerTLSSettings`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsSettings {
+    /// Answer plain HTTP with a 301 to https.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+    /// `SIMPLE` (the default), `MUTUAL`, `OPTIONAL_MUTUAL`, `PASSTHROUGH`, `ISTIO_MUTUAL` or
+    /// `AUTO_PASSTHROUGH`; checked by validation, which names the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_certificate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_crl: Option<String>,
+    /// A Secret (in the gateway workload's namespace) holding the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify_certificate_hash: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_protocol_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_protocol_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+    /// Certificates given inline elsewhere (Istio's `tlsCertificates`); kept as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_certificates: Vec<Open>,
 }
 
 /// A Gateway server's port; number, protocol and name are required there.

@@ -21,8 +21,11 @@ pub struct PeerAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MutualTls>,
     /// Port number (as a string key) → mTLS setting for that port.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub port_level_mtls: BTreeMap<String, MutualTls>,
+    // An Option: present-but-empty is refused (minProperties), and present at all needs a
+    // selector, as Istio's CEL rule `has(self.portLevelMtls)` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("minProperties" = 1))]
+    pub port_level_mtls: Option<BTreeMap<String, MutualTls>>,
 }
 
 /// An mTLS setting.
@@ -78,10 +81,15 @@ pub enum Action {
 
 /// A Kubernetes resource (Gateway, Service…) a policy is attached to.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// `kind` and `name` are required by the schema only, as `host` of
+// `networking::DestinationRuleSpec`: a reader reports them by their own path.
+#[schemars(extend("required" = ["kind", "name"]))]
 pub struct PolicyTargetReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(default)]
     pub kind: String,
+    #[serde(default)]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -179,7 +187,10 @@ pub struct Operation {
 /// A condition on a request attribute (`request.headers[…]`, `source.ip`…).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// `key` is required by the schema only, as `host` of `networking::DestinationRuleSpec`.
+#[schemars(extend("required" = ["key"]))]
 pub struct Condition {
+    #[serde(default)]
     pub key: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
@@ -250,15 +261,25 @@ pub enum Presence {
 
 /// A header a token is read from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// `name` is required by the schema only, so a reader can tell absent (`Required value`) from
+// empty (too short), as the API server does.
+#[schemars(extend("required" = ["name"]))]
 pub struct JwtHeader {
-    pub name: String,
+    /// The HTTP header name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
 }
 
 /// A claim copied into a request header.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+// Both are required by the schema only, as `kind` and `name` of PolicyTargetReference.
+#[schemars(extend("required" = ["header", "claim"]))]
 pub struct ClaimToHeader {
+    #[serde(default)]
     pub header: String,
+    #[serde(default)]
     pub claim: String,
 }

@@ -459,3 +459,40 @@ fn every_crd_fits_kubectl_apply_annotation() {
         );
     }
 }
+
+/// Fields Istio's schema requires but proto3 lets default (`DestinationRule.host`…) are
+/// required by the schema and default in Rust, so a reader of the types (mesh-config) reports
+/// the missing field by its own path instead of serde's "missing field" on the parent.
+#[test]
+fn schema_only_required_fields_default_in_rust() {
+    let dr = KINDS
+        .iter()
+        .find(|k| k.kind == "DestinationRule")
+        .unwrap()
+        .spec_schema();
+    assert_eq!(dr["required"], json!(["host"]));
+    assert_eq!(
+        dr["properties"]["subsets"]["items"]["required"],
+        json!(["name"])
+    );
+    let spec: networking::DestinationRuleSpec =
+        serde_json::from_value(json!({"subsets": [{"labels": {"v": "1"}}]})).unwrap();
+    assert_eq!(
+        (spec.host.as_str(), spec.subsets[0].name.as_str()),
+        ("", "")
+    );
+    let se = KINDS
+        .iter()
+        .find(|k| k.kind == "ServiceEntry")
+        .unwrap()
+        .spec_schema();
+    assert_eq!(se["required"], json!(["hosts"]));
+    assert!(serde_json::from_value::<networking::ServiceEntrySpec>(json!({})).is_ok());
+    // Istio's int32 weight: a larger value is not a weight.
+    assert!(
+        serde_json::from_value::<networking::HttpRouteDestination>(
+            json!({"destination": {"host": "a"}, "weight": 3_000_000_000_i64})
+        )
+        .is_err()
+    );
+}

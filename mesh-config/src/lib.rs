@@ -3,8 +3,10 @@
 //!
 //! This crate is shared by `mastd` (pilot), `mastctl` (offline `analyze`) and the injector, so
 //! it does no networking and builds no xDS: input text in, [`model::MeshModel`] and
-//! [`error::ConfigError`]s out. Its one Mast dependency is `mast-proto`, for the duration
-//! grammar it shares with the sidecar (every user of this crate links `mast-proto` anyway).
+//! [`error::ConfigError`]s out. Its Mast dependencies are `mast-proto`, for the duration
+//! grammar it shares with the sidecar (every user of this crate links `mast-proto` anyway),
+//! and `mast-crds`, whose spec types the Istio dialect reads, so a field of Istio's API has
+//! one Rust type for the CRDs and for validation.
 
 pub mod error;
 pub mod model;

@@ -7,155 +7,27 @@
 //! ValidateTLS): a valid host, unique DNS-label subset names, policies that set something,
 //! known load balancer and TLS modes, MUTUAL TLS files, non-negative limits, durations of
 //! whole milliseconds, percentages in 0–100, a port on every port-level setting.
+//!
+//! The spec is read straight into `mast_crds::networking::DestinationRuleSpec`, the type the
+//! DestinationRule CRD is generated from, so a field has one Rust type in the CRD and here;
+//! enums (load balancers, TLS and HTTP/2 upgrade modes) are refused by that type when unknown.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mast_crds::networking as api;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{
-    VsPort, check_wildcard_domain, count, dns1123_label, duration, ms_duration, resolve_host,
+    check_wildcard_domain, count, deserialize, dns1123_label, duration, ms_duration, resolve_host,
 };
 use crate::dialect::kube::port_number;
-use crate::dialect::{Document, FieldError, MeshResource, Meta, deserialize};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
 use crate::model::*;
 
+/// The document around the spec: `spec` is required, the rest was read into [`Meta`].
 #[derive(Debug, Deserialize)]
 struct DrDoc {
-    spec: DrSpec,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrSpec {
-    #[serde(default)]
-    host: String,
-    traffic_policy: Option<DrPolicy>,
-    #[serde(default)]
-    subsets: Vec<DrSubset>,
-    #[serde(default)]
-    export_to: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrSubset {
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    labels: Labels,
-    traffic_policy: Option<DrPolicy>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrPolicy {
-    load_balancer: Option<DrLb>,
-    connection_pool: Option<DrPool>,
-    outlier_detection: Option<DrOutlier>,
-    tls: Option<DrTls>,
-    #[serde(default)]
-    port_level_settings: Vec<DrPortPolicy>,
-    /// Kept only to know they are set: Mast does not act on them yet.
-    tunnel: Option<Value>,
-    proxy_protocol: Option<Value>,
-    retry_budget: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrPortPolicy {
-    port: Option<VsPort>,
-    load_balancer: Option<DrLb>,
-    connection_pool: Option<DrPool>,
-    outlier_detection: Option<DrOutlier>,
-    tls: Option<DrTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrLb {
-    simple: Option<String>,
-    consistent_hash: Option<DrHash>,
-    warmup: Option<DrWarmup>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrWarmup {
-    duration: Option<String>,
-    minimum_percent: Option<f64>,
-    aggression: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrHash {
-    http_header_name: Option<String>,
-    http_cookie: Option<DrCookie>,
-    use_source_ip: Option<bool>,
-    http_query_parameter_name: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct DrCookie {
-    name: String,
-    ttl: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct DrPool {
-    tcp: Option<DrTcpPool>,
-    http: Option<DrHttpPool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrTcpPool {
-    max_connections: Option<i64>,
-    connect_timeout: Option<String>,
-    tcp_keepalive: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrHttpPool {
-    http1_max_pending_requests: Option<i64>,
-    http2_max_requests: Option<i64>,
-    max_requests_per_connection: Option<i64>,
-    max_retries: Option<i64>,
-    idle_timeout: Option<String>,
-    h2_upgrade_policy: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrOutlier {
-    consecutive_errors: Option<i64>,
-    consecutive_5xx_errors: Option<i64>,
-    consecutive_gateway_errors: Option<i64>,
-    interval: Option<String>,
-    base_ejection_time: Option<String>,
-    max_ejection_percent: Option<i64>,
-    min_health_percent: Option<i64>,
-    #[serde(default)]
-    split_external_local_origin_errors: bool,
-    consecutive_local_origin_failures: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DrTls {
-    mode: Option<String>,
-    sni: Option<String>,
-    #[serde(default)]
-    subject_alt_names: Vec<String>,
-    credential_name: Option<String>,
-    client_certificate: Option<String>,
-    private_key: Option<String>,
-    ca_certificates: Option<String>,
-    ca_crl: Option<String>,
-    insecure_skip_verify: Option<bool>,
+    spec: api::DestinationRuleSpec,
 }
 
 #[derive(Debug)]
@@ -163,7 +35,7 @@ pub(super) struct DestinationRuleResource(DestinationPolicy);
 
 /// istiod's validateTrafficPolicy: a policy that is present sets something, and not both
 /// tunnel and proxyProtocol.
-fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy {
+fn policy(p: &api::TrafficPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy {
     if p.load_balancer.is_none()
         && p.connection_pool.is_none()
         && p.outlier_detection.is_none()
@@ -197,10 +69,7 @@ fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy 
             .outlier_detection
             .as_ref()
             .map(|o| outlier(o, &format!("{f}.outlierDetection"), errors)),
-        tls: p
-            .tls
-            .as_ref()
-            .and_then(|t| tls(t, &format!("{f}.tls"), errors)),
+        tls: p.tls.as_ref().map(|t| tls(t, &format!("{f}.tls"), errors)),
         port_level: BTreeMap::new(),
     };
     for (i, pl) in p.port_level_settings.iter().enumerate() {
@@ -208,7 +77,7 @@ fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy 
         let Some(port) = pl
             .port
             .as_ref()
-            .and_then(|p| port_number(p.number, &format!("{pf}.port.number"), errors))
+            .and_then(|p| port_number(i64::from(p.number), &format!("{pf}.port.number"), errors))
         else {
             if pl.port.is_none() {
                 errors.push(FieldError::new(format!("{pf}.port"), "required"));
@@ -243,7 +112,7 @@ fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy 
                 tls: pl
                     .tls
                     .as_ref()
-                    .and_then(|t| tls(t, &format!("{pf}.tls"), errors)),
+                    .map(|t| tls(t, &format!("{pf}.tls"), errors)),
                 port_level: BTreeMap::new(),
             },
         );
@@ -251,16 +120,19 @@ fn policy(p: &DrPolicy, f: &str, errors: &mut Vec<FieldError>) -> TrafficPolicy 
     out
 }
 
-fn load_balancer(lb: &DrLb, f: &str, errors: &mut Vec<FieldError>) -> Option<LoadBalancer> {
+fn load_balancer(
+    lb: &api::LoadBalancerSettings,
+    f: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<LoadBalancer> {
     if let Some(w) = &lb.warmup {
-        match &w.duration {
-            None => errors.push(FieldError::new(
+        if w.duration.is_empty() {
+            errors.push(FieldError::new(
                 format!("{f}.warmup.duration"),
                 "Required value",
-            )),
-            Some(d) => {
-                ms_duration(d, &format!("{f}.warmup.duration"), errors);
-            }
+            ));
+        } else {
+            ms_duration(&w.duration, &format!("{f}.warmup.duration"), errors);
         }
         if let Some(p) = w.minimum_percent
             && !(0.0..=100.0).contains(&p)
@@ -305,22 +177,17 @@ fn load_balancer(lb: &DrLb, f: &str, errors: &mut Vec<FieldError>) -> Option<Loa
         };
         return Some(LoadBalancer::ConsistentHash(key));
     }
-    match lb.simple.as_deref()? {
-        "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Some(LoadBalancer::LeastRequest),
-        "ROUND_ROBIN" => Some(LoadBalancer::RoundRobin),
-        "RANDOM" => Some(LoadBalancer::Random),
-        "PASSTHROUGH" => Some(LoadBalancer::Passthrough),
-        other => {
-            errors.push(FieldError::new(
-                format!("{f}.simple"),
-                format!("unknown load balancer {other:?}"),
-            ));
-            None
+    Some(match lb.simple? {
+        api::SimpleLb::LeastRequest | api::SimpleLb::LeastConn | api::SimpleLb::Unspecified => {
+            LoadBalancer::LeastRequest
         }
-    }
+        api::SimpleLb::RoundRobin => LoadBalancer::RoundRobin,
+        api::SimpleLb::Random => LoadBalancer::Random,
+        api::SimpleLb::Passthrough => LoadBalancer::Passthrough,
+    })
 }
 
-fn pool(c: &DrPool, f: &str, errors: &mut Vec<FieldError>) -> ConnectionPool {
+fn pool(c: &api::ConnectionPoolSettings, f: &str, errors: &mut Vec<FieldError>) -> ConnectionPool {
     let mut p = ConnectionPool::default();
     if c.tcp.is_none() && c.http.is_none() {
         errors.push(FieldError::new(
@@ -361,20 +228,20 @@ fn pool(c: &DrPool, f: &str, errors: &mut Vec<FieldError>) -> ConnectionPool {
             .idle_timeout
             .as_deref()
             .and_then(|d| ms_duration(d, &format!("{f}.http.idleTimeout"), errors));
-        p.h2_upgrade = match h.h2_upgrade_policy.as_deref() {
-            Some("UPGRADE") => Some(true),
-            Some("DO_NOT_UPGRADE") => Some(false),
-            _ => None,
+        p.h2_upgrade = match h.h2_upgrade_policy {
+            Some(api::H2UpgradePolicy::Upgrade) => Some(true),
+            Some(api::H2UpgradePolicy::DoNotUpgrade) => Some(false),
+            Some(api::H2UpgradePolicy::Default) | None => None,
         };
     }
     p
 }
 
-fn outlier(o: &DrOutlier, f: &str, errors: &mut Vec<FieldError>) -> OutlierDetection {
-    let pct = |v: Option<i64>, name: &str, errors: &mut Vec<FieldError>| {
+fn outlier(o: &api::OutlierDetection, f: &str, errors: &mut Vec<FieldError>) -> OutlierDetection {
+    let pct = |v: Option<i32>, name: &str, errors: &mut Vec<FieldError>| {
         v.and_then(|n| {
             if (0..=100).contains(&n) {
-                Some(n as u32)
+                Some(n.unsigned_abs())
             } else {
                 errors.push(FieldError::new(
                     format!("{f}.{name}"),
@@ -384,7 +251,8 @@ fn outlier(o: &DrOutlier, f: &str, errors: &mut Vec<FieldError>) -> OutlierDetec
             }
         })
     };
-    if !o.split_external_local_origin_errors
+    let split_external_local_origin_errors = o.split_external_local_origin_errors == Some(true);
+    if !split_external_local_origin_errors
         && o.consecutive_local_origin_failures.is_some_and(|n| n > 0)
     {
         errors.push(FieldError::new(
@@ -394,7 +262,9 @@ fn outlier(o: &DrOutlier, f: &str, errors: &mut Vec<FieldError>) -> OutlierDetec
     }
     OutlierDetection {
         consecutive_5xx_errors: count(
-            o.consecutive_5xx_errors.or(o.consecutive_errors),
+            o.consecutive_5xx_errors
+                .map(i64::from)
+                .or(o.consecutive_errors.map(i64::from)),
             &format!("{f}.consecutive5xxErrors"),
             errors,
         ),
@@ -413,37 +283,35 @@ fn outlier(o: &DrOutlier, f: &str, errors: &mut Vec<FieldError>) -> OutlierDetec
             .and_then(|d| ms_duration(d, &format!("{f}.baseEjectionTime"), errors)),
         max_ejection_percent: pct(o.max_ejection_percent, "maxEjectionPercent", errors),
         min_health_percent: pct(o.min_health_percent, "minHealthPercent", errors),
-        split_external_local_origin_errors: o.split_external_local_origin_errors,
+        split_external_local_origin_errors,
     }
 }
 
-fn tls(t: &DrTls, f: &str, errors: &mut Vec<FieldError>) -> Option<ClientTls> {
-    let mode = match t.mode.as_deref().unwrap_or("DISABLE") {
-        "DISABLE" => TlsMode::Disable,
-        "SIMPLE" => TlsMode::Simple,
-        "MUTUAL" => TlsMode::Mutual,
-        "ISTIO_MUTUAL" => TlsMode::IstioMutual,
-        other => {
-            errors.push(FieldError::new(
-                format!("{f}.mode"),
-                format!("unknown TLS mode {other:?}"),
-            ));
-            return None;
-        }
+fn tls(t: &api::ClientTlsSettings, f: &str, errors: &mut Vec<FieldError>) -> ClientTls {
+    let mode = match t.mode.unwrap_or(api::ClientTlsMode::Disable) {
+        api::ClientTlsMode::Disable => TlsMode::Disable,
+        api::ClientTlsMode::Simple => TlsMode::Simple,
+        api::ClientTlsMode::Mutual => TlsMode::Mutual,
+        api::ClientTlsMode::IstioMutual => TlsMode::IstioMutual,
     };
     check_tls_files(t, &mode, f, errors);
-    Some(ClientTls {
+    ClientTls {
         mode,
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         credential_name: t.credential_name.clone(),
-    })
+    }
 }
 
 /// istiod's ValidateTLS (client side): with credentialName the secret holds the files, so none
 /// may be given inline; MUTUAL without one needs clientCertificate and privateKey;
 /// insecureSkipVerify leaves nothing to verify with.
-fn check_tls_files(t: &DrTls, mode: &TlsMode, f: &str, errors: &mut Vec<FieldError>) {
+fn check_tls_files(
+    t: &api::ClientTlsSettings,
+    mode: &TlsMode,
+    f: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
     let credential = set(&t.credential_name);
     if t.insecure_skip_verify == Some(true) {
@@ -659,6 +527,26 @@ mod tests {
             "  trafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca.pem}}\n",
             "spec.trafficPolicy.tls.credentialName",
         );
+    }
+
+    /// The spec is mast-crds' `DestinationRuleSpec`: enums are refused by the type at their
+    /// field, and a missing host or subset name is reported by its own path, as istiod does.
+    #[test]
+    fn spec_is_the_crd_type() {
+        rejected(
+            "  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n",
+            "spec.trafficPolicy.loadBalancer.simple",
+        );
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  host: reviews\n  trafficPolicy: {tls: {mode: STRICT}}\n";
+        assert_eq!(
+            error_lines(yaml),
+            [
+                "spec.trafficPolicy.tls.mode: Unsupported value: \"STRICT\": supported values: DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL"
+            ]
+        );
+        rejected("  subsets: [{labels: {v: '1'}}]\n", "spec.subsets[0].name");
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: r\nspec:\n  subsets: [{name: v1}]\n";
+        assert_eq!(error_lines(yaml), ["spec.host: required"]);
     }
 
     /// ValidateDestinationRule: the host is a wildcard domain; subset names are DNS-1123 labels.

@@ -1,16 +1,35 @@
 //! RequestAuthentication: the JWTs a workload accepts. Mast does not act on it yet; it is
 //! accepted after Istio's CRD checks (non-empty strings, jwksUri scheme, header names,
 //! timeout, presence) and the targetRef/selector rules shared with the other policy kinds.
+//!
+//! The spec is read straight into `mast_crds::security::RequestAuthenticationSpec`, the type
+//! the CRD is generated from, so a field has one Rust type in the CRD and here; an unknown
+//! `presence` is refused by that type.
 
-use serde_json::Value;
+use mast_crds::security as api;
 
-use super::array;
-use crate::dialect::FieldError;
+use super::typed_spec;
 use crate::dialect::duration::parse_duration;
+use crate::dialect::{Accepted, Document, FieldError};
 
-fn non_empty_strings(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) {
-    for (i, s) in array(v).iter().enumerate() {
-        if s.as_str().is_none_or(str::is_empty) {
+/// Checks a RequestAuthentication; nothing of it enters the model yet.
+pub(super) fn parse_request_authentication(
+    doc: &Document<'_>,
+) -> Result<Accepted, Vec<FieldError>> {
+    let s: api::RequestAuthenticationSpec = typed_spec(doc)?;
+    let mut errors = Vec::new();
+    request_authentication(&s, &doc.meta.namespace, &mut errors);
+    if errors.is_empty() {
+        Ok(Accepted)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The CRD's `minLength: 1` on list items.
+fn non_empty_strings(v: &[String], field: &str, errors: &mut Vec<FieldError>) {
+    for (i, s) in v.iter().enumerate() {
+        if s.is_empty() {
             errors.push(FieldError::new(
                 format!("{field}[{i}]"),
                 "should be at least 1 chars long",
@@ -21,24 +40,23 @@ fn non_empty_strings(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError
 
 /// `targetRef`/`targetRefs`/`selector` of the security and extension kinds.
 fn policy_targets(
-    spec: &serde_json::Map<String, Value>,
+    spec: &api::RequestAuthenticationSpec,
     namespace: &str,
     errors: &mut Vec<FieldError>,
 ) {
-    let refs: Vec<(String, &Value)> = spec
-        .get("targetRef")
+    let refs: Vec<(String, &api::PolicyTargetReference)> = spec
+        .target_ref
+        .iter()
         .map(|r| ("spec.targetRef".to_string(), r))
-        .into_iter()
         .chain(
-            array(spec.get("targetRefs"))
+            spec.target_refs
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
         )
         .collect();
-    let has_selector = spec.get("selector").is_some();
-    if (spec.contains_key("targetRef") && spec.contains_key("targetRefs"))
-        || (has_selector && !refs.is_empty())
+    if (spec.target_ref.is_some() && !spec.target_refs.is_empty())
+        || (spec.selector.is_some() && !refs.is_empty())
     {
         errors.push(FieldError::new(
             "spec",
@@ -46,11 +64,10 @@ fn policy_targets(
         ));
     }
     for (field, r) in refs {
-        let get = |k: &str| r.get(k).and_then(Value::as_str);
-        if get("name").is_none_or(str::is_empty) {
+        if r.name.is_empty() {
             errors.push(FieldError::new(format!("{field}.name"), "Required value"));
         }
-        if let Some(ns) = get("namespace")
+        if let Some(ns) = r.namespace.as_deref()
             && !ns.is_empty()
             && ns != namespace
         {
@@ -59,7 +76,7 @@ fn policy_targets(
                 "cross namespace referencing is not currently supported",
             ));
         }
-        let group = get("group").unwrap_or("");
+        let group = r.group.as_deref().unwrap_or_default();
         let group_ok = group.is_empty()
             || group.split('.').all(|l| {
                 !l.is_empty()
@@ -74,7 +91,7 @@ fn policy_targets(
                 format!("{group:?} in body should match a DNS subdomain"),
             ));
         }
-        let kind = get("kind").unwrap_or("");
+        let kind = r.kind.as_str();
         let kind_ok = kind.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
             && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && !kind.ends_with('-');
@@ -87,39 +104,41 @@ fn policy_targets(
     }
 }
 
-pub(super) fn request_authentication(
-    spec: &serde_json::Map<String, Value>,
+fn request_authentication(
+    spec: &api::RequestAuthenticationSpec,
     namespace: &str,
     errors: &mut Vec<FieldError>,
 ) {
     policy_targets(spec, namespace, errors);
-    for (i, rule) in array(spec.get("jwtRules")).iter().enumerate() {
+    for (i, rule) in spec.jwt_rules.iter().enumerate() {
         let f = format!("spec.jwtRules[{i}]");
-        let Some(rule) = rule.as_object() else {
-            errors.push(FieldError::new(f, "in body must be of type object"));
-            continue;
-        };
-        non_empty_strings(rule.get("audiences"), &format!("{f}.audiences"), errors);
-        non_empty_strings(rule.get("fromParams"), &format!("{f}.fromParams"), errors);
-        non_empty_strings(rule.get("fromCookies"), &format!("{f}.fromCookies"), errors);
+        non_empty_strings(&rule.audiences, &format!("{f}.audiences"), errors);
+        non_empty_strings(&rule.from_params, &format!("{f}.fromParams"), errors);
+        non_empty_strings(&rule.from_cookies, &format!("{f}.fromCookies"), errors);
         non_empty_strings(
-            rule.get("spaceDelimitedClaims"),
+            &rule.space_delimited_claims,
             &format!("{f}.spaceDelimitedClaims"),
             errors,
         );
-        if let Some(uri) = rule.get("jwksUri").and_then(Value::as_str) {
+        for (name, uri) in [
+            ("jwksUri", &rule.jwks_uri),
+            ("jwks_uri", &rule.jwks_uri_snake),
+        ] {
+            let Some(uri) = uri else {
+                continue;
+            };
             let scheme_ok = uri.split_once("://").is_some_and(|(scheme, rest)| {
                 !rest.is_empty() && matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https")
             });
             if !scheme_ok {
                 errors.push(FieldError::new(
-                    format!("{f}.jwksUri"),
+                    format!("{f}.{name}"),
                     "url must have scheme http:// or https://",
                 ));
             }
         }
-        for (j, h) in array(rule.get("fromHeaders")).iter().enumerate() {
-            match h.get("name").and_then(Value::as_str) {
+        for (j, h) in rule.from_headers.iter().enumerate() {
+            match h.name.as_deref() {
                 None => errors.push(FieldError::new(
                     format!("{f}.fromHeaders[{j}].name"),
                     "Required value",
@@ -131,40 +150,31 @@ pub(super) fn request_authentication(
                 Some(_) => {}
             }
         }
-        for (j, o) in array(rule.get("outputClaimToHeaders")).iter().enumerate() {
+        for (j, o) in rule.output_claim_to_headers.iter().enumerate() {
             let of = format!("{f}.outputClaimToHeaders[{j}]");
-            if !o.is_object() {
-                errors.push(FieldError::new(of, "in body must be of type object"));
-                continue;
-            }
-            if o.get("claim")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty)
-            {
+            if o.claim.is_empty() {
                 errors.push(FieldError::new(
                     format!("{of}.claim"),
                     "in body should be at least 1 chars long",
                 ));
             }
-            match o.get("header").and_then(Value::as_str) {
-                None | Some("") => errors.push(FieldError::new(
+            if o.header.is_empty() {
+                errors.push(FieldError::new(
                     format!("{of}.header"),
                     "header in body should be at least 1 chars long",
-                )),
-                Some(h)
-                    if !h
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                {
-                    errors.push(FieldError::new(
-                        format!("{of}.header"),
-                        "header in body should match '^[-_A-Za-z0-9]+$'",
-                    ))
-                }
-                Some(_) => {}
+                ));
+            } else if !o
+                .header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                errors.push(FieldError::new(
+                    format!("{of}.header"),
+                    "header in body should match '^[-_A-Za-z0-9]+$'",
+                ));
             }
         }
-        if let Some(t) = rule.get("timeout").and_then(Value::as_str) {
+        if let Some(t) = &rule.timeout {
             match parse_duration(t) {
                 Ok(d) if !d.is_zero() => {}
                 _ => errors.push(FieldError::new(
@@ -173,13 +183,40 @@ pub(super) fn request_authentication(
                 )),
             }
         }
-        if let Some(p) = rule.get("presence")
-            && !matches!(p.as_str(), Some("REQUIRED" | "OPTIONAL" | "UNSPECIFIED"))
-        {
-            errors.push(FieldError::new(
-                format!("{f}.presence"),
-                format!("Unsupported value: {p}"),
-            ));
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::error_lines;
+
+    fn ra(spec: &str) -> Vec<String> {
+        error_lines(&format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: r\nspec:\n{spec}"
+        ))
+    }
+
+    /// The spec is mast-crds' type: Istio's presence values only, a header name present and
+    /// not empty, target references named.
+    #[test]
+    fn spec_is_the_crd_type() {
+        assert!(
+            ra("  jwtRules: [{issuer: a, jwksUri: 'https://a/keys', presence: REQUIRED}]\n")
+                .is_empty()
+        );
+        assert_eq!(
+            ra("  jwtRules: [{issuer: a, presence: MANDATORY}]\n"),
+            [
+                "spec.jwtRules[0].presence: Unsupported value: \"MANDATORY\": supported values: OPTIONAL, REQUIRED"
+            ]
+        );
+        assert_eq!(
+            ra("  jwtRules: [{issuer: a, fromHeaders: [{prefix: 'Bearer '}]}]\n"),
+            ["spec.jwtRules[0].fromHeaders[0].name: Required value"]
+        );
+        assert_eq!(
+            ra("  targetRef: {kind: Service}\n"),
+            ["spec.targetRef.name: Required value"]
+        );
     }
 }

@@ -1,52 +1,30 @@
 //! PeerAuthentication and AuthorizationPolicy (`security.istio.io`): the mTLS mode a
 //! workload accepts and who may call it, into [`crate::security`] values field for field.
 //!
-//! Istio's rules run first ([`peer_authentication`], [`authorization_policy`]: mTLS modes,
-//! port-level settings need a selector, serviceAccounts not mixed with namespaces or
-//! principals), then the typed parse turns an accepted document into the model.
+//! The spec is read straight into `mast_crds::security`'s `PeerAuthenticationSpec` and
+//! `AuthorizationPolicySpec`, the types the CRDs are generated from, so a field has one Rust
+//! type in the CRD and here and unknown modes and actions are refused by the type. Istio's
+//! rules then run on the typed spec ([`peer_authentication`], [`authorization_policy`]: port-
+//! level settings need a selector, serviceAccounts not mixed with namespaces or principals,
+//! well-formed IPs and ports…) before the accepted spec becomes the model.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-use serde_json::Value;
+use mast_crds::networking::LabelSelector;
+use mast_crds::security as api;
 
+use super::typed_spec;
 use crate::dialect::{Document, FieldError, MeshResource, Meta};
-use crate::model::{Labels, MeshModel, ResourceRef};
+use crate::model::{MeshModel, ResourceRef};
 use crate::security::{
     AuthzAction, AuthzPolicy, AuthzRule, Condition, MtlsMode, Operation, PeerAuthn, Source,
 };
 
-const MTLS_MODES: &[&str] = &["UNSET", "DISABLE", "PERMISSIVE", "STRICT"];
-
-fn mtls_mode(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) {
-    if let Some(mode) = v.and_then(|m| m.get("mode")) {
-        match mode.as_str() {
-            Some(m) if MTLS_MODES.contains(&m) => {}
-            _ => errors.push(FieldError::new(
-                format!("{field}.mode"),
-                format!(
-                    "Unsupported value: {mode}: supported values: {}",
-                    MTLS_MODES.join(", ")
-                ),
-            )),
-        }
-    }
-}
-
-pub(super) fn peer_authentication(
-    spec: &serde_json::Map<String, Value>,
-    errors: &mut Vec<FieldError>,
-) {
-    mtls_mode(spec.get("mtls"), "spec.mtls", errors);
-    workload_selector(spec.get("selector"), errors);
-    let Some(ports) = spec.get("portLevelMtls") else {
-        return;
-    };
-    let Some(ports) = ports.as_object() else {
-        errors.push(FieldError::new(
-            "spec.portLevelMtls",
-            "must be a map of port to mTLS settings",
-        ));
+/// istiod's ValidatePeerAuthentication and the CRD's rules: port-level settings are not empty,
+/// need a selector with labels, and are keyed by port numbers.
+fn peer_authentication(spec: &api::PeerAuthenticationSpec, errors: &mut Vec<FieldError>) {
+    workload_selector(spec.selector.as_ref(), errors);
+    let Some(ports) = &spec.port_level_mtls else {
         return;
     };
     if ports.is_empty() {
@@ -56,99 +34,118 @@ pub(super) fn peer_authentication(
         ));
     }
     // istiod: a selector without labels is as namespace-wide as none at all.
-    let labels = spec
-        .get("selector")
-        .and_then(|s| s.get("matchLabels"))
-        .and_then(Value::as_object);
-    if labels.is_none_or(serde_json::Map::is_empty) {
+    if spec
+        .selector
+        .as_ref()
+        .is_none_or(|s| s.match_labels.is_empty())
+    {
         errors.push(FieldError::new(
             "spec.portLevelMtls",
             "portLevelMtls requires a selector with matchLabels (mesh/namespace peer authentication cannot have port level mTLS)",
         ));
     }
-    for (port, setting) in ports {
+    for port in ports.keys() {
         let field = format!("spec.portLevelMtls[{port}]");
         match port.parse::<u64>() {
             Err(_) => errors.push(FieldError::new(
-                field.clone(),
+                field,
                 format!("type conversion error from {port:?} to a port number"),
             )),
-            Ok(p) if !(1..=65535).contains(&p) => errors.push(FieldError::new(
-                field.clone(),
-                "port must be between 1-65535",
-            )),
+            Ok(p) if !(1..=65535).contains(&p) => {
+                errors.push(FieldError::new(field, "port must be between 1-65535"))
+            }
             Ok(_) => {}
         }
-        mtls_mode(Some(setting), &field, errors);
     }
 }
 
-pub(super) fn authorization_policy(
-    spec: &serde_json::Map<String, Value>,
-    errors: &mut Vec<FieldError>,
-) {
-    workload_selector(spec.get("selector"), errors);
+/// Istio's name of an action, as its messages spell it.
+fn action_name(action: api::Action) -> &'static str {
+    match action {
+        api::Action::Allow => "ALLOW",
+        api::Action::Deny => "DENY",
+        api::Action::Audit => "AUDIT",
+        api::Action::Custom => "CUSTOM",
+    }
+}
+
+/// istiod's ValidateAuthorizationPolicy: DENY and CUSTOM need rules, CUSTOM a provider name
+/// and only CUSTOM a provider; then each rule.
+fn authorization_policy(spec: &api::AuthorizationPolicySpec, errors: &mut Vec<FieldError>) {
+    workload_selector(spec.selector.as_ref(), errors);
     policy_target_refs(spec, errors);
-    let action = spec
-        .get("action")
-        .and_then(Value::as_str)
-        .unwrap_or("ALLOW");
-    let rules = spec
-        .get("rules")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let action = spec.action.unwrap_or(api::Action::Allow);
+    let custom = action == api::Action::Custom;
     // An empty list decodes as no rules at all, as in istiod.
-    if rules.is_empty() && matches!(action, "DENY" | "CUSTOM") {
+    if spec.rules.is_empty() && matches!(action, api::Action::Deny | api::Action::Custom) {
         errors.push(FieldError::new(
             "spec.rules",
             format!(
-                "{action} action without rules is meaningless as it will never be triggered, add an empty rule {{}} if you want it be triggered for every request"
+                "{} action without rules is meaningless as it will never be triggered, add an empty rule {{}} if you want it be triggered for every request",
+                action_name(action)
             ),
         ));
     }
-    let provider = spec.get("provider").filter(|p| !p.is_null());
-    if action == "CUSTOM" && !rules.is_empty() {
-        let name = provider.and_then(|p| p.get("name")).and_then(Value::as_str);
-        if name.is_none_or(str::is_empty) {
-            errors.push(FieldError::new(
-                "spec.provider.name",
-                "provider.name must not be empty with the CUSTOM action",
-            ));
-        }
-    }
-    if provider.is_some() && action != "CUSTOM" {
+    if custom
+        && !spec.rules.is_empty()
+        && spec
+            .provider
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .is_none_or(str::is_empty)
+    {
         errors.push(FieldError::new(
-            "spec.provider",
-            format!("provider must not be set with the non-CUSTOM action {action}"),
+            "spec.provider.name",
+            "provider.name must not be empty with the CUSTOM action",
         ));
     }
-    for (i, rule) in rules.iter().enumerate() {
-        authorization_rule(
-            rule,
-            action == "CUSTOM",
-            &format!("spec.rules[{i}]"),
-            errors,
-        );
+    if spec.provider.is_some() && !custom {
+        errors.push(FieldError::new(
+            "spec.provider",
+            format!(
+                "provider must not be set with the non-CUSTOM action {}",
+                action_name(action)
+            ),
+        ));
+    }
+    for (i, rule) in spec.rules.iter().enumerate() {
+        authorization_rule(rule, custom, &format!("spec.rules[{i}]"), errors);
     }
 }
 
-const SOURCE_FIELDS: &[&str] = &[
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "serviceAccounts",
-    "notServiceAccounts",
-    "trustDomains",
-    "notTrustDomains",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-];
+/// A source's fields by their Istio names, in Istio's order.
+fn source_fields(s: &api::Source) -> [(&'static str, &[String]); 14] {
+    [
+        ("principals", &s.principals),
+        ("notPrincipals", &s.not_principals),
+        ("requestPrincipals", &s.request_principals),
+        ("notRequestPrincipals", &s.not_request_principals),
+        ("namespaces", &s.namespaces),
+        ("notNamespaces", &s.not_namespaces),
+        ("serviceAccounts", &s.service_accounts),
+        ("notServiceAccounts", &s.not_service_accounts),
+        ("trustDomains", &s.trust_domains),
+        ("notTrustDomains", &s.not_trust_domains),
+        ("ipBlocks", &s.ip_blocks),
+        ("notIpBlocks", &s.not_ip_blocks),
+        ("remoteIpBlocks", &s.remote_ip_blocks),
+        ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+    ]
+}
+
+/// An operation's fields by their Istio names, in Istio's order.
+fn operation_fields(o: &api::Operation) -> [(&'static str, &[String]); 8] {
+    [
+        ("hosts", &o.hosts),
+        ("notHosts", &o.not_hosts),
+        ("ports", &o.ports),
+        ("notPorts", &o.not_ports),
+        ("methods", &o.methods),
+        ("notMethods", &o.not_methods),
+        ("paths", &o.paths),
+        ("notPaths", &o.not_paths),
+    ]
+}
 
 /// Source fields the CUSTOM action cannot use (its external authorizer sees no peer identity).
 const NOT_WITH_CUSTOM: &[&str] = &[
@@ -164,51 +161,31 @@ const NOT_WITH_CUSTOM: &[&str] = &[
     "notTrustDomains",
 ];
 
-const OPERATION_FIELDS: &[&str] = &[
-    "hosts",
-    "notHosts",
-    "ports",
-    "notPorts",
-    "methods",
-    "notMethods",
-    "paths",
-    "notPaths",
-];
-
-fn strings<'a>(v: &'a Value, key: &str) -> Vec<&'a str> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(|s| s.as_str().unwrap_or("")).collect())
-        .unwrap_or_default()
-}
-
 /// istiod's per-rule checks of ValidateAuthorizationPolicy.
-fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<FieldError>) {
-    let list = |k: &str| rule.get(k).and_then(Value::as_array).map(Vec::as_slice);
-    for (j, from) in list("from").unwrap_or_default().iter().enumerate() {
+fn authorization_rule(rule: &api::Rule, custom: bool, f: &str, errors: &mut Vec<FieldError>) {
+    for (j, from) in rule.from.iter().enumerate() {
         let ff = format!("{f}.from[{j}].source");
-        let Some(source) = from.get("source").filter(|s| !s.is_null()) else {
+        let Some(source) = &from.source else {
             errors.push(FieldError::new(ff, "from.source must not be nil"));
             continue;
         };
-        let has = |k: &str| !strings(source, k).is_empty();
-        if !SOURCE_FIELDS.iter().any(|k| has(k)) {
+        let fields = source_fields(source);
+        if fields.iter().all(|(_, v)| v.is_empty()) {
             errors.push(FieldError::new(ff.clone(), "from.source must not be empty"));
         }
-        if (has("serviceAccounts") || has("notServiceAccounts"))
-            && (has("namespaces")
-                || has("principals")
-                || has("notNamespaces")
-                || has("notPrincipals"))
+        if (!source.service_accounts.is_empty() || !source.not_service_accounts.is_empty())
+            && (!source.namespaces.is_empty()
+                || !source.principals.is_empty()
+                || !source.not_namespaces.is_empty()
+                || !source.not_principals.is_empty())
         {
             errors.push(FieldError::new(
                 ff.clone(),
                 "Cannot set serviceAccounts with namespaces or principals",
             ));
         }
-        for key in SOURCE_FIELDS {
-            let values = strings(source, key);
-            if values.iter().any(|v| v.is_empty()) {
+        for (key, values) in fields {
+            if values.iter().any(String::is_empty) {
                 errors.push(FieldError::new(
                     format!("{ff}.{key}"),
                     format!("empty value not allowed, found in {key}"),
@@ -222,15 +199,17 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
                     ));
                 }
             }
-            if custom && NOT_WITH_CUSTOM.contains(key) && !values.is_empty() {
+            if custom && NOT_WITH_CUSTOM.contains(&key) && !values.is_empty() {
                 errors.push(FieldError::new(
                     format!("{ff}.{key}"),
                     format!("{key} is currently not supported with CUSTOM action"),
                 ));
             }
         }
-        for key in ["serviceAccounts", "notServiceAccounts"] {
-            let values = strings(source, key);
+        for (key, values) in [
+            ("serviceAccounts", &source.service_accounts),
+            ("notServiceAccounts", &source.not_service_accounts),
+        ] {
             if values.len() > 16 {
                 errors.push(FieldError::new(
                     format!("{ff}.{key}"),
@@ -252,8 +231,11 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
                 }
             }
         }
-        for key in ["trustDomains", "notTrustDomains"] {
-            for v in strings(source, key).into_iter().filter(|v| v.contains('/')) {
+        for (key, values) in [
+            ("trustDomains", &source.trust_domains),
+            ("notTrustDomains", &source.not_trust_domains),
+        ] {
+            for v in values.iter().filter(|v| v.contains('/')) {
                 errors.push(FieldError::new(
                     format!("{ff}.{key}"),
                     format!("trust domain must not contain '/', found {v:?}"),
@@ -261,28 +243,29 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
             }
         }
     }
-    for (j, to) in list("to").unwrap_or_default().iter().enumerate() {
+    for (j, to) in rule.to.iter().enumerate() {
         let tf = format!("{f}.to[{j}].operation");
-        let Some(op) = to.get("operation").filter(|o| !o.is_null()) else {
+        let Some(op) = &to.operation else {
             errors.push(FieldError::new(tf, "to.operation must not be nil"));
             continue;
         };
-        if OPERATION_FIELDS.iter().all(|k| strings(op, k).is_empty()) {
+        let fields = operation_fields(op);
+        if fields.iter().all(|(_, v)| v.is_empty()) {
             errors.push(FieldError::new(
                 tf.clone(),
                 "to.operation must not be empty",
             ));
         }
-        for key in OPERATION_FIELDS {
-            if strings(op, key).iter().any(|v| v.is_empty()) {
+        for (key, values) in fields {
+            if values.iter().any(String::is_empty) {
                 errors.push(FieldError::new(
                     format!("{tf}.{key}"),
                     format!("empty value not allowed, found in {key}"),
                 ));
             }
         }
-        for key in ["ports", "notPorts"] {
-            for p in strings(op, key) {
+        for (key, values) in [("ports", &op.ports), ("notPorts", &op.not_ports)] {
+            for p in values {
                 if !p.is_empty() && p.parse::<u16>().is_err() {
                     errors.push(FieldError::new(
                         format!("{tf}.{key}"),
@@ -292,9 +275,9 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
             }
         }
     }
-    for (j, when) in list("when").unwrap_or_default().iter().enumerate() {
+    for (j, when) in rule.when.iter().enumerate() {
         let wf = format!("{f}.when[{j}]");
-        let key = when.get("key").and_then(Value::as_str).unwrap_or("");
+        let key = when.key.as_str();
         if key.is_empty() {
             errors.push(FieldError::new(
                 format!("{wf}.key"),
@@ -302,7 +285,7 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
             ));
             continue;
         }
-        if strings(when, "values").is_empty() && strings(when, "notValues").is_empty() {
+        if when.values.is_empty() && when.not_values.is_empty() {
             errors.push(FieldError::new(
                 wf.clone(),
                 format!("at least one of values or notValues must be set for key {key}"),
@@ -325,12 +308,8 @@ fn authorization_rule(rule: &Value, custom: bool, f: &str, errors: &mut Vec<Fiel
 }
 
 /// istiod's validateWorkloadSelector: no empty keys, no wildcards.
-fn workload_selector(selector: Option<&Value>, errors: &mut Vec<FieldError>) {
-    let labels = selector
-        .and_then(|s| s.get("matchLabels"))
-        .and_then(Value::as_object);
-    for (k, v) in labels.into_iter().flatten() {
-        let v = v.as_str().unwrap_or("");
+fn workload_selector(selector: Option<&LabelSelector>, errors: &mut Vec<FieldError>) {
+    for (k, v) in selector.into_iter().flat_map(|s| &s.match_labels) {
         if k.is_empty() {
             errors.push(FieldError::new(
                 "spec.selector.matchLabels",
@@ -349,16 +328,11 @@ fn workload_selector(selector: Option<&Value>, errors: &mut Vec<FieldError>) {
 /// istiod's validateOneOfSelectorType and validatePolicyTargetReference: one of selector,
 /// targetRef, targetRefs; each reference named, in this namespace, to a Service,
 /// ServiceEntry, Gateway or GatewayClass.
-fn policy_target_refs(spec: &serde_json::Map<String, Value>, errors: &mut Vec<FieldError>) {
-    let target_refs = spec
-        .get("targetRefs")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+fn policy_target_refs(spec: &api::AuthorizationPolicySpec, errors: &mut Vec<FieldError>) {
     let set = [
-        spec.get("selector").is_some_and(|s| !s.is_null()),
-        spec.get("targetRef").is_some_and(|s| !s.is_null()),
-        !target_refs.is_empty(),
+        spec.selector.is_some(),
+        spec.target_ref.is_some(),
+        !spec.target_refs.is_empty(),
     ];
     if set.iter().filter(|s| **s).count() > 1 {
         errors.push(FieldError::new(
@@ -367,31 +341,31 @@ fn policy_target_refs(spec: &serde_json::Map<String, Value>, errors: &mut Vec<Fi
         ));
     }
     let refs = spec
-        .get("targetRef")
+        .target_ref
+        .iter()
         .map(|r| ("spec.targetRef".to_string(), r))
-        .into_iter()
         .chain(
-            target_refs
+            spec.target_refs
                 .iter()
                 .enumerate()
                 .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
         );
     for (f, r) in refs {
-        let get = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
-        if get("name").is_empty() {
+        if r.name.is_empty() {
             errors.push(FieldError::new(
                 format!("{f}.name"),
                 "targetRef name must be set",
             ));
         }
-        if !get("namespace").is_empty() {
+        if r.namespace.as_deref().is_some_and(|n| !n.is_empty()) {
             errors.push(FieldError::new(
                 format!("{f}.namespace"),
                 "targetRef namespace must not be set; cross namespace referencing is not supported",
             ));
         }
+        let group = r.group.as_deref().unwrap_or_default();
         let allowed = matches!(
-            (get("group"), get("kind")),
+            (group, r.kind.as_str()),
             ("" | "core", "Service")
                 | ("networking.istio.io", "ServiceEntry")
                 | ("gateway.networking.k8s.io", "Gateway" | "GatewayClass")
@@ -400,9 +374,8 @@ fn policy_target_refs(spec: &serde_json::Map<String, Value>, errors: &mut Vec<Fi
             errors.push(FieldError::new(
                 format!("{f}.kind"),
                 format!(
-                    "targetRef must be to a Service, ServiceEntry, Gateway or GatewayClass but was {}/{}",
-                    get("group"),
-                    get("kind")
+                    "targetRef must be to a Service, ServiceEntry, Gateway or GatewayClass but was {group}/{}",
+                    r.kind
                 ),
             ));
         }
@@ -420,109 +393,6 @@ fn is_ip_or_cidr(a: &str) -> bool {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Selector {
-    #[serde(default)]
-    match_labels: Labels,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Mtls {
-    mode: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct PaSpec {
-    selector: Option<Selector>,
-    mtls: Option<Mtls>,
-    #[serde(default)]
-    port_level_mtls: BTreeMap<String, Mtls>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApSpec {
-    selector: Option<Selector>,
-    action: Option<String>,
-    rules: Option<Vec<ApRule>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ApRule {
-    #[serde(default)]
-    from: Vec<ApFrom>,
-    #[serde(default)]
-    to: Vec<ApTo>,
-    #[serde(default)]
-    when: Vec<ApWhen>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ApFrom {
-    #[serde(default)]
-    source: ApSource,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct ApSource {
-    principals: Vec<String>,
-    not_principals: Vec<String>,
-    request_principals: Vec<String>,
-    not_request_principals: Vec<String>,
-    namespaces: Vec<String>,
-    not_namespaces: Vec<String>,
-    service_accounts: Vec<String>,
-    not_service_accounts: Vec<String>,
-    trust_domains: Vec<String>,
-    not_trust_domains: Vec<String>,
-    ip_blocks: Vec<String>,
-    not_ip_blocks: Vec<String>,
-    remote_ip_blocks: Vec<String>,
-    not_remote_ip_blocks: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ApTo {
-    #[serde(default)]
-    operation: ApOperation,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct ApOperation {
-    hosts: Vec<String>,
-    not_hosts: Vec<String>,
-    ports: Vec<String>,
-    not_ports: Vec<String>,
-    methods: Vec<String>,
-    not_methods: Vec<String>,
-    paths: Vec<String>,
-    not_paths: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct ApWhen {
-    key: String,
-    values: Vec<String>,
-    not_values: Vec<String>,
-}
-
-fn spec<T: Default + for<'de> Deserialize<'de>>(doc: &Document<'_>) -> Result<T, Vec<FieldError>> {
-    match doc.value.get("spec") {
-        None | Some(Value::Null) => Ok(T::default()),
-        Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| {
-            vec![FieldError::new(
-                format!("spec.{}", e.path()),
-                e.into_inner().to_string(),
-            )]
-        }),
-    }
-}
-
 fn source_ref(meta: &Meta) -> ResourceRef {
     ResourceRef {
         kind: meta.kind.clone(),
@@ -531,17 +401,12 @@ fn source_ref(meta: &Meta) -> ResourceRef {
     }
 }
 
-fn mode(m: Option<&Mtls>, field: &str) -> Result<MtlsMode, FieldError> {
-    match m.and_then(|m| m.mode.as_deref()) {
-        None => Ok(MtlsMode::Unset),
-        Some(s) => MtlsMode::parse(s).ok_or_else(|| {
-            FieldError::new(
-                format!("{field}.mode"),
-                format!(
-                    "Unsupported value: {s:?}: supported values: UNSET, DISABLE, PERMISSIVE, STRICT"
-                ),
-            )
-        }),
+fn mode(m: Option<&api::MutualTls>) -> MtlsMode {
+    match m.and_then(|m| m.mode) {
+        None | Some(api::MtlsMode::Unset) => MtlsMode::Unset,
+        Some(api::MtlsMode::Disable) => MtlsMode::Disable,
+        Some(api::MtlsMode::Permissive) => MtlsMode::Permissive,
+        Some(api::MtlsMode::Strict) => MtlsMode::Strict,
     }
 }
 
@@ -549,30 +414,23 @@ fn mode(m: Option<&Mtls>, field: &str) -> Result<MtlsMode, FieldError> {
 pub struct PeerAuthnResource(PeerAuthn);
 
 pub fn parse_peer_authentication(doc: &Document<'_>) -> Result<PeerAuthnResource, Vec<FieldError>> {
-    let s: PaSpec = spec(doc)?;
+    let s: api::PeerAuthenticationSpec = typed_spec(doc)?;
     let mut errors = Vec::new();
-    let main = mode(s.mtls.as_ref(), "spec.mtls").unwrap_or_else(|e| {
-        errors.push(e);
-        MtlsMode::Unset
-    });
-    let mut port_modes = BTreeMap::new();
-    for (port, m) in &s.port_level_mtls {
-        let field = format!("spec.portLevelMtls[{port}]");
-        match (port.parse::<u16>(), mode(Some(m), &field)) {
-            (Ok(p), Ok(m)) if p > 0 => {
-                port_modes.insert(p, m);
-            }
-            (_, Err(e)) => errors.push(e),
-            _ => errors.push(FieldError::new(field, "not a port number")),
-        }
-    }
+    peer_authentication(&s, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
+    // Every key parses: `peer_authentication` checked them.
+    let port_modes: BTreeMap<u16, MtlsMode> = s
+        .port_level_mtls
+        .iter()
+        .flatten()
+        .filter_map(|(port, m)| Some((port.parse().ok()?, mode(Some(m)))))
+        .collect();
     Ok(PeerAuthnResource(PeerAuthn {
         namespace: doc.meta.namespace.clone(),
         selector: s.selector.map(|s| s.match_labels),
-        mode: main,
+        mode: mode(s.mtls.as_ref()),
         port_modes,
         source: source_ref(&doc.meta),
     }))
@@ -588,77 +446,20 @@ impl MeshResource for PeerAuthnResource {
 pub struct AuthzResource(AuthzPolicy);
 
 pub fn parse_authorization_policy(doc: &Document<'_>) -> Result<AuthzResource, Vec<FieldError>> {
-    let s: ApSpec = spec(doc)?;
-    let action = match s.action.as_deref().unwrap_or("ALLOW") {
-        "ALLOW" => AuthzAction::Allow,
-        "DENY" => AuthzAction::Deny,
-        "AUDIT" => AuthzAction::Audit,
-        "CUSTOM" => AuthzAction::Custom,
-        other => {
-            return Err(vec![FieldError::new(
-                "spec.action",
-                format!(
-                    "Unsupported value: {other:?}: supported values: ALLOW, DENY, AUDIT, CUSTOM"
-                ),
-            )]);
-        }
+    let s: api::AuthorizationPolicySpec = typed_spec(doc)?;
+    let mut errors = Vec::new();
+    authorization_policy(&s, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let action = match s.action.unwrap_or(api::Action::Allow) {
+        api::Action::Allow => AuthzAction::Allow,
+        api::Action::Deny => AuthzAction::Deny,
+        api::Action::Audit => AuthzAction::Audit,
+        api::Action::Custom => AuthzAction::Custom,
     };
-    let rules = s.rules.map(|rules| {
-        rules
-            .into_iter()
-            .map(|r| AuthzRule {
-                from: r
-                    .from
-                    .into_iter()
-                    .map(|f| {
-                        let s = f.source;
-                        Source {
-                            principals: s.principals,
-                            not_principals: s.not_principals,
-                            request_principals: s.request_principals,
-                            not_request_principals: s.not_request_principals,
-                            namespaces: s.namespaces,
-                            not_namespaces: s.not_namespaces,
-                            service_accounts: s.service_accounts,
-                            not_service_accounts: s.not_service_accounts,
-                            trust_domains: s.trust_domains,
-                            not_trust_domains: s.not_trust_domains,
-                            ip_blocks: s.ip_blocks,
-                            not_ip_blocks: s.not_ip_blocks,
-                            remote_ip_blocks: s.remote_ip_blocks,
-                            not_remote_ip_blocks: s.not_remote_ip_blocks,
-                        }
-                    })
-                    .collect(),
-                to: r
-                    .to
-                    .into_iter()
-                    .map(|t| {
-                        let o = t.operation;
-                        Operation {
-                            hosts: o.hosts,
-                            not_hosts: o.not_hosts,
-                            ports: o.ports,
-                            not_ports: o.not_ports,
-                            methods: o.methods,
-                            not_methods: o.not_methods,
-                            paths: o.paths,
-                            not_paths: o.not_paths,
-                        }
-                    })
-                    .collect(),
-                when: r
-                    .when
-                    .into_iter()
-                    .map(|w| Condition {
-                        key: w.key,
-                        values: w.values,
-                        not_values: w.not_values,
-                    })
-                    .collect(),
-            })
-            .collect()
-    });
+    // Absent and empty rules are the same to Istio (repeated fields have no presence).
+    let rules = (!s.rules.is_empty()).then(|| s.rules.into_iter().map(rule).collect());
     Ok(AuthzResource(AuthzPolicy {
         name: doc.meta.name.clone(),
         namespace: doc.meta.namespace.clone(),
@@ -672,6 +473,61 @@ pub fn parse_authorization_policy(doc: &Document<'_>) -> Result<AuthzResource, V
             .is_some_and(|v| v == "true"),
         source: source_ref(&doc.meta),
     }))
+}
+
+/// A validated rule as the model holds it (sources and operations are present: checked).
+fn rule(r: api::Rule) -> AuthzRule {
+    AuthzRule {
+        from: r
+            .from
+            .into_iter()
+            .map(|f| {
+                let s = f.source.unwrap_or_default();
+                Source {
+                    principals: s.principals,
+                    not_principals: s.not_principals,
+                    request_principals: s.request_principals,
+                    not_request_principals: s.not_request_principals,
+                    namespaces: s.namespaces,
+                    not_namespaces: s.not_namespaces,
+                    service_accounts: s.service_accounts,
+                    not_service_accounts: s.not_service_accounts,
+                    trust_domains: s.trust_domains,
+                    not_trust_domains: s.not_trust_domains,
+                    ip_blocks: s.ip_blocks,
+                    not_ip_blocks: s.not_ip_blocks,
+                    remote_ip_blocks: s.remote_ip_blocks,
+                    not_remote_ip_blocks: s.not_remote_ip_blocks,
+                }
+            })
+            .collect(),
+        to: r
+            .to
+            .into_iter()
+            .map(|t| {
+                let o = t.operation.unwrap_or_default();
+                Operation {
+                    hosts: o.hosts,
+                    not_hosts: o.not_hosts,
+                    ports: o.ports,
+                    not_ports: o.not_ports,
+                    methods: o.methods,
+                    not_methods: o.not_methods,
+                    paths: o.paths,
+                    not_paths: o.not_paths,
+                }
+            })
+            .collect(),
+        when: r
+            .when
+            .into_iter()
+            .map(|w| Condition {
+                key: w.key,
+                values: w.values,
+                not_values: w.not_values,
+            })
+            .collect(),
+    }
 }
 
 impl MeshResource for AuthzResource {

@@ -6,62 +6,39 @@
 //! workloadSelector xor endpoints, named ports with known protocols, the per-resolution rules
 //! (NONE, STATIC, DNS, DNS_ROUND_ROBIN, DYNAMIC_DNS) and endpoint addresses and port names;
 //! defaults as the registry's conversion (pilot/pkg/serviceregistry/serviceentry/conversion.go).
+//!
+//! The spec is read straight into `mast_crds::networking::ServiceEntrySpec`, the type the
+//! ServiceEntry CRD is generated from (its endpoints are `WorkloadEntrySpec`s, as in Istio),
+//! so a field has one Rust type in the CRD and here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use mast_crds::networking as api;
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::workload_entry::WeSpec;
 use super::{
-    SePort, Selector, check_fqdn, check_port_name, check_protocol, check_unix_address,
-    check_wildcard_domain, count, is_ip,
+    check_fqdn, check_port_name, check_protocol, check_unix_address, check_wildcard_domain, count,
+    deserialize, is_ip,
 };
 use crate::dialect::kube::{infer_protocol, port_number};
-use crate::dialect::{Document, FieldError, MeshResource, Meta, deserialize};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
 use crate::model::*;
 
+/// The document around the spec: `spec` is required, the rest was read into [`Meta`].
 #[derive(Debug, Deserialize)]
 struct SeDoc {
-    spec: SeSpec,
+    spec: api::ServiceEntrySpec,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SeSpec {
-    #[serde(default)]
-    hosts: Vec<String>,
-    #[serde(default, deserialize_with = "addresses")]
-    addresses: Vec<String>,
-    #[serde(default)]
-    ports: Vec<SePort>,
-    location: Option<String>,
-    resolution: Option<String>,
-    #[serde(default)]
-    endpoints: Vec<WeSpec>,
-    workload_selector: Option<Selector>,
-    #[serde(default)]
-    export_to: Vec<String>,
-}
-
-/// IP addresses and CIDRs. An unquoted IPv6 address ending in `::` inside a flow sequence
-/// (`[1.2.3.4, 2001:db8::]`) is, to a YAML 1.2 parser, a one-key mapping (`2001:db8:` → null);
-/// Kubernetes' YAML 1.1 parser reads it as the string users meant, so we do too.
-fn addresses<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let values = Vec::<Value>::deserialize(d)?;
-    values
-        .into_iter()
-        .map(|v| match v {
-            Value::String(s) => Ok(s),
-            Value::Object(m) if m.len() == 1 => match m.into_iter().next() {
-                Some((k, Value::Null)) => Ok(format!("{k}:")),
-                _ => Err(serde::de::Error::custom("expected an address")),
-            },
-            other => Err(serde::de::Error::custom(format!(
-                "expected an address, got {other}"
-            ))),
-        })
-        .collect()
+/// Istio's name of a resolution, as its messages spell it.
+fn resolution_name(r: api::Resolution) -> &'static str {
+    match r {
+        api::Resolution::None => "NONE",
+        api::Resolution::Static => "STATIC",
+        api::Resolution::Dns => "DNS",
+        api::Resolution::DnsRoundRobin => "DNS_ROUND_ROBIN",
+        api::Resolution::DynamicDns => "DYNAMIC_DNS",
+    }
 }
 
 #[derive(Debug)]
@@ -79,33 +56,15 @@ pub(super) fn parse_service_entry(
             "at least one host is required",
         ));
     }
-    let resolution_name = se.spec.resolution.as_deref().unwrap_or("NONE");
+    let resolution_name = resolution_name(se.spec.resolution.unwrap_or(api::Resolution::None));
     let resolution = match resolution_name {
-        "NONE" => Resolution::None,
         "STATIC" => Resolution::Static,
         "DNS" | "DNS_ROUND_ROBIN" => Resolution::Dns,
-        // Resolved per request from the Host/SNI the client sent: to Mast, the original
-        // destination the client resolved itself.
-        "DYNAMIC_DNS" => Resolution::None,
-        other => {
-            errors.push(FieldError::new(
-                "spec.resolution",
-                format!("unknown resolution {other:?}"),
-            ));
-            Resolution::None
-        }
+        // NONE, and DYNAMIC_DNS: resolved per request from the Host/SNI the client sent, to
+        // Mast the original destination the client resolved itself.
+        _ => Resolution::None,
     };
-    let mesh_external = match se.spec.location.as_deref().unwrap_or("MESH_EXTERNAL") {
-        "MESH_EXTERNAL" => true,
-        "MESH_INTERNAL" => false,
-        other => {
-            errors.push(FieldError::new(
-                "spec.location",
-                format!("unknown location {other:?}"),
-            ));
-            true
-        }
-    };
+    let mesh_external = se.spec.location != Some(api::Location::MeshInternal);
     for (i, h) in se.spec.hosts.iter().enumerate() {
         if h == "*" {
             errors.push(FieldError::new(
@@ -133,10 +92,7 @@ pub(super) fn parse_service_entry(
             }
         }
     }
-    let dns = matches!(
-        se.spec.resolution.as_deref(),
-        Some("DNS" | "DNS_ROUND_ROBIN")
-    );
+    let dns = matches!(resolution_name, "DNS" | "DNS_ROUND_ROBIN");
     for (i, a) in se.spec.addresses.iter().enumerate() {
         if !is_ip_or_cidr(a) {
             errors.push(FieldError::new(
@@ -157,7 +113,7 @@ pub(super) fn parse_service_entry(
             "NONE mode cannot set endpoints",
         ));
     }
-    if se.spec.resolution.as_deref() == Some("DNS_ROUND_ROBIN") && se.spec.endpoints.len() > 1 {
+    if resolution_name == "DNS_ROUND_ROBIN" && se.spec.endpoints.len() > 1 {
         errors.push(FieldError::new(
             "spec.endpoints",
             "DNS_ROUND_ROBIN mode cannot have multiple endpoints",
@@ -188,7 +144,8 @@ pub(super) fn parse_service_entry(
     let mut ports = Vec::new();
     for (i, p) in se.spec.ports.iter().enumerate() {
         let f = format!("spec.ports[{i}]");
-        let Some(port) = port_number(p.number, &format!("{f}.number"), &mut errors) else {
+        let Some(port) = port_number(i64::from(p.number), &format!("{f}.number"), &mut errors)
+        else {
             continue;
         };
         let protocol = p.protocol.as_deref().unwrap_or("");
@@ -199,7 +156,7 @@ pub(super) fn parse_service_entry(
             target_port: p
                 .target_port
                 .filter(|t| *t != 0)
-                .and_then(|t| port_number(t, &format!("{f}.targetPort"), &mut errors))
+                .and_then(|t| port_number(i64::from(t), &format!("{f}.targetPort"), &mut errors))
                 .map(TargetPort::Number),
             protocol: infer_protocol(Some(protocol), &p.name, "TCP"),
         });
@@ -217,7 +174,7 @@ pub(super) fn parse_service_entry(
                     format!("endpoint port {name:?} is not defined by the service entry"),
                 ));
             }
-            if let Some(p) = port_number(*n, &format!("{f}.ports.{name}"), &mut errors) {
+            if let Some(p) = port_number(i64::from(*n), &format!("{f}.ports.{name}"), &mut errors) {
                 eports.insert(name.clone(), p);
             }
         }
@@ -268,7 +225,7 @@ fn is_ip_or_cidr(a: &str) -> bool {
 /// istiod's per-resolution rules (ValidateServiceEntry): DNS without endpoints resolves the
 /// hosts, so they are FQDNs; DYNAMIC_DNS takes wildcard hosts only, no addresses or endpoints,
 /// HTTP/TLS/gRPC/HTTP2 ports; several hosts need HTTP or TLS ports unless resolution is NONE.
-fn resolution_rules(spec: &SeSpec, resolution: &str, errors: &mut Vec<FieldError>) {
+fn resolution_rules(spec: &api::ServiceEntrySpec, resolution: &str, errors: &mut Vec<FieldError>) {
     if matches!(resolution, "DNS" | "DNS_ROUND_ROBIN")
         && spec.endpoints.is_empty()
         && let Some((i, e)) = spec
@@ -338,7 +295,12 @@ fn resolution_rules(spec: &SeSpec, resolution: &str, errors: &mut Vec<FieldError
 
 /// istiod's validateWorkloadEntry for inline endpoints: an address unless a network is named;
 /// `unix://` sockets as absolute paths without ports; with STATIC an IP, with DNS an IP or FQDN.
-fn endpoint_address(e: &WeSpec, resolution: &str, f: &str, errors: &mut Vec<FieldError>) {
+fn endpoint_address(
+    e: &api::WorkloadEntrySpec,
+    resolution: &str,
+    f: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let field = format!("{f}.address");
     let addr = e.address.as_deref().unwrap_or("");
     if addr.is_empty() {

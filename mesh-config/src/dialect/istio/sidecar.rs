@@ -5,88 +5,59 @@
 //! empty, egress hosts as `namespace/fqdn`, unique valid ports without targetPort, IP binds
 //! (Unix sockets on port 0), one trailing port-less egress listener, defaultEndpoint shape,
 //! known capture and outbound traffic policy modes.
+//!
+//! The spec is read straight into `mast_crds::networking::SidecarSpec`, the type the Sidecar
+//! CRD is generated from, so a field has one Rust type in the CRD and here; unknown capture
+//! and outbound traffic policy modes are refused by that type.
 
 use std::collections::BTreeSet;
 
+use mast_crds::networking as api;
 use serde::Deserialize;
 
 use super::{
-    SePort, Selector, check_port_name, check_protocol, check_unix_address, check_wildcard_domain,
+    check_port_name, check_protocol, check_unix_address, check_wildcard_domain, deserialize,
     dns1123_label, is_ip,
 };
 use crate::dialect::kube::{infer_protocol, port_number};
-use crate::dialect::{Document, FieldError, MeshResource, Meta, deserialize};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
 use crate::model::*;
 
+/// The document around the spec, which may be absent (and is then refused as empty).
 #[derive(Debug, Deserialize)]
 struct ScDoc {
     #[serde(default)]
-    spec: ScSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ScSpec {
-    workload_selector: Option<Selector>,
-    #[serde(default)]
-    ingress: Vec<ScIngress>,
-    #[serde(default)]
-    egress: Vec<ScEgress>,
-    outbound_traffic_policy: Option<ScOutbound>,
-    /// Kept only to know it is set: Mast does not act on it yet.
-    inbound_connection_pool: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ScIngress {
-    port: SePort,
-    bind: Option<String>,
-    capture_mode: Option<String>,
-    default_endpoint: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ScEgress {
-    port: Option<SePort>,
-    bind: Option<String>,
-    capture_mode: Option<String>,
-    #[serde(default)]
-    hosts: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ScOutbound {
-    mode: Option<String>,
+    spec: api::SidecarSpec,
 }
 
 #[derive(Debug)]
 pub(super) struct SidecarResource(SidecarScope);
 
-fn capture_mode(v: Option<&str>, f: &str, errors: &mut Vec<FieldError>) -> Option<CaptureMode> {
-    match v? {
-        "DEFAULT" => Some(CaptureMode::Default),
-        "IPTABLES" => Some(CaptureMode::Iptables),
-        "NONE" => Some(CaptureMode::None),
-        other => {
-            errors.push(FieldError::new(
-                f,
-                format!("unknown capture mode {other:?} (DEFAULT, IPTABLES, NONE)"),
-            ));
-            None
-        }
-    }
+fn capture_mode(v: Option<api::CaptureMode>) -> Option<CaptureMode> {
+    Some(match v? {
+        api::CaptureMode::Default => CaptureMode::Default,
+        api::CaptureMode::Iptables => CaptureMode::Iptables,
+        api::CaptureMode::None => CaptureMode::None,
+    })
 }
 
-fn sidecar_port(p: &SePort, f: &str, errors: &mut Vec<FieldError>) -> Option<ServicePort> {
-    let port = port_number(p.number, &format!("{f}.number"), errors)?;
+/// A port's name, empty when absent (proto3 strings).
+fn port_name(p: &api::ServicePort) -> &str {
+    p.name.as_deref().unwrap_or_default()
+}
+
+fn sidecar_port(
+    p: &api::ServicePort,
+    f: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<ServicePort> {
+    let port = port_number(i64::from(p.number), &format!("{f}.number"), errors)?;
     Some(ServicePort {
-        name: p.name.clone(),
+        name: port_name(p).to_string(),
         port,
         // A Sidecar port has no target port (istiod refuses one, see `listener_rules`).
         target_port: None,
-        protocol: infer_protocol(p.protocol.as_deref(), &p.name, "TCP"),
+        protocol: infer_protocol(p.protocol.as_deref(), port_name(p), "TCP"),
     })
 }
 
@@ -94,7 +65,7 @@ fn sidecar_port(p: &SePort, f: &str, errors: &mut Vec<FieldError>) -> Option<Ser
 /// ports named as DNS labels with a known protocol; binds are IPs, or `unix://` sockets for
 /// port-0 egress listeners (capture DEFAULT or NONE); one port-less egress listener, last;
 /// defaultEndpoint a loopback/any address with a port, or a unix socket.
-fn listener_rules(spec: &ScSpec, errors: &mut Vec<FieldError>) {
+fn listener_rules(spec: &api::SidecarSpec, errors: &mut Vec<FieldError>) {
     let mut ingress_ports = BTreeSet::new();
     for (i, l) in spec.ingress.iter().enumerate() {
         let f = format!("spec.ingress[{i}]");
@@ -135,8 +106,8 @@ fn listener_rules(spec: &ScSpec, errors: &mut Vec<FieldError>) {
             continue;
         };
         if port.number == 0 {
-            if !port.name.is_empty() {
-                check_port_name(&port.name, &format!("{f}.port.name"), errors);
+            if !port_name(port).is_empty() {
+                check_port_name(port_name(port), &format!("{f}.port.name"), errors);
             }
             check_protocol(
                 port.protocol.as_deref(),
@@ -155,7 +126,7 @@ fn listener_rules(spec: &ScSpec, errors: &mut Vec<FieldError>) {
                     }
                 }
             }
-            if l.capture_mode.as_deref() == Some("IPTABLES") {
+            if l.capture_mode == Some(api::CaptureMode::Iptables) {
                 errors.push(FieldError::new(
                     format!("{f}.captureMode"),
                     "captureMode must be DEFAULT/NONE for unix domain socket listeners",
@@ -180,9 +151,9 @@ fn listener_rules(spec: &ScSpec, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn port_shape(p: &SePort, f: &str, errors: &mut Vec<FieldError>) {
-    if !p.name.is_empty() {
-        check_port_name(&p.name, &format!("{f}.name"), errors);
+fn port_shape(p: &api::ServicePort, f: &str, errors: &mut Vec<FieldError>) {
+    if !port_name(p).is_empty() {
+        check_port_name(port_name(p), &format!("{f}.name"), errors);
     }
     check_protocol(p.protocol.as_deref(), &format!("{f}.protocol"), errors);
     if p.target_port.is_some_and(|t| t != 0) {
@@ -298,11 +269,7 @@ pub(super) fn parse_sidecar(doc: &Document<'_>) -> Result<SidecarResource, Vec<F
                 .as_ref()
                 .and_then(|p| sidecar_port(p, &format!("{f}.port"), &mut errors)),
             bind: e.bind.clone(),
-            capture_mode: capture_mode(
-                e.capture_mode.as_deref(),
-                &format!("{f}.captureMode"),
-                &mut errors,
-            ),
+            capture_mode: capture_mode(e.capture_mode),
             hosts: e.hosts.clone(),
         });
     }
@@ -313,31 +280,17 @@ pub(super) fn parse_sidecar(doc: &Document<'_>) -> Result<SidecarResource, Vec<F
             ingress.push(IngressListener {
                 port,
                 bind: e.bind.clone(),
-                capture_mode: capture_mode(
-                    e.capture_mode.as_deref(),
-                    &format!("{f}.captureMode"),
-                    &mut errors,
-                ),
+                capture_mode: capture_mode(e.capture_mode),
                 default_endpoint: e.default_endpoint.clone(),
             });
         }
     }
-    let registry_only = match sc
+    let registry_only = sc
         .spec
         .outbound_traffic_policy
         .as_ref()
-        .and_then(|o| o.mode.as_deref())
-    {
-        None | Some("ALLOW_ANY") => false,
-        Some("REGISTRY_ONLY") => true,
-        Some(other) => {
-            errors.push(FieldError::new(
-                "spec.outboundTrafficPolicy.mode",
-                format!("unknown mode {other:?}"),
-            ));
-            false
-        }
-    };
+        .and_then(|o| o.mode)
+        == Some(api::OutboundMode::RegistryOnly);
     if !errors.is_empty() {
         return Err(errors);
     }

@@ -7,33 +7,24 @@
 //! network is given, sockets without ports, DNS-label port names, valid port numbers, a
 //! non-negative weight. Whether the workload has a sidecar follows istiod
 //! ([`workload_entry_has_sidecar`]).
+//!
+//! The spec is read straight into `mast_crds::networking::WorkloadEntrySpec`, the type the
+//! WorkloadEntry CRD is generated from, so a field has one Rust type in the CRD and here.
 
 use std::collections::BTreeMap;
 
+use mast_crds::networking as api;
 use serde::Deserialize;
 
-use super::{check_fqdn, check_port_name, count, is_ip};
+use super::{check_fqdn, check_port_name, count, deserialize, is_ip};
 use crate::dialect::kube::port_number;
-use crate::dialect::{Document, FieldError, MeshResource, Meta, deserialize};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
 use crate::model::*;
 
+/// The document around the spec: `spec` is required, the rest was read into [`Meta`].
 #[derive(Debug, Deserialize)]
 struct WeDoc {
-    spec: WeSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct WeSpec {
-    pub(super) address: Option<String>,
-    #[serde(default)]
-    pub(super) ports: BTreeMap<String, i64>,
-    #[serde(default)]
-    pub(super) labels: Labels,
-    pub(super) network: Option<String>,
-    pub(super) locality: Option<String>,
-    pub(super) weight: Option<i64>,
-    pub(super) service_account: Option<String>,
+    spec: api::WorkloadEntrySpec,
 }
 
 #[derive(Debug)]
@@ -73,7 +64,7 @@ pub(super) fn parse_workload_entry(
     let mut ports = BTreeMap::new();
     for (name, n) in &we.spec.ports {
         check_port_name(name, &format!("spec.ports.{name}"), &mut errors);
-        if let Some(p) = port_number(*n, &format!("spec.ports.{name}"), &mut errors) {
+        if let Some(p) = port_number(i64::from(*n), &format!("spec.ports.{name}"), &mut errors) {
             ports.insert(name.clone(), p);
         }
     }
