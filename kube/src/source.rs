@@ -61,7 +61,10 @@ pub const MESH_KINDS: &[(&str, &[&str])] = &[
             "RequestAuthentication",
         ],
     ),
-    ("gateway.networking.k8s.io", &["HTTPRoute", "GRPCRoute"]),
+    (
+        "gateway.networking.k8s.io",
+        &["Gateway", "HTTPRoute", "GRPCRoute"],
+    ),
     ("split.smi-spec.io", &["TrafficSplit"]),
     ("serving.knative.dev", &["Route", "Service"]),
 ];

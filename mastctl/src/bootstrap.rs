@@ -45,6 +45,10 @@ pub struct Args {
     /// Pod name (POD_NAME).
     #[arg(long)]
     pod: String,
+    /// `sidecar`, or `router` for a gateway (istio-ingressgateway's `proxy router`): it gets
+    /// the listeners of the Gateways whose selector matches --labels.
+    #[arg(long, default_value = "sidecar", value_parser = ["sidecar", "router"])]
+    proxy_type: String,
     /// Pod namespace (POD_NAMESPACE).
     #[arg(long, default_value = "default")]
     namespace: String,
@@ -229,8 +233,8 @@ pub fn build(args: &Args) -> anyhow::Result<Bootstrap> {
         .cloned()
         .unwrap_or_else(|| args.pod.clone());
     let id = format!(
-        "sidecar~{}~{}.{}~{}.svc.cluster.local",
-        args.ip, args.pod, args.namespace, args.namespace
+        "{}~{}~{}.{}~{}.svc.cluster.local",
+        args.proxy_type, args.ip, args.pod, args.namespace, args.namespace
     );
     let labels = Struct {
         fields: labels.into_iter().map(|(k, v)| (k, string(v))).collect(),

@@ -45,6 +45,11 @@ pub struct MeshModel {
     /// MeshConfig: the `mesh` key of the `istio` ConfigMap in `istio-system`, as istiod
     /// reads it (only the settings Mast acts on).
     pub mesh: MeshSettings,
+    /// Istio Gateways (and Gateway API Gateways translated to them), in source order: what
+    /// gateway proxies (node type `router`) listen on.
+    pub gateways: Vec<Gateway>,
+    /// TLS Secrets a Gateway's `credentialName` may name, by `(namespace, name)`.
+    pub tls_secrets: BTreeMap<(String, String), TlsSecret>,
 }
 
 /// The MeshConfig settings Mast acts on.
@@ -237,8 +242,13 @@ pub struct RouteTable {
     pub export_to: Vec<String>,
     /// Only apply to traffic on this service port (Gateway API parentRef `port`).
     pub port: Option<u16>,
+    /// Where the rules apply: gateways as `<namespace>/<name>`, and [`MESH_GATEWAY`] for the
+    /// sidecars. Empty means the sidecars only (a VirtualService without `gateways`).
+    pub gateways: Vec<String>,
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
+    /// TLS rules (routed by SNI without terminating), used by gateways' PASSTHROUGH servers.
+    pub tls: Vec<TlsRoute>,
     pub source: ResourceRef,
 }
 
@@ -454,6 +464,17 @@ pub struct TcpRoute {
     pub destinations: Vec<WeightedDestination>,
 }
 
+/// A VirtualService `tls` rule: connections whose SNI is one of `sni_hosts` go to the
+/// destinations, still encrypted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TlsRoute {
+    /// SNI names (a `*.` wildcard allowed) of the rule's matches, lower-cased.
+    pub sni_hosts: Vec<String>,
+    /// Destination (gateway server) port the rule applies to; `None` for all ports.
+    pub port: Option<u16>,
+    pub destinations: Vec<WeightedDestination>,
+}
+
 /// DestinationRule: subsets and the traffic policy for one host.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct DestinationPolicy {
@@ -582,6 +603,143 @@ pub enum CaptureMode {
     Default,
     Iptables,
     None,
+}
+
+/// The reserved gateway name of a VirtualService's `gateways` meaning "every sidecar".
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// An Istio `Gateway`: servers that the gateway proxies its selector picks listen on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Gateway {
+    pub name: String,
+    pub namespace: String,
+    /// Labels of the gateway pods (across all namespaces, as istiod by default).
+    pub selector: Labels,
+    /// Selects only gateway proxies in its own namespace (a Gateway API Gateway and the
+    /// proxy deployed for it).
+    pub namespace_scoped: bool,
+    pub servers: Vec<GatewayServer>,
+    pub source: ResourceRef,
+}
+
+/// One `servers[]` entry of a Gateway.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct GatewayServer {
+    pub port: u16,
+    /// `port.name`; part of an HTTPS server's route name.
+    pub port_name: String,
+    pub protocol: Protocol,
+    /// `bind`: the address to listen on instead of `0.0.0.0`.
+    pub bind: Option<String>,
+    pub hosts: Vec<GatewayHost>,
+    pub tls: Option<ServerTls>,
+}
+
+/// A server host: `[namespace/]dnsName`, where `*` (any namespace, the default) and `.`
+/// (the Gateway's namespace) are allowed as the namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GatewayHost {
+    /// `None`: any namespace (`*/` or no prefix).
+    pub namespace: Option<String>,
+    /// Lower-cased host, possibly a `*.` wildcard or `*`.
+    pub host: String,
+}
+
+/// A server's `tls` block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServerTls {
+    /// `httpsRedirect`: answer 301 to `https://` for every request on this (HTTP) server.
+    pub https_redirect: bool,
+    pub mode: ServerTlsMode,
+    /// `credentialName`: a TLS Secret in the gateway's namespace, fetched as
+    /// `kubernetes://<name>` over SDS.
+    pub credential_name: Option<String>,
+    /// File paths in the gateway pod (`serverCertificate`, `privateKey`, `caCertificates`).
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
+}
+
+/// `tls.mode` of a Gateway server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    /// Terminate TLS, no client certificate (the default).
+    #[default]
+    Simple,
+    /// Terminate TLS and require a client certificate signed by the server's CA.
+    Mutual,
+    /// Terminate TLS and verify a client certificate when one is presented.
+    OptionalMutual,
+    /// Route by SNI without terminating (`tcp_proxy`).
+    Passthrough,
+    /// Terminate with the gateway's own workload certificate (Istio mTLS).
+    IstioMutual,
+    /// Route by SNI to the cluster the SNI names (`outbound_.<port>_.<subset>_.<host>`).
+    AutoPassthrough,
+}
+
+impl ServerTlsMode {
+    /// The gateway terminates TLS for this mode.
+    pub fn terminates(self) -> bool {
+        !matches!(self, Self::Passthrough | Self::AutoPassthrough)
+    }
+}
+
+/// A Kubernetes Secret holding a certificate: `tls.crt`/`tls.key`/`ca.crt` (type
+/// `kubernetes.io/tls`), or Istio's generic `cert`/`key`/`cacert`; a `<name>-cacert` Secret
+/// supplies the CA for MUTUAL on its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TlsSecret {
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key; left out of every debug output.
+    #[serde(skip)]
+    pub key: Option<String>,
+    /// PEM CA bundle for verifying clients.
+    pub ca: Option<String>,
+    pub source: ResourceRef,
+}
+
+impl GatewayServer {
+    /// Istio's RDS name for this server: `http.<port>` for plain HTTP servers (shared by every
+    /// gateway on the port), `https.<port>.<portName>.<gateway>.<namespace>` for HTTPS servers
+    /// that terminate TLS; `None` for servers without HTTP routes.
+    pub fn route_name(&self, gateway: &Gateway) -> Option<String> {
+        let bind = self
+            .bind
+            .as_ref()
+            .map(|b| format!(".{b}"))
+            .unwrap_or_default();
+        if self.protocol.is_http() {
+            return Some(format!("http.{}{bind}", self.port));
+        }
+        let terminated = self.tls.as_ref().is_some_and(|t| t.mode.terminates());
+        (self.protocol == Protocol::Https && terminated).then(|| {
+            format!(
+                "https.{}.{}.{}.{}{bind}",
+                self.port, self.port_name, gateway.name, gateway.namespace
+            )
+        })
+    }
+}
+
+impl RouteTable {
+    /// The rules apply to the sidecars: no `gateways`, or `mesh` among them.
+    pub fn applies_to_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
+
+    /// The rules apply to the gateway `<namespace>/<name>`.
+    pub fn applies_to_gateway(&self, namespace: &str, name: &str) -> bool {
+        self.gateways
+            .iter()
+            .any(|g| g.split_once('/') == Some((namespace, name)))
+    }
 }
 
 // === impl MeshModel ===

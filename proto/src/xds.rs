@@ -39,15 +39,26 @@ pub struct UnknownTypeUrl(pub String);
 // === impl TypeUrl ===
 
 impl TypeUrl {
-    /// The types served over ADS, in the order pushes are sent and applied: clusters before
-    /// their endpoints, listeners before their routes (as Istio pushes and Envoy expects, so
-    /// Envoy never warms a listener on a cluster it does not have yet). Secrets are not part
-    /// of it: they come from the node agent's SDS.
+    /// The types every proxy subscribes to over ADS, in the order pushes are sent and applied:
+    /// clusters before their endpoints, listeners before their routes (as Istio pushes and
+    /// Envoy expects, so Envoy never warms a listener on a cluster it does not have yet). A
+    /// sidecar's secrets are not part of it: they come from the node agent's SDS.
     pub const PUSH_ORDER: [TypeUrl; 4] = [
         TypeUrl::Cluster,
         TypeUrl::Endpoint,
         TypeUrl::Listener,
         TypeUrl::Route,
+    ];
+
+    /// What pilot serves over ADS, in push order: [`Self::PUSH_ORDER`], then the secrets a
+    /// gateway's `credentialName` names (`kubernetes://<name>`), which only gateway proxies
+    /// subscribe to (a sidecar's own certificates come from its agent).
+    pub const ADS_ORDER: [TypeUrl; 5] = [
+        TypeUrl::Cluster,
+        TypeUrl::Endpoint,
+        TypeUrl::Listener,
+        TypeUrl::Route,
+        TypeUrl::Secret,
     ];
 
     /// Every type, in [`Ord`] order.

@@ -463,6 +463,17 @@ impl Sidecar {
         Self::start_full(kind, pod, ip, mastd.xds_addr, work, true, Some(ca)).await
     }
 
+    /// A gateway proxy (node type `router`, Istio's `proxy router`) for `pod`: it gets the
+    /// listeners of the Gateways whose selector matches the pod's labels.
+    pub async fn start_gateway(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        xds: SocketAddr,
+        work: &Path,
+    ) -> Result<Self> {
+        Self::start_proxy(kind, pod, "127.0.0.1", xds, work, true, None, true).await
+    }
+
     async fn start_full(
         kind: SidecarKind,
         pod: &PodSpec<'_>,
@@ -471,6 +482,20 @@ impl Sidecar {
         work: &Path,
         delta: bool,
         ca: Option<&Ca>,
+    ) -> Result<Self> {
+        Self::start_proxy(kind, pod, ip, xds, work, delta, ca, false).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start_proxy(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        ip: &str,
+        xds: SocketAddr,
+        work: &Path,
+        delta: bool,
+        ca: Option<&Ca>,
+        router: bool,
     ) -> Result<Self> {
         let admin_port = free_port();
         let stats_port = free_port();
@@ -520,6 +545,9 @@ impl Sidecar {
                     .args(["--admin-port", &admin_port.to_string()])
                     .arg("--sds-socket")
                     .arg(&sds);
+                if router {
+                    cmd.args(["--proxy-type", "router"]);
+                }
                 if delta {
                     cmd.arg("--delta");
                 }
@@ -544,6 +572,10 @@ impl Sidecar {
             }
             SidecarKind::Mast => {
                 let mut cmd = Command::new(bin("mast-proxy"));
+                if router {
+                    // Istio's gateway container argv (pilot-agent's).
+                    cmd.args(["proxy", "router"]);
+                }
                 cmd.env("POD_NAME", pod.name)
                     .env("POD_NAMESPACE", pod.namespace)
                     .env("INSTANCE_IP", ip)

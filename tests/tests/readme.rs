@@ -356,9 +356,16 @@ fn markers_commands_and_background_lines_are_read_as_a_reader_would() {
     assert!(is_background(&cmds[0]));
     assert!(!is_background(&cmds[1]));
     assert!(!is_background("a && b"));
-    assert_eq!(strip_comment("curl -H 'Host: #1' x # c"), "curl -H 'Host: #1' x ");
+    assert_eq!(
+        strip_comment("curl -H 'Host: #1' x # c"),
+        "curl -H 'Host: #1' x "
+    );
     assert!(parse_marker("<!-- readme-test: skip -->").unwrap().is_err());
-    assert!(parse_marker("<!-- readme-test: run nope -->").unwrap().is_err());
+    assert!(
+        parse_marker("<!-- readme-test: run nope -->")
+            .unwrap()
+            .is_err()
+    );
     assert_eq!(
         localise("target/release/mastd && .venv/bin/envoy"),
         "\"$MAST_BIN\"/mastd && \"$MAST_ENVOY\""

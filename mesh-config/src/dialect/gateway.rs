@@ -1,10 +1,14 @@
-//! Gateway API (`gateway.networking.k8s.io`) in mesh mode — GAMMA: an HTTPRoute or GRPCRoute
-//! whose parentRef is a Service routes the traffic *to that Service*, from every sidecar.
+//! Gateway API (`gateway.networking.k8s.io`), in both of its roles:
+//! - mesh mode (GAMMA): an HTTPRoute or GRPCRoute whose parentRef is a Service routes the
+//!   traffic *to that Service*, from every sidecar;
+//! - ingress: a `Gateway` of class `istio` (or Mast's own, `mast`) becomes a [`Gateway`] of
+//!   the model, selecting the proxy Istio deploys for it (label
+//!   `gateway.networking.k8s.io/gateway-name: <name>`, in the Gateway's namespace), and a
+//!   route whose parentRef is that Gateway becomes a route table bound to it.
 //!
-//! Routes attached to Gateways configure ingress, which Mast does not run yet: they are
-//! validated and accepted but add nothing. Validation follows the CRDs' OpenAPI and CEL rules
-//! (path characters, header names, ports, filter/field agreement, redirect-vs-backend
-//! exclusivity) so users get the rejection kubectl would have given them.
+//! Validation follows the CRDs' OpenAPI and CEL rules (path characters, header names, ports,
+//! filter/field agreement, redirect-vs-backend exclusivity) so users get the rejection
+//! kubectl would have given them.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -24,7 +28,7 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
     Some(match doc.meta.kind.as_str() {
         "HTTPRoute" => parse_route(doc, false).map(|r| Box::new(r) as Box<dyn MeshResource>),
         "GRPCRoute" => parse_route(doc, true).map(|r| Box::new(r) as Box<dyn MeshResource>),
-        "Gateway" => parse_gateway(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>),
+        "Gateway" => parse_gateway(doc).map(|g| Box::new(g) as Box<dyn MeshResource>),
         "GatewayClass" => {
             parse_gateway_class(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>)
         }
@@ -787,8 +791,34 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
     }
     let mut tables = Vec::new();
     for (pi, p) in route.spec.parent_refs.iter().enumerate() {
+        if is_gateway_parent(p) {
+            // Ingress: the rules apply at the Gateway, for the route's hostnames.
+            let gw_ns = p.namespace.as_deref().unwrap_or(ns);
+            let hosts = if route.spec.hostnames.is_empty() {
+                vec!["*".to_string()]
+            } else {
+                route
+                    .spec
+                    .hostnames
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect()
+            };
+            tables.push(RouteTable {
+                hosts,
+                namespace: ns.to_string(),
+                export_to: Vec::new(),
+                port: None,
+                gateways: vec![format!("{gw_ns}/{}", p.name)],
+                tls: Vec::new(),
+                http: http.clone(),
+                tcp: Vec::new(),
+                source: doc.meta.resource_ref(),
+            });
+            continue;
+        }
         if !is_core_service(p.group.as_deref(), p.kind.as_deref()) || p.kind.is_none() {
-            continue; // a Gateway parent: ingress, not the mesh
+            continue;
         }
         let port = p
             .port
@@ -798,6 +828,8 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
             namespace: ns.to_string(),
             export_to: Vec::new(),
             port,
+            gateways: Vec::new(),
+            tls: Vec::new(),
             http: http.clone(),
             tcp: Vec::new(),
             source: doc.meta.resource_ref(),
@@ -815,7 +847,20 @@ impl MeshResource for RouteResource {
     }
 }
 
-// === Gateway, GatewayClass, ReferenceGrant, TLSRoute: validated, not translated ===
+/// A parentRef naming a Gateway (the default kind of a parentRef).
+fn is_gateway_parent(p: &ParentRef) -> bool {
+    matches!(p.group.as_deref(), None | Some("gateway.networking.k8s.io"))
+        && matches!(p.kind.as_deref(), None | Some("Gateway"))
+}
+
+// === Gateway (translated for the classes Mast serves); GatewayClass, ReferenceGrant,
+// TLSRoute: validated, not translated ===
+
+/// The GatewayClasses whose Gateways Mast serves: Istio's, so users' manifests work as they
+/// are, and Mast's own.
+pub const GATEWAY_CLASSES: [&str; 2] = ["istio", "mast"];
+/// The label of the proxy Istio deploys for a Gateway API Gateway.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 #[derive(Debug, Deserialize)]
 struct GatewayDoc {
@@ -826,23 +871,133 @@ struct GatewayDoc {
 #[serde(rename_all = "camelCase")]
 struct GatewaySpec {
     #[serde(default)]
+    gateway_class_name: String,
+    #[serde(default)]
     listeners: Vec<Listener>,
     #[serde(default)]
     addresses: Vec<Address>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Listener {
     name: String,
     hostname: Option<String>,
     port: i64,
     protocol: String,
     tls: Option<ListenerTls>,
+    allowed_routes: Option<AllowedRoutes>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ListenerTls {
     mode: Option<String>,
+    #[serde(default)]
+    certificate_refs: Vec<SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SecretRef {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AllowedRoutes {
+    namespaces: Option<RouteNamespaces>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteNamespaces {
+    from: Option<String>,
+}
+
+/// A Gateway API Gateway: `Some` model gateway for the classes Mast serves.
+#[derive(Debug)]
+struct GatewayApiGateway(Option<Gateway>);
+
+impl MeshResource for GatewayApiGateway {
+    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
+        if let Some(g) = &self.0 {
+            model.gateways.push(g.clone());
+        }
+    }
+}
+
+/// The model's view of a Gateway API Gateway: one server per listener, hosts scoped to the
+/// namespaces routes may attach from (`Same`, Gateway API's default, or `All`).
+fn gateway_of(doc: &Document<'_>, spec: &GatewaySpec) -> Option<Gateway> {
+    if !GATEWAY_CLASSES.contains(&spec.gateway_class_name.as_str()) {
+        return None;
+    }
+    let ns = &doc.meta.namespace;
+    let servers = spec
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let port = u16::try_from(l.port).ok()?;
+            let host_ns = match l
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.namespaces.as_ref())
+                .and_then(|n| n.from.as_deref())
+            {
+                Some("All") => None,
+                _ => Some(ns.clone()),
+            };
+            let tls_mode = l.tls.as_ref().and_then(|t| t.mode.as_deref());
+            let tls = match l.protocol.as_str() {
+                "HTTPS" | "TLS" => {
+                    let passthrough = tls_mode == Some("Passthrough");
+                    // Only Secrets of the Gateway's own namespace (a cross-namespace reference
+                    // needs a ReferenceGrant, which Mast does not evaluate yet).
+                    let credential = l.tls.as_ref().and_then(|t| {
+                        t.certificate_refs
+                            .iter()
+                            .find(|r| r.namespace.as_deref().is_none_or(|n| n == ns))
+                            .map(|r| r.name.clone())
+                    });
+                    Some(ServerTls {
+                        mode: if passthrough {
+                            ServerTlsMode::Passthrough
+                        } else {
+                            ServerTlsMode::Simple
+                        },
+                        credential_name: credential,
+                        ..ServerTls::default()
+                    })
+                }
+                _ => None,
+            };
+            Some(GatewayServer {
+                port,
+                port_name: l.name.clone(),
+                protocol: match l.protocol.as_str() {
+                    "HTTP" => Protocol::Http,
+                    "HTTPS" => Protocol::Https,
+                    "TLS" => Protocol::Tls,
+                    _ => Protocol::Tcp,
+                },
+                bind: None,
+                hosts: vec![GatewayHost {
+                    namespace: host_ns,
+                    host: l.hostname.as_deref().unwrap_or("*").to_ascii_lowercase(),
+                }],
+                tls,
+            })
+        })
+        .collect();
+    Some(Gateway {
+        name: doc.meta.name.clone(),
+        namespace: ns.clone(),
+        selector: [(GATEWAY_NAME_LABEL.to_string(), doc.meta.name.clone())]
+            .into_iter()
+            .collect(),
+        namespace_scoped: true,
+        servers,
+        source: doc.meta.resource_ref(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -852,7 +1007,7 @@ struct Address {
     value: String,
 }
 
-fn parse_gateway(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
+fn parse_gateway(doc: &Document<'_>) -> Result<GatewayApiGateway, Vec<FieldError>> {
     let gw: GatewayDoc = deserialize(doc).map_err(|e| vec![e])?;
     let mut errors = Vec::new();
     let mut names = BTreeSet::new();
@@ -912,7 +1067,7 @@ fn parse_gateway(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
         }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(GatewayApiGateway(gateway_of(doc, &gw.spec)))
     } else {
         Err(errors)
     }

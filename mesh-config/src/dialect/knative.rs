@@ -241,6 +241,8 @@ fn table(
         namespace: ns.to_string(),
         export_to: Vec::new(),
         port: None,
+        gateways: Vec::new(),
+        tls: Vec::new(),
         http: vec![HttpRoute {
             action: RouteAction::Forward(
                 dests

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::{
     Endpoint, Labels, MeshModel, MeshSettings, Namespace, PathNormalization, Protocol, Resolution,
-    Service, ServicePort, TargetPort, Workload, service_fqdn,
+    Service, ServicePort, TargetPort, TlsSecret, Workload, service_fqdn,
 };
 
 /// Istio's root namespace and the ConfigMap istiod reads MeshConfig from.
@@ -38,11 +38,96 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         "Service" => parse_service(doc).map(|s| Box::new(s) as Box<dyn MeshResource>),
         "Namespace" => Ok(Box::new(NamespaceResource) as Box<dyn MeshResource>),
         "Pod" => parse_pod(doc).map(|p| Box::new(p) as Box<dyn MeshResource>),
+        "Secret" => parse_secret(doc).map(|s| Box::new(s) as Box<dyn MeshResource>),
         "ConfigMap" if doc.meta.name == MESH_CONFIGMAP && doc.meta.namespace == ROOT_NAMESPACE => {
             parse_mesh_config(doc).map(|m| Box::new(m) as Box<dyn MeshResource>)
         }
         _ => return None,
     })
+}
+
+// === Secrets (certificates a Gateway's credentialName names) ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretDoc {
+    /// Base64 values, as the API server stores them.
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    /// Plain values, as people write them by hand (the API server merges them into `data`).
+    #[serde(default)]
+    string_data: BTreeMap<String, String>,
+}
+
+/// A Secret: only its certificate keys matter to the mesh — `tls.crt`/`tls.key`/`ca.crt`
+/// (type `kubernetes.io/tls`) or Istio's generic `cert`/`key`/`cacert`. Other Secrets are
+/// kept out of the model.
+#[derive(Debug)]
+struct SecretResource(Option<TlsSecret>);
+
+fn parse_secret(doc: &Document<'_>) -> Result<SecretResource, Vec<FieldError>> {
+    use base64::Engine as _;
+    let s: SecretDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let mut errors = Vec::new();
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in &s.data {
+        let compact: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        match base64::engine::general_purpose::STANDARD.decode(compact) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    values.insert(k.clone(), text);
+                }
+                Err(_) => {
+                    // Binary values (keystores, say) are nothing the mesh reads.
+                }
+            },
+            Err(e) => errors.push(FieldError::new(
+                format!("data.{k}"),
+                format!("not base64: {e}"),
+            )),
+        }
+    }
+    for (k, v) in &s.string_data {
+        values.insert(k.clone(), v.clone());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let pick = |keys: [&str; 2]| keys.iter().find_map(|k| values.get(*k).cloned());
+    let cert = pick(["tls.crt", "cert"]);
+    let key = pick(["tls.key", "key"]);
+    let ca = pick(["ca.crt", "cacert"]);
+    if cert.is_some() != key.is_some() {
+        let (missing, have) = if cert.is_some() {
+            ("tls.key", "tls.crt")
+        } else {
+            ("tls.crt", "tls.key")
+        };
+        errors.push(FieldError::new(
+            format!("data.{missing}"),
+            format!("a certificate Secret with {have} needs {missing} (or Istio's cert/key)"),
+        ));
+        return Err(errors);
+    }
+    if cert.is_none() && ca.is_none() {
+        return Ok(SecretResource(None));
+    }
+    Ok(SecretResource(Some(TlsSecret {
+        cert,
+        key,
+        ca,
+        source: doc.meta.resource_ref(),
+    })))
+}
+
+impl MeshResource for SecretResource {
+    fn translate(&self, meta: &Meta, model: &mut MeshModel) {
+        if let Some(secret) = &self.0 {
+            model
+                .tls_secrets
+                .insert((meta.namespace.clone(), meta.name.clone()), secret.clone());
+        }
+    }
 }
 
 // === MeshConfig (ConfigMap istio-system/istio) ===

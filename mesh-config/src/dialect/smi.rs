@@ -121,6 +121,8 @@ fn parse_split(doc: &Document<'_>) -> Result<SplitResource, Vec<FieldError>> {
         namespace: ns.to_string(),
         export_to: Vec::new(),
         port: None,
+        gateways: Vec::new(),
+        tls: Vec::new(),
         http: vec![HttpRoute {
             action: RouteAction::Forward(destinations.clone()),
             ..HttpRoute::default()

@@ -339,7 +339,7 @@ struct Rbac {
     mesh: MeshSettings,
 }
 
-fn tls_inspector() -> ListenerFilter {
+pub(super) fn tls_inspector() -> ListenerFilter {
     ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".into(),
         config_type: Some(ListenerFilterConfig::TypedConfig(any(
@@ -407,7 +407,7 @@ fn secured_chains(
 
 /// A listener-filter predicate true for every port except `ports`.
 fn not_on_ports(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
-    let rules = ports
+    let rules: Vec<_> = ports
         .iter()
         .map(|p| ListenerFilterChainMatchPredicate {
             rule: Some(Rule::DestinationPortRange(Int32Range {
@@ -417,12 +417,15 @@ fn not_on_ports(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
             })),
         })
         .collect();
+    // Envoy requires at least two rules in an `or_match`: one port is matched on its own.
+    let inner = match <[ListenerFilterChainMatchPredicate; 1]>::try_from(rules) {
+        Ok([one]) => one,
+        Err(rules) => ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet { rules })),
+        },
+    };
     ListenerFilterChainMatchPredicate {
-        rule: Some(Rule::NotMatch(Box::new(
-            ListenerFilterChainMatchPredicate {
-                rule: Some(Rule::OrMatch(MatchSet { rules })),
-            },
-        ))),
+        rule: Some(Rule::NotMatch(Box::new(inner))),
     }
 }
 
@@ -536,7 +539,7 @@ fn tcp_cluster(
 /// The HTTP connection manager of every HTTP chain, with Istio's settings: fault before
 /// router (so per-route faults from RDS take effect), websocket upgrades, path
 /// normalisation, no idle stream timeout, no trust in client-supplied addresses.
-fn http_connection_manager(
+pub(super) fn http_connection_manager(
     stat_prefix: &str,
     routes: RouteSpecifier,
     mesh: &MeshSettings,
@@ -581,14 +584,14 @@ fn http_connection_manager(
     }
 }
 
-fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
+pub(super) fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(FilterConfig::TypedConfig(any(&hcm))),
     }
 }
 
-fn tcp_proxy_filter(stat_prefix: &str, cluster: ClusterSpecifier) -> Filter {
+pub(super) fn tcp_proxy_filter(stat_prefix: &str, cluster: ClusterSpecifier) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(cluster),
@@ -682,6 +685,26 @@ mod tests {
             panic!("not RDS")
         };
         rds.route_config_name
+    }
+
+    /// Envoy refuses an `or_match` with fewer than two rules
+    /// (`MatchSetValidationError.Rules: value must contain at least 2 item(s)`): a pod with a
+    /// single sniffed port gets the port range on its own.
+    #[test]
+    fn one_sniffed_port_is_not_an_or_match_of_one() {
+        let one = not_on_ports(&[7100]);
+        let Some(Rule::NotMatch(inner)) = one.rule else {
+            panic!("{one:?}");
+        };
+        assert!(
+            matches!(inner.rule, Some(Rule::DestinationPortRange(_))),
+            "{inner:?}"
+        );
+        let two = not_on_ports(&[7100, 7200]);
+        let Some(Rule::NotMatch(inner)) = two.rule else {
+            panic!("{two:?}");
+        };
+        assert!(matches!(&inner.rule, Some(Rule::OrMatch(set)) if set.rules.len() == 2));
     }
 
     #[test]
@@ -930,11 +953,9 @@ mod tests {
         let Some(Rule::NotMatch(inner)) = &inspector.filter_disabled.as_ref().unwrap().rule else {
             panic!("{inspector:?}")
         };
-        let Some(Rule::OrMatch(set)) = &inner.rule else {
-            panic!("{inner:?}")
-        };
+        // One sniffed port: the range on its own (an `or_match` needs two rules).
         assert_eq!(
-            set.rules[0].rule,
+            inner.rule,
             Some(Rule::DestinationPortRange(Int32Range {
                 start: 7000,
                 end: 7001

@@ -27,11 +27,12 @@ use prost::Message;
 
 use mast_proto::TypeUrl;
 
-use crate::ads::{Generator, ProxyResources, ProxyView, Resource, Snapshot};
+use crate::ads::{GenerateError, Generator, ProxyResources, ProxyView, Resource, Snapshot};
 
 pub mod authz;
 pub mod clusters;
 pub mod endpoints;
+pub mod gateway;
 pub mod listeners;
 pub mod mtls;
 pub mod node;
@@ -113,7 +114,7 @@ impl ProxyConfig {
     /// (possibly empty), so "no listeners" is a state that gets pushed, not a missing type.
     pub fn resources(&self) -> ProxyResources {
         let mut out = ProxyResources::default();
-        for t in TypeUrl::PUSH_ORDER {
+        for t in TypeUrl::ADS_ORDER {
             out.by_type.entry(t).or_default();
         }
         for c in &self.clusters {
@@ -176,6 +177,9 @@ pub fn generate(model: &MeshModel, proxy: &ProxyNode) -> ProxyConfig {
 
 /// Everything for one proxy with the mesh's security settings, uncached.
 pub fn generate_with(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> ProxyConfig {
+    if proxy.is_gateway() {
+        return gateway::generate(model, proxy, security).config;
+    }
     let mut out = generate_outbound(model, proxy, security);
     out.merge(generate_inbound(model, proxy, security));
     out
@@ -291,16 +295,34 @@ impl XdsGenerator {
     }
 }
 
+/// A node pilot cannot place in the mesh is the proxy's fault.
+impl From<NodeError> for GenerateError {
+    fn from(e: NodeError) -> Self {
+        Self::Node(Box::new(e))
+    }
+}
+
 impl Generator for XdsGenerator {
-    fn validate_node(&self, node: &Node) -> Result<(), String> {
-        ProxyNode::from_envoy_node(node)
-            .map(drop)
-            .map_err(|e| e.to_string())
+    fn validate_node(&self, node: &Node) -> Result<(), GenerateError> {
+        ProxyNode::from_envoy_node(node)?;
+        Ok(())
     }
 
-    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, String> {
-        let proxy = ProxyNode::from_envoy_node(node).map_err(|e| e.to_string())?;
+    fn generate(&self, snapshot: &Snapshot, node: &Node) -> Result<ProxyView, GenerateError> {
+        let proxy = ProxyNode::from_envoy_node(node)?;
         let model = &snapshot.model;
+        if proxy.is_gateway() {
+            // Few, and each with its own Gateways: generated per connection, uncached.
+            let gw = gateway::generate(model, &proxy, &self.security);
+            let mut resources = gw.config.resources();
+            for secret in &gw.secrets {
+                resources.insert(
+                    TypeUrl::Secret,
+                    Resource::new(secret.name.clone(), TypeUrl::Secret, secret),
+                );
+            }
+            return Ok(ProxyView::single(resources));
+        }
         let uses_source_labels = model.routes.iter().any(|t| {
             t.http
                 .iter()

@@ -33,7 +33,7 @@ impl InterceptionMode {
 pub struct ProxyNode {
     /// The node id as sent (`sidecar~10.1.2.3~app-1.default~default.svc.cluster.local`).
     pub id: String,
-    /// First id field: `sidecar` (or `router` for gateways, which Mast does not serve yet).
+    /// First id field: `sidecar`, or `router` for gateways.
     pub kind: String,
     pub ip: String,
     pub pod_name: String,
@@ -77,6 +77,12 @@ pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 // === impl ProxyNode ===
 
 impl ProxyNode {
+    /// A gateway (node type `router`): it gets the listeners of the Gateways that select it,
+    /// not a sidecar's.
+    pub fn is_gateway(&self) -> bool {
+        self.kind == "router"
+    }
+
     /// Parse `sidecar~10.1.2.3~app-1.default~default.svc.cluster.local` and the metadata keys
     /// istiod reads (`NAMESPACE`, `LABELS`, `SERVICE_ACCOUNT`, `WORKLOAD_NAME`,
     /// `INTERCEPTION_MODE`, `CLUSTER_ID`, `MESH_ID`). Metadata wins over the id where both

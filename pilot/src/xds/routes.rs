@@ -165,7 +165,8 @@ fn table_for<'a>(
     proxy_ns: &str,
 ) -> Option<&'a RouteTable> {
     let matches = |t: &&RouteTable, exact: bool| {
-        exported_to(&t.export_to, &t.namespace, proxy_ns)
+        t.applies_to_mesh()
+            && exported_to(&t.export_to, &t.namespace, proxy_ns)
             && t.port.is_none_or(|p| p == port)
             && t.hosts.iter().any(|h| {
                 if exact {
@@ -208,79 +209,14 @@ pub fn tcp_destinations(
 }
 
 fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) -> VirtualHost {
-    let mut routes = Vec::new();
-    let mut catch_all = false;
-    if let Some(table) = table_for(model, &svc.hostname, port, &proxy.namespace) {
-        for (i, rule) in table.http.iter().enumerate() {
-            let applicable: Vec<_> = rule
-                .matches
-                .iter()
-                .filter(|m| m.port.is_none_or(|p| p == port))
-                .filter(|m| labels_match(&m.source_labels, &proxy.labels))
-                .filter(|m| {
-                    m.source_namespace
-                        .as_ref()
-                        .is_none_or(|ns| *ns == proxy.namespace)
-                })
-                .collect();
-            if !rule.matches.is_empty() && applicable.is_empty() {
-                continue;
-            }
-            let action = route_action(model, svc, rule, port);
-            let (req_add, req_remove, resp_add, resp_remove) = header_options(&rule.headers);
-            let mut per_filter = HashMap::new();
-            if let Some(fault) = &rule.fault {
-                per_filter.insert(
-                    "envoy.filters.http.fault".to_string(),
-                    any(&http_fault(fault)),
-                );
-            }
-            let base = Route {
-                name: rule
-                    .name
-                    .clone()
-                    .unwrap_or_else(|| format!("{}.{}", table.source.name, i)),
-                action: Some(action),
-                metadata: Some(istio_metadata(table)),
-                request_headers_to_add: req_add,
-                request_headers_to_remove: req_remove,
-                response_headers_to_add: resp_add,
-                response_headers_to_remove: resp_remove,
-                typed_per_filter_config: per_filter,
-                ..Default::default()
-            };
-            if applicable.is_empty() {
-                let rm = prefix_match("/");
-                routes.push(Route {
-                    decorator: Some(decorator(svc, port, &rm)),
-                    r#match: Some(rm),
-                    ..base
-                });
-                catch_all = true;
-                break;
-            }
-            for m in applicable {
-                let rm = route_match(m);
-                let is_catch_all = matches!(&rm.path_specifier, Some(PathSpecifier::Prefix(p)) if p == "/")
-                    && rm.headers.is_empty()
-                    && rm.query_parameters.is_empty();
-                routes.push(Route {
-                    decorator: Some(decorator(svc, port, &rm)),
-                    r#match: Some(rm),
-                    ..base.clone()
-                });
-                catch_all |= is_catch_all;
-            }
-            if catch_all {
-                break;
-            }
-        }
-    }
+    let (mut routes, catch_all) = table_for(model, &svc.hostname, port, &proxy.namespace)
+        .map(|table| table_routes(model, table, &svc.hostname, port, proxy))
+        .unwrap_or_default();
     if !catch_all {
         let rm = prefix_match("/");
         routes.push(Route {
             name: "default".into(),
-            decorator: Some(decorator(svc, port, &rm)),
+            decorator: Some(decorator(&svc.hostname, port, &rm)),
             r#match: Some(rm),
             action: Some(Action::Route(RouteAction {
                 cluster_specifier: Some(ClusterSpecifier::Cluster(outbound_cluster_name(
@@ -303,6 +239,86 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
         include_request_attempt_count: true,
         ..Default::default()
     }
+}
+
+/// The Envoy routes of a route table's HTTP rules for requests to `host` on `port`, as
+/// `proxy` sees them (`sourceLabels`/`sourceNamespace` matches select on the proxy), and
+/// whether they end in a catch-all (so nothing after them is reachable). Shared by the
+/// sidecars' per-service virtual hosts and the gateways' per-host ones.
+pub(super) fn table_routes(
+    model: &MeshModel,
+    table: &RouteTable,
+    host: &str,
+    port: u16,
+    proxy: &ProxyNode,
+) -> (Vec<Route>, bool) {
+    let mut routes = Vec::new();
+    let mut catch_all = false;
+    for (i, rule) in table.http.iter().enumerate() {
+        let applicable: Vec<_> = rule
+            .matches
+            .iter()
+            .filter(|m| m.port.is_none_or(|p| p == port))
+            .filter(|m| labels_match(&m.source_labels, &proxy.labels))
+            .filter(|m| {
+                m.source_namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == proxy.namespace)
+            })
+            .collect();
+        if !rule.matches.is_empty() && applicable.is_empty() {
+            continue;
+        }
+        let action = route_action(model, host, rule, port);
+        let (req_add, req_remove, resp_add, resp_remove) = header_options(&rule.headers);
+        let mut per_filter = HashMap::new();
+        if let Some(fault) = &rule.fault {
+            per_filter.insert(
+                "envoy.filters.http.fault".to_string(),
+                any(&http_fault(fault)),
+            );
+        }
+        let base = Route {
+            name: rule
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}.{}", table.source.name, i)),
+            action: Some(action),
+            metadata: Some(istio_metadata(table)),
+            request_headers_to_add: req_add,
+            request_headers_to_remove: req_remove,
+            response_headers_to_add: resp_add,
+            response_headers_to_remove: resp_remove,
+            typed_per_filter_config: per_filter,
+            ..Default::default()
+        };
+        if applicable.is_empty() {
+            let rm = prefix_match("/");
+            routes.push(Route {
+                decorator: Some(decorator(host, port, &rm)),
+                r#match: Some(rm),
+                ..base
+            });
+            catch_all = true;
+            break;
+        }
+        for m in applicable {
+            let rm = route_match(m);
+            let is_catch_all = matches!(&rm.path_specifier, Some(PathSpecifier::Prefix(p)) if p == "/")
+                && rm.headers.is_empty()
+                && rm.query_parameters.is_empty();
+            routes.push(Route {
+                decorator: Some(decorator(host, port, &rm)),
+                r#match: Some(rm),
+                ..base.clone()
+            });
+            catch_all |= is_catch_all;
+        }
+        if catch_all {
+            break;
+        }
+    }
+    (routes, catch_all)
 }
 
 /// Every name a client may use for the service, each also with `:<port>`.
@@ -345,7 +361,8 @@ fn cluster_for(model: &MeshModel, d: &Destination, port: u16) -> String {
     outbound_cluster_name(p, d.subset.as_deref(), &d.host)
 }
 
-fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -> Action {
+/// `host` is the service the rule is written for: the cluster when no destination has weight.
+fn route_action(model: &MeshModel, host: &str, rule: &HttpRoute, port: u16) -> Action {
     match &rule.action {
         ModelAction::Redirect(r) => Action::Redirect(redirect(r)),
         ModelAction::DirectResponse { status, body } => {
@@ -361,7 +378,7 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
         ModelAction::Forward(dests) => {
             let live: Vec<_> = dests.iter().filter(|d| d.weight > 0).collect();
             let cluster_specifier = match live.as_slice() {
-                [] => ClusterSpecifier::Cluster(outbound_cluster_name(port, None, &svc.hostname)),
+                [] => ClusterSpecifier::Cluster(outbound_cluster_name(port, None, host)),
                 [one] if one.headers.is_empty() => {
                     ClusterSpecifier::Cluster(cluster_for(model, &one.destination, port))
                 }
@@ -384,16 +401,14 @@ fn route_action(model: &MeshModel, svc: &Service, rule: &HttpRoute, port: u16) -
                     ..Default::default()
                 }),
             };
-            let (host, subset, dest_port) =
-                live.first()
-                    .map_or((svc.hostname.as_str(), None, port), |d| {
-                        let p = d.destination.port.unwrap_or(port);
-                        (
-                            d.destination.host.as_str(),
-                            d.destination.subset.as_deref(),
-                            p,
-                        )
-                    });
+            let (host, subset, dest_port) = live.first().map_or((host, None, port), |d| {
+                let p = d.destination.port.unwrap_or(port);
+                (
+                    d.destination.host.as_str(),
+                    d.destination.subset.as_deref(),
+                    p,
+                )
+            });
             let mut action = RouteAction {
                 cluster_specifier: Some(cluster_specifier),
                 timeout: Some(duration(rule.timeout.unwrap_or_default())),
@@ -590,14 +605,14 @@ fn prefix_match(p: &str) -> RouteMatch {
 
 /// The tracing operation name istiod gives a route: `<host>:<port><path>`, a prefix match
 /// ending in `*`.
-fn decorator(svc: &Service, port: u16, m: &RouteMatch) -> Decorator {
+fn decorator(host: &str, port: u16, m: &RouteMatch) -> Decorator {
     let path = match &m.path_specifier {
         Some(PathSpecifier::Path(p)) => p.clone(),
         Some(PathSpecifier::Prefix(p)) => format!("{p}*"),
         _ => "/*".to_string(),
     };
     Decorator {
-        operation: format!("{}:{port}{path}", svc.hostname),
+        operation: format!("{host}:{port}{path}"),
         ..Default::default()
     }
 }

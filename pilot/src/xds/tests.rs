@@ -102,6 +102,8 @@ fn model(http: Vec<HttpRoute>) -> MeshModel {
         namespace: "default".into(),
         export_to: vec![],
         port: None,
+        gateways: Vec::new(),
+        tls: Vec::new(),
         http,
         tcp: vec![],
         source: ResourceRef {
@@ -607,6 +609,8 @@ fn tcp_split_becomes_weighted_tcp_proxy() {
         namespace: "default".into(),
         export_to: vec![],
         port: None,
+        gateways: Vec::new(),
+        tls: Vec::new(),
         http: vec![],
         tcp: vec![TcpRoute {
             port: None,

@@ -1,17 +1,20 @@
 //! Istio's configuration — `networking.istio.io` (v1alpha3, v1beta1, v1), `security.istio.io`,
 //! `telemetry.istio.io`, `extensions.istio.io` — one file per kind.
 //!
-//! The typed structs mirror Istio's API field for field (camelCase, as in users' YAML) so
-//! existing Istio files parse unchanged, and each kind enforces the validation istiod does
-//! (docs/istio-validation-audit.md compares them rule by rule). This file holds the dispatch
-//! by kind and what the kinds share: host resolution, durations, regexes, percentages,
-//! counts, port and selector shapes. Kinds Mast does not act on yet (Gateway, WorkloadGroup,
-//! EnvoyFilter, ProxyConfig, RequestAuthentication, Telemetry, WasmPlugin) are accepted after
-//! the checks Istio makes, so a file istiod takes is not refused.
+//! The kinds Mast ships CRDs for are read into mast-crds' spec types, the very types the CRDs
+//! are generated from, so a field is typed once (Istio's API, field for field, camelCase as
+//! in users' YAML) and existing Istio files parse unchanged; each kind then enforces on the
+//! typed spec the validation istiod does (docs/istio-validation-audit.md compares them rule
+//! by rule). EnvoyFilter, ProxyConfig, Telemetry and WasmPlugin, which have no CRD here, are
+//! still checked on the untyped document. This file holds the dispatch by kind and what the
+//! kinds share: host resolution, durations, regexes, percentages, counts, port and selector
+//! shapes. Kinds Mast does not act on yet (WorkloadGroup, EnvoyFilter, ProxyConfig,
+//! RequestAuthentication, Telemetry, WasmPlugin) are accepted after the checks Istio makes,
+//! so a file istiod takes is not refused.
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::duration::parse_duration;
@@ -20,6 +23,7 @@ use crate::model::*;
 
 mod destination_rule;
 mod envoy_filter;
+mod gateway;
 mod proxy_config;
 mod request_authentication;
 mod security;
@@ -31,30 +35,53 @@ mod wasm_plugin;
 mod workload_entry;
 mod workload_group;
 
-#[derive(Debug, Deserialize)]
-struct VsPort {
-    number: i64,
+/// [`super::deserialize`] for the Istio kinds, whose specs are mast-crds' types: serde's
+/// unknown-enum-value error is worded as the API server words the same mistake against the
+/// CRD (`Unsupported value: "BLAH": supported values: …`), as Istio's own tests expect.
+fn deserialize<T: DeserializeOwned>(doc: &Document<'_>) -> Result<T, FieldError> {
+    super::deserialize(doc).map_err(|mut e| {
+        e.message = unsupported_value(&e.message);
+        e
+    })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SePort {
-    number: i64,
-    #[serde(default)]
-    protocol: Option<String>,
-    #[serde(default)]
-    name: String,
-    target_port: Option<i64>,
+/// serde's "unknown variant `X`, expected one of `A`, `B`" (or "expected `A` or `B`") as
+/// `Unsupported value: "X": supported values: A, B`; any other message as it is.
+fn unsupported_value(message: &str) -> String {
+    let parsed = message
+        .strip_prefix("unknown variant `")
+        .and_then(|rest| rest.split_once("`, expected "));
+    let Some((value, expected)) = parsed else {
+        return message.to_string();
+    };
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    let values = expected.replace(" or ", ", ").replace('`', "");
+    format!("Unsupported value: \"{value}\": supported values: {values}")
 }
 
-#[derive(Debug, Deserialize)]
-struct Selector {
-    #[serde(default)]
-    labels: Labels,
+/// The document's `spec` as `T`, read from the untyped document (the policy kinds' specs are
+/// optional); an absent or null spec is `T`'s default (an empty policy).
+fn typed_spec<T: Default + DeserializeOwned>(doc: &Document<'_>) -> Result<T, Vec<FieldError>> {
+    match doc.value.get("spec") {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) if !v.is_object() => Err(vec![FieldError::new("spec", "must be a mapping")]),
+        Some(v) => serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "spec".to_string()
+            } else {
+                format!("spec.{path}")
+            };
+            let message = unsupported_value(&e.into_inner().to_string());
+            vec![FieldError::new(field, message)]
+        }),
+    }
 }
 
-fn count(v: Option<i64>, field: &str, errors: &mut Vec<FieldError>) -> Option<u32> {
-    v.and_then(|n| match u32::try_from(n) {
+/// A count that must fit a `u32`: Istio's `int32` fields are checked for being non-negative
+/// here; its `uint32` ones are by their type.
+fn count<N: Into<i64>>(v: Option<N>, field: &str, errors: &mut Vec<FieldError>) -> Option<u32> {
+    v.map(Into::into).and_then(|n: i64| match u32::try_from(n) {
         Ok(n) => Some(n),
         Err(_) => {
             errors.push(FieldError::new(
@@ -87,19 +114,25 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         ("networking.istio.io", "WorkloadEntry") => {
             boxed(workload_entry::parse_workload_entry(doc).map(|r| Box::new(r) as _))
         }
+        ("networking.istio.io", "Gateway") => {
+            boxed(gateway::parse_gateway(doc).map(|r| Box::new(r) as _))
+        }
         ("networking.istio.io", "Sidecar") => {
             boxed(sidecar::parse_sidecar(doc).map(|r| Box::new(r) as _))
         }
-        ("security.istio.io", "PeerAuthentication") => boxed(
-            check_shape(doc)
-                .and_then(|()| security::parse_peer_authentication(doc).map(|r| Box::new(r) as _)),
+        ("security.istio.io", "PeerAuthentication") => {
+            boxed(security::parse_peer_authentication(doc).map(|r| Box::new(r) as _))
+        }
+        ("security.istio.io", "AuthorizationPolicy") => {
+            boxed(security::parse_authorization_policy(doc).map(|r| Box::new(r) as _))
+        }
+        ("security.istio.io", "RequestAuthentication") => boxed(
+            request_authentication::parse_request_authentication(doc).map(|r| Box::new(r) as _),
         ),
-        ("security.istio.io", "AuthorizationPolicy") => boxed(
-            check_shape(doc)
-                .and_then(|()| security::parse_authorization_policy(doc).map(|r| Box::new(r) as _)),
-        ),
-        ("networking.istio.io", "Gateway" | "WorkloadGroup" | "EnvoyFilter" | "ProxyConfig")
-        | ("security.istio.io", "RequestAuthentication")
+        ("networking.istio.io", "WorkloadGroup") => {
+            boxed(workload_group::parse_workload_group(doc).map(|r| Box::new(r) as _))
+        }
+        ("networking.istio.io", "EnvoyFilter" | "ProxyConfig")
         | ("telemetry.istio.io", "Telemetry")
         | ("extensions.istio.io", "WasmPlugin") => {
             boxed(check_shape(doc).map(|()| Box::new(Accepted) as _))
@@ -111,21 +144,12 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
 fn check_shape(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     let spec = match doc.value.get("spec") {
         Some(Value::Object(spec)) => spec,
-        None if doc.meta.kind == "WorkloadGroup" => {
-            return Err(vec![FieldError::new("spec", "Required value")]);
-        }
         None => return Ok(()),
         Some(_) => return Err(vec![FieldError::new("spec", "must be a mapping")]),
     };
     let mut errors = Vec::new();
     match doc.meta.kind.as_str() {
-        "PeerAuthentication" => security::peer_authentication(spec, &mut errors),
-        "AuthorizationPolicy" => security::authorization_policy(spec, &mut errors),
-        "WorkloadGroup" => workload_group::workload_group(spec, &mut errors),
         "ProxyConfig" => proxy_config::proxy_config(spec, &mut errors),
-        "RequestAuthentication" => {
-            request_authentication::request_authentication(spec, &doc.meta.namespace, &mut errors)
-        }
         "WasmPlugin" => wasm_plugin::wasm_plugin(spec, &mut errors),
         "Telemetry" => telemetry::telemetry(spec, &mut errors),
         "EnvoyFilter" => envoy_filter::envoy_filter(spec, &mut errors),
@@ -422,6 +446,19 @@ mod tests {
         }
         assert!(check_fqdn("*.example.com").is_err());
         assert!(check_fqdn("api.example.com").is_ok());
+    }
+
+    #[test]
+    fn unknown_enum_values_are_worded_as_the_api_server_does() {
+        assert_eq!(
+            unsupported_value("unknown variant `BLAH`, expected one of `UNSET`, `STRICT`"),
+            "Unsupported value: \"BLAH\": supported values: UNSET, STRICT"
+        );
+        assert_eq!(
+            unsupported_value("unknown variant `x`, expected `A` or `B`"),
+            "Unsupported value: \"x\": supported values: A, B"
+        );
+        assert_eq!(unsupported_value("missing field `a`"), "missing field `a`");
     }
 
     #[test]

@@ -8,243 +8,26 @@
 //! route, relative weights, valid string matches and regexes, header names, redirect and
 //! status codes, durations of whole milliseconds, retry conditions, fault percentages, CORS
 //! methods; subsets are checked against DestinationRules once the model holds everything.
+//!
+//! The spec is read straight into `mast_crds::networking::VirtualServiceSpec`, the type the
+//! VirtualService CRD is generated from, so a field has one Rust type in the CRD and here.
 
-use std::collections::BTreeMap;
-
+use mast_crds::networking as api;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::{
-    VsPort, check_regex, check_wildcard_domain, dns1123_label, is_ip, ms_duration, percentage,
+    check_regex, check_wildcard_domain, deserialize, dns1123_label, is_ip, ms_duration, percentage,
     resolve_host,
 };
 use crate::dialect::kube::port_number;
-use crate::dialect::{Document, FieldError, MeshResource, Meta, deserialize};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
 use crate::model::*;
 
+/// The document around the spec: `spec` is required, the rest (apiVersion, kind, metadata)
+/// was read into [`Meta`] already.
 #[derive(Debug, Deserialize)]
 struct VsDoc {
-    spec: VsSpec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsSpec {
-    #[serde(default)]
-    hosts: Vec<String>,
-    #[serde(default)]
-    gateways: Vec<String>,
-    #[serde(default)]
-    http: Vec<VsHttp>,
-    #[serde(default)]
-    tcp: Vec<VsTcp>,
-    #[serde(default)]
-    tls: Vec<Value>,
-    #[serde(default)]
-    export_to: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsHttp {
-    name: Option<String>,
-    #[serde(default, rename = "match")]
-    matches: Vec<VsMatch>,
-    #[serde(default)]
-    route: Vec<VsRouteDest>,
-    redirect: Option<VsRedirect>,
-    direct_response: Option<VsDirectResponse>,
-    delegate: Option<Value>,
-    rewrite: Option<VsRewrite>,
-    timeout: Option<String>,
-    retries: Option<VsRetries>,
-    fault: Option<VsFault>,
-    mirror: Option<VsDestination>,
-    mirror_percentage: Option<VsPercent>,
-    mirror_percent: Option<f64>,
-    #[serde(default)]
-    mirrors: Vec<VsMirror>,
-    headers: Option<VsHeaders>,
-    cors_policy: Option<VsCors>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsMatch {
-    name: Option<String>,
-    uri: Option<VsStringMatch>,
-    scheme: Option<VsStringMatch>,
-    method: Option<VsStringMatch>,
-    authority: Option<VsStringMatch>,
-    #[serde(default)]
-    headers: BTreeMap<String, VsStringMatch>,
-    #[serde(default)]
-    without_headers: BTreeMap<String, VsStringMatch>,
-    #[serde(default)]
-    query_params: BTreeMap<String, VsStringMatch>,
-    port: Option<i64>,
-    #[serde(default)]
-    source_labels: Labels,
-    source_namespace: Option<String>,
-    #[serde(default)]
-    ignore_uri_case: bool,
-    #[serde(default)]
-    gateways: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct VsStringMatch {
-    exact: Option<String>,
-    prefix: Option<String>,
-    regex: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsRouteDest {
-    destination: VsDestination,
-    weight: Option<i64>,
-    headers: Option<VsHeaders>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsDestination {
-    host: String,
-    subset: Option<String>,
-    port: Option<VsPort>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsRedirect {
-    uri: Option<String>,
-    authority: Option<String>,
-    port: Option<i64>,
-    derive_port: Option<Value>,
-    scheme: Option<String>,
-    redirect_code: Option<i64>,
-    prefix_rewrite: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsDirectResponse {
-    status: i64,
-    body: Option<VsBody>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsBody {
-    string: Option<String>,
-    /// Base64, as protobuf JSON writes bytes; only its size is checked.
-    bytes: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsRewrite {
-    uri: Option<String>,
-    authority: Option<String>,
-    uri_regex_rewrite: Option<VsRegexRewrite>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsRegexRewrite {
-    #[serde(rename = "match")]
-    pattern: String,
-    rewrite: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsRetries {
-    #[serde(default)]
-    attempts: i64,
-    per_try_timeout: Option<String>,
-    retry_on: Option<String>,
-    #[serde(default)]
-    retry_remote_localities: Option<bool>,
-    backoff: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsFault {
-    delay: Option<VsDelay>,
-    abort: Option<VsAbort>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsDelay {
-    fixed_delay: Option<String>,
-    exponential_delay: Option<String>,
-    percentage: Option<VsPercent>,
-    percent: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsAbort {
-    http_status: Option<i64>,
-    grpc_status: Option<String>,
-    http2_error: Option<String>,
-    percentage: Option<VsPercent>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsPercent {
-    #[serde(default)]
-    value: f64,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsMirror {
-    destination: VsDestination,
-    percentage: Option<VsPercent>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct VsHeaders {
-    request: Option<VsHeaderOps>,
-    response: Option<VsHeaderOps>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct VsHeaderOps {
-    #[serde(default)]
-    set: BTreeMap<String, String>,
-    #[serde(default)]
-    add: BTreeMap<String, String>,
-    #[serde(default)]
-    remove: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsCors {
-    #[serde(default)]
-    allow_origins: Vec<VsStringMatch>,
-    #[serde(default)]
-    allow_methods: Vec<String>,
-    #[serde(default)]
-    allow_headers: Vec<String>,
-    #[serde(default)]
-    expose_headers: Vec<String>,
-    max_age: Option<String>,
-    allow_credentials: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct VsTcp {
-    #[serde(default, rename = "match")]
-    matches: Vec<VsL4Match>,
-    #[serde(default)]
-    route: Vec<VsRouteDest>,
-}
-
-#[derive(Debug, Deserialize)]
-struct VsL4Match {
-    port: Option<i64>,
+    spec: api::VirtualServiceSpec,
 }
 
 #[derive(Debug)]
@@ -252,8 +35,8 @@ pub(super) struct VirtualServiceResource {
     table: RouteTable,
     /// Field path of every subset reference, for `check_references`.
     subset_refs: Vec<(String, Destination)>,
-    /// Only bound to gateways, or a delegate (no hosts): nothing for sidecars.
-    gateway_only: bool,
+    /// A delegate (no hosts): included by another VirtualService, nothing on its own.
+    delegate: bool,
 }
 
 /// Which of istiod's two string-match checks applies: `validateStringMatch` (an empty prefix is
@@ -265,7 +48,7 @@ enum EmptyPrefix {
 }
 
 fn string_match(
-    m: &VsStringMatch,
+    m: &api::StringMatch,
     field: &str,
     empty_prefix: EmptyPrefix,
     errors: &mut Vec<FieldError>,
@@ -351,7 +134,7 @@ fn check_header_match_name(name: &str, field: &str, errors: &mut Vec<FieldError>
 /// request set/add, `ValidateHTTPHeaderOperationName` otherwise) and `ValidateHTTPHeaderValue`'s
 /// control-character rule: no `:`-prefixed header except `:authority` on requests, no `Host`
 /// except when setting or adding a request header.
-fn check_header_ops(h: Option<&VsHeaders>, field: &str, errors: &mut Vec<FieldError>) {
+fn check_header_ops(h: Option<&api::Headers>, field: &str, errors: &mut Vec<FieldError>) {
     let Some(h) = h else {
         return;
     };
@@ -405,7 +188,7 @@ fn check_header_ops(h: Option<&VsHeaders>, field: &str, errors: &mut Vec<FieldEr
 
 /// The `:authority` a route sets, through `rewrite.authority` or a request header set/add of
 /// `:authority`/`Host`; istiod's `validateAuthorityRewrite` allows one.
-fn check_authority_set_once(h: &VsHttp, field: &str, errors: &mut Vec<FieldError>) {
+fn check_authority_set_once(h: &api::HttpRoute, field: &str, errors: &mut Vec<FieldError>) {
     let request = h.headers.as_ref().and_then(|h| h.request.as_ref());
     let from_headers = request
         .into_iter()
@@ -426,7 +209,7 @@ fn check_authority_set_once(h: &VsHttp, field: &str, errors: &mut Vec<FieldError
     }
 }
 
-fn header_ops(h: Option<&VsHeaderOps>) -> HeaderOps {
+fn header_ops(h: Option<&api::HeaderOperations>) -> HeaderOps {
     h.map(|h| HeaderOps {
         set: h.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         add: h.add.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -435,7 +218,7 @@ fn header_ops(h: Option<&VsHeaderOps>) -> HeaderOps {
     .unwrap_or_default()
 }
 
-fn headers(h: Option<&VsHeaders>) -> HeaderOperations {
+fn headers(h: Option<&api::Headers>) -> HeaderOperations {
     h.map(|h| HeaderOperations {
         request: header_ops(h.request.as_ref()),
         response: header_ops(h.response.as_ref()),
@@ -444,7 +227,7 @@ fn headers(h: Option<&VsHeaders>) -> HeaderOperations {
 }
 
 fn destination(
-    d: &VsDestination,
+    d: &api::Destination,
     ns: &str,
     field: &str,
     errors: &mut Vec<FieldError>,
@@ -473,7 +256,7 @@ fn destination(
     let port = d
         .port
         .as_ref()
-        .and_then(|p| port_number(p.number, &format!("{field}.port.number"), errors));
+        .and_then(|p| port_number(i64::from(p.number), &format!("{field}.port.number"), errors));
     Destination {
         host: resolve_host(&d.host, ns),
         subset: d.subset.clone().filter(|s| !s.is_empty()),
@@ -481,11 +264,40 @@ fn destination(
     }
 }
 
+/// One weighted destination of an HTTP route (with header edits) or a TCP route (without),
+/// as [`weighted`] reads both.
+struct RouteDestination<'a> {
+    destination: &'a api::Destination,
+    weight: Option<i32>,
+    headers: Option<&'a api::Headers>,
+}
+
+impl<'a> From<&'a api::HttpRouteDestination> for RouteDestination<'a> {
+    fn from(r: &'a api::HttpRouteDestination) -> Self {
+        Self {
+            destination: &r.destination,
+            weight: r.weight,
+            headers: r.headers.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a api::RouteDestination> for RouteDestination<'a> {
+    fn from(r: &'a api::RouteDestination) -> Self {
+        Self {
+            destination: &r.destination,
+            weight: r.weight,
+            headers: None,
+        }
+    }
+}
+
 /// Weighted destinations, with current istiod's rule: weights are relative — each is ≥ 0 and,
 /// with several destinations, their total is > 0; a destination gets weight/total of the
 /// traffic (60 and 30 split 2:1). A single destination gets everything, weight or not.
+/// Weights are Istio's `int32`: a larger one does not parse.
 fn weighted(
-    routes: &[VsRouteDest],
+    routes: &[RouteDestination<'_>],
     ns: &str,
     field: &str,
     errors: &mut Vec<FieldError>,
@@ -495,8 +307,8 @@ fn weighted(
     let mut sum = 0i64;
     for (i, r) in routes.iter().enumerate() {
         let f = format!("{field}[{i}]");
-        let dest = destination(&r.destination, ns, &format!("{f}.destination"), errors);
-        check_header_ops(r.headers.as_ref(), &format!("{f}.headers"), errors);
+        let dest = destination(r.destination, ns, &format!("{f}.destination"), errors);
+        check_header_ops(r.headers, &format!("{f}.headers"), errors);
         let weight = match r.weight {
             None if routes.len() == 1 => 100,
             None => 0,
@@ -507,23 +319,17 @@ fn weighted(
                 ));
                 0
             }
-            Some(w) if w > i64::from(i32::MAX) => {
-                errors.push(FieldError::new(
-                    format!("{f}.weight"),
-                    format!("{w} is larger than {}", i32::MAX),
-                ));
-                0
-            }
-            Some(w) => w,
+            // Not negative here.
+            Some(w) => w.unsigned_abs(),
         };
-        sum += weight;
+        sum += i64::from(weight);
         if dest.subset.is_some() {
             refs.push((format!("{f}.destination.subset"), dest.clone()));
         }
         out.push(WeightedDestination {
             destination: dest,
-            weight: weight as u32,
-            headers: headers(r.headers.as_ref()),
+            weight,
+            headers: headers(r.headers),
         });
     }
     // A single destination takes all the traffic whatever its weight says (istiod writes
@@ -557,6 +363,7 @@ pub(super) fn parse_virtual_service(
     let is_delegate = vs.spec.hosts.is_empty();
     let applies_to_gateway =
         !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh");
+    let binds_gateway = vs.spec.gateways.iter().any(|g| g != MESH_GATEWAY);
     hosts(&vs.spec, applies_to_gateway, &mut errors);
     if !applies_to_gateway {
         jwt_claims_need_gateway(&vs.spec, &mut errors);
@@ -577,7 +384,7 @@ pub(super) fn parse_virtual_service(
         let mut matches = Vec::new();
         for (j, m) in h.matches.iter().enumerate() {
             let mf = format!("{f}.match[{j}]");
-            let sm = |v: &Option<VsStringMatch>,
+            let sm = |v: &Option<api::StringMatch>,
                       name: &str,
                       empty_prefix: EmptyPrefix,
                       errors: &mut Vec<FieldError>| {
@@ -643,10 +450,10 @@ pub(super) fn parse_virtual_service(
                 query_params,
                 port: m
                     .port
-                    .and_then(|p| port_number(p, &format!("{mf}.port"), &mut errors)),
+                    .and_then(|p| port_number(i64::from(p), &format!("{mf}.port"), &mut errors)),
                 source_labels: m.source_labels.clone(),
                 source_namespace: m.source_namespace.clone(),
-                ignore_uri_case: m.ignore_uri_case,
+                ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
             });
             let _ = &m.gateways;
         }
@@ -655,8 +462,9 @@ pub(super) fn parse_virtual_service(
         } else if let Some(d) = &h.direct_response {
             direct_response(d, &f, &mut errors)
         } else {
+            let route: Vec<RouteDestination<'_>> = h.route.iter().map(Into::into).collect();
             RouteAction::Forward(weighted(
-                &h.route,
+                &route,
                 ns,
                 &format!("{f}.route"),
                 &mut errors,
@@ -680,14 +488,15 @@ pub(super) fn parse_virtual_service(
                 ));
             }
             if let Some(rr) = &r.uri_regex_rewrite {
-                if rr.pattern.is_empty() || rr.rewrite.is_empty() {
+                let (pattern, rewrite) = regex_rewrite(rr);
+                if pattern.is_empty() || rewrite.is_empty() {
                     errors.push(FieldError::new(
                         format!("{f}.rewrite.uriRegexRewrite"),
                         "uriRegexRewrite requires both match and rewrite",
                     ));
                 } else {
                     istio_regex(
-                        &rr.pattern,
+                        pattern,
                         &format!("{f}.rewrite.uriRegexRewrite.match"),
                         &mut errors,
                     );
@@ -706,10 +515,13 @@ pub(super) fn parse_virtual_service(
                             PathRewrite::Full(u.clone())
                         })
                     }
-                    (None, Some(rr)) => Some(PathRewrite::Regex {
-                        pattern: rr.pattern.clone(),
-                        substitution: rr.rewrite.clone(),
-                    }),
+                    (None, Some(rr)) => {
+                        let (pattern, rewrite) = regex_rewrite(rr);
+                        Some(PathRewrite::Regex {
+                            pattern: pattern.to_string(),
+                            substitution: rewrite.to_string(),
+                        })
+                    }
                     (None, None) => None,
                 },
                 authority: r.authority.clone(),
@@ -722,7 +534,7 @@ pub(super) fn parse_virtual_service(
         let retries = h.retries.as_ref().map(|r| {
             check_retries(r, &format!("{f}.retries"), &mut errors);
             RetryPolicy {
-                attempts: r.attempts.max(0) as u32,
+                attempts: r.attempts.unwrap_or(0).max(0) as u32,
                 per_try_timeout: r.per_try_timeout.as_deref().and_then(|t| {
                     ms_duration(t, &format!("{f}.retries.perTryTimeout"), &mut errors)
                 }),
@@ -755,7 +567,7 @@ pub(super) fn parse_virtual_service(
                     .percentage
                     .as_ref()
                     .map(|p| p.value)
-                    .or(d.percent)
+                    .or(d.percent.map(f64::from))
                     .unwrap_or(100.0);
                 let pct = percentage(
                     pct,
@@ -779,7 +591,11 @@ pub(super) fn parse_virtual_service(
                 }
                 let kind = match (a.http_status, &a.grpc_status, &a.http2_error) {
                     (Some(s), _, _) => {
-                        http_status(s, &format!("{f}.fault.abort.httpStatus"), &mut errors);
+                        http_status(
+                            i64::from(s),
+                            &format!("{f}.fault.abort.httpStatus"),
+                            &mut errors,
+                        );
                         AbortKind::HttpStatus(s.clamp(200, 600) as u16)
                     }
                     (None, Some(g), _) => {
@@ -827,7 +643,7 @@ pub(super) fn parse_virtual_service(
                 .mirror_percentage
                 .as_ref()
                 .map(|p| p.value)
-                .or(h.mirror_percent)
+                .or(h.mirror_percent.or(h.mirror_percent_snake).map(f64::from))
                 .unwrap_or(100.0);
             mirrors.push(Mirror {
                 destination: destination(m, ns, &format!("{f}.mirror"), &mut errors),
@@ -876,7 +692,8 @@ pub(super) fn parse_virtual_service(
                 "at least one destination is required",
             ));
         }
-        let destinations = weighted(&t.route, ns, &format!("{f}.route"), &mut errors, &mut refs);
+        let route: Vec<RouteDestination<'_>> = t.route.iter().map(Into::into).collect();
+        let destinations = weighted(&route, ns, &format!("{f}.route"), &mut errors, &mut refs);
         let ports: Vec<Option<u16>> = if t.matches.is_empty() {
             vec![None]
         } else {
@@ -884,8 +701,9 @@ pub(super) fn parse_virtual_service(
                 .iter()
                 .enumerate()
                 .map(|(j, m)| {
-                    m.port
-                        .and_then(|p| port_number(p, &format!("{f}.match[{j}].port"), &mut errors))
+                    m.port.and_then(|p| {
+                        port_number(i64::from(p), &format!("{f}.match[{j}].port"), &mut errors)
+                    })
                 })
                 .collect()
         };
@@ -896,31 +714,101 @@ pub(super) fn parse_virtual_service(
             });
         }
     }
+    let mut tls = Vec::new();
+    for (i, t) in vs.spec.tls.iter().enumerate() {
+        let f = format!("spec.tls[{i}]");
+        if t.matches.is_empty() {
+            errors.push(FieldError::new(
+                format!("{f}.match"),
+                "TLS route must have at least one match condition",
+            ));
+        }
+        if t.route.is_empty() {
+            errors.push(FieldError::new(
+                format!("{f}.route"),
+                "TLS route is required",
+            ));
+        }
+        let route: Vec<RouteDestination<'_>> = t.route.iter().map(Into::into).collect();
+        let destinations = weighted(&route, ns, &format!("{f}.route"), &mut errors, &mut refs);
+        for (j, m) in t.matches.iter().enumerate() {
+            if m.sni_hosts.is_empty() {
+                errors.push(FieldError::new(
+                    format!("{f}.match[{j}].sniHosts"),
+                    "TLS match must have at least one SNI host",
+                ));
+            }
+            tls.push(TlsRoute {
+                sni_hosts: m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                port: m.port.and_then(|p| {
+                    port_number(i64::from(p), &format!("{f}.match[{j}].port"), &mut errors)
+                }),
+                destinations: destinations.clone(),
+            });
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
-    // A delegate has no hosts of its own and Mast does not resolve delegation yet, so, like a
-    // gateway-only VirtualService, it adds nothing to the sidecars' routes.
-    let gateway_only = applies_to_gateway || is_delegate;
+    // A delegate has no hosts of its own and Mast does not resolve delegation yet, so it adds
+    // nothing to any proxy's routes.
+    let delegate = is_delegate;
     Ok(VirtualServiceResource {
         table: RouteTable {
-            hosts: vs.spec.hosts.iter().map(|h| resolve_host(h, ns)).collect(),
+            // At a gateway the hosts are the names clients put in Host (`bookinfo.com`):
+            // only a one-label short name is a service of the namespace there, as istiod's
+            // ResolveShortnameToFQDN.
+            hosts: vs
+                .spec
+                .hosts
+                .iter()
+                .map(|h| {
+                    if binds_gateway && h.contains('.') {
+                        h.to_ascii_lowercase()
+                    } else {
+                        resolve_host(h, ns)
+                    }
+                })
+                .collect(),
             namespace: ns.to_string(),
             export_to: vs.spec.export_to,
             port: None,
+            gateways: vs
+                .spec
+                .gateways
+                .iter()
+                .map(|g| gateway_ref(g, ns))
+                .collect(),
+            tls,
             http,
             tcp,
             source: doc.meta.resource_ref(),
         },
         subset_refs: refs,
-        gateway_only,
+        delegate,
     })
+}
+
+/// A `gateways` entry as `<namespace>/<name>` (istiod's `resolveGatewayName`): `mesh` stays,
+/// `ns/name` is kept, a bare name is in the VirtualService's namespace, and the old
+/// `name.ns.svc.cluster.local` form names `ns/name`.
+fn gateway_ref(g: &str, vs_namespace: &str) -> String {
+    if g == MESH_GATEWAY || g.contains('/') {
+        return g.to_string();
+    }
+    match g.split_once('.') {
+        Some((name, rest)) => {
+            let ns = rest.split('.').next().unwrap_or(vs_namespace);
+            format!("{ns}/{name}")
+        }
+        None => format!("{vs_namespace}/{g}"),
+    }
 }
 
 /// istiod's host rules for a VirtualService: a delegate (no hosts) has no gateways, tcp or
 /// tls; each host is a valid wildcard domain or an IP; `*` only at a gateway; no two hosts
 /// overlap (`*.example.com` and `api.example.com` do).
-fn hosts(spec: &VsSpec, applies_to_gateway: bool, errors: &mut Vec<FieldError>) {
+fn hosts(spec: &api::VirtualServiceSpec, applies_to_gateway: bool, errors: &mut Vec<FieldError>) {
     if spec.hosts.is_empty() {
         for (field, set) in [
             ("spec.gateways", !spec.gateways.is_empty()),
@@ -981,7 +869,7 @@ fn hosts_overlap(a: &str, b: &str) -> bool {
 }
 
 /// JWT claim routing (`@request.auth.claims.*` header keys) exists only at gateways.
-fn jwt_claims_need_gateway(spec: &VsSpec, errors: &mut Vec<FieldError>) {
+fn jwt_claims_need_gateway(spec: &api::VirtualServiceSpec, errors: &mut Vec<FieldError>) {
     for (i, h) in spec.http.iter().enumerate() {
         for (j, m) in h.matches.iter().enumerate() {
             let keys = m.headers.keys().chain(m.without_headers.keys());
@@ -998,7 +886,7 @@ fn jwt_claims_need_gateway(spec: &VsSpec, errors: &mut Vec<FieldError>) {
 /// istiod's validateHTTPRouteConflict: a route with `delegate` has no route or redirect; a
 /// redirect or direct response stands alone (no route, fault or rewrite); otherwise a route
 /// is required; `mirror` and `mirrors` exclude each other; a delegate cannot delegate again.
-fn route_conflicts(h: &VsHttp, in_delegate: bool, f: &str, errors: &mut Vec<FieldError>) {
+fn route_conflicts(h: &api::HttpRoute, in_delegate: bool, f: &str, errors: &mut Vec<FieldError>) {
     let mut conflict = |field: String, msg: &str| errors.push(FieldError::new(field, msg));
     if h.delegate.is_some() {
         if in_delegate {
@@ -1071,8 +959,8 @@ fn route_conflicts(h: &VsHttp, in_delegate: bool, f: &str, errors: &mut Vec<Fiel
 /// istiod's validateHTTPRedirect: something to redirect to, uri xor prefixRewrite (the latter
 /// only with prefix URI matches), any 3xx code, an http/https scheme, a valid port.
 fn redirect(
-    r: &VsRedirect,
-    matches: &[VsMatch],
+    r: &api::HttpRedirect,
+    matches: &[api::HttpMatchRequest],
     f: &str,
     errors: &mut Vec<FieldError>,
 ) -> Redirect {
@@ -1135,12 +1023,20 @@ fn redirect(
         port: r
             .port
             .filter(|p| *p != 0)
-            .and_then(|p| port_number(p, &format!("{rf}.port"), errors)),
+            .and_then(|p| port_number(i64::from(p), &format!("{rf}.port"), errors)),
         path: uri
             .map(|u| PathRewrite::Full(u.to_string()))
             .or_else(|| prefix.map(|p| PathRewrite::Prefix(p.to_string()))),
         status,
     }
+}
+
+/// A regex rewrite's `match` and `rewrite`, empty when absent (proto3 strings).
+fn regex_rewrite(rr: &api::RegexRewrite) -> (&str, &str) {
+    (
+        rr.pattern.as_deref().unwrap_or_default(),
+        rr.rewrite.as_deref().unwrap_or_default(),
+    )
 }
 
 /// istiod's validateHTTPStatus, shared by directResponse and fault aborts: 200 to 600.
@@ -1154,8 +1050,16 @@ fn http_status(s: i64, field: &str, errors: &mut Vec<FieldError>) {
 }
 
 /// istiod's validateHTTPDirectResponse: a valid status and a body under 1 MiB.
-fn direct_response(d: &VsDirectResponse, f: &str, errors: &mut Vec<FieldError>) -> RouteAction {
-    http_status(d.status, &format!("{f}.directResponse.status"), errors);
+fn direct_response(
+    d: &api::HttpDirectResponse,
+    f: &str,
+    errors: &mut Vec<FieldError>,
+) -> RouteAction {
+    http_status(
+        i64::from(d.status),
+        &format!("{f}.directResponse.status"),
+        errors,
+    );
     let size = d.body.as_ref().map_or(0, |b| {
         b.string
             .as_ref()
@@ -1215,15 +1119,16 @@ fn known_status(code: u16) -> bool {
 
 /// istiod's ValidateHTTPRetry: attempts ≥ 0; with 0 attempts (retries off) nothing else may be
 /// set; known retryOn conditions; backoff a valid duration.
-fn check_retries(r: &VsRetries, f: &str, errors: &mut Vec<FieldError>) {
-    if r.attempts < 0 {
+fn check_retries(r: &api::HttpRetry, f: &str, errors: &mut Vec<FieldError>) {
+    let attempts = r.attempts.unwrap_or(0);
+    if attempts < 0 {
         errors.push(FieldError::new(
             format!("{f}.attempts"),
             "attempts cannot be negative",
         ));
     }
     let retry_on = r.retry_on.as_deref().filter(|s| !s.is_empty());
-    if r.attempts == 0
+    if attempts == 0
         && (r.per_try_timeout.is_some()
             || retry_on.is_some()
             || r.retry_remote_localities.is_some())
@@ -1249,7 +1154,7 @@ fn check_retries(r: &VsRetries, f: &str, errors: &mut Vec<FieldError>) {
 
 /// istiod's validateCORSPolicy: non-empty origins (regexes checked), methods Go knows, header
 /// names that are tokens or `*`, maxAge in whole seconds.
-fn cors_policy(c: &VsCors, f: &str, errors: &mut Vec<FieldError>) -> CorsPolicy {
+fn cors_policy(c: &api::CorsPolicy, f: &str, errors: &mut Vec<FieldError>) -> CorsPolicy {
     const METHODS: &[&str] = &[
         "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*",
     ];
@@ -1312,13 +1217,13 @@ fn cors_policy(c: &VsCors, f: &str, errors: &mut Vec<FieldError>) -> CorsPolicy 
 
 impl MeshResource for VirtualServiceResource {
     fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
-        if !self.gateway_only {
+        if !self.delegate {
             model.routes.push(self.table.clone());
         }
     }
 
     fn check_references(&self, _meta: &Meta, model: &MeshModel) -> Vec<FieldError> {
-        if self.gateway_only {
+        if self.delegate {
             return Vec::new();
         }
         self.subset_refs
@@ -1597,6 +1502,26 @@ mod tests {
             &format!("{h}  - route:\n    - destination: {{host: reviews, subset: v_1}}\n"),
             "spec.http[0].route[0].destination.subset",
         );
+    }
+
+    /// The spec is mast-crds' `VirtualServiceSpec`: a weight is Istio's int32 (a larger one is
+    /// refused by the type, at its field), TLS routes are typed, unknown fields are ignored.
+    #[test]
+    fn spec_is_the_crd_type() {
+        let h = "  hosts: [reviews]\n  http:\n";
+        rejected(
+            &format!("{h}  - route:\n    - destination: {{host: a}}\n      weight: 3000000000\n"),
+            "spec.http[0].route[0].weight",
+        );
+        accepted(&format!(
+            "{h}  - route:\n    - destination: {{host: a}}\n      weight: 2147483647\n    - destination: {{host: b}}\n"
+        ));
+        accepted(
+            "  hosts: [a.example.com]\n  tls:\n  - match: [{sniHosts: [a.example.com], port: 443}]\n    route: [{destination: {host: a.example.com}, weight: 100}]\n",
+        );
+        accepted(&format!(
+            "  hosts: [reviews]\n  notAnIstioField: 1\n  http:\n  - name: a\n{ROUTE}"
+        ));
     }
 
     /// validateCORSPolicy: methods, header names, whole-second maxAge.
