@@ -269,10 +269,44 @@ fn config_dump(shared: &Shared) -> Result<serde_json::Value, String> {
     for item in res.endpoints.items.values() {
         b.dynamic_endpoint_config(item.version.clone(), item.any.clone(), Some(item.updated));
     }
+    for (name, item) in &res.secrets.items {
+        b.dynamic_secret(
+            name.clone(),
+            item.version.clone(),
+            redacted_secret(&item.any),
+            Some(item.updated),
+        );
+    }
     drop(res);
     // A private pool, freed after rendering: dumps are rare, the memory is not.
     let pool = mast_proto::json::fresh_pool().map_err(|e| e.to_string())?;
     b.to_json_in(&pool).map_err(|e| e.to_string())
+}
+
+/// A secret as Envoy dumps it: the private key replaced by `[redacted]`.
+fn redacted_secret(
+    any: &envoy_types::pb::google::protobuf::Any,
+) -> envoy_types::pb::google::protobuf::Any {
+    use envoy_types::pb::envoy::config::core::v3::DataSource;
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    use prost::Message as _;
+    let Ok(mut secret) = Secret::decode(any.value.as_slice()) else {
+        return any.clone();
+    };
+    if let Some(Type::TlsCertificate(t)) = &mut secret.r#type
+        && t.private_key.is_some()
+    {
+        t.private_key = Some(DataSource {
+            specifier: Some(Specifier::InlineString("[redacted]".into())),
+            ..Default::default()
+        });
+    }
+    envoy_types::pb::google::protobuf::Any {
+        type_url: any.type_url.clone(),
+        value: secret.encode_to_vec(),
+    }
 }
 
 /// Envoy's `/clusters` text: `cluster::host::stat::value` lines.

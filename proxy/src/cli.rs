@@ -33,7 +33,7 @@ pub enum Command {
     /// The argv of Istio's injected `istio-proxy` container; Istio's flags (`--domain`,
     /// `--proxyLogLevel`, `--statusPort`, …) are accepted beside mast-proxy's own.
     Proxy {
-        /// `sidecar`; `router` (a gateway) is not supported.
+        /// `sidecar`, or `router` for a gateway (Istio's ingress and egress gateways).
         #[arg(value_enum, default_value = "sidecar")]
         kind: ProxyKind,
         #[command(flatten)]
@@ -282,6 +282,7 @@ impl RunArgs {
             sotw: self.sotw,
             drain: self.drain,
             domain: self.domain.clone(),
+            node_type: crate::config::NodeType::Sidecar,
         }
     }
 
@@ -457,6 +458,41 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["mast-proxy", "proxy", "waypoint"]).is_err());
+    }
+
+    #[test]
+    fn istio_gateway_argv_with_flags_after_the_type() {
+        let cli = parse(&[
+            "proxy",
+            "router",
+            "--labels",
+            "istio=ingressgateway,app=istio-ingressgateway",
+            "--admin-port",
+            "15000",
+            "--stats-port",
+            "15090",
+            "--status-port",
+            "15021",
+            "--agent-port",
+            "0",
+            "--concurrency",
+            "1",
+            "--sotw",
+            "--domain",
+            "istio-system.svc.cluster.local",
+            "--proxyLogLevel=warning",
+        ]);
+        let Some(Command::Proxy { kind, run }) = cli.command else {
+            panic!("not the proxy command: {:?}", cli.command);
+        };
+        assert_eq!(kind, ProxyKind::Router);
+        let o = run.overrides();
+        assert!(o.sotw);
+        assert_eq!(o.agent_port, Some(0));
+        assert_eq!(
+            o.labels.as_deref(),
+            Some("istio=ingressgateway,app=istio-ingressgateway")
+        );
     }
 
     #[test]

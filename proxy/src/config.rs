@@ -90,6 +90,28 @@ pub struct Overrides {
     pub drain: Option<Duration>,
     /// The DNS domain in the node id (Istio's `--domain`).
     pub domain: Option<String>,
+    /// `proxy router` (a gateway) rather than `proxy sidecar`.
+    pub node_type: NodeType,
+}
+
+/// What pilot is asked to configure: the first field of the node id, as Istio's
+/// `pilot-agent proxy <type>` writes it. A `router` (an ingress or egress gateway) gets the
+/// listeners of the Gateways that select it instead of a sidecar's inbound and outbound.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum NodeType {
+    #[default]
+    Sidecar,
+    Router,
+}
+
+impl NodeType {
+    /// The node id's first field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sidecar => "sidecar",
+            Self::Router => "router",
+        }
+    }
 }
 
 /// Everything the proxy needs to start.
@@ -135,14 +157,20 @@ pub struct Config {
     /// Use state-of-the-world ADS rather than trying delta first.
     pub sotw_only: bool,
     pub termination_drain: Duration,
+    /// Sidecar or gateway (`router`).
+    pub node_type: NodeType,
 }
 
 impl Config {
-    /// Node id as Istio's sidecar writes it.
+    /// Node id as Istio's agent writes it: `<type>~<ip>~<pod>.<ns>~<domain>`.
     pub fn node_id(&self) -> String {
         format!(
-            "sidecar~{}~{}.{}~{}",
-            self.instance_ip, self.pod_name, self.pod_namespace, self.dns_domain
+            "{}~{}~{}.{}~{}",
+            self.node_type.as_str(),
+            self.instance_ip,
+            self.pod_name,
+            self.pod_namespace,
+            self.dns_domain
         )
     }
 
@@ -431,6 +459,7 @@ impl Config {
             concurrency,
             sotw_only: o.sotw,
             termination_drain,
+            node_type: o.node_type,
         })
     }
 }
@@ -640,6 +669,24 @@ mod tests {
         };
         let err = Config::from_env(&e, &o).unwrap_err().to_string();
         assert!(err.contains("--domain"), "{err}");
+    }
+
+    #[test]
+    fn a_router_says_so_in_its_node_id() {
+        let e = env(&[
+            (POD_NAME, "istio-ingressgateway-1"),
+            (POD_NAMESPACE, "istio-system"),
+            (INSTANCE_IP, "10.0.0.9"),
+        ]);
+        let o = Overrides {
+            node_type: NodeType::Router,
+            ..Default::default()
+        };
+        let c = Config::from_env(&e, &o).unwrap();
+        assert_eq!(
+            c.node_id(),
+            "router~10.0.0.9~istio-ingressgateway-1.istio-system~istio-system.svc.cluster.local"
+        );
     }
 
     #[test]

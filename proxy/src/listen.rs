@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::config::NodeType;
 use crate::http::{self, ConnCtx};
 use crate::resources::listener::{ChainKind, ConnInfo, ListenerConfig};
 use crate::shared::Shared;
@@ -261,20 +262,29 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         tracing::debug!(listener = %listener.name, %dst, "no filter chain matched; closing");
         return;
     };
+    // A gateway has no inbound side: whatever its listeners say, it is the client of the
+    // mesh for every request it forwards (Istio reports them with reporter="source").
+    let inbound = listener.inbound && shared.config.node_type == NodeType::Sidecar;
     let conn = Conn {
         shared,
         kind: chain.kind.clone(),
-        inbound: listener.inbound,
+        inbound,
         peer,
         dst,
         original_dst: restored,
         sni: hello.as_ref().and_then(|h| h.sni.clone()),
     };
     let Some(tls) = chain.tls.clone() else {
-        conn.serve(stream, None).await;
+        conn.serve(stream, None, false).await;
         return;
     };
-    let config = match tls.server_config(&conn.shared.secrets) {
+    // A chain whose certificate or client CA has not arrived serves no one rather than
+    // presenting something else (Envoy keeps it warming); the other chains are unaffected.
+    if let Some(secret) = tls.waiting_for(&conn.shared.secrets, &conn.shared.sds) {
+        tracing::debug!(listener = %listener.name, chain = %chain.name, secret, "TLS secret not received yet; closing");
+        return;
+    }
+    let config = match tls.server_config(&conn.shared.secrets, &conn.shared.sds) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(listener = %listener.name, error = %e, "TLS config unusable; closing");
@@ -285,7 +295,7 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls_stream)) => {
             let identity = crate::tls::peer_identity(tls_stream.get_ref().1).map(Arc::from);
-            conn.serve(tls_stream, identity).await;
+            conn.serve(tls_stream, identity, true).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
@@ -308,9 +318,9 @@ struct Conn {
 }
 
 impl Conn {
-    /// Run the chain's filters on `stream` (plaintext, or the decrypted side of mTLS with
-    /// the peer's SPIFFE ID).
-    async fn serve<S>(self, stream: S, peer_identity: Option<Arc<str>>)
+    /// Run the chain's filters on `stream` (plaintext, or the decrypted side of TLS with
+    /// the peer's SPIFFE ID when it has one).
+    async fn serve<S>(self, stream: S, peer_identity: Option<Arc<str>>, tls: bool)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -333,6 +343,7 @@ impl Conn {
                     peer: self.peer,
                     dst: self.dst,
                     original_dst: self.original_dst,
+                    tls,
                     peer_identity,
                     principal_peer: std::sync::OnceLock::new(),
                 });

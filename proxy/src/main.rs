@@ -1,6 +1,7 @@
-//! `mast-proxy`: the sidecar binary. Flags override Istio's sidecar environment; Istio's
-//! injected argv (`proxy sidecar …`) and pilot-agent's `request` command work too, since the
-//! injected `istio-proxy` container runs this binary in pilot-agent's place (see [`cli`]).
+//! `mast-proxy`: the sidecar and gateway binary. Flags override Istio's sidecar environment;
+//! Istio's argv (`proxy sidecar …` in an injected pod, `proxy router …` in a gateway's) and
+//! pilot-agent's `request` command work too, since the `istio-proxy` container runs this
+//! binary in pilot-agent's place (see [`cli`]).
 //!
 //! [`cli`]: mast_proxy::cli
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mast_proxy::cli::{Cli, Command, ProxyKind, RequestArgs, RunArgs, WaitArgs};
-use mast_proxy::config::{Config, ProcessEnv};
+use mast_proxy::config::{Config, NodeType, Overrides, ProcessEnv};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
 
@@ -35,21 +36,15 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        None => run_proxy(cli.run),
+        None => run_proxy(cli.run, NodeType::Sidecar),
         Some(Command::Proxy {
             kind: ProxyKind::Sidecar,
             run,
-        }) => run_proxy(*run),
+        }) => run_proxy(*run, NodeType::Sidecar),
         Some(Command::Proxy {
             kind: ProxyKind::Router,
-            ..
-        }) => {
-            eprintln!(
-                "mast-proxy: `proxy router` (a gateway) is not supported: mast-proxy runs only \
-                 as a sidecar (`proxy sidecar`); run gateways with Istio's proxyv2 image"
-            );
-            ExitCode::from(64)
-        }
+            run,
+        }) => run_proxy(*run, NodeType::Router),
         Some(Command::Request(r)) => request(&r),
         Some(Command::IstioIptables { args }) => istio_iptables(&args),
         Some(Command::Wait(w)) => wait(&w),
@@ -147,8 +142,12 @@ fn request(r: &RequestArgs) -> ExitCode {
     }
 }
 
-fn run_proxy(args: RunArgs) -> ExitCode {
-    let config = match Config::from_env(&ProcessEnv, &args.overrides()) {
+fn run_proxy(args: RunArgs, node_type: NodeType) -> ExitCode {
+    let overrides = Overrides {
+        node_type,
+        ..args.overrides()
+    };
+    let config = match Config::from_env(&ProcessEnv, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mast-proxy: bad configuration: {e}");

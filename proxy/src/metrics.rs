@@ -556,6 +556,35 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_reports_as_its_own_workload() {
+        let env: BTreeMap<String, String> = [
+            ("POD_NAME", "istio-ingressgateway-5d8f7c9b4-x2x9z"),
+            ("POD_NAMESPACE", "istio-system"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = Overrides {
+            labels: Some("istio=ingressgateway,app=istio-ingressgateway".into()),
+            node_type: crate::config::NodeType::Router,
+            ..Default::default()
+        };
+        let m = Metrics::new(&Config::from_env(&env, &o).unwrap());
+        assert_eq!(
+            (
+                m.local.workload.as_str(),
+                m.local.app.as_str(),
+                m.local.namespace.as_str()
+            ),
+            (
+                "istio-ingressgateway",
+                "istio-ingressgateway",
+                "istio-system"
+            )
+        );
+    }
+
+    #[test]
     fn service_ids() {
         let s = ServiceId::from_host("user:8080", "shop");
         assert_eq!(s.host, "user.shop.svc.cluster.local");

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::Store;
 use crate::tls::SecretStore;
+use crate::tls::credentials::SdsSecrets;
 
 /// Changes the log filter at run time (`/logging?level=`).
 pub type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -27,6 +28,9 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// The workload certificate and trust bundle (from the CA; rotated in place).
     pub secrets: Arc<SecretStore>,
+    /// SDS secrets received over ADS (a gateway's certificates and client CAs), read at
+    /// each TLS handshake.
+    pub sds: Arc<SdsSecrets>,
     pub metrics: Arc<Metrics>,
     /// `true` once draining (SIGTERM, `/quitquitquit`).
     pub drain: watch::Sender<bool>,
@@ -45,6 +49,7 @@ impl Shared {
             config,
             store: Arc::new(Store::new()),
             secrets: Arc::new(SecretStore::default()),
+            sds: Arc::new(SdsSecrets::default()),
             metrics,
             drain: watch::channel(false).0,
             ready: watch::channel(false).0,

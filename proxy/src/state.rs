@@ -17,13 +17,15 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster as ClusterProto;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener as ListenerProto;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as SecretProto;
 use envoy_types::pb::google::protobuf::Any;
 use mast_proto::TypeUrl;
 
 use crate::resources::cluster::{ClusterConfig, Discovery, HostSpec};
 use crate::resources::listener::{ChainKind, ListenerConfig, RouteSource, handoff_index};
 use crate::resources::route::RouteTable;
-use crate::resources::{Nack, Rejection, XdsResource};
+use crate::resources::{Nack, XdsResource};
+use crate::tls::credentials::Credential;
 use crate::upstream::Cluster;
 
 /// One received resource.
@@ -113,6 +115,8 @@ pub struct Resources {
     pub routes: TypeState<RouteTable>,
     pub clusters: TypeState<ClusterConfig>,
     pub endpoints: TypeState<Vec<HostSpec>>,
+    /// SDS secrets over ADS (a gateway's `kubernetes://` credentials).
+    pub secrets: TypeState<Credential>,
 }
 
 /// Names the current listeners and clusters refer to.
@@ -120,6 +124,8 @@ pub struct Resources {
 pub struct Wanted {
     pub routes: BTreeSet<String>,
     pub endpoints: BTreeSet<String>,
+    /// SDS secrets over ADS that the listeners' TLS chains name.
+    pub secrets: BTreeSet<String>,
 }
 
 // === impl Resources ===
@@ -149,11 +155,13 @@ impl Resources {
             TypeUrl::Endpoint => self
                 .endpoints
                 .apply::<ClusterLoadAssignment>(version, incoming, removed, replace),
-            TypeUrl::Secret => Err(Rejection::UnsupportedType(type_url.url().into()).into()),
+            TypeUrl::Secret => self
+                .secrets
+                .apply::<SecretProto>(version, incoming, removed, replace),
         }
     }
 
-    /// The RDS and EDS names the current listeners and clusters need.
+    /// The RDS, EDS and SDS names the current listeners and clusters need.
     pub fn wanted(&self) -> Wanted {
         let mut w = Wanted::default();
         for item in self.listeners.items.values() {
@@ -163,6 +171,9 @@ impl Resources {
                     && let RouteSource::Rds(name) = &h.routes
                 {
                     w.routes.insert(name.clone());
+                }
+                if let Some(tls) = &chain.tls {
+                    w.secrets.extend(tls.sds_names().map(str::to_string));
                 }
             }
         }
@@ -174,7 +185,10 @@ impl Resources {
         w
     }
 
-    /// Whether every wanted name is present.
+    /// The wanted route and endpoint names not present. Secrets are not waited for: a chain
+    /// whose secret is missing refuses its connections on its own while the rest of the
+    /// config (other chains, other listeners) serves, and pilot sends nothing for a Secret
+    /// that does not exist.
     pub fn missing(&self) -> Vec<String> {
         let w = self.wanted();
         w.routes
@@ -187,6 +201,15 @@ impl Resources {
                     .filter(|n| !self.endpoints.items.contains_key(*n))
                     .map(|n| format!("ClusterLoadAssignment {n}")),
             )
+            .collect()
+    }
+
+    /// The SDS secrets held, by name, as handshakes read them.
+    pub fn credentials(&self) -> HashMap<String, Credential> {
+        self.secrets
+            .items
+            .iter()
+            .map(|(n, i)| (n.clone(), Credential::clone(&i.parsed)))
             .collect()
     }
 

@@ -14,6 +14,9 @@
 //!
 //! The one crypto provider of mast-proxy is *ring*, named here and passed to every config
 //! explicitly rather than relying on a process-wide default.
+//!
+//! A gateway's TLS towards clients outside the mesh (certificates from Kubernetes Secrets
+//! over SDS, inline or file certificates, client CAs) is in [`credentials`].
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -30,6 +33,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::sync::watch;
+
+pub mod credentials;
 
 /// SDS name of the workload certificate in Istio's config.
 pub const SDS_DEFAULT: &str = "default";

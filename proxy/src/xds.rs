@@ -1,4 +1,5 @@
-//! The ADS client: one gRPC stream to pilot carrying CDS, EDS, LDS and RDS.
+//! The ADS client: one gRPC stream to pilot carrying CDS, EDS, LDS and RDS, and for a
+//! gateway the SDS secrets its TLS listeners name.
 //!
 //! Delta xDS first (only changes travel), state-of-the-world when pilot answers
 //! `UNIMPLEMENTED` or `--sotw` asks for it. Each response is converted as a whole and ACKed,
@@ -279,6 +280,7 @@ impl Publisher {
         held!(TypeUrl::Endpoint, r.endpoints);
         held!(TypeUrl::Listener, r.listeners);
         held!(TypeUrl::Route, r.routes);
+        held!(TypeUrl::Secret, r.secrets);
         out
     }
 
@@ -317,6 +319,13 @@ impl Publisher {
         match &result {
             Ok(()) => {
                 self.dirty = true;
+                if typed == Some(TypeUrl::Secret) {
+                    // A secret takes effect at once, on the next handshake: it changes no
+                    // listener, so it does not wait for a snapshot (nor does a rotation).
+                    let credentials = self.resources().credentials();
+                    tracing::info!(secrets = ?credentials.keys().collect::<Vec<_>>(), version, "SDS secrets applied");
+                    self.shared.sds.replace(credentials);
+                }
                 tracing::debug!(
                     type_url,
                     version,

@@ -375,20 +375,25 @@ async fn istio_sidecar_agent_probes_metrics_and_prestop_drain() {
 }
 
 #[test]
-fn refuses_router_mode_and_bad_probers_and_keeps_help_readable() {
+fn router_mode_reads_its_config_and_bad_values_stop_it_and_help_stays_readable() {
+    // Istio's gateway argv runs the proxy (as a gateway): its configuration is checked as a
+    // sidecar's, so a bad value stops it with 64 naming the variable.
     let out = Command::new(BIN)
         .args([
             "proxy",
             "router",
             "--domain",
             "istio-system.svc.cluster.local",
+            "--agent-port",
+            "0",
         ])
+        .env("INSTANCE_IP", "not-an-ip")
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("router") && err.contains("not supported"),
+        err.contains("INSTANCE_IP") && !err.contains("not supported"),
         "{err}"
     );
 

@@ -4,7 +4,8 @@
 //! The stages run in Envoy's order, one module each, so the order is visible here:
 //!
 //! 1. `framing` and `sanitize`: the request head as read from the wire is checked, the path
-//!    normalised and the authority validated — before anything reads them to decide.
+//!    normalised and the authority validated — before anything reads them to decide; at the
+//!    edge (`use_remote_address`, a gateway) `forwarded` then says who the client is.
 //! 2. `filters`: the configured HTTP filters (RBAC, fault injection) in order; any may
 //!    answer the request itself.
 //! 3. `router`: the route's local replies (`404 NR`, redirects, direct responses), or
@@ -18,6 +19,7 @@
 
 mod body;
 mod filters;
+mod forwarded;
 mod framing;
 mod mirror;
 mod path;
@@ -64,6 +66,9 @@ pub struct ConnCtx {
     /// The original destination when capture restored one: the only address a passthrough
     /// (ORIGINAL_DST) cluster may dial.
     pub original_dst: Option<SocketAddr>,
+    /// The downstream connection is TLS (terminated by this proxy): a virtual host's
+    /// `require_tls` redirects the requests of plaintext connections.
+    pub tls: bool,
     /// The client's SPIFFE ID when the connection is mTLS.
     pub peer_identity: Option<Arc<str>>,
     /// The client's metrics identity with its principal, built once per connection:
@@ -337,13 +342,27 @@ async fn handle(
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
         return refused(rec, grpc, parts.version, refusal);
     }
+    if ctx.hcm.use_remote_address {
+        let local = Some(ctx.dst.ip())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .unwrap_or(shared.config.instance_ip);
+        forwarded::at_the_edge(&mut parts.headers, ctx.peer.ip(), local, ctx.tls);
+    }
 
     // The route is chosen before the filters, which may read its per-route config; the
     // router, last, acts on it.
     let table = router::table(&ctx.hcm, &snap);
-    let selected = table
-        .as_deref()
-        .and_then(|t| router::select(t, &host, &parts));
+    let vhost = table.as_deref().and_then(|t| t.find_host(&host));
+    // `require_tls`: Envoy answers a plaintext request with a redirect to https:// before
+    // any route is chosen (istiod's `httpsRedirect`).
+    if let Some(location) = vhost.and_then(|vh| vh.tls_redirect(ctx.tls, &parts, &host)) {
+        let mut resp = local_reply(rec, false, StatusCode::MOVED_PERMANENTLY, "-", "");
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return resp;
+    }
+    let selected = vhost.and_then(|vh| router::select(vh, &parts));
     let mut filtered = FilterRequest {
         parts: &mut parts,
         host: &host,

@@ -58,9 +58,8 @@ pub(super) fn table(hcm: &HttpManager, snap: &Snapshot) -> Option<Arc<RouteTable
     }
 }
 
-/// The route for a request: the virtual host for its authority, then its first matching route.
-pub(super) fn select<'t>(table: &'t RouteTable, host: &str, parts: &Parts) -> Option<Selected<'t>> {
-    let vhost = table.find_host(host)?;
+/// The route for a request in its virtual host (found by authority): the first that matches.
+pub(super) fn select<'t>(vhost: &'t VirtualHost, parts: &Parts) -> Option<Selected<'t>> {
     let route = vhost.find_route(parts)?;
     Some(Selected { vhost, route })
 }

@@ -318,6 +318,7 @@ mod tests {
             max_headers: 100,
             accept_http_10: false,
             default_host_for_http_10: None,
+            use_remote_address: false,
         }
     }
 

@@ -152,6 +152,9 @@ pub struct HttpManager {
     pub accept_http_10: bool,
     /// `http_protocol_options.default_host_for_http_10`, for HTTP/1.0 requests without Host.
     pub default_host_for_http_10: Option<String>,
+    /// `use_remote_address`: this is the edge (a gateway), so the peer is the client —
+    /// `x-forwarded-for` and friends are written as Envoy writes them there.
+    pub use_remote_address: bool,
 }
 
 #[derive(Debug)]
@@ -701,6 +704,7 @@ impl HttpManager {
             .filter(|d| !d.is_zero()),
             rbac,
             network_rbac: Vec::new(),
+            use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod listener;
 mod rejection;
 pub mod route;
+pub mod secret;
 pub mod tls;
 
 use std::time::Duration;
@@ -182,6 +183,7 @@ mod tests {
             type_of::<ClusterLoadAssignment>(),
             type_of::<Listener>(),
             type_of::<RouteConfiguration>(),
+            type_of::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>(),
         ] {
             assert_eq!(t.url(), url);
         }

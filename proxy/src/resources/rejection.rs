@@ -29,8 +29,8 @@ pub enum Rejection {
     /// the resource and the field.
     #[error(transparent)]
     Invalid(#[from] ResourceError),
-    /// A type mast-proxy does not take over ADS (SDS is served, not fetched), or one that is
-    /// no xDS type at all; the URL is as it came on the wire.
+    /// A type mast-proxy does not take over ADS, or one that is no xDS type at all; the URL
+    /// is as it came on the wire.
     #[error("type {0} is not supported")]
     UnsupportedType(String),
     /// A listener whose address cannot be bound: Envoy NACKs the LDS response for it, and so

@@ -57,11 +57,26 @@ pub struct RouteTable {
     /// `example.*` as ("example.", index), longest first.
     prefix: Vec<(String, usize)>,
     any: Option<usize>,
+    /// `ignore_port_in_host_matching`: the Host's port plays no part in choosing the
+    /// virtual host (istiod sets it on gateways, whose clients say `host:8443`).
+    ignore_port: bool,
+}
+
+/// `require_tls` of a virtual host: which plaintext requests are redirected to `https://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsRequirement {
+    #[default]
+    None,
+    /// Only requests from outside the mesh (not marked `x-envoy-internal`).
+    ExternalOnly,
+    /// Every request not over TLS (istiod's `httpsRedirect`).
+    All,
 }
 
 #[derive(Debug)]
 pub struct VirtualHost {
     pub name: String,
+    pub require_tls: TlsRequirement,
     pub routes: Vec<Route>,
     pub headers: HeaderOps,
     pub fault: Option<Arc<Fault>>,
@@ -222,8 +237,9 @@ impl XdsResource for rv3::RouteConfiguration {
 
 impl RouteTable {
     pub fn from_proto(rc: &rv3::RouteConfiguration) -> Result<Self, ResourceError> {
-        let table = Self::build(&rc.name, &rc.virtual_hosts)
+        let mut table = Self::build(&rc.name, &rc.virtual_hosts)
             .map_err(|e| e.resource("RouteConfiguration", &rc.name))?;
+        table.ignore_port = rc.ignore_port_in_host_matching;
         Ok(table)
     }
 
@@ -266,6 +282,7 @@ impl RouteTable {
             suffix,
             prefix,
             any,
+            ignore_port: false,
         })
     }
 
@@ -275,6 +292,11 @@ impl RouteTable {
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = host.to_ascii_lowercase();
             lower.as_str()
+        } else {
+            host
+        };
+        let host = if self.ignore_port {
+            strip_port(host)
         } else {
             host
         };
@@ -327,8 +349,21 @@ impl VirtualHost {
             .enumerate()
             .map(|(i, r)| Route::from_proto(r).at(format!("routes[{i}]")))
             .collect::<FieldResult<_>>()?;
+        use rv3::virtual_host::TlsRequirementType;
+        let require_tls = match TlsRequirementType::try_from(vh.require_tls) {
+            Ok(TlsRequirementType::None) => TlsRequirement::None,
+            Ok(TlsRequirementType::ExternalOnly) => TlsRequirement::ExternalOnly,
+            Ok(TlsRequirementType::All) => TlsRequirement::All,
+            Err(_) => {
+                return Err(FieldError::new(
+                    "require_tls",
+                    format!("unknown TLS requirement {}", vh.require_tls),
+                ));
+            }
+        };
         Ok(Self {
             name: vh.name.clone(),
+            require_tls,
             routes,
             headers: HeaderOps::from_proto(
                 &vh.request_headers_to_add,
@@ -348,6 +383,23 @@ impl VirtualHost {
     /// The first route matching the request.
     pub fn find_route(&self, req: &Parts) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.matches(req))
+    }
+
+    /// Where a plaintext request must go instead (Envoy's answer to `require_tls`: a 301 to
+    /// `https://` with the request's Host and path as they came); `None` when it may stay.
+    pub fn tls_redirect(&self, tls: bool, req: &Parts, host: &str) -> Option<String> {
+        let redirect = match self.require_tls {
+            TlsRequirement::None => false,
+            TlsRequirement::All => !tls,
+            TlsRequirement::ExternalOnly => {
+                !tls && req
+                    .headers
+                    .get("x-envoy-internal")
+                    .is_none_or(|v| v.as_bytes() != b"true")
+            }
+        };
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        redirect.then(|| format!("https://{host}{path}"))
     }
 }
 

@@ -1,25 +1,32 @@
-//! Envoy's TLS transport sockets, as Istio writes them for mesh mTLS.
+//! Envoy's TLS transport sockets, as Istio writes them for mesh mTLS and for gateways.
 //!
 //! Istio's sidecar config never carries key material: certificates are named SDS secrets,
 //! `default` (the workload certificate) and `ROOTCA` (the trust bundle), that the local agent
 //! serves. mast-proxy is its own agent, so those two names resolve to its
-//! [`SecretStore`](crate::tls::SecretStore); any other secret source (files, inline keys,
-//! `kubernetes://` credentials for gateways) is refused with a NACK naming the field, rather
-//! than silently connecting in plaintext.
+//! [`SecretStore`](crate::tls::SecretStore). A gateway's server side also takes what istiod
+//! writes for a Gateway's `tls`: SDS secrets under any name over the ADS stream
+//! (`kubernetes://<credentialName>`, followed like RDS names), and inline or file
+//! certificates and CAs (see [`crate::tls::credentials`]). Anything else — another SDS
+//! config source, a client side with other than the mesh's secrets — is refused with a NACK
+//! naming the field, rather than silently connecting in plaintext.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, UpstreamTlsContext,
+    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+    UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
-use super::{FieldError, FieldResult, decode_any};
+use super::secret::{tls_certificate, trusted_ca};
+use super::{At, FieldError, FieldResult, decode_any};
+use crate::tls::credentials::{self, CertSource, SdsSecrets, ServerSpec, TrustSource};
 use crate::tls::{SDS_DEFAULT, SDS_ROOTCA, SanMatch, SecretStore};
 
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
@@ -59,30 +66,80 @@ impl UpstreamTls {
     }
 }
 
-/// Server side of mesh mTLS for a filter chain.
+/// Server side of TLS for a filter chain: mesh mTLS, or a gateway's TLS.
 #[derive(Debug)]
 pub struct DownstreamTls {
     pub require_client_cert: bool,
     pub sans: Vec<SanMatch>,
+    /// What the server presents.
+    pub cert: CertSource,
+    /// What client certificates are checked against; `None`: none are asked for.
+    pub trust: Option<TrustSource>,
+    /// `common_tls_context.alpn_protocols` (gateways; the mesh chains offer none, see
+    /// [`crate::tls::server_config`]).
+    pub alpn: Vec<String>,
     config: OnceLock<Arc<rustls::ServerConfig>>,
 }
 
 impl PartialEq for DownstreamTls {
     fn eq(&self, o: &Self) -> bool {
-        self.require_client_cert == o.require_client_cert && self.sans == o.sans
+        self.require_client_cert == o.require_client_cert
+            && self.sans == o.sans
+            && self.cert == o.cert
+            && self.trust == o.trust
+            && self.alpn == o.alpn
     }
 }
 
 impl DownstreamTls {
+    /// The rustls config, built once per chain config; certificates and CAs that rotate are
+    /// read from `workload` and `sds` at each handshake.
     pub fn server_config(
         &self,
-        store: &Arc<SecretStore>,
+        workload: &Arc<SecretStore>,
+        sds: &Arc<SdsSecrets>,
     ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         if let Some(c) = self.config.get() {
             return Ok(Arc::clone(c));
         }
-        let c = crate::tls::server_config(store, &self.sans, self.require_client_cert)?;
+        let c = if self.is_mesh() {
+            crate::tls::server_config(workload, &self.sans, self.require_client_cert)?
+        } else {
+            let spec = ServerSpec {
+                cert: &self.cert,
+                trust: self.trust.as_ref(),
+                sans: &self.sans,
+                require_client_cert: self.require_client_cert,
+                alpn: &self.alpn,
+            };
+            credentials::server_config(spec, workload, sds)?
+        };
         Ok(Arc::clone(self.config.get_or_init(|| c)))
+    }
+
+    /// Sidecar mTLS: the workload certificate, peers checked against the mesh bundle.
+    fn is_mesh(&self) -> bool {
+        self.cert == CertSource::Workload && self.trust == Some(TrustSource::Mesh)
+    }
+
+    /// The SDS secrets over ADS this chain needs.
+    pub fn sds_names(&self) -> impl Iterator<Item = &str> {
+        self.cert
+            .sds_name()
+            .into_iter()
+            .chain(self.trust.as_ref().and_then(TrustSource::sds_name))
+    }
+
+    /// The first secret this chain still waits for: until it arrives the chain cannot
+    /// serve (Envoy keeps such a listener warming), and its connections are closed.
+    pub fn waiting_for(&self, workload: &SecretStore, sds: &SdsSecrets) -> Option<&str> {
+        if !self.cert.available(workload, sds) {
+            return Some(self.cert.sds_name().unwrap_or(SDS_DEFAULT));
+        }
+        self.trust
+            .as_ref()
+            .filter(|t| !t.available(sds))
+            .and_then(TrustSource::sds_name)
     }
 }
 
@@ -170,17 +227,22 @@ pub fn downstream_socket(ts: &TransportSocket) -> FieldResult<Option<Arc<Downstr
             };
             let ctx: DownstreamTlsContext = decode_any(any, "typed_config")?;
             let common = ctx.common_tls_context.clone().unwrap_or_default();
-            let (cert, sans) =
-                common_parts(&common).map_err(|e| e.at("typed_config.common_tls_context"))?;
-            if !cert {
+            let at = "typed_config.common_tls_context";
+            let cert = server_certificate(&common).at(at)?;
+            let (trust, sans) = client_validation(&common).at(at)?;
+            let require_client_cert = ctx.require_client_certificate.is_some_and(|b| b.value);
+            if require_client_cert && trust.is_none() {
                 return Err(FieldError::new(
-                    "typed_config.common_tls_context.tls_certificate_sds_secret_configs",
-                    "a server needs a certificate (SDS secret \"default\")",
+                    "typed_config.require_client_certificate",
+                    "needs a validation context to check client certificates against",
                 ));
             }
             Ok(Some(Arc::new(DownstreamTls {
-                require_client_cert: ctx.require_client_certificate.is_some_and(|b| b.value),
+                require_client_cert,
                 sans,
+                cert,
+                trust,
+                alpn: common.alpn_protocols.clone(),
                 config: OnceLock::new(),
             })))
         }
@@ -189,6 +251,147 @@ pub fn downstream_socket(ts: &TransportSocket) -> FieldResult<Option<Arc<Downstr
             format!("transport socket {other:?} is not supported"),
         )),
     }
+}
+
+/// What a server presents: Istio's workload certificate (`default`), a named SDS secret
+/// over ADS, or a certificate in the config (inline or a file).
+fn server_certificate(c: &CommonTlsContext) -> FieldResult<CertSource> {
+    match (
+        c.tls_certificate_sds_secret_configs.as_slice(),
+        c.tls_certificates.as_slice(),
+    ) {
+        ([], []) => Err(FieldError::new(
+            "tls_certificate_sds_secret_configs",
+            "a server needs a certificate (SDS secret \"default\")",
+        )),
+        ([s], []) => {
+            let at = "tls_certificate_sds_secret_configs[0]";
+            if s.name == SDS_DEFAULT {
+                Ok(CertSource::Workload)
+            } else {
+                ads_secret(s).at(at).map(CertSource::Sds)
+            }
+        }
+        ([], [t]) => tls_certificate(t)
+            .at("tls_certificates[0]")
+            .map(CertSource::Static),
+        _ => Err(FieldError::new(
+            "tls_certificates",
+            "one server certificate is supported (SDS or inline, not several)",
+        )),
+    }
+}
+
+/// The name of an SDS secret served over the ADS stream (what pilot writes for a gateway's
+/// `credentialName`).
+fn ads_secret(s: &SdsSecretConfig) -> FieldResult<String> {
+    let over_ads = matches!(
+        s.sds_config
+            .as_ref()
+            .and_then(|c| c.config_source_specifier.as_ref()),
+        Some(ConfigSourceSpecifier::Ads(_))
+    );
+    if s.name.is_empty() {
+        return Err(FieldError::new("name", "required"));
+    }
+    if !over_ads {
+        return Err(FieldError::new(
+            "sds_config",
+            format!(
+                "SDS secret {:?} is not available: mast-proxy takes SDS secrets over ADS \
+                 (sds_config: {{ads: {{}}}}) and serves Istio's workload secrets \"default\" \
+                 and \"ROOTCA\"",
+                s.name
+            ),
+        ));
+    }
+    Ok(s.name.clone())
+}
+
+/// A named validation context: the mesh bundle (`ROOTCA`) or an SDS secret over ADS.
+fn trust_secret(s: &SdsSecretConfig) -> FieldResult<TrustSource> {
+    if s.name == SDS_ROOTCA {
+        Ok(TrustSource::Mesh)
+    } else {
+        ads_secret(s).map(TrustSource::Sds)
+    }
+}
+
+/// How a server checks client certificates, and the SAN matchers for them. No validation
+/// context: client certificates are not asked for (a gateway's SIMPLE TLS).
+// Istio still writes the deprecated `match_subject_alt_names`.
+#[allow(deprecated)]
+fn client_validation(c: &CommonTlsContext) -> FieldResult<(Option<TrustSource>, Vec<SanMatch>)> {
+    match &c.validation_context_type {
+        None => Ok((None, Vec::new())),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
+            let trust = trust_secret(s).at("validation_context_sds_secret_config")?;
+            Ok((Some(trust), Vec::new()))
+        }
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            let at = "combined_validation_context";
+            let trust = match &cv.validation_context_sds_secret_config {
+                Some(s) => {
+                    trust_secret(s).at(format!("{at}.validation_context_sds_secret_config"))?
+                }
+                None => {
+                    return Err(FieldError::new(
+                        format!("{at}.validation_context_sds_secret_config"),
+                        "required (SDS secret \"ROOTCA\")",
+                    ));
+                }
+            };
+            let sans = match &cv.default_validation_context {
+                Some(d) => {
+                    let at = format!("{at}.default_validation_context");
+                    if d.trusted_ca.is_some() {
+                        return Err(FieldError::new(
+                            format!("{at}.trusted_ca"),
+                            "trust anchors come from the SDS secret alone",
+                        ));
+                    }
+                    validation_sans(d).at(at)?
+                }
+                None => Vec::new(),
+            };
+            Ok((Some(trust), sans))
+        }
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let at = "validation_context";
+            let bundle = trusted_ca(v).at(at)?;
+            let sans = validation_sans(v).at(at)?;
+            Ok((Some(TrustSource::Static(bundle)), sans))
+        }
+        Some(_) => Err(FieldError::new(
+            "validation_context_type",
+            "not supported; use an SDS secret or an inline validation context",
+        )),
+    }
+}
+
+/// The SAN matchers of a validation context.
+#[allow(deprecated)]
+fn validation_sans(d: &CertificateValidationContext) -> FieldResult<Vec<SanMatch>> {
+    let mut sans = Vec::new();
+    for (i, m) in d.match_subject_alt_names.iter().enumerate() {
+        sans.push(san_match(m).at(format!("match_subject_alt_names[{i}]"))?);
+    }
+    for (i, m) in d.match_typed_subject_alt_names.iter().enumerate() {
+        let f = format!("match_typed_subject_alt_names[{i}]");
+        // SanType URI = 3.
+        if m.san_type != 3 {
+            return Err(FieldError::new(
+                format!("{f}.san_type"),
+                "only URI SANs (SPIFFE IDs) are checked",
+            ));
+        }
+        let m = m
+            .matcher
+            .as_ref()
+            .ok_or_else(|| FieldError::new(format!("{f}.matcher"), "required"))?;
+        sans.push(san_match(m).at(format!("{f}.matcher"))?);
+    }
+    Ok(sans)
 }
 
 /// Whether the workload certificate is presented, and the SAN matchers for the peer.
@@ -326,4 +529,132 @@ pub fn match_criteria(
             )),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A filter chain's transport socket from the YAML of its `common_tls_context` and what
+    /// follows it in the `DownstreamTlsContext`.
+    fn downstream(ctx: &str) -> FieldResult<Option<Arc<DownstreamTls>>> {
+        let yaml = format!(
+            "name: envoy.transport_sockets.tls\ntyped_config:\n  \"@type\": \
+             type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext\n{ctx}"
+        );
+        let ts: TransportSocket = mast_proto::json::yaml_to_message(&yaml).unwrap();
+        downstream_socket(&ts)
+    }
+
+    #[test]
+    fn sidecar_mtls_stays_the_mesh_s() {
+        let tls = downstream(
+            r#"  common_tls_context:
+    tls_certificate_sds_secret_configs: [{name: default}]
+    validation_context_sds_secret_config: {name: ROOTCA}
+  require_client_certificate: true"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(tls.is_mesh());
+        assert_eq!(tls.sds_names().count(), 0);
+    }
+
+    #[test]
+    fn gateway_simple_and_mutual_from_sds_over_ads() {
+        let simple = downstream(
+            r#"  common_tls_context:
+    alpn_protocols: [h2, http/1.1]
+    tls_certificate_sds_secret_configs:
+    - {name: "kubernetes://cred", sds_config: {ads: {}, resource_api_version: V3}}
+  require_client_certificate: false"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(simple.cert, CertSource::Sds("kubernetes://cred".into()));
+        assert_eq!(simple.trust, None);
+        assert_eq!(simple.alpn, ["h2", "http/1.1"]);
+        assert_eq!(
+            simple.sds_names().collect::<Vec<_>>(),
+            ["kubernetes://cred"]
+        );
+        let workload = SecretStore::default();
+        let sds = SdsSecrets::default();
+        assert_eq!(
+            simple.waiting_for(&workload, &sds),
+            Some("kubernetes://cred")
+        );
+
+        let mutual = downstream(
+            r#"  common_tls_context:
+    tls_certificate_sds_secret_configs:
+    - {name: "kubernetes://m", sds_config: {ads: {}}}
+    validation_context_sds_secret_config: {name: "kubernetes://m-cacert", sds_config: {ads: {}}}
+  require_client_certificate: true"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(mutual.require_client_cert);
+        assert_eq!(
+            mutual.trust,
+            Some(TrustSource::Sds("kubernetes://m-cacert".into()))
+        );
+        assert_eq!(
+            mutual.sds_names().collect::<Vec<_>>(),
+            ["kubernetes://m", "kubernetes://m-cacert"]
+        );
+    }
+
+    #[test]
+    fn other_sds_sources_and_clientless_mutual_are_refused_with_the_field() {
+        let err = downstream(
+            r#"  common_tls_context:
+    tls_certificate_sds_secret_configs:
+    - name: "kubernetes://cred"
+      sds_config: {api_config_source: {api_type: GRPC}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.field,
+            "typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config"
+        );
+        let err = downstream(
+            r#"  common_tls_context:
+    tls_certificate_sds_secret_configs: [{name: "kubernetes://c", sds_config: {ads: {}}}]
+  require_client_certificate: true"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "typed_config.require_client_certificate");
+    }
+
+    #[test]
+    fn inline_certificates_and_cas_are_taken() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["gw.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let indent = |pem: &str| {
+            pem.lines()
+                .map(|l| format!("          {l}\n"))
+                .collect::<String>()
+        };
+        let ctx = format!(
+            "  common_tls_context:\n    tls_certificates:\n    - certificate_chain:\n        \
+             inline_string: |\n{}      private_key:\n        inline_string: |\n{}    \
+             validation_context:\n      trusted_ca:\n        inline_string: |\n{}  \
+             require_client_certificate: true\n",
+            indent(&cert.pem()),
+            indent(&key.serialize_pem()),
+            indent(&cert.pem()),
+        );
+        let tls = downstream(&ctx).unwrap().unwrap();
+        assert!(matches!(tls.cert, CertSource::Static(_)));
+        assert!(matches!(tls.trust, Some(TrustSource::Static(_))));
+        assert_eq!(tls.sds_names().count(), 0);
+        let workload = Arc::new(SecretStore::default());
+        let sds = Arc::new(SdsSecrets::default());
+        assert_eq!(tls.waiting_for(&workload, &sds), None);
+        assert!(tls.server_config(&workload, &sds).is_ok());
+    }
 }

@@ -47,11 +47,11 @@ impl Protocol for Delta {
         wanted: &Wanted,
         held: &Held,
     ) -> Vec<DeltaDiscoveryRequest> {
-        // Wildcard CDS and LDS, and the EDS/RDS names already known (reconnect), each with
-        // the versions held so pilot sends only what changed.
+        // Wildcard CDS and LDS, and the EDS/RDS/SDS names already known (reconnect), each
+        // with the versions held so pilot sends only what changed.
         let mut first = Some(node);
         let mut out = Vec::new();
-        for type_url in TypeUrl::PUSH_ORDER {
+        for type_url in TypeUrl::ADS_ORDER {
             let names = names(wanted, type_url);
             if names.is_empty() && !type_url.is_wildcard() {
                 continue;

@@ -30,8 +30,9 @@ pub(super) type Client = AggregatedDiscoveryServiceClient<Channel>;
 pub(super) type Held = BTreeMap<TypeUrl, BTreeMap<String, String>>;
 
 /// The types whose names are followed rather than subscribed to as a whole: endpoints for the
-/// EDS clusters, routes for the RDS listeners.
-pub(super) const FOLLOWED: [TypeUrl; 2] = [TypeUrl::Endpoint, TypeUrl::Route];
+/// EDS clusters, routes for the RDS listeners, secrets for the TLS chains that name SDS
+/// secrets over ADS (a gateway's).
+pub(super) const FOLLOWED: [TypeUrl; 3] = [TypeUrl::Endpoint, TypeUrl::Route, TypeUrl::Secret];
 
 /// A response without its resources: what the ACK and the store need to know of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +91,7 @@ pub(super) fn followed(wanted: &Wanted, t: TypeUrl) -> Option<&BTreeSet<String>>
     match t {
         TypeUrl::Endpoint => Some(&wanted.endpoints),
         TypeUrl::Route => Some(&wanted.routes),
+        TypeUrl::Secret => Some(&wanted.secrets),
         _ => None,
     }
 }
@@ -109,6 +111,7 @@ pub(super) mod testing {
         Wanted {
             endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
             routes: routes.iter().map(|s| s.to_string()).collect(),
+            secrets: Default::default(),
         }
     }
 
@@ -134,10 +137,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_endpoints_and_routes_are_followed() {
-        let w = wanted(&["e"], &["r1", "r2"]);
+    fn only_endpoints_routes_and_secrets_are_followed() {
+        let mut w = wanted(&["e"], &["r1", "r2"]);
+        w.secrets.insert("kubernetes://cred".into());
         assert_eq!(names(&w, TypeUrl::Endpoint), ["e"]);
         assert_eq!(names(&w, TypeUrl::Route), ["r1", "r2"]);
+        assert_eq!(names(&w, TypeUrl::Secret), ["kubernetes://cred"]);
         assert!(followed(&w, TypeUrl::Cluster).is_none());
         assert!(names(&w, TypeUrl::Listener).is_empty());
         assert!(FOLLOWED.iter().all(|t| !t.is_wildcard()));

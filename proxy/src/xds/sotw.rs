@@ -266,4 +266,26 @@ mod tests {
         assert_eq!(reqs[0].type_url, TypeUrl::Endpoint.url());
         assert!(s.follow(&Received::default(), &now, &now).is_empty());
     }
+
+    #[test]
+    fn a_gateway_asks_for_the_secrets_its_listeners_name() {
+        let mut s = Sotw::default();
+        let before = wanted(&[], &[]);
+        let mut now = wanted(&[], &["https.8443.https.edge.default"]);
+        now.secrets
+            .insert("kubernetes://bookinfo-credential".into());
+        let reqs = s.follow(&received(TypeUrl::Listener, "l1", "n1"), &now, &before);
+        let types: Vec<&str> = reqs.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(types, [TypeUrl::Route.url(), TypeUrl::Secret.url()]);
+        assert_eq!(reqs[1].resource_names, ["kubernetes://bookinfo-credential"]);
+        // A Secret response's ACK repeats the names, as for routes and endpoints.
+        let ack = s.ack(&received(TypeUrl::Secret, "s1", "n2"), None, &now);
+        assert_eq!(ack.resource_names, ["kubernetes://bookinfo-credential"]);
+        // A reconnect asks for them again with the rest.
+        let reqs = Sotw::default().subscribe(node(), &now, &Held::new());
+        assert_eq!(
+            reqs.last().map(|r| r.type_url.as_str()),
+            Some(TypeUrl::Secret.url())
+        );
+    }
 }

@@ -263,15 +263,16 @@ async fn delta_acks_nacks_and_follows_names() {
     );
 
     // A type mast-proxy does not take.
+    const RUNTIME: &str = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
     pilot.reply(DeltaDiscoveryResponse {
-        type_url: TypeUrl::Secret.url().into(),
+        type_url: RUNTIME.into(),
         nonce: "n3".into(),
         ..Default::default()
     });
     let nack = pilot.next().await;
     assert_eq!(
         detail(&nack.error_detail),
-        format!("type {} is not supported", TypeUrl::Secret.url())
+        format!("type {RUNTIME} is not supported")
     );
 
     // Removing the cluster unsubscribes its endpoints.
@@ -417,4 +418,148 @@ async fn sotw_acks_with_versions_and_nacks_with_the_last_good_one() {
 
     drop(pilot);
     task.await.unwrap().unwrap();
+}
+
+/// A gateway's TLS listener names an SDS secret over ADS: it is followed like an RDS name,
+/// and once it arrives the next handshake can use it, without waiting for a snapshot.
+#[tokio::test]
+async fn delta_follows_the_sds_secrets_a_tls_listener_names() {
+    use envoy_types::pb::envoy::config::core::v3::DataSource;
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, TlsCertificate};
+
+    let (script, mut pilot) = script();
+    let fake = FakePilot {
+        delta: Mutex::new(Some(script)),
+        ..Default::default()
+    };
+    let (shared, task) = run_stream::<Delta>(fake).await;
+    let _cds = pilot.next().await;
+    let _lds = pilot.next().await;
+
+    let listener: Listener = mast_proto::json::yaml_to_message(
+        r#"
+name: 0.0.0.0_8443
+address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+listener_filters: [{name: envoy.filters.listener.tls_inspector}]
+filter_chains:
+- filter_chain_match: {server_names: [bookinfo.example.com]}
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+      common_tls_context:
+        tls_certificate_sds_secret_configs:
+        - {name: "kubernetes://bookinfo-credential", sds_config: {ads: {}}}
+  filters:
+  - name: envoy.filters.network.tcp_proxy
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+      stat_prefix: tls
+      cluster: outbound|9080||productpage.default.svc.cluster.local
+"#,
+    )
+    .unwrap();
+    pilot.reply(DeltaDiscoveryResponse {
+        type_url: TypeUrl::Listener.url().into(),
+        system_version_info: "l1".into(),
+        nonce: "n1".into(),
+        resources: vec![Resource {
+            name: "0.0.0.0_8443".into(),
+            resource: Some(any(TypeUrl::Listener, &listener)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let ack = pilot.next().await;
+    assert_eq!(
+        (ack.response_nonce.as_str(), ack.error_detail),
+        ("n1", None)
+    );
+    let sub = pilot.next().await;
+    assert_eq!(sub.type_url, TypeUrl::Secret.url());
+    assert_eq!(
+        sub.resource_names_subscribe,
+        ["kubernetes://bookinfo-credential"]
+    );
+    assert!(shared.sds.get("kubernetes://bookinfo-credential").is_none());
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bookinfo.example.com".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let inline = |s: String| {
+        Some(DataSource {
+            specifier: Some(Specifier::InlineBytes(s.into_bytes())),
+            ..Default::default()
+        })
+    };
+    let secret = Secret {
+        name: "kubernetes://bookinfo-credential".into(),
+        r#type: Some(Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(cert.pem()),
+            private_key: inline(key.serialize_pem()),
+            ..Default::default()
+        })),
+    };
+    pilot.reply(DeltaDiscoveryResponse {
+        type_url: TypeUrl::Secret.url().into(),
+        system_version_info: "s1".into(),
+        nonce: "n2".into(),
+        resources: vec![Resource {
+            name: secret.name.clone(),
+            resource: Some(any(TypeUrl::Secret, &secret)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let ack = pilot.next().await;
+    assert_eq!(
+        (ack.type_url.as_str(), ack.response_nonce.as_str()),
+        (TypeUrl::Secret.url(), "n2")
+    );
+    assert_eq!(ack.error_detail, None);
+    assert!(
+        shared
+            .sds
+            .certificate("kubernetes://bookinfo-credential")
+            .is_some()
+    );
+    // A Secret that is not a certificate's PEM is NACKed; the last good one stays.
+    let broken = Secret {
+        name: secret.name.clone(),
+        r#type: Some(Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline("nope".into()),
+            private_key: inline("nope".into()),
+            ..Default::default()
+        })),
+    };
+    pilot.reply(DeltaDiscoveryResponse {
+        type_url: TypeUrl::Secret.url().into(),
+        system_version_info: "s2".into(),
+        nonce: "n3".into(),
+        resources: vec![Resource {
+            name: secret.name.clone(),
+            resource: Some(any(TypeUrl::Secret, &broken)),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let nack = pilot.next().await;
+    assert!(
+        detail(&nack.error_detail)
+            .starts_with("Secret \"kubernetes://bookinfo-credential\": tls_certificate."),
+        "{:?}",
+        nack.error_detail
+    );
+    assert!(
+        shared
+            .sds
+            .certificate("kubernetes://bookinfo-credential")
+            .is_some()
+    );
+    task.abort();
 }

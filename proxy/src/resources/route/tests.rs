@@ -260,3 +260,68 @@ fn bad_regex_names_its_field() {
     .unwrap_err();
     assert_eq!(err.field, "virtual_hosts[0].routes[0].match.safe_regex");
 }
+
+#[test]
+fn gateway_hosts_ignore_the_port_and_https_redirect_is_a_301_target() {
+    let rc = RouteConfiguration {
+        name: "http.8081".into(),
+        ignore_port_in_host_matching: true,
+        virtual_hosts: vec![
+            VhProto {
+                name: "bookinfo.example.com:8081".into(),
+                domains: vec!["bookinfo.example.com".into()],
+                require_tls: rv3::virtual_host::TlsRequirementType::All as i32,
+                routes: vec![route(prefix("/"), "page")],
+                ..Default::default()
+            },
+            VhProto {
+                name: "*.example.com:8081".into(),
+                domains: vec!["*.example.com".into()],
+                routes: vec![route(prefix("/"), "other")],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let t = RouteTable::from_proto(&rc).unwrap();
+    // With the port ignored, `host:port` finds the exact domain before the wildcard.
+    let vh = t.find_host("bookinfo.example.com:8081").unwrap();
+    assert_eq!(vh.name, "bookinfo.example.com:8081");
+    assert_eq!(
+        t.find_host("a.example.com:8081").unwrap().name,
+        "*.example.com:8081"
+    );
+    let req = parts(
+        "/productpage?u=1",
+        "bookinfo.example.com:8081",
+        &[("x-envoy-internal", "true")],
+    );
+    assert_eq!(
+        vh.tls_redirect(false, &req, "bookinfo.example.com:8081")
+            .as_deref(),
+        Some("https://bookinfo.example.com:8081/productpage?u=1")
+    );
+    assert_eq!(vh.tls_redirect(true, &req, "bookinfo.example.com"), None);
+    let other = t.find_host("a.example.com").unwrap();
+    assert_eq!(other.tls_redirect(false, &req, "a.example.com"), None);
+
+    // EXTERNAL_ONLY spares requests the mesh marked internal.
+    let mut rc = rc;
+    rc.virtual_hosts[0].require_tls = rv3::virtual_host::TlsRequirementType::ExternalOnly as i32;
+    let t = RouteTable::from_proto(&rc).unwrap();
+    let vh = t.find_host("bookinfo.example.com").unwrap();
+    assert_eq!(vh.tls_redirect(false, &req, "h"), None);
+    let outside = parts("/", "h", &[]);
+    assert_eq!(
+        vh.tls_redirect(false, &outside, "h").as_deref(),
+        Some("https://h/")
+    );
+    // Without ignore_port_in_host_matching, Envoy's default, the port-less exact domain is
+    // still found for `host:port` (the proxy also tries the bare host).
+    rc.ignore_port_in_host_matching = false;
+    let t = RouteTable::from_proto(&rc).unwrap();
+    assert_eq!(
+        t.find_host("bookinfo.example.com:8081").unwrap().name,
+        "bookinfo.example.com:8081"
+    );
+}
