@@ -242,16 +242,37 @@ async fn wait_follows_the_deployment_rollout() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!task.is_finished(), "done before any replica was available");
-    // The deployment controller's report.
+    // The deployment controller's report, for mastd and then for the gateways (applied
+    // after it).
     let mut deploy = deploy.unwrap();
     deploy["status"] = serde_json::json!({
         "observedGeneration": deploy["metadata"]["generation"],
         "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2,
     });
     server.apply(deploy);
+    for gateway in ["istio-ingressgateway", "istio-egressgateway"] {
+        let mut d = None;
+        for _ in 0..500 {
+            d = server.get("apps/v1", "Deployment", "istio-system", gateway);
+            if d.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut d = d.unwrap_or_else(|| panic!("{gateway} was not applied"));
+        d["status"] = serde_json::json!({
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+        });
+        server.apply(d);
+    }
     let out = task.await.unwrap().unwrap();
     assert!(
-        out.ends_with("deployment.apps/mastd rolled out (2/2 available)\n"),
+        out.contains("deployment.apps/mastd rolled out (2/2 available)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deployment.apps/istio-ingressgateway rolled out (1/1 available)\n"),
         "{out}"
     );
 }
