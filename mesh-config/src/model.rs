@@ -318,6 +318,8 @@ pub struct RouteMatch {
     pub source_labels: Labels,
     pub source_namespace: Option<String>,
     pub ignore_uri_case: bool,
+    /// Where this match applies, as [`RouteTable::gateways`]: empty means the table's own.
+    pub gateways: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

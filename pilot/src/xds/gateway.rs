@@ -38,10 +38,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::weighted_cluster::ClusterWeight;
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::{
-    ClusterSpecifier, WeightedCluster,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -55,11 +52,13 @@ use mast_mesh_config::model::{
 
 use super::clusters::ads_config_source;
 use super::endpoints::socket_address;
-use super::listeners::{hcm_filter, http_connection_manager, tcp_proxy_filter, tls_inspector};
+use super::listeners::{
+    hcm_filter, http_connection_manager, tcp_proxy_filter, tcp_split, tls_inspector,
+};
 use super::mtls::Security;
 use super::node::ProxyNode;
 use super::plan::{WILDCARD, exported_to};
-use super::routes::table_routes;
+use super::routes::{Where, table_routes, weighted_clusters};
 use super::{ProxyConfig, any, clusters, endpoints, outbound_cluster_name, plan};
 
 /// The SDS resource-name prefix of a Kubernetes Secret (`credentialName`).
@@ -458,7 +457,11 @@ fn route_config(
                 continue;
             }
             for host in hosts {
-                let (routes, _) = table_routes(model, table, &host, port, proxy);
+                let at = Where::Gateway {
+                    namespace: &b.gateway.namespace,
+                    name: &b.gateway.name,
+                };
+                let (routes, _) = table_routes(model, table, &host, port, proxy, at);
                 let vh = vhosts.entry(host.clone()).or_insert_with(|| VirtualHost {
                     name: format!("{host}:{port}"),
                     domains: vec![host.clone()],
@@ -597,40 +600,7 @@ fn weighted(
     destinations: &[mast_mesh_config::model::WeightedDestination],
     port: u16,
 ) -> Option<ClusterSpecifier> {
-    let live: Vec<(String, u32)> = destinations
-        .iter()
-        .filter(|d| d.weight > 0)
-        .map(|d| {
-            let p = d.destination.port.unwrap_or_else(|| {
-                match model
-                    .services
-                    .get(&d.destination.host)
-                    .map(|s| s.ports.as_slice())
-                {
-                    Some([only]) => only.port,
-                    _ => port,
-                }
-            });
-            (
-                outbound_cluster_name(p, d.destination.subset.as_deref(), &d.destination.host),
-                d.weight,
-            )
-        })
-        .collect();
-    match live.as_slice() {
-        [] => None,
-        [(name, _)] => Some(ClusterSpecifier::Cluster(name.clone())),
-        many => Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: many
-                .iter()
-                .map(|(name, weight)| ClusterWeight {
-                    name: name.clone(),
-                    weight: *weight,
-                    ..Default::default()
-                })
-                .collect(),
-        })),
-    }
+    tcp_split(&weighted_clusters(model, destinations, port))
 }
 
 /// Whether the Secret a server's `credentialName` names exists in the gateway proxy's

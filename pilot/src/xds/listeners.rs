@@ -519,11 +519,18 @@ fn tcp_cluster(
     port: &ServicePort,
     proxy: &ProxyNode,
 ) -> ClusterSpecifier {
-    let weighted = tcp_destinations(model, svc, port.port, proxy);
-    match weighted.as_slice() {
-        [] => ClusterSpecifier::Cluster(outbound_cluster_name(port.port, None, &svc.hostname)),
-        [(name, _)] => ClusterSpecifier::Cluster(name.clone()),
-        many => ClusterSpecifier::WeightedClusters(WeightedCluster {
+    tcp_split(&tcp_destinations(model, svc, port.port, proxy)).unwrap_or_else(|| {
+        ClusterSpecifier::Cluster(outbound_cluster_name(port.port, None, &svc.hostname))
+    })
+}
+
+/// `tcp_proxy`'s cluster for weighted clusters: the one cluster, or the weighted split;
+/// `None` when there is none.
+pub(super) fn tcp_split(weighted: &[(String, u32)]) -> Option<ClusterSpecifier> {
+    match weighted {
+        [] => None,
+        [(name, _)] => Some(ClusterSpecifier::Cluster(name.clone())),
+        many => Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
                 .map(|(name, weight)| ClusterWeight {
@@ -532,7 +539,7 @@ fn tcp_cluster(
                     ..Default::default()
                 })
                 .collect(),
-        }),
+        })),
     }
 }
 

@@ -50,7 +50,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt32Value};
 use mast_mesh_config::model::{
     AbortKind, Destination, HashKey, HeaderOperations, HeaderOps, HttpRoute, LoadBalancer,
     MeshModel, PathRewrite, Redirect, RouteAction as ModelAction, RouteTable, Service, StringMatch,
-    labels_match,
+    WeightedDestination, labels_match,
 };
 
 use super::clusters::PASSTHROUGH;
@@ -198,19 +198,27 @@ pub fn tcp_destinations(
         .tcp
         .iter()
         .find(|r| r.port.is_none_or(|p| p == port))
-        .map(|r| {
-            r.destinations
-                .iter()
-                .filter(|d| d.weight > 0)
-                .map(|d| (cluster_for(model, &d.destination, port), d.weight))
-                .collect()
-        })
+        .map(|r| weighted_clusters(model, &r.destinations, port))
         .unwrap_or_default()
+}
+
+/// The clusters of weighted destinations reached on `port`, `(cluster, weight)`, without the
+/// ones at weight 0.
+pub fn weighted_clusters(
+    model: &MeshModel,
+    destinations: &[WeightedDestination],
+    port: u16,
+) -> Vec<(String, u32)> {
+    destinations
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| (cluster_for(model, &d.destination, port), d.weight))
+        .collect()
 }
 
 fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) -> VirtualHost {
     let (mut routes, catch_all) = table_for(model, &svc.hostname, port, &proxy.namespace)
-        .map(|table| table_routes(model, table, &svc.hostname, port, proxy))
+        .map(|table| table_routes(model, table, &svc.hostname, port, proxy, Where::Mesh))
         .unwrap_or_default();
     if !catch_all {
         let rm = prefix_match("/");
@@ -241,6 +249,25 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
     }
 }
 
+/// Where routes are being built: the sidecars (`mesh`), or one gateway (`<ns>/<name>`). A
+/// match's own `gateways` narrows its rule to some of the places its table applies.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Where<'a> {
+    Mesh,
+    Gateway { namespace: &'a str, name: &'a str },
+}
+
+impl Where<'_> {
+    /// Whether a match with these `gateways` applies here (empty: wherever its table does).
+    fn selects(self, gateways: &[String]) -> bool {
+        gateways.is_empty()
+            || gateways.iter().any(|g| match self {
+                Where::Mesh => g == mast_mesh_config::model::MESH_GATEWAY,
+                Where::Gateway { namespace, name } => g.split_once('/') == Some((namespace, name)),
+            })
+    }
+}
+
 /// The Envoy routes of a route table's HTTP rules for requests to `host` on `port`, as
 /// `proxy` sees them (`sourceLabels`/`sourceNamespace` matches select on the proxy), and
 /// whether they end in a catch-all (so nothing after them is reachable). Shared by the
@@ -251,6 +278,7 @@ pub(super) fn table_routes(
     host: &str,
     port: u16,
     proxy: &ProxyNode,
+    at: Where<'_>,
 ) -> (Vec<Route>, bool) {
     let mut routes = Vec::new();
     let mut catch_all = false;
@@ -258,6 +286,7 @@ pub(super) fn table_routes(
         let applicable: Vec<_> = rule
             .matches
             .iter()
+            .filter(|m| at.selects(&m.gateways))
             .filter(|m| m.port.is_none_or(|p| p == port))
             .filter(|m| labels_match(&m.source_labels, &proxy.labels))
             .filter(|m| {

@@ -363,7 +363,23 @@ pub(super) fn parse_virtual_service(
     let is_delegate = vs.spec.hosts.is_empty();
     let applies_to_gateway =
         !vs.spec.gateways.is_empty() && !vs.spec.gateways.iter().any(|g| g == "mesh");
-    let binds_gateway = vs.spec.gateways.iter().any(|g| g != MESH_GATEWAY);
+    // Where the rules apply (`mesh` when no gateway is named), each gateway as `<ns>/<name>`.
+    let top_gateways: Vec<String> = if vs.spec.gateways.is_empty() {
+        vec![MESH_GATEWAY.to_string()]
+    } else {
+        vs.spec
+            .gateways
+            .iter()
+            .map(|g| gateway_ref(g, ns))
+            .collect()
+    };
+    let binds_gateway = vs.spec.gateways.iter().any(|g| g != MESH_GATEWAY)
+        || vs
+            .spec
+            .http
+            .iter()
+            .flat_map(|h| &h.matches)
+            .any(|m| m.gateways.iter().any(|g| g != MESH_GATEWAY));
     hosts(&vs.spec, applies_to_gateway, &mut errors);
     if !applies_to_gateway {
         jwt_claims_need_gateway(&vs.spec, &mut errors);
@@ -454,8 +470,13 @@ pub(super) fn parse_virtual_service(
                 source_labels: m.source_labels.clone(),
                 source_namespace: m.source_namespace.clone(),
                 ignore_uri_case: m.ignore_uri_case.unwrap_or(false),
+                // A match's own gateways replace the VirtualService's for its rule.
+                gateways: if m.gateways.is_empty() {
+                    top_gateways.clone()
+                } else {
+                    m.gateways.iter().map(|g| gateway_ref(g, ns)).collect()
+                },
             });
-            let _ = &m.gateways;
         }
         let action = if let Some(r) = &h.redirect {
             RouteAction::Redirect(redirect(r, &h.matches, &f, &mut errors))
@@ -773,12 +794,21 @@ pub(super) fn parse_virtual_service(
             namespace: ns.to_string(),
             export_to: vs.spec.export_to,
             port: None,
-            gateways: vs
-                .spec
-                .gateways
-                .iter()
-                .map(|g| gateway_ref(g, ns))
-                .collect(),
+            // Every place a rule applies, as istiod selects VirtualServices for a proxy: the
+            // VirtualService's gateways and those its matches name.
+            gateways: {
+                let mut all = top_gateways.clone();
+                for g in http
+                    .iter()
+                    .flat_map(|r: &HttpRoute| &r.matches)
+                    .flat_map(|m| &m.gateways)
+                {
+                    if !all.contains(g) {
+                        all.push(g.clone());
+                    }
+                }
+                all
+            },
             tls,
             http,
             tcp,
