@@ -222,30 +222,16 @@ fn gateway_api_standard_invalid_examples_are_rejected() {
     assert!(accepted.is_empty(), "accepted:\n{}", accepted.join("\n"));
 }
 
-/// Spec snippets omit `apiVersion`: TrafficSplits are `split.smi-spec.io/v1alpha4`, the
-/// route groups they refer to `specs.smi-spec.io/v1alpha4`.
-fn smi_prepare(f: &Path, text: String) -> String {
-    if !f.to_string_lossy().contains("spec-snippets") {
-        return text;
-    }
-    split_documents(&text)
-        .iter()
-        .map(|d| {
-            if d.text.contains("apiVersion:") {
-                d.text.to_string()
-            } else if d.text.contains("kind: TrafficSplit") {
-                format!("apiVersion: split.smi-spec.io/v1alpha4\n{}", d.text)
-            } else {
-                format!("apiVersion: specs.smi-spec.io/v1alpha4\n{}", d.text)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
+/// Corpus files as users apply them ([`mast_testdata::prepared`]).
+fn prepare(f: &Path, text: String) -> String {
+    let root = mast_testdata::corpus_dir();
+    let rel = f.strip_prefix(&root).unwrap_or(f).to_string_lossy();
+    mast_testdata::prepared(&rel, &text)
 }
 
 #[test]
 fn smi_is_accepted() {
-    let errors = errors_per_file(&yaml_files("smi"), smi_prepare);
+    let errors = errors_per_file(&yaml_files("smi"), prepare);
     assert!(
         errors.is_empty(),
         "{} rejected:\n{}",
@@ -254,18 +240,11 @@ fn smi_is_accepted() {
     );
 }
 
-fn knative_prepare(_: &Path, text: String) -> String {
-    text.lines()
-        .filter(|l| l.trim() != "...")
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 #[test]
 fn knative_is_accepted() {
     let mut errors = Vec::new();
     for f in yaml_files("knative") {
-        let text = knative_prepare(&f, std::fs::read_to_string(&f).unwrap());
+        let text = prepare(&f, std::fs::read_to_string(&f).unwrap());
         // One file holds two versions of the same ksvc, applied in order: check each.
         errors.extend(errors_per_document(&f, &text));
     }

@@ -36,6 +36,36 @@ pub fn corpus(relative: &str) -> PathBuf {
     path
 }
 
+/// A corpus file's text as a user would apply it, by its path inside the corpus: SMI spec
+/// snippets omit `apiVersion` (TrafficSplits are `split.smi-spec.io/v1alpha4`, the route groups
+/// they refer to `specs.smi-spec.io/v1alpha4`), and Knative's docs elide with `...` lines. Other
+/// files are returned as they are. The files themselves stay unmodified, as vendored.
+pub fn prepared(relative: &str, text: &str) -> String {
+    if relative.starts_with("smi/spec-snippets") {
+        return text
+            .split("\n---\n")
+            .map(|doc| {
+                if doc.contains("apiVersion:") {
+                    doc.to_string()
+                } else if doc.contains("kind: TrafficSplit") {
+                    format!("apiVersion: split.smi-spec.io/v1alpha4\n{doc}")
+                } else {
+                    format!("apiVersion: specs.smi-spec.io/v1alpha4\n{doc}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+    }
+    if relative.starts_with("knative") {
+        return text
+            .lines()
+            .filter(|l| l.trim() != "...")
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
+    text.to_string()
+}
+
 /// The rule itself, with the environment passed in so it can be tested without mutating the
 /// process environment.
 fn corpus_dir_from(var: Option<OsString>) -> PathBuf {

@@ -122,31 +122,6 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// SMI spec snippets omit `apiVersion` (see mesh-config/tests/corpus.rs).
-fn smi_prepare(text: &str) -> String {
-    split_documents(text)
-        .iter()
-        .map(|d| {
-            if d.text.contains("apiVersion:") {
-                d.text.to_string()
-            } else if d.text.contains("kind: TrafficSplit") {
-                format!("apiVersion: split.smi-spec.io/v1alpha4\n{}", d.text)
-            } else {
-                format!("apiVersion: specs.smi-spec.io/v1alpha4\n{}", d.text)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
-}
-
-/// Knative docs elide with `...` lines.
-fn knative_prepare(text: &str) -> String {
-    text.lines()
-        .filter(|l| l.trim() != "...")
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 /// The valid inputs of the corpus, prepared: the folders mesh-config/tests/corpus.rs accepts.
 fn corpus_files() -> Vec<(String, String)> {
     let root = mast_testdata::corpus_dir();
@@ -174,14 +149,7 @@ fn corpus_files() -> Vec<(String, String)> {
             if golden || invalid {
                 return None;
             }
-            let text = std::fs::read_to_string(&f).ok()?;
-            let text = if rel.starts_with("smi/spec-snippets") {
-                smi_prepare(&text)
-            } else if rel.starts_with("knative") {
-                knative_prepare(&text)
-            } else {
-                text
-            };
+            let text = mast_testdata::prepared(&rel, &std::fs::read_to_string(&f).ok()?);
             Some((rel, text))
         })
         .collect()
