@@ -45,6 +45,8 @@ install_system_packages() {
     command -v iptables-restore >/dev/null || missing+=(iptables)
     command -v ip >/dev/null || missing+=(iproute2)
     command -v curl >/dev/null || missing+=(curl)
+    # openssl s_server: the TLS server behind the gateway's PASSTHROUGH test.
+    command -v openssl >/dev/null || missing+=(openssl)
     # node + npm build the topology view; chromium is the browser its tests drive.
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)

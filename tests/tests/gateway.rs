@@ -3,8 +3,10 @@
 //! TLS at the edge. What a user sees is checked with curl, as a user would: the page through
 //! the gateway, a 404 for what no VirtualService routes, HTTPS with a certificate from a
 //! Kubernetes Secret (verified against its CA, by SNI), the 301 of `httpsRedirect`, a MUTUAL
-//! server refusing a client without a certificate, and a rotated Secret served to new
-//! connections without restarting anything.
+//! server refusing a client without a certificate, a rotated Secret served to new
+//! connections without restarting anything, a server whose Secret is missing left out (the
+//! others serving), and TLS PASSTHROUGH by SNI to a TLS server in the mesh (openssl s_server),
+//! whose own certificate the client verifies.
 //!
 //! Both of Istio's Bookinfo entries are used as written: the Istio API's Gateway (port 8080,
 //! `istio: ingressgateway`) and the Gateway API's (port 80, the proxy Istio deploys for it),
@@ -111,6 +113,20 @@ spec:
   - port: {number: 8445, name: https-missing, protocol: HTTPS}
     hosts: [bookinfo.example.com]
     tls: {mode: SIMPLE, credentialName: no-such-secret}
+  - port: {number: 9443, name: tls-passthrough, protocol: TLS}
+    hosts: [secure.example.com]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure, namespace: default}
+spec:
+  hosts: [secure.example.com]
+  gateways: [edge]
+  tls:
+  - match: [{port: 9443, sniHosts: [secure.example.com]}]
+    route:
+    - destination: {host: secure, port: {number: 443}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -123,13 +139,18 @@ spec:
     - destination: {host: productpage, port: {number: 9080}}
 "#;
 
-fn services(backend_port: u16) -> String {
+fn services(backend_port: u16, tls_port: u16) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: productpage, namespace: default}}\n\
          spec:\n  selector: {{app: productpage}}\n  ports:\n  - {{name: http, port: 9080, targetPort: http}}\n\
          ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
          metadata: {{name: productpage-v1, namespace: default}}\n\
-         spec:\n  address: 127.0.0.1\n  labels: {{app: productpage}}\n  ports: {{http: {backend_port}}}\n"
+         spec:\n  address: 127.0.0.1\n  labels: {{app: productpage}}\n  ports: {{http: {backend_port}}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: secure, namespace: default}}\n\
+         spec:\n  selector: {{app: secure}}\n  ports:\n  - {{name: tls, port: 443, targetPort: tls}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{name: secure-1, namespace: default}}\n\
+         spec:\n  address: 127.0.0.1\n  labels: {{app: secure}}\n  ports: {{tls: {tls_port}}}\n"
     )
 }
 
@@ -216,6 +237,21 @@ async fn check_gateway(kind: SidecarKind, mastd: &Mastd, work: &Path, dir: &Path
             && l.contains("https-missing")
             && l.contains("istio-system/no-such-secret")),
         "{kind}: no error naming the Gateway, server and Secret in mastd's log:\n{log}"
+    );
+
+    // PASSTHROUGH: the gateway routes by SNI without terminating; the certificate the client
+    // verifies is the server's own (openssl s_server behind the gateway).
+    let passthrough = [
+        "--cacert",
+        ca1.to_str().context("path")?,
+        "--resolve",
+        "secure.example.com:9443:127.0.0.1",
+        "https://secure.example.com:9443/",
+    ];
+    let body = expect(&gw, "TLS PASSTHROUGH by SNI", &passthrough, 200).await?;
+    assert!(
+        body.contains("s_server"),
+        "{kind}: not the TLS server's page: {body}"
     );
 
     // httpsRedirect: a 301 to https.
@@ -325,11 +361,30 @@ async fn bookinfo_and_tls_at_the_edge_through_an_ingress_gateway() -> Result<()>
         mast_testdata::corpus("istio-samples/bookinfo/gateway-api/bookinfo-gateway.yaml"),
         config.join("bookinfo-gateway-api.yaml"),
     )?;
-    std::fs::write(config.join("services.yaml"), services(backend.port))?;
     std::fs::write(config.join("edge.yaml"), EDGE)?;
     let ca1 = TestCa::new()?;
     let (cert1, key1) = ca1.issue("bookinfo.example.com")?;
     std::fs::write(dir.path().join("ca1.pem"), &ca1.pem)?;
+    // A TLS server in the mesh for PASSTHROUGH, with its own certificate.
+    let tls_port = mast_e2e::free_port();
+    let (secure_cert, secure_key) = ca1.issue("secure.example.com")?;
+    std::fs::write(dir.path().join("secure.pem"), secure_cert)?;
+    std::fs::write(dir.path().join("secure-key.pem"), secure_key)?;
+    let _tls_server = mast_e2e::Proc::spawn(
+        "openssl s_server",
+        Command::new("openssl")
+            .arg("s_server")
+            .args(["-accept", &tls_port.to_string(), "-www", "-quiet"])
+            .arg("-cert")
+            .arg(dir.path().join("secure.pem"))
+            .arg("-key")
+            .arg(dir.path().join("secure-key.pem")),
+        dir.path().join("s_server.log"),
+    )?;
+    std::fs::write(
+        config.join("services.yaml"),
+        services(backend.port, tls_port),
+    )?;
     std::fs::write(
         config.join("secret.yaml"),
         tls_secret("bookinfo-credential", &cert1, &key1, None),
