@@ -12,11 +12,12 @@
 //! A block without a marker fails the test, so a new recipe cannot slip in untested.
 //!
 //! Each run block gets a network namespace of its own (the README's fixed ports, 15010, 8081…,
-//! cannot collide with anything on the machine) and a private `/tmp`, in a fresh directory
-//! holding the repository's `manifests/` and `testdata/`. The text is run as written, with
-//! three mechanical readings a reader makes too: the binaries are the ones this test suite
-//! built (`cargo build` does nothing, `cargo run -p X --` runs `X`, `target/release/` is the
-//! build's directory, `.venv/bin/envoy` is the suite's Envoy); a line ending in `&` starts a
+//! cannot collide with anything on the machine), in a fresh directory holding the repository's
+//! `manifests/` and `testdata/`. The text is run as written, with three mechanical readings a
+//! reader makes too: the binaries are the ones this test suite built (`cargo build` does
+//! nothing, `cargo run -p X --` runs `X`, `target/release/` is the build's directory,
+//! `.venv/bin/envoy` is the suite's Envoy, and `/tmp/` is a folder of the block's own, so runs
+//! never share a file); a line ending in `&` starts a
 //! server in the background; and each other command is retried for up to a minute while the
 //! servers come up (`curl` fails on an HTTP error, as a reader would notice one). Everything a
 //! block started is killed by process group when it ends.
@@ -159,6 +160,7 @@ fn localise(command: &str) -> String {
     command
         .replace("target/release/", "\"$MAST_BIN\"/")
         .replace(".venv/bin/envoy", "\"$MAST_ENVOY\"")
+        .replace("/tmp/", "\"$MAST_TMP\"/")
 }
 
 const PROLOGUE: &str = r#"
@@ -211,9 +213,9 @@ fn script(chain: &[&Block]) -> String {
 fn cannot_run() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (a network namespace and a private /tmp per block)".into());
+        return Some("needs root (a network namespace per block)".into());
     }
-    for tool in ["unshare", "ip", "mount", "curl"] {
+    for tool in ["unshare", "ip", "curl"] {
         let found = std::env::var_os("PATH")
             .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
         if !found {
@@ -238,11 +240,14 @@ fn run(chain: &[&Block], work: &Path) -> Result<String> {
         .parent()
         .map(Path::to_path_buf)
         .context("binary directory")?;
+    let tmp = work.join("tmp");
+    std::fs::create_dir_all(&tmp)?;
     let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--", "bash", "-c"])
-        .arg("ip link set lo up && mount -t tmpfs tmpfs /tmp && exec bash \"$0\"")
+        .args(["--net", "--", "bash", "-c"])
+        .arg("ip link set lo up && exec bash \"$0\"")
         .arg(&script_path)
         .current_dir(work)
+        .env("MAST_TMP", &tmp)
         .env("MAST_BIN", &bin_dir)
         .env("MAST_ENVOY", envoy_bin())
         .stdin(Stdio::null())
@@ -367,7 +372,7 @@ fn markers_commands_and_background_lines_are_read_as_a_reader_would() {
             .is_err()
     );
     assert_eq!(
-        localise("target/release/mastd && .venv/bin/envoy"),
-        "\"$MAST_BIN\"/mastd && \"$MAST_ENVOY\""
+        localise("target/release/mastd && .venv/bin/envoy -c /tmp/e.json"),
+        "\"$MAST_BIN\"/mastd && \"$MAST_ENVOY\" -c \"$MAST_TMP\"/e.json"
     );
 }
