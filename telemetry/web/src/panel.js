@@ -24,7 +24,13 @@ function nodeFigures(node, detail) {
   const weighted = (key) => {
     const known = figs.filter((f) => f[key] !== undefined && f.rps !== undefined);
     const w = known.reduce((s, f) => s + f.rps, 0);
-    return known.length ? (w > 0 ? known.reduce((s, f) => s + f[key] * f.rps, 0) / w : known[0][key]) : undefined;
+    if (!known.length) return undefined;
+    if (w <= 0) return known[0][key];
+    // A mean lies between the smallest and largest value; clamping keeps float rounding from
+    // turning all-100% mTLS into 99.99999999999999% (an open lock beside "100%").
+    const values = known.map((f) => f[key]);
+    const mean = known.reduce((s, f) => s + f[key] * f.rps, 0) / w;
+    return Math.min(Math.max(mean, Math.min(...values)), Math.max(...values));
   };
   const d = { ...node.data(), ...detail?.data };
   const last = (series) => (series?.length ? series[series.length - 1][1] : undefined);
