@@ -8,6 +8,7 @@
 //! and `mast-crds`, whose spec types the Istio dialect reads, so a field of Istio's API has
 //! one Rust type for the CRDs and for validation.
 
+pub mod authn;
 pub mod error;
 pub mod model;
 pub mod security;

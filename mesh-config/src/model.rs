@@ -50,6 +50,8 @@ pub struct MeshModel {
     pub gateways: Vec<Gateway>,
     /// TLS Secrets a Gateway's `credentialName` may name, by `(namespace, name)`.
     pub tls_secrets: BTreeMap<(String, String), TlsSecret>,
+    /// RequestAuthentications (JWT rules), in source order.
+    pub request_authentications: Vec<crate::authn::RequestAuthn>,
 }
 
 /// The MeshConfig settings Mast acts on.

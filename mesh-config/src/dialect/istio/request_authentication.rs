@@ -1,6 +1,7 @@
-//! RequestAuthentication: the JWTs a workload accepts. Mast does not act on it yet; it is
-//! accepted after Istio's CRD checks (non-empty strings, jwksUri scheme, header names,
-//! timeout, presence) and the targetRef/selector rules shared with the other policy kinds.
+//! RequestAuthentication: the JWTs a workload or gateway accepts. It is checked as Istio's CRD
+//! checks it (non-empty strings, jwksUri scheme, header names, timeout, presence) with the
+//! targetRef/selector rules shared with the other policy kinds, then enters the model as a
+//! [`RequestAuthn`] that pilot turns into Envoy's `jwt_authn` filter.
 //!
 //! The spec is read straight into `mast_crds::security::RequestAuthenticationSpec`, the type
 //! the CRD is generated from, so a field has one Rust type in the CRD and here; an unknown
@@ -9,20 +10,94 @@
 use mast_crds::security as api;
 
 use super::typed_spec;
+use crate::authn::{AuthnTarget, JwtRule, RequestAuthn};
 use crate::dialect::duration::parse_duration;
-use crate::dialect::{Accepted, Document, FieldError};
+use crate::dialect::{Document, FieldError, MeshResource, Meta};
+use crate::model::{MeshModel, ResourceRef};
 
-/// Checks a RequestAuthentication; nothing of it enters the model yet.
+/// A checked RequestAuthentication, ready for the model.
+#[derive(Debug)]
+pub struct RequestAuthnResource(RequestAuthn);
+
+impl MeshResource for RequestAuthnResource {
+    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
+        model.request_authentications.push(self.0.clone());
+    }
+}
+
+/// Checks a RequestAuthentication and reads it into the model's form.
 pub(super) fn parse_request_authentication(
     doc: &Document<'_>,
-) -> Result<Accepted, Vec<FieldError>> {
+) -> Result<RequestAuthnResource, Vec<FieldError>> {
     let s: api::RequestAuthenticationSpec = typed_spec(doc)?;
     let mut errors = Vec::new();
     request_authentication(&s, &doc.meta.namespace, &mut errors);
-    if errors.is_empty() {
-        Ok(Accepted)
-    } else {
-        Err(errors)
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RequestAuthnResource(RequestAuthn {
+        name: doc.meta.name.clone(),
+        namespace: doc.meta.namespace.clone(),
+        target: target(&s),
+        rules: s.jwt_rules.into_iter().map(jwt_rule).collect(),
+        source: ResourceRef {
+            kind: doc.meta.kind.clone(),
+            namespace: doc.meta.namespace.clone(),
+            name: doc.meta.name.clone(),
+        },
+    }))
+}
+
+/// What the policy selects. A targetRef to a Gateway (Gateway API) selects that gateway's
+/// pods; other kinds (a Service, for waypoints) select no sidecar or gateway, as in Istio.
+fn target(s: &api::RequestAuthenticationSpec) -> AuthnTarget {
+    let refs: Vec<&api::PolicyTargetReference> =
+        s.target_ref.iter().chain(&s.target_refs).collect();
+    if !refs.is_empty() {
+        let gateways: Vec<String> = refs
+            .iter()
+            .filter(|r| {
+                r.kind == "Gateway"
+                    && r.group.as_deref().unwrap_or_default() == "gateway.networking.k8s.io"
+            })
+            .map(|r| r.name.clone())
+            .collect();
+        return if gateways.is_empty() {
+            AuthnTarget::Nothing
+        } else {
+            AuthnTarget::Gateways(gateways)
+        };
+    }
+    match &s.selector {
+        Some(sel) if !sel.match_labels.is_empty() => AuthnTarget::Labels(sel.match_labels.clone()),
+        _ => AuthnTarget::All,
+    }
+}
+
+fn jwt_rule(r: api::JwtRule) -> JwtRule {
+    JwtRule {
+        issuer: r.issuer.unwrap_or_default(),
+        audiences: r.audiences,
+        jwks_uri: r.jwks_uri.or(r.jwks_uri_snake).filter(|u| !u.is_empty()),
+        jwks: r.jwks.filter(|j| !j.is_empty()),
+        fetched_jwks: None,
+        from_headers: r
+            .from_headers
+            .into_iter()
+            .map(|h| (h.name.unwrap_or_default(), h.prefix.unwrap_or_default()))
+            .collect(),
+        from_params: r.from_params,
+        from_cookies: r.from_cookies,
+        forward_original_token: r.forward_original_token.unwrap_or(false),
+        output_payload_to_header: r.output_payload_to_header.filter(|h| !h.is_empty()),
+        output_claim_to_headers: r
+            .output_claim_to_headers
+            .into_iter()
+            .map(|c| (c.header, c.claim))
+            .collect(),
+        space_delimited_claims: r.space_delimited_claims,
+        // Checked above: a valid duration.
+        timeout: r.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
     }
 }
 
@@ -218,5 +293,27 @@ mod tests {
             ra("  targetRef: {kind: Service}\n"),
             ["spec.targetRef.name: Required value"]
         );
+    }
+
+    /// The model keeps each rule's fields, the deprecated `jwks_uri` spelling included.
+    #[test]
+    fn rules_enter_the_model() {
+        use crate::authn::AuthnTarget;
+        let yaml = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: ns}\nspec:\n  selector: {matchLabels: {app: a}}\n  jwtRules:\n  - issuer: iss\n    audiences: [x]\n    jwks_uri: http://127.0.0.1:1/keys\n    fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]\n    fromParams: [tok]\n    forwardOriginalToken: true\n    outputPayloadToHeader: x-payload\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]\n";
+        let model = super::super::testing::model(yaml);
+        let [ra] = &model.request_authentications[..] else {
+            panic!("{:?}", model.request_authentications);
+        };
+        assert_eq!((ra.name.as_str(), ra.namespace.as_str()), ("r", "ns"));
+        assert!(matches!(&ra.target, AuthnTarget::Labels(l) if l["app"] == "a"));
+        let r = &ra.rules[0];
+        assert_eq!(r.issuer, "iss");
+        assert_eq!(r.audiences, ["x"]);
+        assert_eq!(r.jwks_uri.as_deref(), Some("http://127.0.0.1:1/keys"));
+        assert_eq!(r.from_headers, [("x-jwt".into(), "Bearer ".into())]);
+        assert_eq!(r.from_params, ["tok"]);
+        assert!(r.forward_original_token);
+        assert_eq!(r.output_payload_to_header.as_deref(), Some("x-payload"));
+        assert_eq!(r.output_claim_to_headers, [("x-sub".into(), "sub".into())]);
     }
 }
