@@ -559,6 +559,15 @@ pub struct ClientTls {
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
     pub credential_name: Option<String>,
+    /// `caCertificates`: a PEM file on the proxy; `None` with no `credentialName` means the
+    /// system's CA bundle (Istio verifies by default).
+    pub ca_certificates: Option<String>,
+    /// `clientCertificate` and `privateKey` (MUTUAL without `credentialName`): files on the proxy.
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub insecure_skip_verify: bool,
+    /// `caCrl`: a PEM CRL file on the proxy.
+    pub ca_crl: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

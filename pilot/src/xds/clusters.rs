@@ -30,13 +30,14 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_optio
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::UInt32Value;
 use mast_mesh_config::model::{
-    Labels, LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, TlsMode,
-    TrafficPolicy,
+    Labels, LoadBalancer, MeshModel, Protocol, Resolution, Service, ServicePort, Subset,
+    TlsMode, TrafficPolicy,
 };
 
 use super::endpoints;
 use super::mtls::{self, Security};
 use super::plan::InboundPort;
+use super::upstream_tls::{self, AutoSni};
 use super::{any, duration, merged_policy, outbound_cluster_name};
 
 /// Istio's default connect timeout.
@@ -49,8 +50,20 @@ pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
 
-/// Clusters for every port (and subset) of `services`, plus Istio's fixed clusters.
+/// Clusters for every port (and subset) of `services`, plus Istio's fixed clusters, for a
+/// sidecar.
 pub fn outbound(model: &MeshModel, services: &[&Service], security: &Security) -> Vec<Cluster> {
+    outbound_for(model, services, security, false)
+}
+
+/// [`outbound`] for a sidecar or (`router`) a gateway: a DestinationRule's `credentialName`
+/// is honoured on gateways only, as istiod does.
+pub fn outbound_for(
+    model: &MeshModel,
+    services: &[&Service],
+    security: &Security,
+    router: bool,
+) -> Vec<Cluster> {
     let mut out = Vec::new();
     for svc in services {
         let dr = model.destination_policies.get(&svc.hostname);
@@ -58,22 +71,41 @@ pub fn outbound(model: &MeshModel, services: &[&Service], security: &Security) -
         let identities = security
             .mtls
             .then(|| mtls::service_identities(model, svc, &security.trust_domain));
-        for port in &svc.ports {
-            let name = outbound_cluster_name(port.port, None, &svc.hostname);
-            let policy = merged_policy(base, None, port.port);
-            let mut c = service_cluster(name, svc, port, &policy, &Labels::new());
-            if let Some(ids) = &identities {
-                apply_mtls(&mut c, svc, port.port, None, &policy, ids);
-            }
-            out.push(c);
-            for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
-                let name = outbound_cluster_name(port.port, Some(&subset.name), &svc.hostname);
-                let policy = merged_policy(base, subset.traffic_policy.as_ref(), port.port);
-                let mut c = service_cluster(name, svc, port, &policy, &subset.labels);
-                if let Some(ids) = &identities {
-                    apply_mtls(&mut c, svc, port.port, Some(&subset.name), &policy, ids);
+        let build = |subset: Option<&Subset>, port: &ServicePort| {
+            let name =
+                outbound_cluster_name(port.port, subset.map(|s| s.name.as_str()), &svc.hostname);
+            let over = subset.and_then(|s| s.traffic_policy.as_ref());
+            let policy = merged_policy(base, over, port.port);
+            let labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
+            let mut c = service_cluster(name, svc, port, &policy, &labels);
+            let mut options = http_options(port.protocol, &policy);
+            let h2 = is_h2(port.protocol, &policy);
+            let subset_name = subset.map(|s| s.name.as_str());
+            let origination = policy
+                .tls
+                .as_ref()
+                .and_then(|t| upstream_tls::origination(t, h2, router));
+            if let Some((socket, auto)) = origination {
+                c.transport_socket = Some(socket);
+                if auto != AutoSni::default() {
+                    let o = options.get_or_insert_with(explicit_http1);
+                    let up = o.upstream_http_protocol_options.get_or_insert_default();
+                    up.auto_sni = auto.auto_sni;
+                    up.auto_san_validation = auto.auto_san_validation;
                 }
-                out.push(c);
+            } else if let Some(ids) = &identities {
+                apply_mtls(&mut c, svc, port.port, subset_name, &policy, ids);
+            }
+            if let Some(options) = options {
+                c.typed_extension_protocol_options
+                    .insert(HTTP_OPTIONS_KEY.into(), any(&options));
+            }
+            c
+        };
+        for port in &svc.ports {
+            out.push(build(None, port));
+            for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or_default() {
+                out.push(build(Some(subset), port));
             }
         }
     }
@@ -189,17 +221,13 @@ fn service_cluster(
             c.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
-    if let Some(options) = http_options(port.protocol, policy) {
-        c.typed_extension_protocol_options
-            .insert(HTTP_OPTIONS_KEY.into(), any(&options));
-    }
     c
 }
 
-/// Upstream mTLS: a DestinationRule's `ISTIO_MUTUAL` forces it and `DISABLE` turns it off;
-/// otherwise auto mTLS picks TLS per endpoint (`tlsMode: istio`). Services outside the mesh
-/// and `SIMPLE`/`MUTUAL` origination (which needs certificates pilot does not serve yet) get
-/// no mesh TLS.
+/// Upstream mTLS: a DestinationRule's `ISTIO_MUTUAL` forces it (with its `sni` and
+/// `subjectAltNames` when given, as istiod) and `DISABLE` turns it off; otherwise auto mTLS
+/// picks TLS per endpoint (`tlsMode: istio`). Services outside the mesh get no mesh TLS;
+/// `SIMPLE`/`MUTUAL` are [`upstream_tls::origination`]'s.
 fn apply_mtls(
     c: &mut Cluster,
     svc: &Service,
@@ -214,9 +242,41 @@ fn apply_mtls(
     let socket =
         || mtls::upstream_socket(mtls::sni(port, subset, &svc.hostname), identities.to_vec());
     match policy.tls.as_ref().map(|t| t.mode) {
-        Some(TlsMode::IstioMutual) => c.transport_socket = Some(socket()),
+        Some(TlsMode::IstioMutual) => {
+            let tls = policy.tls.as_ref();
+            let sni = tls.and_then(|t| t.sni.clone());
+            let sans = tls
+                .map(|t| t.subject_alt_names.clone())
+                .filter(|s| !s.is_empty());
+            c.transport_socket = Some(mtls::upstream_socket(
+                sni.unwrap_or_else(|| mtls::sni(port, subset, &svc.hostname)),
+                sans.unwrap_or_else(|| identities.to_vec()),
+            ));
+        }
         Some(TlsMode::Disable | TlsMode::Simple | TlsMode::Mutual) => {}
         None => c.transport_socket_matches = mtls::auto_mtls_matches(socket()),
+    }
+}
+
+/// Whether the cluster speaks HTTP/2 upstream (istiod's `isHttp2Cluster`).
+fn is_h2(protocol: Protocol, policy: &TrafficPolicy) -> bool {
+    matches!(protocol, Protocol::Http2 | Protocol::Grpc)
+        || (protocol == Protocol::Http
+            && policy.connection_pool.as_ref().and_then(|p| p.h2_upgrade) == Some(true))
+}
+
+/// istiod's default when a cluster needs `HttpProtocolOptions` for another reason (TLS
+/// origination's `auto_sni`): explicit HTTP/1.1.
+fn explicit_http1() -> HttpProtocolOptions {
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::HttpProtocolOptions(
+                    Http1ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
     }
 }
 
@@ -224,8 +284,7 @@ fn apply_mtls(
 /// for undeclared ports, whose traffic was sniffed; per-connection limits when set.
 fn http_options(protocol: Protocol, policy: &TrafficPolicy) -> Option<HttpProtocolOptions> {
     let pool = policy.connection_pool.as_ref();
-    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc)
-        || (protocol == Protocol::Http && pool.and_then(|p| p.h2_upgrade) == Some(true));
+    let h2 = is_h2(protocol, policy);
     let max_requests = pool.and_then(|p| p.max_requests_per_connection);
     let idle = pool.and_then(|p| p.idle_timeout);
     let upstream = if h2 {
@@ -330,7 +389,7 @@ mod tests {
     use std::time::Duration;
 
     use mast_mesh_config::model::{
-        ConnectionPool, DestinationPolicy, OutlierDetection as ModelOutlier, ResourceRef, Subset,
+        ConnectionPool, DestinationPolicy, OutlierDetection as ModelOutlier, ResourceRef,
     };
 
     use super::*;

@@ -757,3 +757,173 @@ fn envoy_accepts_generated_gateway_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Istio's egress tasks: TLS origination from a sidecar (SIMPLE with a CA file or the system
+/// bundle, MUTUAL with files, `insecureSkipVerify`, an HTTP/2 port with `sni` and SANs) and at
+/// an egress gateway (`credentialName`, ISTIO_MUTUAL from the mesh with the task's SNI).
+const EGRESS_FIXTURE: &str = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external, namespace: default}
+spec:
+  hosts: [external.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 443}
+  - {number: 443, name: https, protocol: HTTPS}
+  - {number: 8443, name: grpc, protocol: GRPC}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mutual, namespace: default}
+spec:
+  hosts: [mutual.example.com, skip.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 80, name: http, protocol: HTTP}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: external, namespace: default}
+spec:
+  host: external.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /etc/certs/external-ca.pem}
+    portLevelSettings:
+    - port: {number: 8443}
+      tls: {mode: SIMPLE, sni: grpc.example.com, subjectAltNames: [grpc.example.com]}
+    - port: {number: 443}
+      tls: {mode: MUTUAL, credentialName: client-credential, sni: external.example.com}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mutual, namespace: default}
+spec:
+  host: mutual.example.com
+  trafficPolicy:
+    tls:
+      mode: MUTUAL
+      clientCertificate: /etc/certs/client.pem
+      privateKey: /etc/certs/client-key.pem
+      caCertificates: /etc/certs/external-ca.pem
+      caCrl: /etc/certs/external-crl.pem
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: skip, namespace: default}
+spec:
+  host: skip.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, insecureSkipVerify: true}
+"#;
+
+/// The Secret an egress gateway's `credentialName` names, in the gateway's namespace.
+const EGRESS_GATEWAY_FIXTURE: &str = r#"apiVersion: v1
+kind: Secret
+metadata: {name: client-credential, namespace: istio-system}
+type: Opaque
+stringData:
+  tls.crt: "-----BEGIN CERTIFICATE-----"
+  tls.key: "-----BEGIN PRIVATE KEY-----"
+  ca.crt: "-----BEGIN CERTIFICATE-----"
+"#;
+
+fn validate(config: &ProxyConfig, node_id: &str, what: &str) {
+    let Some(envoy) = envoy_bin() else {
+        eprintln!("no Envoy (ENVOY_BIN or .venv/bin/envoy): skipping envoy --mode validate");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.pb");
+    std::fs::write(&path, bootstrap(config, node_id).encode_to_vec()).unwrap();
+    let out = Command::new(&envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .args(["--log-level", "warn"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Envoy rejected the {what} config:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn envoy_accepts_tls_origination() {
+    let mut store = mast_mesh_config::store::ConfigStore::default();
+    let report = store.apply_files(
+        [
+            (PathBuf::from("egress.yaml"), EGRESS_FIXTURE.to_string()),
+            (
+                PathBuf::from("egress-gw.yaml"),
+                EGRESS_GATEWAY_FIXTURE.to_string(),
+            ),
+        ]
+        .into(),
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let model = store.model();
+    let security = Security {
+        mtls: true,
+        ..Security::default()
+    };
+    let sidecar = ProxyNode {
+        id: "sidecar~10.1.0.1~web-1.default~default.svc.cluster.local".into(),
+        kind: "sidecar".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    let side = generate_with(&model, &sidecar, &security);
+    let tls_of = |c: &ProxyConfig, name: &str| {
+        let cluster = c
+            .clusters
+            .iter()
+            .find(|x| x.name == name)
+            .unwrap_or_else(|| panic!("no cluster {name}"));
+        cluster.transport_socket.clone()
+    };
+    // credentialName is for gateways: the sidecar's 443 stays as it was.
+    assert!(tls_of(&side, "outbound|443||external.example.com").is_none());
+    for name in [
+        "outbound|80||external.example.com",
+        "outbound|8443||external.example.com",
+        "outbound|80||mutual.example.com",
+        "outbound|80||skip.example.com",
+    ] {
+        assert!(tls_of(&side, name).is_some(), "{name} originates TLS");
+    }
+    validate(&side, &sidecar.id, "sidecar TLS origination");
+
+    let gateway = ProxyNode {
+        id: "router~10.1.0.9~istio-egressgateway-1.istio-system~istio-system.svc.cluster.local"
+            .into(),
+        kind: "router".into(),
+        ip: "10.1.0.9".into(),
+        pod_name: "istio-egressgateway-1".into(),
+        namespace: "istio-system".into(),
+        labels: labels(&[("istio", "egressgateway")]),
+        ..Default::default()
+    };
+    let gw = generate_with(&model, &gateway, &security);
+    assert!(tls_of(&gw, "outbound|443||external.example.com").is_some());
+    let secrets = gateway_secrets(&model, &gateway);
+    assert_eq!(
+        secrets,
+        [
+            "kubernetes://client-credential",
+            "kubernetes://client-credential-cacert"
+        ]
+    );
+    validate(&gw, &gateway.id, "egress gateway TLS origination");
+}
+
+fn gateway_secrets(model: &MeshModel, proxy: &ProxyNode) -> Vec<String> {
+    super::gateway::generate(model, proxy, &Security::default())
+        .secrets
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}

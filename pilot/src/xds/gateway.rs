@@ -115,7 +115,7 @@ pub fn generate(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> Ga
     let services = plan::visible_services(model, proxy);
     let mut out = GatewayConfig {
         config: ProxyConfig {
-            clusters: clusters::outbound(model, &services, security),
+            clusters: clusters::outbound_for(model, &services, security, true),
             endpoints: endpoints::outbound(model, &services),
             ..ProxyConfig::default()
         },
@@ -154,6 +154,13 @@ pub fn generate(model: &MeshModel, proxy: &ProxyNode, security: &Security) -> Ga
             .push(route_config(model, proxy, name, servers));
     }
     out.secrets = secrets(model, proxy, &by_listener);
+    // DestinationRule credentialNames (TLS origination at an egress gateway).
+    for s in super::upstream_tls::credential_secrets(model, &proxy.namespace) {
+        if !out.secrets.iter().any(|have| have.name == s.name) {
+            out.secrets.push(s);
+        }
+    }
+    out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out.config.normalize();
     out
 }

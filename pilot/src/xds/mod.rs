@@ -38,6 +38,7 @@ pub mod mtls;
 pub mod node;
 pub mod plan;
 pub mod routes;
+pub mod upstream_tls;
 
 pub use mtls::Security;
 pub use node::{InterceptionMode, NodeError, ProxyNode};

@@ -78,7 +78,8 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
-fn sds_secret(name: &str) -> SdsSecretConfig {
+/// An SDS secret from the proxy's agent (`sds-grpc`).
+pub(crate) fn sds_secret(name: &str) -> SdsSecretConfig {
     SdsSecretConfig {
         name: name.into(),
         sds_config: Some(ConfigSource {

@@ -909,6 +909,11 @@ fn destination_rule_tls_mode_overrides_auto_mtls() {
             sni: None,
             subject_alt_names: vec![],
             credential_name: None,
+            ca_certificates: None,
+            client_certificate: None,
+            private_key: None,
+            insecure_skip_verify: false,
+            ca_crl: None,
         });
         let config = generate_with(&m, &proxy(InterceptionMode::None), &secure());
         let c = cluster(&config, &format!("outbound|8081||{USER}"));

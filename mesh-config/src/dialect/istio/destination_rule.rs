@@ -299,8 +299,18 @@ fn tls(t: &api::ClientTlsSettings, f: &str, errors: &mut Vec<FieldError>) -> Cli
         mode,
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
-        credential_name: t.credential_name.clone(),
+        credential_name: nonempty(&t.credential_name),
+        ca_certificates: nonempty(&t.ca_certificates),
+        client_certificate: nonempty(&t.client_certificate),
+        private_key: nonempty(&t.private_key),
+        insecure_skip_verify: t.insecure_skip_verify == Some(true),
+        ca_crl: nonempty(&t.ca_crl),
     }
+}
+
+/// Istio treats an empty string field as unset.
+fn nonempty(v: &Option<String>) -> Option<String> {
+    v.clone().filter(|s| !s.is_empty())
 }
 
 /// istiod's ValidateTLS (client side): with credentialName the secret holds the files, so none
