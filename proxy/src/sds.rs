@@ -182,7 +182,7 @@ fn inline(bytes: &str) -> Option<DataSource> {
     })
 }
 
-/// The secret called `name`, if it is one of Istio's two.
+/// The secret called `name`: one of Istio's two workload secrets, or files on this host.
 fn secret(cert: &WorkloadCert, name: &str) -> Option<Secret> {
     let kind = match name {
         SDS_DEFAULT => secret::Type::TlsCertificate(TlsCertificate {
@@ -194,13 +194,56 @@ fn secret(cert: &WorkloadCert, name: &str) -> Option<Secret> {
             trusted_ca: inline(&cert.roots_pem),
             ..Default::default()
         }),
-        other => {
-            tracing::warn!(name = other, "SDS: unknown secret requested");
-            return None;
-        }
+        other => file_secret(other)?,
     };
     Some(Secret {
         name: name.to_string(),
         r#type: Some(kind),
     })
+}
+
+/// istio-agent's file secrets, which istiod names for a DestinationRule's TLS origination:
+/// `file-root:<path>` (CAs; `file-root:system` is the system bundle) and
+/// `file-cert:<cert>~<key>`. The files are read for each response.
+fn file_secret(name: &str) -> Option<secret::Type> {
+    use crate::resources::tls::{
+        FILE_CERT_PREFIX, FILE_CERT_SEPARATOR, FILE_ROOT_PREFIX, SYSTEM_ROOTS,
+    };
+    let read = |path: &str| match std::fs::read_to_string(path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(name, path, error = %e, "SDS: cannot read the secret's file");
+            None
+        }
+    };
+    if let Some(path) = name.strip_prefix(FILE_ROOT_PREFIX) {
+        let pem = if path == SYSTEM_ROOTS {
+            let found = crate::tls::credentials::system_bundle_path();
+            if found.is_none() {
+                tracing::warn!(name, "SDS: no system CA bundle on this host");
+            }
+            read(found?)?
+        } else {
+            read(path)?
+        };
+        return Some(secret::Type::ValidationContext(
+            CertificateValidationContext {
+                trusted_ca: inline(&pem),
+                ..Default::default()
+            },
+        ));
+    }
+    if let Some(files) = name.strip_prefix(FILE_CERT_PREFIX) {
+        let Some((cert, key)) = files.split_once(FILE_CERT_SEPARATOR) else {
+            tracing::warn!(name, "SDS: expected file-cert:<certificate>~<key>");
+            return None;
+        };
+        return Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(&read(cert)?),
+            private_key: inline(&read(key)?),
+            ..Default::default()
+        }));
+    }
+    tracing::warn!(name, "SDS: unknown secret requested");
+    None
 }

@@ -181,6 +181,9 @@ impl Resources {
             if let Discovery::Eds(name) = &item.parsed.discovery {
                 w.endpoints.insert(name.clone());
             }
+            if let Some(tls) = item.parsed.transport.any_tls() {
+                w.secrets.extend(tls.sds_names().map(str::to_string));
+            }
         }
         w
     }

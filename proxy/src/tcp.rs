@@ -112,7 +112,8 @@ pub async fn proxy<S>(
             metrics.tcp_opened(&labels);
             pipe(&shared, &mut down, up).await
         }
-        Some(tls) => match tls_handshake(up, target, tls, &shared.secrets).await {
+        Some(tls) => match tls_handshake(up, target, tls, &shared.secrets, &shared.sds, None).await
+        {
             Ok(up) => {
                 if let Some(h) = &host {
                     cluster.record(h, Outcome::Success);

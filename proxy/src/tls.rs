@@ -442,11 +442,26 @@ pub fn client_config(
         provider: Arc::clone(&provider),
         mandatory: true,
     };
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let resolver = Arc::new(StoreResolver(Arc::clone(store)));
+    finish_client_config(provider, Arc::new(verifier), Some(resolver), alpn)
+}
+
+/// Every client config of the proxy (mesh mTLS, TLS origination): a verifier, a client
+/// certificate when there is one, ALPN, and session resumption.
+fn finish_client_config(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+    resolver: Option<Arc<dyn ResolvesClientCert>>,
+    alpn: &[String],
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(StoreResolver(Arc::clone(store))));
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = match resolver {
+        Some(r) => builder.with_client_cert_resolver(r),
+        None => builder.with_no_client_auth(),
+    };
     cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     cfg.resumption = rustls::client::Resumption::in_memory_sessions(1024);
     Ok(Arc::new(cfg))

@@ -19,12 +19,14 @@ use crate::resources::chance;
 use crate::resources::route::{Mirror, strip_port};
 use crate::state::Snapshot;
 use crate::tls::SecretStore;
+use crate::tls::credentials::SdsSecrets;
 
 /// Send each mirror, in its share of requests, a copy of the upstream request.
 pub(super) fn shadow(
     mirrors: &[Mirror],
     snap: &Snapshot,
     secrets: &Arc<SecretStore>,
+    sds: &Arc<SdsSecrets>,
     head: &Head,
     body: &Bytes,
 ) {
@@ -42,6 +44,8 @@ pub(super) fn shadow(
         let body = body.clone();
         let path = head.path.clone();
         let secrets = Arc::clone(secrets);
+        let sds = Arc::clone(sds);
+        let sni_host = shadow_host(&head.host);
         tokio::spawn(async move {
             let Ok(host) = cluster.pick(None, &[]) else {
                 return;
@@ -57,7 +61,8 @@ pub(super) fn shadow(
                 parts.version = Version::HTTP_11;
             }
             let req = Request::from_parts(parts, full(body));
-            if let Ok(resp) = cluster.client(h2, &secrets).request(req).await {
+            let client = cluster.client(h2, &secrets, &sds, Some(strip_port(&sni_host)));
+            if let Ok(resp) = client.request(req).await {
                 let _ = resp.into_body().collect().await;
             }
         });

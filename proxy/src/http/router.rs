@@ -152,6 +152,7 @@ async fn forward(req: &Routed<'_>, fwd: &Forward, down: Downstream) -> Response<
             &fwd.mirrors,
             req.snap,
             &req.conn.shared.secrets,
+            &req.conn.shared.sds,
             &head,
             bytes,
         );

@@ -206,8 +206,18 @@ impl UpstreamRequest<'_> {
             .max_requests_per_connection
             .filter(|n| *n > 0)
             .map(|n| (n, capture_connection(&mut up_req)));
+        // Envoy's auto_sni names the host the request goes upstream with (after a rewrite).
+        let sni_host = self
+            .head
+            .parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.head.parts.uri.authority().map(|a| a.as_str()))
+            .map(crate::resources::route::strip_port);
+        let shared = &self.conn.shared;
         let send = cluster
-            .client(self.h2, &self.conn.shared.secrets)
+            .client(self.h2, &shared.secrets, &shared.sds, sni_host)
             .request(up_req);
         let result = match deadline {
             Some(at) => match tokio::time::timeout_at(at, send).await {

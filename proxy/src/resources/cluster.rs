@@ -222,7 +222,8 @@ impl ClusterConfig {
                 ));
             }
         };
-        let transport = transport_of(c)?;
+        let auto = auto_sni(c)?;
+        let transport = transport_of(c, auto)?;
         let mut limits = Limits::default();
         if let Some(t) = c
             .circuit_breakers
@@ -357,10 +358,26 @@ impl ClusterConfig {
     }
 }
 
+/// `auto_sni` and `auto_san_validation` of the cluster's `HttpProtocolOptions` (what istiod
+/// sets for TLS origination without an `sni`).
+fn auto_sni(c: &cv3::Cluster) -> FieldResult<(bool, bool)> {
+    let Some(any) = c
+        .typed_extension_protocol_options
+        .get(HTTP_PROTOCOL_OPTIONS)
+    else {
+        return Ok((false, false));
+    };
+    let at = format!("typed_extension_protocol_options[{HTTP_PROTOCOL_OPTIONS:?}]");
+    let opts: HttpProtocolOptions = decode_any(any, &at)?;
+    Ok(opts
+        .upstream_http_protocol_options
+        .map_or((false, false), |u| (u.auto_sni, u.auto_san_validation)))
+}
+
 /// `transport_socket`, or Istio's auto-mTLS `transport_socket_matches`.
-fn transport_of(c: &cv3::Cluster) -> FieldResult<Transport> {
+fn transport_of(c: &cv3::Cluster, auto: (bool, bool)) -> FieldResult<Transport> {
     let single = match &c.transport_socket {
-        Some(ts) => tls::upstream_socket(ts).map_err(|e| e.at("transport_socket"))?,
+        Some(ts) => tls::upstream_socket(ts, auto).map_err(|e| e.at("transport_socket"))?,
         None => None,
     };
     if c.transport_socket_matches.is_empty() {
@@ -374,9 +391,8 @@ fn transport_of(c: &cv3::Cluster) -> FieldResult<Transport> {
             None => Default::default(),
         };
         let socket = match &m.transport_socket {
-            Some(ts) => {
-                tls::upstream_socket(ts).map_err(|e| e.at(format!("{at}.transport_socket")))?
-            }
+            Some(ts) => tls::upstream_socket(ts, auto)
+                .map_err(|e| e.at(format!("{at}.transport_socket")))?,
             None => None,
         };
         matches.push((criteria, socket));

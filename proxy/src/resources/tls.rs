@@ -6,9 +6,12 @@
 //! [`SecretStore`](crate::tls::SecretStore). A gateway's server side also takes what istiod
 //! writes for a Gateway's `tls`: SDS secrets under any name over the ADS stream
 //! (`kubernetes://<credentialName>`, followed like RDS names), and inline or file
-//! certificates and CAs (see [`crate::tls::credentials`]). Anything else — another SDS
-//! config source, a client side with other than the mesh's secrets — is refused with a NACK
-//! naming the field, rather than silently connecting in plaintext.
+//! certificates and CAs (see [`crate::tls::credentials`]). A cluster's client side is mesh
+//! mTLS (validation by `ROOTCA`) or TLS origination toward a server outside the mesh: files
+//! named as istio-agent names them (`file-root:<path>`, `file-root:system`,
+//! `file-cert:<cert>~<key>`), inline material, or SDS secrets over ADS. Anything else —
+//! another SDS config source, a CRL — is refused with a NACK naming the field, rather than
+//! silently connecting in plaintext or without the check asked for.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -26,13 +29,25 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 
 use super::secret::{tls_certificate, trusted_ca};
 use super::{At, FieldError, FieldResult, decode_any};
-use crate::tls::credentials::{self, CertSource, SdsSecrets, ServerSpec, TrustSource};
+use crate::tls::credentials::{
+    self, CertSource, ClientSpec, SdsSecrets, ServerSpec, ServerTrust, TrustSource,
+};
 use crate::tls::{SDS_DEFAULT, SDS_ROOTCA, SanMatch, SecretStore};
+
+/// istio-agent's SDS name prefixes for files on the proxy (what istiod writes for a
+/// DestinationRule's `caCertificates`, `clientCertificate` and `privateKey`); mast-proxy is
+/// its own agent and reads them itself.
+pub const FILE_ROOT_PREFIX: &str = "file-root:";
+pub const FILE_CERT_PREFIX: &str = "file-cert:";
+pub const FILE_CERT_SEPARATOR: char = '~';
+/// `file-root:system`: the system's CA bundle.
+pub const SYSTEM_ROOTS: &str = "system";
 
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
 const TLS: &str = "envoy.transport_sockets.tls";
 
-/// Client side of mesh mTLS for a cluster.
+/// Client side of TLS for a cluster: mesh mTLS, or TLS origination toward a server outside
+/// the mesh (a DestinationRule's SIMPLE/MUTUAL).
 #[derive(Debug)]
 pub struct UpstreamTls {
     pub sni: Option<String>,
@@ -40,7 +55,23 @@ pub struct UpstreamTls {
     pub sans: Vec<SanMatch>,
     /// Present the workload certificate (`default`).
     pub client_cert: bool,
+    /// `None`: mesh mTLS (SPIFFE peers, the mesh bundle).
+    pub origination: Option<Origination>,
+    /// With no `sni`: the request's host is the SNI (the cluster's `auto_sni`).
+    pub auto_sni: bool,
+    /// The server certificate must be valid for the name connected to
+    /// (`auto_san_validation`).
+    pub auto_san_validation: bool,
     config: OnceLock<Arc<rustls::ClientConfig>>,
+}
+
+/// TLS toward a server outside the mesh.
+#[derive(Debug, PartialEq)]
+pub struct Origination {
+    /// The client certificate (MUTUAL): files read when the cluster arrived, or an SDS secret
+    /// over ADS (a gateway's `credentialName`).
+    pub cert: Option<CertSource>,
+    pub trust: ServerTrust,
 }
 
 impl PartialEq for UpstreamTls {
@@ -49,6 +80,9 @@ impl PartialEq for UpstreamTls {
             && self.alpn == o.alpn
             && self.sans == o.sans
             && self.client_cert == o.client_cert
+            && self.origination == o.origination
+            && self.auto_sni == o.auto_sni
+            && self.auto_san_validation == o.auto_san_validation
     }
 }
 
@@ -57,12 +91,50 @@ impl UpstreamTls {
     pub fn client_config(
         &self,
         store: &Arc<SecretStore>,
+        sds: &Arc<SdsSecrets>,
     ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
         if let Some(c) = self.config.get() {
             return Ok(Arc::clone(c));
         }
-        let c = crate::tls::client_config(store, &self.sans, &self.alpn)?;
+        let c = match &self.origination {
+            None => crate::tls::client_config(store, &self.sans, &self.alpn)?,
+            Some(o) => {
+                let spec = ClientSpec {
+                    cert: o.cert.as_ref(),
+                    trust: &o.trust,
+                    sans: &self.sans,
+                    check_server_name: self.auto_san_validation,
+                    alpn: &self.alpn,
+                };
+                credentials::client_config(spec, store, sds)?
+            }
+        };
         Ok(Arc::clone(self.config.get_or_init(|| c)))
+    }
+
+    /// The SDS secrets over ADS this cluster needs (a gateway's `credentialName`).
+    pub fn sds_names(&self) -> impl Iterator<Item = &str> {
+        let o = self.origination.as_ref();
+        o.and_then(|o| o.cert.as_ref().and_then(CertSource::sds_name))
+            .into_iter()
+            .chain(o.and_then(|o| o.trust.sds_name()))
+    }
+
+    /// The server name to connect with: the configured SNI, else (`auto_sni`) the request's
+    /// host, else none (the address).
+    pub fn server_name<'a>(&'a self, request_host: Option<&'a str>) -> Option<&'a str> {
+        self.sni
+            .as_deref()
+            .or(request_host.filter(|_| self.auto_sni))
+    }
+
+    /// Set the cluster's `auto_sni`/`auto_san_validation` (from its `HttpProtocolOptions`).
+    fn with_auto(mut self: Arc<Self>, auto_sni: bool, auto_san_validation: bool) -> Arc<Self> {
+        if let Some(t) = Arc::get_mut(&mut self) {
+            t.auto_sni = auto_sni;
+            t.auto_san_validation = auto_san_validation;
+        }
+        self
     }
 }
 
@@ -187,8 +259,12 @@ impl Transport {
     }
 }
 
-/// A cluster's `transport_socket` (`None`: plaintext).
-pub fn upstream_socket(ts: &TransportSocket) -> FieldResult<Option<Arc<UpstreamTls>>> {
+/// A cluster's `transport_socket` (`None`: plaintext). `auto`: the cluster's `auto_sni` and
+/// `auto_san_validation`.
+pub fn upstream_socket(
+    ts: &TransportSocket,
+    auto: (bool, bool),
+) -> FieldResult<Option<Arc<UpstreamTls>>> {
     match ts.name.as_str() {
         RAW_BUFFER => Ok(None),
         TLS => {
@@ -196,7 +272,9 @@ pub fn upstream_socket(ts: &TransportSocket) -> FieldResult<Option<Arc<UpstreamT
                 return Err(FieldError::new("typed_config", "required for TLS"));
             };
             let ctx: UpstreamTlsContext = decode_any(any, "typed_config")?;
-            upstream(&ctx).map(Some).map_err(|e| e.at("typed_config"))
+            upstream(&ctx)
+                .map(|t| Some(t.with_auto(auto.0, auto.1)))
+                .map_err(|e| e.at("typed_config"))
         }
         other => Err(FieldError::new(
             "name",
@@ -207,14 +285,173 @@ pub fn upstream_socket(ts: &TransportSocket) -> FieldResult<Option<Arc<UpstreamT
 
 fn upstream(ctx: &UpstreamTlsContext) -> FieldResult<Arc<UpstreamTls>> {
     let common = ctx.common_tls_context.clone().unwrap_or_default();
-    let (client_cert, sans) = common_parts(&common).map_err(|e| e.at("common_tls_context"))?;
+    let (client_cert, sans, origination) = if is_mesh(&common) {
+        let (cert, sans) = common_parts(&common).map_err(|e| e.at("common_tls_context"))?;
+        (cert, sans, None)
+    } else {
+        let (o, sans) = origination(&common).at("common_tls_context")?;
+        (false, sans, Some(o))
+    };
     Ok(Arc::new(UpstreamTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
         alpn: common.alpn_protocols.clone(),
         sans,
         client_cert,
+        origination,
+        auto_sni: false,
+        auto_san_validation: false,
         config: OnceLock::new(),
     }))
+}
+
+/// Mesh mTLS: peers are checked against the mesh bundle (`ROOTCA`).
+fn is_mesh(c: &CommonTlsContext) -> bool {
+    match &c.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => s.name == SDS_ROOTCA,
+        Some(ValidationContextType::CombinedValidationContext(cv)) => cv
+            .validation_context_sds_secret_config
+            .as_ref()
+            .is_some_and(|s| s.name == SDS_ROOTCA),
+        _ => false,
+    }
+}
+
+/// TLS origination as istiod writes it: the client certificate from files
+/// (`file-cert:<cert>~<key>`), inline, or an SDS secret over ADS; the server checked against
+/// CA files (`file-root:<path>`, `file-root:system`), inline CAs, an SDS secret over ADS, or
+/// nothing (`insecureSkipVerify`: a validation context without CAs).
+#[allow(deprecated)]
+fn origination(c: &CommonTlsContext) -> FieldResult<(Origination, Vec<SanMatch>)> {
+    let cert = match (
+        c.tls_certificate_sds_secret_configs.as_slice(),
+        c.tls_certificates.as_slice(),
+    ) {
+        ([], []) => None,
+        ([s], []) => {
+            let at = "tls_certificate_sds_secret_configs[0]";
+            match s.name.strip_prefix(FILE_CERT_PREFIX) {
+                Some(files) => Some(CertSource::Static(file_cert(files).at(at)?)),
+                None if s.name == SDS_DEFAULT => {
+                    return Err(FieldError::new(
+                        at,
+                        "the workload certificate is for mesh mTLS (validation by \"ROOTCA\")",
+                    ));
+                }
+                None => Some(CertSource::Sds(ads_secret(s).at(at)?)),
+            }
+        }
+        ([], [t]) => Some(CertSource::Static(
+            tls_certificate(t).at("tls_certificates[0]")?,
+        )),
+        _ => {
+            return Err(FieldError::new(
+                "tls_certificates",
+                "one client certificate is supported",
+            ));
+        }
+    };
+    let no_crl = |v: &CertificateValidationContext, at: &str| {
+        if v.crl.is_some() {
+            Err(FieldError::new(
+                format!("{at}.crl"),
+                "certificate revocation lists (caCrl) are not supported by mast-proxy",
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let (trust, sans) = match &c.validation_context_type {
+        None => (ServerTrust::Insecure, Vec::new()),
+        Some(ValidationContextType::ValidationContext(v)) => {
+            let at = "validation_context";
+            no_crl(v, at)?;
+            let sans = validation_sans(v).at(at)?;
+            if v.trusted_ca.is_none() {
+                if !sans.is_empty() {
+                    return Err(FieldError::new(
+                        format!("{at}.trusted_ca"),
+                        "required to check subject alt names",
+                    ));
+                }
+                (ServerTrust::Insecure, sans)
+            } else {
+                (ServerTrust::Static(trusted_ca(v).at(at)?), sans)
+            }
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => (
+            server_trust(s).at("validation_context_sds_secret_config")?,
+            Vec::new(),
+        ),
+        Some(ValidationContextType::CombinedValidationContext(cv)) => {
+            let at = "combined_validation_context";
+            let trust = match &cv.validation_context_sds_secret_config {
+                Some(s) => {
+                    server_trust(s).at(format!("{at}.validation_context_sds_secret_config"))?
+                }
+                None => {
+                    return Err(FieldError::new(
+                        format!("{at}.validation_context_sds_secret_config"),
+                        "required",
+                    ));
+                }
+            };
+            let sans = match &cv.default_validation_context {
+                Some(d) => {
+                    let at = format!("{at}.default_validation_context");
+                    no_crl(d, &at)?;
+                    if d.trusted_ca.is_some() {
+                        return Err(FieldError::new(
+                            format!("{at}.trusted_ca"),
+                            "trust anchors come from the SDS secret alone",
+                        ));
+                    }
+                    validation_sans(d).at(at)?
+                }
+                None => Vec::new(),
+            };
+            (trust, sans)
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "validation_context_type",
+                "not supported; use an SDS secret or an inline validation context",
+            ));
+        }
+    };
+    Ok((Origination { cert, trust }, sans))
+}
+
+/// `file-cert:<cert>~<key>`, read now (istio-agent serves these files to Envoy).
+fn file_cert(files: &str) -> FieldResult<crate::tls::credentials::ServerCert> {
+    let Some((cert, key)) = files.split_once(FILE_CERT_SEPARATOR) else {
+        return Err(FieldError::new(
+            "name",
+            format!("{FILE_CERT_PREFIX}{files:?}: expected <certificate>~<key>"),
+        ));
+    };
+    let read = |p: &str| {
+        std::fs::read(p).map_err(|e| FieldError::new("name", format!("cannot read {p:?}: {e}")))
+    };
+    credentials::server_cert(&read(cert)?, &read(key)?)
+        .map_err(|e| FieldError::new("name", format!("{cert:?}/{key:?}: {e}")))
+}
+
+/// The CAs a server is checked against, named by an SDS secret: files (`file-root:`), the
+/// system bundle, or a secret over ADS.
+fn server_trust(s: &SdsSecretConfig) -> FieldResult<ServerTrust> {
+    let Some(path) = s.name.strip_prefix(FILE_ROOT_PREFIX) else {
+        return ads_secret(s).map(ServerTrust::Sds);
+    };
+    let bundle = if path == SYSTEM_ROOTS {
+        credentials::system_roots()
+    } else {
+        std::fs::read(path)
+            .map_err(|e| crate::tls::TlsError::Pem(format!("cannot read {path:?}: {e}")))
+            .and_then(|pem| credentials::trust_bundle(&pem))
+    };
+    bundle
+        .map(|b| ServerTrust::Static(Arc::new(b)))
+        .map_err(|e| FieldError::new("name", format!("{}: {e}", s.name)))
 }
 
 /// A filter chain's `transport_socket` (`None`: plaintext).
@@ -544,6 +781,118 @@ mod tests {
         );
         let ts: TransportSocket = mast_proto::json::yaml_to_message(&yaml).unwrap();
         downstream_socket(&ts)
+    }
+
+    /// A cluster's transport socket from the YAML of its `UpstreamTlsContext` body.
+    fn upstream_yaml(ctx: &str) -> FieldResult<Option<Arc<UpstreamTls>>> {
+        let yaml = format!(
+            "name: envoy.transport_sockets.tls\ntyped_config:\n  \"@type\": \
+             type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n{ctx}"
+        );
+        let ts: TransportSocket = mast_proto::json::yaml_to_message(&yaml).unwrap();
+        upstream_socket(&ts, (true, true))
+    }
+
+    #[test]
+    fn origination_as_istiod_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (ca, c, k) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+        );
+        std::fs::write(&ca, cert.pem()).unwrap();
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let (ca, c, k) = (ca.display(), c.display(), k.display());
+        let simple = upstream_yaml(&format!(
+            r#"  common_tls_context:
+    tls_params: {{tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3}}
+    combined_validation_context:
+      default_validation_context: {{match_subject_alt_names: [{{exact: external.example.com}}]}}
+      validation_context_sds_secret_config: {{name: "file-root:{ca}", sds_config: {{api_config_source: {{api_type: GRPC}}}}}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        let o = simple.origination.as_ref().unwrap();
+        assert!(matches!(o.trust, ServerTrust::Static(_)));
+        assert!(o.cert.is_none());
+        assert_eq!(
+            simple.sans,
+            [SanMatch::Exact("external.example.com".into())]
+        );
+        assert!(simple.auto_sni && simple.auto_san_validation);
+        assert_eq!(
+            simple.server_name(Some("external.example.com")),
+            Some("external.example.com")
+        );
+        assert_eq!(simple.sds_names().count(), 0);
+
+        let mutual = upstream_yaml(&format!(
+            r#"  sni: external.example.com
+  common_tls_context:
+    alpn_protocols: [h2]
+    tls_certificate_sds_secret_configs: [{{name: "file-cert:{c}~{k}"}}]
+    combined_validation_context:
+      default_validation_context: {{}}
+      validation_context_sds_secret_config: {{name: "file-root:system"}}"#
+        ))
+        .unwrap()
+        .unwrap();
+        let o = mutual.origination.as_ref().unwrap();
+        assert!(matches!(o.cert, Some(CertSource::Static(_))));
+        assert_eq!(
+            mutual.server_name(Some("other")),
+            Some("external.example.com")
+        );
+
+        let skip = upstream_yaml("  common_tls_context:\n    validation_context: {}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            skip.origination.as_ref().unwrap().trust,
+            ServerTrust::Insecure
+        );
+
+        let gateway = upstream_yaml(
+            r#"  common_tls_context:
+    tls_certificate_sds_secret_configs: [{name: "kubernetes://cred", sds_config: {ads: {}}}]
+    combined_validation_context:
+      validation_context_sds_secret_config: {name: "kubernetes://cred-cacert", sds_config: {ads: {}}}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            gateway.sds_names().collect::<Vec<_>>(),
+            ["kubernetes://cred", "kubernetes://cred-cacert"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_field() {
+        let err = upstream_yaml(
+            r#"  common_tls_context:
+    combined_validation_context:
+      default_validation_context: {crl: {filename: /crl.pem}}
+      validation_context_sds_secret_config: {name: "file-root:system"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.field,
+            "typed_config.common_tls_context.combined_validation_context.default_validation_context.crl"
+        );
+        let err = upstream_yaml(
+            r#"  common_tls_context:
+    combined_validation_context:
+      validation_context_sds_secret_config: {name: "file-root:/nonexistent/ca.pem"}"#,
+        )
+        .unwrap_err();
+        assert!(err.message.contains("/nonexistent/ca.pem"), "{err:?}");
     }
 
     #[test]

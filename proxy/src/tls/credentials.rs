@@ -1,7 +1,9 @@
 //! The TLS credentials a gateway terminates with: server certificates and client CAs named by
 //! SDS over the ADS stream (`kubernetes://<credentialName>`, which pilot reads from
 //! Kubernetes Secrets), or written into the listener itself (inline bytes, Istio's file
-//! mounts).
+//! mounts). The same credentials serve TLS origination toward servers outside the mesh (a
+//! DestinationRule's SIMPLE/MUTUAL): a client certificate, and the CAs and SANs the server is
+//! checked against ([`client_config`]).
 //!
 //! A sidecar's TLS is the mesh's own: the workload certificate and trust bundle of
 //! [`SecretStore`]. A gateway serves clients outside the mesh with certificates the user owns,
@@ -18,13 +20,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DistinguishedName};
+use rustls::{CertificateError, DistinguishedName, SignatureScheme};
 
 use super::{SanMatch, SecretStore, SpiffeVerifier, TlsError, pki_error, provider};
 
@@ -252,22 +256,142 @@ impl ResolvesServerCert for CurrentCert {
     }
 }
 
+impl ResolvesClientCert for CurrentCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        match &self.source {
+            CertSource::Workload => self.workload.current().map(|c| Arc::clone(&c.certified)),
+            CertSource::Sds(name) => self.sds.certificate(name),
+            CertSource::Static(c) => Some(Arc::clone(c)),
+        }
+    }
+
+    fn has_certs(&self) -> bool {
+        self.source.available(&self.workload, &self.sds)
+    }
+}
+
+/// What the server of an originated TLS connection is checked against (a cluster's
+/// validation context).
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// No validation context, or one without CAs (`insecureSkipVerify`): any certificate.
+    Insecure,
+    /// CAs from the config or from files (`caCertificates`, the system bundle).
+    Static(Arc<TrustBundle>),
+    /// A named SDS validation context over ADS (`kubernetes://<credentialName>-cacert`).
+    Sds(String),
+}
+
+impl PartialEq for ServerTrust {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (Self::Insecure, Self::Insecure) => true,
+            (Self::Sds(a), Self::Sds(b)) => a == b,
+            (Self::Static(a), Self::Static(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl ServerTrust {
+    pub fn sds_name(&self) -> Option<&str> {
+        match self {
+            Self::Sds(n) => Some(n),
+            Self::Insecure | Self::Static(_) => None,
+        }
+    }
+}
+
 /// The CAs a [`CaVerifier`] checks against.
 #[derive(Debug)]
 enum Anchors {
     Sds(String),
     Static(Arc<TrustBundle>),
+    /// Nothing is checked (a client's `insecureSkipVerify`).
+    None,
 }
 
-/// Verifies a client's chain against the current CAs of a validation context and, when
-/// `sans` are set, one of its DNS, URI or email SANs against them.
+/// Verifies a peer's chain against the current CAs of a validation context and, when
+/// `sans` are set, one of its DNS, URI or email SANs against them: a gateway's client
+/// certificates, and the servers a cluster originates TLS to, where `server_name` also asks
+/// for the name the client connected with (`auto_san_validation`).
 #[derive(Debug)]
 struct CaVerifier {
     anchors: Anchors,
     sds: Arc<SdsSecrets>,
     sans: Vec<SanMatch>,
     mandatory: bool,
+    server_name: bool,
     provider: Arc<CryptoProvider>,
+}
+
+impl CaVerifier {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        usage: webpki::KeyUsage,
+    ) -> Result<(), rustls::Error> {
+        let bundle = match &self.anchors {
+            Anchors::None => return Ok(()),
+            Anchors::Static(b) => Arc::clone(b),
+            Anchors::Sds(name) => self.sds.trust(name).ok_or_else(|| {
+                rustls::Error::General(format!("CA secret {name:?} not received yet"))
+            })?,
+        };
+        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
+        ee.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &bundle.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(pki_error)?;
+        if !self.sans.is_empty() {
+            let names = subject_alt_names(end_entity);
+            if !names.iter().any(|n| self.sans.iter().any(|m| m.matches(n))) {
+                return Err(rustls::Error::InvalidCertificate(
+                    CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServerCertVerifier for CaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.verify(
+            end_entity,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+        )?;
+        if self.server_name && !matches!(self.anchors, Anchors::None) {
+            webpki::EndEntityCert::try_from(end_entity)
+                .map_err(pki_error)?
+                .verify_is_valid_for_subject_name(server_name)
+                .map_err(pki_error)?;
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    crate::tls::provider_signature_checks!(provider);
 }
 
 impl ClientCertVerifier for CaVerifier {
@@ -286,31 +410,12 @@ impl ClientCertVerifier for CaVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let bundle = match &self.anchors {
-            Anchors::Static(b) => Arc::clone(b),
-            Anchors::Sds(name) => self.sds.trust(name).ok_or_else(|| {
-                rustls::Error::General(format!("client CA secret {name:?} not received yet"))
-            })?,
-        };
-        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(pki_error)?;
-        ee.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            &bundle.anchors,
+        self.verify(
+            end_entity,
             intermediates,
             now,
             webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(pki_error)?;
-        if !self.sans.is_empty() {
-            let names = subject_alt_names(end_entity);
-            if !names.iter().any(|n| self.sans.iter().any(|m| m.matches(n))) {
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ));
-            }
-        }
+        )?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -376,6 +481,7 @@ pub fn server_config(
             sds: Arc::clone(sds),
             sans: spec.sans.to_vec(),
             mandatory: spec.require_client_cert,
+            server_name: false,
             provider: Arc::clone(&provider),
         })),
         Some(TrustSource::Static(bundle)) => Some(Arc::new(CaVerifier {
@@ -383,6 +489,7 @@ pub fn server_config(
             sds: Arc::clone(sds),
             sans: spec.sans.to_vec(),
             mandatory: spec.require_client_cert,
+            server_name: false,
             provider: Arc::clone(&provider),
         })),
     };
@@ -394,6 +501,94 @@ pub fn server_config(
     cfg.alpn_protocols = spec.alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
     cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(cfg))
+}
+
+/// What the client side of an originated TLS connection is made of, as a cluster's transport
+/// socket describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSpec<'a> {
+    /// `None`: no client certificate (SIMPLE).
+    pub cert: Option<&'a CertSource>,
+    pub trust: &'a ServerTrust,
+    pub sans: &'a [SanMatch],
+    /// Check the server's certificate against the name connected to (`auto_san_validation`).
+    pub check_server_name: bool,
+    pub alpn: &'a [String],
+}
+
+/// A client config for TLS origination; the client certificate and the CAs of SDS secrets
+/// are read at each handshake, as on the server side.
+pub fn client_config(
+    spec: ClientSpec<'_>,
+    workload: &Arc<SecretStore>,
+    sds: &Arc<SdsSecrets>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = provider();
+    let anchors = match spec.trust {
+        ServerTrust::Insecure => Anchors::None,
+        ServerTrust::Static(b) => Anchors::Static(Arc::clone(b)),
+        ServerTrust::Sds(n) => Anchors::Sds(n.clone()),
+    };
+    let verifier = Arc::new(CaVerifier {
+        anchors,
+        sds: Arc::clone(sds),
+        sans: spec.sans.to_vec(),
+        mandatory: true,
+        server_name: spec.check_server_name,
+        provider: Arc::clone(&provider),
+    });
+    let resolver = spec.cert.map(|c| {
+        Arc::new(CurrentCert {
+            source: c.clone(),
+            workload: Arc::clone(workload),
+            sds: Arc::clone(sds),
+        }) as Arc<dyn ResolvesClientCert>
+    });
+    super::finish_client_config(provider, verifier, resolver, spec.alpn)
+}
+
+/// Where Debian, Fedora/RHEL, openSUSE and Alpine keep the system's CA bundle (where
+/// istio-agent looks for it for `file-root:system`).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The first system CA bundle file present on this host.
+pub fn system_bundle_path() -> Option<&'static str> {
+    SYSTEM_BUNDLES
+        .iter()
+        .copied()
+        .find(|p| std::path::Path::new(p).is_file())
+}
+
+/// The system's CA bundle.
+pub fn system_roots() -> Result<TrustBundle, TlsError> {
+    let path = system_bundle_path().ok_or_else(|| {
+        TlsError::Pem(format!(
+            "no system CA bundle (looked in {})",
+            SYSTEM_BUNDLES.join(", ")
+        ))
+    })?;
+    let pem = std::fs::read(path).map_err(|e| TlsError::Pem(format!("{path}: {e}")))?;
+    // A system bundle may hold a certificate webpki cannot use as an anchor: skip it rather
+    // than refuse every other root.
+    let anchors: Vec<_> = certs(&pem)?
+        .iter()
+        .filter_map(|c| {
+            webpki::anchor_from_trusted_cert(c)
+                .ok()
+                .map(|a| a.to_owned())
+        })
+        .collect();
+    if anchors.is_empty() {
+        return Err(TlsError::Pem(format!("{path}: no usable CA certificate")));
+    }
+    Ok(TrustBundle { anchors })
 }
 
 #[cfg(test)]
@@ -580,6 +775,111 @@ mod tests {
         assert!(handshake(Arc::clone(&server), with()).await.is_err());
         let now_trusted = client(&server_ca.pem, Some(issue(&other_ca, "x.example.com")));
         handshake(server, now_trusted).await.unwrap();
+    }
+
+    /// A gateway-style server presenting `name` from `ca`, asking for client certificates
+    /// from `client_ca` when given.
+    fn origin_server(ca: &Ca, name: &str, client_ca: Option<&Ca>) -> Arc<rustls::ServerConfig> {
+        let (c, k) = issue(ca, name);
+        let cert = CertSource::Static(server_cert(c.as_bytes(), k.as_bytes()).unwrap());
+        let trust = client_ca
+            .map(|ca| TrustSource::Static(Arc::new(trust_bundle(ca.pem.as_bytes()).unwrap())));
+        let spec = ServerSpec {
+            cert: &cert,
+            trust: trust.as_ref(),
+            sans: &[],
+            require_client_cert: trust.is_some(),
+            alpn: &[],
+        };
+        let none = Arc::new(SdsSecrets::default());
+        server_config(spec, &Arc::new(SecretStore::default()), &none).unwrap()
+    }
+
+    fn originating(
+        trust: ServerTrust,
+        cert: Option<CertSource>,
+        sans: &[SanMatch],
+        check_server_name: bool,
+    ) -> Arc<rustls::ClientConfig> {
+        let spec = ClientSpec {
+            cert: cert.as_ref(),
+            trust: &trust,
+            sans,
+            check_server_name,
+            alpn: &[],
+        };
+        let sds = Arc::new(SdsSecrets::default());
+        client_config(spec, &Arc::new(SecretStore::default()), &sds).unwrap()
+    }
+
+    #[tokio::test]
+    async fn origination_checks_ca_name_and_sans_unless_told_not_to() {
+        let (ca1, ca2) = (ca("external"), ca("other"));
+        let roots =
+            |ca: &Ca| ServerTrust::Static(Arc::new(trust_bundle(ca.pem.as_bytes()).unwrap()));
+        let good = origin_server(&ca1, "bookinfo.example.com", None);
+        let wrong_name = origin_server(&ca1, "elsewhere.example.com", None);
+        handshake(Arc::clone(&good), originating(roots(&ca1), None, &[], true))
+            .await
+            .unwrap();
+        assert!(
+            handshake(Arc::clone(&good), originating(roots(&ca2), None, &[], true))
+                .await
+                .is_err(),
+            "a server from another CA"
+        );
+        assert!(
+            handshake(
+                Arc::clone(&wrong_name),
+                originating(roots(&ca1), None, &[], true)
+            )
+            .await
+            .is_err(),
+            "auto_san_validation: the name connected to"
+        );
+        // Without auto_san_validation and SANs only the chain is checked, as Envoy does.
+        handshake(
+            Arc::clone(&wrong_name),
+            originating(roots(&ca1), None, &[], false),
+        )
+        .await
+        .unwrap();
+        let sans = [SanMatch::Exact("bookinfo.example.com".into())];
+        handshake(
+            Arc::clone(&good),
+            originating(roots(&ca1), None, &sans, false),
+        )
+        .await
+        .unwrap();
+        assert!(
+            handshake(wrong_name, originating(roots(&ca1), None, &sans, false))
+                .await
+                .is_err()
+        );
+        handshake(good, originating(ServerTrust::Insecure, None, &[], true))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn mutual_origination_presents_the_client_certificate() {
+        let (server_ca, client_ca) = (ca("external"), ca("clients"));
+        let roots = ServerTrust::Static(Arc::new(trust_bundle(server_ca.pem.as_bytes()).unwrap()));
+        let server = origin_server(&server_ca, "bookinfo.example.com", Some(&client_ca));
+        assert!(
+            handshake(
+                Arc::clone(&server),
+                originating(roots.clone(), None, &[], true)
+            )
+            .await
+            .is_err(),
+            "no client certificate"
+        );
+        let (c, k) = issue(&client_ca, "client.example.com");
+        let cert = CertSource::Static(server_cert(c.as_bytes(), k.as_bytes()).unwrap());
+        handshake(server, originating(roots, Some(cert), &[], true))
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -26,6 +26,7 @@ use rustls::pki_types::ServerName;
 use crate::resources::cluster::Limits;
 use crate::resources::tls::UpstreamTls;
 use crate::tls::SecretStore;
+use crate::tls::credentials::SdsSecrets;
 
 /// Limits at or above this are "unlimited" (Istio writes u32::MAX).
 const UNLIMITED: u32 = 1 << 20;
@@ -55,8 +56,18 @@ pub struct Connector {
     slots: Option<Arc<Semaphore>>,
     waiting: Arc<AtomicU32>,
     max_pending: u32,
-    /// mTLS settings for `https://` requests (endpoints with sidecars).
-    tls: Option<(Arc<UpstreamTls>, Arc<SecretStore>)>,
+    /// TLS settings for `https://` requests (endpoints with sidecars, or TLS origination).
+    tls: Option<UpstreamTlsFor>,
+}
+
+/// What a connection's TLS handshake needs: the cluster's settings, the secrets they may
+/// name, and the request's host when the SNI follows it (`auto_sni`).
+#[derive(Clone)]
+pub struct UpstreamTlsFor {
+    pub tls: Arc<UpstreamTls>,
+    pub workload: Arc<SecretStore>,
+    pub sds: Arc<SdsSecrets>,
+    pub request_host: Option<String>,
 }
 
 impl Connector {
@@ -65,7 +76,7 @@ impl Connector {
         bind: Option<IpAddr>,
         open: Arc<AtomicU32>,
         limits: Limits,
-        tls: Option<(Arc<UpstreamTls>, Arc<SecretStore>)>,
+        tls: Option<UpstreamTlsFor>,
     ) -> Self {
         Self {
             timeout,
@@ -112,12 +123,15 @@ impl Connector {
         };
         let stream = connect_tcp(addr, self.bind, self.timeout).await?;
         let io = if uri.scheme_str() == Some("https") {
-            let Some((tls, store)) = &self.tls else {
+            let Some(t) = &self.tls else {
                 return Err(ConnectError::Tls(
                     "the cluster has no TLS transport socket".into(),
                 ));
             };
-            Io::Tls(Box::new(tls_handshake(stream, addr, tls, store).await?))
+            let host = t.request_host.as_deref();
+            Io::Tls(Box::new(
+                tls_handshake(stream, addr, &t.tls, &t.workload, &t.sds, host).await?,
+            ))
         } else {
             Io::Plain(stream)
         };
@@ -131,21 +145,24 @@ impl Connector {
     }
 }
 
-/// The client side of an mTLS handshake to a sidecar. The server name is the cluster's SNI
-/// (Istio: `outbound_.<port>_.<subset>_.<host>`), else the address; the peer is checked by
-/// SPIFFE ID, never by name.
+/// The client side of a TLS handshake: mTLS to a sidecar, or TLS origination. The server
+/// name is the cluster's SNI (Istio's mesh SNI `outbound_.<port>_.<subset>_.<host>`, or a
+/// DestinationRule's `sni`), else the request's host with `auto_sni`, else the address (no
+/// SNI is sent). Sidecars are checked by SPIFFE ID; other servers by CA, SANs and, with
+/// `auto_san_validation`, that name.
 pub async fn tls_handshake(
     stream: TcpStream,
     addr: SocketAddr,
     tls: &UpstreamTls,
     store: &Arc<SecretStore>,
+    sds: &Arc<SdsSecrets>,
+    request_host: Option<&str>,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
     let config = tls
-        .client_config(store)
+        .client_config(store, sds)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let name = tls
-        .sni
-        .as_deref()
+        .server_name(request_host)
         .and_then(|s| ServerName::try_from(s.to_string()).ok())
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
     tokio_rustls::TlsConnector::from(config)

@@ -23,7 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use connect::{
-    ConnRequests, ConnectError, Connector, Upstream, UpstreamIdentity, connect_tcp, tls_handshake,
+    ConnRequests, ConnectError, Connector, Upstream, UpstreamIdentity, UpstreamTlsFor, connect_tcp,
+    tls_handshake,
 };
 
 use crate::metrics::ServiceId;
@@ -32,6 +33,11 @@ use crate::resources::cluster::{
 };
 use crate::resources::tls::Transport;
 use crate::tls::SecretStore;
+use crate::tls::credentials::SdsSecrets;
+
+/// Per-host clients kept for a cluster whose SNI follows the request's host (`auto_sni`);
+/// beyond this many hosts the set starts over.
+const MAX_SNI_CLIENTS: usize = 256;
 
 /// Body type of every proxied request and response.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -51,6 +57,9 @@ pub struct Cluster {
     pub stats: ClusterStats,
     h1: OnceLock<HttpClient>,
     h2: OnceLock<HttpClient>,
+    /// `auto_sni` clusters: one pool per (HTTP/2, request host), so a connection is never
+    /// reused for a host its handshake did not name.
+    by_sni: Mutex<HashMap<(bool, String), HttpClient>>,
 }
 
 #[derive(Default)]
@@ -126,6 +135,7 @@ impl Cluster {
             stats: ClusterStats::default(),
             h1: OnceLock::new(),
             h2: OnceLock::new(),
+            by_sni: Mutex::new(HashMap::new()),
         }
     }
 
@@ -284,36 +294,72 @@ impl Cluster {
     }
 
     /// The pooled HTTP client for this cluster, for an upstream protocol. Requests for
-    /// `https://` URIs go over mTLS (see [`Host::uri`]).
-    pub fn client(&self, http2: bool, secrets: &Arc<SecretStore>) -> &HttpClient {
-        let cell = if http2 { &self.h2 } else { &self.h1 };
-        cell.get_or_init(|| {
-            let cfg = &self.config;
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_timer(TokioTimer::new())
-                .pool_idle_timeout(cfg.idle_timeout.unwrap_or(Duration::from_secs(3600)))
-                .pool_max_idle_per_host(cfg.limits.max_connections.min(4096) as usize)
-                .set_host(false)
-                // A pooled connection found closed before the request was written: hyper
-                // sends it on another (nothing reached the upstream, so this is safe).
-                .retry_canceled_requests(true);
-            if http2 {
-                b.http2_only(true)
-                    .timer(TokioTimer::new())
-                    .http2_adaptive_window(true);
+    /// `https://` URIs go over TLS (see [`Host::scheme`]); when the cluster's SNI follows the
+    /// request (`auto_sni`), each `request_host` gets its own pool.
+    pub fn client(
+        &self,
+        http2: bool,
+        secrets: &Arc<SecretStore>,
+        sds: &Arc<SdsSecrets>,
+        request_host: Option<&str>,
+    ) -> HttpClient {
+        let tls = self.config.transport.any_tls();
+        let per_host = tls
+            .filter(|t| t.sni.is_none() && t.auto_sni)
+            .and(request_host);
+        if let Some(host) = per_host
+            && let Ok(mut map) = self.by_sni.lock()
+        {
+            let key = (http2, host.to_string());
+            if let Some(c) = map.get(&key) {
+                return c.clone();
             }
-            let tls = cfg
-                .transport
-                .any_tls()
-                .map(|t| (Arc::clone(t), Arc::clone(secrets)));
-            b.build(Connector::new(
-                cfg.connect_timeout,
-                cfg.bind,
-                Arc::clone(&self.connections),
-                cfg.limits,
-                tls,
-            ))
-        })
+            if map.len() >= MAX_SNI_CLIENTS {
+                map.clear();
+            }
+            let c = self.build_client(http2, secrets, sds, Some(host));
+            map.insert(key, c.clone());
+            return c;
+        }
+        let cell = if http2 { &self.h2 } else { &self.h1 };
+        cell.get_or_init(|| self.build_client(http2, secrets, sds, None))
+            .clone()
+    }
+
+    fn build_client(
+        &self,
+        http2: bool,
+        secrets: &Arc<SecretStore>,
+        sds: &Arc<SdsSecrets>,
+        request_host: Option<&str>,
+    ) -> HttpClient {
+        let cfg = &self.config;
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.idle_timeout.unwrap_or(Duration::from_secs(3600)))
+            .pool_max_idle_per_host(cfg.limits.max_connections.min(4096) as usize)
+            .set_host(false)
+            // A pooled connection found closed before the request was written: hyper
+            // sends it on another (nothing reached the upstream, so this is safe).
+            .retry_canceled_requests(true);
+        if http2 {
+            b.http2_only(true)
+                .timer(TokioTimer::new())
+                .http2_adaptive_window(true);
+        }
+        let tls = cfg.transport.any_tls().map(|t| UpstreamTlsFor {
+            tls: Arc::clone(t),
+            workload: Arc::clone(secrets),
+            sds: Arc::clone(sds),
+            request_host: request_host.map(str::to_string),
+        });
+        b.build(Connector::new(
+            cfg.connect_timeout,
+            cfg.bind,
+            Arc::clone(&self.connections),
+            cfg.limits,
+            tls,
+        ))
     }
 
     /// Whether requests of this downstream version go upstream as HTTP/2.
