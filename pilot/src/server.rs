@@ -190,7 +190,16 @@ impl<G: Generator, M: MakeSource, B: FnOnce(Bound, Handles)> Pilot<G, M, B> {
             status: status.clone(),
             metrics: metrics.clone(),
         });
-        let (publish, snapshots) = watch::channel(source.initial_snapshot());
+        // The source publishes to `raw`; the JWKS resolver republishes each snapshot with the
+        // keys of RequestAuthentication `jwksUri`s written in, and pushes when they change.
+        let initial = source.initial_snapshot();
+        let (publish, raw) = watch::channel(initial.clone());
+        let (resolved, snapshots) = watch::channel(initial);
+        tokio::spawn(crate::xds::jwt::run_resolver(
+            raw,
+            resolved,
+            crate::xds::jwt::DEFAULT_REFRESH,
+        ));
         let generator = Arc::new(generator);
         let connections = Arc::new(ConnectionRegistry::default());
 

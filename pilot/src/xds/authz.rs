@@ -574,15 +574,23 @@ fn request_principal(v: &str) -> Principal {
 fn jwt_list_claim(path: &[&str], values: &[String]) -> Principal {
     use envoy_types::pb::envoy::r#type::matcher::v3::list_matcher::MatchPattern as ListPattern;
     use envoy_types::pb::envoy::r#type::matcher::v3::{ListMatcher, OrMatcher};
-    let any_of = || ValueMatcher {
-        match_pattern: Some(ValuePattern::OrMatch(OrMatcher {
-            value_matchers: values
-                .iter()
-                .map(|v| ValueMatcher {
-                    match_pattern: Some(ValuePattern::StringMatch(wildcard(v, ""))),
-                })
-                .collect(),
-        })),
+    // One value is that value's matcher, not an OR of one (which Envoy refuses), as in Istio.
+    let any_of = || {
+        let mut matchers: Vec<ValueMatcher> = values
+            .iter()
+            .map(|v| ValueMatcher {
+                match_pattern: Some(ValuePattern::StringMatch(wildcard(v, ""))),
+            })
+            .collect();
+        if matchers.len() == 1 {
+            matchers.remove(0)
+        } else {
+            ValueMatcher {
+                match_pattern: Some(ValuePattern::OrMatch(OrMatcher {
+                    value_matchers: matchers,
+                })),
+            }
+        }
     };
     id(Identifier::Metadata(MetadataMatcher {
         filter: "envoy.filters.http.jwt_authn".into(),

@@ -927,3 +927,90 @@ fn gateway_secrets(model: &MeshModel, proxy: &ProxyNode) -> Vec<String> {
         .map(|s| s.name)
         .collect()
 }
+
+/// RequestAuthentication (two issuers: inline keys, and a `jwksUri` not yet fetched, which
+/// inlines the never-valid key set) and AuthorizationPolicies on request principals and
+/// claims, for a sidecar and for the ingress gateway.
+const JWT_FIXTURE: &str = r#"
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: istio-system}
+spec:
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [shop]
+    jwks: '{"keys":[{"kty":"EC","crv":"P-256","alg":"ES256","kid":"k","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}'
+    fromHeaders: [{name: authorization, prefix: 'Bearer '}]
+    fromParams: [access_token]
+    forwardOriginalToken: true
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{header: x-jwt-group, claim: group}]
+  - issuer: other
+    jwksUri: http://127.0.0.1:9/keys
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: need-jwt, namespace: istio-system}
+spec:
+  rules:
+  - from: [{source: {requestPrincipals: ["https://issuer.example/*"]}}]
+    when:
+    - {key: "request.auth.claims[groups]", values: [admin]}
+    - {key: request.auth.audiences, values: [shop]}
+    - {key: request.auth.presenter, values: [web]}
+    - {key: request.auth.principal, values: ["*"]}
+"#;
+
+#[test]
+fn envoy_accepts_jwt_authn() {
+    let mut model = kitchen_sink();
+    let mut store = mast_mesh_config::store::ConfigStore::default();
+    let report = store.apply_files(
+        [
+            (PathBuf::from("gw.yaml"), GATEWAY_FIXTURE.to_string()),
+            (PathBuf::from("jwt.yaml"), JWT_FIXTURE.to_string()),
+        ]
+        .into(),
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let parsed = store.model();
+    model.gateways = parsed.gateways.clone();
+    model.tls_secrets = parsed.tls_secrets.clone();
+    model.routes.extend(parsed.routes.iter().cloned());
+    model.request_authentications = parsed.request_authentications.clone();
+    model.authorization_policies = parsed.authorization_policies.clone();
+    let security = Security {
+        mtls: true,
+        ..Security::default()
+    };
+    for (kind, ns, labels) in [
+        ("sidecar", "default", labels(&[("app", "user")])),
+        (
+            "router",
+            "istio-system",
+            labels(&[("istio", "ingressgateway")]),
+        ),
+    ] {
+        let proxy = ProxyNode {
+            id: format!("{kind}~10.1.0.9~p-1.{ns}~{ns}.svc.cluster.local"),
+            kind: kind.into(),
+            ip: "10.1.0.9".into(),
+            pod_name: "p-1".into(),
+            namespace: ns.into(),
+            labels,
+            ..Default::default()
+        };
+        let config = generate_with(&model, &proxy, &security);
+        let bytes: Vec<u8> = config
+            .listeners
+            .iter()
+            .flat_map(|l| l.encode_to_vec())
+            .collect();
+        let name = b"envoy.filters.http.jwt_authn";
+        assert!(
+            bytes.windows(name.len()).any(|w| w == name),
+            "{kind}: no jwt_authn filter"
+        );
+        validate(&config, &proxy.id, &format!("{kind} jwt_authn"));
+    }
+}

@@ -198,7 +198,12 @@ fn filter_chains<'a>(
             return Vec::new();
         };
         return vec![FilterChain {
-            filters: vec![hcm_filter(gateway_hcm(&stat_prefix, &route_name, model))],
+            filters: vec![hcm_filter(gateway_hcm(
+                &stat_prefix,
+                &route_name,
+                model,
+                proxy,
+            ))],
             ..Default::default()
         }];
     }
@@ -229,7 +234,12 @@ fn filter_chains<'a>(
                         ..Default::default()
                     }),
                     transport_socket: Some(downstream_tls(b.server, security)),
-                    filters: vec![hcm_filter(gateway_hcm(&stat_prefix, &route_name, model))],
+                    filters: vec![hcm_filter(gateway_hcm(
+                        &stat_prefix,
+                        &route_name,
+                        model,
+                        proxy,
+                    ))],
                     ..Default::default()
                 });
             }
@@ -283,6 +293,7 @@ fn gateway_hcm(
     stat_prefix: &str,
     route_name: &str,
     model: &MeshModel,
+    proxy: &ProxyNode,
 ) -> envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager{
     let mut hcm = http_connection_manager(
         stat_prefix,
@@ -302,6 +313,13 @@ fn gateway_hcm(
         ..Default::default()
     });
     hcm.server_name = "istio-envoy".into();
+    // RequestAuthentication's jwt_authn, then AuthorizationPolicy's RBAC, ahead of the rest,
+    // as on a sidecar's inbound chains (Istio applies both to gateway pods by their labels).
+    let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);
+    let auth = super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels)
+        .into_iter()
+        .chain(super::authz::http_rbac_filters(&policies));
+    hcm.http_filters.splice(0..0, auth);
     hcm
 }
 

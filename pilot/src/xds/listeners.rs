@@ -210,7 +210,11 @@ pub fn inbound(
 ) -> Vec<Listener> {
     let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);
     let rbac = Rbac {
-        http: authz::http_rbac_filters(&policies),
+        // jwt_authn first: RBAC reads the payload it verified.
+        http: super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels)
+            .into_iter()
+            .chain(authz::http_rbac_filters(&policies))
+            .collect(),
         tcp: authz::network_rbac_filters(&policies),
         mesh: model.mesh,
     };
@@ -804,6 +808,7 @@ mod tests {
             protocol: Protocol::Http,
             endpoint: ("127.0.0.1".into(), 9080),
             bind: None,
+            services: Vec::new(),
         };
         for (level, normalize, merge, escaped) in [
             (
@@ -869,12 +874,14 @@ mod tests {
                 protocol: Protocol::Http,
                 endpoint: ("127.0.0.1".into(), 9080),
                 bind: None,
+                services: Vec::new(),
             },
             InboundPort {
                 port: 3306,
                 protocol: Protocol::Tcp,
                 endpoint: ("127.0.0.1".into(), 3306),
                 bind: None,
+                services: Vec::new(),
             },
         ];
         let ls = inbound(
@@ -921,12 +928,14 @@ mod tests {
                 protocol: Protocol::Unknown,
                 endpoint: ("127.0.0.1".into(), 7000),
                 bind: None,
+                services: Vec::new(),
             },
             InboundPort {
                 port: 3306,
                 protocol: Protocol::Tcp,
                 endpoint: ("127.0.0.1".into(), 3306),
                 bind: None,
+                services: Vec::new(),
             },
         ];
         let vi = &inbound(

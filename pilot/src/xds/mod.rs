@@ -33,6 +33,7 @@ pub mod authz;
 pub mod clusters;
 pub mod endpoints;
 pub mod gateway;
+pub mod jwt;
 pub mod listeners;
 pub mod mtls;
 pub mod node;
