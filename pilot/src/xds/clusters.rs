@@ -36,9 +36,11 @@ use mast_mesh_config::model::{
 
 use super::endpoints;
 use super::mtls::{self, Security};
-use super::plan::InboundPort;
+use super::plan::{InboundPort, ServiceRef};
 use super::upstream_tls::{self, AutoSni};
-use super::{any, duration, merged_policy, outbound_cluster_name};
+use super::{any, duration, merged_policy, outbound_cluster_name, string_value};
+use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 /// Istio's default connect timeout.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -131,6 +133,7 @@ pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
                 connect_timeout: Some(duration(CONNECT_TIMEOUT)),
                 circuit_breakers: Some(circuit_breakers(&TrafficPolicy::default())),
                 load_assignment: Some(endpoints::static_assignment(&name, host, *port)),
+                metadata: services_metadata(&p.services),
                 name,
                 ..Default::default()
             }
@@ -140,6 +143,43 @@ pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
         out.push(original_dst(INBOUND_PASSTHROUGH));
     }
     out
+}
+
+/// `filter_metadata.istio.services`: the services a cluster serves, as istiod records them
+/// for telemetry (the receiving proxy labels `destination_service` from them, whatever Host
+/// the request names — a gateway forwards the public one).
+fn services_metadata(services: &[ServiceRef]) -> Option<Metadata> {
+    if services.is_empty() {
+        return None;
+    }
+    let list = services
+        .iter()
+        .map(|s| Value {
+            kind: Some(Kind::StructValue(Struct {
+                fields: [
+                    ("host".to_string(), string_value(&s.host)),
+                    ("name".to_string(), string_value(&s.name)),
+                    ("namespace".to_string(), string_value(&s.namespace)),
+                ]
+                .into_iter()
+                .collect(),
+            })),
+        })
+        .collect();
+    let services = Value {
+        kind: Some(Kind::ListValue(ListValue { values: list })),
+    };
+    Some(Metadata {
+        filter_metadata: [(
+            "istio".to_string(),
+            Struct {
+                fields: [("services".to_string(), services)].into_iter().collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    })
 }
 
 /// `inbound|<port>||`, Istio's name for the cluster to the local app.
@@ -554,9 +594,27 @@ mod tests {
                 protocol: Protocol::Http,
                 endpoint: ("127.0.0.1".into(), 9080),
                 bind: None,
+                services: vec![ServiceRef {
+                    host: "user.default.svc.cluster.local".into(),
+                    name: "user".into(),
+                    namespace: "default".into(),
+                }],
             }],
             false,
         );
+        // istiod's telemetry metadata: the services this port serves.
+        let meta = &cs[0].metadata.as_ref().unwrap().filter_metadata["istio"];
+        let Some(Kind::ListValue(list)) = &meta.fields["services"].kind else {
+            panic!("services is a list: {meta:?}");
+        };
+        let Some(Kind::StructValue(svc)) = &list.values[0].kind else {
+            panic!("a service is a struct");
+        };
+        assert_eq!(
+            svc.fields["host"],
+            string_value("user.default.svc.cluster.local")
+        );
+        assert_eq!(svc.fields["namespace"], string_value("default"));
         assert_eq!(cs.len(), 1, "no InboundPassthroughCluster without capture");
         assert_eq!(cs[0].name, "inbound|9080||");
         assert_eq!(

@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use mast_mesh_config::model::{
-    CaptureMode, MeshModel, Protocol, Service, ServicePort, SidecarScope, TargetPort, labels_match,
+    CaptureMode, MeshModel, Protocol, Service, ServicePort, SidecarScope, TargetPort, Workload,
+    labels_match,
 };
 
 use super::node::ProxyNode;
@@ -82,6 +83,17 @@ pub struct InboundPort {
     /// `Some(address)`: a listener of its own bound there (Sidecar ingress without capture),
     /// instead of a filter chain of `virtualInbound`.
     pub bind: Option<String>,
+    /// The workload's services reached on this port (the inbound cluster's `istio.services`
+    /// metadata, from which the receiving proxy labels `destination_service`).
+    pub services: Vec<ServiceRef>,
+}
+
+/// A service as Istio's telemetry metadata names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
 }
 
 /// A Sidecar egress listener (or the implicit one), resolved against the model.
@@ -356,6 +368,9 @@ pub fn inbound_ports(model: &MeshModel, proxy: &ProxyNode) -> Vec<InboundPort> {
         .map(|(_, s)| s.ingress.as_slice())
         .unwrap_or_default();
     let mut out: BTreeMap<u16, InboundPort> = BTreeMap::new();
+    let workload = model.workloads.iter().find(|w| {
+        w.namespace == proxy.namespace && (w.name == proxy.pod_name || w.address == proxy.ip)
+    });
     if !ingress.is_empty() {
         for i in ingress {
             let port = i.port.port;
@@ -368,6 +383,7 @@ pub fn inbound_ports(model: &MeshModel, proxy: &ProxyNode) -> Vec<InboundPort> {
             out.entry(port).or_insert(InboundPort {
                 port,
                 protocol: i.port.protocol,
+                services: services_on(model, proxy, workload, port),
                 endpoint,
                 bind: binds.then(|| {
                     i.bind
@@ -379,23 +395,10 @@ pub fn inbound_ports(model: &MeshModel, proxy: &ProxyNode) -> Vec<InboundPort> {
         }
         return out.into_values().collect();
     }
-    let workload = model.workloads.iter().find(|w| {
-        w.namespace == proxy.namespace && (w.name == proxy.pod_name || w.address == proxy.ip)
-    });
     let mut protocols: BTreeMap<u16, BTreeSet<Protocol>> = BTreeMap::new();
     for svc in own_services(model, proxy) {
         for sp in &svc.ports {
-            let target = match &sp.target_port {
-                Some(TargetPort::Number(n)) => Some(*n),
-                Some(TargetPort::Name(name)) => match workload {
-                    Some(w) => w.ports.get(name).copied(),
-                    // Without the workload's named ports, Istio's pre-1.10 behaviour: the
-                    // service port.
-                    None => Some(sp.port),
-                },
-                None => Some(sp.port),
-            };
-            if let Some(port) = target {
+            if let Some(port) = target_port(sp, workload) {
                 protocols.entry(port).or_default().insert(sp.protocol);
             }
         }
@@ -409,8 +412,44 @@ pub fn inbound_ports(model: &MeshModel, proxy: &ProxyNode) -> Vec<InboundPort> {
                 1 => ps.into_iter().next().unwrap_or_default(),
                 _ => Protocol::Unknown,
             },
+            services: services_on(model, proxy, workload, port),
             endpoint: (LOCALHOST.to_string(), port),
             bind: None,
+        })
+        .collect()
+}
+
+/// The workload port a service port sends to.
+fn target_port(sp: &ServicePort, workload: Option<&Workload>) -> Option<u16> {
+    match &sp.target_port {
+        Some(TargetPort::Number(n)) => Some(*n),
+        Some(TargetPort::Name(name)) => match workload {
+            Some(w) => w.ports.get(name).copied(),
+            // Without the workload's named ports, Istio's pre-1.10 behaviour: the service port.
+            None => Some(sp.port),
+        },
+        None => Some(sp.port),
+    }
+}
+
+/// The proxy's own services that reach it on workload port `port`.
+fn services_on(
+    model: &MeshModel,
+    proxy: &ProxyNode,
+    workload: Option<&Workload>,
+    port: u16,
+) -> Vec<ServiceRef> {
+    own_services(model, proxy)
+        .into_iter()
+        .filter(|svc| {
+            svc.ports
+                .iter()
+                .any(|sp| target_port(sp, workload) == Some(port))
+        })
+        .map(|svc| ServiceRef {
+            host: svc.hostname.clone(),
+            name: svc.name.clone(),
+            namespace: svc.namespace.clone(),
         })
         .collect()
 }

@@ -120,6 +120,8 @@ async fn forward(req: &Routed<'_>, fwd: &Forward, down: Downstream) -> Response<
     };
     if !req.conn.inbound {
         rec.service = Arc::clone(&cluster.service);
+    } else if let Some(service) = cluster.inbound_service(&rec.service) {
+        rec.service = service;
     }
     let limits = cluster.config.limits;
     let Some(_rq) = LimitGuard::try_new(&cluster.active_requests, limits.max_requests) else {

@@ -55,6 +55,17 @@ pub struct ClusterConfig {
     pub bind: Option<IpAddr>,
     /// Plaintext, TLS, or per-endpoint (Istio's auto mTLS).
     pub transport: Transport,
+    /// `filter_metadata.istio.services`: the services behind this cluster, as istiod lists
+    /// them for telemetry (host, name, namespace).
+    pub services: Vec<IstioService>,
+}
+
+/// One entry of a cluster's `istio.services` metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IstioService {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,8 +365,42 @@ impl ClusterConfig {
             inline_hosts,
             bind,
             transport,
+            services: istio_services(c),
         })
     }
+}
+
+/// The `istio.services` metadata; entries missing a field are skipped (it labels metrics,
+/// nothing depends on it for routing).
+fn istio_services(c: &cv3::Cluster) -> Vec<IstioService> {
+    let Some(list) = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("services"))
+        .and_then(|v| match &v.kind {
+            Some(Kind::ListValue(l)) => Some(&l.values),
+            _ => None,
+        })
+    else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|v| match &v.kind {
+            Some(Kind::StructValue(s)) => {
+                let field = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::StringValue(v)) => Some(v.clone()),
+                    _ => None,
+                };
+                Some(IstioService {
+                    host: field("host")?,
+                    name: field("name")?,
+                    namespace: field("namespace")?,
+                })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// `auto_sni` and `auto_san_validation` of the cluster's `HttpProtocolOptions` (what istiod

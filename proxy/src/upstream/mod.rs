@@ -49,6 +49,8 @@ pub struct Cluster {
     pub config: Arc<ClusterConfig>,
     /// The service this cluster is for, as metrics label it.
     pub service: Arc<ServiceId>,
+    /// The services of an inbound cluster (its `istio.services` metadata).
+    pub inbound_services: Vec<Arc<ServiceId>>,
     hosts: ArcSwap<Vec<Arc<Host>>>,
     rr: AtomicUsize,
     pub active_requests: AtomicU32,
@@ -114,6 +116,16 @@ pub enum PickError {
 // === impl Cluster ===
 
 impl Cluster {
+    /// The service an inbound request for `named` (the service its Host names) is labelled
+    /// with: that one when the cluster serves it, else the cluster's first, as Istio's
+    /// stats do — a request through a gateway names the public host, not the service.
+    pub fn inbound_service(&self, named: &Arc<ServiceId>) -> Option<Arc<ServiceId>> {
+        if self.inbound_services.iter().any(|s| s.host == named.host) {
+            return None;
+        }
+        self.inbound_services.first().cloned()
+    }
+
     pub fn new(config: Arc<ClusterConfig>) -> Self {
         let hosts = config
             .inline_hosts
@@ -126,6 +138,17 @@ impl Cluster {
             .unwrap_or_default();
         Self {
             service: Arc::new(ServiceId::from_cluster(&config.name)),
+            inbound_services: config
+                .services
+                .iter()
+                .map(|s| {
+                    Arc::new(ServiceId {
+                        host: s.host.clone(),
+                        name: s.name.clone(),
+                        namespace: s.namespace.clone(),
+                    })
+                })
+                .collect(),
             config,
             hosts: ArcSwap::from_pointee(hosts),
             rr: AtomicUsize::new(0),

@@ -24,6 +24,7 @@ fn cluster(lb: LbPolicy, hosts: usize, outlier: Option<OutlierConfig>) -> Cluste
         panic_threshold: 0.0,
         inline_hosts: Some(specs),
         bind: None,
+        services: Vec::new(),
     }))
 }
 
