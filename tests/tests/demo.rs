@@ -6,7 +6,10 @@
 //!   `user-split.yaml` (a negative weight: reported in the terminal, the 50/50 split stays)
 //!   and then sets 80/20. The summary must show v1 and v2 each 50% ±5% before, 80% ±5% for v1
 //!   after, zero failed requests, the 80/20 edit in force at myapp's sidecar less than a second
-//!   after the save, 100% mTLS between services, and a clean teardown — which
+//!   after the save, 100% mTLS between services, the load coming in through the ingress
+//!   gateway at `http://myapp.default.example.com:8080/` (the gateway's own figures: traffic
+//!   to myapp, all of it mTLS, no errors; its /etc/hosts line removed at exit), and a clean
+//!   teardown — which
 //!   the test checks itself too: no process, network namespace, link, `/etc/netns` entry,
 //!   temporary directory or root-namespace iptables rule of the run is left.
 //! - Not root (loopback, INTERCEPTION_MODE=NONE): the same demo as an unprivileged user
@@ -200,6 +203,35 @@ fn common_checks(run: &Run, mode: &str) -> Result<()> {
         s["mtls_percent"],
         s["mesh_rps"]
     );
+    // The front door: users come in through Istio's ingress gateway, which reports what it
+    // carried to myapp itself (its own metrics, reporter=source), all of it over mTLS.
+    ensure!(
+        s["app_url"] == "http://myapp.default.example.com:8080/",
+        "app_url {}",
+        s["app_url"]
+    );
+    let g = &s["gateway"];
+    ensure!(
+        g["name"] == "istio-ingressgateway" && g["namespace"] == "istio-system",
+        "gateway {g}"
+    );
+    ensure!(
+        g["rps"].as_f64().is_some_and(|r| r > 10.0),
+        "the gateway's view shows no traffic to myapp: {g}"
+    );
+    ensure!(
+        g["mtls_percent"].as_f64() == Some(100.0),
+        "gateway → myapp mTLS: {g}"
+    );
+    ensure!(
+        g["error_percent"].as_f64() == Some(0.0),
+        "gateway → myapp errors: {g}"
+    );
+    ensure!(
+        run.commentary.contains("the ingress gateway's view"),
+        "{}",
+        run.commentary
+    );
     let t = &s["teardown"];
     ensure!(t["clean"] == true, "teardown: {t}");
     // Our own look: no process the demo started is alive, its directory is gone.
@@ -369,6 +401,17 @@ fn demo_as_root_in_pods() -> Result<()> {
     ensure!(
         root_rules() == rules_before,
         "the root namespace's iptables rules changed"
+    );
+    // The browser's name for the gateway was the demo's to add and to take away.
+    ensure!(
+        s["gateway"]["hosts_entry"] == true,
+        "no /etc/hosts entry: {}",
+        s["gateway"]
+    );
+    let hosts = std::fs::read_to_string("/etc/hosts")?;
+    ensure!(
+        !hosts.contains("# mast-demo"),
+        "/etc/hosts keeps the demo's line:\n{hosts}"
     );
     Ok(())
 }

@@ -277,8 +277,15 @@ impl SharedStats {
 }
 
 impl Load {
-    /// `workers` users clicking `rps` times per second in total at `base` (myapp's URL).
-    pub fn start(base: &str, rps: u32, workers: u32, stats: SharedStats) -> Self {
+    /// `workers` users clicking `rps` times per second in total at `base` (the address of
+    /// myapp's front door), naming `host` in the Host header when the door routes by it.
+    pub fn start(
+        base: &str,
+        host: Option<&str>,
+        rps: u32,
+        workers: u32,
+        stats: SharedStats,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -287,7 +294,10 @@ impl Load {
         let tasks = (0..workers)
             .map(|worker| {
                 let (client, stop, stats) = (client.clone(), stop.clone(), stats.clone());
-                let base = base.trim_end_matches('/').to_string();
+                let base = Target {
+                    base: base.trim_end_matches('/').to_string(),
+                    host: host.map(str::to_string),
+                };
                 tokio::spawn(async move {
                     // Spread the workers over the period so requests do not come in bursts.
                     tokio::time::sleep(period * worker / workers.max(1)).await;
@@ -340,10 +350,16 @@ fn script(worker: u32, click: u64) -> Vec<(Method, String, Option<String>, Statu
     }
 }
 
+/// Where the clicks go: a base URL, and the Host to name when it is not the URL's.
+struct Target {
+    base: String,
+    host: Option<String>,
+}
+
 async fn send(
     client: &HttpClient,
     method: Method,
-    base: &str,
+    base: &Target,
     path: &str,
     body: Option<String>,
     want: StatusCode,
@@ -390,13 +406,16 @@ async fn send(
 async fn request(
     client: &HttpClient,
     method: Method,
-    base: &str,
+    target: &Target,
     path: &str,
     body: Option<String>,
 ) -> Result<(StatusCode, Bytes), String> {
     let mut req = Request::builder()
         .method(method)
-        .uri(format!("{base}{path}"));
+        .uri(format!("{}{path}", target.base));
+    if let Some(host) = &target.host {
+        req = req.header(hyper::header::HOST, host);
+    }
     if body.is_some() {
         req = req.header(hyper::header::CONTENT_TYPE, "application/json");
     }

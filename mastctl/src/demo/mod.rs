@@ -8,6 +8,12 @@
 //! namespace, iptables capture from the injector's `istio-init`); otherwise the demo says so
 //! and runs them on loopback without capture (Istio's `INTERCEPTION_MODE=NONE`).
 //!
+//! Users come in through the front door, as in a cluster: Istio's ingress gateway (mast-proxy
+//! as `proxy router`, labelled `istio: ingressgateway`) serves the sample's `myapp-gateway` at
+//! `http://myapp.default.example.com:8080/`; the load generator sends its clicks there with
+//! that Host, and as root the demo names the gateway in /etc/hosts for a browser (one marked
+//! line, removed at exit). The table and `--json` show what the gateway itself reports.
+//!
 //! Ctrl-C or `--duration` stops everything in order and then checks that nothing is left: no
 //! child process, namespace, link, `/etc/netns` entry or temporary file. `--json` prints a
 //! machine-readable summary (the CI proof reads it).
@@ -32,8 +38,8 @@ use self::load::{Load, SharedStats, Stats};
 use self::pods::Lab;
 use self::procs::Proc;
 use self::split::{SplitWatcher, describe};
-use self::topology::{App, Mode, NAMESPACE, WORKLOADS, Workload};
-use crate::http::get as http_get;
+use self::topology::{App, INGRESS, Mode, NAMESPACE, WORKLOADS, Workload};
+use crate::http::{get as http_get, get_as as http_get_as};
 
 /// The sidecar's user and group, as in Istio's injected pods.
 const PROXY_UID: u32 = 1337;
@@ -148,6 +154,8 @@ struct Demo<'a> {
     lab: Option<Lab>,
     mastd: Option<Proc>,
     running: Vec<Running>,
+    /// The ingress gateway's mast-proxy.
+    gateway: Option<Proc>,
     pids: Vec<u32>,
 }
 
@@ -218,6 +226,7 @@ impl<'a> Demo<'a> {
             lab,
             mastd: None,
             running: Vec::new(),
+            gateway: None,
             pids: Vec::new(),
         };
         let started = Instant::now();
@@ -387,8 +396,43 @@ impl<'a> Demo<'a> {
             "  ✔ mesh      myapp answers through its sidecar, user and todo over mTLS ({:.1} s)",
             t.elapsed().as_secs_f64()
         ));
+
+        // The front door: Istio's ingress gateway, serving the sample's myapp-gateway.
+        let t = Instant::now();
+        let front = self.start_gateway(&proxy, &hosts, xds, ca)?;
+        self.wait_http(
+            "the ingress gateway",
+            &format!("{}/healthz/ready", front.status),
+            Duration::from_secs(30),
+        )
+        .await?;
+        self.wait_http_as(
+            "myapp, through the ingress gateway",
+            &format!("{}/api/page", front.base),
+            Some(INGRESS.host),
+            Duration::from_secs(30),
+        )
+        .await?;
+        self.out.line(&format!(
+            "  ✔ gateway   {} {} :{} (proxy router), routes {} to myapp ({:.1} s)",
+            INGRESS.name,
+            front.ip,
+            INGRESS.port,
+            INGRESS.host,
+            t.elapsed().as_secs_f64()
+        ));
         self.out.line("");
-        self.out.line(&format!("  App            {myapp}/"));
+        self.out.line(&format!("  App            {}", front.url()));
+        match (&self.lab, front.hosts_entry) {
+            (Some(_), true) => self.out.line(&format!(
+                "                 (the demo added `{} {}` to /etc/hosts; removed at exit)",
+                front.ip, INGRESS.host
+            )),
+            _ => self.out.line(&format!(
+                "                 curl -H 'Host: {}' {}/   (or add `{} {}` to /etc/hosts)",
+                INGRESS.host, front.base, front.ip, INGRESS.host
+            )),
+        }
         self.out.line(&format!("  Topology view  http://{view}/"));
         self.out.line(&format!(
             "  Change the split: edit {} — Ctrl-C stops{}",
@@ -403,6 +447,7 @@ impl<'a> Demo<'a> {
             watcher,
             weights: first.weights,
             myapp,
+            front,
             view,
             debug: http,
         })
@@ -420,6 +465,7 @@ impl<'a> Demo<'a> {
             mut watcher,
             weights,
             myapp,
+            front,
             view,
             debug,
         } = up;
@@ -429,13 +475,23 @@ impl<'a> Demo<'a> {
         let mut pending: Option<(std::time::SystemTime, usize, Instant)> = None;
         let load_start = Instant::now();
         let stats = SharedStats::new(Stats::new(load_start, weights.clone()));
-        let load =
-            (!self.args.no_load).then(|| Load::start(&myapp, self.args.rps, 8, stats.clone()));
+        // Users come in through the front door, as browsers do.
+        let load = (!self.args.no_load).then(|| {
+            Load::start(
+                &front.base,
+                Some(INGRESS.host),
+                self.args.rps,
+                8,
+                stats.clone(),
+            )
+        });
         let mut events: Vec<serde_json::Value> = Vec::new();
         let mut mtls: Option<Mtls> = None;
+        let mut gateway: Option<GatewayView> = None;
         let deadline = self.args.duration.map(|d| load_start + d);
-        self.out
-            .line("   time    req/s   user split                 errors   p99        mTLS (mesh)");
+        self.out.line(
+            "   time    req/s   user split                 errors   p99        mTLS (mesh)   gateway → myapp",
+        );
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut n: u64 = 0;
         let mut last_split = weights;
@@ -522,20 +578,15 @@ impl<'a> Demo<'a> {
                 }
             }
             if n.is_multiple_of(10) {
-                for r in &mut self.running {
-                    r.app.check_running()?;
-                    r.sidecar.check_running()?;
-                }
-                if let Some(m) = self.mastd.as_mut() {
-                    m.check_running()?;
-                }
+                self.check_running()?;
                 mtls = mesh_mtls(view, "1m").await.or(mtls);
+                gateway = gateway_view(view, "1m").await.or(gateway);
             }
             if n.is_multiple_of(5) && (self.out.live || n.is_multiple_of(25)) {
                 let live = stats.lock().live(now);
                 let split = split_text(&live.split);
                 self.out.status(&format!(
-                    "  {:>5}s   {:>6.1}   {:<26} {:<8} {:<10} {}",
+                    "  {:>5}s   {:>6.1}   {:<26} {:<8} {:<10} {:<13} {}",
                     now.duration_since(load_start).as_secs(),
                     live.rps,
                     split,
@@ -543,6 +594,7 @@ impl<'a> Demo<'a> {
                     live.p99_ms.map_or("-".into(), |p| format!("{p:.1} ms")),
                     mtls.as_ref()
                         .map_or("-".into(), |m| format!("{:.0}%", m.percent)),
+                    gateway.as_ref().map_or("-".into(), GatewayView::short),
                 ));
             }
         };
@@ -556,6 +608,7 @@ impl<'a> Demo<'a> {
         tokio::time::sleep(Duration::from_millis(2100)).await;
         let window = window_for(ended.duration_since(load_start));
         let final_mtls = mesh_mtls(view, window).await.or(mtls);
+        let final_gateway = gateway_view(view, window).await.or(gateway);
         let mut stats = stats.lock();
         stats.finish(ended);
         let run_s = ended.duration_since(load_start).as_secs_f64();
@@ -591,6 +644,15 @@ impl<'a> Demo<'a> {
                 m.percent, m.rps
             )),
         ));
+        if let Some(g) = &final_gateway {
+            self.out.line(&format!(
+                "  the ingress gateway's view: {:.1} req/s to myapp, {:.1}% errors, p99 {}, mTLS {:.0}%",
+                g.rps,
+                g.error_percent,
+                g.p99_ms.map_or("-".into(), |p| format!("{p:.0} ms")),
+                g.mtls_percent
+            ));
+        }
         for p in &stats.phases {
             self.out.line(&format!(
                 "    {:>5.1}–{:<5.1}s  configured {:<20} served {:<26} {} errors",
@@ -608,7 +670,19 @@ impl<'a> Demo<'a> {
             "mode": match self.mode { Mode::Pods { .. } => "pods", Mode::Loopback => "loopback" },
             "interception_mode": self.mode.interception(),
             "config": config.display().to_string(),
-            "app_url": format!("{myapp}/"),
+            "app_url": front.url(),
+            "myapp_url": format!("{myapp}/"),
+            "gateway": {
+                "name": INGRESS.name,
+                "namespace": INGRESS.namespace,
+                "address": format!("{}:{}", front.ip, INGRESS.port),
+                "host": INGRESS.host,
+                "hosts_entry": front.hosts_entry,
+                "rps": final_gateway.as_ref().map(|g| round(g.rps, 1)),
+                "error_percent": final_gateway.as_ref().map(|g| round(g.error_percent, 2)),
+                "p99_ms": final_gateway.as_ref().and_then(|g| g.p99_ms),
+                "mtls_percent": final_gateway.as_ref().map(|g| round(g.mtls_percent, 2)),
+            },
             "topology_url": format!("http://{view}/"),
             "startup_s": round(load_start.duration_since(started).as_secs_f64(), 2),
             "duration_s": round(run_s, 2),
@@ -838,17 +912,22 @@ impl<'a> Demo<'a> {
 
     /// Polls `url` until it answers 200, failing early when a process has died.
     async fn wait_http(&mut self, what: &str, url: &str, timeout: Duration) -> Result<()> {
+        self.wait_http_as(what, url, None, timeout).await
+    }
+
+    /// [`Self::wait_http`] naming `host` in the Host header.
+    async fn wait_http_as(
+        &mut self,
+        what: &str,
+        url: &str,
+        host: Option<&str>,
+        timeout: Duration,
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
-            if let Some(m) = self.mastd.as_mut() {
-                m.check_running()?;
-            }
-            for r in &mut self.running {
-                r.app.check_running()?;
-                r.sidecar.check_running()?;
-            }
-            match http_get(url).await {
+            self.check_running()?;
+            match http_get_as(url, host).await {
                 Ok((200, _)) => return Ok(()),
                 Ok((status, body)) => last = format!("{status}: {}", body.trim()),
                 Err(e) => last = e,
@@ -860,10 +939,131 @@ impl<'a> Demo<'a> {
         }
     }
 
+    /// An error naming the first process of the run that has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(m) = self.mastd.as_mut() {
+            m.check_running()?;
+        }
+        for r in &mut self.running {
+            r.app.check_running()?;
+            r.sidecar.check_running()?;
+        }
+        if let Some(g) = self.gateway.as_mut() {
+            g.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// Istio's ingress gateway: mast-proxy as `proxy router` with the gateway pods' labels,
+    /// namespace and service account (its own pod as root, a process on loopback otherwise).
+    /// As root the demo also names the gateway in /etc/hosts, so a browser on this machine
+    /// opens `http://myapp.default.example.com:8080/` as written.
+    fn start_gateway(
+        &mut self,
+        proxy: &Path,
+        hosts: &str,
+        xds: SocketAddr,
+        ca: SocketAddr,
+    ) -> Result<FrontDoor> {
+        let dir = self.work.path().join(INGRESS.name);
+        std::fs::create_dir_all(&dir)?;
+        set_mode(&dir, 0o755)?;
+        let ip = self.mode.workload_ip(INGRESS.index);
+        let ports = self.mode.sidecar_ports(INGRESS.index);
+        let ca_dir = self.work.path().join("ca");
+        let token = mast_citadel::token::issue(
+            &ca_dir,
+            INGRESS.namespace,
+            INGRESS.service_account,
+            Duration::from_secs(24 * 3600),
+        )
+        .context("issuing the gateway's credential")?;
+        let token_file = dir.join("istio-token");
+        let root_cert = dir.join("root-cert.pem");
+        std::fs::write(&token_file, token)?;
+        set_mode(&token_file, 0o600)?;
+        std::fs::copy(ca_dir.join("root-cert.pem"), &root_cert)
+            .context("reading citadel's root certificate")?;
+        set_mode(&root_cert, 0o644)?;
+
+        let mut hosts_entry = false;
+        let mut cmd = match self.lab.as_mut() {
+            Some(lab) => {
+                // A gateway pod has no istio-init: nothing is captured, it listens itself.
+                let pod = lab.pod(INGRESS.index, INGRESS.name, hosts)?;
+                std::os::unix::fs::chown(&token_file, Some(PROXY_UID), Some(PROXY_UID))?;
+                hosts_entry = match lab.add_hosts_entry(ip, INGRESS.host) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.out.line(&format!("  ! /etc/hosts not changed: {e:#}"));
+                        false
+                    }
+                };
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &pod.ns, "setpriv"])
+                    .args([
+                        &format!("--reuid={PROXY_UID}"),
+                        &format!("--regid={PROXY_UID}"),
+                        "--clear-groups",
+                    ])
+                    .arg(proxy)
+                    .args(["proxy", "router"])
+                    .current_dir("/");
+                c
+            }
+            None => {
+                ensure_free((Ipv4Addr::UNSPECIFIED, INGRESS.port).into()).with_context(|| {
+                    format!("the ingress gateway listens on port {}", INGRESS.port)
+                })?;
+                let mut c = Command::new(proxy);
+                c.args(["proxy", "router"])
+                    .args(["--admin-port", &ports.admin.to_string()])
+                    .args(["--status-port", &ports.status.to_string()])
+                    .args(["--stats-port", &ports.stats.to_string()])
+                    .args(["--agent-port", "0"]);
+                c
+            }
+        };
+        cmd.env("POD_NAME", format!("{}-demo", INGRESS.name))
+            .env("POD_NAMESPACE", INGRESS.namespace)
+            .env("INSTANCE_IP", ip.to_string())
+            .env("SERVICE_ACCOUNT", INGRESS.service_account)
+            .env("ISTIO_META_INTERCEPTION_MODE", self.mode.interception())
+            .env("ISTIO_META_WORKLOAD_NAME", INGRESS.name)
+            .env(
+                "PROXY_CONFIG",
+                format!(r#"{{"discoveryAddress":"{xds}","terminationDrainDuration":"1s"}}"#),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("MAST_DEMO_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .args(["--labels", INGRESS.labels])
+            .args(["--concurrency", "1"])
+            .args(["--discovery-address", &xds.to_string()])
+            .args(["--ca-address", &ca.to_string()])
+            .arg("--ca-root-cert")
+            .arg(&root_cert)
+            .arg("--ca-token-file")
+            .arg(&token_file);
+        let proxy = Proc::spawn(INGRESS.name, &mut cmd, &dir.join("mast-proxy.log"))?;
+        self.pids.push(proxy.pid);
+        self.gateway = Some(proxy);
+        Ok(FrontDoor {
+            ip,
+            base: format!("http://{ip}:{}", INGRESS.port),
+            status: format!("http://{ip}:{}", ports.status),
+            hosts_entry,
+        })
+    }
+
     /// Stops everything in order and lists what is left.
     fn teardown(&mut self) -> Vec<String> {
         let mut left = Vec::new();
-        // Apps first (no new traffic), then their sidecars, then the control plane.
+        // The way in first (no new traffic), the apps, their sidecars, the control plane.
+        if let Some(g) = self.gateway.as_mut() {
+            g.stop(GRACE);
+        }
         for r in self.running.iter_mut().rev() {
             r.app.stop(GRACE);
         }
@@ -897,10 +1097,31 @@ impl<'a> Demo<'a> {
 struct Up {
     watcher: SplitWatcher,
     weights: split::Weights,
+    /// myapp's own address (its sidecar's inbound).
     myapp: String,
+    /// The way users come in.
+    front: FrontDoor,
     view: SocketAddr,
     /// mastd's debug endpoints (`/debug/syncz`).
     debug: SocketAddr,
+}
+
+/// Where users come in: the ingress gateway's address, routing by Host.
+struct FrontDoor {
+    ip: Ipv4Addr,
+    /// `http://<gateway>:<port>`, where requests are sent (with `Host: myapp…`).
+    base: String,
+    /// The gateway's status endpoint (`/healthz/ready`).
+    status: String,
+    /// Whether /etc/hosts names the gateway for [`INGRESS`]'s host (root only).
+    hosts_entry: bool,
+}
+
+impl FrontDoor {
+    /// The URL a user opens.
+    fn url(&self) -> String {
+        format!("http://{}:{}/", INGRESS.host, INGRESS.port)
+    }
 }
 
 /// How long the demo waits for myapp's sidecar to acknowledge an edit's routes.
@@ -967,6 +1188,62 @@ async fn mesh_mtls(view: SocketAddr, window: &str) -> Option<Mtls> {
     (total > 0.0).then(|| Mtls {
         percent: 100.0 * secure / total,
         rps: total,
+    })
+}
+
+/// The ingress gateway's traffic to myapp as the gateway itself reports it (Istio's metrics
+/// with `reporter="source"` from the gateway's workload), read from the topology API.
+struct GatewayView {
+    rps: f64,
+    error_percent: f64,
+    p99_ms: Option<f64>,
+    mtls_percent: f64,
+}
+
+impl GatewayView {
+    fn short(&self) -> String {
+        format!("{:.1}/s, mTLS {:.0}%", self.rps, self.mtls_percent)
+    }
+}
+
+async fn gateway_view(view: SocketAddr, window: &str) -> Option<GatewayView> {
+    let url = format!(
+        "http://{view}/api/namespaces/graph?namespaces={},{NAMESPACE}&graphType=workload&duration={window}",
+        INGRESS.namespace
+    );
+    let (status, body) = http_get(&url).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let g: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let nodes = g["elements"]["nodes"].as_array()?;
+    let id_of = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        nodes
+            .iter()
+            .map(|n| &n["data"])
+            .find(|d| pred(d))
+            .and_then(|d| d["id"].as_str())
+            .map(str::to_string)
+    };
+    let gw = id_of(&|d| d["workload"] == INGRESS.name && d["namespace"] == INGRESS.namespace)?;
+    // The gateway calls the myapp Service (the graph's service node in front of myapp-v1).
+    let myapp = id_of(&|d| {
+        d["nodeType"] == "service" && d["service"] == "myapp" && d["namespace"] == NAMESPACE
+    })?;
+    let edge = g["elements"]["edges"]
+        .as_array()?
+        .iter()
+        .map(|e| &e["data"])
+        .find(|d| d["source"] == gw.as_str() && d["target"] == myapp.as_str())?;
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
+    Some(GatewayView {
+        rps: number(&edge["rps"])?,
+        error_percent: 100.0 * number(&edge["errorRate"]).unwrap_or(0.0),
+        p99_ms: number(&edge["p99"]).filter(|p| *p > 0.0),
+        mtls_percent: number(&edge["isMTLS"]).unwrap_or(0.0),
     })
 }
 

@@ -33,7 +33,12 @@ pub struct Lab {
     netns: Vec<String>,
     etc_dirs: Vec<PathBuf>,
     made_etc_netns: bool,
+    /// Lines this run added to the machine's /etc/hosts.
+    hosts_entries: bool,
 }
+
+/// The machine's name table, where the demo names the ingress gateway for browsers.
+const ETC_HOSTS: &str = "/etc/hosts";
 
 impl Lab {
     /// Picks a free 10.202.S.0/24, starting from one derived from our PID.
@@ -56,6 +61,7 @@ impl Lab {
             netns: Vec::new(),
             etc_dirs: Vec::new(),
             made_etc_netns: false,
+            hosts_entries: false,
         })
     }
 
@@ -110,9 +116,48 @@ impl Lab {
         Ok(Pod { ns })
     }
 
+    /// The marker on the /etc/hosts lines of this run.
+    fn hosts_marker(&self) -> String {
+        format!("# mast-demo {}", self.tag)
+    }
+
+    /// Names `ip` as `host` in the machine's /etc/hosts (one marked line, removed by
+    /// [`Lab::teardown`]). The file is rewritten in place, not renamed over: in a container
+    /// /etc/hosts is a bind mount.
+    pub fn add_hosts_entry(&mut self, ip: std::net::Ipv4Addr, host: &str) -> Result<()> {
+        let text =
+            std::fs::read_to_string(ETC_HOSTS).with_context(|| format!("reading {ETC_HOSTS}"))?;
+        let mut text = text;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("{ip} {host} {}\n", self.hosts_marker()));
+        self.hosts_entries = true;
+        std::fs::write(ETC_HOSTS, text).with_context(|| format!("writing {ETC_HOSTS}"))
+    }
+
+    /// /etc/hosts without this run's lines.
+    fn remove_hosts_entries(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.hosts_entries) {
+            return Ok(());
+        }
+        let marker = self.hosts_marker();
+        let text =
+            std::fs::read_to_string(ETC_HOSTS).with_context(|| format!("reading {ETC_HOSTS}"))?;
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.ends_with(&marker))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(ETC_HOSTS, kept).with_context(|| format!("writing {ETC_HOSTS}"))
+    }
+
     /// Removes everything, in reverse order of creation; the errors, if any.
     pub fn teardown(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        if let Err(e) = self.remove_hosts_entries() {
+            errors.push(format!("{e:#}"));
+        }
         for ns in self.netns.drain(..) {
             // Deleting the namespace deletes its end of the veth, the host end with it, and
             // every iptables rule mast-init made in it.
@@ -164,6 +209,14 @@ impl Lab {
                     left.push(format!("link {name}"));
                 }
             }
+        }
+        if let Ok(text) = std::fs::read_to_string(ETC_HOSTS) {
+            let marker = self.hosts_marker();
+            left.extend(
+                text.lines()
+                    .filter(|l| l.ends_with(&marker))
+                    .map(|l| format!("{ETC_HOSTS} line `{l}`")),
+            );
         }
         if let Ok(dir) = std::fs::read_dir("/etc/netns") {
             left.extend(

@@ -71,6 +71,31 @@ pub const WORKLOADS: [Workload; 4] = [
 /// The namespace of the sample.
 pub const NAMESPACE: &str = "default";
 
+/// The front door: Istio's ingress gateway, as `manifests/install/gateways.yaml` runs it on
+/// Kubernetes (namespace, labels, service account), serving the sample's `myapp-gateway`.
+pub struct IngressGateway {
+    pub name: &'static str,
+    pub namespace: &'static str,
+    pub labels: &'static str,
+    pub service_account: &'static str,
+    /// The Gateway's server port (the container port behind the Service's port 80).
+    pub port: u16,
+    /// The host the Gateway and myapp's VirtualService name.
+    pub host: &'static str,
+    /// Its place among the demo's addresses and ports, after the workloads.
+    pub index: usize,
+}
+
+pub const INGRESS: IngressGateway = IngressGateway {
+    name: "istio-ingressgateway",
+    namespace: "istio-system",
+    labels: "istio=ingressgateway,app=istio-ingressgateway",
+    service_account: "istio-ingressgateway-service-account",
+    port: 8080,
+    host: "myapp.default.example.com",
+    index: WORKLOADS.len(),
+};
+
 /// How the workloads are placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
