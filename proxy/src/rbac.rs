@@ -12,10 +12,11 @@
 //! Policies are tried in name order (Envoy keeps them in a sorted map), so the reported
 //! effective policy id is the same as Envoy's. `shadow_rules` are only logged.
 //!
-//! Not supported, with Envoy's behaviour without the data they need: `metadata` and
-//! `sourced_metadata` matchers never match (mast-proxy has no dynamic metadata — no JWT
-//! filter sets any), which is what Envoy does when the metadata is absent. CEL conditions,
-//! `matcher` trees, custom principals/permissions and `filter_state` are refused.
+//! `metadata` and `sourced_metadata` matchers read the request's dynamic metadata, which the
+//! JWT filter fills with the verified payload (see [`metadata`]); on connections there is
+//! none, and they match as Envoy's do on absent metadata. ROUTE-sourced metadata is not
+//! kept and never matches. CEL conditions, `matcher` trees, custom principals/permissions
+//! and `filter_state` are refused.
 //!
 //! Header and string matching is [`crate::matcher`]'s, shared with the router so that a
 //! policy and a route read a header the same way. Regexes are compiled once; evaluation
@@ -36,7 +37,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
 use regex::Regex;
 
 use crate::matcher::{HeaderMatcher, RequestHead, StringMatcher};
+
+mod metadata;
+
 use crate::resources::{At, FieldError, FieldResult, decode_any};
+pub use metadata::{DynamicMetadata, MetadataMatcher};
 
 pub const HTTP_FILTER: &str = "envoy.filters.http.rbac";
 pub const NETWORK_FILTER: &str = "envoy.filters.network.rbac";
@@ -60,6 +65,8 @@ pub struct Attrs<'a> {
     /// The peer's SPIFFE URI from mTLS; `None` for plaintext.
     pub principal: Option<&'a str>,
     pub sni: Option<&'a str>,
+    /// Dynamic metadata of the request (the JWT filter's payload); `None` on connections.
+    pub metadata: Option<&'a DynamicMetadata>,
 }
 
 /// The outcome of one RBAC filter, or of several in sequence.
@@ -113,7 +120,8 @@ enum Permission {
     DestinationPort(u32),
     DestinationPortRange(i64, i64),
     RequestedServerName(StringMatcher),
-    /// `metadata`, `sourced_metadata`: no dynamic metadata exists here.
+    Metadata(MetadataMatcher),
+    /// ROUTE-sourced metadata, which is not kept.
     Never,
 }
 
@@ -130,7 +138,8 @@ enum Principal {
     RemoteIp(Cidr),
     Header(HeaderMatcher),
     UrlPath(StringMatcher),
-    /// `metadata`, `sourced_metadata`: no dynamic metadata exists here.
+    Metadata(MetadataMatcher),
+    /// ROUTE-sourced metadata, which is not kept.
     Never,
 }
 
@@ -266,6 +275,7 @@ impl<'a> Attrs<'a> {
             destination,
             principal,
             sni,
+            metadata: None,
         }
     }
 }
@@ -411,7 +421,12 @@ impl Permission {
             Some(Rule::RequestedServerName(m)) => {
                 Self::RequestedServerName(StringMatcher::from_proto(m).at("requested_server_name")?)
             }
-            Some(Rule::Metadata(_)) | Some(Rule::SourcedMetadata(_)) => Self::Never,
+            Some(Rule::Metadata(m)) => {
+                Self::Metadata(MetadataMatcher::from_proto(m).at("metadata")?)
+            }
+            Some(Rule::SourcedMetadata(m)) => MetadataMatcher::from_sourced(m)
+                .at("sourced_metadata")?
+                .map_or(Self::Never, Self::Metadata),
             Some(Rule::Matcher(_)) => {
                 return Err(FieldError::new(
                     "matcher",
@@ -438,6 +453,7 @@ impl Permission {
                 *lo <= p && p < *hi
             }
             Self::RequestedServerName(m) => m.matches(a.sni.unwrap_or("")),
+            Self::Metadata(m) => m.matches(a.metadata),
             Self::Never => false,
         }
     }
@@ -476,7 +492,12 @@ impl Principal {
             Some(Identifier::RemoteIp(c)) => Self::RemoteIp(Cidr::from_proto(c).at("remote_ip")?),
             Some(Identifier::Header(h)) => Self::Header(HeaderMatcher::from_proto(h).at("header")?),
             Some(Identifier::UrlPath(m)) => Self::UrlPath(path_matcher(m).at("url_path")?),
-            Some(Identifier::Metadata(_)) | Some(Identifier::SourcedMetadata(_)) => Self::Never,
+            Some(Identifier::Metadata(m)) => {
+                Self::Metadata(MetadataMatcher::from_proto(m).at("metadata")?)
+            }
+            Some(Identifier::SourcedMetadata(m)) => MetadataMatcher::from_sourced(m)
+                .at("sourced_metadata")?
+                .map_or(Self::Never, Self::Metadata),
             Some(Identifier::FilterState(_)) => {
                 return Err(FieldError::new("filter_state", "not supported"));
             }
@@ -510,6 +531,7 @@ impl Principal {
             Self::RemoteIp(c) => c.contains(a.remote_ip),
             Self::Header(h) => a.header_matches(h),
             Self::UrlPath(m) => a.path.is_some_and(|p| m.matches(p)),
+            Self::Metadata(m) => m.matches(a.metadata),
             Self::Never => false,
         }
     }

@@ -1,8 +1,8 @@
 //! The HTTP filter chain: what runs on a request after the connection manager's checks and
 //! before the router, one filter after the other.
 //!
-//! Envoy keeps each concern that may stop a request — authorization, fault injection, later
-//! JWT authentication — in its own filter, applied in the order of the connection manager's
+//! Envoy keeps each concern that may stop a request — JWT authentication, authorization,
+//! fault injection — in its own filter, applied in the order of the connection manager's
 //! `http_filters` list, with the router always last. Keeping them here as small types behind
 //! one trait, run by one loop, makes that order visible in one place, and a new filter plugs
 //! in without touching the router: it lets the request continue or answers it locally.
@@ -11,8 +11,12 @@
 //! filter sees the request as the router will.
 //!
 //! The route is chosen before the chain runs, as Envoy's connection manager picks it for its
-//! filters: the fault filter reads its (per-route) config from it. No filter here changes what
-//! routing reads; one that does (JWT's claims copied to headers) must choose the route again.
+//! filters: the fault filter reads its (per-route) config from it. The JWT filter may change
+//! headers (claims copied to headers, the token removed); as in Envoy without
+//! `clear_route_cache` (istiod's default), the route is not chosen again.
+//!
+//! Filters share the request's dynamic metadata: the JWT filter writes the verified payload,
+//! the RBAC filters read it (Istio's `requestPrincipals` and `request.auth.claims`).
 //!
 //! The listener config keeps the RBAC filters in their order but not where the fault filter
 //! stood (it allows no listener-wide fault, so the filter has no config of its own); the fault
@@ -27,7 +31,8 @@ use http::request::Parts;
 use super::recorder::Recorder;
 use super::reply::{Form, LocalReply};
 use super::router::Selected;
-use crate::rbac::Rbac;
+use crate::http::jwt::{JwtAuthn, Outcome as JwtOutcome};
+use crate::rbac::{DynamicMetadata, Rbac};
 use crate::resources::chance;
 use crate::resources::listener::HttpManager;
 use crate::resources::route::Abort;
@@ -55,6 +60,8 @@ pub(super) struct FilterRequest<'a> {
     /// The route the router will take, if any matches.
     pub route: Option<Selected<'a>>,
     pub rec: &'a mut Recorder,
+    /// Dynamic metadata, per filter name, written and read by the filters.
+    pub metadata: DynamicMetadata,
 }
 
 /// One HTTP filter.
@@ -71,9 +78,13 @@ pub(super) struct FilterChain {
 /// The filters mast-proxy runs. An enum rather than trait objects: the chain is walked on
 /// every request, and a filter's future stays a plain value.
 enum Filter {
+    Jwt(JwtFilter),
     Rbac(RbacFilter),
     Fault(FaultFilter),
 }
+
+/// `envoy.filters.http.jwt_authn`: verifies tokens, writes the payload to the metadata.
+pub(super) struct JwtFilter(Arc<JwtAuthn>);
 
 /// `envoy.filters.http.rbac`: one filter's enforced (and shadow) policies.
 pub(super) struct RbacFilter(Arc<Rbac>);
@@ -87,7 +98,13 @@ pub(super) struct FaultFilter;
 impl FilterChain {
     /// The chain a connection manager's config asks for.
     pub fn new(hcm: &HttpManager) -> Self {
-        Self::with_rbac(&hcm.rbac)
+        let mut chain = Self::with_rbac(&hcm.rbac);
+        if let Some(jwt) = &hcm.jwt {
+            chain
+                .filters
+                .insert(0, Filter::Jwt(JwtFilter(Arc::clone(jwt))));
+        }
+        chain
     }
 
     fn with_rbac(rbac: &[Arc<Rbac>]) -> Self {
@@ -115,8 +132,31 @@ impl FilterChain {
 impl HttpFilter for Filter {
     async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
         match self {
+            Self::Jwt(f) => f.on_request(req).await,
             Self::Rbac(f) => f.on_request(req).await,
             Self::Fault(f) => f.on_request(req).await,
+        }
+    }
+}
+
+// === impl JwtFilter ===
+
+impl HttpFilter for JwtFilter {
+    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+        match self.0.on_request(req.parts, &mut req.metadata) {
+            JwtOutcome::Continue => FilterOutcome::Continue,
+            JwtOutcome::Reject {
+                status,
+                body,
+                www_authenticate,
+            } => {
+                tracing::debug!(peer = %req.peer, reason = body, "jwt_authn: request refused");
+                let mut reply = LocalReply::new(status, "-", body);
+                if let Ok(v) = http::HeaderValue::from_str(&www_authenticate) {
+                    reply.headers.push((http::header::WWW_AUTHENTICATE, v));
+                }
+                FilterOutcome::Reply(reply)
+            }
         }
     }
 }
@@ -137,6 +177,7 @@ impl HttpFilter for RbacFilter {
             destination: req.dst,
             principal: req.principal,
             sni: None,
+            metadata: Some(&req.metadata),
         };
         match self.0.evaluate(&attrs) {
             crate::rbac::Decision::Allow => FilterOutcome::Continue,
@@ -241,6 +282,7 @@ mod tests {
             principal: None,
             route: None,
             rec: &mut rec,
+            metadata: Default::default(),
         };
         let outcome = chain.on_request(&mut req).await;
         (outcome, rec.flags)
@@ -275,6 +317,7 @@ mod tests {
             .filters
             .iter()
             .map(|f| match f {
+                Filter::Jwt(_) => "jwt",
                 Filter::Rbac(_) => "rbac",
                 Filter::Fault(_) => "fault",
             })

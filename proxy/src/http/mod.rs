@@ -21,6 +21,7 @@ mod body;
 mod filters;
 mod forwarded;
 mod framing;
+pub mod jwt;
 mod mirror;
 mod path;
 mod recorder;
@@ -371,6 +372,7 @@ async fn handle(
         principal: ctx.peer_identity.as_deref(),
         route: selected,
         rec: &mut rec,
+        metadata: Default::default(),
     };
     if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
         return reply.send(rec, grpc);

@@ -17,12 +17,14 @@ use crate::upstream::Body;
 
 /// A reply a stage decided on before it has the request's recorder at hand (a filter's
 /// outcome); [`LocalReply::send`] turns it into the response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct LocalReply {
     pub status: StatusCode,
     pub flags: &'static str,
     pub text: &'static str,
     pub form: Form,
+    /// Extra response headers (jwt_authn's `www-authenticate`).
+    pub headers: Vec<(http::header::HeaderName, http::HeaderValue)>,
 }
 
 /// How a local reply is framed.
@@ -46,19 +48,24 @@ impl LocalReply {
             flags,
             text,
             form: Form::AsRequest,
+            headers: Vec::new(),
         }
     }
 
     /// Answer the request, and record it.
     pub fn send(self, mut rec: Recorder, grpc: bool) -> Response<Body> {
-        match self.form {
+        let mut resp = match self.form {
             Form::AsRequest => local_reply(rec, grpc, self.status, self.flags, self.text),
             Form::Http => local_reply(rec, false, self.status, self.flags, self.text),
             Form::Grpc(code) => {
                 rec.flags = self.flags;
                 trailers_only(rec, code, None)
             }
+        };
+        for (name, value) in self.headers {
+            resp.headers_mut().insert(name, value);
         }
+        resp
     }
 }
 

@@ -311,6 +311,7 @@ mod tests {
             stream_idle_timeout: None,
             idle_timeout: None,
             request_headers_timeout: None,
+            jwt: None,
             rbac: Vec::new(),
             network_rbac: Vec::new(),
             path,

@@ -178,6 +178,7 @@ impl Req {
             destination: self.destination,
             principal: self.principal,
             sni: self.sni,
+            metadata: None,
         }
     }
 }
@@ -663,22 +664,70 @@ fn destination_ip_ports_and_sni() {
     ));
 }
 
+/// Istio's `requestPrincipals: ["*"]`: `iss` and `sub` present in the JWT payload.
+fn jwt_principal() -> rbac::Principal {
+    use envoy_types::pb::envoy::r#type::matcher::v3 as m;
+    let claim = |c: &str| {
+        prin(Identifier::Metadata(m::MetadataMatcher {
+            filter: "envoy.filters.http.jwt_authn".into(),
+            path: ["payload", c]
+                .iter()
+                .map(|k| m::metadata_matcher::PathSegment {
+                    segment: Some(m::metadata_matcher::path_segment::Segment::Key(
+                        k.to_string(),
+                    )),
+                })
+                .collect(),
+            value: Some(m::ValueMatcher {
+                match_pattern: Some(m::value_matcher::MatchPattern::StringMatch(
+                    m::StringMatcher {
+                        match_pattern: Some(m::string_matcher::MatchPattern::SafeRegex(
+                            m::RegexMatcher {
+                                regex: ".+".into(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    },
+                )),
+            }),
+            invert: false,
+        }))
+    };
+    prin(Identifier::AndIds(principal::Set {
+        ids: vec![claim("iss"), claim("sub")],
+    }))
+}
+
 #[test]
-fn metadata_never_matches() {
-    let md = Default::default();
-    assert!(!allows(&allow_perm(perm(Rule::Metadata(md))), &Req::new()));
-    let md = Default::default();
-    assert!(!allows(
-        &allow_prin(prin(Identifier::Metadata(md))),
-        &Req::new()
-    ));
-    let md = Default::default();
-    assert!(allows(
-        &allow_prin(prin(Identifier::NotId(Box::new(prin(
-            Identifier::Metadata(md)
-        ))))),
-        &Req::new()
-    ));
+fn metadata_reads_the_jwt_payload() {
+    let r = allow_prin(jwt_principal());
+    let req = Req::new();
+    assert!(
+        !r.evaluate(&req.attrs()).eq(&Decision::Allow),
+        "no metadata"
+    );
+    let md: crate::rbac::DynamicMetadata = serde_json::from_str(
+        r#"{"envoy.filters.http.jwt_authn":{"payload":{"iss":"i","sub":"s"}}}"#,
+    )
+    .unwrap();
+    let attrs = Attrs {
+        metadata: Some(&md),
+        ..req.attrs()
+    };
+    assert_eq!(r.evaluate(&attrs), Decision::Allow);
+    let not = allow_prin(prin(Identifier::NotId(Box::new(jwt_principal()))));
+    assert!(allows(&not, &req));
+    // A matcher without a path is refused, not silently never-matching.
+    let empty = prin(Identifier::Metadata(Default::default()));
+    let proto = HttpRbac {
+        rules: Some(engine(
+            rbac::rbac::Action::Allow,
+            vec![("p", vec![any_perm()], vec![empty])],
+        )),
+        ..Default::default()
+    };
+    assert!(Rbac::from_http_proto(&proto).is_err());
 }
 
 // --- principals ---

@@ -137,6 +137,9 @@ pub struct HttpManager {
     /// `request_headers_timeout`: how long a client may take to send a request's headers
     /// (off by default, as in Envoy).
     pub request_headers_timeout: Option<Duration>,
+    /// `envoy.filters.http.jwt_authn`, which runs before the RBAC filters (it must come
+    /// before them in the config: they read what it verified).
+    pub jwt: Option<Arc<crate::http::jwt::JwtAuthn>>,
     /// `envoy.filters.http.rbac` filters, in order; any denial stops the request.
     pub rbac: Vec<Arc<Rbac>>,
     /// The chain's network RBAC filters (see [`ChainKind::network_rbac`]).
@@ -562,6 +565,7 @@ impl HttpManager {
             }
         };
         let mut has_router = false;
+        let mut jwt = None;
         let mut rbac = Vec::new();
         for (i, f) in h.http_filters.iter().enumerate() {
             let at = format!("http_filters[{i}]");
@@ -570,6 +574,23 @@ impl HttpManager {
             }
             match f.name.as_str() {
                 "envoy.filters.http.router" => has_router = true,
+                crate::http::jwt::FILTER => {
+                    if f.disabled || jwt.is_some() || !rbac.is_empty() {
+                        return Err(FieldError::new(
+                            at,
+                            "one enabled jwt_authn filter is supported, before any RBAC filter",
+                        ));
+                    }
+                    let at = format!("{at}.typed_config");
+                    let Some(HttpFilterConfigType::TypedConfig(any)) = &f.config_type else {
+                        return Err(FieldError::new(at, "required"));
+                    };
+                    let proto: envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication =
+                        decode_any(any, &at)?;
+                    jwt = Some(Arc::new(
+                        crate::http::jwt::JwtAuthn::from_proto(&proto).at(at)?,
+                    ));
+                }
                 crate::rbac::HTTP_FILTER => {
                     if f.disabled {
                         // Enabled per route only: per-route filter config is not read.
@@ -702,6 +723,7 @@ impl HttpManager {
                 "request_headers_timeout",
             )?
             .filter(|d| !d.is_zero()),
+            jwt,
             rbac,
             network_rbac: Vec::new(),
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
