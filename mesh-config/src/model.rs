@@ -52,7 +52,66 @@ pub struct MeshModel {
     pub tls_secrets: BTreeMap<(String, String), TlsSecret>,
     /// RequestAuthentications (JWT rules), in source order.
     pub request_authentications: Vec<crate::authn::RequestAuthn>,
+    /// Gateway API ReferenceGrants: which cross-namespace references are permitted.
+    pub reference_grants: Vec<ReferenceGrant>,
 }
+
+/// A Gateway API ReferenceGrant, in the namespace whose objects it opens to references from
+/// other namespaces. Without one, a route's `backendRefs` to a Service of another namespace
+/// are refused (Gateway API's rule, which keeps one namespace from sending a gateway's
+/// traffic into another that did not agree to it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReferenceGrant {
+    pub namespace: String,
+    pub from: Vec<GrantFrom>,
+    pub to: Vec<GrantTo>,
+}
+
+/// Who may refer: objects of this group and kind in this namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GrantFrom {
+    /// `""` is the core group.
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+/// What they may refer to: objects of this group and kind (of this name, when given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GrantTo {
+    pub group: String,
+    pub kind: String,
+    pub name: Option<String>,
+}
+
+/// One side of a reference: an object's group, kind, namespace and name.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRef<'a> {
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+impl MeshModel {
+    /// Whether `from` may refer to `to`: always within a namespace, across namespaces only
+    /// when a ReferenceGrant in `to`'s namespace allows it.
+    pub fn reference_permitted(&self, from: ObjectRef<'_>, to: ObjectRef<'_>) -> bool {
+        from.namespace == to.namespace
+            || self.reference_grants.iter().any(|g| {
+                g.namespace == to.namespace
+                    && g.from.iter().any(|f| {
+                        f.group == from.group && f.kind == from.kind && f.namespace == from.namespace
+                    })
+                    && g.to.iter().any(|t| {
+                        t.group == to.group
+                            && t.kind == to.kind
+                            && t.name.as_deref().is_none_or(|n| n == to.name)
+                    })
+            })
+    }
+}
+
 
 /// The MeshConfig settings Mast acts on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -214,6 +214,8 @@ fn kind_rank(kind: &str) -> u8 {
         // After its Service, and after the Pods whose labels its endpoints carry.
         "EndpointSlice" => 4,
         "DestinationRule" => 4,
+        // Before the routes and Gateways whose cross-namespace references it permits.
+        "ReferenceGrant" => 4,
         "Sidecar" => 6,
         _ => 5,
     }

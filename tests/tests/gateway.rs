@@ -6,7 +6,9 @@
 //! server refusing a client without a certificate, a rotated Secret served to new
 //! connections without restarting anything, a server whose Secret is missing left out (the
 //! others serving), and TLS PASSTHROUGH by SNI to a TLS server in the mesh (openssl s_server),
-//! whose own certificate the client verifies.
+//! whose own certificate the client verifies. The Gateway API's other kinds run on a Gateway
+//! of their own: a TLSRoute (Passthrough by SNI), a TCPRoute, and HTTPRoutes from other
+//! namespaces, served when a ReferenceGrant permits their backend and answered 500 when not.
 //!
 //! Both of Istio's Bookinfo entries are used as written: the Istio API's Gateway (port 8080,
 //! `istio: ingressgateway`) and the Gateway API's (port 80, the proxy Istio deploys for it),
@@ -34,6 +36,75 @@ const GATEWAY_API_POD: PodSpec<'static> = PodSpec {
     labels: &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gateway")],
     service_account: "bookinfo-gateway-istio",
 };
+
+/// The proxy of the Gateway API Gateway `edge-api` below.
+const EDGE_API_POD: PodSpec<'static> = PodSpec {
+    name: "edge-api-istio-1",
+    namespace: "default",
+    labels: &[("gateway.networking.k8s.io/gateway-name", "edge-api")],
+    service_account: "edge-api-istio",
+};
+
+/// The Gateway API's other route kinds and its ReferenceGrant on one Gateway: a TLS
+/// Passthrough listener with a TLSRoute (by SNI to the TLS server), a TCP listener with a
+/// TCPRoute, and an HTTP listener open to routes of every namespace — one from `granted`,
+/// whose backend in `default` a ReferenceGrant permits, one from `refused`, which has none.
+const EDGE_API: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge-api, namespace: default}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: tls, port: 9444, protocol: TLS, hostname: secure.example.com, tls: {mode: Passthrough}}
+  - {name: tcp, port: 9445, protocol: TCP}
+  - name: http
+    port: 8090
+    protocol: HTTP
+    allowedRoutes: {namespaces: {from: All}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure, namespace: default}
+spec:
+  parentRefs: [{name: edge-api, sectionName: tls}]
+  hostnames: [secure.example.com]
+  rules:
+  - backendRefs: [{name: secure, port: 443}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: productpage-tcp, namespace: default}
+spec:
+  parentRefs: [{name: edge-api, sectionName: tcp}]
+  rules:
+  - backendRefs: [{name: productpage, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: granted, namespace: granted}
+spec:
+  parentRefs: [{name: edge-api, namespace: default}]
+  hostnames: [granted.example.com]
+  rules:
+  - backendRefs: [{name: productpage, namespace: default, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: productpage-from-granted, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: granted}]
+  to: [{group: "", kind: Service, name: productpage}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: refused, namespace: refused}
+spec:
+  parentRefs: [{name: edge-api, namespace: default}]
+  hostnames: [refused.example.com]
+  rules:
+  - backendRefs: [{name: productpage, namespace: default, port: 9080}]
+"#;
 
 /// A test CA: its certificate as PEM, and what signs with it.
 struct TestCa {
@@ -335,6 +406,48 @@ async fn check_gateway(kind: SidecarKind, mastd: &Mastd, work: &Path, dir: &Path
     let (code, _) = curl(&["http://127.0.0.1:80/not-routed"])?;
     assert_eq!(code, 404, "{kind}: Gateway API, a path no HTTPRoute routes");
     drop(gw_api);
+
+    // TLSRoute, TCPRoute and a ReferenceGrant on the Gateway API's `edge-api`.
+    let edge = Sidecar::start_gateway(kind, &EDGE_API_POD, mastd.xds_addr, work).await?;
+    let tls_route = [
+        "--cacert",
+        ca1.to_str().context("path")?,
+        "--resolve",
+        "secure.example.com:9444:127.0.0.1",
+        "https://secure.example.com:9444/",
+    ];
+    let body = expect(&edge, "a TLSRoute by SNI (Passthrough)", &tls_route, 200).await?;
+    assert!(body.contains("s_server"), "{kind}: TLSRoute: {body}");
+    let body = expect(
+        &edge,
+        "HTTP carried by a TCPRoute",
+        &["http://127.0.0.1:9445/productpage"],
+        200,
+    )
+    .await?;
+    assert_eq!(body, "productpage", "{kind}: TCPRoute");
+    let body = expect(
+        &edge,
+        "a route of another namespace whose backend a ReferenceGrant permits",
+        &[
+            "-H",
+            "Host: granted.example.com",
+            "http://127.0.0.1:8090/productpage",
+        ],
+        200,
+    )
+    .await?;
+    assert_eq!(body, "productpage", "{kind}: granted");
+    let (code, _) = curl(&[
+        "-H",
+        "Host: refused.example.com",
+        "http://127.0.0.1:8090/productpage",
+    ])?;
+    assert_eq!(
+        code, 500,
+        "{kind}: a backend in another namespace without a ReferenceGrant (RefNotPermitted)"
+    );
+    drop(edge);
     Ok(())
 }
 
@@ -362,6 +475,7 @@ async fn bookinfo_and_tls_at_the_edge_through_an_ingress_gateway() -> Result<()>
         config.join("bookinfo-gateway-api.yaml"),
     )?;
     std::fs::write(config.join("edge.yaml"), EDGE)?;
+    std::fs::write(config.join("edge-api.yaml"), EDGE_API)?;
     let ca1 = TestCa::new()?;
     let (cert1, key1) = ca1.issue("bookinfo.example.com")?;
     std::fs::write(dir.path().join("ca1.pem"), &ca1.pem)?;

@@ -32,10 +32,9 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         "GatewayClass" => {
             parse_gateway_class(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>)
         }
-        "ReferenceGrant" => {
-            parse_reference_grant(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>)
-        }
-        "TLSRoute" => parse_tls_route(doc).map(|()| Box::new(Accepted) as Box<dyn MeshResource>),
+        "ReferenceGrant" => reference_grant(doc).map(|g| Box::new(g) as Box<dyn MeshResource>),
+        "TLSRoute" => parse_l4_route(doc, true).map(|r| Box::new(r) as Box<dyn MeshResource>),
+        "TCPRoute" => parse_l4_route(doc, false).map(|r| Box::new(r) as Box<dyn MeshResource>),
         _ => Ok(Box::new(Accepted) as Box<dyn MeshResource>),
     })
 }
@@ -217,7 +216,12 @@ struct Timeouts {
 
 #[derive(Debug)]
 struct RouteResource {
+    /// `HTTPRoute`, `GRPCRoute`, `TLSRoute` or `TCPRoute`: who refers, for ReferenceGrants.
+    kind: &'static str,
     tables: Vec<RouteTable>,
+    /// The `backendRefs` (and mirror backends) to Services of other namespaces, as
+    /// `(namespace, name)`: each needs a ReferenceGrant.
+    cross_namespace: Vec<(String, String)>,
 }
 
 const METHODS: &[&str] = &[
@@ -838,13 +842,100 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(RouteResource { tables })
+    let mut cross_namespace = Vec::new();
+    for rule in &route.spec.rules {
+        let mirrors = rule
+            .filters
+            .iter()
+            .chain(rule.backend_refs.iter().flat_map(|b| &b.filters))
+            .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
+        for b in rule.backend_refs.iter().chain(mirrors) {
+            cross_namespace.extend(cross_namespace_service(b, ns));
+        }
+    }
+    Ok(RouteResource {
+        kind: if grpc { "GRPCRoute" } else { "HTTPRoute" },
+        tables,
+        cross_namespace,
+    })
 }
 
 impl MeshResource for RouteResource {
-    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
-        model.routes.extend(self.tables.iter().cloned());
+    fn translate(&self, meta: &Meta, model: &mut MeshModel) {
+        let denied: Vec<String> = self
+            .cross_namespace
+            .iter()
+            .filter(|(ns, name)| {
+                let from = ObjectRef {
+                    group: "gateway.networking.k8s.io",
+                    kind: self.kind,
+                    namespace: &meta.namespace,
+                    name: &meta.name,
+                };
+                let to = ObjectRef {
+                    group: "",
+                    kind: "Service",
+                    namespace: ns,
+                    name,
+                };
+                !model.reference_permitted(from, to)
+            })
+            .map(|(ns, name)| service_fqdn(name, ns))
+            .collect();
+        if !denied.is_empty() {
+            tracing::warn!(
+                route = %meta.resource_ref(),
+                backends = ?denied,
+                "backendRefs to another namespace without a ReferenceGrant there are not used \
+                 (Gateway API: RefNotPermitted)"
+            );
+        }
+        model.routes.extend(self.tables.iter().map(|t| {
+            let mut t = t.clone();
+            if !denied.is_empty() {
+                drop_backends(&mut t, &denied);
+            }
+            t
+        }));
     }
+}
+
+/// Removes the backends a ReferenceGrant does not permit. A rule left without backends
+/// answers 500 (HTTP) or is dropped (TCP, TLS), as Gateway API has it for a rule whose
+/// backends are all invalid. Where only some are refused, the others take the traffic.
+fn drop_backends(table: &mut RouteTable, denied: &[String]) {
+    let allowed = |d: &Destination| !denied.contains(&d.host);
+    for route in &mut table.http {
+        if let RouteAction::Forward(ds) = &mut route.action {
+            let before = ds.len();
+            ds.retain(|d| allowed(&d.destination));
+            if ds.is_empty() && before > 0 {
+                route.action = RouteAction::DirectResponse {
+                    status: 500,
+                    body: None,
+                };
+            }
+        }
+        route.mirrors.retain(|m| allowed(&m.destination));
+    }
+    for rule in &mut table.tcp {
+        rule.destinations.retain(|d| allowed(&d.destination));
+    }
+    table.tcp.retain(|r| !r.destinations.is_empty());
+    for rule in &mut table.tls {
+        rule.destinations.retain(|d| allowed(&d.destination));
+    }
+    table.tls.retain(|r| !r.destinations.is_empty());
+}
+
+/// `(namespace, name)` of a Service backendRef outside `ns`.
+fn cross_namespace_service(b: &BackendRef, ns: &str) -> Option<(String, String)> {
+    let other = b.namespace.as_deref().filter(|n| *n != ns)?;
+    is_core_service(
+        b.group.as_deref(),
+        Some(b.kind.as_deref().unwrap_or("Service")),
+    )
+    .then(|| (other.to_string(), b.name.clone()))
 }
 
 /// A parentRef naming a Gateway (the default kind of a parentRef).
@@ -1091,6 +1182,74 @@ fn parse_gateway_class(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct GrantDoc {
+    spec: GrantSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct GrantSpec {
+    #[serde(default)]
+    from: Vec<GrantFromDoc>,
+    #[serde(default)]
+    to: Vec<GrantToDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GrantFromDoc {
+    #[serde(default)]
+    group: String,
+    kind: String,
+    #[serde(default)]
+    namespace: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct GrantToDoc {
+    #[serde(default)]
+    group: String,
+    kind: String,
+    name: Option<String>,
+}
+
+/// A ReferenceGrant, for the model.
+#[derive(Debug)]
+struct Grant(ReferenceGrant);
+
+impl MeshResource for Grant {
+    fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
+        model.reference_grants.push(self.0.clone());
+    }
+}
+
+fn reference_grant(doc: &Document<'_>) -> Result<Grant, Vec<FieldError>> {
+    parse_reference_grant(doc)?;
+    let g: GrantDoc = deserialize(doc).map_err(|e| vec![e])?;
+    Ok(Grant(ReferenceGrant {
+        namespace: doc.meta.namespace.clone(),
+        from: g
+            .spec
+            .from
+            .into_iter()
+            .map(|f| GrantFrom {
+                group: f.group,
+                kind: f.kind,
+                namespace: f.namespace,
+            })
+            .collect(),
+        to: g
+            .spec
+            .to
+            .into_iter()
+            .map(|t| GrantTo {
+                group: t.group,
+                kind: t.kind,
+                name: t.name.filter(|n| !n.is_empty()),
+            })
+            .collect(),
+    }))
+}
+
 fn parse_reference_grant(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     let mut errors = Vec::new();
     for list in ["from", "to"] {
@@ -1127,6 +1286,106 @@ fn parse_reference_grant(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     }
 }
 
+/// TLSRoute and TCPRoute: connections a Gateway's TLS (Passthrough) or TCP listener takes,
+/// routed by SNI (TLSRoute `hostnames`) or all of them (TCPRoute) to weighted backends.
+/// Only Gateway parents are served: the mesh routes TCP by Service, not by these kinds.
+fn parse_l4_route(doc: &Document<'_>, tls: bool) -> Result<RouteResource, Vec<FieldError>> {
+    if tls {
+        parse_tls_route(doc)?;
+    }
+    let route: RouteDoc = deserialize(doc).map_err(|e| vec![e])?;
+    let ns = doc.meta.namespace.as_str();
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    let mut cross_namespace = Vec::new();
+    for (ri, rule) in route.spec.rules.iter().enumerate() {
+        let mut destinations = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let bf = format!("spec.rules[{ri}].backendRefs[{bi}]");
+            let weight = match b.weight {
+                None => 1,
+                Some(w) => u32::try_from(w).unwrap_or_else(|_| {
+                    errors.push(FieldError::new(
+                        format!("{bf}.weight"),
+                        format!("{w} is not between 0 and 1000000"),
+                    ));
+                    0
+                }),
+            };
+            if let Some(destination) = backend_destination(b, ns, &bf, &mut errors) {
+                destinations.push(WeightedDestination {
+                    destination,
+                    weight,
+                    headers: HeaderOperations::default(),
+                });
+            }
+            cross_namespace.extend(cross_namespace_service(b, ns));
+        }
+        if destinations.iter().any(|d| d.weight > 0) {
+            rules.push(destinations);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let hosts: Vec<String> = match (tls, route.spec.hostnames.is_empty()) {
+        (true, false) => route
+            .spec
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        _ => vec!["*".to_string()],
+    };
+    let mut tables = Vec::new();
+    for (pi, p) in route.spec.parent_refs.iter().enumerate() {
+        if !is_gateway_parent(p) {
+            continue;
+        }
+        let port = p
+            .port
+            .and_then(|n| port_number(n, &format!("spec.parentRefs[{pi}].port"), &mut errors));
+        let mut table = RouteTable {
+            hosts: hosts.clone(),
+            namespace: ns.to_string(),
+            export_to: Vec::new(),
+            port: None,
+            gateways: vec![format!(
+                "{}/{}",
+                p.namespace.as_deref().unwrap_or(ns),
+                p.name
+            )],
+            http: Vec::new(),
+            tcp: Vec::new(),
+            tls: Vec::new(),
+            source: doc.meta.resource_ref(),
+        };
+        for destinations in &rules {
+            if tls {
+                table.tls.push(TlsRoute {
+                    sni_hosts: hosts.clone(),
+                    port,
+                    destinations: destinations.clone(),
+                });
+            } else {
+                table.tcp.push(TcpRoute {
+                    port,
+                    destinations: destinations.clone(),
+                });
+            }
+        }
+        tables.push(table);
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(RouteResource {
+        kind: if tls { "TLSRoute" } else { "TCPRoute" },
+        tables,
+        cross_namespace,
+    })
+}
+
 fn parse_tls_route(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     let hostnames = doc
         .value
@@ -1154,3 +1413,6 @@ fn parse_tls_route(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
         .collect();
     if bad.is_empty() { Ok(()) } else { Err(bad) }
 }
+
+#[cfg(test)]
+mod tests;

@@ -251,7 +251,8 @@ fn filter_chains<'a>(
                 for (hosts, cluster) in tls_routes(model, proxy, b) {
                     chains.push(FilterChain {
                         filter_chain_match: Some(FilterChainMatch {
-                            server_names: hosts,
+                            // `*` (a TLSRoute without hostnames): any SNI.
+                            server_names: hosts.into_iter().filter(|h| h != "*").collect(),
                             ..Default::default()
                         }),
                         filters: vec![tcp_proxy_filter(&stat_prefix, cluster)],
