@@ -2,7 +2,9 @@
 //! folder of YAML.
 //!
 //! One kube-rs watcher per kind (Services, Pods, Namespaces, EndpointSlices — the endpoints
-//! of Services without a selector — and every mesh custom resource the dialect parsers read) keeps a local copy of the cluster's objects. Each object becomes
+//! of Services without a selector —, Secrets — the certificates gateways name, reduced to
+//! their certificate keys — and every mesh custom resource the dialect parsers read) keeps a
+//! local copy of the cluster's objects. Each object becomes
 //! a pseudo-file — path `kube:/<group>/<Kind>/<namespace>/<name>`, text the object's JSON
 //! (JSON is YAML) — and the whole set goes to the same [`ConfigStore`] the folder source
 //! uses. Validation, error messages (file = the kube path, resource, field) and "a rejected
@@ -23,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::{Discovery, Scope};
@@ -422,6 +424,7 @@ async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
         core(ApiResource::erase::<Service>(&()), true),
         core(ApiResource::erase::<Pod>(&()), true),
         core(ApiResource::erase::<EndpointSlice>(&()), true),
+        core(ApiResource::erase::<Secret>(&()), true),
     ];
     let groups: Vec<&str> = MESH_KINDS.iter().map(|(g, _)| *g).collect();
     let discovery = Discovery::new(client.clone())
@@ -525,8 +528,29 @@ fn prepare(value: &mut Value, ar: &ApiResource) {
     }
     if ar.group.is_empty() && ar.kind == "Pod" {
         keep_pod_fields(map);
+    } else if ar.group.is_empty() && ar.kind == "Secret" {
+        keep_certificate_fields(map);
     } else {
         map.remove("status");
+    }
+}
+
+/// The keys of a Secret the mesh reads: a certificate, its key and a CA bundle, under
+/// Kubernetes' `kubernetes.io/tls` names or Istio's generic ones (any Secret type, as istiod).
+pub const CERTIFICATE_KEYS: &[&str] = &["tls.crt", "tls.key", "ca.crt", "cert", "key", "cacert"];
+
+/// A Secret reduced to its certificate keys. Every Secret of the cluster is watched (a Gateway
+/// may name any of them, and may be created after it), but service-account tokens, Helm
+/// releases, passwords and the like are nothing the mesh reads: dropping them here keeps them
+/// out of mastd's memory (the store keeps each object's text) and out of every error message.
+/// Labels and annotations go too, so that relabelling a Secret changes no text.
+fn keep_certificate_fields(map: &mut serde_json::Map<String, Value>) {
+    map.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata" | "data"));
+    if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace"));
+    }
+    if let Some(Value::Object(data)) = map.get_mut("data") {
+        data.retain(|k, _| CERTIFICATE_KEYS.contains(&k.as_str()));
     }
 }
 

@@ -134,6 +134,10 @@ struct State {
     requests: Vec<String>,
     patches: Vec<RecordedPatch>,
     canned: BTreeMap<(String, String), (u16, Value)>,
+    /// Canned answers to lists (`GET` without `watch`) of a collection path only.
+    canned_lists: BTreeMap<String, (u16, Value)>,
+    /// Watch streams open now, per kind index.
+    open_watches: BTreeMap<usize, usize>,
     /// Asked first about every request (see [`FakeApiServer::hook`]).
     hook: Option<Hook>,
     /// CRDs are stored without the Established condition until `establish_crds`.
@@ -156,7 +160,7 @@ struct Kind {
 // === impl FakeApiServer ===
 
 impl FakeApiServer {
-    /// Start serving, with Namespaces, Services, Pods (core v1) and EndpointSlices
+    /// Start serving, with Namespaces, Services, Pods, Secrets (core v1) and EndpointSlices
     /// (discovery.k8s.io/v1) registered, as every cluster serves them.
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -175,6 +179,7 @@ impl FakeApiServer {
         server.add_kind(KindSpec::cluster("", "v1", "Namespace", "namespaces"));
         server.add_kind(KindSpec::namespaced("", "v1", "Service", "services"));
         server.add_kind(KindSpec::namespaced("", "v1", "Pod", "pods"));
+        server.add_kind(KindSpec::namespaced("", "v1", "Secret", "secrets"));
         server.add_kind(KindSpec::namespaced(
             "discovery.k8s.io",
             "v1",
@@ -320,11 +325,37 @@ impl FakeApiServer {
         let _ = self.changed.send(());
     }
 
-    /// Answer `method path` (path without query) with `status` and `body` from now on.
+    /// Answer `method path` (path without query) with `status` and `body` from now on. This
+    /// answers every such request, watches of a collection included: to fail only the lists
+    /// a watcher makes (its relist), use [`respond_to_lists`](Self::respond_to_lists).
     pub fn respond(&self, method: Method, path: &str, status: u16, body: Value) {
         self.lock()
             .canned
             .insert((method.to_string(), path.to_string()), (status, body));
+    }
+
+    /// Answer the lists of the collection at `path` (a `GET` without `watch=true`) with
+    /// `status` and `body` from now on; watches of it are served as before. A watcher that is
+    /// made to relist (see [`expire_watches`](Self::expire_watches)) then fails its list and
+    /// retries it, while a watch it opens meanwhile is not turned into an error of another
+    /// kind.
+    pub fn respond_to_lists(&self, path: &str, status: u16, body: Value) {
+        self.lock()
+            .canned_lists
+            .insert(path.to_string(), (status, body));
+    }
+
+    /// How many watch streams of the collection `plural` (any group, any namespace) are open
+    /// now. A client's watcher issues its watch only after its list is handed out, so a test
+    /// that must not race the watch being opened waits for this first.
+    pub fn open_watches(&self, plural: &str) -> usize {
+        let st = self.lock();
+        st.kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.spec.plural == plural)
+            .map(|(i, _)| st.open_watches.get(&i).copied().unwrap_or(0))
+            .sum()
     }
 
     /// Answer requests with `hook` first (`Some((code, body))`), else as before: for answers
@@ -430,7 +461,9 @@ impl FakeApiServer {
 
     /// Forget every canned response.
     pub fn clear_responses(&self) {
-        self.lock().canned.clear();
+        let mut st = self.lock();
+        st.canned.clear();
+        st.canned_lists.clear();
     }
 
     /// The object as the server holds it now.
@@ -809,6 +842,13 @@ fn answer(
     if let Some((code, body)) = st.canned.get(&(method.to_string(), path.clone())) {
         return json_response(*code, body);
     }
+    let is_watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if method == Method::GET
+        && !is_watch
+        && let Some((code, body)) = st.canned_lists.get(&path)
+    {
+        return json_response(*code, body);
+    }
     if method == Method::GET
         && let Some(doc) = discovery(&st, &path)
     {
@@ -823,7 +863,8 @@ fn answer(
     };
     match (method, target) {
         (Method::GET, Target::Collection { kind, namespace }) => {
-            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+            if is_watch {
+                *st.open_watches.entry(kind).or_default() += 1;
                 drop(st);
                 watch(state, changed, kind, namespace, &query)
             } else {
@@ -1358,6 +1399,11 @@ fn watch(
     let mut wake = changed.subscribe();
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
+        // Counted open from the request (in `answer`) until this task ends, however it ends.
+        let _open = OpenWatch {
+            state: state.clone(),
+            kind,
+        };
         let line = |v: Value| Bytes::from(format!("{v}\n"));
         let (epoch, api_version, kind_name) = {
             let st = lock(&state);
@@ -1444,6 +1490,21 @@ fn watch(
         .header(http::header::TRANSFER_ENCODING, "chunked")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .unwrap_or_else(|_| Response::new(empty()))
+}
+
+/// A watch stream counted in [`State::open_watches`] while it lives.
+struct OpenWatch {
+    state: Arc<Mutex<State>>,
+    kind: usize,
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        let mut st = lock(&self.state);
+        if let Some(n) = st.open_watches.get_mut(&self.kind) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// RFC 7386 JSON merge patch.

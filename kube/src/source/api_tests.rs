@@ -359,10 +359,17 @@ async fn api_errors_keep_the_last_good_config_and_are_retried() {
     let mut source = KubeSource::start(server.client(), options()).await.unwrap();
     source.initial_sync().await.unwrap();
     let mut updates = follow(source);
+    // The watcher opens its watch after handing out the list, so the first sync can be over
+    // before the watch is open: wait for it, or the failure below would meet the watch (an
+    // error that is no 410, retried as a watch from the same resourceVersion, never a relist).
+    eventually("the VirtualService watch open", || {
+        server.open_watches("virtualservices") == 1
+    })
+    .await;
 
-    // The relist after a 410 fails with a 500 for a while.
-    server.respond(
-        http::Method::GET,
+    // The relist after a 410 fails with a 500 for a while (lists only: a real API server
+    // timing out on etcd fails the list; the watch is not what this test is about).
+    server.respond_to_lists(
         "/apis/networking.istio.io/v1/virtualservices",
         500,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -564,4 +571,53 @@ async fn a_selectorless_service_follows_its_endpoint_slices() {
         "db-x7k2p",
     );
     until(&mut rx, |u| endpoints(&u.model).is_empty()).await;
+}
+
+fn tls_secret(name: &str, cert: &str) -> Value {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "istio-system", "labels": {"team": "edge"}},
+        "data": {"tls.crt": b64(cert), "tls.key": b64("KEY-of-{cert}"), "ca.crt": b64("CA")},
+    })
+}
+
+/// Gateway certificates come from Secrets of any type with certificate keys; a changed Secret
+/// is a new model (rotation), and nothing else of any Secret is kept.
+#[tokio::test]
+async fn tls_secrets_are_watched_rotated_and_reduced_to_certificate_keys() {
+    use base64::Engine as _;
+    let server = todolist_cluster().await;
+    server.apply(tls_secret("myapp-credential", "CERT-1"));
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "db-password", "namespace": "default"},
+        "data": {"password": base64::engine::general_purpose::STANDARD.encode("hunter2")},
+    }));
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let cert = |m: &MeshModel| {
+        m.tls_secrets
+            .get(&("istio-system".to_string(), "myapp-credential".to_string()))
+            .and_then(|s| s.cert.clone())
+    };
+    assert_eq!(cert(&first.model).as_deref(), Some("CERT-1"));
+    assert_eq!(first.model.tls_secrets.len(), 1);
+    let files = source.files();
+    let opaque = &files[Path::new("kube:/core/Secret/default/db-password")];
+    let opaque: Value = serde_json::from_str(opaque).unwrap();
+    assert_eq!(opaque["data"], json!({}), "only certificate keys are kept");
+    let tls = &files[Path::new("kube:/core/Secret/istio-system/myapp-credential")];
+    assert!(!tls.contains("team"), "labels are dropped: {tls}");
+
+    let mut updates = follow(source);
+    server.apply(tls_secret("myapp-credential", "CERT-2"));
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(cert(&u.model).as_deref(), Some("CERT-2"));
+
+    server.delete("v1", "Secret", "istio-system", "myapp-credential");
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(cert(&u.model), None);
 }
