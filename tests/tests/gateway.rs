@@ -4,7 +4,8 @@
 //! the gateway, a 404 for what no VirtualService routes, HTTPS with a certificate from a
 //! Kubernetes Secret (verified against its CA, by SNI), the 301 of `httpsRedirect`, a MUTUAL
 //! server refusing a client without a certificate, a rotated Secret served to new
-//! connections without restarting anything, a server whose Secret is missing left out (the
+//! connections without restarting anything (under load: no request fails, and a kept-alive
+//! connection stays open across the change), a server whose Secret is missing left out (the
 //! others serving), and TLS PASSTHROUGH by SNI to a TLS server in the mesh (openssl s_server),
 //! whose own certificate the client verifies. The Gateway API's other kinds run on a Gateway
 //! of their own: a TLSRoute (Passthrough by SNI), a TCPRoute, and HTTPRoutes from other
@@ -370,10 +371,98 @@ async fn check_gateway(kind: SidecarKind, mastd: &Mastd, work: &Path, dir: &Path
     std::fs::write(&ca2_path, &ca2.pem)?;
     let secret_file = dir.join("config/secret.yaml");
     let original = std::fs::read_to_string(&secret_file)?;
+    // Under load: clients that trust both CAs keep requesting while the Secret changes —
+    // one on a kept-alive connection, one opening a new connection per request. None of
+    // their requests may fail.
+    let both = dir.join("ca-both.pem");
+    std::fs::write(
+        &both,
+        format!("{}{}", std::fs::read_to_string(&ca1)?, ca2.pem),
+    )?;
+    let url = "https://bookinfo.example.com:8443/productpage";
+    let base: Vec<String> = [
+        "--cacert",
+        both.to_str().context("path")?,
+        "--resolve",
+        "bookinfo.example.com:8443:127.0.0.1",
+        "-w",
+        "%{http_code}\n",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let kept_alive = {
+        let mut args = base.clone();
+        // With the number of connections each transfer opened: one in all, the first.
+        args.extend(["-w".into(), "%{http_code} %{num_connects}\n".into()]);
+        args.extend(["--rate".into(), "50/s".into()]);
+        for _ in 0..150 {
+            args.extend(["-o".into(), "/dev/null".into(), url.to_string()]);
+        }
+        std::thread::spawn(move || Command::new("curl").arg("-sS").args(&args).output())
+    };
+    let fresh = {
+        let base = base.clone();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            let mut codes = Vec::new();
+            while std::time::Instant::now() < until {
+                let out = Command::new("curl")
+                    .arg("-sS")
+                    .args(&base)
+                    .args(["-o", "/dev/null", url])
+                    .output();
+                codes.push(out.map_or_else(
+                    |e| e.to_string(),
+                    |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
+                ));
+            }
+            codes
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
     write_atomic(
         &secret_file,
         &tls_secret("bookinfo-credential", &cert2, &key2, None),
     )?;
+    let kept = kept_alive
+        .join()
+        .map_err(|_| anyhow::anyhow!("curl thread"))??;
+    let kept: Vec<String> = String::from_utf8_lossy(&kept.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let fresh = fresh.join().map_err(|_| anyhow::anyhow!("curl thread"))?;
+    let failed = |codes: &[String]| codes.iter().filter(|c| *c != "200").count();
+    let connects: u32 = kept
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u32>().ok())
+        .sum();
+    let kept: Vec<String> = kept
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        kept.len() == 150 && failed(&kept) == 0,
+        "{kind}: requests on one connection across the rotation: {} of {} failed",
+        failed(&kept),
+        kept.len()
+    );
+    assert_eq!(
+        connects, 1,
+        "{kind}: the rotation closed the client's kept-alive connection"
+    );
+    assert!(
+        fresh.len() > 10 && failed(&fresh) == 0,
+        "{kind}: new connections across the rotation: {} of {} failed: {fresh:?}",
+        failed(&fresh),
+        fresh.len()
+    );
+    println!(
+        "{kind}: Secret rotated under load: {} requests on a kept-alive connection and {} on new connections, none failed",
+        kept.len(),
+        fresh.len()
+    );
     let rotated = [
         "--cacert",
         ca2_path.to_str().context("path")?,
