@@ -1002,17 +1002,73 @@ struct AllowedRoutes {
 #[derive(Debug, Deserialize)]
 struct RouteNamespaces {
     from: Option<String>,
+    selector: Option<NamespaceSelector>,
 }
 
-/// A Gateway API Gateway: `Some` model gateway for the classes Mast serves.
+/// `allowedRoutes.namespaces.selector`: a Kubernetes label selector over Namespaces.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NamespaceSelector {
+    #[serde(default)]
+    match_labels: Labels,
+    #[serde(default)]
+    match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SelectorRequirement {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+impl NamespaceSelector {
+    /// Kubernetes' label selector semantics (`In`, `NotIn`, `Exists`, `DoesNotExist`).
+    fn matches(&self, labels: &Labels) -> bool {
+        labels_match(&self.match_labels, labels)
+            && self.match_expressions.iter().all(|r| {
+                let v = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => v.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => v.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => v.is_some(),
+                    "DoesNotExist" => v.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+/// A Gateway API Gateway: `Some` model gateway for the classes Mast serves, and the
+/// listeners (by server index) whose routes may come from namespaces a selector picks —
+/// resolved against the model's Namespaces when translated.
 #[derive(Debug)]
-struct GatewayApiGateway(Option<Gateway>);
+struct GatewayApiGateway(Option<Gateway>, Vec<(usize, NamespaceSelector)>);
 
 impl MeshResource for GatewayApiGateway {
     fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
-        if let Some(g) = &self.0 {
-            model.gateways.push(g.clone());
+        let Some(g) = &self.0 else { return };
+        let mut g = g.clone();
+        for (i, selector) in &self.1 {
+            let Some(server) = g.servers.get_mut(*i) else {
+                continue;
+            };
+            let host = server
+                .hosts
+                .first()
+                .map_or("*".to_string(), |h| h.host.clone());
+            server.hosts = model
+                .namespaces
+                .values()
+                .filter(|ns| selector.matches(&ns.labels))
+                .map(|ns| GatewayHost {
+                    namespace: Some(ns.name.clone()),
+                    host: host.clone(),
+                })
+                .collect();
         }
+        model.gateways.push(g);
     }
 }
 
@@ -1157,8 +1213,22 @@ fn parse_gateway(doc: &Document<'_>) -> Result<GatewayApiGateway, Vec<FieldError
             _ => {}
         }
     }
+    // `from: Selector` listeners, by their index among the servers (listeners with a port
+    // out of range are not servers).
+    let selectors = gw
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| u16::try_from(l.port).is_ok())
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let n = l.allowed_routes.as_ref()?.namespaces.as_ref()?;
+            (n.from.as_deref() == Some("Selector"))
+                .then(|| (i, n.selector.clone().unwrap_or_default()))
+        })
+        .collect();
     if errors.is_empty() {
-        Ok(GatewayApiGateway(gateway_of(doc, &gw.spec)))
+        Ok(GatewayApiGateway(gateway_of(doc, &gw.spec), selectors))
     } else {
         Err(errors)
     }

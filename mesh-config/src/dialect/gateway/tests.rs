@@ -127,3 +127,31 @@ fn tls_and_tcp_routes_bind_to_their_gateway() {
         ("web.front.svc.cluster.local", 3)
     );
 }
+
+#[test]
+fn allowed_routes_from_a_namespace_selector() {
+    let namespaces = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {shared-gateway-access: \"true\"}}\n---\n\
+        apiVersion: v1\nkind: Namespace\nmetadata: {name: b, labels: {team: b}}\n---\n\
+        apiVersion: v1\nkind: Namespace\nmetadata: {name: c, labels: {shared-gateway-access: \"true\", env: dev}}\n";
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+        metadata: {name: shared, namespace: infra}\nspec:\n  gatewayClassName: istio\n  listeners:\n\
+        \x20 - name: http\n    port: 8080\n    protocol: HTTP\n    hostname: \"*.example.com\"\n\
+        \x20   allowedRoutes:\n      namespaces:\n        from: Selector\n        selector:\n\
+        \x20         matchLabels: {shared-gateway-access: \"true\"}\n\
+        \x20         matchExpressions: [{key: env, operator: NotIn, values: [prod]}]\n";
+    let m = model(&[namespaces, gateway]);
+    let g = m
+        .gateways
+        .iter()
+        .find(|g| g.name == "shared")
+        .expect("gateway");
+    let hosts: Vec<(Option<&str>, &str)> = g.servers[0]
+        .hosts
+        .iter()
+        .map(|h| (h.namespace.as_deref(), h.host.as_str()))
+        .collect();
+    assert_eq!(
+        hosts,
+        [(Some("a"), "*.example.com"), (Some("c"), "*.example.com")]
+    );
+}
