@@ -138,15 +138,17 @@ mod tests {
 
     #[test]
     fn mesh_namespace_and_workload_policies_merge_sorted_by_issuer() {
-        let mut m = MeshModel::default();
-        m.request_authentications = vec![
-            ra("default", AuthnTarget::Labels(labels(&[("app", "a")])), "z"),
-            ra(ROOT_NAMESPACE, AuthnTarget::All, "m"),
-            ra("default", AuthnTarget::All, "b"),
-            ra("other", AuthnTarget::All, "o"),
-            ra("default", AuthnTarget::Gateways(vec!["gw".into()]), "g"),
-            ra("default", AuthnTarget::Nothing, "n"),
-        ];
+        let m = MeshModel {
+            request_authentications: vec![
+                ra("default", AuthnTarget::Labels(labels(&[("app", "a")])), "z"),
+                ra(ROOT_NAMESPACE, AuthnTarget::All, "m"),
+                ra("default", AuthnTarget::All, "b"),
+                ra("other", AuthnTarget::All, "o"),
+                ra("default", AuthnTarget::Gateways(vec!["gw".into()]), "g"),
+                ra("default", AuthnTarget::Nothing, "n"),
+            ],
+            ..Default::default()
+        };
         let issuers = |ns: &str, l: &Labels| -> Vec<String> {
             m.jwt_rules_for(ns, l)
                 .iter()
