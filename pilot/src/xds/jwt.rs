@@ -10,9 +10,10 @@
 //!
 //! Keys: like istiod's default (`PILOT_JWT_ENABLE_REMOTE_JWKS=false`), pilot fetches
 //! `jwksUri` itself and inlines the keys as `local_jwks`, so proxies need no route to the
-//! key server and mast-proxy needs no remote-JWKS client. Until a fetch succeeds — or after
-//! it fails — the provider gets [`NEVER_VALID_JWKS`], a key whose private half was discarded
-//! when it was made, so every token fails (fail closed, as istiod does). Fetching never
+//! key server and mast-proxy needs no remote-JWKS client. Until a fetch succeeds the
+//! provider gets [`NEVER_VALID_JWKS`], a key whose private half was discarded
+//! when it was made, so every token fails (fail closed, as istiod does); a failed refresh
+//! keeps the last keys fetched, as istiod's refresher does. Fetching never
 //! blocks xDS generation: [`run_resolver`] sits between the config source and the ADS
 //! server, fetches in the background, writes the keys into the model and publishes a new
 //! snapshot (a push) when they change; it re-fetches every `PILOT_JWT_PUB_KEY_REFRESH_INTERVAL`
@@ -360,15 +361,20 @@ pub async fn run_resolver(
                         }
                     }
                     Err(e) => {
-                        warn!(
-                            uri, request_authentication = policy, error = %e,
-                            "JWKS fetch failed: tokens of this issuer are rejected until it succeeds"
-                        );
-                        failed.insert(uri.clone());
-                        // A key set that cannot be refreshed is dropped, as istiod fails closed.
-                        if keys.remove(&uri).is_some() {
-                            dirty = true;
+                        // As istiod: a failed refresh keeps the last keys fetched; with none,
+                        // the never-valid set stays and every token is refused.
+                        if keys.contains_key(&uri) {
+                            warn!(
+                                uri, request_authentication = policy, error = %e,
+                                "JWKS refresh failed: the last keys fetched stay in use"
+                            );
+                        } else {
+                            warn!(
+                                uri, request_authentication = policy, error = %e,
+                                "JWKS fetch failed: tokens of this issuer are refused until it succeeds"
+                            );
                         }
+                        failed.insert(uri);
                     }
                 }
             }
