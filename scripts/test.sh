@@ -47,6 +47,8 @@ install_system_packages() {
     command -v curl >/dev/null || missing+=(curl)
     # openssl s_server: the TLS server behind the gateway's PASSTHROUGH test.
     command -v openssl >/dev/null || missing+=(openssl)
+    # nginx with TLS on loopback: the HTTPS server outside the mesh of the egress test.
+    command -v nginx >/dev/null || missing+=(nginx)
     # node + npm build the topology view; chromium is the browser its tests drive.
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)

@@ -34,11 +34,12 @@ use kube::runtime::watcher::{self, Event};
 use mast_mesh_config::ConfigError;
 use mast_mesh_config::model::MeshModel;
 use mast_mesh_config::store::ConfigStore;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
+use crate::gateway_status;
 use crate::status::{self, WriteGate};
 
 /// Every mesh custom resource a dialect parser reads, by group.
@@ -65,7 +66,15 @@ pub const MESH_KINDS: &[(&str, &[&str])] = &[
     ),
     (
         "gateway.networking.k8s.io",
-        &["Gateway", "HTTPRoute", "GRPCRoute"],
+        &[
+            "GatewayClass",
+            "Gateway",
+            "HTTPRoute",
+            "GRPCRoute",
+            "TLSRoute",
+            "TCPRoute",
+            "ReferenceGrant",
+        ],
     ),
     ("split.smi-spec.io", &["TrafficSplit"]),
     ("serving.knative.dev", &["Route", "Service"]),
@@ -109,6 +118,9 @@ struct Watched {
     ar: ApiResource,
     namespaced: bool,
     writes_status: bool,
+    /// A Gateway API kind with a status subresource: gets Istio's Gateway API status
+    /// ([`gateway_status`]).
+    gateway_status: bool,
 }
 
 /// One object, as the store sees it and as status needs it.
@@ -122,6 +134,8 @@ struct Tracked {
     text: String,
     /// The `status.validationMessages` the object shows now.
     messages: Vec<Value>,
+    /// The whole `status` it shows now, for Gateway API kinds (else null).
+    status: Value,
 }
 
 type WatchItem = (usize, Result<Event<DynamicObject>, watcher::Error>);
@@ -319,6 +333,11 @@ impl KubeSource {
         let generation = obj.metadata.generation;
         let mut value = serde_json::to_value(&obj).ok()?;
         let messages = status::current_messages(&value);
+        let current_status = if w.gateway_status {
+            value.get("status").cloned().unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        };
         prepare(&mut value, &w.ar);
         let text = serde_json::to_string_pretty(&value).ok()?;
         let path = pseudo_path(&w.ar, namespace.as_deref(), &name);
@@ -331,6 +350,7 @@ impl KubeSource {
                 generation,
                 text,
                 messages,
+                status: current_status,
             },
         ))
     }
@@ -406,6 +426,127 @@ impl KubeSource {
                 Err(e) => warn!(resource = %path.display(), error = %e, "cannot write status"),
             }
         }
+        self.write_gateway_status().await;
+    }
+
+    /// Make every Gateway API object of Mast's classes show Istio's status (see
+    /// [`gateway_status`]); only what differs (times aside) is written.
+    async fn write_gateway_status(&mut self) {
+        let values: Vec<(PathBuf, Value)> = self
+            .objects
+            .iter()
+            .filter(|(_, t)| self.kinds[t.kind].gateway_status)
+            .filter_map(|(p, t)| Some((p.clone(), serde_json::from_str(&t.text).ok()?)))
+            .collect();
+        let objects: Vec<gateway_status::Object<'_>> = values
+            .iter()
+            .filter_map(|(p, v)| {
+                let t = self.objects.get(p)?;
+                Some(gateway_status::Object {
+                    kind: &self.kinds[t.kind].ar.kind,
+                    namespace: t.namespace.as_deref().unwrap_or(""),
+                    name: &t.name,
+                    generation: t.generation,
+                    value: v,
+                })
+            })
+            .collect();
+        let model = self.store.model();
+        let wanted = gateway_status::compute(&objects, &model);
+        let paths: BTreeMap<(&str, &str, &str), &PathBuf> = values
+            .iter()
+            .zip(&objects)
+            .map(|((p, _), o)| ((o.kind, o.namespace, o.name), p))
+            .collect();
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ))
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+        let mut writes: Vec<(PathBuf, Value)> = Vec::new();
+        let mut routes_with_ours: BTreeSet<&PathBuf> = BTreeSet::new();
+        for w in &wanted {
+            let Some(path) = paths.get(&(w.kind.as_str(), w.namespace.as_str(), w.name.as_str()))
+            else {
+                continue;
+            };
+            let Some(t) = self.objects.get(*path) else {
+                continue;
+            };
+            let route = gateway_status::ROUTE_KINDS.contains(&w.kind.as_str());
+            if route {
+                routes_with_ours.insert(path);
+                let current = gateway_status::our_parents(&t.status);
+                if gateway_status::strip_times(&current) != w.status["parents"] {
+                    let mut ours = w.status.clone();
+                    gateway_status::stamp(&mut ours, &t.status, &now);
+                    let body = gateway_status::merge_route_parents(&t.status, &ours);
+                    writes.push(((*path).clone(), body));
+                }
+            } else {
+                let mut current = serde_json::Map::new();
+                for key in ["conditions", "listeners", "addresses"] {
+                    if let Some(v) = t.status.get(key) {
+                        current.insert(key.into(), v.clone());
+                    }
+                }
+                let current = Value::Object(current);
+                if gateway_status::strip_times(&current) != w.status {
+                    let mut body = w.status.clone();
+                    gateway_status::stamp(&mut body, &t.status, &now);
+                    if w.kind == "Gateway" && body.get("addresses").is_none() {
+                        // A merge patch removes only what it names.
+                        body["addresses"] = Value::Null;
+                    }
+                    writes.push(((*path).clone(), body));
+                }
+            }
+        }
+        // A route that no longer names a Gateway of Mast's loses Mast's parents entries.
+        for (path, t) in &self.objects {
+            let kind = self.kinds[t.kind].ar.kind.as_str();
+            if self.kinds[t.kind].gateway_status
+                && gateway_status::ROUTE_KINDS.contains(&kind)
+                && !routes_with_ours.contains(path)
+                && gateway_status::our_parents(&t.status)
+                    .as_array()
+                    .is_some_and(|p| !p.is_empty())
+            {
+                let body = gateway_status::merge_route_parents(&t.status, &json!({"parents": []}));
+                writes.push((path.clone(), body));
+            }
+        }
+        for (path, body) in writes {
+            let Some(t) = self.objects.get(&path) else {
+                continue;
+            };
+            let ar = &self.kinds[t.kind].ar;
+            match status::write_status(
+                &self.client,
+                ar,
+                t.namespace.as_deref(),
+                &t.name,
+                &json!({ "status": body }),
+            )
+            .await
+            {
+                Ok(object) => {
+                    info!(resource = %path.display(), "Gateway API status written");
+                    let shown = serde_json::to_value(&object)
+                        .ok()
+                        .and_then(|v| v.get("status").cloned())
+                        .unwrap_or(Value::Null);
+                    if let Some(t) = self.objects.get_mut(&path) {
+                        // What the object shows now; the watch echo agrees.
+                        t.status = shown;
+                    }
+                }
+                Err(e) => {
+                    warn!(resource = %path.display(), error = %e, "cannot write Gateway API status")
+                }
+            }
+        }
     }
 }
 
@@ -447,6 +588,7 @@ async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
                     let has_status = caps.subresources.iter().any(|(s, _)| s.plural == "status");
                     kinds.push(Watched {
                         writes_status: has_status && status::writes_status(&ar),
+                        gateway_status: has_status && ar.group == gateway_status::GROUP,
                         namespaced: matches!(caps.scope, Scope::Namespaced),
                         ar,
                     });
@@ -465,6 +607,7 @@ fn core(ar: ApiResource, namespaced: bool) -> Watched {
         ar,
         namespaced,
         writes_status: false,
+        gateway_status: false,
     }
 }
 

@@ -11,9 +11,10 @@
 //! Istio's CRDs keep `status` schema-free (`x-kubernetes-preserve-unknown-fields`), so the
 //! extra key is stored and shown. When the resource becomes valid again, both are removed.
 //!
-//! Only Istio's own groups get a status: other dialects' status blocks belong to their
-//! controllers (Knative's `conditions`, Gateway API's `parents`), and their structural schemas
-//! would prune Istio's keys anyway. The patch is a merge patch on the `status` subresource,
+//! Only Istio's own groups get these messages: other dialects' status blocks belong to their
+//! controllers (Knative's `conditions`), and their structural schemas would prune Istio's keys
+//! anyway. The Gateway API objects of Mast's own classes get the status their controller owes
+//! them instead, computed in [`crate::gateway_status`] and written by [`write_status`]. The patch is a merge patch on the `status` subresource,
 //! so it never races with a user's `kubectl apply` of the spec. Writes are idempotent: the
 //! wanted messages are compared with what the object already shows, so replicas, restarts and
 //! the watch echo of our own patch cause no further writes.
@@ -159,6 +160,23 @@ pub async fn write(
     };
     let body = patch_body(messages, generation);
     api.patch_status(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+}
+
+/// Merge-patch `name`'s status subresource with `body` (`{"status": …}`); the object as the
+/// server now has it. For statuses computed elsewhere (Gateway API).
+pub async fn write_status(
+    client: &kube::Client,
+    ar: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    body: &Value,
+) -> Result<DynamicObject, kube::Error> {
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    };
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(body))
         .await
 }
 

@@ -474,6 +474,28 @@ impl Sidecar {
         Self::start_proxy(kind, pod, "127.0.0.1", xds, work, true, None, true).await
     }
 
+    /// A gateway proxy with a workload identity from `mastd`'s citadel (Istio's gateways have
+    /// one: an egress gateway takes ISTIO_MUTUAL from the mesh).
+    pub async fn start_secure_gateway(
+        kind: SidecarKind,
+        pod: &PodSpec<'_>,
+        mastd: &Mastd,
+        work: &Path,
+    ) -> Result<Self> {
+        let ca = mastd.ca.as_ref().context("mastd runs without citadel")?;
+        Self::start_proxy(
+            kind,
+            pod,
+            "127.0.0.1",
+            mastd.xds_addr,
+            work,
+            true,
+            Some(ca),
+            true,
+        )
+        .await
+    }
+
     async fn start_full(
         kind: SidecarKind,
         pod: &PodSpec<'_>,

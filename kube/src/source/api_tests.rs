@@ -621,3 +621,176 @@ async fn tls_secrets_are_watched_rotated_and_reduced_to_certificate_keys() {
     let u = until(&mut updates, |u| u.changed).await;
     assert_eq!(cert(&u.model), None);
 }
+
+const GW: (&str, &str) = ("gateway.networking.k8s.io/v1", "Gateway");
+
+/// The todo-list cluster with the Gateway API's CRDs, the `istio` GatewayClass, a Gateway
+/// `web` (HTTP on 8080, HTTPS on 8443 with certificate Secret `web-cert`) and an HTTPRoute to
+/// myapp.
+async fn gateway_cluster() -> FakeApiServer {
+    let server = todolist_cluster().await;
+    server.add_kind(KindSpec::cluster(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+    ));
+    for (kind, plural) in [("Gateway", "gateways"), ("HTTPRoute", "httproutes")] {
+        server.add_kind(KindSpec::namespaced(
+            "gateway.networking.k8s.io",
+            "v1",
+            kind,
+            plural,
+        ));
+    }
+    server.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "istio"},
+        "spec": {"controllerName": "istio.io/gateway-controller"},
+    }));
+    server.apply(json!({
+        "apiVersion": GW.0, "kind": GW.1,
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"gatewayClassName": "istio", "listeners": [
+            {"name": "http", "port": 8080, "protocol": "HTTP"},
+            {"name": "https", "port": 8443, "protocol": "HTTPS",
+             "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "web-cert"}]}},
+        ]},
+        // What the Gateway API CRD defaults a new Gateway's status to.
+        "status": {"conditions": [
+            {"type": "Accepted", "status": "Unknown", "reason": "Pending", "message": "Waiting for controller",
+             "lastTransitionTime": "1970-01-01T00:00:00Z"}]},
+    }));
+    server.apply(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "myapp", "namespace": "default"},
+        "spec": {"parentRefs": [{"name": "web"}], "hostnames": ["myapp.default.example.com"],
+                 "rules": [{"backendRefs": [{"name": "myapp", "port": 8080}]}]},
+    }));
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-istio", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.80", "type": "LoadBalancer",
+                 "selector": {"gateway.networking.k8s.io/gateway-name": "web"},
+                 "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]},
+    }));
+    server
+}
+
+fn condition<'a>(conditions: &'a Value, kind: &str) -> &'a Value {
+    conditions
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {conditions}"))
+}
+
+/// Gateway API status as istiod writes it: on the class, the Gateway (with its listeners) and
+/// the route; once, not again on the watch echo; updated when the missing Secret appears.
+#[tokio::test]
+async fn gateway_api_status_is_written_once_and_follows_the_certificate() {
+    let server = gateway_cluster().await;
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    let patched = |suffix: &str| {
+        server
+            .status_patches()
+            .iter()
+            .filter(|p| p.path.ends_with(suffix))
+            .count()
+    };
+    assert_eq!(patched("/gatewayclasses/istio/status"), 1);
+    assert_eq!(patched("/gateways/web/status"), 1);
+    assert_eq!(patched("/httproutes/myapp/status"), 1);
+
+    let class = server
+        .get("gateway.networking.k8s.io/v1", "GatewayClass", "", "istio")
+        .unwrap();
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted")["status"],
+        "True"
+    );
+
+    let gw = server.get(GW.0, GW.1, "default", "web").unwrap();
+    let s = &gw["status"];
+    let accepted = condition(&s["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["observedGeneration"], 1);
+    assert!(accepted["lastTransitionTime"].as_str().unwrap() > "2026");
+    assert_eq!(condition(&s["conditions"], "Programmed")["status"], "True");
+    assert_eq!(s["addresses"][0]["value"], "10.96.0.80");
+    let http = &s["listeners"][0];
+    assert_eq!(http["name"], "http");
+    assert_eq!(http["attachedRoutes"], 1);
+    assert_eq!(
+        condition(&http["conditions"], "ResolvedRefs")["status"],
+        "True"
+    );
+    let https = &s["listeners"][1];
+    let refs = condition(&https["conditions"], "ResolvedRefs");
+    assert_eq!(refs["status"], "False");
+    assert_eq!(refs["reason"], "InvalidCertificateRef");
+    assert!(
+        refs["message"]
+            .as_str()
+            .unwrap()
+            .contains("default/web-cert not found")
+    );
+
+    let route = server
+        .get(
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            "default",
+            "myapp",
+        )
+        .unwrap();
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "istio.io/gateway-controller");
+    assert_eq!(parent["parentRef"]["name"], "web");
+    assert_eq!(
+        condition(&parent["conditions"], "Accepted")["reason"],
+        "Accepted"
+    );
+    assert_eq!(
+        condition(&parent["conditions"], "ResolvedRefs")["status"],
+        "True"
+    );
+
+    // The watch echo of those patches writes nothing more.
+    let mut updates = follow(source);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server.status_patches().len(),
+        3,
+        "{:?}",
+        server.status_patches()
+    );
+
+    // The Secret appears: the HTTPS listener's references resolve; only the Gateway changes.
+    let mut secret = tls_secret("web-cert", "CERT");
+    secret["metadata"]["namespace"] = json!("default");
+    server.apply(secret);
+    until(&mut updates, |u| {
+        u.model
+            .tls_secrets
+            .contains_key(&("default".to_string(), "web-cert".to_string()))
+    })
+    .await;
+    eventually("the listener's refs resolved", || {
+        server.get(GW.0, GW.1, "default", "web").is_some_and(|g| {
+            condition(&g["status"]["listeners"][1]["conditions"], "ResolvedRefs")["status"]
+                == "True"
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(patched("/gateways/web/status"), 2);
+    assert_eq!(patched("/httproutes/myapp/status"), 1);
+    // A time is kept for a condition that did not change.
+    let again = server.get(GW.0, GW.1, "default", "web").unwrap();
+    assert_eq!(
+        condition(&again["status"]["conditions"], "Accepted")["lastTransitionTime"],
+        accepted["lastTransitionTime"]
+    );
+}

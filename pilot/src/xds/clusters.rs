@@ -67,6 +67,11 @@ pub fn outbound_for(
     router: bool,
 ) -> Vec<Cluster> {
     let mut out = Vec::new();
+    let files = if security.mtls {
+        upstream_tls::Files::Agent
+    } else {
+        upstream_tls::Files::Direct
+    };
     for svc in services {
         let dr = model.destination_policies.get(&svc.hostname);
         let base = dr.map(|d| &d.traffic_policy);
@@ -86,7 +91,7 @@ pub fn outbound_for(
             let origination = policy
                 .tls
                 .as_ref()
-                .and_then(|t| upstream_tls::origination(t, h2, router));
+                .and_then(|t| upstream_tls::origination(t, h2, router, files));
             if let Some((socket, auto)) = origination {
                 c.transport_socket = Some(socket);
                 if auto != AutoSni::default() {

@@ -3,7 +3,8 @@
 //!
 //! Key material never travels in pilot's config here either. Files named by the
 //! DestinationRule (`caCertificates`, `clientCertificate`/`privateKey`) live on the proxy, so
-//! pilot names them as istio-agent's file SDS resources over the `sds-grpc` cluster:
+//! pilot names them as istio-agent's file SDS resources over the `sds-grpc` cluster (when
+//! there is no agent — no CA, so no mesh mTLS — as file paths the proxy reads itself):
 //! `file-root:<path>` for the CAs, `file-root:system` for the system bundle when no CA is given
 //! (current Istio verifies servers by default), `file-cert:<cert>~<key>` for the client
 //! certificate. The agent (mast-proxy's `--sds-socket`, or mast-proxy itself as the sidecar)
@@ -54,9 +55,30 @@ pub struct AutoSni {
     pub auto_san_validation: bool,
 }
 
+/// Where a proxy's certificate files come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Files {
+    /// Its agent serves them over SDS (`file-root:`, `file-cert:`), as istio-agent does: a
+    /// file that is missing holds only its own cluster back. Mesh mTLS on: every proxy has
+    /// an agent (Envoy's is mast-proxy `--sds-socket`).
+    Agent,
+    /// No agent (no CA, so no mesh mTLS): the proxy reads the paths itself, the system
+    /// bundle at Debian's path.
+    Direct,
+}
+
+/// The system bundle's path when the proxy reads files itself (Debian and Ubuntu, the base
+/// of Istio's and Mast's proxy images).
+pub const SYSTEM_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// The transport socket for a `SIMPLE`/`MUTUAL` rule, or `None` where istiod builds none
 /// (another mode, or a `credentialName` on a sidecar). `h2`: the cluster speaks HTTP/2.
-pub fn origination(tls: &ClientTls, h2: bool, router: bool) -> Option<(TransportSocket, AutoSni)> {
+pub fn origination(
+    tls: &ClientTls,
+    h2: bool,
+    router: bool,
+    files: Files,
+) -> Option<(TransportSocket, AutoSni)> {
     let mutual = match tls.mode {
         TlsMode::Simple => false,
         TlsMode::Mutual => true,
@@ -107,28 +129,43 @@ pub fn origination(tls: &ClientTls, h2: bool, router: bool) -> Option<(Transport
                 tracing::warn!("MUTUAL TLS without clientCertificate and privateKey: no TLS");
                 return None;
             };
-            common.tls_certificate_sds_secret_configs = vec![sds_secret(&format!(
-                "{FILE_CERT_PREFIX}{cert}{FILE_CERT_SEPARATOR}{key}"
-            ))];
+            match files {
+                Files::Agent => {
+                    common.tls_certificate_sds_secret_configs = vec![sds_secret(&format!(
+                        "{FILE_CERT_PREFIX}{cert}{FILE_CERT_SEPARATOR}{key}"
+                    ))];
+                }
+                Files::Direct => {
+                    common.tls_certificates = vec![TlsCertificate {
+                        certificate_chain: Some(file(cert)),
+                        private_key: Some(file(key)),
+                        ..Default::default()
+                    }];
+                }
+            }
         }
         if tls.insecure_skip_verify {
             common.validation_context_type = Some(ValidationContextType::ValidationContext(
                 CertificateValidationContext::default(),
             ));
         } else {
-            let ca = tls.ca_certificates.as_deref().unwrap_or(SYSTEM_ROOTS);
-            common.validation_context_type = Some(combined(
-                #[allow(deprecated)]
-                CertificateValidationContext {
-                    match_subject_alt_names: sans(),
-                    crl: tls.ca_crl.as_ref().map(|f| DataSource {
-                        specifier: Some(DataSpecifier::Filename(f.clone())),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                sds_secret(&format!("{FILE_ROOT_PREFIX}{ca}")),
-            ));
+            #[allow(deprecated)]
+            let mut validation = CertificateValidationContext {
+                match_subject_alt_names: sans(),
+                crl: tls.ca_crl.as_deref().map(file),
+                ..Default::default()
+            };
+            common.validation_context_type = Some(match files {
+                Files::Agent => {
+                    let ca = tls.ca_certificates.as_deref().unwrap_or(SYSTEM_ROOTS);
+                    combined(validation, sds_secret(&format!("{FILE_ROOT_PREFIX}{ca}")))
+                }
+                Files::Direct => {
+                    let ca = tls.ca_certificates.as_deref().unwrap_or(SYSTEM_BUNDLE_PATH);
+                    validation.trusted_ca = Some(file(ca));
+                    ValidationContextType::ValidationContext(validation)
+                }
+            });
         }
     }
     if h2 {
@@ -233,6 +270,13 @@ pub fn credential_secrets(model: &MeshModel, namespace: &str) -> Vec<Secret> {
     out
 }
 
+fn file(path: &str) -> DataSource {
+    DataSource {
+        specifier: Some(DataSpecifier::Filename(path.to_string())),
+        ..Default::default()
+    }
+}
+
 fn inline(pem: &str) -> DataSource {
     DataSource {
         specifier: Some(DataSpecifier::InlineBytes(pem.as_bytes().to_vec())),
@@ -281,7 +325,7 @@ mod tests {
 
     #[test]
     fn simple_verifies_with_the_system_bundle_or_the_given_file() {
-        let (ts, auto) = origination(&rule(TlsMode::Simple), false, false).unwrap();
+        let (ts, auto) = origination(&rule(TlsMode::Simple), false, false, Files::Agent).unwrap();
         let c = ctx(&ts);
         let common = c.common_tls_context.unwrap();
         assert_eq!(root_name(&common), "file-root:system");
@@ -299,7 +343,7 @@ mod tests {
         r.ca_certificates = Some("/etc/certs/ca.pem".into());
         r.sni = Some("api.example.com".into());
         r.subject_alt_names = vec!["api.example.com".into()];
-        let (ts, auto) = origination(&r, true, false).unwrap();
+        let (ts, auto) = origination(&r, true, false, Files::Agent).unwrap();
         let common = ctx(&ts).common_tls_context.unwrap();
         assert_eq!(root_name(&common), "file-root:/etc/certs/ca.pem");
         assert_eq!(common.alpn_protocols, ["h2"]);
@@ -312,7 +356,7 @@ mod tests {
         r.client_certificate = Some("/c.pem".into());
         r.private_key = Some("/k.pem".into());
         r.insecure_skip_verify = true;
-        let (ts, auto) = origination(&r, false, false).unwrap();
+        let (ts, auto) = origination(&r, false, false, Files::Agent).unwrap();
         let common = ctx(&ts).common_tls_context.unwrap();
         assert_eq!(
             common.tls_certificate_sds_secret_configs[0].name,
@@ -328,17 +372,36 @@ mod tests {
     }
 
     #[test]
+    fn without_an_agent_the_proxy_reads_the_files() {
+        let mut r = rule(TlsMode::Mutual);
+        r.client_certificate = Some("/c.pem".into());
+        r.private_key = Some("/k.pem".into());
+        let (ts, _) = origination(&r, false, false, Files::Direct).unwrap();
+        let common = ctx(&ts).common_tls_context.unwrap();
+        assert!(common.tls_certificate_sds_secret_configs.is_empty());
+        assert_eq!(
+            common.tls_certificates[0].certificate_chain,
+            Some(file("/c.pem"))
+        );
+        let Some(ValidationContextType::ValidationContext(v)) = &common.validation_context_type
+        else {
+            panic!("not a validation context")
+        };
+        assert_eq!(v.trusted_ca, Some(file(SYSTEM_BUNDLE_PATH)));
+    }
+
+    #[test]
     fn credential_name_is_for_gateways_only() {
         let mut r = rule(TlsMode::Mutual);
         r.credential_name = Some("client-credential".into());
-        assert!(origination(&r, false, false).is_none());
-        let (ts, _) = origination(&r, false, true).unwrap();
+        assert!(origination(&r, false, false, Files::Agent).is_none());
+        let (ts, _) = origination(&r, false, true, Files::Agent).unwrap();
         let common = ctx(&ts).common_tls_context.unwrap();
         assert_eq!(
             common.tls_certificate_sds_secret_configs[0].name,
             "kubernetes://client-credential"
         );
         assert_eq!(root_name(&common), "kubernetes://client-credential-cacert");
-        assert!(origination(&rule(TlsMode::IstioMutual), false, true).is_none());
+        assert!(origination(&rule(TlsMode::IstioMutual), false, true, Files::Agent).is_none());
     }
 }

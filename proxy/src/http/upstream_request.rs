@@ -308,6 +308,11 @@ fn classify(e: hyper_util::client::legacy::Error) -> AttemptError {
         if let Some(ce) = s.downcast_ref::<crate::upstream::ConnectError>() {
             return match ce {
                 crate::upstream::ConnectError::Overflow => AttemptError::Overflow,
+                crate::upstream::ConnectError::Tls(reason) => {
+                    // Envoy names the transport failure in its 503; the log says it here.
+                    tracing::warn!(%reason, "upstream connect error: TLS handshake failed (UF)");
+                    AttemptError::ConnectFailure
+                }
                 _ => AttemptError::ConnectFailure,
             };
         }

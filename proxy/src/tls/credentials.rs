@@ -215,21 +215,25 @@ pub fn server_cert(chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerCert, TlsEr
     Ok(Arc::new(certified))
 }
 
-/// CA certificates (PEM) as trust anchors.
+/// CA certificates (PEM) as trust anchors. A bundle (the system's, say) may hold a
+/// certificate webpki cannot use as an anchor: it is skipped as long as one is usable.
 pub fn trust_bundle(pem: &[u8]) -> Result<TrustBundle, TlsError> {
     let cas = certs(pem)?;
     if cas.is_empty() {
         return Err(TlsError::Pem("no CERTIFICATE block".into()));
     }
-    let anchors = cas
-        .iter()
-        .map(|c| {
-            webpki::anchor_from_trusted_cert(c)
-                .map(|a| a.to_owned())
-                .map_err(|e| TlsError::Certificate(format!("trust anchor: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TrustBundle { anchors })
+    let mut anchors = Vec::new();
+    let mut last_error = None;
+    for c in &cas {
+        match webpki::anchor_from_trusted_cert(c) {
+            Ok(a) => anchors.push(a.to_owned()),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    match (anchors.is_empty(), last_error) {
+        (true, Some(e)) => Err(TlsError::Certificate(format!("trust anchor: {e}"))),
+        _ => Ok(TrustBundle { anchors }),
+    }
 }
 
 fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -575,20 +579,7 @@ pub fn system_roots() -> Result<TrustBundle, TlsError> {
         ))
     })?;
     let pem = std::fs::read(path).map_err(|e| TlsError::Pem(format!("{path}: {e}")))?;
-    // A system bundle may hold a certificate webpki cannot use as an anchor: skip it rather
-    // than refuse every other root.
-    let anchors: Vec<_> = certs(&pem)?
-        .iter()
-        .filter_map(|c| {
-            webpki::anchor_from_trusted_cert(c)
-                .ok()
-                .map(|a| a.to_owned())
-        })
-        .collect();
-    if anchors.is_empty() {
-        return Err(TlsError::Pem(format!("{path}: no usable CA certificate")));
-    }
-    Ok(TrustBundle { anchors })
+    trust_bundle(&pem)
 }
 
 #[cfg(test)]
