@@ -1,5 +1,6 @@
 //! `mastctl analyze PATH...`: load files and folders together (so references between files
-//! resolve) through the same store mastd uses, and report every rejected resource.
+//! resolve) through the same store mastd uses, and report every rejected resource and every
+//! resource set aside by another (warnings).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let report = store.apply_files(files);
     for e in &report.errors {
         eprintln!("Error: {e}");
+    }
+    // Accepted but set aside (a Knative route net-istio's VirtualService overrides): worth
+    // reading, not a failure.
+    for w in &report.warnings {
+        eprintln!("Warning: {w}");
     }
     let model = store.model();
     if report.errors.is_empty() {

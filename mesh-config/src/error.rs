@@ -45,6 +45,22 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// Something accepted that does not do what its author may think: two resources claiming the
+/// same thing, one of them set aside. Nothing is rejected; `mastctl analyze` and mastd report
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The resource set aside.
+    pub resource: ResourceRef,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.resource, self.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ pub mod error;
 pub mod model;
 pub mod security;
 
-pub use error::ConfigError;
+pub use error::{ConfigError, ConfigWarning};
 pub use model::MeshModel;
 pub mod dialect;
 pub mod locate;

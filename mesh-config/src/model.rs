@@ -52,6 +52,9 @@ pub struct MeshModel {
     pub tls_secrets: BTreeMap<(String, String), TlsSecret>,
     /// RequestAuthentications (JWT rules), in source order.
     pub request_authentications: Vec<crate::authn::RequestAuthn>,
+    /// Knative routes waiting for their external hosts, and `config-domain`
+    /// (`crate::dialect::knative::finish` completes them once everything is translated).
+    pub knative: crate::dialect::knative::KnativeState,
     /// Gateway API ReferenceGrants: which cross-namespace references are permitted.
     pub reference_grants: Vec<ReferenceGrant>,
 }

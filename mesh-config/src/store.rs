@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::dialect::{self, MeshResource, Meta};
-use crate::error::ConfigError;
+use crate::error::{ConfigError, ConfigWarning};
 use crate::model::MeshModel;
 use crate::source::parse_documents;
 
@@ -34,6 +34,8 @@ struct Entry {
 pub struct ApplyReport {
     /// Everything rejected in this apply.
     pub errors: Vec<ConfigError>,
+    /// What is accepted but set aside (a Knative route a VirtualService overrides).
+    pub warnings: Vec<ConfigWarning>,
     /// The model differs from the one before.
     pub changed: bool,
 }
@@ -43,6 +45,7 @@ pub struct ConfigStore {
     accepted: BTreeMap<Key, Entry>,
     model: Arc<MeshModel>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
 }
 
 // === impl ConfigStore ===
@@ -113,12 +116,18 @@ impl ConfigStore {
             }
         }
 
-        let model = self.build(&mut next, &mut errors);
+        let mut warnings = Vec::new();
+        let model = self.build(&mut next, &mut errors, &mut warnings);
         let changed = model != *self.model;
         self.accepted = next;
         self.model = Arc::new(model);
         self.errors = errors.clone();
-        ApplyReport { errors, changed }
+        self.warnings = warnings.clone();
+        ApplyReport {
+            errors,
+            warnings,
+            changed,
+        }
     }
 
     /// Translate every accepted resource; resources whose references do not resolve are
@@ -127,6 +136,7 @@ impl ConfigStore {
         &self,
         entries: &mut BTreeMap<Key, Entry>,
         errors: &mut Vec<ConfigError>,
+        warnings: &mut Vec<ConfigWarning>,
     ) -> MeshModel {
         let mut fell_back: BTreeSet<Key> = BTreeSet::new();
         loop {
@@ -142,6 +152,7 @@ impl ConfigStore {
             for (_, e) in &order {
                 e.resource.translate(&e.meta, &mut model);
             }
+            *warnings = dialect::knative::finish(&mut model);
             let mut failing = Vec::new();
             for (key, e) in &order {
                 let problems = e.resource.check_references(&e.meta, &model);
@@ -191,6 +202,11 @@ impl ConfigStore {
     /// What is rejected right now.
     pub fn errors(&self) -> &[ConfigError] {
         &self.errors
+    }
+
+    /// What is accepted but set aside right now.
+    pub fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
     }
 }
 

@@ -97,9 +97,16 @@ async fn configz<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Respo
         .iter()
         .map(|e| e.to_string())
         .collect();
+    let warnings: Vec<String> = state
+        .source
+        .warnings()
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
     Json(serde_json::json!({
         "version": snapshot.version,
         "errors": errors,
+        "warnings": warnings,
         "model": &*snapshot.model,
     }))
     .into_response()

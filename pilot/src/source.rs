@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mast_mesh_config::ConfigError;
+use mast_mesh_config::{ConfigError, ConfigWarning};
 use mast_mesh_config::source::read_config_dirs;
 use mast_mesh_config::store::ConfigStore;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -27,6 +27,7 @@ pub use mast_mesh_config::source::Debounce;
 #[derive(Debug, Default)]
 pub struct SourceStatus {
     errors: Mutex<Vec<ConfigError>>,
+    warnings: Mutex<Vec<ConfigWarning>>,
 }
 
 impl SourceStatus {
@@ -35,6 +36,19 @@ impl SourceStatus {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// What is accepted but set aside now.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace what is set aside now.
+    pub fn set_warnings(&self, warnings: Vec<ConfigWarning>) {
+        *self.warnings.lock().unwrap_or_else(|e| e.into_inner()) = warnings;
     }
 
     /// Replace what is rejected now (any source reports here).
@@ -173,6 +187,9 @@ impl FolderSource {
             warn!("config rejected, last good version kept: {e}");
         }
         if report.changed || self.version == 0 {
+            for w in &report.warnings {
+                warn!("config set aside: {w}");
+            }
             let model = self.store.model();
             info!(
                 files = file_count,
@@ -187,6 +204,7 @@ impl FolderSource {
         let errors = self.store.errors().to_vec();
         self.metrics.rejected_configs.set(errors.len() as i64);
         self.status.set_errors(errors);
+        self.status.set_warnings(report.warnings);
         report.changed
     }
 }
