@@ -9,7 +9,9 @@
 //!
 //! One deliberate difference from istiod: when a route table has no catch-all rule, the
 //! virtual host still ends with a `default` route to the service (istiod answers 404), so a
-//! header-matched canary rule never blackholes the rest of a service's traffic.
+//! header-matched canary rule never blackholes the rest of a service's traffic. Not for an
+//! ExternalName Service, which istiod treats as an alias of its target: there, as in Istio,
+//! a request the VirtualService does not match is a 404.
 
 use std::collections::{HashMap, HashSet};
 
@@ -217,10 +219,15 @@ pub fn weighted_clusters(
 }
 
 fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) -> VirtualHost {
-    let (mut routes, catch_all) = table_for(model, &svc.hostname, port, &proxy.namespace)
+    let table = table_for(model, &svc.hostname, port, &proxy.namespace);
+    let (mut routes, catch_all) = table
         .map(|table| table_routes(model, table, &svc.hostname, port, proxy, Where::Mesh))
         .unwrap_or_default();
-    if !catch_all {
+    // An ExternalName Service is only an alias of its target for istiod: the
+    // VirtualService's rules are all there is, and a request they do not match is a 404.
+    // (Knative's route Services are ExternalNames whose VirtualService matches by authority.)
+    let alias_routed = table.is_some() && is_external_name(svc);
+    if !catch_all && !alias_routed {
         let rm = prefix_match("/");
         routes.push(Route {
             name: "default".into(),
@@ -247,6 +254,14 @@ fn virtual_host(model: &MeshModel, svc: &Service, port: u16, proxy: &ProxyNode) 
         include_request_attempt_count: true,
         ..Default::default()
     }
+}
+
+/// A Kubernetes Service of `type: ExternalName` (the mesh-config dialect makes it a DNS
+/// service with the external name as its one endpoint).
+fn is_external_name(svc: &Service) -> bool {
+    svc.source.kind == "Service"
+        && svc.mesh_external
+        && svc.resolution == mast_mesh_config::model::Resolution::Dns
 }
 
 /// Where routes are being built: the sidecars (`mesh`), or one gateway (`<ns>/<name>`). A

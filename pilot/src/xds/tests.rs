@@ -1018,3 +1018,44 @@ fn peer_authentication_modes_shape_inbound_chains() {
     let c = generate(&m, &user_proxy());
     assert_eq!(inbound_chains_9181(&c), [(String::new(), false, hcm)]);
 }
+
+/// Knative's route Service is an ExternalName to the local gateway, and net-istio's mesh
+/// VirtualService matches it by authority prefix: a Host the VirtualService does not match
+/// is a 404 (no `default` route to the ExternalName's target), as istiod, which treats an
+/// ExternalName as an alias.
+#[test]
+fn external_name_service_gets_no_default_route_after_its_virtual_service() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: hello, namespace: default}\n\
+        spec:\n  type: ExternalName\n  externalName: knative-local-gateway.istio-system.svc.cluster.local\n\
+        \x20 ports:\n  - {name: http2, port: 80, targetPort: 80}\n---\n\
+        apiVersion: v1\nkind: Service\nmetadata: {name: hello-00001, namespace: default}\n\
+        spec:\n  selector: {app: hello}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n---\n\
+        apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\n\
+        metadata: {name: hello-mesh, namespace: default}\n\
+        spec:\n  gateways: [mesh]\n  hosts: [hello.default, hello.default.svc, hello.default.svc.cluster.local]\n\
+        \x20 http:\n  - match:\n    - authority: {prefix: hello.default}\n      gateways: [mesh]\n\
+        \x20   retries: {}\n    route:\n\
+        \x20   - destination: {host: hello-00001.default.svc.cluster.local, port: {number: 80}}\n\
+        \x20     weight: 100\n";
+    let mut store = mast_mesh_config::store::ConfigStore::default();
+    let report = store.apply_files([(std::path::PathBuf::from("k.yaml"), yaml.to_string())].into());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let c = generate(&store.model(), &proxy(InterceptionMode::None));
+    let vh = route_config(&c, "80")
+        .virtual_hosts
+        .iter()
+        .find(|v| v.name == "hello.default.svc.cluster.local:80")
+        .cloned()
+        .unwrap_or_else(|| panic!("no hello vhost"));
+    let names: Vec<&str> = vh.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["hello-mesh.0"], "{vh:?}");
+    let action = route_action(&vh.routes[0]);
+    assert_eq!(
+        action.cluster_specifier,
+        Some(ClusterSpecifier::Cluster(
+            "outbound|80||hello-00001.default.svc.cluster.local".into()
+        ))
+    );
+    // `retries: {}`: no retry policy at all.
+    assert_eq!(action.retry_policy, None);
+}
