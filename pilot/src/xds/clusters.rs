@@ -266,6 +266,13 @@ fn service_cluster(
             c.lb_policy = LbPolicy::ClusterProvided as i32;
         }
     }
+    // A PASSTHROUGH load balancer (Knative's `direct` subsets) makes the cluster
+    // ORIGINAL_DST, as istiod does: Envoy refuses CLUSTER_PROVIDED on an EDS or DNS cluster.
+    if c.lb_policy == LbPolicy::ClusterProvided as i32 {
+        c.cluster_discovery_type = Some(discovery(DiscoveryType::OriginalDst));
+        c.eds_cluster_config = None;
+        c.load_assignment = None;
+    }
     c
 }
 
