@@ -115,6 +115,9 @@ async fn forward(req: &Routed<'_>, fwd: &Forward, down: Downstream) -> Response<
     } = down;
     let cluster_name = fwd.pick_cluster();
     rec.cluster = Some(cluster_name.to_string());
+    if let Some(ops) = fwd.cluster_headers.get(cluster_name) {
+        ops.apply_request(&mut parts.headers);
+    }
     let Some(cluster) = req.snap.clusters.get(cluster_name).cloned() else {
         return local_reply(rec, grpc, StatusCode::SERVICE_UNAVAILABLE, "NC", "");
     };

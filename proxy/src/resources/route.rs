@@ -138,6 +138,10 @@ pub struct Forward {
     pub host_rewrite: Option<HeaderValue>,
     /// Ring-hash key from this request header.
     pub hash_header: Option<HeaderName>,
+    /// A weighted cluster's own request header operations (`weighted_clusters.clusters[i]
+    /// .request_headers_to_add`/`_remove`), by cluster name; applied before the route's and
+    /// the virtual host's, which override them (Envoy's default order).
+    pub cluster_headers: std::collections::HashMap<String, HeaderOps>,
 }
 
 #[derive(Debug)]
@@ -583,6 +587,7 @@ impl RouteMatch {
 
 impl Forward {
     fn from_proto(a: &rv3::RouteAction) -> FieldResult<Self> {
+        let mut cluster_headers = std::collections::HashMap::new();
         let clusters = match &a.cluster_specifier {
             Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => Clusters::One(c.clone()),
             Some(ClusterSpecifier::WeightedClusters(w)) => {
@@ -601,6 +606,16 @@ impl Forward {
                         .ok_or_else(|| FieldError::new("weighted_clusters", "weights overflow"))?;
                     if weight > 0 {
                         items.push((c.name.clone(), weight));
+                    }
+                    let ops = HeaderOps::from_proto(
+                        &c.request_headers_to_add,
+                        &c.request_headers_to_remove,
+                        &[],
+                        &[],
+                    )
+                    .at(format!("weighted_clusters.clusters[{i}]"))?;
+                    if !ops.is_empty() {
+                        cluster_headers.entry(c.name.clone()).or_insert(ops);
                     }
                 }
                 if total == 0 {
@@ -685,6 +700,7 @@ impl Forward {
             regex_rewrite,
             host_rewrite,
             hash_header,
+            cluster_headers,
         })
     }
 

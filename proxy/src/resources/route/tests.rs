@@ -325,3 +325,38 @@ fn gateway_hosts_ignore_the_port_and_https_redirect_is_a_301_target() {
         "bookinfo.example.com:8081"
     );
 }
+
+/// A weighted cluster's own request headers (istiod's per-destination `headers.request`, as
+/// Knative's `Knative-Serving-Revision`) are kept for that cluster only.
+#[test]
+fn weighted_cluster_request_headers_belong_to_their_cluster() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue as HvProto, HeaderValueOption};
+    let set = |k: &str, v: &str| HeaderValueOption {
+        header: Some(HvProto {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let weighted = |name: &str, rev: Option<&str>| rv3::weighted_cluster::ClusterWeight {
+        name: name.into(),
+        weight: Some(envoy_types::pb::google::protobuf::UInt32Value { value: 50 }),
+        request_headers_to_add: rev
+            .map(|r| vec![set("knative-serving-revision", r)])
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let f = Forward::from_proto(&rv3::RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::WeightedClusters(rv3::WeightedCluster {
+            clusters: vec![weighted("r1", Some("r-00001")), weighted("r2", None)],
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut headers = http::HeaderMap::new();
+    f.cluster_headers["r1"].apply_request(&mut headers);
+    assert_eq!(headers["knative-serving-revision"], "r-00001");
+    assert!(!f.cluster_headers.contains_key("r2"));
+}
