@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use mast_mesh_config::{ConfigError, ConfigWarning};
 use mast_mesh_config::source::read_config_dirs;
 use mast_mesh_config::store::ConfigStore;
+use mast_mesh_config::{ConfigError, ConfigWarning};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
