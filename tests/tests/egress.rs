@@ -79,8 +79,10 @@ struct Ports {
     mutual: u16,
     wrong_ca: u16,
     via_gateway: u16,
-    /// The ServiceEntry's HTTPS port the egress gateway originates TLS to.
+    via_gateway_mutual: u16,
+    /// The ServiceEntries' HTTPS ports the egress gateway originates TLS to.
     external_https: u16,
+    external_mutual: u16,
     /// The egress gateway's server port, and its Service's port.
     gateway: u16,
     gateway_service: u16,
@@ -210,7 +212,7 @@ spec:
   selector: {{istio: egressgateway}}
   servers:
   - port: {{number: {gateway}, name: https-port-for-tls-origination, protocol: HTTPS}}
-    hosts: [egress.example.com]
+    hosts: [egress.example.com, mutual-egress.example.com]
     tls: {{mode: ISTIO_MUTUAL}}
 ---
 apiVersion: networking.istio.io/v1
@@ -257,12 +259,61 @@ spec:
     portLevelSettings:
     - port: {{number: {external_https}}}
       tls: {{mode: SIMPLE, caCertificates: {d}/ca.pem}}
+---
+# MUTUAL at the egress gateway with a client certificate from a Secret in its namespace
+# (credentialName: honoured on gateways only).
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: mutual-egress, namespace: default}}
+spec:
+  hosts: [mutual-egress.example.com]
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+  ports:
+  - {{number: {via_gateway_mutual}, name: http-port, protocol: HTTP}}
+  - {{number: {external_mutual}, name: https-port, protocol: HTTPS, targetPort: {nginx_mutual}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mutual-egress-through-egress-gateway, namespace: default}}
+spec:
+  hosts: [mutual-egress.example.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: {via_gateway_mutual}
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: external
+        port: {{number: {gateway_service}}}
+  - match:
+    - gateways: [istio-egressgateway]
+      port: {gateway}
+    route:
+    - destination:
+        host: mutual-egress.example.com
+        port: {{number: {external_mutual}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-mtls-for-mutual-egress, namespace: default}}
+spec:
+  host: mutual-egress.example.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: {external_mutual}}}
+      tls: {{mode: MUTUAL, credentialName: client-credential}}
 "#,
         simple = p.simple,
         mutual = p.mutual,
         wrong_ca = p.wrong_ca,
         via_gateway = p.via_gateway,
+        via_gateway_mutual = p.via_gateway_mutual,
         external_https = p.external_https,
+        external_mutual = p.external_mutual,
         gateway = p.gateway,
         gateway_service = p.gateway_service,
         nginx_simple = p.nginx_simple,
@@ -397,6 +448,20 @@ async fn check(kind: SidecarKind, mastd: &Mastd, work: &Path, p: &Ports) -> Resu
         body.contains("sni=egress.example.com"),
         "{kind}: SNI: {body}"
     );
+    // MUTUAL at the gateway: the client certificate comes from the Secret over SDS.
+    let body = until(
+        "MUTUAL with credentialName at the egress gateway",
+        p.via_gateway_mutual,
+        "mutual-egress.example.com",
+        StatusCode::OK,
+        &[&app, &gateway],
+    )
+    .await?;
+    assert!(
+        body.contains("client=CN=egress-gateway.example.com")
+            && body.contains("sni=mutual-egress.example.com"),
+        "{kind}: the gateway's client certificate from the Secret: {body}"
+    );
     let stats = gateway.admin("/stats").await?;
     let sent_stat = format!(
         "cluster.outbound|{}||egress.example.com.upstream_rq_total: ",
@@ -425,6 +490,7 @@ async fn tls_origination_and_egress_gateway() -> Result<()> {
     let (cert, key) = ca.issue(&[
         "external.example.com",
         "egress.example.com",
+        "mutual-egress.example.com",
         "wrongca.example.com",
     ])?;
     let (client_cert, client_key) = ca.issue(&["client.example.com"])?;
@@ -446,7 +512,9 @@ async fn tls_origination_and_egress_gateway() -> Result<()> {
         mutual: free_port(),
         wrong_ca: free_port(),
         via_gateway: free_port(),
+        via_gateway_mutual: free_port(),
         external_https: free_port(),
+        external_mutual: free_port(),
         gateway: free_port(),
         gateway_service: free_port(),
     };
@@ -469,6 +537,12 @@ async fn tls_origination_and_egress_gateway() -> Result<()> {
     .with_context(|| std::fs::read_to_string(d.join("nginx-error.log")).unwrap_or_default())?;
     nginx.check_running()?;
     std::fs::write(config.join("egress.yaml"), mesh_config(d, &ports))?;
+    // The egress gateway's client certificate and the CA it checks nginx with.
+    let (gw_cert, gw_key) = ca.issue(&["egress-gateway.example.com"])?;
+    std::fs::write(
+        config.join("client-credential.yaml"),
+        client_credential(&gw_cert, &gw_key, &ca.pem),
+    )?;
     let work = d.join("work");
     std::fs::create_dir_all(&work)?;
     let mastd = Mastd::start_with_ca(
@@ -500,4 +574,20 @@ fn counter(stats: &str, prefix: &str) -> u64 {
         .find_map(|l| l.strip_prefix(prefix))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The Secret a DestinationRule's `credentialName` names, in the egress gateway's namespace.
+fn client_credential(cert: &str, key: &str, ca: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: client-credential, namespace: istio-system}}\n\
+         type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}  ca.crt: |\n{}",
+        indent(cert),
+        indent(key),
+        indent(ca)
+    )
 }
