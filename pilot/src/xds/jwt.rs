@@ -320,6 +320,10 @@ pub async fn run_resolver(
     let mut retry = tokio::time::interval(RETRY_ON_FAILURE);
     retry.tick().await;
     let mut uris = BTreeMap::new();
+    // The first snapshot is already published as the source made it (no keys are known
+    // yet): only its URIs are fetched, so a mesh without RequestAuthentication sees exactly
+    // the source's snapshots and versions.
+    let mut first = true;
     let mut dirty = true;
     loop {
         if dirty {
@@ -330,6 +334,10 @@ pub async fn run_resolver(
                     spawn_fetch(&tx, &mut in_flight, uri, *timeout, policy);
                 }
             }
+            dirty = false;
+            if std::mem::take(&mut first) {
+                continue;
+            }
             let last = publish.borrow().version;
             let version = current.version.max(last + 1);
             let model = with_keys(&current.model, &keys).map(Arc::new);
@@ -339,7 +347,6 @@ pub async fn run_resolver(
                 current.changed_at,
             );
             publish.send_replace(snapshot);
-            dirty = false;
         }
         tokio::select! {
             r = raw.changed() => {
