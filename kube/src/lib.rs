@@ -10,6 +10,7 @@
 //! and leader election so only one replica writes.
 
 pub mod client;
+pub mod gateway_deploy;
 pub mod gateway_status;
 pub mod source;
 pub mod status;

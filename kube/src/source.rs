@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -39,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
+use crate::gateway_deploy::{self, ProxyRenderer};
 use crate::gateway_status;
 use crate::status::{self, WriteGate};
 
@@ -85,8 +87,12 @@ pub use mast_mesh_config::source::Debounce;
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub debounce: Debounce,
-    /// Whether this replica writes status back (the leader, when there is an election).
+    /// Whether this replica writes status back (the leader, when there is an election). The
+    /// same gate decides who deploys gateways.
     pub write_status: WriteGate,
+    /// Deploy a proxy for every managed Gateway API Gateway of Mast's classes
+    /// ([`gateway_deploy`]), rendering its container with this; `None`: deploy nothing.
+    pub deploy_gateways: Option<ProxyRenderer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +142,8 @@ struct Tracked {
     messages: Vec<Value>,
     /// The whole `status` it shows now, for Gateway API kinds (else null).
     status: Value,
+    /// `metadata.uid`: what owner references name.
+    uid: Option<String>,
 }
 
 type WatchItem = (usize, Result<Event<DynamicObject>, watcher::Error>);
@@ -153,6 +161,9 @@ pub struct KubeSource {
     relisting: BTreeMap<usize, BTreeMap<PathBuf, Tracked>>,
     objects: BTreeMap<PathBuf, Tracked>,
     store: ConfigStore,
+    /// What was last applied for each Gateway (its path → the objects), so an unchanged
+    /// Gateway costs no requests.
+    deployed: BTreeMap<PathBuf, Vec<Value>>,
 }
 
 // === impl KubeSource ===
@@ -182,6 +193,7 @@ impl KubeSource {
             relisting: BTreeMap::new(),
             objects: BTreeMap::new(),
             store: ConfigStore::default(),
+            deployed: BTreeMap::new(),
         })
     }
 
@@ -220,7 +232,8 @@ impl KubeSource {
             let item = tokio::select! {
                 item = self.events.recv() => item,
                 () = gate.changed() => {
-                    // Became leader: bring every status up to date.
+                    // Became leader: bring every status and deployment up to date.
+                    self.deployed.clear();
                     self.write_status().await;
                     continue;
                 }
@@ -331,6 +344,7 @@ impl KubeSource {
             None
         };
         let generation = obj.metadata.generation;
+        let uid = obj.metadata.uid.clone();
         let mut value = serde_json::to_value(&obj).ok()?;
         let messages = status::current_messages(&value);
         let current_status = if w.gateway_status {
@@ -351,6 +365,7 @@ impl KubeSource {
                 text,
                 messages,
                 status: current_status,
+                uid,
             },
         ))
     }
@@ -427,6 +442,65 @@ impl KubeSource {
             }
         }
         self.write_gateway_status().await;
+        self.deploy_gateways().await;
+    }
+
+    /// Apply each managed Gateway's ServiceAccount, Deployment and Service when they differ
+    /// from what was applied last. A deleted Gateway's objects are left to Kubernetes'
+    /// garbage collector (they are owned by it).
+    async fn deploy_gateways(&mut self) {
+        let Some(render) = self.options.deploy_gateways.clone() else {
+            return;
+        };
+        let mut seen = BTreeSet::new();
+        let mut applies = Vec::new();
+        for (path, t) in &self.objects {
+            let ar = &self.kinds[t.kind].ar;
+            if ar.group != gateway_status::GROUP || ar.kind != "Gateway" {
+                continue;
+            }
+            let Ok(value) = serde_json::from_str::<Value>(&t.text) else {
+                continue;
+            };
+            if !gateway_deploy::is_managed(&value) {
+                continue;
+            }
+            seen.insert(path.clone());
+            let gw = gateway_deploy::GatewayRef {
+                namespace: t.namespace.as_deref().unwrap_or("default"),
+                name: &t.name,
+                uid: t.uid.as_deref(),
+                value: &value,
+            };
+            match gateway_deploy::desired(&gw, &render) {
+                Ok(objects) => {
+                    if self.deployed.get(path) != Some(&objects) {
+                        applies.push((path.clone(), objects));
+                    }
+                }
+                Err(e) => warn!(gateway = %path.display(), error = %e, "cannot deploy the gateway"),
+            }
+        }
+        self.deployed.retain(|p, _| seen.contains(p));
+        for (path, objects) in applies {
+            let mut ok = true;
+            for object in &objects {
+                if let Err(e) = apply_owned(&self.client, object).await {
+                    warn!(
+                        gateway = %path.display(),
+                        kind = %object["kind"].as_str().unwrap_or_default(),
+                        error = %e,
+                        "cannot apply the gateway's deployment; retried after the next change"
+                    );
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                info!(gateway = %path.display(), "gateway deployment applied");
+                self.deployed.insert(path, objects);
+            }
+        }
     }
 
     /// Make every Gateway API object of Mast's classes show Istio's status (see
@@ -556,6 +630,28 @@ impl Drop for KubeSource {
             t.abort();
         }
     }
+}
+
+/// Server-side apply one object of a Gateway's deployment (ServiceAccount, Deployment or
+/// Service), forcing Mast's ownership of the fields it sets, as a controller does.
+async fn apply_owned(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
+    let ar = match object["kind"].as_str() {
+        Some("Deployment") => ApiResource::erase::<Deployment>(&()),
+        Some("Service") => ApiResource::erase::<Service>(&()),
+        _ => ApiResource::erase::<ServiceAccount>(&()),
+    };
+    let ns = object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default");
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    api.patch(
+        name,
+        &PatchParams::apply(gateway_deploy::FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The built-in kinds, always served (discovery.k8s.io/v1 since Kubernetes 1.21), and the mesh kinds this cluster has CRDs for.

@@ -220,7 +220,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             election,
         }) => {
             let gate = mast_kube::status::WriteGate::from_receiver(leader);
-            let (source, first) = kube::start(client, debounce, gate).await?;
+            let renderer = kube::gateway_renderer(config.inject_settings());
+            let (source, first) = kube::start(client, debounce, gate, Some(renderer)).await?;
             let result = pilot
                 .source(move |ctx| kube::PilotSource::new(source, first, ctx))
                 .on_bound(on_bound)

@@ -72,11 +72,25 @@ pub fn elect(
     election.spawn(client, shutdown)
 }
 
-/// Discover, and wait for the first full list: the source, ready for pilot.
+/// The proxy of a Gateway API Gateway's automated deployment, rendered by the injector's
+/// `gateway` template with the webhook's settings: one code path for every gateway pod.
+pub fn gateway_renderer(
+    settings: mast_injector::inject::Settings,
+) -> mast_kube::gateway_deploy::ProxyRenderer {
+    use mast_injector::inject::{Workload, inject_pod};
+    mast_kube::gateway_deploy::ProxyRenderer::new(move |pod, namespace, name| {
+        let workload = Workload::controller("apps/v1", "Deployment", namespace, name);
+        inject_pod(pod, namespace, &workload, &settings).map_err(|e| e.to_string())
+    })
+}
+
+/// Discover, and wait for the first full list: the source, ready for pilot. With
+/// `deploy_gateways`, the leader also deploys the proxies of Gateway API Gateways.
 pub async fn start(
     client: mast_kube::client::Client,
     debounce: Debounce,
     write_status: mast_kube::status::WriteGate,
+    deploy_gateways: Option<mast_kube::gateway_deploy::ProxyRenderer>,
 ) -> Result<(KubeSource, Update), KubeError> {
     let options = source::Options {
         debounce: source::Debounce {
@@ -84,6 +98,7 @@ pub async fn start(
             max: debounce.max,
         },
         write_status,
+        deploy_gateways,
     };
     let mut source = KubeSource::start(client, options).await?;
     let first = source.initial_sync().await?;
@@ -250,7 +265,9 @@ mod tests {
         let client = connect(&client_source(Some(kubeconfig.clone())))
             .await
             .unwrap();
-        let (source, first) = start(client, debounce, WriteGate::always()).await.unwrap();
+        let (source, first) = start(client, debounce, WriteGate::always(), None)
+            .await
+            .unwrap();
         let _ = std::fs::remove_file(&kubeconfig);
 
         let config = PilotConfig {

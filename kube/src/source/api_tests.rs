@@ -124,6 +124,7 @@ fn options() -> Options {
             max: Duration::from_secs(1),
         },
         write_status: WriteGate::always(),
+        deploy_gateways: None,
     }
 }
 
@@ -793,4 +794,118 @@ async fn gateway_api_status_is_written_once_and_follows_the_certificate() {
         condition(&again["status"]["conditions"], "Accepted")["lastTransitionTime"],
         accepted["lastTransitionTime"]
     );
+}
+
+/// The injector's gateway template, as mastd wires it.
+fn injector_renderer() -> crate::gateway_deploy::ProxyRenderer {
+    use mast_injector::inject::{Settings, Workload, inject_pod};
+    let settings = Settings {
+        image: "mast/proxy:test".into(),
+        ..Settings::default()
+    };
+    crate::gateway_deploy::ProxyRenderer(std::sync::Arc::new(
+        move |pod: &Value, ns: &str, name: &str| {
+            let workload = Workload::controller("apps/v1", "Deployment", ns, name);
+            inject_pod(pod, ns, &workload, &settings).map_err(|e| e.to_string())
+        },
+    ))
+}
+
+/// A managed Gateway gets its proxy deployed: ServiceAccount, Deployment (the injector's
+/// gateway proxy) and Service named `<gateway>-istio`, owned by the Gateway; applied once;
+/// the Gateway's deletion is left to the garbage collector.
+#[tokio::test]
+async fn a_gateway_gets_its_proxy_deployed_and_owned() {
+    let server = gateway_cluster().await;
+    server.add_builtin_kinds();
+    let mut source = KubeSource::start(
+        server.client(),
+        Options {
+            deploy_gateways: Some(injector_renderer()),
+            ..options()
+        },
+    )
+    .await
+    .unwrap();
+    source.initial_sync().await.unwrap();
+    let gateway = server.get(GW.0, GW.1, "default", "web").unwrap();
+    let uid = gateway["metadata"]["uid"].as_str().unwrap().to_string();
+    let owned = |api_version: &str, kind: &str| {
+        let o = server
+            .get(api_version, kind, "default", "web-istio")
+            .unwrap_or_else(|| panic!("no {kind} web-istio"));
+        assert_eq!(
+            o["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+            "web"
+        );
+        assert_eq!(
+            o["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                    "name": "web", "uid": uid}]),
+            "{kind}"
+        );
+        o
+    };
+    owned("v1", "ServiceAccount");
+    let deployment = owned("apps/v1", "Deployment");
+    let template = &deployment["spec"]["template"];
+    assert_eq!(
+        template["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"],
+        "web"
+    );
+    assert_eq!(template["spec"]["serviceAccountName"], "web-istio");
+    let proxy = template["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("the proxy container");
+    assert_eq!(proxy["image"], "mast/proxy:test");
+    assert!(
+        proxy["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "router"),
+        "{}",
+        proxy["args"]
+    );
+    assert!(
+        template["spec"]["initContainers"]
+            .as_array()
+            .is_none_or(|c| c.iter().all(|c| c["name"] != "istio-init")),
+        "a gateway has no traffic capture"
+    );
+    let service = owned("v1", "Service");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    let ports: Vec<u64> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [15021, 8080, 8443]);
+    let applies = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("PATCH ") && r.contains("/web-istio?"))
+            .count()
+    };
+    assert_eq!(applies(), 3);
+
+    // Another change in the cluster: nothing to apply again.
+    let mut updates = follow(source);
+    server.apply(virtual_service(70, 30));
+    until(&mut updates, |u| u.changed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(applies(), 3);
+
+    // The Gateway deleted: Mast deletes nothing (the objects are the garbage collector's,
+    // through their owner reference) and re-applies nothing.
+    server.delete(GW.0, GW.1, "default", "web");
+    until(&mut updates, |u| u.changed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(applies(), 3);
+    assert!(!server.requests().iter().any(|r| r.starts_with("DELETE ")));
 }
