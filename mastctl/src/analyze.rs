@@ -32,11 +32,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let model = store.model();
     if report.errors.is_empty() {
         println!(
-            "✔ No validation issues found in {file_count} file(s): {} services, {} workloads, {} route tables, {} destination rules.",
+            "✔ No validation issues found in {file_count} file(s): {} services, {} workloads, {} route tables, {} destination rules{}.",
             model.services.len(),
             model.workloads.len(),
             model.routes.len(),
-            model.destination_policies.len()
+            model.destination_policies.len(),
+            match report.warnings.len() {
+                0 => String::new(),
+                n => format!("; {n} warning(s)"),
+            }
         );
         Ok(ExitCode::SUCCESS)
     } else {

@@ -14,7 +14,8 @@
 //!   is present too: the VirtualServices win over Mast's own translation (as in Istio, which
 //!   never reads Knative objects), mastd says so, the probe route answers with the hash, the
 //!   split and the revision headers hold through the external gateway and the cluster-local
-//!   gateway, and a Host the VirtualService does not match is a 404.
+//!   gateway, a DomainMapping's `rewrite.authority` reaches the revision, and a Host the
+//!   VirtualService does not match is a 404.
 //!
 //! The Gateways are net-istio's except for their port numbers (80 and 8081 there): the test
 //! takes free ports so it can run beside the other gateway suites.
@@ -387,6 +388,41 @@ spec:
         rule("hello.default", mesh_gw, true),
         rule("hello.default", mesh_gw, false),
     ));
+    // A DomainMapping hello.example.org → hello, as net-istio writes its Ingress: the route's
+    // Host rewritten to the mapped service's (`rewrite.authority`). net-istio's destination
+    // is the route's ExternalName Service (back through the local gateway, a name loopback
+    // cannot resolve); here it is the revision, which shows the Host it got.
+    y.push_str(
+        r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: hello.example.org-ingress
+  namespace: default
+  labels:
+    networking.internal.knative.dev/ingress: hello.example.org
+spec:
+  gateways:
+  - knative-serving/knative-ingress-gateway
+  hosts:
+  - hello.example.org
+  http:
+  - match:
+    - authority:
+        prefix: hello.example.org
+      gateways:
+      - knative-serving/knative-ingress-gateway
+    retries: {}
+    rewrite:
+      authority: hello.default.svc.cluster.local
+    route:
+    - destination:
+        host: hello-00001.default.svc.cluster.local
+        port:
+          number: 80
+      weight: 100
+"#,
+    );
     y
 }
 
@@ -543,6 +579,21 @@ async fn check_gateway(
     .await?;
     assert!(body.starts_with("hello-0000"), "{kind}: {body}");
 
+    // rewrite.authority (a DomainMapping): the revision sees the mapped service's Host.
+    let body = get_ok(
+        &gw,
+        "the domain mapping",
+        &format!("{ext_url}/echo"),
+        "hello.example.org",
+        &[],
+    )
+    .await?;
+    assert_eq!(
+        echoed(&body)["host"],
+        "hello.default.svc.cluster.local",
+        "{kind}: {body}"
+    );
+
     // The cluster-local gateway (where the route's ExternalName Service leads mesh traffic).
     for host in ["hello.default.svc.cluster.local", "hello.default"] {
         let body = get_ok(&gw, host, &format!("{local_url}/echo"), host, &probe).await?;
@@ -601,7 +652,7 @@ async fn knative_services_through_the_ingress_gateway() -> Result<()> {
         async move {
             if log.lines().any(|l| {
                 l.contains("config set aside")
-                    && l.contains("Service default/hello")
+                    && l.contains("Knative Service default/hello")
                     && l.contains("VirtualService default/hello-")
             }) {
                 Ok(())

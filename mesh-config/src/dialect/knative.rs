@@ -578,7 +578,11 @@ fn give_way_to_virtual_services(
             return true;
         };
         warnings.push(ConfigWarning {
-            resource: t.source.clone(),
+            // `Knative Service`: not the Kubernetes Service of the same name.
+            resource: ResourceRef {
+                kind: format!("Knative {}", t.source.kind),
+                ..t.source.clone()
+            },
             message: format!(
                 "host {host} is also routed by {vs}; the VirtualService is used (as Istio, \
                  which does not read Knative objects: net-istio's resources win)"
@@ -755,7 +759,7 @@ mod tests {
         assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
         let w = report.warnings[0].to_string();
         assert!(
-            w.contains("Service default/myapp")
+            w.contains("Knative Service default/myapp")
                 && w.contains("myapp.default.svc.cluster.local")
                 && w.contains("VirtualService default/myapp-mesh"),
             "{w}"
