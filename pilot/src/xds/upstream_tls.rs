@@ -16,9 +16,12 @@
 //! `subjectAltNames` either, checks the server certificate against that host
 //! (`auto_san_validation`): both are set in the cluster's `HttpProtocolOptions`.
 
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::data_source::Specifier as DataSpecifier;
 use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
-use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket};
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::{
     CombinedCertificateValidationContext, ValidationContextType,
 };
@@ -33,7 +36,6 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use mast_mesh_config::model::{ClientTls, MeshModel, TlsMode};
 
 use super::any;
-use super::clusters::ads_config_source;
 use super::gateway::{CA_SECRET_SUFFIX, KUBERNETES_SECRET_PREFIX};
 use super::mtls::sds_secret;
 
@@ -102,10 +104,7 @@ pub fn origination(
     };
     let sans = || tls.subject_alt_names.iter().cloned().map(exact).collect();
     if let Some(name) = &tls.credential_name {
-        let ads = |n: String| SdsSecretConfig {
-            name: n,
-            sds_config: Some(ads_config_source()),
-        };
+        let ads = credential_sds;
         if mutual {
             common.tls_certificate_sds_secret_configs =
                 vec![ads(format!("{KUBERNETES_SECRET_PREFIX}{name}"))];
@@ -188,6 +187,20 @@ pub fn origination(
         config_type: Some(ConfigType::TypedConfig(any(&ctx))),
     };
     Some((socket, auto))
+}
+
+/// A `credentialName` secret over ADS. As istiod's `SDSAdsConfig`, Envoy's default initial
+/// fetch timeout is kept (not the 0s of every other resource): the Secret may not exist, and
+/// waiting for it forever would hold back the cluster — and with it every CDS update.
+fn credential_sds(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(ConfigSource {
+            config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+            resource_api_version: ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
 }
 
 fn combined(default: CertificateValidationContext, sds: SdsSecretConfig) -> ValidationContextType {
@@ -402,6 +415,14 @@ mod tests {
             "kubernetes://client-credential"
         );
         assert_eq!(root_name(&common), "kubernetes://client-credential-cacert");
+        let source = common.tls_certificate_sds_secret_configs[0]
+            .sds_config
+            .as_ref()
+            .unwrap();
+        assert!(
+            source.initial_fetch_timeout.is_none(),
+            "a missing Secret must not hold the cluster forever"
+        );
         assert!(origination(&rule(TlsMode::IstioMutual), false, true, Files::Agent).is_none());
     }
 }
