@@ -17,6 +17,12 @@
 //!   gateway, a DomainMapping's `rewrite.authority` reaches the revision, and a Host the
 //!   VirtualService does not match is a 404.
 //!
+//! The mesh side is checked from a client sidecar (Envoy, then mast-proxy) on Knative's
+//! service port 80 (skipped where 127.0.0.1:80 cannot be bound, a failure under
+//! `MAST_REQUIRE_NETNS=1`): net-istio's mesh VirtualService and Mast's own translation split
+//! and set the headers there too, and a Host of the ExternalName Service that the
+//! VirtualService does not match is a 404.
+//!
 //! The Gateways are net-istio's except for their port numbers (80 and 8081 there): the test
 //! takes free ports so it can run beside the other gateway suites.
 
@@ -42,6 +48,14 @@ const GATEWAY_POD: PodSpec<'static> = PodSpec {
     namespace: "istio-system",
     labels: &[("istio", "ingressgateway"), ("app", "istio-ingressgateway")],
     service_account: "istio-ingressgateway-service-account",
+};
+
+/// An app in the mesh calling Knative services by their cluster-local names.
+const CLIENT_POD: PodSpec<'static> = PodSpec {
+    name: "client-kn",
+    namespace: "default",
+    labels: &[("app", "client")],
+    service_account: "client",
 };
 
 /// The hash net-istio puts in its probe route (a SHA-256 of the Ingress, hex).
@@ -625,6 +639,55 @@ async fn check_gateway(
     Ok(())
 }
 
+/// The mesh side, from a sidecar (NONE interception: it listens on 127.0.0.1:80, Knative's
+/// service port): net-istio's mesh VirtualService for `hello` (probe route, split, headers;
+/// a Host it does not match is a 404, not a trip to the ExternalName's target) and Mast's own
+/// translation for `myapp`.
+async fn check_mesh(kind: SidecarKind, mastd: &Mastd, work: &std::path::Path) -> Result<()> {
+    let sc =
+        Sidecar::start_kind(kind, &CLIENT_POD, "127.0.0.1", mastd.xds_addr, work, true).await?;
+    let url = "http://127.0.0.1:80";
+    for host in ["hello.default.svc.cluster.local", "hello.default"] {
+        let body = get_ok(&sc, host, &format!("{url}/echo"), host, &[]).await?;
+        let h = echoed(&body);
+        let rev = body.lines().next().unwrap_or_default();
+        assert_eq!(h["knative-serving-revision"], rev, "{kind}: {body}");
+        let probe = [("K-Network-Hash", "override")];
+        let body = get_ok(&sc, host, &format!("{url}/echo"), host, &probe).await?;
+        assert_eq!(echoed(&body)["k-network-hash"], HASH, "{kind}: {body}");
+        check_split(
+            kind,
+            &format!("{url}/"),
+            host,
+            ["hello-00001", "hello-00002"],
+        )
+        .await?;
+    }
+    // `hello` is a name of the ExternalName Service the VirtualService's authority prefix
+    // does not match: 404, as Istio.
+    let (status, body) = HttpClient::new()
+        .get(&format!("{url}/"), Some("hello"), &[])
+        .await?;
+    assert_eq!(status, 404, "{kind}: Host hello: {body}");
+    let host = "myapp.default.svc.cluster.local";
+    let body = get_ok(&sc, host, &format!("{url}/echo"), host, &[]).await?;
+    let rev = body.lines().next().unwrap_or_default();
+    assert_eq!(
+        echoed(&body)["knative-serving-revision"],
+        rev,
+        "{kind}: {body}"
+    );
+    check_split(
+        kind,
+        &format!("{url}/"),
+        host,
+        ["myapp-00001", "myapp-00002"],
+    )
+    .await?;
+    drop(sc);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knative_services_through_the_ingress_gateway() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -678,5 +741,15 @@ async fn knative_services_through_the_ingress_gateway() -> Result<()> {
     );
     check_gateway(SidecarKind::Envoy, &mastd, &work, ext, local).await?;
     check_gateway(SidecarKind::Mast, &mastd, &work, ext, local).await?;
+    // The sidecars listen on Knative's service port, 80: only where the test may bind it.
+    if std::net::TcpListener::bind(("127.0.0.1", 80)).is_err() {
+        if std::env::var_os("MAST_REQUIRE_NETNS").is_some() {
+            bail!("cannot listen on 127.0.0.1:80 (taken, or not root) for the mesh checks");
+        }
+        eprintln!("skipping the mesh checks: cannot listen on 127.0.0.1:80");
+        return Ok(());
+    }
+    check_mesh(SidecarKind::Envoy, &mastd, &work).await?;
+    check_mesh(SidecarKind::Mast, &mastd, &work).await?;
     Ok(())
 }
