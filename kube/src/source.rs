@@ -377,6 +377,9 @@ impl KubeSource {
         }
         let model = self.store.model();
         if report.changed || initial {
+            for w in &report.warnings {
+                warn!("config set aside: {w}");
+            }
             info!(
                 objects = self.objects.len(),
                 services = model.services.len(),
