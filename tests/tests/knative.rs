@@ -747,9 +747,23 @@ async fn knative_services_through_the_ingress_gateway() -> Result<()> {
             bail!("cannot listen on 127.0.0.1:80 (taken, or not root) for the mesh checks");
         }
         eprintln!("skipping the mesh checks: cannot listen on 127.0.0.1:80");
+        assert_no_nack(&mastd);
         return Ok(());
     }
     check_mesh(SidecarKind::Envoy, &mastd, &work).await?;
     check_mesh(SidecarKind::Mast, &mastd, &work).await?;
+    assert_no_nack(&mastd);
     Ok(())
+}
+
+/// Every proxy accepted everything pilot sent (a rejected cluster can hide behind routes that
+/// still work).
+fn assert_no_nack(mastd: &Mastd) {
+    let log = mastd.proc.log_text();
+    let nacks: Vec<&str> = log.lines().filter(|l| l.contains("NACK")).collect();
+    assert!(
+        nacks.is_empty(),
+        "proxies rejected config:\n{}",
+        nacks.join("\n")
+    );
 }
