@@ -82,15 +82,23 @@ pub struct GatewayRef<'a> {
     pub value: &'a Value,
 }
 
-/// Whether Mast deploys for this Gateway: one of its classes, and no address but IP
-/// addresses (Istio's `IsManaged`).
+/// Whether Mast deploys for this Gateway: one of its classes, and no address or a single IP
+/// address (Istio's `IsManaged`: a Hostname address names a Service deployed by hand; several
+/// addresses cannot be one Service).
 pub fn is_managed(gateway: &Value) -> bool {
+    let addresses = gateway["spec"]["addresses"].as_array();
     gateway_status::is_ours(gateway)
-        && gateway["spec"]["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .all(|a| a["type"].as_str() == Some("IPAddress"))
+        && match addresses.map(Vec::as_slice) {
+            None | Some([]) => true,
+            Some([one]) => one["type"].as_str().is_none_or(|t| t == "IPAddress"),
+            Some(_) => false,
+        }
+}
+
+/// Whether an existing object (`None`: there is none) may be applied over: only what this
+/// controller created, marked with [`MANAGED_LABEL`] — never a user's own `web-istio`.
+pub fn may_take(existing: Option<&Value>) -> bool {
+    existing.is_none_or(|o| o["metadata"]["labels"][MANAGED_LABEL].is_string())
 }
 
 /// The ServiceAccount, Deployment and Service for `gw`, in that order (what is applied).
@@ -274,6 +282,17 @@ mod tests {
         assert!(is_managed(&gateway(json!([]))));
         assert!(is_managed(&gateway(
             json!([{"type": "IPAddress", "value": "10.0.0.1"}])
+        )));
+        assert!(is_managed(&gateway(json!([{"value": "10.0.0.1"}]))));
+        assert!(!is_managed(&gateway(
+            json!([{"value": "10.0.0.1"}, {"value": "10.0.0.2"}])
+        )));
+        assert!(may_take(None));
+        assert!(may_take(Some(
+            &json!({"metadata": {"labels": {MANAGED_LABEL: MANAGED_VALUE}}})
+        )));
+        assert!(!may_take(Some(
+            &json!({"metadata": {"labels": {"app": "mine"}}})
         )));
         assert!(!is_managed(&gateway(
             json!([{"type": "Hostname", "value": "ingress.istio-system.svc.cluster.local"}])

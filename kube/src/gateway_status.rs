@@ -8,7 +8,8 @@
 //! - GatewayClass whose `controllerName` is istiod's: `Accepted`.
 //! - Gateway: `Accepted`; `Programmed` (True once the Service that fronts the gateway — the
 //!   deployed `<name>-<class>` or the Service named in `spec.addresses` — exists, with its
-//!   addresses; else False `AddressNotAssigned`); per listener `supportedKinds`,
+//!   addresses; else False `AddressNotUsable`, as istiod says of a Service it cannot find);
+//!   per listener `supportedKinds`,
 //!   `attachedRoutes`, `Accepted`, `Programmed` and `ResolvedRefs` (False
 //!   `InvalidCertificateRef` when a certificate Secret is missing, `InvalidRouteKinds` for a
 //!   kind the protocol cannot carry).
@@ -185,7 +186,7 @@ fn gateway_status(gw: &Object<'_>, routes: &[&Object<'_>], model: &MeshModel) ->
             condition(
                 "Programmed",
                 false,
-                "AddressNotAssigned",
+                "AddressNotUsable",
                 &format!(
                     "Failed to assign to any requested addresses: hostname {host:?} not found"
                 ),
@@ -295,9 +296,14 @@ fn certificate_problem(gw: &Object<'_>, l: &Value, model: &MeshModel) -> Option<
         let ns = r["namespace"].as_str().unwrap_or(gw.namespace);
         let group = r["group"].as_str().unwrap_or("");
         let kind = r["kind"].as_str().unwrap_or("Secret");
+        // istiod's rendering of the reference: `<group>/<kind>/<name>.<namespace as given>`.
+        let shown = format!(
+            "{group}/{kind}/{name}.{}",
+            r["namespace"].as_str().unwrap_or("")
+        );
         if !group.is_empty() || kind != "Secret" {
             return Some(format!(
-                "invalid certificate reference {group}/{kind}/{name}: only core Secrets are supported"
+                "invalid certificate reference {shown}: only core Secrets are supported"
             ));
         }
         let found = model
@@ -306,7 +312,7 @@ fn certificate_problem(gw: &Object<'_>, l: &Value, model: &MeshModel) -> Option<
             .is_some_and(|s| s.cert.is_some() && s.key.is_some());
         if !found {
             return Some(format!(
-                "invalid certificate reference /Secret/{name}, secret {ns}/{name} not found"
+                "invalid certificate reference {shown}, secret {ns}/{name} not found"
             ));
         }
     }

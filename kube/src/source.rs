@@ -636,7 +636,8 @@ impl Drop for KubeSource {
 }
 
 /// Server-side apply one object of a Gateway's deployment (ServiceAccount, Deployment or
-/// Service), forcing Mast's ownership of the fields it sets, as a controller does.
+/// Service), forcing Mast's ownership of the fields it sets, as a controller does — unless an
+/// object of that name exists that this controller did not create (istiod's `canManage`).
 async fn apply_owned(client: &kube::Client, object: &Value) -> Result<(), kube::Error> {
     let ar = match object["kind"].as_str() {
         Some("Deployment") => ApiResource::erase::<Deployment>(&()),
@@ -648,6 +649,19 @@ async fn apply_owned(client: &kube::Client, object: &Value) -> Result<(), kube::
         .unwrap_or("default");
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let existing = api
+        .get_opt(name)
+        .await?
+        .and_then(|o| serde_json::to_value(o).ok());
+    if !gateway_deploy::may_take(existing.as_ref()) {
+        warn!(
+            namespace = %ns,
+            name = %name,
+            kind = %ar.kind,
+            "an object of that name exists without the gateway.istio.io/managed label: left alone"
+        );
+        return Ok(());
+    }
     api.patch(
         name,
         &PatchParams::apply(gateway_deploy::FIELD_MANAGER).force(),

@@ -37,7 +37,7 @@ fn gateway() -> Value {
     "spec": {"gatewayClassName": "istio", "listeners": [
         {"name": "http", "port": 80, "protocol": "HTTP"},
         {"name": "https", "port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
-         "tls": {"certificateRefs": [{"name": "web-cert"}]}},
+         "tls": {"certificateRefs": [{"kind": "Secret", "name": "web-cert"}]}},
     ]}})
 }
 
@@ -136,7 +136,11 @@ fn missing_secret_service_and_backend_are_reported() {
     let s = find(&w, "Gateway", "web");
     let programmed = cond(&s["conditions"], "Programmed");
     assert_eq!(programmed["status"], "False");
-    assert_eq!(programmed["reason"], "AddressNotAssigned");
+    assert_eq!(programmed["reason"], "AddressNotUsable");
+    assert_eq!(
+        programmed["message"],
+        "Failed to assign to any requested addresses: hostname \"web-istio.default.svc.cluster.local\" not found"
+    );
     assert!(s.get("addresses").is_none());
     let https = &s["listeners"][1];
     let resolved = cond(&https["conditions"], "ResolvedRefs");
@@ -144,7 +148,7 @@ fn missing_secret_service_and_backend_are_reported() {
     assert_eq!(resolved["reason"], "InvalidCertificateRef");
     assert_eq!(
         resolved["message"],
-        "invalid certificate reference /Secret/web-cert, secret default/web-cert not found"
+        "invalid certificate reference /Secret/web-cert., secret default/web-cert not found"
     );
     assert_eq!(
         cond(&https["conditions"], "Programmed")["reason"],

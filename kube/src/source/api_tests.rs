@@ -811,13 +811,27 @@ fn injector_renderer() -> crate::gateway_deploy::ProxyRenderer {
     ))
 }
 
-/// A managed Gateway gets its proxy deployed: ServiceAccount, Deployment (the injector's
-/// gateway proxy) and Service named `<gateway>-istio`, owned by the Gateway; applied once;
-/// the Gateway's deletion is left to the garbage collector.
+/// A managed Gateway gets its proxy deployed: Deployment (the injector's gateway proxy) and
+/// Service named `<gateway>-istio`, owned by the Gateway (a ServiceAccount too, but here one of
+/// that name exists that Mast did not make: it is left alone); applied once; the Gateway's
+/// deletion is left to the garbage collector.
 #[tokio::test]
 async fn a_gateway_gets_its_proxy_deployed_and_owned() {
     let server = gateway_cluster().await;
     server.add_builtin_kinds();
+    // Not Mast's: the Service the status test stands in, gone; a ServiceAccount of that name
+    // that someone made by hand, kept as it is (istiod's canManage).
+    server.delete("v1", "Service", "default", "web-istio");
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "web-istio", "namespace": "default", "labels": {"team": "edge"}},
+    }));
+    // A second Gateway, of class mast, with nothing in its way.
+    server.apply(json!({
+        "apiVersion": GW.0, "kind": GW.1,
+        "metadata": {"name": "api", "namespace": "default"},
+        "spec": {"gatewayClassName": "mast", "listeners": [{"name": "grpc", "port": 9090, "protocol": "HTTP"}]},
+    }));
     let mut source = KubeSource::start(
         server.client(),
         Options {
@@ -846,7 +860,28 @@ async fn a_gateway_gets_its_proxy_deployed_and_owned() {
         );
         o
     };
-    owned("v1", "ServiceAccount");
+    let account = server
+        .get("v1", "ServiceAccount", "default", "web-istio")
+        .unwrap();
+    assert_eq!(account["metadata"]["labels"], json!({"team": "edge"}));
+    assert!(account["metadata"].get("ownerReferences").is_none());
+    let api_uid = server.get(GW.0, GW.1, "default", "api").unwrap()["metadata"]["uid"].clone();
+    for kind in ["ServiceAccount", "Service"] {
+        let o = server.get("v1", kind, "default", "api-mast").unwrap();
+        assert_eq!(
+            o["metadata"]["ownerReferences"][0]["uid"], api_uid,
+            "{kind}"
+        );
+        assert_eq!(
+            o["metadata"]["labels"]["gateway.istio.io/managed"],
+            "istio.io-gateway-controller"
+        );
+    }
+    assert!(
+        server
+            .get("apps/v1", "Deployment", "default", "api-mast")
+            .is_some()
+    );
     let deployment = owned("apps/v1", "Deployment");
     let template = &deployment["spec"]["template"];
     assert_eq!(
@@ -892,20 +927,20 @@ async fn a_gateway_gets_its_proxy_deployed_and_owned() {
             .filter(|r| r.starts_with("PATCH ") && r.contains("/web-istio?"))
             .count()
     };
-    assert_eq!(applies(), 3);
+    assert_eq!(applies(), 2, "the Deployment and the Service");
 
     // Another change in the cluster: nothing to apply again.
     let mut updates = follow(source);
     server.apply(virtual_service(70, 30));
     until(&mut updates, |u| u.changed).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(applies(), 3);
+    assert_eq!(applies(), 2);
 
     // The Gateway deleted: Mast deletes nothing (the objects are the garbage collector's,
     // through their owner reference) and re-applies nothing.
     server.delete(GW.0, GW.1, "default", "web");
     until(&mut updates, |u| u.changed).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(applies(), 3);
+    assert_eq!(applies(), 2);
     assert!(!server.requests().iter().any(|r| r.starts_with("DELETE ")));
 }
