@@ -53,24 +53,18 @@ fn backends(m: &MeshModel) -> Vec<String> {
 
 #[test]
 fn a_backend_in_another_namespace_needs_a_reference_grant() {
-    let web = "web.front.svc.cluster.local".to_string();
-    let api = "api.backend.svc.cluster.local".to_string();
+    let web = "web.front.svc.cluster.local";
+    let api = "api.backend.svc.cluster.local";
     // No grant: only the same-namespace backend is used.
-    assert_eq!(backends(&model(&[SERVICES, ROUTE])), [web.clone()]);
+    assert_eq!(backends(&model(&[SERVICES, ROUTE])), [web]);
     // A grant in `backend` for HTTPRoutes of `front`: both.
     let all = grant(None, "front");
-    assert_eq!(
-        backends(&model(&[SERVICES, ROUTE, &all])),
-        [web.clone(), api.clone()]
-    );
+    assert_eq!(backends(&model(&[SERVICES, ROUTE, &all])), [web, api]);
     // A grant naming the Service, or one for another namespace.
     let named = grant(Some("api"), "front");
     assert_eq!(backends(&model(&[SERVICES, ROUTE, &named])).len(), 2);
     let other_name = grant(Some("db"), "front");
-    assert_eq!(
-        backends(&model(&[SERVICES, ROUTE, &other_name])),
-        [web.clone()]
-    );
+    assert_eq!(backends(&model(&[SERVICES, ROUTE, &other_name])), [web]);
     let other_ns = grant(None, "elsewhere");
     assert_eq!(backends(&model(&[SERVICES, ROUTE, &other_ns])), [web]);
 }
