@@ -5,7 +5,8 @@
 //! mesh custom resource, and hand them to the same parsers and the same last-good store
 //! (`mast_mesh_config`), so the xDS is the same whichever the source. Around that sit the
 //! pieces a cluster needs and a laptop does not: status conditions written back on rejected
-//! resources, TokenReview to authenticate sidecars to citadel, the CA's root in a Secret and the
+//! resources and on Gateway API objects of Mast's classes, the proxies of Gateway API Gateways
+//! deployed as istiod's deployment controller does, TokenReview to authenticate sidecars to citadel, the CA's root in a Secret and the
 //! trust bundle published as a ConfigMap in every namespace, the injector webhook's caBundle,
 //! and leader election so only one replica writes.
 
