@@ -24,7 +24,9 @@
 //! VirtualService does not match is a 404.
 //!
 //! The Gateways are net-istio's except for their port numbers (80 and 8081 there): the test
-//! takes free ports so it can run beside the other gateway suites.
+//! takes free ports so it can run beside the other gateway suites. Last, with the
+//! `knative-ingress-gateway` resource removed, both gateways serve the one Mast adds in its
+//! place (port 80, as net-istio installs it).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -741,7 +743,8 @@ async fn knative_services_through_the_ingress_gateway() -> Result<()> {
     );
     check_gateway(SidecarKind::Envoy, &mastd, &work, ext, local).await?;
     check_gateway(SidecarKind::Mast, &mastd, &work, ext, local).await?;
-    // The sidecars listen on Knative's service port, 80: only where the test may bind it.
+    // The sidecars listen on Knative's service port, 80, and so does the default gateway:
+    // only where the test may bind it.
     if std::net::TcpListener::bind(("127.0.0.1", 80)).is_err() {
         if std::env::var_os("MAST_REQUIRE_NETNS").is_some() {
             bail!("cannot listen on 127.0.0.1:80 (taken, or not root) for the mesh checks");
@@ -752,6 +755,37 @@ async fn knative_services_through_the_ingress_gateway() -> Result<()> {
     }
     check_mesh(SidecarKind::Envoy, &mastd, &work).await?;
     check_mesh(SidecarKind::Mast, &mastd, &work).await?;
+    // Without a knative-ingress-gateway resource, Mast serves the one net-istio installs:
+    // the Istio ingress gateway's pods, port 80.
+    mast_e2e::write_atomic(
+        &config.join("gateways.yaml"),
+        &gateways(ext, local)
+            .split("\n---\n")
+            .nth(1)
+            .context("the local gateway")?,
+    )?;
+    for kind in [SidecarKind::Envoy, SidecarKind::Mast] {
+        let gw = Sidecar::start_gateway(kind, &GATEWAY_POD, mastd.xds_addr, &work).await?;
+        let body = get_ok(
+            &gw,
+            "myapp through the default knative-ingress-gateway",
+            "http://127.0.0.1:80/echo",
+            "myapp.default.example.com",
+            &[],
+        )
+        .await?;
+        assert!(body.starts_with("myapp-0000"), "{kind}: {body}");
+        let body = get_ok(
+            &gw,
+            "hello through the default knative-ingress-gateway",
+            "http://127.0.0.1:80/echo",
+            "hello.default.example.com",
+            &[("K-Network-Hash", "override")],
+        )
+        .await?;
+        assert_eq!(echoed(&body)["k-network-hash"], HASH, "{kind}: {body}");
+        drop(gw);
+    }
     assert_no_nack(&mastd);
     Ok(())
 }
