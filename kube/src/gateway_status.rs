@@ -7,8 +7,9 @@
 //! difference. What is written, for Mast's classes only (`istio`, `mast`):
 //! - GatewayClass whose `controllerName` is istiod's: `Accepted`.
 //! - Gateway: `Accepted`; `Programmed` (True once the Service that fronts the gateway — the
-//!   deployed `<name>-<class>` or the Service named in `spec.addresses` — exists, with its
-//!   addresses; else False `AddressNotUsable`, as istiod says of a Service it cannot find);
+//!   deployed `<name>-<class>` or the Service named in `spec.addresses` — exists and, for a
+//!   LoadBalancer, has its external address; else False `AddressNotAssigned` (pending) or
+//!   `AddressNotUsable` (no such Service)), with `addresses` as istiod reports them;
 //!   per listener `supportedKinds`,
 //!   `attachedRoutes`, `Accepted`, `Programmed` and `ResolvedRefs` (False
 //!   `InvalidCertificateRef` when a certificate Secret is missing, `InvalidRouteKinds` for a
@@ -47,6 +48,31 @@ pub struct Object<'a> {
     pub value: &'a Value,
 }
 
+/// What the cluster says of a Service that the mesh model does not keep: whether it is a
+/// LoadBalancer, and the external addresses its load balancer got. Keyed by the Service's
+/// fully qualified name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exposure {
+    pub load_balancer: bool,
+    pub external: Vec<String>,
+}
+
+impl Exposure {
+    /// From a Service object as the API server returns it.
+    pub fn of_service(service: &Value) -> Self {
+        Self {
+            load_balancer: service["spec"]["type"].as_str() == Some("LoadBalancer"),
+            external: service["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or_else(|| i["hostname"].as_str()))
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
 /// The status an object should show. For a route, `status` holds only Mast's `parents`
 /// entries (see [`merge_route_parents`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -58,7 +84,11 @@ pub struct Wanted {
 }
 
 /// The status every served Gateway API object of Mast's classes should show.
-pub fn compute(objects: &[Object<'_>], model: &MeshModel) -> Vec<Wanted> {
+pub fn compute(
+    objects: &[Object<'_>],
+    model: &MeshModel,
+    exposure: &BTreeMap<String, Exposure>,
+) -> Vec<Wanted> {
     let gateways: BTreeMap<(&str, &str), &Object<'_>> = objects
         .iter()
         .filter(|o| o.kind == "Gateway" && is_ours(o.value))
@@ -82,7 +112,7 @@ pub fn compute(objects: &[Object<'_>], model: &MeshModel) -> Vec<Wanted> {
         }
     }
     for gw in gateways.values() {
-        out.push(wanted(gw, gateway_status(gw, &routes, model)));
+        out.push(wanted(gw, gateway_status(gw, &routes, model, exposure)));
     }
     for route in &routes {
         let parents = route_parents(route, &gateways, model);
@@ -148,7 +178,22 @@ fn condition(kind: &str, ok: bool, reason: &str, message: &str, generation: Opti
     })
 }
 
-fn gateway_status(gw: &Object<'_>, routes: &[&Object<'_>], model: &MeshModel) -> Value {
+/// `a`, `a and b`, `a, b, and c`: lists in messages, as istiod writes them.
+fn human_join(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [rest @ .., last] => format!("{}, and {last}", rest.join(", ")),
+    }
+}
+
+fn gateway_status(
+    gw: &Object<'_>,
+    routes: &[&Object<'_>],
+    model: &MeshModel,
+    exposure: &BTreeMap<String, Exposure>,
+) -> Value {
     let g = gw.generation;
     let host = fronting_service(gw);
     let listeners: Vec<Value> = gw.value["spec"]["listeners"]
@@ -157,32 +202,63 @@ fn gateway_status(gw: &Object<'_>, routes: &[&Object<'_>], model: &MeshModel) ->
         .flatten()
         .map(|l| listener_status(gw, l, routes, model))
         .collect();
-    let service = model.services.get(&host);
-    let ports: Vec<String> = gw.value["spec"]["listeners"]
+    let mut internal: Vec<String> = gw.value["spec"]["listeners"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|l| l["port"].as_u64())
         .map(|p| format!("{host}:{p}"))
         .collect();
-    let (programmed, addresses) = match service.filter(|s| !s.addresses.is_empty()) {
-        Some(s) => (
+    internal.sort();
+    internal.dedup();
+    let (programmed, addresses) = if model.services.contains_key(&host) {
+        let seen = exposure.get(&host).cloned().unwrap_or_default();
+        let pending = seen.load_balancer && seen.external.is_empty();
+        // Reported as istiod does: the external addresses, else the Service's hostname; none
+        // while a LoadBalancer's address is pending.
+        let addresses: Vec<Value> = if !seen.external.is_empty() {
+            seen.external
+                .iter()
+                .map(|a| {
+                    let kind = if a.parse::<std::net::IpAddr>().is_ok() {
+                        "IPAddress"
+                    } else {
+                        "Hostname"
+                    };
+                    json!({"type": kind, "value": a})
+                })
+                .collect()
+        } else if pending {
+            Vec::new()
+        } else {
+            vec![json!({"type": "Hostname", "value": host})]
+        };
+        let programmed = if pending {
+            condition(
+                "Programmed",
+                false,
+                "AddressNotAssigned",
+                &format!(
+                    "Assigned to service(s) {}, but failed to assign to all requested addresses: address pending for hostname {host:?}",
+                    human_join(&internal)
+                ),
+                g,
+            )
+        } else {
             condition(
                 "Programmed",
                 true,
                 "Programmed",
                 &format!(
                     "Resource programmed, assigned to service(s) {}",
-                    ports.join(", ")
+                    human_join(&internal)
                 ),
                 g,
-            ),
-            s.addresses
-                .iter()
-                .map(|a| json!({"type": "IPAddress", "value": a}))
-                .collect(),
-        ),
-        None => (
+            )
+        };
+        (programmed, addresses)
+    } else {
+        (
             condition(
                 "Programmed",
                 false,
@@ -193,7 +269,7 @@ fn gateway_status(gw: &Object<'_>, routes: &[&Object<'_>], model: &MeshModel) ->
                 g,
             ),
             Vec::new(),
-        ),
+        )
     };
     let mut status = json!({
         "conditions": [

@@ -144,6 +144,9 @@ struct Tracked {
     status: Value,
     /// `metadata.uid`: what owner references name.
     uid: Option<String>,
+    /// A Service's type and load-balancer addresses (Gateway API status reports them; kept
+    /// out of `text`, so an address arriving rebuilds no model).
+    exposure: Option<gateway_status::Exposure>,
 }
 
 type WatchItem = (usize, Result<Event<DynamicObject>, watcher::Error>);
@@ -345,6 +348,7 @@ impl KubeSource {
         };
         let generation = obj.metadata.generation;
         let uid = obj.metadata.uid.clone();
+        let is_service = w.ar.group.is_empty() && w.ar.kind == "Service";
         let mut value = serde_json::to_value(&obj).ok()?;
         let messages = status::current_messages(&value);
         let current_status = if w.gateway_status {
@@ -352,6 +356,7 @@ impl KubeSource {
         } else {
             Value::Null
         };
+        let exposure = is_service.then(|| gateway_status::Exposure::of_service(&value));
         prepare(&mut value, &w.ar);
         let text = serde_json::to_string_pretty(&value).ok()?;
         let path = pseudo_path(&w.ar, namespace.as_deref(), &name);
@@ -366,6 +371,7 @@ impl KubeSource {
                 messages,
                 status: current_status,
                 uid,
+                exposure,
             },
         ))
     }
@@ -528,8 +534,19 @@ impl KubeSource {
                 })
             })
             .collect();
+        let exposure: BTreeMap<String, gateway_status::Exposure> = self
+            .objects
+            .values()
+            .filter_map(|t| {
+                let ns = t.namespace.as_deref()?;
+                Some((
+                    format!("{}.{ns}.svc.cluster.local", t.name),
+                    t.exposure.clone()?,
+                ))
+            })
+            .collect();
         let model = self.store.model();
-        let wanted = gateway_status::compute(&objects, &model);
+        let wanted = gateway_status::compute(&objects, &model, &exposure);
         let paths: BTreeMap<(&str, &str, &str), &PathBuf> = values
             .iter()
             .zip(&objects)

@@ -85,7 +85,7 @@ fn a_programmed_gateway_counts_the_routes_each_listener_takes() {
     let any_host = route("all", json!([]), "myapp");
     let other_host = route("other", json!(["shop.other.org"]), "myapp");
     let objects = [object(&gw), object(&any_host), object(&other_host)];
-    let w = compute(&objects, &m);
+    let w = compute(&objects, &m, &BTreeMap::new());
 
     let s = find(&w, "Gateway", "web");
     assert_eq!(cond(&s["conditions"], "Accepted")["status"], "True");
@@ -94,12 +94,48 @@ fn a_programmed_gateway_counts_the_routes_each_listener_takes() {
     assert_eq!(programmed["reason"], "Programmed");
     assert_eq!(
         programmed["message"],
-        "Resource programmed, assigned to service(s) web-istio.default.svc.cluster.local:80, web-istio.default.svc.cluster.local:443"
+        "Resource programmed, assigned to service(s) web-istio.default.svc.cluster.local:443 and web-istio.default.svc.cluster.local:80"
     );
     assert_eq!(programmed["observedGeneration"], 2);
     assert_eq!(
         s["addresses"],
-        json!([{"type": "IPAddress", "value": "10.96.0.20"}])
+        json!([{"type": "Hostname", "value": "web-istio.default.svc.cluster.local"}])
+    );
+
+    // A LoadBalancer: not programmed while its address is pending, then its address.
+    let host = "web-istio.default.svc.cluster.local".to_string();
+    let mut exposure = BTreeMap::from([(
+        host.clone(),
+        Exposure {
+            load_balancer: true,
+            external: vec![],
+        },
+    )]);
+    let pending = compute(&objects, &m, &exposure);
+    let p = find(&pending, "Gateway", "web");
+    let programmed = cond(&p["conditions"], "Programmed");
+    assert_eq!(programmed["reason"], "AddressNotAssigned");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("but failed to assign to all requested addresses: address pending for hostname \"web-istio.default.svc.cluster.local\""),
+        "{programmed}"
+    );
+    assert!(p.get("addresses").is_none());
+    exposure.insert(
+        host,
+        Exposure::of_service(&json!({
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
+        })),
+    );
+    let assigned = compute(&objects, &m, &exposure);
+    let a = find(&assigned, "Gateway", "web");
+    assert_eq!(cond(&a["conditions"], "Programmed")["status"], "True");
+    assert_eq!(
+        a["addresses"],
+        json!([{"type": "IPAddress", "value": "203.0.113.7"}])
     );
     let http = &s["listeners"][0];
     assert_eq!(http["name"], "http");
@@ -132,7 +168,7 @@ fn missing_secret_service_and_backend_are_reported() {
     let m = model(&[service("other", "default", "10.96.0.5")]);
     let gw = gateway();
     let r = route("r", json!(["a.example.com"]), "nowhere");
-    let w = compute(&[object(&gw), object(&r)], &m);
+    let w = compute(&[object(&gw), object(&r)], &m, &BTreeMap::new());
     let s = find(&w, "Gateway", "web");
     let programmed = cond(&s["conditions"], "Programmed");
     assert_eq!(programmed["status"], "False");
@@ -184,7 +220,7 @@ fn routes_not_allowed_are_not_accepted_and_others_classes_are_left_alone() {
         object(&foreign),
         object(&foreign_route),
     ];
-    let w = compute(&objects, &m);
+    let w = compute(&objects, &m, &BTreeMap::new());
     let p = &find(&w, "HTTPRoute", "elsewhere")["parents"][0];
     assert_eq!(p["parentRef"]["namespace"], "default");
     let accepted = cond(&p["conditions"], "Accepted");
@@ -220,6 +256,7 @@ fn gateway_classes_of_istios_controller_are_accepted() {
     let w = compute(
         &[object(&istio), object(&mast), object(&other)],
         &model(&[]),
+        &BTreeMap::new(),
     );
     assert_eq!(w.len(), 2);
     let c = cond(&find(&w, "GatewayClass", "istio")["conditions"], "Accepted");

@@ -674,6 +674,7 @@ async fn gateway_cluster() -> FakeApiServer {
         "spec": {"clusterIP": "10.96.0.80", "type": "LoadBalancer",
                  "selector": {"gateway.networking.k8s.io/gateway-name": "web"},
                  "ports": [{"name": "http", "port": 8080}, {"name": "https", "port": 8443}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}},
     }));
     server
 }
@@ -719,7 +720,10 @@ async fn gateway_api_status_is_written_once_and_follows_the_certificate() {
     assert_eq!(accepted["observedGeneration"], 1);
     assert!(accepted["lastTransitionTime"].as_str().unwrap() > "2026");
     assert_eq!(condition(&s["conditions"], "Programmed")["status"], "True");
-    assert_eq!(s["addresses"][0]["value"], "10.96.0.80");
+    assert_eq!(
+        s["addresses"],
+        json!([{"type": "IPAddress", "value": "203.0.113.7"}])
+    );
     let http = &s["listeners"][0];
     assert_eq!(http["name"], "http");
     assert_eq!(http["attachedRoutes"], 1);
@@ -794,6 +798,17 @@ async fn gateway_api_status_is_written_once_and_follows_the_certificate() {
         condition(&again["status"]["conditions"], "Accepted")["lastTransitionTime"],
         accepted["lastTransitionTime"]
     );
+
+    // The load balancer's address changes (a status-only change of the Service): reported.
+    let mut service = server.get("v1", "Service", "default", "web-istio").unwrap();
+    service["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+    server.apply(service);
+    eventually("the new address reported", || {
+        server
+            .get(GW.0, GW.1, "default", "web")
+            .is_some_and(|g| g["status"]["addresses"][0]["value"] == "203.0.113.9")
+    })
+    .await;
 }
 
 /// The injector's gateway template, as mastd wires it.
