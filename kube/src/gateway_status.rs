@@ -123,6 +123,21 @@ pub fn compute(
     out
 }
 
+/// A GatewayClass Mast creates when missing (as istiod creates its built-in `istio`).
+pub fn builtin_class(api_version: &str, name: &str) -> Value {
+    let description = if name == "istio" {
+        "The default Istio GatewayClass"
+    } else {
+        "Mast's GatewayClass (Istio's gateway controller)"
+    };
+    json!({
+        "apiVersion": api_version,
+        "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": CONTROLLER_NAME, "description": description},
+    })
+}
+
 /// A Gateway of one of Mast's classes.
 pub fn is_ours(gateway: &Value) -> bool {
     gateway["spec"]["gatewayClassName"]

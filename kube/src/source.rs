@@ -450,8 +450,47 @@ impl KubeSource {
                 Err(e) => warn!(resource = %path.display(), error = %e, "cannot write status"),
             }
         }
+        self.ensure_gateway_classes().await;
         self.write_gateway_status().await;
         self.deploy_gateways().await;
+    }
+
+    /// Create the GatewayClasses Mast serves (`istio`, `mast`) when the cluster serves the
+    /// kind and they do not exist, as istiod creates its built-in classes: a user applies a
+    /// Gateway of class `istio` without installing a class first. One that exists is never
+    /// changed; one deleted is created again.
+    async fn ensure_gateway_classes(&mut self) {
+        let Some((index, w)) = self
+            .kinds
+            .iter()
+            .enumerate()
+            .find(|(_, w)| w.ar.group == gateway_status::GROUP && w.ar.kind == "GatewayClass")
+        else {
+            return;
+        };
+        // Only once the classes are listed: before, every class looks missing.
+        if !self.synced.contains(&index) {
+            return;
+        }
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &w.ar);
+        for class in gateway_status::CLASSES {
+            let path = pseudo_path(&w.ar, None, class);
+            if self.objects.contains_key(&path) {
+                continue;
+            }
+            let object: DynamicObject = match serde_json::from_value(gateway_status::builtin_class(
+                &w.ar.api_version,
+                class,
+            )) {
+                Ok(o) => o,
+                Err(_) => continue,
+            };
+            match api.create(&kube::api::PostParams::default(), &object).await {
+                Ok(_) => info!(class = %class, "GatewayClass created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => warn!(class = %class, error = %e, "cannot create the GatewayClass"),
+            }
+        }
     }
 
     /// Apply each managed Gateway's ServiceAccount, Deployment and Service when they differ

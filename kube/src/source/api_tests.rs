@@ -762,12 +762,23 @@ async fn gateway_api_status_is_written_once_and_follows_the_certificate() {
         "True"
     );
 
-    // The watch echo of those patches writes nothing more.
+    // The missing class `mast` was created, as istiod creates `istio`, and is accepted.
     let mut updates = follow(source);
+    eventually("the mast GatewayClass accepted", || {
+        server
+            .get("gateway.networking.k8s.io/v1", "GatewayClass", "", "mast")
+            .is_some_and(|c| {
+                c["spec"]["controllerName"] == "istio.io/gateway-controller"
+                    && c["status"]["conditions"][0]["reason"] == "Accepted"
+            })
+    })
+    .await;
+
+    // The watch echo of those patches writes nothing more.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         server.status_patches().len(),
-        3,
+        4,
         "{:?}",
         server.status_patches()
     );
