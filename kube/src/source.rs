@@ -17,7 +17,9 @@
 //! retried with kube's default backoff; the last good config is served meanwhile. Changes are
 //! debounced like the folder source's (100 ms of quiet, at most 10 s), and after every apply
 //! the rejected resources get a status written back ([`crate::status`]) when this replica may
-//! write.
+//! write. The same replica writes the Gateway API status of Mast's classes
+//! ([`crate::gateway_status`]), creates the `istio`/`mast` GatewayClasses when missing, and
+//! deploys each managed Gateway's proxy ([`crate::gateway_deploy`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

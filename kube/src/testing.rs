@@ -32,13 +32,17 @@
 //!   [`FakeApiServer::hold_crds`] delays that; deleting it deletes its objects and stops
 //!   serving the kind.
 //!
+//! - open watch streams are counted per collection ([`FakeApiServer::open_watches`]): a
+//!   watcher opens its watch only after handing out its list, so a test that changes how the
+//!   server answers waits for the watch first instead of racing it;
 //! - `fieldSelector=metadata.name=<name>` narrows lists and watches (the only field selector
 //!   served, the one kube-rs' watchers of one object use).
 //!
 //! It is HTTP/1.1 on `127.0.0.1:0`; a [`kube::Client`] from [`FakeApiServer::client`] talks to
 //! it like to any cluster. This crate's own tests on paused time use an in-memory client of
 //! the same server instead (`memory_client`), so no socket wake-up races a timer. Other
-//! requests can be answered with a canned response ([`FakeApiServer::respond`]) or by a hook
+//! requests can be answered with a canned response ([`FakeApiServer::respond`]; lists only,
+//! watches served as usual: [`FakeApiServer::respond_to_lists`]) or by a hook
 //! that sees each request first ([`FakeApiServer::hook`]): a TokenReview per token, an
 //! injected failure. Objects can be read and written by API path as well as by kind
 //! ([`FakeApiServer::get_at`], [`FakeApiServer::put_at`], [`FakeApiServer::delete_at`]).
