@@ -16,7 +16,8 @@
 //!   kind the protocol cannot carry).
 //! - HTTPRoute, GRPCRoute, TLSRoute, TCPRoute: one `parents[]` entry per parentRef to such a
 //!   Gateway, with `controllerName: istio.io/gateway-controller`, `Accepted` (or why no
-//!   listener took it) and `ResolvedRefs` (False `BackendNotFound` for a missing Service).
+//!   listener took it) and `ResolvedRefs` (False `RefNotPermitted` for a backend in another
+//!   namespace that no ReferenceGrant permits, `BackendNotFound` for a missing Service).
 //!   Entries of other controllers are left as they are.
 //!
 //! Conditions are built without `lastTransitionTime`: [`stamp`] adds it, keeping the time of
@@ -25,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use mast_mesh_config::model::MeshModel;
+use mast_mesh_config::model::{MeshModel, ObjectRef};
 use serde_json::{Value, json};
 
 /// The Gateway API group.
@@ -515,7 +516,7 @@ fn route_parents(
     model: &MeshModel,
 ) -> Vec<Value> {
     let g = route.generation;
-    let backends = missing_backends(route, model);
+    let backends = unresolved_backends(route, model);
     parent_refs(route)
         .filter_map(|p| {
             let ns = p["namespace"].as_str().unwrap_or(route.namespace);
@@ -552,13 +553,7 @@ fn route_parents(
                     "All references resolved",
                     g,
                 ),
-                Some(host) => condition(
-                    "ResolvedRefs",
-                    false,
-                    "BackendNotFound",
-                    &format!("backend({host}) not found"),
-                    g,
-                ),
+                Some((reason, message)) => condition("ResolvedRefs", false, reason, message, g),
             };
             let mut parent_ref = json!({
                 "group": GROUP,
@@ -582,8 +577,11 @@ fn route_parents(
         .collect()
 }
 
-/// The hosts of a route's Service backends that are not in the model.
-fn missing_backends(route: &Object<'_>, model: &MeshModel) -> Vec<String> {
+/// Why a route's Service backends do not resolve, as `(reason, message)`: a backend in
+/// another namespace that no ReferenceGrant there permits (`RefNotPermitted`, checked first:
+/// such a backend is not used even when it exists), or one that is not in the model
+/// (`BackendNotFound`).
+fn unresolved_backends(route: &Object<'_>, model: &MeshModel) -> Vec<(&'static str, String)> {
     let mut missing = Vec::new();
     for rule in route.value["spec"]["rules"]
         .as_array()
@@ -600,12 +598,39 @@ fn missing_backends(route: &Object<'_>, model: &MeshModel) -> Vec<String> {
                 continue;
             };
             let ns = b["namespace"].as_str().unwrap_or(route.namespace);
+            let from = ObjectRef {
+                group: GROUP,
+                kind: route.kind,
+                namespace: route.namespace,
+                name: route.name,
+            };
+            let to = ObjectRef {
+                group: "",
+                kind: "Service",
+                namespace: ns,
+                name,
+            };
             let host = format!("{name}.{ns}.svc.cluster.local");
-            if !model.services.contains_key(&host) && !missing.contains(&host) {
-                missing.push(host);
+            let problem = if !model.reference_permitted(from, to) {
+                (
+                    "RefNotPermitted",
+                    format!(
+                        "backendRef {name}/{ns} not accessible to a {} in namespace {:?} \
+                         (missing a ReferenceGrant?)",
+                        route.kind, route.namespace
+                    ),
+                )
+            } else if !model.services.contains_key(&host) {
+                ("BackendNotFound", format!("backend({host}) not found"))
+            } else {
+                continue;
+            };
+            if !missing.contains(&problem) {
+                missing.push(problem);
             }
         }
     }
+    missing.sort_by_key(|(reason, _)| *reason != "RefNotPermitted");
     missing
 }
 

@@ -309,3 +309,36 @@ fn other_controllers_parents_are_kept() {
         ])
     );
 }
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant() {
+    let gw = gateway();
+    let mut r = route("r", json!(["a.example.com"]), "api");
+    r["spec"]["rules"][0]["backendRefs"][0]["namespace"] = json!("backend");
+    let grant = json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "from-default", "namespace": "backend"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+                 "to": [{"group": "", "kind": "Service"}]}});
+    let api = service("api", "backend", "10.96.0.7");
+    // The Service exists, but nothing in `backend` lets `default`'s routes use it.
+    let m = model(&[api.clone()]);
+    let w = compute(&[object(&gw), object(&r)], &m, &BTreeMap::new());
+    let resolved = cond(
+        &find(&w, "HTTPRoute", "r")["parents"][0]["conditions"],
+        "ResolvedRefs",
+    );
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "RefNotPermitted");
+    assert_eq!(
+        resolved["message"],
+        "backendRef api/backend not accessible to a HTTPRoute in namespace \"default\" (missing a ReferenceGrant?)"
+    );
+    // With the grant, it resolves.
+    let m = model(&[api, grant]);
+    let w = compute(&[object(&gw), object(&r)], &m, &BTreeMap::new());
+    let resolved = cond(
+        &find(&w, "HTTPRoute", "r")["parents"][0]["conditions"],
+        "ResolvedRefs",
+    );
+    assert_eq!(resolved["status"], "True");
+}
