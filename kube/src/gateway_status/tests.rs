@@ -321,7 +321,7 @@ fn a_backend_in_another_namespace_needs_a_reference_grant() {
                  "to": [{"group": "", "kind": "Service"}]}});
     let api = service("api", "backend", "10.96.0.7");
     // The Service exists, but nothing in `backend` lets `default`'s routes use it.
-    let m = model(&[api.clone()]);
+    let m = model(std::slice::from_ref(&api));
     let w = compute(&[object(&gw), object(&r)], &m, &BTreeMap::new());
     let resolved = cond(
         &find(&w, "HTTPRoute", "r")["parents"][0]["conditions"],
