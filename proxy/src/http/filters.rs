@@ -12,8 +12,11 @@
 //!
 //! The route is chosen before the chain runs, as Envoy's connection manager picks it for its
 //! filters: the fault filter reads its (per-route) config from it. The JWT filter may change
-//! headers (claims copied to headers, the token removed); as in Envoy without
-//! `clear_route_cache` (istiod's default), the route is not chosen again.
+//! headers (claims copied to headers, the token removed) and writes the verified payload; when
+//! a provider with `clear_route_cache` (istiod sets it on gateways) verified the token, the
+//! route is chosen again right after the filter, as Envoy clears its route cache, so routes
+//! matching claims (`dynamic_metadata`) see them and the filters after it see the new route.
+//! Otherwise (sidecars, no token, no such provider) the first choice stands.
 //!
 //! Filters share the request's dynamic metadata: the JWT filter writes the verified payload,
 //! the RBAC filters read it (Istio's `requestPrincipals` and `request.auth.claims`).
@@ -30,12 +33,12 @@ use http::request::Parts;
 
 use super::recorder::Recorder;
 use super::reply::{Form, LocalReply};
-use super::router::Selected;
+use super::router::{self, Selected};
 use crate::http::jwt::{JwtAuthn, Outcome as JwtOutcome};
 use crate::rbac::{DynamicMetadata, Rbac};
 use crate::resources::chance;
 use crate::resources::listener::HttpManager;
-use crate::resources::route::Abort;
+use crate::resources::route::{Abort, VirtualHost};
 
 /// What a filter decided.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,8 +49,9 @@ pub(super) enum FilterOutcome {
     Reply(LocalReply),
 }
 
-/// A request as the filters see it.
-pub(super) struct FilterRequest<'a> {
+/// A request as the filters see it; `'r` is the route table's, which outlives the request's
+/// borrows so the router can take the (possibly re-chosen) route afterwards.
+pub(super) struct FilterRequest<'a, 'r> {
     pub parts: &'a mut Parts,
     /// The authority the request was checked and is routed by.
     pub host: &'a str,
@@ -57,8 +61,10 @@ pub(super) struct FilterRequest<'a> {
     pub dst: SocketAddr,
     /// The peer's SPIFFE ID when the connection is mTLS.
     pub principal: Option<&'a str>,
+    /// The virtual host the request is routed in, to choose the route again.
+    pub vhost: Option<&'r VirtualHost>,
     /// The route the router will take, if any matches.
-    pub route: Option<Selected<'a>>,
+    pub route: Option<Selected<'r>>,
     pub rec: &'a mut Recorder,
     /// Dynamic metadata, per filter name, written and read by the filters.
     pub metadata: DynamicMetadata,
@@ -67,7 +73,7 @@ pub(super) struct FilterRequest<'a> {
 /// One HTTP filter.
 pub(super) trait HttpFilter {
     /// Look at (or change) the request; let it continue or answer it.
-    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome;
+    async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome;
 }
 
 /// A connection manager's filters, in the order they run.
@@ -117,7 +123,7 @@ impl FilterChain {
     }
 
     /// Run the filters in order until one answers.
-    pub async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+    pub async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome {
         for filter in &self.filters {
             if let FilterOutcome::Reply(reply) = filter.on_request(req).await {
                 return FilterOutcome::Reply(reply);
@@ -130,7 +136,7 @@ impl FilterChain {
 // === impl Filter ===
 
 impl HttpFilter for Filter {
-    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+    async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome {
         match self {
             Self::Jwt(f) => f.on_request(req).await,
             Self::Rbac(f) => f.on_request(req).await,
@@ -142,9 +148,15 @@ impl HttpFilter for Filter {
 // === impl JwtFilter ===
 
 impl HttpFilter for JwtFilter {
-    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+    async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome {
         match self.0.on_request(req.parts, &mut req.metadata) {
             JwtOutcome::Continue => FilterOutcome::Continue,
+            JwtOutcome::ClearRouteCache => {
+                req.route = req
+                    .vhost
+                    .and_then(|vh| router::select(vh, req.parts, &req.metadata));
+                FilterOutcome::Continue
+            }
             JwtOutcome::Reject {
                 status,
                 body,
@@ -164,7 +176,7 @@ impl HttpFilter for JwtFilter {
 // === impl RbacFilter ===
 
 impl HttpFilter for RbacFilter {
-    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+    async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome {
         let parts = &*req.parts;
         let attrs = crate::rbac::Attrs {
             headers: Some(&parts.headers),
@@ -197,7 +209,7 @@ impl HttpFilter for RbacFilter {
 // === impl FaultFilter ===
 
 impl HttpFilter for FaultFilter {
-    async fn on_request(&self, req: &mut FilterRequest<'_>) -> FilterOutcome {
+    async fn on_request(&self, req: &mut FilterRequest<'_, '_>) -> FilterOutcome {
         // Without a route the filter has only its own config, which is always empty.
         let Some(selected) = req.route else {
             return FilterOutcome::Continue;
@@ -280,6 +292,7 @@ mod tests {
             peer: addr,
             dst: addr,
             principal: None,
+            vhost: None,
             route: None,
             rec: &mut rec,
             metadata: Default::default(),

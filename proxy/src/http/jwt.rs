@@ -19,7 +19,8 @@
 //! On success the payload is written to the request's dynamic metadata under the filter's
 //! name and `payload_in_metadata` (where RBAC reads `iss`, `sub` and claims), the payload is
 //! forwarded in `forward_payload_header`, claims are copied to headers, and the token is
-//! removed from its header unless `forward` is set.
+//! removed from its header unless `forward` is set. A provider with `clear_route_cache` then
+//! has the route chosen again ([`Outcome::ClearRouteCache`]), so routes can match claims.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,6 +68,7 @@ struct Provider {
     locations: Vec<Location>,
     keys: Vec<Jwk>,
     clock_skew: u64,
+    clear_route_cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,9 @@ struct Verified<'p> {
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Continue,
+    /// Continue, and choose the route again: a provider with `clear_route_cache` verified the
+    /// token and wrote its payload to the metadata or a claim to a header (Envoy's rule).
+    ClearRouteCache,
     Reject {
         status: StatusCode,
         body: &'static str,
@@ -288,10 +293,15 @@ impl JwtAuthn {
         let mut results: HashMap<&str, Result<Verified<'_>, Status>> = HashMap::new();
         match self.evaluate(requirement, parts, now, &mut results) {
             Ok(()) => {
+                let mut clear_route_cache = false;
                 for v in results.into_values().flatten() {
-                    v.apply(parts, metadata);
+                    clear_route_cache |= v.apply(parts, metadata);
                 }
-                Outcome::Continue
+                if clear_route_cache {
+                    Outcome::ClearRouteCache
+                } else {
+                    Outcome::Continue
+                }
             }
             Err(status) => Outcome::Reject {
                 status: if status == Status::AudienceNotAllowed {
@@ -535,6 +545,7 @@ impl Provider {
             } else {
                 u64::from(p.clock_skew_seconds)
             },
+            clear_route_cache: p.clear_route_cache,
         })
     }
 
@@ -675,8 +686,11 @@ fn verify_with(alg: &'static dyn VerificationAlgorithm, key: &[u8], jwt: &Jwt) -
 // === impl Verified ===
 
 impl Verified<'_> {
-    fn apply(self, parts: &mut Parts, metadata: &mut DynamicMetadata) {
+    /// Apply what the provider asks; whether the route cache is to be cleared (the provider
+    /// says so, and the payload went to the metadata or a claim to a header).
+    fn apply(self, parts: &mut Parts, metadata: &mut DynamicMetadata) -> bool {
         let p = self.provider;
+        let mut header_added = false;
         if !p.forward
             && let Location::Header { name, .. } = &self.location
         {
@@ -696,8 +710,11 @@ impl Verified<'_> {
             };
             if let Ok(v) = HeaderValue::from_str(&value) {
                 parts.headers.insert(header.clone(), v);
+                header_added = true;
             }
         }
+        let clear_route_cache =
+            p.clear_route_cache && (header_added || p.payload_in_metadata.is_some());
         if let Some(key) = &p.payload_in_metadata {
             let mut payload = self.payload;
             for claim in &p.space_delimited_claims {
@@ -717,6 +734,7 @@ impl Verified<'_> {
                 m.insert(key.clone(), Value::Object(payload));
             }
         }
+        clear_route_cache
     }
 }
 

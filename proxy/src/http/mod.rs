@@ -363,20 +363,24 @@ async fn handle(
         }
         return resp;
     }
-    let selected = vhost.and_then(|vh| router::select(vh, &parts));
+    let metadata = Default::default();
+    let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
     let mut filtered = FilterRequest {
         parts: &mut parts,
         host: &host,
         peer: ctx.peer,
         dst: ctx.dst,
         principal: ctx.peer_identity.as_deref(),
+        vhost,
         route: selected,
         rec: &mut rec,
-        metadata: Default::default(),
+        metadata,
     };
     if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
         return reply.send(rec, grpc);
     }
+    // The JWT filter may have chosen the route again (`clear_route_cache`).
+    let selected = filtered.route;
     let down = router::Downstream {
         parts,
         body,

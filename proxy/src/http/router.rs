@@ -21,6 +21,7 @@ use super::reply::{full, local_reply};
 use super::retry::{RequestBody, RetryState, Verdict};
 use super::upstream_request::{self, AttemptError, Head, UpstreamRequest};
 use super::{ConnCtx, mirror};
+use crate::rbac::DynamicMetadata;
 use crate::resources::listener::{HttpManager, RouteSource};
 use crate::resources::route::{Action, Forward, Route, RouteTable, VirtualHost};
 use crate::state::Snapshot;
@@ -58,9 +59,14 @@ pub(super) fn table(hcm: &HttpManager, snap: &Snapshot) -> Option<Arc<RouteTable
     }
 }
 
-/// The route for a request in its virtual host (found by authority): the first that matches.
-pub(super) fn select<'t>(vhost: &'t VirtualHost, parts: &Parts) -> Option<Selected<'t>> {
-    let route = vhost.find_route(parts)?;
+/// The route for a request in its virtual host (found by authority): the first that matches
+/// the request and the dynamic metadata the filters have written so far.
+pub(super) fn select<'t>(
+    vhost: &'t VirtualHost,
+    parts: &Parts,
+    metadata: &DynamicMetadata,
+) -> Option<Selected<'t>> {
+    let route = vhost.find_route(parts, metadata)?;
     Some(Selected { vhost, route })
 }
 

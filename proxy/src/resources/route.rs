@@ -3,7 +3,9 @@
 //! Virtual hosts are found as Envoy finds them — exact domain, then the longest `*.suffix`,
 //! then the longest `prefix*`, then `*` — and routes are tried in order. Regexes are RE2 full
 //! matches, as Envoy's `safe_regex`, compiled here once. Header and query-parameter values
-//! are matched by [`crate::matcher`], the same code RBAC uses.
+//! are matched by [`crate::matcher`], the same code RBAC uses; `dynamic_metadata` matchers
+//! (istiod's JWT claim routes) by RBAC's metadata matcher, over the metadata the filters wrote
+//! before the route was chosen (see `http::filters` for when it is chosen again).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use super::{
     per_million,
 };
 use crate::matcher::{self, HeaderMatcher, RequestHead, full_match_regex};
+use crate::rbac::{DynamicMetadata, MetadataMatcher};
 
 // The route tests (`route/tests.rs`, through `super::*`) build their protos with these names.
 #[cfg(test)]
@@ -98,6 +101,7 @@ pub struct RouteMatch {
     case_sensitive: bool,
     headers: Vec<HeaderMatcher>,
     query: Vec<QueryMatch>,
+    metadata: Vec<MetadataMatcher>,
 }
 
 #[derive(Debug)]
@@ -385,8 +389,10 @@ impl VirtualHost {
     }
 
     /// The first route matching the request.
-    pub fn find_route(&self, req: &Parts) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matcher.matches(req))
+    pub fn find_route(&self, req: &Parts, metadata: &DynamicMetadata) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(req, metadata))
     }
 
     /// Where a plaintext request must go instead (Envoy's answer to `require_tls`: a 301 to
@@ -534,15 +540,22 @@ impl RouteMatch {
                 })
             })
             .collect::<FieldResult<_>>()?;
+        let metadata = m
+            .dynamic_metadata
+            .iter()
+            .enumerate()
+            .map(|(i, d)| MetadataMatcher::from_proto(d).at(format!("dynamic_metadata[{i}]")))
+            .collect::<FieldResult<_>>()?;
         Ok(Self {
             path,
             case_sensitive,
             headers,
             query,
+            metadata,
         })
     }
 
-    pub fn matches(&self, req: &Parts) -> bool {
+    pub fn matches(&self, req: &Parts, metadata: &DynamicMetadata) -> bool {
         let raw = req.uri.path();
         let lowered;
         let path = if self.case_sensitive {
@@ -566,6 +579,7 @@ impl RouteMatch {
                 self.headers.iter().all(|h| h.matches(&head))
             })
             && (self.query.is_empty() || self.query_matches(req.uri.query().unwrap_or_default()))
+            && self.metadata.iter().all(|m| m.matches(Some(metadata)))
     }
 
     fn query_matches(&self, query: &str) -> bool {

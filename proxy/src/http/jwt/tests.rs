@@ -109,7 +109,7 @@ fn run(f: &JwtAuthn, parts: &mut Parts) -> (Outcome, DynamicMetadata) {
 fn rejected(o: &Outcome) -> (u16, &'static str) {
     match o {
         Outcome::Reject { status, body, .. } => (status.as_u16(), body),
-        Outcome::Continue => (200, ""),
+        Outcome::Continue | Outcome::ClearRouteCache => (200, ""),
     }
 }
 
@@ -342,4 +342,33 @@ fn rsa_tokens_verify() {
             "{alg}"
         );
     }
+}
+
+/// `clear_route_cache` (istiod's gateways): a verified token has the route chosen again (the
+/// payload is in the metadata); no token, or a provider without it, keeps the route; a
+/// provider without `payload_in_metadata` or claim headers has nothing to route on.
+#[test]
+fn clear_route_cache_only_after_a_verified_token() {
+    let s = Signer::new("k1");
+    let tok = s.token("k1", claims(serde_json::json!({"group": "group1"})));
+    let clearing = config(pb::JwtProvider {
+        clear_route_cache: true,
+        ..provider(&s.jwks)
+    });
+    assert_eq!(
+        run(&clearing, &mut request(Some(&tok))).0,
+        Outcome::ClearRouteCache
+    );
+    assert_eq!(run(&clearing, &mut request(None)).0, Outcome::Continue);
+    let plain = config(provider(&s.jwks));
+    assert_eq!(run(&plain, &mut request(Some(&tok))).0, Outcome::Continue);
+    let nothing_written = config(pb::JwtProvider {
+        clear_route_cache: true,
+        payload_in_metadata: String::new(),
+        ..provider(&s.jwks)
+    });
+    assert_eq!(
+        run(&nothing_written, &mut request(Some(&tok))).0,
+        Outcome::Continue
+    );
 }

@@ -143,7 +143,11 @@ fn routes_match_path_headers_and_query_in_order() {
     }]);
     let vh = t.find_host("user").unwrap();
     let pick = |uri: &str, headers: &[(&str, &str)]| {
-        cluster_of(vh.find_route(&parts(uri, "user", headers)).unwrap()).to_string()
+        cluster_of(
+            vh.find_route(&parts(uri, "user", headers), &Default::default())
+                .unwrap(),
+        )
+        .to_string()
     };
     assert_eq!(pick("/", &[("end-user", "jason")]), "v2");
     assert_eq!(pick("/", &[("end-user", "alice")]), "v1");
@@ -359,4 +363,90 @@ fn weighted_cluster_request_headers_belong_to_their_cluster() {
     f.cluster_headers["r1"].apply_request(&mut headers);
     assert_eq!(headers["knative-serving-revision"], "r-00001");
     assert!(!f.cluster_headers.contains_key("r2"));
+}
+
+/// istiod's claim route: `dynamic_metadata` on `jwt_authn` → `payload` → `group`, a string or
+/// any element of a list; without the metadata (no verified token) the next route matches.
+/// A matcher mast-proxy cannot read is refused at its field.
+#[test]
+fn dynamic_metadata_matches_claims_and_bad_matchers_name_their_field() {
+    use envoy_types::pb::envoy::r#type::matcher::v3::list_matcher::MatchPattern as ListPattern;
+    use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment;
+    use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
+    use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as ValuePattern;
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        ListMatcher, MetadataMatcher, OrMatcher, ValueMatcher,
+    };
+    let string = ValueMatcher {
+        match_pattern: Some(ValuePattern::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact("group1".into())),
+            ignore_case: false,
+        })),
+    };
+    let claim = MetadataMatcher {
+        filter: "envoy.filters.http.jwt_authn".into(),
+        path: ["payload", "group"]
+            .iter()
+            .map(|k| PathSegment {
+                segment: Some(Segment::Key(k.to_string())),
+            })
+            .collect(),
+        value: Some(ValueMatcher {
+            match_pattern: Some(ValuePattern::OrMatch(OrMatcher {
+                value_matchers: vec![
+                    ValueMatcher {
+                        match_pattern: Some(ValuePattern::ListMatch(Box::new(ListMatcher {
+                            match_pattern: Some(ListPattern::OneOf(Box::new(string.clone()))),
+                        }))),
+                    },
+                    string,
+                ],
+            })),
+        }),
+        invert: false,
+    };
+    let mut by_claim = prefix("/");
+    by_claim.dynamic_metadata.push(claim.clone());
+    let t = table(vec![VhProto {
+        name: "v".into(),
+        domains: vec!["*".into()],
+        routes: vec![route(by_claim, "group1"), route(prefix("/"), "default")],
+        ..Default::default()
+    }]);
+    let vh = t.find_host("gw").unwrap();
+    let pick = |payload: Option<&str>| {
+        let metadata: crate::rbac::DynamicMetadata = match payload {
+            Some(p) => serde_json::from_str(&format!(
+                r#"{{"envoy.filters.http.jwt_authn": {{"payload": {p}}}}}"#
+            ))
+            .unwrap(),
+            None => Default::default(),
+        };
+        cluster_of(vh.find_route(&parts("/", "gw", &[]), &metadata).unwrap()).to_string()
+    };
+    assert_eq!(pick(Some(r#"{"group": "group1"}"#)), "group1");
+    assert_eq!(pick(Some(r#"{"group": ["x", "group1"]}"#)), "group1");
+    assert_eq!(pick(Some(r#"{"group": "group2"}"#)), "default");
+    assert_eq!(pick(None), "default");
+
+    let mut bad = prefix("/");
+    bad.dynamic_metadata.push(MetadataMatcher {
+        value: None,
+        ..claim
+    });
+    let err = RouteTable::from_proto(&RouteConfiguration {
+        name: "80".into(),
+        virtual_hosts: vec![VhProto {
+            name: "v".into(),
+            domains: vec!["*".into()],
+            routes: vec![route(bad, "c")],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.field,
+        "virtual_hosts[0].routes[0].match.dynamic_metadata[0].value"
+    );
 }
