@@ -375,6 +375,9 @@ pub struct RouteMatch {
     pub method: Option<StringMatch>,
     pub authority: Option<StringMatch>,
     pub headers: Vec<HeaderMatch>,
+    /// Verified JWT claims (`@request.auth.claims.*` header keys; gateways only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimMatch>,
     pub query_params: Vec<QueryMatch>,
     /// The service port the request arrived on.
     pub port: Option<u16>,
@@ -401,6 +404,19 @@ pub struct HeaderMatch {
     /// `None`: the header must be present (with any value).
     pub value: Option<StringMatch>,
     /// Match when the header does NOT match (Istio `withoutHeaders`).
+    pub invert: bool,
+}
+
+/// A match on a claim of the request's verified JWT (Istio's `@request.auth.claims.<a>.<b>`
+/// or `@request.auth.claims[a][b]` header keys): the claim at `path` must be a string that
+/// matches, or a list with an element that does; without a verified token it is absent
+/// (so only an inverted match holds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimMatch {
+    /// Claim names, outermost first, as written (claims are case-sensitive).
+    pub path: Vec<String>,
+    pub value: StringMatch,
+    /// Match when the claim does NOT match (Istio `withoutHeaders`).
     pub invert: bool,
 }
 

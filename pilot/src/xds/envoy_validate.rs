@@ -929,8 +929,9 @@ fn gateway_secrets(model: &MeshModel, proxy: &ProxyNode) -> Vec<String> {
 }
 
 /// RequestAuthentication (two issuers: inline keys, and a `jwksUri` not yet fetched, which
-/// inlines the never-valid key set) and AuthorizationPolicies on request principals and
-/// claims, for a sidecar and for the ingress gateway.
+/// inlines the never-valid key set), AuthorizationPolicies on request principals and
+/// claims, for a sidecar and for the ingress gateway, and a gateway VirtualService routing on
+/// claims (`clear_route_cache` on the gateway's providers).
 const JWT_FIXTURE: &str = r#"
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -959,6 +960,24 @@ spec:
     - {key: request.auth.audiences, values: [shop]}
     - {key: request.auth.presenter, values: [web]}
     - {key: request.auth.principal, values: ["*"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: by-claims, namespace: default}
+spec:
+  hosts: [claims.example.com]
+  gateways: [istio-system/edge]
+  http:
+  - match:
+    - headers:
+        "@request.auth.claims.group": {exact: group1}
+        "@request.auth.claims[nested][key1]": {regex: "value[AB]"}
+      withoutHeaders:
+        "@request.auth.claims.sub": {prefix: banned-}
+    route:
+    - destination: {host: user, port: {number: 9090}}
+  - route:
+    - destination: {host: user, port: {number: 8080}}
 "#;
 
 #[test]
@@ -1011,6 +1030,22 @@ fn envoy_accepts_jwt_authn() {
             bytes.windows(name.len()).any(|w| w == name),
             "{kind}: no jwt_authn filter"
         );
+        if kind == "router" {
+            // Claims-based routing: the claim rule (three metadata matchers) is no catch-all,
+            // so the default rule follows it.
+            let vhost = config
+                .routes
+                .iter()
+                .flat_map(|r| &r.virtual_hosts)
+                .find(|v| v.domains.iter().any(|d| d == "claims.example.com"))
+                .expect("a virtual host for claims.example.com");
+            let claims: Vec<usize> = vhost
+                .routes
+                .iter()
+                .map(|r| r.r#match.as_ref().map_or(0, |m| m.dynamic_metadata.len()))
+                .collect();
+            assert_eq!(claims, [3, 0], "{vhost:#?}");
+        }
         validate(&config, &proxy.id, &format!("{kind} jwt_authn"));
     }
 }

@@ -317,7 +317,7 @@ fn gateway_hcm(
     // RequestAuthentication's jwt_authn, then AuthorizationPolicy's RBAC, ahead of the rest,
     // as on a sidecar's inbound chains (Istio applies both to gateway pods by their labels).
     let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);
-    let auth = super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels)
+    let auth = super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels, true)
         .into_iter()
         .chain(super::authz::http_rbac_filters(&policies));
     hcm.http_filters.splice(0..0, auth);

@@ -38,6 +38,13 @@ use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::{
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType as HttpFilterConfig;
+use envoy_types::pb::envoy::r#type::matcher::v3::list_matcher::MatchPattern as ListPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::PathSegment;
+use envoy_types::pb::envoy::r#type::matcher::v3::metadata_matcher::path_segment::Segment;
+use envoy_types::pb::envoy::r#type::matcher::v3::value_matcher::MatchPattern as ValuePattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    ListMatcher, MetadataMatcher, OrMatcher, StringMatcher, ValueMatcher,
+};
 use envoy_types::pb::google::protobuf::Empty;
 use mast_mesh_config::MeshModel;
 use mast_mesh_config::authn::JwtRule;
@@ -80,9 +87,10 @@ pub enum FetchError {
 }
 
 /// The `jwt_authn` filter for a proxy's rules (already sorted by issuer); `None` without
-/// rules.
-pub fn jwt_filter(rules: &[&JwtRule]) -> Option<HttpFilter> {
-    let config = jwt_authentication(rules)?;
+/// rules. `clear_route_cache` as istiod sets it: on every proxy but a sidecar, so a gateway
+/// chooses the route again once a token is verified (claims-based routing).
+pub fn jwt_filter(rules: &[&JwtRule], clear_route_cache: bool) -> Option<HttpFilter> {
+    let config = jwt_authentication(rules, clear_route_cache)?;
     Some(HttpFilter {
         name: JWT_FILTER.into(),
         config_type: Some(HttpFilterConfig::TypedConfig(any(&config))),
@@ -95,10 +103,41 @@ pub fn jwt_filters(
     model: &MeshModel,
     namespace: &str,
     labels: &mast_mesh_config::model::Labels,
+    clear_route_cache: bool,
 ) -> Vec<HttpFilter> {
-    jwt_filter(&model.jwt_rules_for(namespace, labels))
+    jwt_filter(&model.jwt_rules_for(namespace, labels), clear_route_cache)
         .into_iter()
         .collect()
+}
+
+/// A route's `dynamic_metadata` matcher on a verified claim, as istiod writes it for a
+/// VirtualService's `@request.auth.claims.<a>.<b>` match: `jwt_authn` → `payload` → `a` → `b`,
+/// the value itself or any element of a list matching.
+#[allow(deprecated)]
+pub fn claim_matcher(path: &[String], value: StringMatcher, invert: bool) -> MetadataMatcher {
+    let value = ValueMatcher {
+        match_pattern: Some(ValuePattern::StringMatch(value)),
+    };
+    let any_element = ValueMatcher {
+        match_pattern: Some(ValuePattern::ListMatch(Box::new(ListMatcher {
+            match_pattern: Some(ListPattern::OneOf(Box::new(value.clone()))),
+        }))),
+    };
+    MetadataMatcher {
+        filter: JWT_FILTER.into(),
+        path: std::iter::once(PAYLOAD_KEY)
+            .chain(path.iter().map(String::as_str))
+            .map(|k| PathSegment {
+                segment: Some(Segment::Key(k.to_string())),
+            })
+            .collect(),
+        value: Some(ValueMatcher {
+            match_pattern: Some(ValuePattern::OrMatch(OrMatcher {
+                value_matchers: vec![any_element, value],
+            })),
+        }),
+        invert,
+    }
 }
 
 fn provider_name(i: usize) -> String {
@@ -114,7 +153,10 @@ fn requirement(t: RequiresType) -> JwtRequirement {
 /// `JwtAuthentication` as istiod writes it: with one rule, "this provider or no token";
 /// with several, "any one provider, or every provider-or-missing" — so a request with no
 /// token at all passes and one with a bad token fails.
-pub fn jwt_authentication(rules: &[&JwtRule]) -> Option<JwtAuthentication> {
+pub fn jwt_authentication(
+    rules: &[&JwtRule],
+    clear_route_cache: bool,
+) -> Option<JwtAuthentication> {
     if rules.is_empty() {
         return None;
     }
@@ -123,7 +165,7 @@ pub fn jwt_authentication(rules: &[&JwtRule]) -> Option<JwtAuthentication> {
     let mut outer_or = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let name = provider_name(i);
-        providers.insert(name.clone(), provider(rule));
+        providers.insert(name.clone(), provider(rule, clear_route_cache));
         inner_and.push(requirement(RequiresType::RequiresAny(
             JwtRequirementOrList {
                 requirements: vec![
@@ -160,7 +202,7 @@ pub fn jwt_authentication(rules: &[&JwtRule]) -> Option<JwtAuthentication> {
     })
 }
 
-fn provider(rule: &JwtRule) -> JwtProvider {
+fn provider(rule: &JwtRule, clear_route_cache: bool) -> JwtProvider {
     // Istio always normalises `scope` and `permission`, plus the rule's own claims.
     let space_delimited: BTreeSet<String> = ["permission", "scope"]
         .into_iter()
@@ -201,6 +243,7 @@ fn provider(rule: &JwtRule) -> JwtProvider {
             )),
             ..Default::default()
         })),
+        clear_route_cache,
         ..Default::default()
     }
 }
@@ -451,7 +494,7 @@ mod tests {
         r.forward_original_token = true;
         r.output_payload_to_header = Some("x-payload".into());
         r.from_headers = vec![("x-jwt".into(), "Bearer ".into())];
-        let c = jwt_authentication(&[&r]).expect("a filter");
+        let c = jwt_authentication(&[&r], false).expect("a filter");
         assert!(c.bypass_cors_preflight);
         let p = &c.providers["origins-0"];
         assert_eq!(p.issuer, "iss");
@@ -459,6 +502,10 @@ mod tests {
         assert!(p.forward);
         assert_eq!(p.forward_payload_header, "x-payload");
         assert_eq!(p.payload_in_metadata, "payload");
+        assert!(
+            !p.clear_route_cache,
+            "a sidecar does not choose its route again"
+        );
         assert_eq!(p.from_headers[0].value_prefix, "Bearer ");
         assert_eq!(
             p.normalize_payload_in_metadata
@@ -484,16 +531,53 @@ mod tests {
     #[test]
     fn several_rules_are_any_provider_or_all_missing() {
         let (a, b) = (rule("a"), rule("b"));
-        let c = jwt_authentication(&[&a, &b]).expect("a filter");
+        let c = jwt_authentication(&[&a, &b], true).expect("a filter");
         let Some(RequiresType::RequiresAny(or)) = &requires(&c).requires_type else {
             panic!()
         };
         assert_eq!(or.requirements.len(), 3);
+        assert!(c.providers.values().all(|p| p.clear_route_cache));
         assert!(matches!(
             &or.requirements[2].requires_type,
             Some(RequiresType::RequiresAll(and)) if and.requirements.len() == 2
         ));
-        assert!(jwt_authentication(&[]).is_none());
+        assert!(jwt_authentication(&[], true).is_none());
+    }
+
+    /// istiod's route matcher for `@request.auth.claims.nested.key1`: the payload path, the
+    /// value as a string or as any element of a list.
+    #[test]
+    fn claim_matcher_is_payload_path_string_or_list_element() {
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+        let exact = StringMatcher {
+            match_pattern: Some(MatchPattern::Exact("valueA".into())),
+            ..Default::default()
+        };
+        let m = claim_matcher(&["nested".into(), "key1".into()], exact.clone(), true);
+        assert_eq!(m.filter, JWT_FILTER);
+        assert!(m.invert);
+        let keys: Vec<_> = m
+            .path
+            .iter()
+            .map(|p| match &p.segment {
+                Some(Segment::Key(k)) => k.as_str(),
+                None => "",
+            })
+            .collect();
+        assert_eq!(keys, ["payload", "nested", "key1"]);
+        let Some(ValuePattern::OrMatch(or)) = m.value.and_then(|v| v.match_pattern) else {
+            panic!("not an or_match")
+        };
+        let string = ValueMatcher {
+            match_pattern: Some(ValuePattern::StringMatch(exact)),
+        };
+        assert_eq!(
+            or.value_matchers[0].match_pattern,
+            Some(ValuePattern::ListMatch(Box::new(ListMatcher {
+                match_pattern: Some(ListPattern::OneOf(Box::new(string.clone()))),
+            })))
+        );
+        assert_eq!(or.value_matchers[1], string);
     }
 
     #[test]
@@ -503,7 +587,7 @@ mod tests {
             jwks_uri: Some("http://127.0.0.1:9/keys".into()),
             ..Default::default()
         };
-        let p = provider(&r);
+        let p = provider(&r, false);
         assert_eq!(
             p.jwks_source_specifier,
             Some(JwksSourceSpecifier::LocalJwks(DataSource {

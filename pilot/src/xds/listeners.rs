@@ -211,7 +211,7 @@ pub fn inbound(
     let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);
     let rbac = Rbac {
         // jwt_authn first: RBAC reads the payload it verified.
-        http: super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels)
+        http: super::jwt::jwt_filters(model, &proxy.namespace, &proxy.labels, false)
             .into_iter()
             .chain(authz::http_rbac_filters(&policies))
             .collect(),

@@ -350,7 +350,8 @@ pub(super) fn table_routes(
             let rm = route_match(m);
             let is_catch_all = matches!(&rm.path_specifier, Some(PathSpecifier::Prefix(p)) if p == "/")
                 && rm.headers.is_empty()
-                && rm.query_parameters.is_empty();
+                && rm.query_parameters.is_empty()
+                && rm.dynamic_metadata.is_empty();
             routes.push(Route {
                 decorator: Some(decorator(host, port, &rm)),
                 r#match: Some(rm),
@@ -616,6 +617,13 @@ fn route_match(m: &mast_mesh_config::model::RouteMatch) -> RouteMatch {
                     Some(v) => QueryParameterMatchSpecifier::StringMatch(string_matcher(v)),
                 }),
             })
+            .collect(),
+        // Claims are matched on what jwt_authn verified (istiod: the route is chosen again
+        // after the filter, see `super::jwt`).
+        dynamic_metadata: m
+            .claims
+            .iter()
+            .map(|c| super::jwt::claim_matcher(&c.path, string_matcher(&c.value), c.invert))
             .collect(),
         ..Default::default()
     }

@@ -108,7 +108,47 @@ fn is_header_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-const JWT_CLAIM_PREFIX: &str = "@request.auth.claims.";
+/// The header-match key prefix that names a JWT claim (istiod's `HeaderJWTClaim`).
+const JWT_CLAIM_PREFIX: &str = "@request.auth.claims";
+
+/// The claim path of a `@request.auth.claims.<a>.<b>` or `@request.auth.claims[a][b]` header
+/// match key (the prefix in any case, as istiod's `ToRoutingClaim`), `None` for a header.
+fn routing_claim(name: &str) -> Option<Vec<String>> {
+    let prefix = name.get(..JWT_CLAIM_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(JWT_CLAIM_PREFIX) {
+        return None;
+    }
+    let rest = &name[JWT_CLAIM_PREFIX.len()..];
+    let (inner, separator) = match rest.strip_prefix('.') {
+        Some(dotted) => (dotted, "."),
+        None => (rest.strip_prefix('[')?.strip_suffix(']')?, "]["),
+    };
+    (!inner.is_empty()).then(|| inner.split(separator).map(String::from).collect())
+}
+
+/// A header-match entry on a JWT claim: a value is required (a claim is matched as a string or
+/// list of strings), and `regex: '*'` is not "present" here (istiod would emit it as a regex
+/// Envoy refuses).
+fn claim_match(
+    path: Vec<String>,
+    v: &api::StringMatch,
+    field: &str,
+    invert: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<ClaimMatch> {
+    let value = string_match(v, field, EmptyPrefix::Refused, errors);
+    if value.is_none() {
+        errors.push(FieldError::new(
+            field,
+            "a JWT claim match needs exact, prefix or regex",
+        ));
+    }
+    Some(ClaimMatch {
+        path,
+        value: value?,
+        invert,
+    })
+}
 
 /// istiod's `ValidateHTTPHeaderNameOrJwtClaimRoute`, for header match keys: a token, an HTTP/2
 /// pseudo-header, or a JWT claim (`@request.auth.claims.groups`).
@@ -117,9 +157,7 @@ fn check_header_match_name(name: &str, field: &str, errors: &mut Vec<FieldError>
         name,
         ":method" | ":scheme" | ":authority" | ":path" | ":status"
     );
-    let claim = name
-        .strip_prefix(JWT_CLAIM_PREFIX)
-        .is_some_and(|c| !c.is_empty());
+    let claim = routing_claim(name).is_some();
     if name.is_empty() {
         errors.push(FieldError::new(field, "header name cannot be empty"));
     } else if !(pseudo || claim || is_header_token(name)) {
@@ -408,8 +446,13 @@ pub(super) fn parse_virtual_service(
                     .and_then(|m| string_match(m, &format!("{mf}.{name}"), empty_prefix, errors))
             };
             let mut hdrs = Vec::new();
+            let mut claims = Vec::new();
             for (k, v) in &m.headers {
                 let hf = format!("{mf}.headers.{k}");
+                if let Some(path) = routing_claim(k) {
+                    claims.extend(claim_match(path, v, &hf, false, &mut errors));
+                    continue;
+                }
                 check_header_match_name(k, &hf, &mut errors);
                 let value = string_match(v, &hf, EmptyPrefix::Refused, &mut errors);
                 hdrs.push(HeaderMatch {
@@ -420,6 +463,10 @@ pub(super) fn parse_virtual_service(
             }
             for (k, v) in &m.without_headers {
                 let hf = format!("{mf}.withoutHeaders.{k}");
+                if let Some(path) = routing_claim(k) {
+                    claims.extend(claim_match(path, v, &hf, true, &mut errors));
+                    continue;
+                }
                 check_header_match_name(k, &hf, &mut errors);
                 // istiod skips the check for `regex: "*"`, which reads as "any value": the
                 // header must be absent.
@@ -463,6 +510,7 @@ pub(super) fn parse_virtual_service(
                 method: sm(&m.method, "method", EmptyPrefix::Refused, &mut errors),
                 authority: sm(&m.authority, "authority", EmptyPrefix::Refused, &mut errors),
                 headers: hdrs,
+                claims,
                 query_params,
                 port: m
                     .port
@@ -903,7 +951,7 @@ fn jwt_claims_need_gateway(spec: &api::VirtualServiceSpec, errors: &mut Vec<Fiel
     for (i, h) in spec.http.iter().enumerate() {
         for (j, m) in h.matches.iter().enumerate() {
             let keys = m.headers.keys().chain(m.without_headers.keys());
-            for k in keys.filter(|k| k.starts_with(JWT_CLAIM_PREFIX)) {
+            for k in keys.filter(|k| routing_claim(k).is_some()) {
                 errors.push(FieldError::new(
                     format!("spec.http[{i}].match[{j}].headers.{k}"),
                     "JWT claim based routing is only supported for gateways",
@@ -1517,6 +1565,52 @@ mod tests {
                 "{h}  - match: [{{headers: {{'@request.auth.claims.group': {{exact: a}}}}}}]\n{ROUTE}"
             ),
             "spec.http[0].match[0].headers.@request.auth.claims.group",
+        );
+    }
+
+    /// `@request.auth.claims.<a>.<b>` and `@request.auth.claims[a][b]` keys (the prefix in
+    /// any case) are claim matches at gateways, names kept as written; `withoutHeaders`
+    /// inverts; a claim match needs a value (`regex: '*'` is refused).
+    #[test]
+    fn jwt_claim_matches_at_gateways() {
+        use crate::model::{ClaimMatch, StringMatch};
+        let h = "  hosts: [reviews]\n  gateways: [gw]\n  http:\n";
+        let m = model(&vs(&format!(
+            "{h}  - match:\n    - headers:\n        '@request.auth.claims.group': {{exact: group1}}\n        '@Request.Auth.Claims[Nested][Key1]': {{prefix: v}}\n        x-user: {{exact: a}}\n      withoutHeaders:\n        '@request.auth.claims.sub': {{regex: 'bad.*'}}\n{ROUTE}"
+        )));
+        let rm = &m.routes[0].http[0].matches[0];
+        assert_eq!(rm.headers.len(), 1);
+        assert_eq!(rm.headers[0].name, "x-user");
+        let claim = |path: &[&str], value, invert| ClaimMatch {
+            path: path.iter().map(|p| p.to_string()).collect(),
+            value,
+            invert,
+        };
+        assert_eq!(
+            rm.claims,
+            [
+                claim(&["Nested", "Key1"], StringMatch::Prefix("v".into()), false),
+                claim(&["group"], StringMatch::Exact("group1".into()), false),
+                claim(&["sub"], StringMatch::Regex("bad.*".into()), true),
+            ]
+        );
+        rejected(
+            &format!(
+                "{h}  - match: [{{headers: {{'@request.auth.claims.group': {{}}}}}}]\n{ROUTE}"
+            ),
+            "spec.http[0].match[0].headers.@request.auth.claims.group",
+        );
+        rejected(
+            &format!(
+                "{h}  - match: [{{withoutHeaders: {{'@request.auth.claims.group': {{regex: '*'}}}}}}]\n{ROUTE}"
+            ),
+            "spec.http[0].match[0].withoutHeaders.@request.auth.claims.group",
+        );
+        rejected(
+            &format!(
+                "  hosts: [reviews]\n  http:\n  - match: [{{withoutHeaders: {{'@request.auth.claims[group]': {{exact: a}}}}}}]\n{ROUTE}"
+            ),
+            "spec.http[0].match[0].headers.@request.auth.claims[group]",
         );
     }
 
