@@ -8,9 +8,12 @@
 //! passes jwt_authn but not the AuthorizationPolicy that requires a request principal (403),
 //! and a `request.auth.claims[groups]` condition allows `/admin` only to admins. Through the
 //! ingress gateway (a RequestAuthentication and AuthorizationPolicy selecting
-//! `istio: ingressgateway`): valid 200, expired 401, none 403.
+//! `istio: ingressgateway`): valid 200, expired 401, none 403. And Istio's "JWT claim based
+//! routing" task at the gateways: a VirtualService route matching
+//! `@request.auth.claims.group: {exact: group1}` takes a token with group1 (a string or in a
+//! list) to its own backend; a token without it, and no token, take the default route.
 //!
-//! One mastd, one backend, two sidecars and two gateways (one of each kind) share the set-up.
+//! One mastd, two backends, two sidecars and two gateways (one of each kind) share the set-up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -115,7 +118,13 @@ async fn serve_jwks(body: String) -> Result<u16> {
     Ok(port)
 }
 
-fn mesh_yaml(jwks: u16, backend: u16, envoy_in: u16, mast_in: u16, gw: [u16; 2]) -> String {
+fn mesh_yaml(
+    jwks: u16,
+    [backend, group1]: [u16; 2],
+    envoy_in: u16,
+    mast_in: u16,
+    gw: [u16; 2],
+) -> String {
     let [gw_envoy, gw_mast] = gw;
     format!(
         r#"apiVersion: v1
@@ -133,6 +142,37 @@ spec:
   address: 127.0.0.1
   labels: {{app: api}}
   ports: {{http: {backend}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: group1, namespace: default}}
+spec:
+  selector: {{app: group1}}
+  ports:
+  - {{name: http, port: 8000, targetPort: http}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: group1-1, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: group1}}
+  ports: {{http: {group1}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: claims, namespace: default}}
+spec:
+  hosts: [claims.example.com]
+  gateways: [istio-system/edge-envoy, istio-system/edge-mast]
+  http:
+  - match:
+    - headers:
+        "@request.auth.claims.group": {{exact: group1}}
+    route:
+    - destination: {{host: group1.default.svc.cluster.local, port: {{number: 8000}}}}
+  - route:
+    - destination: {{host: api.default.svc.cluster.local, port: {{number: 8000}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -222,16 +262,26 @@ spec:
   selector: {{matchLabels: {{istio: ingressgateway}}}}
   rules:
   - from: [{{source: {{requestPrincipals: ["*"]}}}}]
+  - to: [{{operation: {{hosts: [claims.example.com]}}}}]
 "#
     )
 }
 
-/// One HTTP/1.1 GET; `(status, www-authenticate, body)`.
+/// One HTTP/1.1 GET for `api.example.com`; `(status, www-authenticate, body)`.
 async fn get(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String, String)> {
+    get_host(port, "api.example.com", path, token).await
+}
+
+async fn get_host(
+    port: u16,
+    host: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: api.example.com\r\n{auth}Connection: close\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
             .as_bytes(),
     )
     .await?;
@@ -262,6 +312,12 @@ struct Tokens {
     admin: String,
     expired: String,
     other_issuer: String,
+    /// `group: group1`.
+    group1: String,
+    /// `group: [group2, group1]`.
+    group1_listed: String,
+    /// `group: group2`.
+    group2: String,
 }
 
 /// The checks both sidecars pass, through `port`.
@@ -326,6 +382,25 @@ async fn check_gateway(kind: SidecarKind, port: u16, t: &Tokens, gw: &Sidecar) -
     );
     let (status, _, body) = get(port, "/", None).await?;
     ensure!(status == 403, "{kind} gateway: no token: {status} {body:?}");
+    check_claim_routes(kind, port, t).await
+}
+
+/// Istio's "JWT claim based routing": the route is chosen on the verified claims.
+async fn check_claim_routes(kind: SidecarKind, port: u16, t: &Tokens) -> Result<()> {
+    for (what, token, backend) in [
+        ("group: group1", Some(&t.group1), "group1"),
+        ("group: [group2, group1]", Some(&t.group1_listed), "group1"),
+        ("group: group2", Some(&t.group2), "api"),
+        ("no group claim", Some(&t.valid), "api"),
+        ("no token", None, "api"),
+    ] {
+        let (status, _, body) =
+            get_host(port, "claims.example.com", "/", token.map(String::as_str)).await?;
+        ensure!(
+            (status, body.as_str()) == (200, backend),
+            "{kind} gateway, claims routing, {what}: {status} {body:?} (expected {backend})"
+        );
+    }
     Ok(())
 }
 
@@ -337,11 +412,12 @@ async fn request_authentication_with_envoy_and_mast_proxy() -> Result<()> {
     let signer = Signer::new()?;
     let jwks = serve_jwks(signer.jwks.clone()).await?;
     let backend = Backend::start("api").await?;
+    let group1 = Backend::start("group1").await?;
     let (envoy_in, mast_in) = (free_port(), free_port());
     let gw = [free_port(), free_port()];
     std::fs::write(
         config.join("mesh.yaml"),
-        mesh_yaml(jwks, backend.port, envoy_in, mast_in, gw),
+        mesh_yaml(jwks, [backend.port, group1.port], envoy_in, mast_in, gw),
     )?;
     let mastd = Mastd::start(&config, dir.path()).await?;
     let base = |extra: serde_json::Value| {
@@ -358,6 +434,9 @@ async fn request_authentication_with_envoy_and_mast_proxy() -> Result<()> {
         admin: base(serde_json::json!({"groups": ["dev", "admin"]}))?,
         expired: base(serde_json::json!({"exp": now() - 3600}))?,
         other_issuer: base(serde_json::json!({"iss": "https://elsewhere.test"}))?,
+        group1: base(serde_json::json!({"group": "group1"}))?,
+        group1_listed: base(serde_json::json!({"group": ["group2", "group1"]}))?,
+        group2: base(serde_json::json!({"group": "group2"}))?,
     };
     let envoy = Sidecar::start_kind(
         SidecarKind::Envoy,
