@@ -173,12 +173,28 @@ pub fn deserialize<T: DeserializeOwned>(doc: &Document<'_>) -> Result<T, FieldEr
     });
     result.map_err(|e| {
         let line = e.location().map(|l| doc.start_line + l.line() as usize - 1);
+        let message = short_message(&e.to_string());
+        // serde names a missing field only in its message, at its parent's path: at the
+        // document's root that path is empty, so the error would name no field at all.
+        let field = match (path.as_str(), missing_field(&message)) {
+            (".", Some(missing)) => missing.to_string(),
+            (".", None) => String::new(),
+            _ => path,
+        };
         FieldError {
-            field: if path == "." { String::new() } else { path },
-            message: short_message(&e.to_string()),
+            field,
+            message,
             line,
         }
     })
+}
+
+/// The field serde's "missing field `x`" names.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")?
+        .split_once('`')
+        .map(|(field, _)| field)
 }
 
 /// serde-saphyr renders errors with a source snippet; keep just the first line's message, since
@@ -204,6 +220,21 @@ mod tests {
             "invalid u32"
         );
         assert_eq!(short_message("plain"), "plain");
+    }
+
+    /// Found by the fuzz target `config-yaml` (mesh-config/tests/fuzz.rs): a document
+    /// whose `spec:` line was lost was rejected with no field named.
+    #[test]
+    fn fuzz_regression_missing_spec_names_the_field() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: d\n  host: d\n";
+        let (docs, errors) = crate::source::parse_documents(std::path::Path::new("f.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let Some(Err(errors)) = parse(&docs[0]) else {
+            panic!("a DestinationRule without spec must be rejected");
+        };
+        assert_eq!(errors[0].field, "spec", "{errors:?}");
+        assert_eq!(missing_field("missing field `spec`"), Some("spec"));
+        assert_eq!(missing_field("invalid type"), None);
     }
 
     #[test]
