@@ -119,13 +119,21 @@ impl<T> At<T> for FieldResult<T> {
     }
 }
 
-/// A protobuf duration; negative ones are refused.
+/// The largest `google.protobuf.Duration`: 10,000 years.
+const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
+
+/// A protobuf duration; negative and out-of-range ones are refused.
 pub fn duration(
     d: &envoy_types::pb::google::protobuf::Duration,
     field: &str,
 ) -> FieldResult<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(FieldError::new(field, "negative duration"));
+    }
+    // google.protobuf.Duration's range (10,000 years), which Envoy enforces: beyond it a
+    // deadline computed from the value overflows.
+    if d.seconds > MAX_DURATION_SECONDS || d.nanos > 999_999_999 {
+        return Err(FieldError::new(field, "duration out of range"));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }

@@ -883,7 +883,7 @@ impl RetryPolicy {
                 let base = opt_duration(&b.base_interval, "retry_back_off.base_interval")?
                     .unwrap_or(Duration::from_millis(25));
                 let max = opt_duration(&b.max_interval, "retry_back_off.max_interval")?
-                    .unwrap_or(base * 10);
+                    .unwrap_or(base.saturating_mul(10));
                 (base, max)
             }
             None => (Duration::from_millis(25), Duration::from_millis(250)),
