@@ -528,6 +528,39 @@ mod tests {
         }
     }
 
+    /// Fuzz target `listener-sniff` (issue 21 §1, see docs/fuzzing.md): mutated first
+    /// bytes of a connection, through a real socket, never panic the sniffer or the
+    /// ClientHello reader, and the verdict agrees with the first byte.
+    #[tokio::test]
+    async fn fuzz_listener_sniff() {
+        let seeds: Vec<Vec<u8>> = ["http", "tls"]
+            .into_iter()
+            .flat_map(mast_testdata::fuzz::seeds)
+            .map(|(_, b)| b)
+            .collect();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let n = mast_testdata::fuzz::cases(300);
+        for case in 0..n {
+            let mut rng = mast_testdata::fuzz::Rng::new(case as u64);
+            let seed = &seeds[rng.below(seeds.len())];
+            let bytes = mast_testdata::fuzz::mutate_bytes(&mut rng, seed, &[b"PRI * HTTP/2.0"]);
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut c, &bytes)
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+            let verdict = sniff(&s, Some(deadline)).await;
+            if bytes.first() == Some(&0x16) {
+                assert_eq!(verdict, Sniffed::Tls, "case {case}: {bytes:?}");
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+                let _ = client_hello(&s, Some(deadline)).await;
+            }
+        }
+        eprintln!("fuzz target listener-sniff: {n} cases, no panic");
+    }
+
     #[tokio::test]
     async fn server_first_protocols_are_not_held_forever() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

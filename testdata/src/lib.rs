@@ -6,6 +6,8 @@
 //! `MAST_CORPUS_DIR` environment variable when it is set (a newer copy, or a checkout elsewhere),
 //! else the folder inside the repository. Nothing is read from above the repository root.
 
+pub mod fuzz;
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
