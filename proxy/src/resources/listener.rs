@@ -345,7 +345,9 @@ fn sniff_ports_of(f: &lv3::ListenerFilter) -> SniffPorts {
     fn walk(p: &lv3::ListenerFilterChainMatchPredicate, out: &mut Vec<u16>) {
         match &p.rule {
             Some(Rule::DestinationPortRange(r)) => {
-                out.extend((r.start..r.end).filter_map(|p| u16::try_from(p).ok()));
+                // Only port numbers can match: walking all of i32 held the xDS task for minutes.
+                let ports = r.start.max(0)..r.end.min(i32::from(u16::MAX) + 1);
+                out.extend(ports.filter_map(|p| u16::try_from(p).ok()));
             }
             Some(Rule::OrMatch(set)) => set.rules.iter().for_each(|r| walk(r, out)),
             _ => {}
