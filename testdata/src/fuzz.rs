@@ -11,7 +11,7 @@
 use std::fmt::Debug;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Number of cases for every target (overrides each target's default).
 pub const CASES_ENV: &str = "MAST_FUZZ_CASES";
@@ -100,6 +100,18 @@ pub fn cases(default: usize) -> usize {
     var(CASES_ENV).unwrap_or_else(|| default.saturating_mul(var(SCALE_ENV).unwrap_or(1)))
 }
 
+/// The longest one case may take (`MAST_FUZZ_SLOW_MS`, default 3 s: debug builds on a busy
+/// machine); a slower case fails the target.
+pub const SLOW_ENV: &str = "MAST_FUZZ_SLOW_MS";
+
+fn slow_case_limit() -> Duration {
+    let ms = std::env::var(SLOW_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    Duration::from_millis(ms)
+}
+
 fn base_seed() -> u64 {
     std::env::var(SEED_ENV)
         .ok()
@@ -119,13 +131,24 @@ pub fn run<T: Debug>(
     let n = cases(default_cases);
     let seed = base_seed() ^ fnv(target.as_bytes());
     let started = Instant::now();
+    let slow = slow_case_limit();
     for case in 0..n {
         let mut rng = Rng::new(
             seed.wrapping_add(case as u64)
                 .wrapping_mul(0x2545_f491_4f6c_dd1d),
         );
         let input = generate(&mut rng);
-        if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
+        let case_started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| check(&input)));
+        let took = case_started.elapsed();
+        let failure = match outcome {
+            Err(_) => Some("panicked".to_string()),
+            // A hang is a denial of service too (libFuzzer's -timeout): reported once the
+            // case returns, with its input.
+            Ok(()) if took > slow => Some(format!("took {:.1} s", took.as_secs_f64())),
+            Ok(()) => None,
+        };
+        if let Some(failure) = failure {
             let mut shown = format!("{input:?}");
             if shown.len() > 4000 {
                 let mut cut = 4000;
@@ -136,7 +159,7 @@ pub fn run<T: Debug>(
                 shown.push('…');
             }
             panic!(
-                "fuzz target {target}: case {case} panicked ({SEED_ENV}={}): input {shown}",
+                "fuzz target {target}: case {case} {failure} ({SEED_ENV}={}): input {shown}",
                 base_seed()
             );
         }
