@@ -115,7 +115,6 @@ impl MeshModel {
     }
 }
 
-
 /// The MeshConfig settings Mast acts on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MeshSettings {
