@@ -104,7 +104,9 @@ impl MeshModel {
             || self.reference_grants.iter().any(|g| {
                 g.namespace == to.namespace
                     && g.from.iter().any(|f| {
-                        f.group == from.group && f.kind == from.kind && f.namespace == from.namespace
+                        f.group == from.group
+                            && f.kind == from.kind
+                            && f.namespace == from.namespace
                     })
                     && g.to.iter().any(|t| {
                         t.group == to.group
