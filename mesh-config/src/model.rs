@@ -305,8 +305,11 @@ pub struct RouteTable {
     pub namespace: String,
     /// Namespaces this route table is visible from (`exportTo`); empty means everywhere.
     pub export_to: Vec<String>,
-    /// Only apply to traffic on this service port (Gateway API parentRef `port`).
+    /// Only apply to traffic on this service port (Gateway API parentRef `port`; at a
+    /// gateway, the listener's port).
     pub port: Option<u16>,
+    /// Gateway API parentRef `sectionName`: only the gateway listener (server) of this name.
+    pub section: Option<String>,
     /// Where the rules apply: gateways as `<namespace>/<name>`, and [`MESH_GATEWAY`] for the
     /// sidecars. Empty means the sidecars only (a VirtualService without `gateways`).
     pub gateways: Vec<String>,

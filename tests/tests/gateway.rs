@@ -63,6 +63,10 @@ spec:
     port: 8090
     protocol: HTTP
     allowedRoutes: {namespaces: {from: All}}
+  - name: http-other
+    port: 8091
+    protocol: HTTP
+    allowedRoutes: {namespaces: {from: All}}
 ---
 apiVersion: gateway.networking.k8s.io/v1alpha2
 kind: TLSRoute
@@ -85,7 +89,7 @@ apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: granted, namespace: granted}
 spec:
-  parentRefs: [{name: edge-api, namespace: default}]
+  parentRefs: [{name: edge-api, namespace: default, sectionName: http}]
   hostnames: [granted.example.com]
   rules:
   - backendRefs: [{name: productpage, namespace: default, port: 9080}]
@@ -527,6 +531,16 @@ async fn check_gateway(kind: SidecarKind, mastd: &Mastd, work: &Path, dir: &Path
     )
     .await?;
     assert_eq!(body, "productpage", "{kind}: granted");
+    // Attached by `sectionName` to the `http` listener only: the other one does not route it.
+    let (code, _) = curl(&[
+        "-H",
+        "Host: granted.example.com",
+        "http://127.0.0.1:8091/productpage",
+    ])?;
+    assert_eq!(
+        code, 404,
+        "{kind}: a route attached to another listener (sectionName)"
+    );
     let (code, _) = curl(&[
         "-H",
         "Host: refused.example.com",

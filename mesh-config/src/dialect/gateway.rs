@@ -66,6 +66,7 @@ struct ParentRef {
     name: String,
     namespace: Option<String>,
     port: Option<i64>,
+    section_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -808,11 +809,16 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
                     .map(|h| h.to_ascii_lowercase())
                     .collect()
             };
+            // A listener by name (`sectionName`) or port, or every listener that takes it.
+            let port = p
+                .port
+                .and_then(|n| port_number(n, &format!("spec.parentRefs[{pi}].port"), &mut errors));
             tables.push(RouteTable {
                 hosts,
                 namespace: ns.to_string(),
                 export_to: Vec::new(),
-                port: None,
+                port,
+                section: p.section_name.clone(),
                 gateways: vec![format!("{gw_ns}/{}", p.name)],
                 tls: Vec::new(),
                 http: http.clone(),
@@ -832,6 +838,7 @@ fn parse_route(doc: &Document<'_>, grpc: bool) -> Result<RouteResource, Vec<Fiel
             namespace: ns.to_string(),
             export_to: Vec::new(),
             port,
+            section: None,
             gateways: Vec::new(),
             tls: Vec::new(),
             http: http.clone(),
@@ -1420,6 +1427,7 @@ fn parse_l4_route(doc: &Document<'_>, tls: bool) -> Result<RouteResource, Vec<Fi
             namespace: ns.to_string(),
             export_to: Vec::new(),
             port: None,
+            section: p.section_name.clone(),
             gateways: vec![format!(
                 "{}/{}",
                 p.namespace.as_deref().unwrap_or(ns),

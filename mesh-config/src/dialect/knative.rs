@@ -454,6 +454,7 @@ fn table(host: String, ns: &str, http: Vec<HttpRoute>, source: &ResourceRef) -> 
         namespace: ns.to_string(),
         export_to: Vec::new(),
         port: None,
+        section: None,
         gateways: Vec::new(),
         tls: Vec::new(),
         http,

@@ -121,6 +121,7 @@ fn parse_split(doc: &Document<'_>) -> Result<SplitResource, Vec<FieldError>> {
         namespace: ns.to_string(),
         export_to: Vec::new(),
         port: None,
+        section: None,
         gateways: Vec::new(),
         tls: Vec::new(),
         http: vec![HttpRoute {

@@ -419,6 +419,15 @@ fn bound_tables<'a>(
 /// table's namespace) and a table host that match, as the more specific of the two.
 fn server_hosts_for(server: &GatewayServer, gateway: &Gateway, table: &RouteTable) -> Vec<String> {
     let mut out = Vec::new();
+    // A Gateway API route attached to one listener, by `sectionName` or `port`.
+    if table
+        .section
+        .as_ref()
+        .is_some_and(|s| *s != server.port_name)
+        || table.port.is_some_and(|p| p != server.port)
+    {
+        return out;
+    }
     for sh in &server.hosts {
         let ns_ok = match sh.namespace.as_deref() {
             None | Some("*") => true,

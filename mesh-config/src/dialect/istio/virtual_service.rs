@@ -842,6 +842,7 @@ pub(super) fn parse_virtual_service(
             namespace: ns.to_string(),
             export_to: vs.spec.export_to,
             port: None,
+            section: None,
             // Every place a rule applies, as istiod selects VirtualServices for a proxy: the
             // VirtualService's gateways and those its matches name.
             gateways: {
