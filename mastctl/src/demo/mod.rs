@@ -780,23 +780,7 @@ impl<'a> Demo<'a> {
         let ip = self.mode.workload_ip(index);
         let ports = self.mode.sidecar_ports(index);
 
-        // Its identity: a credential citadel accepts for the workload's service account, and
-        // the mesh root to check citadel with.
-        let ca_dir = self.work.path().join("ca");
-        let token = mast_citadel::token::issue(
-            &ca_dir,
-            NAMESPACE,
-            w.service_account,
-            Duration::from_secs(24 * 3600),
-        )
-        .context("issuing a workload credential")?;
-        let token_file = dir.join("istio-token");
-        let root_cert = dir.join("root-cert.pem");
-        std::fs::write(&token_file, token)?;
-        set_mode(&token_file, 0o600)?;
-        std::fs::copy(ca_dir.join("root-cert.pem"), &root_cert)
-            .context("reading citadel's root certificate")?;
-        set_mode(&root_cert, 0o644)?;
+        let (token_file, root_cert) = self.identity(&dir, NAMESPACE, w.service_account)?;
 
         let pod = match self.lab.as_mut() {
             Some(lab) => {
@@ -869,31 +853,19 @@ impl<'a> Demo<'a> {
                 c
             }
         };
-        side.env("POD_NAME", w.name)
-            .env("POD_NAMESPACE", NAMESPACE)
-            .env("INSTANCE_IP", ip.to_string())
-            .env("SERVICE_ACCOUNT", w.service_account)
-            .env("ISTIO_META_INTERCEPTION_MODE", self.mode.interception())
-            .env("ISTIO_META_WORKLOAD_NAME", w.name)
-            .env(
-                "PROXY_CONFIG",
-                format!(r#"{{"discoveryAddress":"{xds}","terminationDrainDuration":"1s"}}"#),
-            )
-            .env(
-                "RUST_LOG",
-                std::env::var("MAST_DEMO_PROXY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .args([
-                "--labels",
-                &format!("app={},version={}", w.app_label, w.version),
-            ])
-            .args(["--concurrency", "1"])
-            .args(["--discovery-address", &xds.to_string()])
-            .args(["--ca-address", &ca.to_string()])
-            .arg("--ca-root-cert")
-            .arg(&root_cert)
-            .arg("--ca-token-file")
-            .arg(&token_file);
+        self.proxy_settings(
+            &mut side,
+            &PodIdentity {
+                pod: w.name,
+                workload: w.name,
+                namespace: NAMESPACE,
+                service_account: w.service_account,
+                labels: &format!("app={},version={}", w.app_label, w.version),
+                ip,
+            },
+            (xds, ca),
+            (&token_file, &root_cert),
+        );
         let sidecar = Proc::spawn(
             &format!("{}'s sidecar", w.name),
             &mut side,
@@ -939,6 +911,65 @@ impl<'a> Demo<'a> {
         }
     }
 
+    /// A proxy's identity in `dir`: a credential citadel accepts for the service account
+    /// (`istio-token`), and the mesh root to check citadel with (`root-cert.pem`).
+    fn identity(
+        &self,
+        dir: &Path,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let ca_dir = self.work.path().join("ca");
+        let token = mast_citadel::token::issue(
+            &ca_dir,
+            namespace,
+            service_account,
+            Duration::from_secs(24 * 3600),
+        )
+        .with_context(|| format!("issuing a credential for {namespace}/{service_account}"))?;
+        let token_file = dir.join("istio-token");
+        let root_cert = dir.join("root-cert.pem");
+        std::fs::write(&token_file, token)?;
+        set_mode(&token_file, 0o600)?;
+        std::fs::copy(ca_dir.join("root-cert.pem"), &root_cert)
+            .context("reading citadel's root certificate")?;
+        set_mode(&root_cert, 0o644)?;
+        Ok((token_file, root_cert))
+    }
+
+    /// What every mast-proxy of the demo is told, sidecar or gateway: the pod's environment
+    /// as Istio's injector writes it, its labels, mastd's addresses and its identity files.
+    fn proxy_settings(
+        &self,
+        cmd: &mut Command,
+        pod: &PodIdentity<'_>,
+        (xds, ca): (SocketAddr, SocketAddr),
+        (token_file, root_cert): (&Path, &Path),
+    ) {
+        cmd.env("POD_NAME", pod.pod)
+            .env("POD_NAMESPACE", pod.namespace)
+            .env("INSTANCE_IP", pod.ip.to_string())
+            .env("SERVICE_ACCOUNT", pod.service_account)
+            .env("ISTIO_META_INTERCEPTION_MODE", self.mode.interception())
+            .env("ISTIO_META_WORKLOAD_NAME", pod.workload)
+            .env(
+                "PROXY_CONFIG",
+                format!(r#"{{"discoveryAddress":"{xds}","terminationDrainDuration":"1s"}}"#),
+            )
+            .env(
+                "RUST_LOG",
+                std::env::var("MAST_DEMO_PROXY_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .args(["--labels", pod.labels])
+            .args(["--concurrency", "1"])
+            .args(["--discovery-address", &xds.to_string()])
+            .args(["--ca-address", &ca.to_string()])
+            .arg("--ca-root-cert")
+            .arg(root_cert)
+            .arg("--ca-token-file")
+            .arg(token_file);
+    }
+
     /// An error naming the first process of the run that has exited.
     fn check_running(&mut self) -> Result<()> {
         if let Some(m) = self.mastd.as_mut() {
@@ -970,21 +1001,8 @@ impl<'a> Demo<'a> {
         set_mode(&dir, 0o755)?;
         let ip = self.mode.workload_ip(INGRESS.index);
         let ports = self.mode.sidecar_ports(INGRESS.index);
-        let ca_dir = self.work.path().join("ca");
-        let token = mast_citadel::token::issue(
-            &ca_dir,
-            INGRESS.namespace,
-            INGRESS.service_account,
-            Duration::from_secs(24 * 3600),
-        )
-        .context("issuing the gateway's credential")?;
-        let token_file = dir.join("istio-token");
-        let root_cert = dir.join("root-cert.pem");
-        std::fs::write(&token_file, token)?;
-        set_mode(&token_file, 0o600)?;
-        std::fs::copy(ca_dir.join("root-cert.pem"), &root_cert)
-            .context("reading citadel's root certificate")?;
-        set_mode(&root_cert, 0o644)?;
+        let (token_file, root_cert) =
+            self.identity(&dir, INGRESS.namespace, INGRESS.service_account)?;
 
         let mut hosts_entry = false;
         let mut cmd = match self.lab.as_mut() {
@@ -1024,28 +1042,19 @@ impl<'a> Demo<'a> {
                 c
             }
         };
-        cmd.env("POD_NAME", format!("{}-demo", INGRESS.name))
-            .env("POD_NAMESPACE", INGRESS.namespace)
-            .env("INSTANCE_IP", ip.to_string())
-            .env("SERVICE_ACCOUNT", INGRESS.service_account)
-            .env("ISTIO_META_INTERCEPTION_MODE", self.mode.interception())
-            .env("ISTIO_META_WORKLOAD_NAME", INGRESS.name)
-            .env(
-                "PROXY_CONFIG",
-                format!(r#"{{"discoveryAddress":"{xds}","terminationDrainDuration":"1s"}}"#),
-            )
-            .env(
-                "RUST_LOG",
-                std::env::var("MAST_DEMO_PROXY_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .args(["--labels", INGRESS.labels])
-            .args(["--concurrency", "1"])
-            .args(["--discovery-address", &xds.to_string()])
-            .args(["--ca-address", &ca.to_string()])
-            .arg("--ca-root-cert")
-            .arg(&root_cert)
-            .arg("--ca-token-file")
-            .arg(&token_file);
+        self.proxy_settings(
+            &mut cmd,
+            &PodIdentity {
+                pod: &format!("{}-demo", INGRESS.name),
+                workload: INGRESS.name,
+                namespace: INGRESS.namespace,
+                service_account: INGRESS.service_account,
+                labels: INGRESS.labels,
+                ip,
+            },
+            (xds, ca),
+            (&token_file, &root_cert),
+        );
         let proxy = Proc::spawn(INGRESS.name, &mut cmd, &dir.join("mast-proxy.log"))?;
         self.pids.push(proxy.pid);
         self.gateway = Some(proxy);
@@ -1104,6 +1113,17 @@ struct Up {
     view: SocketAddr,
     /// mastd's debug endpoints (`/debug/syncz`).
     debug: SocketAddr,
+}
+
+/// Who a proxy of the demo is: its pod, workload, namespace, service account, labels, IP.
+struct PodIdentity<'a> {
+    pod: &'a str,
+    workload: &'a str,
+    namespace: &'a str,
+    service_account: &'a str,
+    /// `k=v,k2=v2`, as `mast-proxy --labels` takes them.
+    labels: &'a str,
+    ip: Ipv4Addr,
 }
 
 /// Where users come in: the ingress gateway's address, routing by Host.
