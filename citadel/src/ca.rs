@@ -65,6 +65,10 @@ pub enum CaError {
     Sign(String),
 }
 
+/// The largest CSR citadel reads (PEM bytes). A workload CSR is well under 2 KiB (an RSA-4096
+/// key makes it ~1.7 KiB); anything near this is not a workload asking for its identity.
+pub const MAX_CSR_BYTES: usize = 32 * 1024;
+
 /// Settings of the CA.
 #[derive(Debug, Clone)]
 pub struct CaOptions {
@@ -411,14 +415,23 @@ impl CertificateAuthority {
         self.bundle.concat()
     }
 
-    /// Sign a workload CSR for `identity`: the CSR's signature must verify and its URI SANs
-    /// must be exactly the caller's SPIFFE ID. Returns the PEM chain, leaf first.
+    /// Sign a workload CSR for `identity`: the CSR's signature must verify, its only SAN must
+    /// be the caller's SPIFFE ID (no second URI, no DNS name), it must be at most
+    /// [`MAX_CSR_BYTES`], and a requested lifetime over `max_ttl` is refused as Istio's CA
+    /// does (`requested TTL … is greater than the max allowed TTL …`), not silently cut.
+    /// Returns the PEM chain, leaf first.
     pub fn sign_csr(
         &self,
         csr_pem: &str,
         identity: &SpiffeId,
         ttl: Option<Duration>,
     ) -> Result<Vec<String>, CaError> {
+        if csr_pem.len() > MAX_CSR_BYTES {
+            return Err(CaError::BadCsr(format!(
+                "{} bytes, over the {MAX_CSR_BYTES}-byte limit",
+                csr_pem.len()
+            )));
+        }
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
         let want = identity.to_string();
@@ -441,7 +454,14 @@ impl CertificateAuthority {
         let ttl = match ttl {
             None => self.opts.default_ttl,
             Some(t) if t.is_zero() => return Err(CaError::BadTtl("zero".into())),
-            Some(t) => t.min(self.opts.max_ttl),
+            Some(t) if t > self.opts.max_ttl => {
+                return Err(CaError::BadTtl(format!(
+                    "requested TTL {}s is greater than the max allowed TTL {}s",
+                    t.as_secs(),
+                    self.opts.max_ttl.as_secs()
+                )));
+            }
+            Some(t) => t,
         };
         let now = OffsetDateTime::now_utc();
         let mut p = CertificateParams::default();

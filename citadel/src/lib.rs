@@ -16,7 +16,9 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use auth::{AuthFuture, AuthenticationError, Authenticator, Caller};
-pub use ca::{CaError, CaOptions, CaPem, CertificateAuthority, RotationStep, rotate_root};
+pub use ca::{
+    CaError, CaOptions, CaPem, CertificateAuthority, MAX_CSR_BYTES, RotationStep, rotate_root,
+};
 pub use service::{Citadel, ServerTls, serve};
 pub use token::TokenVerifier;
 

@@ -248,6 +248,11 @@ impl ServerTls {
     }
 }
 
+/// The largest request message decoded (tonic's default is 4 MiB): a CSR over
+/// [`crate::ca::MAX_CSR_BYTES`] is refused anyway, so a bigger message is refused before it is
+/// buffered, with RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// Serve the CA API over TLS until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -260,7 +265,10 @@ pub async fn serve(
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .tls_config(tls.tonic())?
-        .add_service(IstioCertificateServiceServer::new(citadel))
+        .add_service(
+            IstioCertificateServiceServer::new(citadel)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -95,18 +95,103 @@ fn leaf_has_the_identity_validity_and_usages() {
     assert!(!x.is_ca());
     let eku = x.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && eku.client_auth);
-    // Over the maximum: capped.
-    let chain = ca
+    // Over the maximum: refused, as Istio's CA does (TTL_ERROR, InvalidArgument).
+    let err = ca
         .sign_csr(
             &csr(&user().to_string()),
             &user(),
             Some(Duration::from_secs(400 * 86400)),
         )
-        .unwrap();
-    let leaf = der(&chain[0]);
-    let (_, x) = x509_parser::parse_x509_certificate(&leaf).unwrap();
-    let life = x.validity().not_after.timestamp() - x.validity().not_before.timestamp();
-    assert!(life <= 90 * 86400 + 60, "{life}");
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("requested TTL 34560000s is greater than the max allowed TTL 7776000s"),
+        "{err}"
+    );
+    // Exactly the maximum is granted.
+    assert!(
+        ca.sign_csr(
+            &csr(&user().to_string()),
+            &user(),
+            Some(Duration::from_secs(90 * 86400)),
+        )
+        .is_ok()
+    );
+}
+
+fn csr_with(sans: Vec<rcgen::SanType>) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.subject_alt_names = sans;
+    p.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[test]
+fn abusive_csrs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::load_or_create(dir.path(), CaOptions::default()).unwrap();
+    let me = || rcgen::SanType::URI(user().to_string().try_into().unwrap());
+    // Two SANs: the caller's and someone else's.
+    let two = csr_with(vec![
+        me(),
+        rcgen::SanType::URI(
+            "spiffe://cluster.local/ns/kube-system/sa/admin"
+                .try_into()
+                .unwrap(),
+        ),
+    ]);
+    let err = ca.sign_csr(&two, &user(), None).unwrap_err();
+    assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
+    // The caller's ID plus a DNS name (a serving certificate for someone's host name).
+    let dns = csr_with(vec![
+        me(),
+        rcgen::SanType::DnsName("kubernetes.default.svc".try_into().unwrap()),
+    ]);
+    let err = ca.sign_csr(&dns, &user(), None).unwrap_err();
+    assert!(
+        err.to_string().contains("DNS:kubernetes.default.svc"),
+        "{err}"
+    );
+    // A DNS name only, and no SAN at all.
+    for sans in [
+        vec![rcgen::SanType::DnsName(
+            "user.default.svc".try_into().unwrap(),
+        )],
+        vec![],
+    ] {
+        let err = ca.sign_csr(&csr_with(sans), &user(), None).unwrap_err();
+        assert!(matches!(err, CaError::IdentityMismatch { .. }), "{err}");
+    }
+    // Oversized: refused before it is parsed.
+    let mut big = csr(&user().to_string());
+    big.push_str(&"A".repeat(MAX_CSR_BYTES));
+    let err = ca.sign_csr(&big, &user(), None).unwrap_err();
+    assert!(err.to_string().contains("byte limit"), "{err}");
+    // A CSR whose signature does not verify (one byte of the signature flipped).
+    let good = csr(&user().to_string());
+    let mut der_bytes =
+        rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(good.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec();
+    let last = der_bytes.len() - 1;
+    der_bytes[last] ^= 0x01;
+    let tampered = pem_csr(&der_bytes);
+    let err = ca.sign_csr(&tampered, &user(), None).unwrap_err();
+    assert!(matches!(err, CaError::BadCsr(_)), "{err}");
+}
+
+fn pem_csr(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE REQUEST-----\n");
+    out
 }
 
 #[test]
