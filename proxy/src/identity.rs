@@ -227,6 +227,18 @@ pub fn renew_delay(cert: &WorkloadCert) -> Duration {
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How long to wait before retrying a failed request: the backoff, but while a certificate
+/// is still in service never more than a quarter of its remaining life (at least
+/// [`FIRST_BACKOFF`]). Without that cap a short-lived certificate (minutes, as in a soak or a
+/// cluster with a short `workload-cert-ttl`) whose CA came back after a long outage could
+/// expire while its proxy sleeps out a 30 s backoff.
+fn retry_delay(backoff: Duration, left: Option<Duration>) -> Duration {
+    match left {
+        Some(left) if !left.is_zero() => backoff.min((left / 4).max(FIRST_BACKOFF)),
+        _ => backoff,
+    }
+}
+
 /// Keep a valid certificate for `spiffe_id` in `store` for as long as the proxy runs.
 pub async fn run(ca: impl CaClient, spiffe_id: String, store: Arc<SecretStore>) {
     let mut backoff = FIRST_BACKOFF;
@@ -248,12 +260,12 @@ pub async fn run(ca: impl CaClient, spiffe_id: String, store: Arc<SecretStore>) 
                 let left = current.as_ref().map(|c| c.remaining());
                 tracing::warn!(
                     error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = retry_delay(backoff, left).as_millis() as u64,
                     current_valid_for_secs = left.map(|l| l.as_secs()),
                     "certificate request failed; keeping the current certificate"
                 );
                 let jitter = rand::rng().random_range(0.8..1.2);
-                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                tokio::time::sleep(retry_delay(backoff.mul_f64(jitter), left)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
@@ -399,6 +411,37 @@ mod tests {
         assert_ne!(
             now.chain_pem, first,
             "the renewed certificate replaced the first"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_never_sleep_past_a_quarter_of_the_certificate_left() {
+        // A 20 s certificate: renewal at ~10 s of test time, then ten refusals. The backoff
+        // would reach 25.6 s; with 20 s of (wall-clock, so here constant) life left, every
+        // retry comes within 5 s.
+        let ca = ScriptedCa::new(Duration::from_secs(20), 1..11);
+        let store = Arc::new(SecretStore::default());
+        let task = tokio::spawn(run(Arc::clone(&ca), ID.into(), Arc::clone(&store)));
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        task.abort();
+        let log = ca.log();
+        assert!(log.len() >= 12, "{} calls", log.len());
+        for gap in &gaps(&log)[1..11] {
+            assert!(*gap <= Duration::from_millis(5_001), "{gap:?}");
+        }
+        assert!(log[11].2, "the 12th call succeeds");
+        assert_eq!(
+            retry_delay(Duration::from_secs(30), None),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(30), Some(Duration::ZERO)),
+            Duration::from_secs(30),
+            "an expired certificate: plain backoff, no storm"
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(30), Some(Duration::from_millis(100))),
+            FIRST_BACKOFF
         );
     }
 
