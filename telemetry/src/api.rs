@@ -115,6 +115,16 @@ pub fn router(state: Arc<Telemetry>, web: impl Into<WebAssets>) -> Router {
     }
 }
 
+/// [`router`] plus the trace query API over `traces` (Jaeger's `/api/traces`,
+/// `/api/services`; see [`crate::traces::jaeger`]).
+pub fn router_with_traces(
+    state: Arc<Telemetry>,
+    web: impl Into<WebAssets>,
+    traces: Arc<crate::traces::TraceStore>,
+) -> Router {
+    router(state, web).merge(crate::traces::jaeger::router(traces))
+}
+
 /// Serves `router` on `listener` until `shutdown` completes (in-flight requests finish).
 pub async fn serve(
     listener: TcpListener,

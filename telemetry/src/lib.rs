@@ -36,8 +36,9 @@ mod state;
 mod stats;
 mod store;
 mod target;
+pub mod traces;
 
-pub use api::{ApiError, router, serve};
+pub use api::{ApiError, router, router_with_traces, serve};
 pub use assets::{EmbeddedBundle, WebAssets};
 pub use collector::{Collector, CollectorConfig, ConfigError, LONGEST_WINDOW, RoundReport};
 pub use graph::{GraphType, Period};
