@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -446,32 +446,71 @@ fn envoy_stats(shared: &Shared) -> String {
 /// A few of Envoy's own Prometheus series, for dashboards that read them.
 fn envoy_prometheus(shared: &Shared) -> String {
     let snap = shared.store.current.load();
-    let mut out = String::from("# TYPE envoy_cluster_upstream_rq_total counter\n");
     let mut names: Vec<&String> = snap.clusters.keys().collect();
     names.sort();
-    for name in &names {
-        let s = &snap.clusters[*name].stats;
-        let _ = writeln!(
-            out,
-            "envoy_cluster_upstream_rq_total{{cluster_name=\"{name}\"}} {}",
-            s.upstream_rq_total.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(out, "# TYPE envoy_cluster_upstream_rq_retry counter");
-    for name in &names {
-        let s = &snap.clusters[*name].stats;
-        let _ = writeln!(
-            out,
-            "envoy_cluster_upstream_rq_retry{{cluster_name=\"{name}\"}} {}",
-            s.upstream_rq_retry.load(Ordering::Relaxed)
-        );
+    // Envoy's names (`cluster.<name>.<stat>` as its Prometheus handler writes them): the ones
+    // mast-proxy counts as Envoy does.
+    type Stat = fn(&crate::upstream::ClusterStats) -> &AtomicU64;
+    let per_cluster: [(&str, Stat); 6] = [
+        ("envoy_cluster_upstream_rq_total", |s| &s.upstream_rq_total),
+        ("envoy_cluster_upstream_rq_retry", |s| &s.upstream_rq_retry),
+        ("envoy_cluster_upstream_rq_pending_overflow", |s| {
+            &s.upstream_rq_pending_overflow
+        }),
+        ("envoy_cluster_upstream_rq_timeout", |s| {
+            &s.upstream_rq_timeout
+        }),
+        ("envoy_cluster_upstream_cx_connect_fail", |s| {
+            &s.upstream_cx_connect_fail
+        }),
+        ("envoy_cluster_outlier_detection_ejections_total", |s| {
+            &s.outlier_ejections
+        }),
+    ];
+    let mut out = String::new();
+    for (family, stat) in per_cluster {
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for name in &names {
+            let s = &snap.clusters[*name].stats;
+            let _ = writeln!(
+                out,
+                "{family}{{cluster_name=\"{name}\"}} {}",
+                stat(s).load(Ordering::Relaxed)
+            );
+        }
     }
     let xds = shared.xds_status();
-    let _ = writeln!(out, "# TYPE envoy_control_plane_connected_state gauge");
-    let _ = writeln!(
-        out,
-        "envoy_control_plane_connected_state {}",
-        u8::from(xds.connected)
-    );
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "envoy_control_plane_connected_state",
+            "",
+            u64::from(xds.connected),
+        ),
+        // The ADS connection, Envoy's `xds-grpc` cluster (the Control Plane dashboard sums it).
+        (
+            "envoy_cluster_upstream_cx_active",
+            "{cluster_name=\"xds-grpc\"}",
+            u64::from(xds.connected),
+        ),
+        ("envoy_server_live", "", u64::from(shared.is_ready())),
+        (
+            "envoy_server_uptime",
+            "",
+            shared.started.elapsed().as_secs(),
+        ),
+        (
+            "envoy_cluster_manager_active_clusters",
+            "",
+            snap.clusters.len() as u64,
+        ),
+        (
+            "envoy_listener_manager_total_listeners_active",
+            "",
+            snap.listeners.len() as u64,
+        ),
+    ];
+    for (family, labels, value) in gauges {
+        let _ = writeln!(out, "# TYPE {family} gauge\n{family}{labels} {value}");
+    }
     out
 }

@@ -42,6 +42,10 @@ pub struct Peer {
     pub namespace: String,
     pub app: String,
     pub version: String,
+    /// Istio's canonical service and revision (`source_canonical_service`, …), which Kiali
+    /// groups its graph by and drops series without.
+    pub canonical_service: String,
+    pub canonical_revision: String,
     pub principal: String,
     pub cluster: String,
 }
@@ -54,10 +58,38 @@ impl Peer {
             namespace: u(),
             app: u(),
             version: u(),
+            canonical_service: u(),
+            canonical_revision: u(),
             principal: u(),
             cluster: u(),
         }
     }
+}
+
+/// A workload's canonical service and revision from its labels, as Istio derives them
+/// (injector and metadata exchange): `service.istio.io/canonical-name`, else
+/// `app.kubernetes.io/name`, else `app`, else the workload name; the revision from
+/// `service.istio.io/canonical-revision`, else `app.kubernetes.io/version`, else `version`,
+/// else `latest`.
+pub fn canonical<'a>(label: impl Fn(&str) -> Option<&'a str>, workload: &str) -> (String, String) {
+    let first = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| label(k).filter(|v| !v.is_empty()))
+            .map(str::to_string)
+    };
+    let service = first(&[
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ])
+    .unwrap_or_else(|| workload.to_string());
+    let revision = first(&[
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .unwrap_or_else(|| "latest".to_string());
+    (service, revision)
 }
 
 /// The service a request was for.
@@ -167,19 +199,23 @@ fn encode_common(
         Reporter::Destination => "destination",
     };
     use prometheus_client::encoding::EncodeLabel;
-    let pairs: [(&str, &str); 16] = [
+    let pairs: [(&str, &str); 20] = [
         ("reporter", reporter),
         ("source_workload", &src.workload),
         ("source_workload_namespace", &src.namespace),
         ("source_principal", &src.principal),
         ("source_app", &src.app),
         ("source_version", &src.version),
+        ("source_canonical_service", &src.canonical_service),
+        ("source_canonical_revision", &src.canonical_revision),
         ("source_cluster", &src.cluster),
         ("destination_workload", &dst.workload),
         ("destination_workload_namespace", &dst.namespace),
         ("destination_principal", &dst.principal),
         ("destination_app", &dst.app),
         ("destination_version", &dst.version),
+        ("destination_canonical_service", &dst.canonical_service),
+        ("destination_canonical_revision", &dst.canonical_revision),
         ("destination_service", &svc.host),
         ("destination_service_name", &svc.name),
         ("destination_service_namespace", &svc.namespace),
@@ -328,8 +364,13 @@ impl Metrics {
             "Connections closed",
             tcp_closed.clone(),
         );
+        let workload = cfg.workload_name();
+        let (canonical_service, canonical_revision) =
+            canonical(|k| cfg.labels.get(k).map(String::as_str), &workload);
         let local = Arc::new(Peer {
-            workload: cfg.workload_name(),
+            canonical_service,
+            canonical_revision,
+            workload,
             namespace: cfg.pod_namespace.clone(),
             app: cfg
                 .labels
@@ -480,11 +521,25 @@ fn peer_of(s: &Struct) -> Peer {
         },
         _ => "unknown".to_string(),
     };
+    let workload = get("WORKLOAD_NAME");
+    let labels = match s.fields.get("LABELS").and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StructValue(l)) => Some(l),
+        _ => None,
+    };
+    let (canonical_service, canonical_revision) = canonical(
+        |k| match labels?.fields.get(k)?.kind.as_ref()? {
+            Kind::StringValue(v) => Some(v.as_str()),
+            _ => None,
+        },
+        &workload,
+    );
     Peer {
-        workload: get("WORKLOAD_NAME"),
+        workload,
         namespace: get("NAMESPACE"),
         app: label("app"),
         version: label("version"),
+        canonical_service,
+        canonical_revision,
         principal: "unknown".into(),
         cluster: get("CLUSTER_ID"),
     }
@@ -551,6 +606,12 @@ mod tests {
         );
         assert!(text.contains("destination_service=\"user.default.svc.cluster.local\",destination_service_name=\"user\",destination_service_namespace=\"default\""), "{text}");
         assert!(text.contains("response_code=\"200\""));
+        // Kiali drops series without the canonical labels.
+        assert!(
+            text.contains("source_canonical_service=\"client\",source_canonical_revision=\"v1\""),
+            "{text}"
+        );
+        assert!(text.contains("destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\""), "{text}");
         assert!(text.contains("} 2\n"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
     }
@@ -581,6 +642,53 @@ mod tests {
                 "istio-ingressgateway",
                 "istio-system"
             )
+        );
+    }
+
+    #[test]
+    fn canonical_names_follow_istios_precedence() {
+        let labels = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v)
+        };
+        assert_eq!(
+            canonical(labels(&[("app", "user"), ("version", "v2")]), "user-v2"),
+            ("user".into(), "v2".into())
+        );
+        assert_eq!(
+            canonical(
+                labels(&[
+                    ("app", "user"),
+                    ("service.istio.io/canonical-name", "users"),
+                    ("app.kubernetes.io/version", "2.1"),
+                ]),
+                "user-v2"
+            ),
+            ("users".into(), "2.1".into())
+        );
+        assert_eq!(
+            canonical(labels(&[]), "batch"),
+            ("batch".into(), "latest".into())
+        );
+        // Through the metadata exchange, from the peer's labels.
+        let env: BTreeMap<String, String> = [("POD_NAME", "db-0"), ("POD_NAMESPACE", "shop")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let o = Overrides {
+            labels: Some(
+                "service.istio.io/canonical-name=db,service.istio.io/canonical-revision=r7".into(),
+            ),
+            ..Default::default()
+        };
+        let server = Metrics::new(&Config::from_env(&env, &o).unwrap());
+        let client = Metrics::new(&cfg("client-1", "client", "v1"));
+        let peer = client.peer_from_header(Some(&server.mx_header));
+        assert_eq!(
+            (
+                peer.canonical_service.as_str(),
+                peer.canonical_revision.as_str()
+            ),
+            ("db", "r7")
         );
     }
 
