@@ -29,6 +29,7 @@ mod reply;
 mod retry;
 mod router;
 mod sanitize;
+pub mod trace;
 mod upstream_request;
 
 use std::convert::Infallible;
@@ -338,6 +339,7 @@ async fn handle(
         authority: host.clone(),
         upstream: None,
         cluster: None,
+        span: None,
     };
     if let Err(refusal) = checked {
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
@@ -365,6 +367,18 @@ async fn handle(
     }
     let metadata = Default::default();
     let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
+    if let Some(cfg) = &ctx.hcm.tracing {
+        let start = trace::Start {
+            shared,
+            cfg,
+            inbound: ctx.inbound,
+            tls: ctx.tls,
+            peer: ctx.peer.ip(),
+            host: &host,
+            route: selected.map(|s| s.route),
+        };
+        rec.span = trace::start(start, &mut parts);
+    }
     let mut filtered = FilterRequest {
         parts: &mut parts,
         host: &host,
