@@ -57,6 +57,8 @@ pub struct MeshModel {
     pub knative: crate::dialect::knative::KnativeState,
     /// Gateway API ReferenceGrants: which cross-namespace references are permitted.
     pub reference_grants: Vec<ReferenceGrant>,
+    /// Telemetry resources' tracing rules, in source order.
+    pub telemetries: Vec<crate::telemetry::Telemetry>,
 }
 
 /// A Gateway API ReferenceGrant, in the namespace whose objects it opens to references from
@@ -118,10 +120,13 @@ impl MeshModel {
 }
 
 /// The MeshConfig settings Mast acts on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MeshSettings {
     /// `pathNormalization.normalization`.
     pub path_normalization: PathNormalization,
+    /// `enableTracing`, `extensionProviders`, `defaultProviders.tracing` and
+    /// `defaultConfig.tracing`.
+    pub tracing: crate::telemetry::MeshTracing,
 }
 
 /// `meshConfig.pathNormalization.normalization`: how sidecars normalise request paths

@@ -314,6 +314,7 @@ fn gateway_hcm(
         ..Default::default()
     });
     hcm.server_name = "istio-envoy".into();
+    super::tracing::HcmTracing::new(model, proxy, super::tracing::Class::Gateway).apply(&mut hcm);
     // RequestAuthentication's jwt_authn, then AuthorizationPolicy's RBAC, ahead of the rest,
     // as on a sidecar's inbound chains (Istio applies both to gateway pods by their labels).
     let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);

@@ -56,6 +56,7 @@ use super::plan::{
     InboundPort, ListenerPlan, OutboundPlan, VIRTUAL_INBOUND_PORT, VIRTUAL_OUTBOUND_PORT, WILDCARD,
 };
 use super::routes::{inbound_route_config, tcp_destinations};
+use super::tracing::{Class, HcmTracing};
 use super::{any, duration, outbound_cluster_name};
 
 /// Application protocols `http_inspector` reports for plaintext HTTP.
@@ -68,10 +69,11 @@ pub fn outbound(model: &MeshModel, plan: &OutboundPlan<'_>, proxy: &ProxyNode) -
     } else {
         PASSTHROUGH
     };
+    let trace = HcmTracing::new(model, proxy, Class::SidecarOutbound);
     let mut out: Vec<Listener> = plan
         .listeners
         .values()
-        .map(|l| outbound_listener(model, l, proxy, fallback))
+        .map(|l| outbound_listener(model, l, proxy, fallback, &trace))
         .collect();
     if plan.capture {
         out.push(Listener {
@@ -108,17 +110,22 @@ fn outbound_listener(
     l: &ListenerPlan<'_>,
     proxy: &ProxyNode,
     fallback: &str,
+    trace: &HcmTracing,
 ) -> Listener {
     let stat = format!("outbound_{}_{}", l.address, l.port);
     let http_chain = l.http_route.as_ref().map(|route| FilterChain {
-        filters: vec![hcm_filter(http_connection_manager(
-            &stat,
-            RouteSpecifier::Rds(Rds {
-                config_source: Some(ads_config_source()),
-                route_config_name: route.clone(),
-            }),
-            &model.mesh,
-        ))],
+        filters: vec![hcm_filter({
+            let mut hcm = http_connection_manager(
+                &stat,
+                RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads_config_source()),
+                    route_config_name: route.clone(),
+                }),
+                &model.mesh,
+            );
+            trace.apply(&mut hcm);
+            hcm
+        })],
         ..Default::default()
     });
     let tcp_chain = l.tcp.map(|(svc, sp)| FilterChain {
@@ -216,7 +223,8 @@ pub fn inbound(
             .chain(authz::http_rbac_filters(&policies))
             .collect(),
         tcp: authz::network_rbac_filters(&policies),
-        mesh: model.mesh,
+        mesh: model.mesh.clone(),
+        trace: HcmTracing::new(model, proxy, Class::SidecarInbound),
     };
     let mode = |port: u16| {
         if security.mtls {
@@ -341,6 +349,8 @@ struct Rbac {
     tcp: Vec<Filter>,
     /// The mesh-wide connection manager settings the HTTP chains carry beside the filters.
     mesh: MeshSettings,
+    /// The server side's tracing (Telemetry/MeshConfig), the same on every inbound chain.
+    trace: HcmTracing,
 }
 
 pub(super) fn tls_inspector() -> ListenerFilter {
@@ -462,6 +472,7 @@ fn inbound_chains(
                 &rbac.mesh,
             );
             hcm.http_filters.splice(0..0, rbac.http.iter().cloned());
+            rbac.trace.apply(&mut hcm);
             hcm
         })],
         ..Default::default()
