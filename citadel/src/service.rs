@@ -46,7 +46,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Register under Istio's names (prometheus-client adds `_total` to counters).
+    /// Register under Istio's exact names: mastd's `/metrics` writes every counter under the
+    /// name it was registered with (`mast_pilot::metrics::encode_text`), no `_total` added.
     pub fn register(&self, registry: &mut Registry) {
         let counters = [
             ("citadel_server_csr_count", "CSRs received", &self.csr),

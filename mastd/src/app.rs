@@ -191,11 +191,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         c.publish_roots(ca, &config);
     }
 
+    // Registered even without the webhook, so the Control Plane dashboard shows 0.
+    let injections = Arc::new(mast_injector::webhook::Counters::default());
+    injections.register(&mut registry);
     if !config.no_injector {
         crate::injector::start(
             config.injector_addr,
             ca.as_deref(),
             config.inject_settings(),
+            injections,
             shutdown.clone(),
         )
         .await?;

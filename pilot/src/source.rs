@@ -124,7 +124,9 @@ impl FolderSource {
         let started = std::time::Instant::now();
         self.reload();
         self.version = 1;
-        Snapshot::new(self.version, self.store.model(), started)
+        let model = self.store.model();
+        self.metrics.services.set(model.services.len() as i64);
+        Snapshot::new(self.version, model, started)
     }
 
     /// Watch for changes until `publish` has no receivers left.
@@ -160,9 +162,10 @@ impl FolderSource {
             }
             if self.reload() {
                 self.version += 1;
-                self.metrics.config_changes.inc();
+                let model = self.store.model();
+                self.metrics.record_config_change(model.services.len());
                 info!(version = self.version, "config changed; pushing");
-                let snapshot = Snapshot::new(self.version, self.store.model(), first);
+                let snapshot = Snapshot::new(self.version, model, first);
                 if publish.send(snapshot).is_err() {
                     return Ok(());
                 }

@@ -403,6 +403,7 @@ impl<G: Generator> Connection<G> {
         type_url: TypeUrl,
         force: bool,
     ) -> Result<Option<Vec<String>>, Closed> {
+        let started = std::time::Instant::now();
         let sets = self.resources.sets(type_url);
         let Some(state) = self.types.get_mut(&type_url) else {
             return Ok(None);
@@ -479,8 +480,13 @@ impl<G: Generator> Connection<G> {
             }
         };
         state.pending_nonce = Some(nonce.clone());
+        let size = match &response {
+            Response::Sotw(r) => prost::Message::encoded_len(r),
+            Response::Delta(r) => prost::Message::encoded_len(r),
+        };
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.metrics.record_push(type_url.short());
+        self.metrics
+            .record_push(type_url.short(), started.elapsed(), size);
         {
             let mut status = self.info.lock_status();
             let t = status.entry(type_url.short()).or_default();
