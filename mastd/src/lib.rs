@@ -23,6 +23,7 @@ pub mod config;
 pub mod injector;
 pub mod kube;
 pub mod telemetry;
+pub mod traces;
 
 pub use app::StartError;
 pub use config::Config;

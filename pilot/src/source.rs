@@ -124,9 +124,7 @@ impl FolderSource {
         let started = std::time::Instant::now();
         self.reload();
         self.version = 1;
-        let model = self.store.model();
-        self.metrics.services.set(model.services.len() as i64);
-        Snapshot::new(self.version, model, started)
+        Snapshot::new(self.version, self.store.model(), started)
     }
 
     /// Watch for changes until `publish` has no receivers left.
@@ -147,6 +145,11 @@ impl FolderSource {
         }
         while rx.recv().await.is_some() {
             let first = std::time::Instant::now();
+            // One trace per change, into mastd's trace store (target mast::trace): the
+            // debounce wait, the read, the validation and the publish, from the first event.
+            let change = tracing::info_span!(target: "mast::trace", "config.change", changed = tracing::field::Empty, version = tracing::field::Empty);
+            let debounce = tracing::info_span!(target: "mast::trace", parent: &change, "config.debounce", events = tracing::field::Empty);
+            let mut events = 1u64;
             let deadline = Instant::now() + self.debounce.max;
             let mut quiet_until = Instant::now() + self.debounce.quiet;
             loop {
@@ -155,17 +158,24 @@ impl FolderSource {
                         if ev.is_none() {
                             return Ok(());
                         }
+                        events += 1;
                         quiet_until = (Instant::now() + self.debounce.quiet).min(deadline);
                     }
                     _ = sleep_until(quiet_until) => break,
                 }
             }
-            if self.reload() {
+            debounce.record("events", events);
+            drop(debounce);
+            let changed = change.in_scope(|| self.reload());
+            change.record("changed", changed);
+            if changed {
+                let _in_change = change.enter();
+                let _publish = tracing::info_span!(target: "mast::trace", "config.publish").entered();
                 self.version += 1;
-                let model = self.store.model();
-                self.metrics.record_config_change(model.services.len());
+                change.record("version", self.version);
+                self.metrics.config_changes.inc();
                 info!(version = self.version, "config changed; pushing");
-                let snapshot = Snapshot::new(self.version, model, first);
+                let snapshot = Snapshot::new(self.version, self.store.model(), first);
                 if publish.send(snapshot).is_err() {
                     return Ok(());
                 }
@@ -176,6 +186,7 @@ impl FolderSource {
 
     /// Re-read every folder; true when the model changed.
     fn reload(&mut self) -> bool {
+        let read = tracing::info_span!(target: "mast::trace", "config.read").entered();
         let files = match read_config_dirs(&self.dirs) {
             Ok(files) => files,
             Err(e) => {
@@ -185,6 +196,8 @@ impl FolderSource {
             }
         };
         let file_count = files.len();
+        drop(read);
+        let _validate = tracing::info_span!(target: "mast::trace", "config.validate", files = file_count).entered();
         let report = self.store.apply_files(files);
         for e in &report.errors {
             warn!("config rejected, last good version kept: {e}");
