@@ -170,7 +170,8 @@ impl FolderSource {
             change.record("changed", changed);
             if changed {
                 let _in_change = change.enter();
-                let _publish = tracing::info_span!(target: "mast::trace", "config.publish").entered();
+                let _publish =
+                    tracing::info_span!(target: "mast::trace", "config.publish").entered();
                 self.version += 1;
                 change.record("version", self.version);
                 self.metrics.config_changes.inc();
@@ -197,7 +198,9 @@ impl FolderSource {
         };
         let file_count = files.len();
         drop(read);
-        let _validate = tracing::info_span!(target: "mast::trace", "config.validate", files = file_count).entered();
+        let _validate =
+            tracing::info_span!(target: "mast::trace", "config.validate", files = file_count)
+                .entered();
         let report = self.store.apply_files(files);
         for e in &report.errors {
             warn!("config rejected, last good version kept: {e}");
