@@ -216,6 +216,9 @@ impl Metrics {
         let _ = m
             .push_triggers
             .get_or_create(&TypeLabel { r#type: "config" });
+        for r#type in ["cds", "eds", "lds", "rds"] {
+            let _ = m.rejects.get_or_create(&TypeLabel { r#type });
+        }
         let _ = m.cfg_events.get_or_create(&CONFIG_UPDATE);
         let _ = m.reg_events.get_or_create(&EventLabels {
             r#type: "Services",
@@ -445,6 +448,10 @@ mod tests {
         assert_eq!(
             sample(&page, "pilot_push_triggers"),
             Some(r#"pilot_push_triggers{type="config"} 0"#)
+        );
+        assert_eq!(
+            sample(&page, "pilot_total_xds_rejects"),
+            Some(r#"pilot_total_xds_rejects{type="cds"} 0"#)
         );
         assert!(sample(&page, "istio_build").is_some_and(|l| l.contains(r#"component="pilot""#)));
         assert!(!page.contains("_total{type"), "{page}");
