@@ -445,20 +445,21 @@ fn nanos(t: std::time::SystemTime) -> u64 {
 pub fn zipkin_json(spans: &[SpanData], local: &Local) -> Bytes {
     let endpoint = match local.ip {
         IpAddr::V4(ip) => {
-            serde_json::json!({"serviceName": local.service_cluster, "ipv4": ip.to_string()})
+            serde_json::json!({"serviceName": local.service_cluster, "ipv4": ip.to_string(), "port": 0})
         }
         IpAddr::V6(ip) => {
-            serde_json::json!({"serviceName": local.service_cluster, "ipv6": ip.to_string()})
+            serde_json::json!({"serviceName": local.service_cluster, "ipv6": ip.to_string(), "port": 0})
         }
     };
     let list: Vec<serde_json::Value> = spans
         .iter()
         .map(|s| {
+            // Envoy's Zipkin spans keep no empty tag (an unset `zone`).
             let mut tags = serde_json::Map::new();
-            for (k, v) in &s.tags {
+            for (k, v) in s.tags.iter().filter(|(_, v)| !v.is_empty()) {
                 tags.insert((*k).to_string(), v.clone().into());
             }
-            for (k, v) in &s.custom {
+            for (k, v) in s.custom.iter().filter(|(_, v)| !v.is_empty()) {
                 tags.insert(k.clone(), v.clone().into());
             }
             let trace_id = if s.trace_id_128 {
@@ -482,6 +483,11 @@ pub fn zipkin_json(spans: &[SpanData], local: &Local) -> Bytes {
             if s.shared {
                 span["shared"] = true.into();
             }
+            // The v1 annotation that v2's kind and timestamp do not cover: the end (`cr`/`ss`).
+            span["annotations"] = serde_json::json!([{
+                "timestamp": micros(s.start + s.duration),
+                "value": match s.kind { Kind::Server => "ss", Kind::Client => "cr" },
+            }]);
             span
         })
         .collect();
@@ -520,16 +526,30 @@ pub fn otlp_request(spans: &[SpanData], service_name: &str) -> otlp::ExportTrace
                 .map(|(k, v)| kv(k, v))
                 .chain(s.custom.iter().map(|(k, v)| kv(k, v)))
                 .collect(),
-            status: Some(Status {
+            status: s.error.then(|| Status {
                 message: String::new(),
-                code: if s.error { STATUS_CODE_ERROR } else { 0 },
+                code: STATUS_CODE_ERROR,
             }),
+            // Sampled, and whether the parent is remote (always, for a proxy's span), as
+            // Envoy sets them.
+            flags: FLAG_SAMPLED
+                | FLAG_HAS_IS_REMOTE
+                | if s.parent_id.is_some() {
+                    FLAG_IS_REMOTE
+                } else {
+                    0
+                },
         })
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", service_name)],
+                attributes: vec![
+                    kv("service.name", service_name),
+                    kv("telemetry.sdk.language", "rust"),
+                    kv("telemetry.sdk.name", "mast-proxy"),
+                    kv("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+                ],
             }),
             scope_spans: vec![ScopeSpans {
                 scope: Some(InstrumentationScope {
@@ -548,6 +568,10 @@ pub mod otlp {
     pub const SPAN_KIND_SERVER: i32 = 2;
     pub const SPAN_KIND_CLIENT: i32 = 3;
     pub const STATUS_CODE_ERROR: i32 = 2;
+    /// `SpanFlags`: the W3C sampled flag, and the parent's remoteness.
+    pub const FLAG_SAMPLED: u32 = 0x01;
+    pub const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+    pub const FLAG_IS_REMOTE: u32 = 0x200;
 
     /// `opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest`.
     #[derive(Clone, PartialEq, prost::Message)]
@@ -608,6 +632,8 @@ pub mod otlp {
         pub attributes: Vec<KeyValue>,
         #[prost(message, optional, tag = "15")]
         pub status: Option<Status>,
+        #[prost(fixed32, tag = "16")]
+        pub flags: u32,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -984,15 +984,13 @@ pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> Option<Box<ActiveSpan>> 
                         break n;
                     }
                 };
-                (
-                    trace_id,
-                    wide,
-                    nonzero_u64(),
-                    None,
-                    sampled,
-                    String::new(),
-                    false,
-                )
+                // Envoy's Zipkin tracer gives a root span the trace id's low 64 bits.
+                let span_id = match trace_id as u64 {
+                    0 => nonzero_u64(),
+                    low if zipkin => low,
+                    _ => nonzero_u64(),
+                };
+                (trace_id, wide, span_id, None, sampled, String::new(), false)
             }
         };
     let mut data = SpanData {

@@ -19,6 +19,7 @@ fn span(error: bool, kind: Kind, parent: Option<u64>) -> SpanData {
         tags: vec![
             ("http.status_code", if error { "503" } else { "200" }.into()),
             ("component", "proxy".into()),
+            ("zone", String::new()),
         ],
         custom: vec![("istio.canonical_service".into(), "productpage".into())],
         tracestate: "vendor=x".into(),
@@ -85,9 +86,12 @@ fn otlp_decodes_with_the_upstream_schema() {
         "http.status_code".into(),
         Some(UpstreamValue::StringValue("200".into()))
     )));
-    // STATUS_CODE_ERROR on an error span only.
-    assert_eq!(client.status.as_ref().unwrap().code, 0);
+    // STATUS_CODE_ERROR on an error span only, as Envoy.
+    assert!(client.status.is_none());
     assert_eq!(server.status.as_ref().unwrap().code, 2);
+    // Envoy's flags: sampled, parent remote (0x301) or a root (0x101).
+    assert_eq!(client.flags, 0x301);
+    assert_eq!(server.flags, 0x101);
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -134,9 +138,14 @@ fn zipkin_v2_json_as_envoy_writes_it() {
     assert_eq!(s["duration"], 1500);
     assert_eq!(s["localEndpoint"]["serviceName"], "productpage.default");
     assert_eq!(s["localEndpoint"]["ipv4"], "10.0.0.7");
+    assert_eq!(s["localEndpoint"]["port"], 0);
+    assert_eq!(s["annotations"][0]["value"], "cr");
+    assert_eq!(s["annotations"][0]["timestamp"], 1_700_000_000_001_623u64);
+    assert_eq!(list[1]["annotations"][0]["value"], "ss");
     assert_eq!(s["tags"]["http.status_code"], "503");
     assert_eq!(s["tags"]["istio.canonical_service"], "productpage");
     assert!(s.get("shared").is_none());
+    assert!(s["tags"].get("zone").is_none(), "no empty tags in Zipkin");
     assert_eq!(list[1]["kind"], "SERVER");
     assert_eq!(list[1]["shared"], true);
     assert_eq!(list[2]["traceId"], "463ac35c9f6413ad");

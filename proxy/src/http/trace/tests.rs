@@ -673,6 +673,11 @@ async fn zipkin_spans_propagate_b3_and_share_context_when_asked() {
     assert_eq!(span.data.span_id, 0xa2fb4a1d1a96d312);
     assert_eq!(span.data.parent_id, Some(0x0020000000000001));
     assert!(span.data.shared);
+    // A new Zipkin root's span id is its trace id's low half, as Envoy makes it.
+    let mut p = parts(&[]);
+    let root = begin(&cfg, &shared, false, None, &mut p).unwrap();
+    assert_eq!(root.data.span_id, root.data.trace_id as u64);
+    assert!(root.data.trace_id >> 64 != 0, "trace_id_128bit");
     // A client span never shares.
     let mut p = parts(&incoming);
     let span = begin(&cfg, &shared, false, None, &mut p).unwrap();
