@@ -33,14 +33,15 @@ use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::http::trace::{Kind, ProviderKind, ProviderSpec, SpanData};
+use crate::http::trace::{Kind, ProviderKind, ProviderSpec, Reason, SpanData};
 use crate::shared::Shared;
 use crate::state::Store;
 use crate::tls::SecretStore;
 use crate::tls::credentials::SdsSecrets;
 use crate::upstream::Body;
 
-/// Spans waiting for export per provider; beyond this they are dropped.
+/// Spans waiting for export per Zipkin provider; beyond this they are dropped
+/// (OpenTelemetry providers use their `max_cache_size`).
 pub const QUEUE_CAPACITY: usize = 2048;
 /// Envoy's `tracing.*.min_flush_spans` default.
 const MIN_FLUSH_SPANS: usize = 5;
@@ -53,6 +54,9 @@ const MAX_BATCH: usize = 512;
 #[derive(Default)]
 pub struct Tracers {
     exporters: Mutex<HashMap<ProviderSpec, Arc<Exporter>>>,
+    /// Sampling decisions per connection manager `stat_prefix`; kept across config updates,
+    /// as Envoy keeps stats by name.
+    decisions: Mutex<std::collections::BTreeMap<String, Arc<Decisions>>>,
     pub opentelemetry: Arc<Stats>,
     pub zipkin: Arc<Stats>,
 }
@@ -67,6 +71,39 @@ pub struct Stats {
     pub reports_failed: AtomicU64,
     pub reports_skipped_no_cluster: AtomicU64,
     pub spans_dropped: AtomicU64,
+}
+
+/// Envoy's `http.<stat_prefix>.tracing.*`: why requests were (not) traced.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    pub client_enabled: AtomicU64,
+    pub health_check: AtomicU64,
+    pub not_traceable: AtomicU64,
+    pub random_sampling: AtomicU64,
+    pub service_forced: AtomicU64,
+}
+
+impl Decisions {
+    pub fn count(&self, reason: Reason) {
+        let c = match reason {
+            Reason::ClientForced => &self.client_enabled,
+            Reason::NotTraceable => &self.not_traceable,
+            Reason::Sampling => &self.random_sampling,
+            Reason::ServiceForced => &self.service_forced,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn all(&self) -> [(&'static str, u64); 5] {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("client_enabled", get(&self.client_enabled)),
+            ("health_check", get(&self.health_check)),
+            ("not_traceable", get(&self.not_traceable)),
+            ("random_sampling", get(&self.random_sampling)),
+            ("service_forced", get(&self.service_forced)),
+        ]
+    }
 }
 
 /// One provider's queue.
@@ -150,10 +187,30 @@ impl Tracers {
             Arc::clone(&shared.secrets),
             Arc::clone(&shared.sds),
             stats,
-            Tuning::default(),
+            Tuning {
+                capacity: spec.capacity,
+                ..Tuning::default()
+            },
         ));
         map.insert(spec.clone(), Arc::clone(&e));
         e
+    }
+
+    /// The decision counters of a connection manager's `stat_prefix`.
+    pub fn decisions(&self, stat_prefix: &str) -> Arc<Decisions> {
+        let mut map = match self.decisions.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        Arc::clone(map.entry(stat_prefix.to_string()).or_default())
+    }
+
+    fn all_decisions(&self) -> Vec<(String, [(&'static str, u64); 5])> {
+        let map = match self.decisions.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.iter().map(|(k, d)| (k.clone(), d.all())).collect()
     }
 
     fn by_tracer(&self) -> [(&'static str, &Stats); 2] {
@@ -166,6 +223,11 @@ impl Tracers {
     /// `tracing.<tracer>.<stat>: N` lines for `/stats`.
     pub fn envoy_stats(&self) -> String {
         let mut out = String::new();
+        for (prefix, stats) in self.all_decisions() {
+            for (name, v) in stats {
+                out.push_str(&format!("http.{prefix}.tracing.{name}: {v}\n"));
+            }
+        }
         for (tracer, s) in self.by_tracer() {
             for (name, v) in s.all() {
                 out.push_str(&format!("tracing.{tracer}.{name}: {v}\n"));
@@ -177,6 +239,18 @@ impl Tracers {
     /// `envoy_tracing_<tracer>_<stat>` counters for `/stats/prometheus`.
     pub fn envoy_prometheus(&self) -> String {
         let mut out = String::new();
+        let decisions = self.all_decisions();
+        if let Some((_, first)) = decisions.first() {
+            for (i, (name, _)) in first.iter().enumerate() {
+                out.push_str(&format!("# TYPE envoy_http_tracing_{name} counter\n"));
+                for (prefix, stats) in &decisions {
+                    out.push_str(&format!(
+                        "envoy_http_tracing_{name}{{envoy_http_conn_manager_prefix=\"{prefix}\"}} {}\n",
+                        stats[i].1
+                    ));
+                }
+            }
+        }
         for (tracer, s) in self.by_tracer() {
             for (name, v) in s.all() {
                 out.push_str(&format!(

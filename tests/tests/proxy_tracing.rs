@@ -313,21 +313,21 @@ impl Proxy {
 
     /// A tracer stat from the admin `/stats`, summed over both sidecars.
     async fn stat(&self, name: &str) -> Result<u64> {
-        let mut sum = 0;
-        for side in &self.sides {
-            let (_, body) = HttpClient::new()
-                .get(&format!("http://127.0.0.1:{}/stats", side.admin), None, &[])
-                .await?;
-            let v: u64 = body
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-                .with_context(|| format!("{name} not in /stats:\n{body}"))?
-                .trim()
-                .parse()
-                .context("not a number")?;
-            sum += v;
-        }
-        Ok(sum)
+        Ok(self.stat_at(0, name).await? + self.stat_at(1, name).await?)
+    }
+
+    /// A stat of one sidecar (0: the client's, 1: the server's).
+    async fn stat_at(&self, side: usize, name: &str) -> Result<u64> {
+        let admin = self.sides[side].admin;
+        let (_, body) = HttpClient::new()
+            .get(&format!("http://127.0.0.1:{admin}/stats"), None, &[])
+            .await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .with_context(|| format!("{name} not in /stats:\n{body}"))?
+            .trim()
+            .parse()
+            .context("not a number")
     }
 
     fn logs(&self) -> String {
@@ -600,6 +600,20 @@ async fn spans_join_the_trace(provider: Provider, w3c: bool) -> Result<()> {
         !decode(&received)?.iter().any(|s| s.trace_id == unsampled),
         "an unsampled trace was exported"
     );
+    // Envoy's decision stats: four requests, each sampled by its request id at 100%.
+    let out = proxy
+        .stat_at(0, "http.outbound.tracing.random_sampling")
+        .await?;
+    let inb = proxy
+        .stat_at(1, "http.inbound.tracing.random_sampling")
+        .await?;
+    ensure!(out == 4 && inb == 4, "random_sampling {out} / {inb}");
+    ensure!(
+        proxy
+            .stat_at(0, "http.outbound.tracing.not_traceable")
+            .await?
+            == 0
+    );
     let mut proxy = proxy;
     for p in &mut proxy.procs {
         p.check_running()?;
@@ -656,7 +670,7 @@ async fn dead_and_hung_collectors_cost_spans_not_requests() -> Result<()> {
     let took = t.elapsed();
     ensure!(tally.failures() == 0, "{tally:?}");
     let dropped = hung.stat("tracing.opentelemetry.spans_dropped").await?;
-    // Each sidecar makes 3,000 spans against a queue of 2,048 (and one batch in flight).
+    // Each sidecar makes 3,000 spans against a queue of 1,024 (`max_cache_size`).
     ensure!(dropped >= 1500, "spans_dropped {dropped}");
     let (_, prom) = HttpClient::new()
         .get(

@@ -52,6 +52,8 @@ use crate::resources::route::Route;
 use crate::resources::{At, FieldError, FieldResult, decode_any, opt_duration};
 use crate::trace_export::Exporter;
 
+/// Envoy's OpenTelemetry `max_cache_size` default.
+const OTEL_MAX_CACHE_SIZE: usize = 1024;
 /// Envoy's default `max_path_tag_length`.
 const DEFAULT_MAX_PATH_TAG_LENGTH: usize = 256;
 /// The position of the trace reason in a UUID request id (the version digit of a UUIDv4).
@@ -92,6 +94,9 @@ pub struct TracingConfig {
     pack_trace_reason: bool,
     /// `generate_request_id` (default true).
     generate_request_id: bool,
+    /// The connection manager's `stat_prefix`, for `http.<prefix>.tracing.*`.
+    stat_prefix: String,
+    decisions: OnceLock<Arc<crate::trace_export::Decisions>>,
 }
 
 /// Where and how spans are exported; one exporter serves every listener with the same
@@ -110,6 +115,9 @@ pub struct ProviderSpec {
     pub headers: Vec<(String, String)>,
     /// OpenTelemetry `service_name`; Zipkin's local endpoint name is the node's cluster.
     pub service_name: String,
+    /// How many finished spans may wait for export: OpenTelemetry's `max_cache_size`
+    /// (Envoy's default 1,024); Zipkin has no such setting.
+    pub capacity: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -233,6 +241,7 @@ impl TracingConfig {
             .at("tracing")
             .map(|mut c| {
                 c.generate_request_id = h.generate_request_id.as_ref().is_none_or(|b| b.value);
+                c.stat_prefix = h.stat_prefix.clone();
                 Some(Arc::new(c))
             })
     }
@@ -277,6 +286,8 @@ impl TracingConfig {
             use_request_id,
             pack_trace_reason,
             generate_request_id: true,
+            stat_prefix: String::new(),
+            decisions: OnceLock::new(),
         })
     }
 
@@ -487,6 +498,11 @@ impl Provider {
         } else {
             c.service_name.clone()
         };
+        let capacity = c
+            .max_cache_size
+            .as_ref()
+            .map_or(OTEL_MAX_CACHE_SIZE, |v| v.value as usize)
+            .max(1);
         let spec = match (&c.grpc_service, &c.http_service) {
             (Some(g), None) => {
                 let Some(TargetSpecifier::EnvoyGrpc(e)) = &g.target_specifier else {
@@ -519,6 +535,7 @@ impl Provider {
                         .map(|h| (h.key.to_ascii_lowercase(), h.value.clone()))
                         .collect(),
                     service_name,
+                    capacity,
                 }
             }
             (None, Some(h)) => {
@@ -532,6 +549,7 @@ impl Provider {
                     timeout,
                     headers,
                     service_name,
+                    capacity,
                 }
             }
             (Some(_), Some(_)) => {
@@ -591,6 +609,7 @@ impl Provider {
             timeout,
             headers,
             service_name: String::new(),
+            capacity: crate::trace_export::QUEUE_CAPACITY,
         });
         p.trace_id_128 = c.trace_id_128bit;
         p.shared_span_context = c.shared_span_context.as_ref().is_none_or(|b| b.value);
@@ -914,6 +933,9 @@ pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> Option<Box<ActiveSpan>> 
         put(&mut parts.headers, X_REQUEST_ID, &uuid());
     }
     let reason = cfg.decide(&mut parts.headers, rand::random());
+    cfg.decisions
+        .get_or_init(|| s.shared.tracers.decisions(&cfg.stat_prefix))
+        .count(reason);
     let provider = cfg.provider.as_ref()?;
     let incoming = provider.extract(&parts.headers).ok()?;
     let traced = reason != Reason::NotTraceable;

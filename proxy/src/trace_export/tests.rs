@@ -182,6 +182,7 @@ async fn batches_flush_at_five_spans_or_on_the_timer_and_count_a_missing_cluster
         timeout: Duration::from_secs(1),
         headers: Vec::new(),
         service_name: String::new(),
+        capacity: QUEUE_CAPACITY,
     };
     let e = Exporter::spawn(
         spec,
@@ -220,13 +221,39 @@ fn stats_use_envoys_names() {
     t.opentelemetry
         .spans_dropped
         .fetch_add(2, Ordering::Relaxed);
+    t.decisions("inbound_0.0.0.0_9080").count(Reason::Sampling);
+    t.decisions("inbound_0.0.0.0_9080")
+        .count(Reason::NotTraceable);
+    t.decisions("outbound_0.0.0.0_80")
+        .count(Reason::ServiceForced);
     let s = t.envoy_stats();
+    assert!(
+        s.contains("http.inbound_0.0.0.0_9080.tracing.random_sampling: 1\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("http.inbound_0.0.0.0_9080.tracing.not_traceable: 1\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("http.outbound_0.0.0.0_80.tracing.service_forced: 1\n"),
+        "{s}"
+    );
     assert!(s.contains("tracing.zipkin.spans_sent: 3\n"), "{s}");
     assert!(
         s.contains("tracing.opentelemetry.spans_dropped: 2\n"),
         "{s}"
     );
     let p = t.envoy_prometheus();
+    assert!(
+        p.contains("envoy_http_tracing_random_sampling{envoy_http_conn_manager_prefix=\"inbound_0.0.0.0_9080\"} 1\n"),
+        "{p}"
+    );
+    assert_eq!(
+        p.matches("# TYPE envoy_http_tracing_client_enabled counter")
+            .count(),
+        1
+    );
     assert!(p.contains("envoy_tracing_zipkin_spans_sent 3\n"), "{p}");
     assert!(
         p.contains("envoy_tracing_opentelemetry_timer_flushed 0\n"),

@@ -91,6 +91,8 @@ fn sampling(random: f64, overall: f64, client: f64) -> TracingConfig {
         use_request_id: true,
         pack_trace_reason: true,
         generate_request_id: true,
+        stat_prefix: "t".into(),
+        decisions: OnceLock::new(),
     }
 }
 
@@ -128,6 +130,7 @@ fn otel_grpc_provider_compiles_as_istiod_writes_it() {
         vec![("authorization".to_string(), "token".to_string())]
     );
     assert_eq!(p.spec.service_name, "productpage.default");
+    assert_eq!(p.spec.capacity, 1024, "Envoy's max_cache_size default");
     assert_eq!(c.random_sampling, 10_000);
     assert_eq!(c.custom_tags.len(), 6);
 }
@@ -141,6 +144,7 @@ fn otel_http_uri_without_scheme_and_zipkin_forms() {
           name: envoy.tracers.opentelemetry
           typed_config:
             "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+            max_cache_size: 50
             http_service:
               http_uri: {uri: otel.observability.svc.cluster.local/v1/traces, cluster: "outbound|4318||otel", timeout: 1s}
               request_headers_to_add: [{header: {key: x-tenant, value: a}}]"#,
@@ -152,6 +156,7 @@ fn otel_http_uri_without_scheme_and_zipkin_forms() {
     assert_eq!(p.spec.authority, "otel.observability.svc.cluster.local");
     assert_eq!(p.spec.path, "/v1/traces");
     assert_eq!(p.spec.cluster, "outbound|4318||otel");
+    assert_eq!(p.spec.capacity, 50);
     // Unset sampling is 100%, as in Envoy.
     assert_eq!(
         (c.random_sampling, c.overall_sampling, c.client_sampling),
