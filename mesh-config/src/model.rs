@@ -127,6 +127,10 @@ pub struct MeshSettings {
     /// `enableTracing`, `extensionProviders`, `defaultProviders.tracing` and
     /// `defaultConfig.tracing`.
     pub tracing: crate::telemetry::MeshTracing,
+    /// `meshNetworks`' `fromCidr` endpoints (the ConfigMap's `meshNetworks` key), sorted:
+    /// the addresses gateways take for internal (`internal_address_config`), as istiod's
+    /// `MeshNetworksToEnvoyInternalAddressConfig`.
+    pub internal_networks: Vec<(std::net::IpAddr, u8)>,
 }
 
 /// `meshConfig.pathNormalization.normalization`: how sidecars normalise request paths

@@ -144,10 +144,14 @@ struct MeshConfigResource(MeshSettings);
 
 fn parse_mesh_config(doc: &Document<'_>) -> Result<MeshConfigResource, Vec<FieldError>> {
     let cm: ConfigMapDoc = deserialize(doc).map_err(|e| vec![e])?;
-    let Some(text) = cm.data.get("mesh") else {
-        return Ok(MeshConfigResource(MeshSettings::default()));
+    let mut mesh = match cm.data.get("mesh") {
+        Some(text) => super::mesh_config::parse(text)?,
+        None => MeshSettings::default(),
     };
-    super::mesh_config::parse(text).map(MeshConfigResource)
+    if let Some(text) = cm.data.get("meshNetworks") {
+        mesh.internal_networks = super::mesh_config::parse_networks(text)?;
+    }
+    Ok(MeshConfigResource(mesh))
 }
 
 impl MeshResource for MeshConfigResource {

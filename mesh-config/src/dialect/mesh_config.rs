@@ -1,5 +1,5 @@
 //! MeshConfig: the YAML under the `mesh` key of the `istio` ConfigMap in `istio-system`, read
-//! as istiod reads it.
+//! as istiod reads it (and its `meshNetworks` key, of which only `fromCidr` is read).
 //!
 //! The one place MeshConfig text becomes [`MeshSettings`], whether the ConfigMap came from
 //! the config folder or from the cluster (both arrive as a `v1 ConfigMap` document, see
@@ -270,7 +270,71 @@ pub fn parse(text: &str) -> Result<MeshSettings, Vec<FieldError>> {
     Ok(MeshSettings {
         path_normalization,
         tracing,
+        internal_networks: Vec::new(),
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MeshNetworksDoc {
+    #[serde(default)]
+    networks: BTreeMap<String, NetworkDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct NetworkDoc {
+    #[serde(default)]
+    endpoints: Vec<NetworkEndpointDoc>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkEndpointDoc {
+    #[serde(default, alias = "from_cidr")]
+    from_cidr: Option<String>,
+}
+
+/// The `meshNetworks` key: every network's `fromCidr` endpoints (a bare address is a /32 or
+/// /128), sorted by address then prefix length as istiod sorts them.
+pub fn parse_networks(text: &str) -> Result<Vec<(std::net::IpAddr, u8)>, Vec<FieldError>> {
+    let doc: MeshNetworksDoc = serde_saphyr::from_str::<Option<MeshNetworksDoc>>(text)
+        .map_err(|e| {
+            vec![FieldError::new(
+                "data.meshNetworks",
+                super::short_message(&e.to_string()),
+            )]
+        })?
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for (name, net) in &doc.networks {
+        for (i, e) in net.endpoints.iter().enumerate() {
+            let Some(cidr) = &e.from_cidr else { continue };
+            let (addr, len) = match cidr.split_once('/') {
+                Some((a, l)) => (a, Some(l)),
+                None => (cidr.as_str(), None),
+            };
+            let parsed = addr.parse::<std::net::IpAddr>().ok().and_then(|ip| {
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                let len = match len {
+                    Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max)?,
+                    None => max,
+                };
+                Some((ip, len))
+            });
+            match parsed {
+                Some(p) => out.push(p),
+                None => errors.push(FieldError::new(
+                    format!("data.meshNetworks: networks.{name}.endpoints[{i}].fromCidr"),
+                    format!("{cidr:?} is not an address or CIDR range"),
+                )),
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn provider_kind(
@@ -569,6 +633,27 @@ defaultProviders:
         assert_eq!(
             t.provider("prom").unwrap().kind,
             ProviderKind::Other("prometheus".into())
+        );
+    }
+
+    #[test]
+    fn mesh_networks_give_the_internal_ranges() {
+        let nets = parse_networks(
+            "networks:\n  n1:\n    endpoints: [{fromCidr: 10.0.0.0/8}, {fromRegistry: Kubernetes}]\n    gateways: [{address: 1.1.1.1, port: 15443}]\n  n2:\n    endpoints: [{fromCidr: 127.0.0.1}]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            nets,
+            [
+                ("10.0.0.0".parse().unwrap(), 8),
+                ("127.0.0.1".parse().unwrap(), 32)
+            ]
+        );
+        let e = parse_networks("networks:\n  n1:\n    endpoints: [{fromCidr: 10.0.0.0/33}]\n")
+            .unwrap_err();
+        assert_eq!(
+            e[0].field,
+            "data.meshNetworks: networks.n1.endpoints[0].fromCidr"
         );
     }
 

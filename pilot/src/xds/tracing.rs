@@ -19,7 +19,10 @@ use envoy_types::pb::envoy::config::trace::v3::zipkin_config::{
     CollectorEndpointVersion, TraceContextOption,
 };
 use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, ZipkinConfig, tracing as trace};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::Tracing;
+use envoy_types::pb::envoy::config::core::v3::CidrRange;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+    InternalAddressConfig, Tracing,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, RequestIdExtension,
 };
@@ -30,7 +33,7 @@ use envoy_types::pb::envoy::r#type::metadata::v3::{
 use envoy_types::pb::envoy::r#type::tracing::v3::{CustomTag as EnvoyTag, custom_tag};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, BoolValue, UInt32Value};
-use mast_mesh_config::model::MeshModel;
+use mast_mesh_config::model::{MeshModel, MeshSettings};
 use mast_mesh_config::telemetry::{
     CustomTag, ExtensionProvider, HeaderValue as ProviderHeaderValue, HttpHeader,
     OpenTelemetryProvider, OtlpTransport, ProviderKind, TracingSpec, ZipkinProvider,
@@ -143,6 +146,25 @@ impl HcmTracing {
         hcm.tracing = self.tracing.clone();
         hcm.request_id_extension = self.request_id.clone();
     }
+}
+
+/// istiod's `MeshNetworksToEnvoyInternalAddressConfig`: meshNetworks' `fromCidr` ranges
+/// (`None` without any). Internal requests keep Envoy's internal headers, among them
+/// `x-envoy-force-trace`.
+pub fn internal_address_config(mesh: &MeshSettings) -> Option<InternalAddressConfig> {
+    (!mesh.internal_networks.is_empty()).then(|| InternalAddressConfig {
+        unix_sockets: false,
+        cidr_ranges: mesh
+            .internal_networks
+            .iter()
+            .map(|(ip, len)| CidrRange {
+                address_prefix: ip.to_string(),
+                prefix_len: Some(UInt32Value {
+                    value: u32::from(*len),
+                }),
+            })
+            .collect(),
+    })
 }
 
 /// istiod's `configureSampling`: every client-forced and overall request traced, a random

@@ -411,11 +411,18 @@ fn legacy_mesh_config_and_missing_collectors() {
 
 #[test]
 fn gateways_spawn_the_upstream_span() {
-    let m = model("    defaultProviders: {tracing: [zipkin]}\n", "");
+    let mut m = model("    defaultProviders: {tracing: [zipkin]}\n", "");
+    m.mesh.internal_networks = vec![("127.0.0.0".parse().unwrap(), 8)];
     let config = generate_with(&m, &gateway(), &Security::default());
     let all = hcms(&config.listeners);
     assert!(!all.is_empty());
     for (_, h) in all {
+        let internal = h.internal_address_config.unwrap();
+        assert_eq!(internal.cidr_ranges[0].address_prefix, "127.0.0.0");
+        assert_eq!(
+            internal.cidr_ranges[0].prefix_len,
+            Some(UInt32Value { value: 8 })
+        );
         let t = h.tracing.unwrap();
         assert_eq!(t.spawn_upstream_span, Some(BoolValue { value: true }));
         zipkin_of(&t);
@@ -430,10 +437,11 @@ fn envoy_accepts_every_provider() {
         ("otel", None),
         ("otel-http", None),
     ] {
-        let m = model(
+        let mut m = model(
             &format!("    defaultProviders: {{tracing: [{provider}]}}\n"),
             "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  tracing:\n  - randomSamplingPercentage: 12.5\n    customTags:\n      a: {literal: {value: b}}\n      e: {environment: {name: POD_NAME, defaultValue: x}}\n      h: {header: {name: x-h}}\n",
         );
+        m.mesh.internal_networks = vec![("10.0.0.0".parse().unwrap(), 8)];
         for proxy in [sidecar(version), gateway()] {
             let config = generate_with(&m, &proxy, &Security::default());
             assert!(
