@@ -367,6 +367,7 @@ async fn handle(
     }
     let metadata = Default::default();
     let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
+    let mut on_response = trace::OnResponse::default();
     if let Some(cfg) = &ctx.hcm.tracing {
         let start = trace::Start {
             shared,
@@ -377,7 +378,7 @@ async fn handle(
             host: &host,
             route: selected.map(|s| s.route),
         };
-        rec.span = trace::start(start, &mut parts);
+        (rec.span, on_response) = trace::start(start, &mut parts);
     }
     let mut filtered = FilterRequest {
         parts: &mut parts,
@@ -391,7 +392,7 @@ async fn handle(
         metadata,
     };
     if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
-        return reply.send(rec, grpc);
+        return on_response.apply(reply.send(rec, grpc));
     }
     // The JWT filter may have chosen the route again (`clear_route_cache`).
     let selected = filtered.route;
@@ -401,7 +402,7 @@ async fn handle(
         rec,
         grpc,
     };
-    router::route(&ctx, &snap, selected, down).await
+    on_response.apply(router::route(&ctx, &snap, selected, down).await)
 }
 
 /// A request refused before routing: Envoy's status, its details as the body, and for

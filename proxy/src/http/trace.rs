@@ -226,6 +226,8 @@ pub struct ActiveSpan {
     data: SpanData,
     started: Instant,
     exporter: Arc<Exporter>,
+    /// The upstream's `x-envoy-decorator-operation` (outbound), which names the span.
+    rename: Option<Arc<OnceLock<String>>>,
 }
 
 // === impl TracingConfig ===
@@ -913,12 +915,37 @@ pub(super) struct Start<'a> {
     pub route: Option<&'a Route>,
 }
 
+/// What tracing does to a request's response (Envoy's `encodeHeaders`): an inbound
+/// response tells the caller the route's operation, unless the caller named it; an outbound
+/// one renames this span after the operation the upstream sent, and drops the header.
+#[derive(Default)]
+pub(super) struct OnResponse {
+    set: Option<HeaderValue>,
+    rename: Option<Arc<OnceLock<String>>>,
+}
+
+impl OnResponse {
+    pub fn apply(
+        self,
+        mut resp: http::Response<crate::upstream::Body>,
+    ) -> http::Response<crate::upstream::Body> {
+        if let Some(v) = self.set {
+            resp.headers_mut().insert(X_DECORATOR_OPERATION, v);
+        } else if let Some(rename) = self.rename
+            && let Some(v) = resp.headers_mut().remove(X_DECORATOR_OPERATION)
+            && let Ok(op) = v.to_str()
+            && !op.is_empty()
+        {
+            let _ = rename.set(op.to_string());
+        }
+        resp
+    }
+}
+
 /// Decide, start the request's span and inject its context: Envoy's `traceRequest`. Returns
-/// the span to finish when the request is recorded, when it is sampled.
-pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> Option<Box<ActiveSpan>> {
-    let cfg = s.cfg;
-    let started = Instant::now();
-    let start_time = SystemTime::now();
+/// the span to finish when the request is recorded (when it is sampled), and what to do to
+/// the response.
+pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> (Option<Box<ActiveSpan>>, OnResponse) {
     // The caller's decorator names an inbound span; the header never reaches the app.
     let operation_override = if s.inbound {
         let op = header(&parts.headers, X_DECORATOR_OPERATION)
@@ -929,6 +956,28 @@ pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> Option<Box<ActiveSpan>> 
     } else {
         None
     };
+    let decorator = s.route.and_then(|r| r.decorator.as_ref());
+    let mut on_response = OnResponse::default();
+    if s.inbound {
+        on_response.set = decorator
+            .filter(|d| d.propagate && operation_override.is_none())
+            .and_then(|d| HeaderValue::from_str(&d.operation).ok());
+    } else {
+        on_response.rename = Some(Arc::default());
+    }
+    let span = begin(&s, parts, operation_override, on_response.rename.clone());
+    (span, on_response)
+}
+
+fn begin(
+    s: &Start<'_>,
+    parts: &mut Parts,
+    operation_override: Option<String>,
+    rename: Option<Arc<OnceLock<String>>>,
+) -> Option<Box<ActiveSpan>> {
+    let cfg = s.cfg;
+    let started = Instant::now();
+    let start_time = SystemTime::now();
     if cfg.generate_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
         put(&mut parts.headers, X_REQUEST_ID, &uuid());
     }
@@ -1034,11 +1083,12 @@ pub(super) fn start(s: Start<'_>, parts: &mut Parts) -> Option<Box<ActiveSpan>> 
     if !sampled {
         return None;
     }
-    request_tags(&mut data, cfg, &s, parts);
+    request_tags(&mut data, cfg, s, parts);
     Some(Box::new(ActiveSpan {
         data,
         started,
         exporter: provider.exporter(s.shared),
+        rename,
     }))
 }
 
@@ -1145,6 +1195,9 @@ impl ActiveSpan {
     ) {
         let d = &mut self.data;
         d.duration = self.started.elapsed();
+        if let Some(op) = self.rename.as_ref().and_then(|r| r.get()) {
+            d.name = op.clone();
+        }
         d.tags.push(("component", "proxy".to_string()));
         if let Some(c) = cluster {
             d.tags.push(("upstream_cluster", c.to_string()));

@@ -511,6 +511,7 @@ fn begin(
         },
         p,
     )
+    .0
 }
 
 #[tokio::test]
@@ -742,6 +743,7 @@ async fn finished_spans_carry_the_response_tags_and_errors() {
         },
         started: Instant::now(),
         exporter: Arc::clone(&exporter),
+        rename: None,
     };
     let tags = |d: &SpanData| -> HashMap<&'static str, String> { d.tags.iter().cloned().collect() };
     Box::new(mk()).finish(200, "-", Some("outbound|9080||reviews"), None, 10, 20);
@@ -765,4 +767,54 @@ async fn finished_spans_carry_the_response_tags_and_errors() {
     assert!(d.error, "a non-OK gRPC status is an error");
     assert_eq!(tags(&d)["grpc.status_code"], "14");
     assert!(!tags(&d).contains_key("upstream_cluster"));
+}
+
+#[tokio::test]
+async fn decorator_operation_travels_back_on_the_response_as_envoy() {
+    let shared = shared();
+    let cfg = otel();
+    let table = decorated("reviews.default.svc.cluster.local:9080/*");
+    let route = route_of(&table);
+    let start_at = |inbound: bool, p: &mut Parts| {
+        start(
+            Start {
+                shared: &shared,
+                cfg: &cfg,
+                inbound,
+                tls: false,
+                peer: "10.1.2.3".parse().unwrap(),
+                host: "reviews:9080",
+                route: Some(route),
+            },
+            p,
+        )
+    };
+    let response = |pairs: &[(&'static str, &str)]| {
+        let mut r = http::Response::new(crate::http::reply::full(""));
+        *r.headers_mut() = headers(pairs);
+        r
+    };
+    // Inbound, the caller named nothing: the response names the route's operation.
+    let (_, on) = start_at(true, &mut parts(&[]));
+    let r = on.apply(response(&[]));
+    assert_eq!(
+        r.headers().get(X_DECORATOR_OPERATION).unwrap(),
+        "reviews.default.svc.cluster.local:9080/*"
+    );
+    // Inbound, the caller named it: nothing added.
+    let (_, on) = start_at(true, &mut parts(&[(X_DECORATOR_OPERATION, "caller-op")]));
+    assert!(
+        !on.apply(response(&[]))
+            .headers()
+            .contains_key(X_DECORATOR_OPERATION)
+    );
+    // Outbound: the upstream's operation renames the span and goes no further.
+    let (span, on) = start_at(false, &mut parts(&[]));
+    let r = on.apply(response(&[(X_DECORATOR_OPERATION, "upstream-op")]));
+    assert!(!r.headers().contains_key(X_DECORATOR_OPERATION));
+    let (exporter, mut rx) = Exporter::channel(1);
+    let mut span = span.unwrap();
+    span.exporter = Arc::new(exporter);
+    span.finish(200, "-", None, None, 0, 0);
+    assert_eq!(rx.recv().await.unwrap().name, "upstream-op");
 }
