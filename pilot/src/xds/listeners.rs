@@ -312,7 +312,11 @@ pub fn inbound(
                 ..Default::default()
             }],
             filter_chains: chains,
-            default_filter_chain: Some(FilterChain {
+            // A port no Service declares is passed through in plaintext only when the
+            // workload accepts plaintext: under STRICT (as in istiod, whose passthrough chains
+            // then all require mTLS) a plaintext connection to it matches no chain and is
+            // closed, so STRICT covers every port, not only the declared ones.
+            default_filter_chain: (mode(0) != MtlsMode::Strict).then(|| FilterChain {
                 name: "virtualInbound-catchall-tcp".into(),
                 filters: vec![tcp_proxy_filter(
                     INBOUND_PASSTHROUGH,
@@ -928,6 +932,35 @@ mod tests {
                 &Security::default()
             )
             .is_empty()
+        );
+    }
+
+    /// Under STRICT a plaintext connection to a port no Service declares matches no chain
+    /// (istiod's passthrough chains then all require mTLS); under PERMISSIVE it is passed
+    /// through, from 127.0.0.6 so the capture rules let it reach the app.
+    #[test]
+    fn strict_leaves_no_plaintext_passthrough() {
+        let mut model = MeshModel::default();
+        let strict = |mode| mast_mesh_config::security::PeerAuthn {
+            namespace: "istio-system".into(),
+            selector: None,
+            mode,
+            port_modes: Default::default(),
+            source: Default::default(),
+        };
+        let security = Security {
+            mtls: true,
+            ..Security::default()
+        };
+        let p = proxy(InterceptionMode::Redirect);
+        model.peer_authentications = vec![strict(MtlsMode::Strict)];
+        let ls = inbound(&model, &[], &p, &security);
+        assert!(ls[0].default_filter_chain.is_none(), "STRICT: no catch-all");
+        model.peer_authentications = vec![strict(MtlsMode::Permissive)];
+        let ls = inbound(&model, &[], &p, &security);
+        assert_eq!(
+            ls[0].default_filter_chain.as_ref().map(|c| c.name.as_str()),
+            Some("virtualInbound-catchall-tcp")
         );
     }
 
