@@ -373,6 +373,7 @@ async fn handle(
             shared,
             cfg,
             inbound: ctx.inbound,
+            edge: ctx.hcm.use_remote_address,
             tls: ctx.tls,
             peer: ctx.peer.ip(),
             host: &host,

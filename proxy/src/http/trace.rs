@@ -94,6 +94,9 @@ pub struct TracingConfig {
     pack_trace_reason: bool,
     /// `generate_request_id` (default true).
     generate_request_id: bool,
+    /// `preserve_external_request_id`: an edge keeps the client's request id (off by
+    /// default, so a client cannot pick its own sampling bits).
+    preserve_external_request_id: bool,
     /// The connection manager's `stat_prefix`, for `http.<prefix>.tracing.*`.
     stat_prefix: String,
     decisions: OnceLock<Arc<crate::trace_export::Decisions>>,
@@ -244,6 +247,7 @@ impl TracingConfig {
             .map(|mut c| {
                 c.generate_request_id = h.generate_request_id.as_ref().is_none_or(|b| b.value);
                 c.stat_prefix = h.stat_prefix.clone();
+                c.preserve_external_request_id = h.preserve_external_request_id;
                 Some(Arc::new(c))
             })
     }
@@ -288,6 +292,7 @@ impl TracingConfig {
             use_request_id,
             pack_trace_reason,
             generate_request_id: true,
+            preserve_external_request_id: false,
             stat_prefix: String::new(),
             decisions: OnceLock::new(),
         })
@@ -909,6 +914,9 @@ pub(super) struct Start<'a> {
     pub shared: &'a crate::shared::Shared,
     pub cfg: &'a TracingConfig,
     pub inbound: bool,
+    /// The connection manager is the mesh's edge (`use_remote_address`), where every request
+    /// comes from outside.
+    pub edge: bool,
     pub tls: bool,
     pub peer: std::net::IpAddr,
     pub host: &'a str,
@@ -978,7 +986,10 @@ fn begin(
     let cfg = s.cfg;
     let started = Instant::now();
     let start_time = SystemTime::now();
-    if cfg.generate_request_id && !parts.headers.contains_key(X_REQUEST_ID) {
+    // Envoy's UUID extension: a request id is made when there is none, and at the edge
+    // an outside request's own is replaced unless the config keeps it.
+    let replace = s.edge && !cfg.preserve_external_request_id;
+    if cfg.generate_request_id && (replace || !parts.headers.contains_key(X_REQUEST_ID)) {
         put(&mut parts.headers, X_REQUEST_ID, &uuid());
     }
     let reason = cfg.decide(&mut parts.headers, rand::random());

@@ -91,6 +91,7 @@ fn sampling(random: f64, overall: f64, client: f64) -> TracingConfig {
         use_request_id: true,
         pack_trace_reason: true,
         generate_request_id: true,
+        preserve_external_request_id: false,
         stat_prefix: "t".into(),
         decisions: OnceLock::new(),
     }
@@ -504,6 +505,7 @@ fn begin(
             shared,
             cfg,
             inbound,
+            edge: false,
             tls: false,
             peer: "10.1.2.3".parse().unwrap(),
             host: "reviews:9080",
@@ -781,6 +783,7 @@ async fn decorator_operation_travels_back_on_the_response_as_envoy() {
                 shared: &shared,
                 cfg: &cfg,
                 inbound,
+                edge: false,
                 tls: false,
                 peer: "10.1.2.3".parse().unwrap(),
                 host: "reviews:9080",
@@ -817,4 +820,46 @@ async fn decorator_operation_travels_back_on_the_response_as_envoy() {
     span.exporter = Arc::new(exporter);
     span.finish(200, "-", None, None, 0, 0);
     assert_eq!(rx.recv().await.unwrap().name, "upstream-op");
+}
+
+#[tokio::test]
+async fn an_edge_replaces_the_clients_request_id() {
+    let shared = shared();
+    let none = compile(
+        r#"
+      tracing: {random_sampling: {value: 0}}"#,
+    )
+    .unwrap()
+    .unwrap();
+    let forged = "00000001-1111-9222-a333-444455556666";
+    let at = |edge: bool, cfg: &TracingConfig| {
+        let mut p = parts(&[(X_REQUEST_ID, forged)]);
+        let _ = start(
+            Start {
+                shared: &shared,
+                cfg,
+                inbound: false,
+                edge,
+                tls: false,
+                peer: "10.1.2.3".parse().unwrap(),
+                host: "gw",
+                route: None,
+            },
+            &mut p,
+        );
+        rid(&p.headers).to_string()
+    };
+    // A sidecar trusts the id (and its sampled bit); a gateway makes its own.
+    assert_eq!(at(false, &none), forged);
+    let fresh = at(true, &none);
+    assert_ne!(fresh, forged);
+    assert_eq!(&fresh[14..15], "4", "not traced: 0% sampling");
+    let keep = compile(
+        r#"
+      preserve_external_request_id: true
+      tracing: {random_sampling: {value: 0}}"#,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(at(true, &keep), forged);
 }
