@@ -6,14 +6,20 @@
 //! provider batches the queue and posts it through the proxy's own cluster machinery (so the
 //! collector cluster's endpoints, load balancing and TLS apply, as Envoy's tracers use their
 //! cluster). A slow or dead collector fills the queue, and then spans are dropped and counted
-//! (`tracing.<tracer>.spans_dropped`) — never waited for.
+//! (`tracing.<tracer>.spans_dropped`) — never waited for. The OpenTelemetry queue holds
+//! `max_cache_size` spans (Envoy's default 1,024), and its overflow is Envoy's own
+//! `tracing.opentelemetry.spans_dropped`; Envoy's Zipkin tracer has no bound, so its queue is
+//! [`QUEUE_CAPACITY`] and `tracing.zipkin.spans_dropped` is mast-proxy's.
 //!
 //! Batching follows Envoy's tracers: a batch goes out when 5 spans are buffered
 //! (`min_flush_spans`) or every 5 s (`flush_interval_ms`), with Envoy's stats
 //! (`tracing.opentelemetry.spans_sent`/`timer_flushed`, `tracing.zipkin.spans_sent`/
 //! `timer_flushed`/`reports_sent`/`reports_dropped`/`reports_failed`/
-//! `reports_skipped_no_cluster`). While an export is in flight the queue keeps filling, so
-//! under load a batch carries up to 512 spans.
+//! `reports_skipped_no_cluster`; the `reports_*` are kept for OpenTelemetry too, where Envoy
+//! has none), and the connection managers' sampling decisions
+//! (`http.<stat_prefix>.tracing.*`). While an export is in flight the queue keeps filling,
+//! so under load a batch carries up to 512 spans. A Zipkin report counts as sent on any 2xx
+//! (Envoy wants 202, which Zipkin and Jaeger answer).
 //!
 //! The OTLP messages are a few hand-written prost structs with the field numbers of
 //! `opentelemetry/proto/{collector/trace,trace,resource,common}/v1`, rather than the
