@@ -157,6 +157,10 @@ pub struct Telemetry {
     /// `selector.matchLabels`; `None` (or empty labels) is namespace-wide, mesh-wide in the
     /// root namespace.
     pub selector: Option<Labels>,
+    /// `targetRef`/`targetRefs` set: the Telemetry is for the Gateway API gateways (or
+    /// waypoints) it names, neither namespace-wide nor for sidecars selected by labels.
+    /// Mast does not attach it to anything yet.
+    pub target_refs: bool,
     pub tracing: Vec<TracingRule>,
     pub source: ResourceRef,
 }
@@ -238,7 +242,7 @@ pub struct TracingConfig {
 // === impl MeshModel ===
 
 fn namespace_wide(t: &Telemetry) -> bool {
-    t.selector.as_ref().is_none_or(BTreeMap::is_empty)
+    !t.target_refs && t.selector.as_ref().is_none_or(BTreeMap::is_empty)
 }
 
 impl MeshModel {
@@ -258,6 +262,7 @@ impl MeshModel {
         out.extend(self.telemetries.iter().filter(|t| {
             t.namespace == namespace
                 && !namespace_wide(t)
+                && !t.target_refs
                 && t.selector.as_ref().is_some_and(|s| labels_match(s, labels))
         }));
         out
@@ -268,7 +273,7 @@ impl MeshModel {
     pub fn tracing_selects_workloads(&self, namespace: &str) -> bool {
         self.telemetries
             .iter()
-            .any(|t| t.namespace == namespace && !namespace_wide(t))
+            .any(|t| t.namespace == namespace && !namespace_wide(t) && !t.target_refs)
     }
 
     /// istiod's `Telemetries.Tracing`: `None` when neither a Telemetry tracing rule nor a
@@ -358,6 +363,7 @@ mod tests {
         Telemetry {
             namespace: ns.into(),
             selector: selector.map(labels),
+            target_refs: false,
             tracing: vec![rule],
             source: ResourceRef::default(),
         }
@@ -430,7 +436,19 @@ mod tests {
         let b = m.tracing_for("default", &labels(&[("app", "b")])).unwrap();
         assert_eq!(b.client.random_sampling_percentage, Some(10.0));
         assert_eq!(b.server.random_sampling_percentage, Some(20.0));
+        // A Telemetry for Gateway API gateways (targetRefs) is not namespace-wide.
+        let mut gw = tel(
+            "prod",
+            None,
+            TracingRule {
+                random_sampling_percentage: Some(99.0),
+                ..TracingRule::default()
+            },
+        );
+        gw.target_refs = true;
+        m.telemetries.push(gw);
         let other_ns = m.tracing_for("prod", &Labels::new()).unwrap();
+        assert_eq!(other_ns.client.random_sampling_percentage, Some(10.0));
         assert_eq!(other_ns.server.provider.as_ref().unwrap().name, "zipkin");
         assert!(m.tracing_selects_workloads("default"));
         assert!(!m.tracing_selects_workloads("prod"));

@@ -21,6 +21,10 @@ struct TelemetrySpec {
     selector: Option<SelectorDoc>,
     #[serde(default)]
     tracing: Vec<TracingDoc>,
+    #[serde(default)]
+    target_ref: Option<Value>,
+    #[serde(default)]
+    target_refs: Vec<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,6 +78,16 @@ pub fn parse_telemetry(doc: &Document<'_>) -> Result<TelemetryResource, Vec<Fiel
         Some(_) => return Err(vec![FieldError::new("spec", "must be a mapping")]),
     }
     let spec: TelemetrySpec = super::typed_spec(doc)?;
+    let set = usize::from(spec.selector.is_some())
+        + usize::from(spec.target_ref.is_some())
+        + usize::from(!spec.target_refs.is_empty());
+    if set > 1 {
+        // The CRD's x-kubernetes-validations rule.
+        errors.push(FieldError::new(
+            "spec",
+            "only one of targetRefs or selector can be set",
+        ));
+    }
     let mut tracing = Vec::new();
     for (i, t) in spec.tracing.into_iter().enumerate() {
         let f = format!("spec.tracing[{i}]");
@@ -126,6 +140,7 @@ pub fn parse_telemetry(doc: &Document<'_>) -> Result<TelemetryResource, Vec<Fiel
     Ok(TelemetryResource(Telemetry {
         namespace: doc.meta.namespace.clone(),
         selector: spec.selector.map(|s| s.match_labels),
+        target_refs: spec.target_ref.is_some() || !spec.target_refs.is_empty(),
         tracing,
         source: doc.meta.resource_ref(),
     }))
@@ -253,6 +268,13 @@ spec:
                 "spec.tracing[0].randomSamplingPercentage: randomSamplingPercentage must be in range [0.0, 100.0]",
                 "spec.tracing[0].customTags.h.header.name: header tag name may not be empty",
             ]
+        );
+        let lines = error_lines(
+            "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  selector: {matchLabels: {a: b}}\n  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: g}]\n",
+        );
+        assert_eq!(
+            lines,
+            ["spec: only one of targetRefs or selector can be set"]
         );
         let lines = error_lines(
             "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t}\nspec:\n  tracing:\n  - randomSamplingPercentage: lots\n",
