@@ -17,6 +17,9 @@
 //!   `x-envoy-force-trace` requests through the ingress gateway (loopback internal by
 //!   meshNetworks) are all traced; every edit takes effect without a restart of anything.
 //!
+//! - Both kinds in one trace: an Envoy client sidecar calling through a mast-proxy server
+//!   sidecar gives the Zipkin checks above (one trace, parent/child, tags, B3 to the app).
+//!
 //! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the mast-proxy case
 //! is `#[ignore]`d until the two gaps its doc comment names are closed.
 
@@ -214,15 +217,41 @@ struct Addrs {
     gateway: &'static str,
 }
 
-fn addrs(kind: SidecarKind) -> Addrs {
-    match kind {
-        SidecarKind::Envoy => Addrs {
+/// Which sidecars one mesh runs: the client's and the server's (the gateway is the
+/// client's kind).
+#[derive(Clone, Copy)]
+struct Pair {
+    client: SidecarKind,
+    server: SidecarKind,
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.client == self.server {
+            write!(f, "{}", self.client)
+        } else {
+            write!(f, "{} client -> {} server", self.client, self.server)
+        }
+    }
+}
+
+fn addrs(pair: Pair) -> Addrs {
+    match (pair.client, pair.server) {
+        (SidecarKind::Envoy, SidecarKind::Mast) | (SidecarKind::Mast, SidecarKind::Envoy) => {
+            Addrs {
+                client: "127.0.0.4",
+                server: "127.0.0.14",
+                server_egress: "127.0.0.24",
+                gateway: "mixed",
+            }
+        }
+        (SidecarKind::Envoy, _) => Addrs {
             client: "127.0.0.2",
             server: "127.0.0.12",
             server_egress: "127.0.0.22",
             gateway: "envoy",
         },
-        SidecarKind::Mast => Addrs {
+        (SidecarKind::Mast, _) => Addrs {
             client: "127.0.0.3",
             server: "127.0.0.13",
             server_egress: "127.0.0.23",
@@ -416,7 +445,7 @@ async fn wait_for_sampling(proxies: &[&Sidecar], percent: f64) -> Result<()> {
 }
 
 struct Mesh {
-    kind: SidecarKind,
+    kind: Pair,
     config: std::path::PathBuf,
     client: Sidecar,
     server: Sidecar,
@@ -432,7 +461,7 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(kind: SidecarKind) -> Result<Self> {
+    async fn start(kind: Pair) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("config");
         std::fs::create_dir(&config)?;
@@ -454,14 +483,11 @@ impl Mesh {
             telemetry_yaml("zipkin", 100.0),
         )?;
         let mastd = Mastd::start(&config, dir.path()).await?;
-        let suffix = match kind {
-            SidecarKind::Envoy => "envoy",
-            SidecarKind::Mast => "mast",
-        };
+        let suffix = a.gateway;
         let client_pod = format!("client-{suffix}-1");
         let server_pod = format!("api-{suffix}-1");
         let client = Sidecar::start_kind(
-            kind,
+            kind.client,
             &PodSpec {
                 name: &client_pod,
                 namespace: "default",
@@ -475,7 +501,7 @@ impl Mesh {
         )
         .await?;
         let server = Sidecar::start_kind(
-            kind,
+            kind.server,
             &PodSpec {
                 name: &server_pod,
                 namespace: "default",
@@ -494,7 +520,7 @@ impl Mesh {
         .await?;
         let gateway_pod = format!("istio-ingressgateway-{suffix}");
         let gateway = Sidecar::start_gateway(
-            kind,
+            kind.client,
             &PodSpec {
                 name: &gateway_pod,
                 namespace: "istio-system",
@@ -792,7 +818,11 @@ async fn check_sampling(m: &Mesh) -> Result<()> {
 }
 
 async fn tracing_end_to_end(kind: SidecarKind) -> Result<()> {
-    let m = Mesh::start(kind).await?;
+    let m = Mesh::start(Pair {
+        client: kind,
+        server: kind,
+    })
+    .await?;
     let result = async {
         check_zipkin(&m).await.context("zipkin")?;
         check_otlp(&m).await.context("opentelemetry")?;
@@ -825,6 +855,25 @@ async fn tracer_stats(p: &Sidecar) -> String {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Both kinds in one trace: an Envoy client sidecar's CLIENT span and a mast-proxy server
+/// sidecar's SERVER span (its child), B3 between them and to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_mast_proxy_sidecars_share_one_trace() -> Result<()> {
+    let m = Mesh::start(Pair {
+        client: SidecarKind::Envoy,
+        server: SidecarKind::Mast,
+    })
+    .await?;
+    if let Err(e) = check_zipkin(&m).await {
+        bail!(
+            "{e:#}\n--- server tracer stats ---\n{}\n--- server log (tail) ---\n{}",
+            tracer_stats(&m.server).await,
+            tail(&m.server.proc.log_text())
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
