@@ -313,35 +313,47 @@ async fn closed_count(conns: &mut [TcpStream]) -> usize {
 /// X25519 key share: replayed on many connections it makes the server do a key exchange and
 /// a signature each time while costing the client nothing.
 fn client_hello(split_at: Option<usize>) -> Vec<Vec<u8>> {
+    padded_client_hello(split_at, 0)
+}
+
+/// [`client_hello`] with a padding extension of `pad` bytes (at most what fits), cut into
+/// records of at most 16 KiB (the record limit) when it is larger.
+fn padded_client_hello(split_at: Option<usize>, pad: usize) -> Vec<Vec<u8>> {
     let mut ext = Vec::new();
-    let mut push_ext = |ty: u16, body: &[u8]| {
+    fn push_ext(ext: &mut Vec<u8>, ty: u16, body: &[u8]) {
         ext.extend_from_slice(&ty.to_be_bytes());
         ext.extend_from_slice(&(body.len() as u16).to_be_bytes());
         ext.extend_from_slice(body);
-    };
+    }
     // supported_versions: TLS 1.3
-    push_ext(43, &[2, 0x03, 0x04]);
+    push_ext(&mut ext, 43, &[2, 0x03, 0x04]);
     // supported_groups: x25519
-    push_ext(10, &[0, 2, 0x00, 0x1d]);
+    push_ext(&mut ext, 10, &[0, 2, 0x00, 0x1d]);
     // signature_algorithms: ecdsa_secp256r1_sha256, rsa_pss_rsae_sha256, ed25519
-    push_ext(13, &[0, 6, 0x04, 0x03, 0x08, 0x04, 0x08, 0x07]);
+    push_ext(&mut ext, 13, &[0, 6, 0x04, 0x03, 0x08, 0x04, 0x08, 0x07]);
     // key_share: x25519, a fixed public key
     let mut ks = vec![0, 36, 0x00, 0x1d, 0, 32];
     ks.extend((0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(9)));
-    push_ext(51, &ks);
+    push_ext(&mut ext, 51, &ks);
     // ALPN: istio-http/1.1
     let proto = b"istio-http/1.1";
     let mut alpn = ((proto.len() + 1) as u16).to_be_bytes().to_vec();
     alpn.push(proto.len() as u8);
     alpn.extend_from_slice(proto);
-    push_ext(16, &alpn);
+    push_ext(&mut ext, 16, &alpn);
     // SNI: outbound_.{port}_._.lim.default.svc.cluster.local is not needed; a name anyway.
     let name = b"lim.default.svc.cluster.local";
     let mut sni = ((name.len() + 3) as u16).to_be_bytes().to_vec();
     sni.push(0);
     sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
     sni.extend_from_slice(name);
-    push_ext(0, &sni);
+    push_ext(&mut ext, 0, &sni);
+    if pad > 0 {
+        // `usize::MAX`: the largest padding the extensions' 16-bit length allows, which
+        // makes a ClientHello of 65,610 bytes, over Envoy's 64 KiB.
+        let room = usize::from(u16::MAX) - 4 - ext.len();
+        push_ext(&mut ext, 21, &vec![0u8; pad.min(room)]);
+    }
     let mut body = vec![0x03, 0x03];
     body.extend_from_slice(&[0x42; 32]); // random
     body.push(32);
@@ -362,7 +374,7 @@ fn client_hello(split_at: Option<usize>) -> Vec<Vec<u8>> {
     match split_at {
         // One handshake message across two records (legal TLS, a known sniffer trap).
         Some(at) => vec![record(&hs[..at]), record(&hs[at..])],
-        None => vec![record(&hs)],
+        None => hs.chunks(1 << 14).map(record).collect(),
     }
 }
 
@@ -498,6 +510,42 @@ async fn slow_idle_greedy_and_handshaking_clients_cost_bounded_memory_and_latenc
         .to_string();
     eprintln!("mast-proxy: {proxy_nofile}");
     let mut failures = Vec::new();
+
+    // 0. The TLS inspector on Istio's inbound listener: a ClientHello split over two records,
+    // sent a byte per TCP segment, or over 16 KiB is answered (ServerHello, 0x16); one over
+    // Envoy's 64 KiB is closed.
+    let hello = client_hello(None).concat();
+    let bytes: Vec<Vec<u8>> = hello.iter().map(|b| vec![*b]).collect();
+    for (what, writes, pause, answered) in [
+        (
+            "in two records",
+            client_hello(Some(40)),
+            Duration::from_millis(50),
+            true,
+        ),
+        ("a byte per segment", bytes, Duration::from_millis(1), true),
+        (
+            "with 20 KiB of padding",
+            padded_client_hello(None, 20 * 1024),
+            Duration::ZERO,
+            true,
+        ),
+        (
+            "of 65,610 bytes",
+            padded_client_hello(None, usize::MAX),
+            Duration::ZERO,
+            false,
+        ),
+    ] {
+        let got = server_answers_hello(w.inbound, &writes, pause)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        eprintln!("ClientHello {what}: {got:?}");
+        match (answered, &got) {
+            (true, Ok(0x16)) | (false, Err(_)) => {}
+            _ => failures.push(format!("ClientHello {what}: {got:?}")),
+        }
+    }
 
     // 1. Quiet.
     let mut normal = Normal::connect(w.web).await?;
@@ -763,4 +811,12 @@ fn client_hello_is_one_well_formed_record_or_two() {
     assert_eq!(two[0].len(), 15);
     let joined: Vec<u8> = two.iter().flat_map(|r| r[5..].to_vec()).collect();
     assert_eq!(joined, one[0][5..]);
+    let big = padded_client_hello(None, usize::MAX);
+    let message: Vec<u8> = big.iter().flat_map(|r| r[5..].to_vec()).collect();
+    assert!(message.len() > 64 * 1024, "{}", message.len());
+    assert_eq!(
+        u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize,
+        message.len() - 4
+    );
+    assert!(big.iter().all(|r| r.len() <= 5 + (1 << 14)));
 }
