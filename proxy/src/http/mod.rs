@@ -368,10 +368,10 @@ async fn handle(
     let metadata = Default::default();
     let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
     let mut on_response = trace::OnResponse::default();
-    if let Some(cfg) = &ctx.hcm.tracing {
+    if let Some(cfg) = ctx.hcm.tracing.as_ref().and_then(|t| t.current()) {
         let start = trace::Start {
             shared,
-            cfg,
+            cfg: &cfg,
             inbound: ctx.inbound,
             edge: ctx.hcm.use_remote_address,
             tls: ctx.tls,

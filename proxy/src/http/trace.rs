@@ -29,7 +29,8 @@
 //! telemetry is recorded; the exporter never blocks the request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
@@ -101,6 +102,12 @@ pub struct TracingConfig {
     /// `preserve_external_request_id`: an edge keeps the client's request id (off by
     /// default, so a client cannot pick its own sampling bits).
     preserve_external_request_id: bool,
+    /// The config that replaced this one on its listener's filter chain: a connection opened
+    /// before an update traces with the newest config, as Envoy drains the connections of an
+    /// updated listener (its old config would otherwise live as long as the connection).
+    next: arc_swap::ArcSwapOption<TracingConfig>,
+    /// The update removed tracing from the chain.
+    removed: std::sync::atomic::AtomicBool,
     /// The connection manager's `stat_prefix`, for `http.<prefix>.tracing.*`.
     stat_prefix: String,
     decisions: OnceLock<Arc<crate::trace_export::Decisions>>,
@@ -296,7 +303,50 @@ impl TracingConfig {
             preserve_external_request_id: false,
             stat_prefix: String::new(),
             decisions: OnceLock::new(),
+            next: Default::default(),
+            removed: Default::default(),
         })
+    }
+
+    /// A listener's filter chain (`key`) was compiled with `new` (`None`: without tracing):
+    /// the config it had before points to it from now on.
+    pub fn supersede(key: &str, new: Option<&Arc<Self>>) {
+        static LATEST: std::sync::LazyLock<Mutex<HashMap<String, Weak<TracingConfig>>>> =
+            std::sync::LazyLock::new(Default::default);
+        let mut map = match LATEST.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(old) = map.get(key).and_then(Weak::upgrade) {
+            match new {
+                Some(n) if !Arc::ptr_eq(&old, n) => old.next.store(Some(Arc::clone(n))),
+                Some(_) => {}
+                None => old.removed.store(true, Ordering::Relaxed),
+            }
+        }
+        match new {
+            Some(n) => {
+                map.insert(key.to_string(), Arc::downgrade(n));
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// The config a request uses on a connection opened with this one: the newest for its
+    /// filter chain (the walk is shortened for the next request), `None` once tracing was
+    /// removed.
+    pub fn current(self: &Arc<Self>) -> Option<Arc<Self>> {
+        if self.next.load().is_none() {
+            return (!self.removed.load(Ordering::Relaxed)).then(|| Arc::clone(self));
+        }
+        let mut latest = self.next.load_full()?;
+        while let Some(n) = latest.next.load_full() {
+            latest = n;
+        }
+        self.next.store(Some(Arc::clone(&latest)));
+        (!latest.removed.load(Ordering::Relaxed)).then_some(latest)
     }
 
     /// Envoy's sampling decision for a request, packed into its `x-request-id` (which must

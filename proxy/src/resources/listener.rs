@@ -265,6 +265,20 @@ impl ListenerConfig {
         if chains.is_empty() && default_chain.is_none() {
             return Err(FieldError::new("filter_chains", "no filter chain"));
         }
+        // Connections already open on this listener trace with its new config from now on.
+        for (i, c) in chains.iter().chain(&default_chain).enumerate() {
+            if let ChainKind::Http(h) = &c.kind {
+                let chain = if c.name.is_empty() {
+                    i.to_string()
+                } else {
+                    c.name.clone()
+                };
+                crate::http::trace::TracingConfig::supersede(
+                    &format!("{}/{chain}", l.name),
+                    h.tracing.as_ref(),
+                );
+            }
+        }
         Ok(Self {
             name: l.name.clone(),
             addr,

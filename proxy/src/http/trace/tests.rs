@@ -26,9 +26,13 @@ const OTEL_GRPC: &str = r#"
               initial_metadata: [{key: Authorization, value: token}]"#;
 
 fn hcm_yaml(tracing: &str) -> String {
+    // A listener of its own per test: tests run side by side, and a listener compiled again
+    // supersedes its chains' tracing.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
         r#"
-name: web
+name: web-{n}
 address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}
 filter_chains:
 - filters:
@@ -95,6 +99,8 @@ fn sampling(random: f64, overall: f64, client: f64) -> TracingConfig {
         preserve_external_request_id: false,
         stat_prefix: "t".into(),
         decisions: OnceLock::new(),
+        next: Default::default(),
+        removed: Default::default(),
     }
 }
 
@@ -914,4 +920,26 @@ async fn spawn_upstream_span_makes_the_proxy_a_hop_of_its_own() {
     let d = rx.recv().await.unwrap();
     assert_eq!(d.kind, Kind::Server);
     assert!(d.error);
+}
+
+#[test]
+fn an_updated_listener_moves_open_connections_to_its_new_tracing() {
+    let key = "test-listener/chain-0";
+    let first = otel();
+    TracingConfig::supersede(key, Some(&first));
+    assert!(Arc::ptr_eq(&first.current().unwrap(), &first));
+    let second = zipkin("");
+    let third = zipkin("shared_span_context: false");
+    TracingConfig::supersede(key, Some(&second));
+    TracingConfig::supersede(key, Some(&third));
+    // A connection that opened with the first config now traces with the third.
+    assert!(Arc::ptr_eq(&first.current().unwrap(), &third));
+    assert!(Arc::ptr_eq(&second.current().unwrap(), &third));
+    // The same config compiled again changes nothing.
+    TracingConfig::supersede(key, Some(&third));
+    assert!(Arc::ptr_eq(&third.current().unwrap(), &third));
+    // Tracing removed from the chain: no tracing on old connections either.
+    TracingConfig::supersede(key, None);
+    assert!(first.current().is_none());
+    assert!(third.current().is_none());
 }
