@@ -20,8 +20,8 @@
 //! - Both kinds in one trace: an Envoy client sidecar calling through a mast-proxy server
 //!   sidecar gives the Zipkin checks above (one trace, parent/child, tags, B3 to the app).
 //!
-//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the mast-proxy case
-//! is `#[ignore]`d until the two gaps its doc comment names are closed.
+//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the all-mast-proxy
+//! case is `#[ignore]`d until the gap its doc comment names is closed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -881,18 +881,14 @@ async fn tracing_with_envoy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Envoy).await
 }
 
-/// Run with `--ignored`. Fails today on two mast-proxy gaps (proxy/src/http/trace.rs), not on
-/// mastd: (1) a gateway's listener is NACKed for `tracing.spawn_upstream_span` ("separate
-/// upstream spans are not supported"), which istiod sets on every router proxy with a
-/// tracing provider, so the mast-proxy gateway serves nothing; (2) after the Telemetry moves
-/// the provider from Zipkin to OpenTelemetry, the server sidecar (which applied the new
-/// listener) keeps exporting to Zipkin — its `tracing.zipkin.spans_sent` rises, its
-/// OpenTelemetry count stays 0 — most likely because its already-open inbound connection
-/// keeps the old connection manager (Envoy drains the connections of an updated listener;
-/// the Envoy case passes the same steps). Without the gateway, the Zipkin part — client and
-/// server spans in one trace, tags, B3 to the app — passed with mast-proxy.
+/// Run with `--ignored`. With mast-proxy at ea44dcd everything up to the forced traces
+/// passes (Zipkin and OTLP shape, the provider switch, 1% of 10,000 = 105 traces), then the
+/// last step fails on a mast-proxy gap (proxy/src/http/forwarded.rs), not on mastd: its
+/// gateway does not read the connection manager's `internal_address_config` (istiod's, from
+/// meshNetworks), takes every client for external and drops `x-envoy-force-trace`, so none
+/// of the 50 forced requests is traced (Envoy's gateway traces all 50).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mast-proxy NACKs tracing.spawn_upstream_span on gateways and keeps the old provider on open inbound connections (see the doc comment)"]
+#[ignore = "mast-proxy's gateway ignores internal_address_config and drops x-envoy-force-trace from loopback (see the doc comment)"]
 async fn tracing_with_mast_proxy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Mast).await
 }
