@@ -965,8 +965,8 @@ pub(super) struct Start<'a> {
     pub shared: &'a crate::shared::Shared,
     pub cfg: &'a TracingConfig,
     pub inbound: bool,
-    /// The connection manager is the mesh's edge (`use_remote_address`), where every request
-    /// comes from outside.
+    /// The request came from outside the mesh, at its edge (`use_remote_address` and not
+    /// internal by `internal_address_config`): its own request id is not trusted.
     pub edge: bool,
     pub tls: bool,
     pub peer: std::net::IpAddr,
