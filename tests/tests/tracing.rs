@@ -20,8 +20,8 @@
 //! - Both kinds in one trace: an Envoy client sidecar calling through a mast-proxy server
 //!   sidecar gives the Zipkin checks above (one trace, parent/child, tags, B3 to the app).
 //!
-//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the all-mast-proxy
-//! case is `#[ignore]`d until the gap its doc comment names is closed.
+//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); which requests may
+//! force a trace (internal by `internal_address_config`) is proxy/src/http/forwarded.rs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -881,14 +881,10 @@ async fn tracing_with_envoy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Envoy).await
 }
 
-/// Run with `--ignored`. With mast-proxy at ea44dcd everything up to the forced traces
-/// passes (Zipkin and OTLP shape, the provider switch, 1% of 10,000 = 105 traces), then the
-/// last step fails on a mast-proxy gap (proxy/src/http/forwarded.rs), not on mastd: its
-/// gateway does not read the connection manager's `internal_address_config` (istiod's, from
-/// meshNetworks), takes every client for external and drops `x-envoy-force-trace`, so none
-/// of the 50 forced requests is traced (Envoy's gateway traces all 50).
+/// The same checks with mast-proxy everywhere: its gateway reads istiod's
+/// `internal_address_config` (from meshNetworks) as Envoy does, so the forced requests from
+/// loopback keep `x-envoy-force-trace` and are all traced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mast-proxy's gateway ignores internal_address_config and drops x-envoy-force-trace from loopback (see the doc comment)"]
 async fn tracing_with_mast_proxy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Mast).await
 }
