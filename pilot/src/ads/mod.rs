@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use mast_mesh_config::MeshModel;
@@ -20,6 +21,7 @@ use prost::Message;
 
 pub mod connection;
 pub mod server;
+pub mod wire;
 
 pub use server::{AdsServer, ConnectionRegistry};
 
@@ -45,26 +47,37 @@ impl Snapshot {
 }
 
 /// One xDS resource, encoded once and versioned by the hash of its bytes, so unchanged
-/// resources are recognised without comparing protos.
+/// resources are recognised without comparing protos. The encoding is a [`Bytes`] that every
+/// response carrying the resource shares (see [`wire`]): a push to 2000 proxies references
+/// it 2000 times and copies it never.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
-    pub name: String,
-    pub any: Any,
-    pub version: String,
+    /// Shared with every stream's subscription to it (see [`connection`]).
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub type_url: TypeUrl,
+    /// The message's encoding: what an `Any` of `type_url` carries as `value`.
+    pub value: Bytes,
 }
 
 impl Resource {
-    pub fn new(name: impl Into<String>, type_url: TypeUrl, message: &impl Message) -> Self {
-        let value = message.encode_to_vec();
+    pub fn new(name: impl Into<Arc<str>>, type_url: TypeUrl, message: &impl Message) -> Self {
+        let value = Bytes::from(message.encode_to_vec());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         value.hash(&mut hasher);
         Self {
             name: name.into(),
-            version: format!("{:016x}", hasher.finish()),
-            any: Any {
-                type_url: type_url.url().to_string(),
-                value,
-            },
+            version: format!("{:016x}", hasher.finish()).into(),
+            type_url,
+            value,
+        }
+    }
+
+    /// The resource as an owned `Any` (debug pages and tests; the push path never copies).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.url().to_string(),
+            value: self.value.to_vec(),
         }
     }
 }
@@ -73,7 +86,7 @@ impl Resource {
 /// configuration key, compared by pointer when nothing changed, versioned as a whole.
 #[derive(Clone, Debug, Default)]
 pub struct TypeSet {
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     version: OnceLock<String>,
 }
 
@@ -99,13 +112,40 @@ pub struct ProxyResources {
 
 impl ProxyResources {
     pub fn insert(&mut self, type_url: TypeUrl, resource: Resource) {
-        let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
-        set.version = OnceLock::new();
-        set.resources
-            .insert(resource.name.clone(), Arc::new(resource));
+        self.insert_shared(type_url, Arc::new(resource));
     }
 
-    pub fn of_type(&self, type_url: TypeUrl) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    fn insert_shared(&mut self, type_url: TypeUrl, resource: Arc<Resource>) {
+        let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
+        set.version = OnceLock::new();
+        set.resources.insert(resource.name.clone(), resource);
+    }
+
+    /// Insert `message`, or `previous`'s resource of the same name when it holds the same
+    /// message. Bytes alone cannot tell: prost writes a protobuf map (a `Struct`'s fields,
+    /// `filter_metadata`, `typed_per_filter_config`) in `HashMap` order, which differs between
+    /// two builds of the same config, so equal bytes mean equal, but different bytes are
+    /// decoded and compared. Without this, every model change re-pushed every resource with
+    /// a two-entry map to every proxy (and Envoy re-warms a re-pushed cluster).
+    pub fn insert_stable<M: Message + Default + PartialEq>(
+        &mut self,
+        type_url: TypeUrl,
+        name: &str,
+        message: &M,
+        previous: Option<&ProxyResources>,
+    ) {
+        let fresh = Resource::new(name, type_url, message);
+        let kept = previous
+            .and_then(|p| p.by_type.get(&type_url)?.resources.get(name))
+            .filter(|old| {
+                old.version == fresh.version
+                    || M::decode(old.value.clone()).is_ok_and(|m| m == *message)
+            })
+            .cloned();
+        self.insert_shared(type_url, kept.unwrap_or_else(|| Arc::new(fresh)));
+    }
+
+    pub fn of_type(&self, type_url: TypeUrl) -> Option<&BTreeMap<Arc<str>, Arc<Resource>>> {
         self.by_type.get(&type_url).map(|s| &s.resources)
     }
 

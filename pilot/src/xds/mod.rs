@@ -115,33 +115,27 @@ impl ProxyConfig {
     /// The ADS server's form: encoded once, versioned by content hash. Every type is present
     /// (possibly empty), so "no listeners" is a state that gets pushed, not a missing type.
     pub fn resources(&self) -> ProxyResources {
+        self.resources_reusing(None)
+    }
+
+    /// [`Self::resources`], keeping `previous`'s resource wherever the message is the same
+    /// (see [`ProxyResources::insert_stable`]).
+    pub fn resources_reusing(&self, previous: Option<&ProxyResources>) -> ProxyResources {
         let mut out = ProxyResources::default();
         for t in TypeUrl::ADS_ORDER {
             out.by_type.entry(t).or_default();
         }
         for c in &self.clusters {
-            out.insert(
-                TypeUrl::Cluster,
-                Resource::new(c.name.clone(), TypeUrl::Cluster, c),
-            );
+            out.insert_stable(TypeUrl::Cluster, &c.name, c, previous);
         }
         for e in &self.endpoints {
-            out.insert(
-                TypeUrl::Endpoint,
-                Resource::new(e.cluster_name.clone(), TypeUrl::Endpoint, e),
-            );
+            out.insert_stable(TypeUrl::Endpoint, &e.cluster_name, e, previous);
         }
         for l in &self.listeners {
-            out.insert(
-                TypeUrl::Listener,
-                Resource::new(l.name.clone(), TypeUrl::Listener, l),
-            );
+            out.insert_stable(TypeUrl::Listener, &l.name, l, previous);
         }
         for r in &self.routes {
-            out.insert(
-                TypeUrl::Route,
-                Resource::new(r.name.clone(), TypeUrl::Route, r),
-            );
+            out.insert_stable(TypeUrl::Route, &r.name, r, previous);
         }
         out
     }
@@ -345,9 +339,9 @@ impl Generator for XdsGenerator {
         let (out, prev_out, inb, prev_in) = self.cells(snapshot.version, out_key, in_key);
         let part = |cell: &Cell,
                     previous: Option<Arc<ProxyResources>>,
-                    build: &dyn Fn() -> ProxyResources| {
+                    build: &dyn Fn(Option<&ProxyResources>) -> ProxyResources| {
             cell.get_or_init(|| {
-                let mut r = build();
+                let mut r = build(previous.as_deref());
                 if let Some(prev) = previous {
                     r.reuse_unchanged(&prev);
                 }
@@ -355,11 +349,11 @@ impl Generator for XdsGenerator {
             })
             .clone()
         };
-        let outbound = part(&out, prev_out, &|| {
-            generate_outbound(model, &proxy, &self.security).resources()
+        let outbound = part(&out, prev_out, &|prev| {
+            generate_outbound(model, &proxy, &self.security).resources_reusing(prev)
         });
-        let inbound = part(&inb, prev_in, &|| {
-            generate_inbound(model, &proxy, &self.security).resources()
+        let inbound = part(&inb, prev_in, &|prev| {
+            generate_inbound(model, &proxy, &self.security).resources_reusing(prev)
         });
         Ok(ProxyView {
             layers: vec![outbound, inbound],
