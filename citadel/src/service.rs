@@ -46,7 +46,8 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Register under Istio's names (prometheus-client adds `_total` to counters).
+    /// Register under Istio's exact names: mastd's `/metrics` writes every counter under the
+    /// name it was registered with (`mast_pilot::metrics::encode_text`), no `_total` added.
     pub fn register(&self, registry: &mut Registry) {
         let counters = [
             ("citadel_server_csr_count", "CSRs received", &self.csr),
@@ -250,7 +251,7 @@ impl ServerTls {
 
 /// The largest request message decoded (tonic's default is 4 MiB): a CSR over
 /// [`crate::ca::MAX_CSR_BYTES`] is refused anyway, so a bigger message is refused before it is
-/// buffered, with RESOURCE_EXHAUSTED.
+/// buffered (tonic answers OUT_OF_RANGE, "decoded message length too large").
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Serve the CA API over TLS until `shutdown` completes.

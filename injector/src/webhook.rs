@@ -19,6 +19,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -34,6 +36,59 @@ pub enum Outcome {
     Injected { patch_ops: usize },
     Skipped(String),
     Denied(String),
+}
+
+/// Istio's injector metrics (`sidecar_injection_*_total`), for mastd's `/metrics`; the
+/// Control Plane dashboard plots the success and failure rates.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Every AdmissionReview received.
+    pub requests: Counter,
+    /// Pods given a sidecar.
+    pub success: Counter,
+    /// Pods left alone (annotation, namespace label, host network…).
+    pub skip: Counter,
+    /// Reviews that could not be answered or were denied.
+    pub failure: Counter,
+}
+
+impl Counters {
+    /// Register under Istio's exact names (mastd's `/metrics` adds no `_total` of its own).
+    pub fn register(&self, registry: &mut Registry) {
+        for (name, help, c) in [
+            (
+                "sidecar_injection_requests_total",
+                "Total number of sidecar injection requests.",
+                &self.requests,
+            ),
+            (
+                "sidecar_injection_success_total",
+                "Total number of successful sidecar injection requests.",
+                &self.success,
+            ),
+            (
+                "sidecar_injection_skip_total",
+                "Total number of skipped sidecar injection requests.",
+                &self.skip,
+            ),
+            (
+                "sidecar_injection_failure_total",
+                "Total number of failed sidecar injection requests.",
+                &self.failure,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+    }
+
+    fn record(&self, outcome: Option<&Outcome>) {
+        self.requests.inc();
+        match outcome {
+            Some(Outcome::Injected { .. }) => self.success.inc(),
+            Some(Outcome::Skipped(_)) => self.skip.inc(),
+            Some(Outcome::Denied(_)) | None => self.failure.inc(),
+        };
+    }
 }
 
 /// A review we cannot answer with an AdmissionReview (the HTTP status says why).
@@ -157,6 +212,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     settings: Arc<Settings>,
+    counters: Arc<Counters>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
@@ -169,6 +225,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let settings = Arc::clone(&settings);
+        let counters = Arc::clone(&counters);
         tokio::spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(s) => s,
@@ -178,8 +235,8 @@ pub async fn serve(
                 }
             };
             let service = hyper::service::service_fn(move |req| {
-                let settings = Arc::clone(&settings);
-                async move { Ok::<_, Infallible>(handle(req, &settings).await) }
+                let (settings, counters) = (Arc::clone(&settings), Arc::clone(&counters));
+                async move { Ok::<_, Infallible>(handle(req, &settings, &counters).await) }
             });
             let io = hyper_util::rt::TokioIo::new(tls);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -193,7 +250,11 @@ pub async fn serve(
     }
 }
 
-async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    settings: &Settings,
+    counters: &Counters,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     if path == "/ready" || path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
@@ -225,6 +286,7 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
     let started = Instant::now();
     match review(&body, settings) {
         Ok((response, outcome)) => {
+            counters.record(Some(&outcome));
             let took = started.elapsed();
             match &outcome {
                 Outcome::Injected { patch_ops } => {
@@ -242,6 +304,7 @@ async fn handle(req: Request<Incoming>, settings: &Settings) -> Response<Full<By
             resp
         }
         Err(e) => {
+            counters.record(None);
             warn!("webhook: {e}");
             text(StatusCode::BAD_REQUEST, &format!("{e}\n"))
         }

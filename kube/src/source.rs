@@ -3,7 +3,8 @@
 //!
 //! One kube-rs watcher per kind (Services, Pods, Namespaces, EndpointSlices — the endpoints
 //! of Services without a selector —, Secrets — the certificates gateways name, reduced to
-//! their certificate keys — and every mesh custom resource the dialect parsers read) keeps a
+//! their certificate keys —, the MeshConfig ConfigMap `istio-system/istio`, and every mesh
+//! custom resource the dialect parsers read) keeps a
 //! local copy of the cluster's objects. Each object becomes
 //! a pseudo-file — path `kube:/<group>/<Kind>/<namespace>/<name>`, text the object's JSON
 //! (JSON is YAML) — and the whole set goes to the same [`ConfigStore`] the folder source
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
@@ -80,6 +81,7 @@ pub const MESH_KINDS: &[(&str, &[&str])] = &[
             "ReferenceGrant",
         ],
     ),
+    ("telemetry.istio.io", &["Telemetry"]),
     ("split.smi-spec.io", &["TrafficSplit"]),
     ("serving.knative.dev", &["Route", "Service"]),
 ];
@@ -129,6 +131,9 @@ struct Watched {
     /// A Gateway API kind with a status subresource: gets Istio's Gateway API status
     /// ([`gateway_status`]).
     gateway_status: bool,
+    /// Watch one object only, `(namespace, name)`: the MeshConfig ConfigMap, where every
+    /// other ConfigMap is none of the mesh's business.
+    only: Option<(&'static str, &'static str)>,
 }
 
 /// One object, as the store sees it and as status needs it.
@@ -737,6 +742,14 @@ async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
         core(ApiResource::erase::<Pod>(&()), true),
         core(ApiResource::erase::<EndpointSlice>(&()), true),
         core(ApiResource::erase::<Secret>(&()), true),
+        // MeshConfig, read as istiod reads it (mesh-config's `dialect::mesh_config`).
+        Watched {
+            only: Some((
+                mast_mesh_config::dialect::kube::ROOT_NAMESPACE,
+                mast_mesh_config::dialect::kube::MESH_CONFIGMAP,
+            )),
+            ..core(ApiResource::erase::<ConfigMap>(&()), true)
+        },
     ];
     let groups: Vec<&str> = MESH_KINDS.iter().map(|(g, _)| *g).collect();
     let discovery = Discovery::new(client.clone())
@@ -762,6 +775,7 @@ async fn discover(client: &kube::Client) -> Result<Vec<Watched>, Error> {
                         gateway_status: has_status && ar.group == gateway_status::GROUP,
                         namespaced: matches!(caps.scope, Scope::Namespaced),
                         ar,
+                        only: None,
                     });
                 }
                 None => {
@@ -779,6 +793,7 @@ fn core(ar: ApiResource, namespaced: bool) -> Watched {
         namespaced,
         writes_status: false,
         gateway_status: false,
+        only: None,
     }
 }
 
@@ -788,8 +803,17 @@ fn spawn_watch(
     w: &Watched,
     tx: mpsc::Sender<WatchItem>,
 ) -> tokio::task::JoinHandle<()> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &w.ar);
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let (api, config) = match w.only {
+        Some((namespace, name)) => (
+            Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &w.ar),
+            watcher::Config::default().fields(&format!("metadata.name={name}")),
+        ),
+        None => (
+            Api::all_with(client.clone(), &w.ar),
+            watcher::Config::default(),
+        ),
+    };
+    let stream = watcher::watcher(api, config).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

@@ -164,8 +164,8 @@ struct Kind {
 // === impl FakeApiServer ===
 
 impl FakeApiServer {
-    /// Start serving, with Namespaces, Services, Pods, Secrets (core v1) and EndpointSlices
-    /// (discovery.k8s.io/v1) registered, as every cluster serves them.
+    /// Start serving, with Namespaces, Services, Pods, Secrets, ConfigMaps (core v1) and
+    /// EndpointSlices (discovery.k8s.io/v1) registered, as every cluster serves them.
     pub async fn start() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -184,6 +184,7 @@ impl FakeApiServer {
         server.add_kind(KindSpec::namespaced("", "v1", "Service", "services"));
         server.add_kind(KindSpec::namespaced("", "v1", "Pod", "pods"));
         server.add_kind(KindSpec::namespaced("", "v1", "Secret", "secrets"));
+        server.add_kind(KindSpec::namespaced("", "v1", "ConfigMap", "configmaps"));
         server.add_kind(KindSpec::namespaced(
             "discovery.k8s.io",
             "v1",

@@ -15,6 +15,7 @@ use std::time::Duration;
 use mast_citadel::CertificateAuthority;
 use mast_pilot::server::{self, Bound, Handles};
 use mast_pilot::xds::{Security, XdsGenerator};
+use mast_telemetry::traces::TraceStore;
 use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
@@ -104,19 +105,38 @@ impl Shutdown {
 
 /// Log to stderr at `RUST_LOG` (default `info`), as text or JSON lines.
 pub fn init_tracing(json: bool) {
+    init_tracing_with(json, None);
+}
+
+/// [`init_tracing`], and with `provider` mastd's own trace spans go to the trace store too
+/// ([`crate::traces::layer`]; `RUST_LOG` filters the log only).
+pub fn init_tracing_with(
+    json: bool,
+    provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>,
+) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
+    let log = if json {
+        tracing_subscriber::fmt::layer().json().boxed()
     } else {
-        builder.init();
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let registry = tracing_subscriber::registry().with(log.with_filter(filter));
+    match provider {
+        Some(p) => registry.with(crate::traces::layer(p)).init(),
+        None => registry.init(),
     }
 }
 
 /// Run mastd until shutdown: the whole process after flag parsing.
 pub fn main(config: Config) -> ExitCode {
-    init_tracing(config.log_json);
+    let traces = Arc::new(TraceStore::new(crate::traces::limits(&config)));
+    // Kept to the end of main: dropping the provider ends the export of mastd's spans.
+    let provider = crate::traces::provider(Arc::clone(&traces));
+    init_tracing_with(config.log_json, Some(&provider));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,7 +147,7 @@ pub fn main(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run_with_traces(config, traces)) {
         Ok(()) => {
             info!("mastd stopped");
             ExitCode::SUCCESS
@@ -141,6 +161,12 @@ pub fn main(config: Config) -> ExitCode {
 
 /// Start every server `config` asks for and serve until SIGTERM/Ctrl-C (or a new CA root).
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let traces = Arc::new(TraceStore::new(crate::traces::limits(&config)));
+    run_with_traces(config, traces).await
+}
+
+/// [`run`], keeping received spans in `traces` (where mastd's own spans go too).
+pub async fn run_with_traces(config: Config, traces: Arc<TraceStore>) -> Result<(), StartError> {
     let (stop, shutdown) = Shutdown::new();
     let stop_on_signal = Arc::clone(&stop);
     tokio::spawn(async move {
@@ -191,21 +217,27 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         c.publish_roots(ca, &config);
     }
 
+    // Registered even without the webhook, so the Control Plane dashboard shows 0.
+    let injections = Arc::new(mast_injector::webhook::Counters::default());
+    injections.register(&mut registry);
     if !config.no_injector {
         crate::injector::start(
             config.injector_addr,
             ca.as_deref(),
             config.inject_settings(),
+            injections,
             shutdown.clone(),
         )
         .await?;
     }
     let telemetry = telemetry::Pending::bind(&config).await?;
+    let receiver = crate::traces::Pending::bind(&config, Arc::clone(&traces)).await?;
+    receiver.start(shutdown.clone());
     let stop_telemetry = shutdown.clone();
     let on_bound = move |bound: Bound, handles: Handles| {
         info!(xds = %bound.xds, http = %bound.http, "mastd ready");
         if let Some(telemetry) = telemetry {
-            telemetry.start(handles, stop_telemetry);
+            telemetry.start(handles, stop_telemetry, Some(traces));
         }
     };
 

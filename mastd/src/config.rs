@@ -43,6 +43,12 @@ pub const TELEMETRY_ADDR: &str = "MAST_TELEMETRY_ADDR";
 pub const PROMETHEUS_URL: &str = "MAST_PROMETHEUS_URL";
 /// `--web-dir`.
 pub const WEB_DIR: &str = "MAST_WEB_DIR";
+/// `--otlp-grpc-addr`.
+pub const OTLP_GRPC_ADDR: &str = "MAST_OTLP_GRPC_ADDR";
+/// `--otlp-http-addr`.
+pub const OTLP_HTTP_ADDR: &str = "MAST_OTLP_HTTP_ADDR";
+/// `--zipkin-addr`.
+pub const ZIPKIN_ADDR: &str = "MAST_ZIPKIN_ADDR";
 
 /// Everything mastd is told at start: its command line, each flag falling back to its
 /// environment variable (the constants above), then to its default.
@@ -184,6 +190,35 @@ pub struct Config {
     /// `cargo build`; without either, the telemetry API only.
     #[arg(long, env = WEB_DIR)]
     pub web_dir: Option<PathBuf>,
+
+    /// Address of the OTLP gRPC trace receiver (`TraceService/Export`). Default
+    /// 127.0.0.1:4317; when that default is taken the receiver is off (a warning), when an
+    /// address given here is taken mastd exits 64.
+    #[arg(long, env = OTLP_GRPC_ADDR, value_name = "ADDR")]
+    pub otlp_grpc_addr: Option<SocketAddr>,
+
+    /// Address of the OTLP/HTTP trace receiver (`POST /v1/traces`, protobuf or JSON; also
+    /// Zipkin v2 JSON at `/api/v2/spans`). Default 127.0.0.1:4318, as for --otlp-grpc-addr.
+    #[arg(long, env = OTLP_HTTP_ADDR, value_name = "ADDR")]
+    pub otlp_http_addr: Option<SocketAddr>,
+
+    /// Also take Zipkin v2 JSON (`POST /api/v2/spans`) on this address, such as :9411, the
+    /// port Istio's `zipkin` provider sends to. Off by default (the OTLP/HTTP port takes it).
+    #[arg(long, env = ZIPKIN_ADDR, value_name = "ADDR")]
+    pub zipkin_addr: Option<SocketAddr>,
+
+    /// Receive no spans (mastd's own spans are still kept and shown).
+    #[arg(long)]
+    pub no_trace_receiver: bool,
+
+    /// Spans the trace store keeps at most (about 64 MiB at the default; the oldest trace
+    /// goes first).
+    #[arg(long, default_value_t = 100_000)]
+    pub trace_max_spans: usize,
+
+    /// How long the trace store keeps a trace.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub trace_max_age: Duration,
 
     /// Log as JSON lines instead of text.
     #[arg(long)]

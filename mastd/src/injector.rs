@@ -30,6 +30,7 @@ pub async fn start(
     addr: SocketAddr,
     ca: Option<&CertificateAuthority>,
     settings: Settings,
+    counters: Arc<webhook::Counters>,
     shutdown: Shutdown,
 ) -> Result<(), StartError> {
     let names = NAMES.map(String::from);
@@ -60,7 +61,7 @@ pub async fn start(
     );
     let settings = Arc::new(settings);
     tokio::spawn(async move {
-        if let Err(e) = webhook::serve(listener, tls, settings, shutdown.wait()).await {
+        if let Err(e) = webhook::serve(listener, tls, settings, counters, shutdown.wait()).await {
             error!("injection webhook stopped: {e}");
         }
     });

@@ -137,6 +137,10 @@ impl ConfigSource for PilotSource {
         match self.first.take() {
             Some(first) => {
                 Self::report(&self.ctx, &first);
+                self.ctx
+                    .metrics
+                    .services
+                    .set(first.model.services.len() as i64);
                 Snapshot::new(self.version, first.model, first.first_change)
             }
             None => Snapshot::new(self.version, Default::default(), std::time::Instant::now()),
@@ -161,7 +165,8 @@ impl ConfigSource for PilotSource {
                         return !publish.is_closed();
                     }
                     version += 1;
-                    ctx.metrics.config_changes.inc();
+                    ctx.metrics
+                        .record_config_change(update.model.services.len());
                     tracing::info!(version, "config changed; pushing");
                     publish
                         .send(Snapshot::new(version, update.model, update.first_change))

@@ -5,7 +5,9 @@
 //! user's, made on first start); `--no-ca` opts out, and then the mesh runs in plaintext.
 //! It serves the sidecar injection webhook on :15017 (`--no-injector` to switch it off) and
 //! the telemetry collector with the topology web view on :20001 (`--no-telemetry`; with
-//! `--prometheus URL` the graph is read from Prometheus instead of scraped).
+//! `--prometheus URL` the graph is read from Prometheus instead of scraped), and receives the
+//! sidecars' spans (OTLP :4317/:4318, Zipkin JSON) into a bounded trace store the view's side
+//! panel reads, where its own work (config change → validation → push) is traced too.
 //!
 //! With `--kube` pilot reads the mesh from the Kubernetes API (mast-kube) instead of
 //! `--config-dir`, and citadel (unless `--ca-dir` is given) keeps its root in the Secret
@@ -23,6 +25,7 @@ pub mod config;
 pub mod injector;
 pub mod kube;
 pub mod telemetry;
+pub mod traces;
 
 pub use app::StartError;
 pub use config::Config;

@@ -8,12 +8,13 @@
 //! configuration error), and started once pilot is up, since the view reads pilot's handles.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mast_mesh_config::model::{DEFAULT_DOMAIN_SUFFIX, MeshModel, RouteAction, TrafficPolicy};
 use mast_pilot::server::Handles;
 use mast_pilot::xds::ProxyNode;
+use mast_telemetry::traces::TraceStore;
 use mast_telemetry::{
     CollectorConfig, MeshView, PrometheusConfig, ServiceFeatures, Target, WebAssets,
 };
@@ -99,7 +100,8 @@ impl Pending {
 
     /// The collector (scraping every sidecar pilot knows), or the link to Prometheus, and
     /// the API + web view, until shutdown. A failure here is logged: pilot keeps serving.
-    pub fn start(self, handles: Handles, shutdown: Shutdown) {
+    /// With `traces`, the trace query API (Jaeger's `/api/traces`) is served beside the graph.
+    pub fn start(self, handles: Handles, shutdown: Shutdown, traces: Option<Arc<TraceStore>>) {
         let Self {
             listener,
             web,
@@ -133,7 +135,10 @@ impl Pending {
             }
         };
         let addr = listener.local_addr().ok();
-        let router = mast_telemetry::router(state, web.clone());
+        let router = match traces {
+            Some(traces) => mast_telemetry::router_with_traces(state, web.clone(), traces),
+            None => mast_telemetry::router(state, web.clone()),
+        };
         let stopped = shutdown.wait();
         tokio::spawn(async move {
             if let Err(e) = mast_telemetry::serve(listener, router, stopped).await {

@@ -12,6 +12,7 @@ pub mod authn;
 pub mod error;
 pub mod model;
 pub mod security;
+pub mod telemetry;
 
 pub use error::{ConfigError, ConfigWarning};
 pub use model::MeshModel;

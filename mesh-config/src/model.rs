@@ -57,6 +57,8 @@ pub struct MeshModel {
     pub knative: crate::dialect::knative::KnativeState,
     /// Gateway API ReferenceGrants: which cross-namespace references are permitted.
     pub reference_grants: Vec<ReferenceGrant>,
+    /// Telemetry resources' tracing rules, in source order.
+    pub telemetries: Vec<crate::telemetry::Telemetry>,
 }
 
 /// A Gateway API ReferenceGrant, in the namespace whose objects it opens to references from
@@ -118,10 +120,17 @@ impl MeshModel {
 }
 
 /// The MeshConfig settings Mast acts on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MeshSettings {
     /// `pathNormalization.normalization`.
     pub path_normalization: PathNormalization,
+    /// `enableTracing`, `extensionProviders`, `defaultProviders.tracing` and
+    /// `defaultConfig.tracing`.
+    pub tracing: crate::telemetry::MeshTracing,
+    /// `meshNetworks`' `fromCidr` endpoints (the ConfigMap's `meshNetworks` key), sorted:
+    /// the addresses gateways take for internal (`internal_address_config`), as istiod's
+    /// `MeshNetworksToEnvoyInternalAddressConfig`.
+    pub internal_networks: Vec<(std::net::IpAddr, u8)>,
 }
 
 /// `meshConfig.pathNormalization.normalization`: how sidecars normalise request paths

@@ -40,13 +40,9 @@ pub fn router<G: Generator>(state: Arc<DebugState<G>>) -> Router {
 }
 
 async fn metrics<G: Generator>(State(state): State<Arc<DebugState<G>>>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+    match crate::metrics::encode_text(&state.registry) {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
             body,
         )
             .into_response(),

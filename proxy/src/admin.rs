@@ -440,6 +440,7 @@ fn envoy_stats(shared: &Shared) -> String {
         u8::from(xds.connected)
     );
     let _ = writeln!(out, "server.live: {}", u8::from(shared.is_ready()));
+    out.push_str(&shared.tracers.envoy_stats());
     out
 }
 
@@ -512,5 +513,6 @@ fn envoy_prometheus(shared: &Shared) -> String {
     for (family, labels, value) in gauges {
         let _ = writeln!(out, "# TYPE {family} gauge\n{family}{labels} {value}");
     }
+    out.push_str(&shared.tracers.envoy_prometheus());
     out
 }

@@ -35,6 +35,10 @@ pub async fn run(
     log_reload: Option<LogReload>,
 ) -> Result<(), Error> {
     let mut config = config;
+    match crate::listen::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let static_cfg = match &config.static_config {
         Some(path) => Some((path.clone(), static_config::load(path)?)),
         None => None,

@@ -29,5 +29,6 @@ pub mod state;
 pub mod static_config;
 pub mod tcp;
 pub mod tls;
+pub mod trace_export;
 pub mod upstream;
 pub mod xds;

@@ -150,6 +150,33 @@ impl Listeners {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit, as Envoy does at start: each
+/// downstream connection costs one descriptor and each upstream one more, so the default
+/// soft limit (1,024 on most systems) would cap a sidecar at a few hundred clients, far below
+/// what the kernel allows the process. Returns the limit now in force.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(lim.rlim_cur)
+}
+
 fn bind_failure(name: &str, addr: SocketAddr, e: &io::Error) -> String {
     format!("Listener {name:?}: address: cannot bind {addr}: {e}")
 }
@@ -234,7 +261,11 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
                         hello = h;
                         Sniffed::Tls
                     }
-                    Err(TimedOut) => Sniffed::TimedOut,
+                    Err(HelloRefused::TimedOut) => Sniffed::TimedOut,
+                    Err(HelloRefused::TooLarge) => {
+                        tracing::debug!(listener = %listener.name, %peer, "ClientHello too large; closing");
+                        return;
+                    }
                 }
             }
             other => other,
@@ -399,28 +430,108 @@ async fn wait_for_more(
     Ok(())
 }
 
+/// Envoy's `tls_inspector` `max_client_hello_size` (64 KiB): a larger ClientHello closes
+/// the connection.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
 /// Read (without consuming) a whole ClientHello, for SNI and ALPN. `Ok(None)` when what
-/// arrived is not a ClientHello this parser understands.
+/// arrived is not a ClientHello this parser understands; `Err(HelloRefused)` when it is
+/// larger than [`MAX_CLIENT_HELLO`] or the wait ran out.
+///
+/// A ClientHello may be fragmented over several TLS records (legal, and a known way past
+/// sniffers that read one record) and over many TCP segments: the records are put back
+/// together before parsing, as Envoy's inspector (BoringSSL) does.
 async fn client_hello(
     stream: &TcpStream,
     deadline: Option<tokio::time::Instant>,
-) -> Result<Option<crate::tls::HelloInfo>, TimedOut> {
-    let mut buf = vec![0u8; 16 * 1024];
+) -> Result<Option<crate::tls::HelloInfo>, HelloRefused> {
+    // Room for the largest ClientHello accepted and the record headers around it.
+    let mut buf = vec![0u8; MAX_CLIENT_HELLO + 8 * 1024];
     let mut pause = Duration::from_millis(1);
     let mut last = 0;
     loop {
-        let n = peek(stream, &mut buf, deadline).await?;
-        if let Some(info) = crate::tls::parse_client_hello(&buf[..n]) {
-            return Ok(Some(info));
+        let n = peek(stream, &mut buf, deadline)
+            .await
+            .map_err(|_| HelloRefused::TimedOut)?;
+        match reassemble_hello(&buf[..n]) {
+            Hello::Whole(message) => return Ok(crate::tls::parse_client_hello_message(&message)),
+            Hello::TooLarge => return Err(HelloRefused::TooLarge),
+            Hello::NotHandshake => return Ok(None),
+            Hello::Partial => {}
         }
         if n == 0 || n == buf.len() {
             return Ok(None);
         }
         if n == last {
-            wait_for_more(deadline, &mut pause).await?;
+            wait_for_more(deadline, &mut pause)
+                .await
+                .map_err(|_| HelloRefused::TimedOut)?;
         }
         last = n;
     }
+}
+
+/// Why a ClientHello was not read.
+#[derive(Debug, PartialEq, Eq)]
+enum HelloRefused {
+    /// The listener's timeout ran out first.
+    TimedOut,
+    /// Over [`MAX_CLIENT_HELLO`].
+    TooLarge,
+}
+
+/// The first handshake message of `bytes`, put together from its records.
+#[derive(Debug, PartialEq, Eq)]
+enum Hello {
+    /// The whole handshake message, its header included.
+    Whole(Vec<u8>),
+    /// More bytes are needed.
+    Partial,
+    /// The message is over [`MAX_CLIENT_HELLO`].
+    TooLarge,
+    /// A record that is not a handshake record comes first.
+    NotHandshake,
+}
+
+fn reassemble_hello(bytes: &[u8]) -> Hello {
+    let mut payload = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + 5) {
+        if header[0] != 0x16 {
+            return Hello::NotHandshake;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let Some(body) = bytes.get(at + 5..at + 5 + len) else {
+            payload.extend_from_slice(&bytes[(at + 5).min(bytes.len())..]);
+            break;
+        };
+        payload.extend_from_slice(body);
+        at += 5 + len;
+        if let Some(need) = message_len(&payload)
+            && payload.len() >= need
+        {
+            break;
+        }
+        if len == 0 {
+            return Hello::NotHandshake;
+        }
+    }
+    let Some(need) = message_len(&payload) else {
+        return Hello::Partial;
+    };
+    if need > MAX_CLIENT_HELLO {
+        return Hello::TooLarge;
+    }
+    if payload.len() < need {
+        return Hello::Partial;
+    }
+    Hello::Whole(payload[..need].to_vec())
+}
+
+/// A handshake message's length with its 4-byte header, once the header is there.
+fn message_len(payload: &[u8]) -> Option<usize> {
+    let h = payload.get(..4)?;
+    Some(4 + (usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3])))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -487,6 +598,19 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fd_soft_limit_is_raised_to_the_hard_limit() {
+        let limit = raise_fd_limit().expect("rlimit");
+        let mut now = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: reads into the struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
+        assert_eq!(now.rlim_cur, now.rlim_max);
+        assert_eq!(limit, now.rlim_cur);
+    }
 
     #[tokio::test]
     async fn probe_names_a_taken_address_and_lets_a_free_one_pass() {
@@ -559,6 +683,124 @@ mod tests {
             }
         }
         eprintln!("fuzz target listener-sniff: {n} cases, no panic");
+    }
+
+    /// A ClientHello (the seed with SNI and ALPN) cut into records of `size` bytes of
+    /// handshake data each, with padding in an extension to reach `pad` more bytes.
+    fn fragmented_hello(size: usize, pad: usize) -> (Vec<u8>, Vec<u8>) {
+        let seed = mast_testdata::fuzz::seeds("tls")
+            .into_iter()
+            .find(|(name, _)| name.to_string_lossy().contains("tls13-sni-alpn"))
+            .map(|(_, b)| b)
+            .expect("seed");
+        let mut msg = seed[5..].to_vec();
+        if pad > 0 {
+            // Append a padding extension (21) and fix the three lengths.
+            let mut ext = vec![0, 21];
+            ext.extend_from_slice(&(pad as u16).to_be_bytes());
+            ext.extend(std::iter::repeat_n(0u8, pad));
+            // The extensions block is last: its length is the 2 bytes before it; find it by
+            // walking the fixed ClientHello fields.
+            let mut at = 4 + 2 + 32;
+            at += 1 + usize::from(msg[at]);
+            at += 2 + usize::from(u16::from_be_bytes([msg[at], msg[at + 1]]));
+            at += 1 + usize::from(msg[at]);
+            let ext_len = usize::from(u16::from_be_bytes([msg[at], msg[at + 1]])) + ext.len();
+            msg[at..at + 2].copy_from_slice(&(ext_len as u16).to_be_bytes());
+            msg.extend_from_slice(&ext);
+            let body = msg.len() - 4;
+            msg[1..4].copy_from_slice(&(body as u32).to_be_bytes()[1..]);
+        }
+        let mut records = Vec::new();
+        for part in msg.chunks(size) {
+            records.extend_from_slice(&[0x16, 0x03, 0x01]);
+            records.extend_from_slice(&(part.len() as u16).to_be_bytes());
+            records.extend_from_slice(part);
+        }
+        (msg, records)
+    }
+
+    #[test]
+    fn a_client_hello_over_many_records_is_put_back_together() {
+        let (msg, one) = fragmented_hello(1 << 14, 0);
+        let Hello::Whole(whole) = reassemble_hello(&one) else {
+            panic!("one record");
+        };
+        assert_eq!(whole, msg);
+        let info = crate::tls::parse_client_hello_message(&whole).expect("parsed");
+        let from_record = crate::tls::parse_client_hello(&one).expect("parsed");
+        assert_eq!(
+            (&info.sni, &info.alpn),
+            (&from_record.sni, &from_record.alpn)
+        );
+        for size in [1, 7, 100] {
+            let (_, records) = fragmented_hello(size, 0);
+            let Hello::Whole(r) = reassemble_hello(&records) else {
+                panic!("records of {size}");
+            };
+            assert_eq!(r, msg);
+            let again = crate::tls::parse_client_hello_message(&r).expect("parsed");
+            assert_eq!(
+                (again.sni, again.alpn),
+                (info.sni.clone(), info.alpn.clone())
+            );
+            // Any prefix asks for more.
+            for cut in [0, 3, 5, 6, records.len() / 2, records.len() - 1] {
+                assert_eq!(
+                    reassemble_hello(&records[..cut]),
+                    Hello::Partial,
+                    "{size}/{cut}"
+                );
+            }
+        }
+        // 20 KiB of padding: over one record's 16 KiB, under Envoy's 64 KiB.
+        let (big, records) = fragmented_hello(1 << 14, 20 * 1024);
+        let Hello::Whole(r) = reassemble_hello(&records) else {
+            panic!("20 KiB hello");
+        };
+        assert_eq!(r, big);
+        let parsed = crate::tls::parse_client_hello_message(&r).expect("a 20 KiB hello parses");
+        assert_eq!(parsed.alpn, info.alpn);
+        let (_, records) = fragmented_hello(1 << 14, 65 * 1024);
+        assert_eq!(reassemble_hello(&records[..40]), Hello::TooLarge);
+        assert_eq!(
+            reassemble_hello(b"\x17\x03\x03\x00\x01x"),
+            Hello::NotHandshake
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_hello_byte_by_byte_and_an_oversized_one() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_, records) = fragmented_hello(50, 0);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.set_nodelay(true).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let writer = tokio::spawn(async move {
+            for b in records {
+                tokio::io::AsyncWriteExt::write_all(&mut c, &[b])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            c
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let hello = client_hello(&s, Some(deadline)).await.unwrap().unwrap();
+        assert!(hello.alpn.iter().any(|a| a == "h2"), "{:?}", hello.alpn);
+        drop(writer.await.unwrap());
+        let (_, records) = fragmented_hello(1 << 14, 65 * 1024);
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut c, &records)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(matches!(
+            client_hello(&s, Some(deadline)).await,
+            Err(HelloRefused::TooLarge)
+        ));
     }
 
     #[tokio::test]

@@ -40,6 +40,8 @@ pub struct Shared {
     pub log_reload: Option<LogReload>,
     pub started: Instant,
     pub xds: Mutex<XdsStatus>,
+    /// The span exporters of the tracing providers in use.
+    pub tracers: crate::trace_export::Tracers,
 }
 
 impl Shared {
@@ -57,6 +59,7 @@ impl Shared {
             log_reload,
             started: Instant::now(),
             xds: Mutex::new(XdsStatus::default()),
+            tracers: Default::default(),
         }
     }
 

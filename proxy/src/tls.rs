@@ -513,11 +513,22 @@ pub struct HelloInfo {
 /// Parse the SNI and ALPN of a ClientHello from the first bytes of a connection. `None`
 /// when the bytes do not hold a complete ClientHello (yet).
 pub fn parse_client_hello(bytes: &[u8]) -> Option<HelloInfo> {
-    use tls_parser::{
-        TlsExtension, TlsMessage, TlsMessageHandshake, parse_tls_extensions, parse_tls_plaintext,
-    };
-    let (_, record) = parse_tls_plaintext(bytes).ok()?;
-    let hello = record.msg.iter().find_map(|m| match m {
+    let (_, record) = tls_parser::parse_tls_plaintext(bytes).ok()?;
+    client_hello_info(record.msg.iter())
+}
+
+/// SNI and ALPN of a ClientHello handshake message (its 4-byte header included) put
+/// together from several records; unlike one record, it may be longer than 16 KiB.
+pub fn parse_client_hello_message(message: &[u8]) -> Option<HelloInfo> {
+    let (_, msg) = tls_parser::parse_tls_message_handshake(message).ok()?;
+    client_hello_info(std::iter::once(&msg))
+}
+
+fn client_hello_info<'a>(
+    mut msgs: impl Iterator<Item = &'a tls_parser::TlsMessage<'a>>,
+) -> Option<HelloInfo> {
+    use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake, parse_tls_extensions};
+    let hello = msgs.find_map(|m| match m {
         TlsMessage::Handshake(TlsMessageHandshake::ClientHello(h)) => Some(h),
         _ => None,
     })?;

@@ -471,7 +471,29 @@ fn hcm(codec: Codec, path: PathNormalization) -> HttpManager {
         accept_http_10: false,
         default_host_for_http_10: None,
         use_remote_address: false,
+        tracing: fuzz_tracing(),
     }
+}
+
+/// Tracing on (Zipkin with W3C, every request sampled), so hostile trace headers go through
+/// the B3 and W3C parsers and the request-id sampling bits.
+fn fuzz_tracing() -> Option<Arc<mast_proxy::http::trace::TracingConfig>> {
+    let hcm = serde_json::json!({
+        "stat_prefix": "fuzz",
+        "tracing": {
+            "random_sampling": {"value": 100},
+            "custom_tags": [{"tag": "user", "request_header": {"name": "x-user"}}],
+            "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+                "collector_endpoint_version": "HTTP_JSON",
+                "trace_context_option": "USE_B3_WITH_W3C_PROPAGATION"
+            }}
+        }
+    });
+    let hcm: envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager =
+        mast_proto::json::json_to_message(&hcm).unwrap();
+    mast_proxy::http::trace::TracingConfig::from_hcm(&hcm).unwrap()
 }
 
 struct HttpTarget {

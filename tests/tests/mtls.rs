@@ -399,12 +399,12 @@ async fn csr_for_another_identity_is_refused() -> Result<()> {
             .unwrap_or(-1.0)
     };
     ensure!(
-        value("citadel_server_id_extraction_err_count_total") == 1.0,
+        value("citadel_server_id_extraction_err_count") == 1.0,
         "refusals:\n{text}"
     );
     // The two sidecars and the client's own identity.
     ensure!(
-        value("citadel_server_success_cert_issuance_count_total") >= 3.0,
+        value("citadel_server_success_cert_issuance_count") >= 3.0,
         "issued:\n{text}"
     );
     ensure!(

@@ -227,6 +227,8 @@ async fn topology_view_in_a_real_browser() -> Result<()> {
     )?;
     let web_dir = web.join("dist");
     let scrape = format!("{}ms", SCRAPE.as_millis());
+    let otlp_http = format!("127.0.0.1:{}", free_port());
+    let otlp_grpc = format!("127.0.0.1:{}", free_port());
     let mastd = Mastd::launch_with_args(
         &config,
         work,
@@ -242,6 +244,10 @@ async fn topology_view_in_a_real_browser() -> Result<()> {
             &scrape,
             "--web-dir",
             web_dir.to_str().context("web dir")?,
+            "--otlp-http-addr",
+            &otlp_http,
+            "--otlp-grpc-addr",
+            &otlp_grpc,
         ],
     )
     .await?;
@@ -300,6 +306,10 @@ async fn topology_view_in_a_real_browser() -> Result<()> {
         "user app box"
     );
 
+    // Spans as the sidecars export them (OTLP/HTTP JSON to mastd's receiver), so the side
+    // panel has traces to list and the browser test checks them against mastd (EXPECT_TRACES).
+    post_traces(&otlp_http).await?;
+
     // What a user sees, in chromium.
     let shots = workspace_root().join("target/webview");
     std::fs::create_dir_all(&shots)?;
@@ -312,6 +322,7 @@ async fn topology_view_in_a_real_browser() -> Result<()> {
                 .env("EXPECT_SPLIT", "50")
                 .env("SPLIT_TOLERANCE", "10")
                 .env("SCREENSHOT", shots.join("graph.png"))
+                .env("EXPECT_TRACES", "1")
                 .output()
         }
     })
@@ -468,6 +479,60 @@ async fn the_page_is_built_into_mastd() -> Result<()> {
         !mastd.log_text().contains("serving the telemetry API only"),
         "{}",
         mastd.log_text()
+    );
+    Ok(())
+}
+
+/// Three myapp → user requests as Istio's sidecars trace them (a client span in myapp's
+/// sidecar, the server span in user's), one slow and one failed, POSTed as OTLP/JSON.
+async fn post_traces(addr: &str) -> Result<()> {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    let span = |trace: usize, id: usize, parent: Option<usize>, start: u64, ms: u64, code: u16| {
+        let status = if code >= 500 { 2 } else { 0 };
+        serde_json::json!({
+            "traceId": format!("{:032x}", 0x5eed_0000 + trace),
+            "spanId": format!("{:016x}", 0x100 * trace + id),
+            "parentSpanId": parent.map(|p| format!("{:016x}", 0x100 * trace + p)).unwrap_or_default(),
+            "name": "user.default.svc.cluster.local:80/*",
+            "kind": if parent.is_some() { 2 } else { 3 },
+            "startTimeUnixNano": start.to_string(),
+            "endTimeUnixNano": (start + ms * 1_000_000).to_string(),
+            "attributes": [{"key": "http.status_code", "value": {"stringValue": code.to_string()}}],
+            "status": {"code": status},
+        })
+    };
+    let resource = |service: &str, spans: Vec<Value>| {
+        serde_json::json!({
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+            "scopeSpans": [{"spans": spans}],
+        })
+    };
+    let (mut client, mut server) = (Vec::new(), Vec::new());
+    for (i, (ms, code)) in [(12, 200), (1_800, 200), (9, 503)].into_iter().enumerate() {
+        let start = now - (10 - i as u64) * 1_000_000_000;
+        client.push(span(i, 1, None, start, ms + 2, code));
+        server.push(span(i, 2, Some(1), start + 500_000, ms, code));
+    }
+    let body = serde_json::json!({"resourceSpans": [
+        resource("myapp.default", client),
+        resource("user.default", server),
+    ]});
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(format!("http://{addr}/v1/traces"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    let res = http.request(req).await?;
+    let status = res.status();
+    let answer = res.into_body().collect().await?.to_bytes();
+    ensure!(
+        status.is_success(),
+        "OTLP/HTTP to mastd: {status} {}",
+        String::from_utf8_lossy(&answer)
     );
     Ok(())
 }

@@ -623,6 +623,59 @@ async fn tls_secrets_are_watched_rotated_and_reduced_to_certificate_keys() {
     assert_eq!(cert(&u.model), None);
 }
 
+#[tokio::test]
+async fn mesh_config_and_telemetry_are_watched() {
+    let server = todolist_cluster().await;
+    server.add_kind(KindSpec::namespaced(
+        "telemetry.istio.io",
+        "v1",
+        "Telemetry",
+        "telemetries",
+    ));
+    let mesh = |sampling: u32| {
+        json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "istio", "namespace": "istio-system"},
+            "data": {"mesh": format!(
+                "defaultConfig:\n  tracing: {{sampling: {sampling}}}\nextensionProviders:\n- name: zipkin\n  zipkin: {{service: zipkin.istio-system.svc.cluster.local, port: 9411}}\n"
+            )},
+        })
+    };
+    server.apply(mesh(5));
+    // Same name elsewhere, and another ConfigMap: not MeshConfig, not watched.
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio", "namespace": "default"},
+        "data": {"mesh": "enableTracing: [not, a, bool]"},
+    }));
+    server.apply(json!({
+        "apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
+        "metadata": {"name": "mesh-default", "namespace": "istio-system"},
+        "spec": {"tracing": [{"providers": [{"name": "zipkin"}], "randomSamplingPercentage": 10.0}]},
+    }));
+    let mut source = KubeSource::start(server.client(), options()).await.unwrap();
+    let first = source.initial_sync().await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(first.model.mesh.tracing.default_sampling(), 5.0);
+    assert_eq!(
+        first.model.mesh.tracing.extension_providers[0].name,
+        "zipkin"
+    );
+    assert_eq!(
+        first.model.telemetries[0].tracing[0].random_sampling_percentage,
+        Some(10.0)
+    );
+    assert!(
+        !source
+            .files()
+            .contains_key(Path::new("kube:/core/ConfigMap/default/istio"))
+    );
+    let mut updates = follow(source);
+    server.apply(mesh(50));
+    let u = until(&mut updates, |u| u.changed).await;
+    assert_eq!(u.model.mesh.tracing.default_sampling(), 50.0);
+}
+
 const GW: (&str, &str) = ("gateway.networking.k8s.io/v1", "Gateway");
 
 /// The todo-list cluster with the Gateway API's CRDs, the `istio` GatewayClass, a Gateway

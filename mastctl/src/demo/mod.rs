@@ -344,8 +344,19 @@ impl<'a> Demo<'a> {
         for addr in [xds, ca, http, view] {
             ensure_free(addr)?;
         }
+        // mastd's trace receiver where the sidecars reach it (OTLP's ports on the control
+        // plane's address); a port taken by a collector of the machine only turns it off.
+        let otlp: SocketAddr = (cp, 4317).into();
+        let otlp_http: SocketAddr = (cp, 4318).into();
+        let traces = (ensure_free(otlp).is_ok() && ensure_free(otlp_http).is_ok())
+            .then_some((otlp, otlp_http));
+        if traces.is_none() {
+            self.out.line(&format!(
+                "  ! {otlp} or {otlp_http} is in use: mastd receives no spans this run"
+            ));
+        }
         let t = Instant::now();
-        self.start_mastd(&dirs, xds, ca, http, view)?;
+        self.start_mastd(&dirs, xds, ca, http, view, traces)?;
         self.wait_http(
             "mastd",
             &format!("http://{http}/ready"),
@@ -434,6 +445,13 @@ impl<'a> Demo<'a> {
             )),
         }
         self.out.line(&format!("  Topology view  http://{view}/"));
+        self.out.line(&format!(
+            "  Traces         http://{view}/ — click a node or edge: \"Recent traces\", click one \
+             for its waterfall (API: http://{view}/api/traces?service=mastd){}",
+            traces
+                .map(|(g, h)| format!("; spans to OTLP {g} or http://{h}/v1/traces"))
+                .unwrap_or_default()
+        ));
         self.out.line(&format!(
             "  Change the split: edit {} — Ctrl-C stops{}",
             config.join("user-split.yaml").display(),
@@ -684,6 +702,7 @@ impl<'a> Demo<'a> {
                 "mtls_percent": final_gateway.as_ref().map(|g| round(g.mtls_percent, 2)),
             },
             "topology_url": format!("http://{view}/"),
+            "traces_url": format!("http://{view}/api/traces"),
             "startup_s": round(load_start.duration_since(started).as_secs_f64(), 2),
             "duration_s": round(run_s, 2),
             "stopped_by": stop_reason,
@@ -714,6 +733,7 @@ impl<'a> Demo<'a> {
         ca: SocketAddr,
         http: SocketAddr,
         view: SocketAddr,
+        traces: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<()> {
         let mut cmd = Command::new(procs::sibling("mastd")?);
         for d in dirs {
@@ -726,6 +746,15 @@ impl<'a> Demo<'a> {
             .args(["--http-addr", &http.to_string()])
             .args(["--telemetry-addr", &view.to_string()])
             .args(["--scrape-interval", "2s"])
+            .args(match traces {
+                Some((grpc, http)) => vec![
+                    "--otlp-grpc-addr".to_string(),
+                    grpc.to_string(),
+                    "--otlp-http-addr".to_string(),
+                    http.to_string(),
+                ],
+                None => vec!["--no-trace-receiver".to_string()],
+            })
             .arg("--no-injector")
             .env("RUST_LOG", "info");
         match web_dir() {

@@ -9,7 +9,8 @@
 //! no pods of its own (a database outside, another cluster). A selector's Service ignores its
 //! slices, which only repeat the pods the selector already picks.
 //! The ConfigMap `istio` in `istio-system` carries MeshConfig under its `mesh` key, as for
-//! istiod; the settings Mast acts on are read from it (others are left alone).
+//! istiod; the settings Mast acts on are read from it by [`super::mesh_config`] (others are
+//! left alone).
 //! Other core kinds (Deployment, ServiceAccount, other ConfigMaps, …) are none of the mesh's
 //! business and are ignored.
 
@@ -19,8 +20,8 @@ use serde::Deserialize;
 
 use super::{Document, FieldError, MeshResource, Meta, ParseResult, deserialize};
 use crate::model::{
-    Endpoint, Labels, MeshModel, MeshSettings, Namespace, PathNormalization, Protocol, Resolution,
-    Service, ServicePort, TargetPort, TlsSecret, Workload, service_fqdn,
+    Endpoint, Labels, MeshModel, MeshSettings, Namespace, Protocol, Resolution, Service,
+    ServicePort, TargetPort, TlsSecret, Workload, service_fqdn,
 };
 
 /// Istio's root namespace and the ConfigMap istiod reads MeshConfig from.
@@ -138,60 +139,24 @@ struct ConfigMapDoc {
     data: BTreeMap<String, String>,
 }
 
-/// The part of MeshConfig Mast reads; other fields are Istio's and pass unread.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MeshConfigDoc {
-    #[serde(default)]
-    path_normalization: Option<PathNormalizationDoc>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct PathNormalizationDoc {
-    #[serde(default)]
-    normalization: Option<String>,
-}
-
 #[derive(Debug)]
 struct MeshConfigResource(MeshSettings);
 
 fn parse_mesh_config(doc: &Document<'_>) -> Result<MeshConfigResource, Vec<FieldError>> {
     let cm: ConfigMapDoc = deserialize(doc).map_err(|e| vec![e])?;
-    let Some(text) = cm.data.get("mesh") else {
-        return Ok(MeshConfigResource(MeshSettings::default()));
+    let mut mesh = match cm.data.get("mesh") {
+        Some(text) => super::mesh_config::parse(text)?,
+        None => MeshSettings::default(),
     };
-    let mesh: MeshConfigDoc = serde_saphyr::from_str::<Option<MeshConfigDoc>>(text)
-        .map_err(|e| {
-            vec![FieldError::new(
-                "data.mesh",
-                super::short_message(&e.to_string()),
-            )]
-        })?
-        .unwrap_or_default();
-    let level = mesh
-        .path_normalization
-        .and_then(|p| p.normalization)
-        .unwrap_or_default();
-    let path_normalization = match level.as_str() {
-        "" | "DEFAULT" | "BASE" => PathNormalization::Base,
-        "NONE" => PathNormalization::None,
-        "MERGE_SLASHES" => PathNormalization::MergeSlashes,
-        "DECODE_AND_MERGE_SLASHES" => PathNormalization::DecodeAndMergeSlashes,
-        other => {
-            return Err(vec![FieldError::new(
-                "data.mesh: pathNormalization.normalization",
-                format!(
-                    "unknown level {other:?} (DEFAULT, NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES)"
-                ),
-            )]);
-        }
-    };
-    Ok(MeshConfigResource(MeshSettings { path_normalization }))
+    if let Some(text) = cm.data.get("meshNetworks") {
+        mesh.internal_networks = super::mesh_config::parse_networks(text)?;
+    }
+    Ok(MeshConfigResource(mesh))
 }
 
 impl MeshResource for MeshConfigResource {
     fn translate(&self, _meta: &Meta, model: &mut MeshModel) {
-        model.mesh = self.0;
+        model.mesh = self.0.clone();
     }
 }
 
@@ -698,6 +663,7 @@ pub(crate) fn check_dns_label(name: &str, field: &str, errors: &mut Vec<FieldErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::PathNormalization;
     use crate::store::ConfigStore;
 
     /// The model of these documents, read as one folder's file.

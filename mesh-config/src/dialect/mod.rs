@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod istio;
 pub mod knative;
 pub mod kube;
+pub mod mesh_config;
 pub mod smi;
 
 /// One YAML document of a file, with what every Kubernetes-style resource carries.

@@ -455,6 +455,7 @@ impl<G: Generator> Connection<G> {
         type_url: TypeUrl,
         force: bool,
     ) -> Result<Option<Vec<Arc<str>>>, Closed> {
+        let started = std::time::Instant::now();
         let sets = self.resources.sets(type_url);
         let Some(state) = self.types.get_mut(&type_url) else {
             return Ok(None);
@@ -583,8 +584,10 @@ impl<G: Generator> Connection<G> {
             resources,
             permit: Some(permit),
         };
+        let size = response.encoded_len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
-        self.metrics.record_push(type_url.short());
+        self.metrics
+            .record_push(type_url.short(), started.elapsed(), size);
         {
             let mut status = self.info.lock_status();
             let t = status.entry(type_url.short()).or_default();

@@ -100,7 +100,7 @@ fn message_field_len(field: u64, len: usize) -> usize {
 
 impl Response {
     /// Encoded length of the protobuf message (without the gRPC frame header).
-    fn encoded_len(&self) -> usize {
+    pub fn encoded_len(&self) -> usize {
         let mut len = str_field_len(4, self.type_url.url()) + str_field_len(5, &self.nonce);
         match &self.kind {
             Kind::Sotw { version_info } => {

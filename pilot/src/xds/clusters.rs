@@ -40,6 +40,8 @@ use super::plan::{InboundPort, ServiceRef};
 use super::upstream_tls::{self, AutoSni};
 use super::{any, duration, merged_policy, outbound_cluster_name, string_value};
 use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{BindConfig, SocketAddress};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 
 /// Istio's default connect timeout.
@@ -51,6 +53,8 @@ const HTTP_OPTIONS_KEY: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolO
 pub const PASSTHROUGH: &str = "PassthroughCluster";
 pub const BLACKHOLE: &str = "BlackHoleCluster";
 pub const INBOUND_PASSTHROUGH: &str = "InboundPassthroughCluster";
+/// Istio's `InboundPassthroughBindIpv4`.
+pub const INBOUND_PASSTHROUGH_BIND: &str = "127.0.0.6";
 
 /// Clusters for every port (and subset) of `services`, plus Istio's fixed clusters, for a
 /// sidecar.
@@ -145,7 +149,20 @@ pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
         })
         .collect();
     if capture {
-        out.push(original_dst(INBOUND_PASSTHROUGH));
+        // Istio's InboundPassthroughCluster dials from 127.0.0.6, which the capture rules
+        // let out (`-A ISTIO_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN`): from the proxy's own
+        // UID to the pod's own IP it would otherwise be redirected to 15006 again, a loop
+        // that ends when the proxy runs out of file descriptors.
+        let mut c = original_dst(INBOUND_PASSTHROUGH);
+        c.upstream_bind_config = Some(BindConfig {
+            source_address: Some(SocketAddress {
+                address: INBOUND_PASSTHROUGH_BIND.into(),
+                port_specifier: Some(PortSpecifier::PortValue(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        out.push(c);
     }
     out
 }
@@ -596,6 +613,17 @@ mod tests {
             Some(discovery(DiscoveryType::OriginalDst))
         );
         assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+    }
+
+    #[test]
+    fn inbound_passthrough_dials_from_127_0_0_6() {
+        let cs = inbound(&[], true);
+        let c = find(&cs, INBOUND_PASSTHROUGH);
+        let bind = c.upstream_bind_config.as_ref().expect("a bind config");
+        assert_eq!(
+            bind.source_address.as_ref().map(|a| a.address.as_str()),
+            Some("127.0.0.6")
+        );
     }
 
     #[test]

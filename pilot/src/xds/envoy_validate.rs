@@ -831,7 +831,7 @@ stringData:
   ca.crt: "-----BEGIN CERTIFICATE-----"
 "#;
 
-fn validate(config: &ProxyConfig, node_id: &str, what: &str) {
+pub(super) fn validate(config: &ProxyConfig, node_id: &str, what: &str) {
     let Some(envoy) = envoy_bin() else {
         eprintln!("no Envoy (ENVOY_BIN or .venv/bin/envoy): skipping envoy --mode validate");
         return;

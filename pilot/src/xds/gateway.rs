@@ -314,6 +314,11 @@ fn gateway_hcm(
         ..Default::default()
     });
     hcm.server_name = "istio-envoy".into();
+    super::tracing::HcmTracing::new(model, proxy, super::tracing::Class::Gateway).apply(&mut hcm);
+    // With use_remote_address, which clients are internal (and keep x-envoy-* headers such
+    // as x-envoy-force-trace) comes from meshNetworks, as istiod sets it: Envoy 1.33+ takes
+    // no address for internal by default.
+    hcm.internal_address_config = super::tracing::internal_address_config(&model.mesh);
     // RequestAuthentication's jwt_authn, then AuthorizationPolicy's RBAC, ahead of the rest,
     // as on a sidecar's inbound chains (Istio applies both to gateway pods by their labels).
     let policies = model.authz_policies_for(&proxy.namespace, &proxy.labels);

@@ -56,6 +56,7 @@ use super::plan::{
     InboundPort, ListenerPlan, OutboundPlan, VIRTUAL_INBOUND_PORT, VIRTUAL_OUTBOUND_PORT, WILDCARD,
 };
 use super::routes::{inbound_route_config, tcp_destinations};
+use super::tracing::{Class, HcmTracing};
 use super::{any, duration, outbound_cluster_name};
 
 /// Application protocols `http_inspector` reports for plaintext HTTP.
@@ -68,10 +69,11 @@ pub fn outbound(model: &MeshModel, plan: &OutboundPlan<'_>, proxy: &ProxyNode) -
     } else {
         PASSTHROUGH
     };
+    let trace = HcmTracing::new(model, proxy, Class::SidecarOutbound);
     let mut out: Vec<Listener> = plan
         .listeners
         .values()
-        .map(|l| outbound_listener(model, l, proxy, fallback))
+        .map(|l| outbound_listener(model, l, proxy, fallback, &trace))
         .collect();
     if plan.capture {
         out.push(Listener {
@@ -108,17 +110,22 @@ fn outbound_listener(
     l: &ListenerPlan<'_>,
     proxy: &ProxyNode,
     fallback: &str,
+    trace: &HcmTracing,
 ) -> Listener {
     let stat = format!("outbound_{}_{}", l.address, l.port);
     let http_chain = l.http_route.as_ref().map(|route| FilterChain {
-        filters: vec![hcm_filter(http_connection_manager(
-            &stat,
-            RouteSpecifier::Rds(Rds {
-                config_source: Some(ads_config_source()),
-                route_config_name: route.clone(),
-            }),
-            &model.mesh,
-        ))],
+        filters: vec![hcm_filter({
+            let mut hcm = http_connection_manager(
+                &stat,
+                RouteSpecifier::Rds(Rds {
+                    config_source: Some(ads_config_source()),
+                    route_config_name: route.clone(),
+                }),
+                &model.mesh,
+            );
+            trace.apply(&mut hcm);
+            hcm
+        })],
         ..Default::default()
     });
     let tcp_chain = l.tcp.map(|(svc, sp)| FilterChain {
@@ -216,7 +223,8 @@ pub fn inbound(
             .chain(authz::http_rbac_filters(&policies))
             .collect(),
         tcp: authz::network_rbac_filters(&policies),
-        mesh: model.mesh,
+        mesh: model.mesh.clone(),
+        trace: HcmTracing::new(model, proxy, Class::SidecarInbound),
     };
     let mode = |port: u16| {
         if security.mtls {
@@ -304,7 +312,11 @@ pub fn inbound(
                 ..Default::default()
             }],
             filter_chains: chains,
-            default_filter_chain: Some(FilterChain {
+            // A port no Service declares is passed through in plaintext only when the
+            // workload accepts plaintext: under STRICT (as in istiod, whose passthrough chains
+            // then all require mTLS) a plaintext connection to it matches no chain and is
+            // closed, so STRICT covers every port, not only the declared ones.
+            default_filter_chain: (mode(0) != MtlsMode::Strict).then(|| FilterChain {
                 name: "virtualInbound-catchall-tcp".into(),
                 filters: vec![tcp_proxy_filter(
                     INBOUND_PASSTHROUGH,
@@ -341,6 +353,8 @@ struct Rbac {
     tcp: Vec<Filter>,
     /// The mesh-wide connection manager settings the HTTP chains carry beside the filters.
     mesh: MeshSettings,
+    /// The server side's tracing (Telemetry/MeshConfig), the same on every inbound chain.
+    trace: HcmTracing,
 }
 
 pub(super) fn tls_inspector() -> ListenerFilter {
@@ -462,6 +476,7 @@ fn inbound_chains(
                 &rbac.mesh,
             );
             hcm.http_filters.splice(0..0, rbac.http.iter().cloned());
+            rbac.trace.apply(&mut hcm);
             hcm
         })],
         ..Default::default()
@@ -917,6 +932,35 @@ mod tests {
                 &Security::default()
             )
             .is_empty()
+        );
+    }
+
+    /// Under STRICT a plaintext connection to a port no Service declares matches no chain
+    /// (istiod's passthrough chains then all require mTLS); under PERMISSIVE it is passed
+    /// through, from 127.0.0.6 so the capture rules let it reach the app.
+    #[test]
+    fn strict_leaves_no_plaintext_passthrough() {
+        let mut model = MeshModel::default();
+        let strict = |mode| mast_mesh_config::security::PeerAuthn {
+            namespace: "istio-system".into(),
+            selector: None,
+            mode,
+            port_modes: Default::default(),
+            source: Default::default(),
+        };
+        let security = Security {
+            mtls: true,
+            ..Security::default()
+        };
+        let p = proxy(InterceptionMode::Redirect);
+        model.peer_authentications = vec![strict(MtlsMode::Strict)];
+        let ls = inbound(&model, &[], &p, &security);
+        assert!(ls[0].default_filter_chain.is_none(), "STRICT: no catch-all");
+        model.peer_authentications = vec![strict(MtlsMode::Permissive)];
+        let ls = inbound(&model, &[], &p, &security);
+        assert_eq!(
+            ls[0].default_filter_chain.as_ref().map(|c| c.name.as_str()),
+            Some("virtualInbound-catchall-tcp")
         );
     }
 

@@ -39,6 +39,7 @@ pub mod mtls;
 pub mod node;
 pub mod plan;
 pub mod routes;
+pub mod tracing;
 pub mod upstream_tls;
 
 pub use mtls::Security;
@@ -215,6 +216,9 @@ struct OutboundKey {
     /// Only when some route matches on source labels; otherwise every proxy of a namespace
     /// shares one entry.
     labels: Option<Labels>,
+    /// The outbound connection managers' tracing, encoded ([`tracing::HcmTracing::cache_key`]):
+    /// its span tags and Telemetry selection differ per workload.
+    tracing: Vec<u8>,
 }
 
 type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
@@ -330,6 +334,8 @@ impl Generator for XdsGenerator {
             interception: proxy.interception_mode,
             sidecar: plan::sidecar_for(model, &proxy).map(|(i, _)| i),
             labels: uses_source_labels.then(|| proxy.labels.clone()),
+            tracing: tracing::HcmTracing::new(model, &proxy, tracing::Class::SidecarOutbound)
+                .cache_key(),
         };
         let in_key = InboundKey {
             namespace: proxy.namespace.clone(),

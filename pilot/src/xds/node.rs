@@ -42,6 +42,9 @@ pub struct ProxyNode {
     pub dns_domain: String,
     pub labels: Labels,
     pub service_account: String,
+    /// The node's `cluster` (`<canonical service>.<namespace>`, as the agent sets it): the
+    /// service name of the spans the proxy reports.
+    pub service_cluster: String,
     /// `WORKLOAD_NAME` (the Deployment, say); the pod name when absent.
     pub workload_name: String,
     /// `CLUSTER_ID`; Istio's default `Kubernetes` when absent.
@@ -127,6 +130,7 @@ impl ProxyNode {
             pod_name: pod.to_string(),
             namespace,
             dns_domain: domain.to_string(),
+            service_cluster: node.cluster.clone(),
             labels: meta.labels()?,
             service_account: non_empty(meta.string("SERVICE_ACCOUNT")?)
                 .unwrap_or_else(|| "default".into()),

@@ -101,6 +101,27 @@ where
     }
 }
 
+/// A request trailer that may not be one (RFC 9110 §6.5.1): framing, routing and
+/// connection fields. A proxy that passed `content-length` or `host` on in trailers would
+/// let a later hop that merges trailers into the head re-read a request it already framed
+/// and routed; Envoy resets such a stream.
+pub(super) fn forbidden_trailer(t: &http::HeaderMap) -> Option<&str> {
+    const FORBIDDEN: [&str; 9] = [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ];
+    t.keys()
+        .map(http::HeaderName::as_str)
+        .find(|k| FORBIDDEN.contains(k))
+}
+
 pin_project_lite::pin_project! {
     /// A request body that counts the bytes it carries into a shared counter.
     pub struct Counted<B> {
@@ -130,10 +151,16 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            if let Some(t) = frame.trailers_ref()
+                && let Some(name) = forbidden_trailer(t)
+            {
+                // The upstream request is reset rather than finished with it.
+                return Poll::Ready(Some(Err(format!("trailer {name} refused").into())));
+            }
         }
         polled.map(|o| o.map(|r| r.map_err(Into::into)))
     }
@@ -144,5 +171,38 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn framing_and_routing_trailers_reset_the_request() {
+        for (name, refused) in [
+            ("x-checksum", false),
+            ("grpc-status", false),
+            ("content-length", true),
+            ("transfer-encoding", true),
+            ("host", true),
+        ] {
+            let mut t = http::HeaderMap::new();
+            t.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static("1"),
+            );
+            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"hello"))),
+                Ok(Frame::trailers(t)),
+            ];
+            let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+            let bytes = Arc::new(AtomicU64::new(0));
+            let got = Counted::new(body, Arc::clone(&bytes)).collect().await;
+            assert_eq!(got.is_err(), refused, "{name}");
+            assert_eq!(bytes.load(Ordering::Relaxed), 5);
+        }
     }
 }

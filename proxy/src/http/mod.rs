@@ -29,6 +29,7 @@ mod reply;
 mod retry;
 mod router;
 mod sanitize;
+pub mod trace;
 mod upstream_request;
 
 use std::convert::Infallible;
@@ -338,6 +339,7 @@ async fn handle(
         authority: host.clone(),
         upstream: None,
         cluster: None,
+        span: None,
     };
     if let Err(refusal) = checked {
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
@@ -365,6 +367,20 @@ async fn handle(
     }
     let metadata = Default::default();
     let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
+    let mut on_response = trace::OnResponse::default();
+    if let Some(cfg) = &ctx.hcm.tracing {
+        let start = trace::Start {
+            shared,
+            cfg,
+            inbound: ctx.inbound,
+            edge: ctx.hcm.use_remote_address,
+            tls: ctx.tls,
+            peer: ctx.peer.ip(),
+            host: &host,
+            route: selected.map(|s| s.route),
+        };
+        (rec.span, on_response) = trace::start(start, &mut parts);
+    }
     let mut filtered = FilterRequest {
         parts: &mut parts,
         host: &host,
@@ -377,7 +393,7 @@ async fn handle(
         metadata,
     };
     if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
-        return reply.send(rec, grpc);
+        return on_response.apply(reply.send(rec, grpc));
     }
     // The JWT filter may have chosen the route again (`clear_route_cache`).
     let selected = filtered.route;
@@ -387,7 +403,7 @@ async fn handle(
         rec,
         grpc,
     };
-    router::route(&ctx, &snap, selected, down).await
+    on_response.apply(router::route(&ctx, &snap, selected, down).await)
 }
 
 /// A request refused before routing: Envoy's status, its details as the body, and for

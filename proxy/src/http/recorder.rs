@@ -27,11 +27,14 @@ pub struct Recorder {
     pub authority: String,
     pub upstream: Option<String>,
     pub cluster: Option<String>,
+    /// The request's sampled span, finished with the request.
+    pub span: Option<Box<super::trace::ActiveSpan>>,
 }
 
 impl Recorder {
     /// Record the request: metrics, and the access log line when enabled.
-    pub fn finish(self, grpc_status: Option<u32>, response_bytes: u64, aborted: bool) {
+    pub fn finish(mut self, grpc_status: Option<u32>, response_bytes: u64, aborted: bool) {
+        let span = self.span.take();
         let (source, destination) = match self.reporter {
             Reporter::Source if self.local_principal => {
                 (Arc::clone(&self.metrics.local_mtls), Arc::clone(&self.peer))
@@ -50,6 +53,10 @@ impl Recorder {
         };
         let millis = self.start.elapsed().as_secs_f64() * 1000.0;
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        if let Some(span) = span {
+            let cluster = self.cluster.as_deref();
+            span.finish(self.code, flags, cluster, grpc_status, request_bytes, response_bytes);
+        }
         if self.access_log {
             let line = serde_json::json!({
                 "start_time": humantime_now(),

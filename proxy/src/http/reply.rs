@@ -168,6 +168,7 @@ pub(super) mod tests {
             authority: "example".into(),
             upstream: None,
             cluster: None,
+            span: None,
         }
     }
 

@@ -59,6 +59,16 @@ pub(super) enum Verdict {
     Final,
 }
 
+/// Why a request body could not be read before the first attempt.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BodyError {
+    #[error(transparent)]
+    Read(#[from] hyper::Error),
+    /// Its trailers name a framing or routing field (see `body::forbidden_trailer`).
+    #[error("forbidden request trailer")]
+    Trailer,
+}
+
 // === impl RequestBody ===
 
 impl RequestBody {
@@ -69,7 +79,7 @@ impl RequestBody {
         headers: &http::HeaderMap,
         wanted: bool,
         rec: &Recorder,
-    ) -> Result<Self, hyper::Error> {
+    ) -> Result<Self, BodyError> {
         let content_length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -79,7 +89,14 @@ impl RequestBody {
         if !(wanted && replayable) {
             return Ok(Self::Streaming(Some(body)));
         }
-        let bytes = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        if collected
+            .trailers()
+            .is_some_and(|t| super::body::forbidden_trailer(t).is_some())
+        {
+            return Err(BodyError::Trailer);
+        }
+        let bytes = collected.to_bytes();
         rec.request_bytes
             .store(bytes.len() as u64, Ordering::Relaxed);
         Ok(Self::Buffered(bytes))
@@ -182,7 +199,7 @@ impl RetryState {
             AttemptError::Timeout => self
                 .deadline
                 .is_none_or(|d| tokio::time::Instant::now() < d),
-            AttemptError::ConnectFailure | AttemptError::Reset => self
+            AttemptError::ConnectFailure | AttemptError::Reset | AttemptError::Protocol => self
                 .policy
                 .as_ref()
                 .is_some_and(|r| r.retries_connect_failure()),

@@ -231,6 +231,19 @@ fn upgrade(hcm: &HttpManager, parts: &mut Parts, h2: bool) -> Result<bool, Refus
         return Ok(false);
     }
     if hcm.websocket && value.eq_ignore_ascii_case(b"websocket") {
+        // After a 101 the connection is a tunnel: a body sent with the upgrade would be
+        // read once as the request's body and again as tunnel bytes, or lost (Envoy streams
+        // the head and never answers). Refused.
+        let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            let mut r = Refusal::new(StatusCode::BAD_REQUEST, "upgrade_with_body");
+            r.close = true;
+            return Err(r);
+        }
         return Ok(true);
     }
     Err(forbidden())
@@ -320,6 +333,7 @@ mod tests {
             accept_http_10: false,
             default_host_for_http_10: None,
             use_remote_address: false,
+            tracing: None,
         }
     }
 
@@ -459,6 +473,23 @@ mod tests {
             run(&istio(), foo).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
+    }
+
+    #[test]
+    fn a_websocket_upgrade_with_a_body_is_refused() {
+        let hcm = hcm(PathNormalization::default(), true);
+        let ws = "GET /ws HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n";
+        let ok = run(&hcm, &format!("{ws}\r\n")).expect("plain upgrade");
+        assert!(ok.0.upgrade);
+        let ok = run(&hcm, &format!("{ws}Content-Length: 0\r\n\r\n")).expect("empty body");
+        assert!(ok.0.upgrade);
+        for extra in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"] {
+            let Err(r) = run(&hcm, &format!("{ws}{extra}\r\n")) else {
+                panic!("{extra} passed");
+            };
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{extra}");
+            assert!(r.close, "{extra}");
+        }
     }
 
     #[test]

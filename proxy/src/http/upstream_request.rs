@@ -67,6 +67,10 @@ pub(super) enum AttemptError {
     ConnectFailure,
     /// The connection closed or reset before the response head.
     Reset,
+    /// The response's framing is ambiguous (`Content-Length` beside `Transfer-Encoding`, a
+    /// length on a 204 or on a 1xx): answering it would trust one reading of bytes another
+    /// hop may read differently (Envoy: 502, `UPE`).
+    Protocol,
 }
 
 /// Hop-by-hop headers, which never cross a proxy.
@@ -215,6 +219,17 @@ impl UpstreamRequest<'_> {
             .and_then(|h| h.to_str().ok())
             .or_else(|| self.head.parts.uri.authority().map(|a| a.as_str()))
             .map(crate::resources::route::strip_port);
+        // A 1xx with a length or a transfer coding (hyper skips 1xx heads) marks the exchange
+        // as badly framed: what follows it cannot be trusted to be the response.
+        let bad_interim = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !self.h2 {
+            let flag = Arc::clone(&bad_interim);
+            hyper::ext::on_informational(&mut up_req, move |r| {
+                if !response_framing_ok(r.status(), r.headers()) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+        }
         let shared = &self.conn.shared;
         let send = cluster
             .client(self.h2, &shared.secrets, &shared.sds, sni_host)
@@ -227,6 +242,17 @@ impl UpstreamRequest<'_> {
             None => send.await.map_err(classify),
         };
         drop(guard);
+        // Dropping the unread body closes the upstream connection: it is not pooled again.
+        let result = result.and_then(|resp| {
+            if bad_interim.load(Ordering::Relaxed)
+                || !response_framing_ok(resp.status(), resp.headers())
+            {
+                tracing::debug!(status = %resp.status(), "upstream response with ambiguous framing (UPE)");
+                Err(AttemptError::Protocol)
+            } else {
+                Ok(resp)
+            }
+        });
         match &result {
             Ok(resp) => {
                 if let Some((max, cap)) = &captured
@@ -259,7 +285,7 @@ impl UpstreamRequest<'_> {
                     AttemptError::Overflow => Some(&cluster.stats.upstream_rq_pending_overflow),
                     AttemptError::Timeout => Some(&cluster.stats.upstream_rq_timeout),
                     AttemptError::ConnectFailure => Some(&cluster.stats.upstream_cx_connect_fail),
-                    AttemptError::Reset => None,
+                    AttemptError::Reset | AttemptError::Protocol => None,
                 };
                 if let Some(stat) = stat {
                     stat.fetch_add(1, Ordering::Relaxed);
@@ -296,6 +322,11 @@ impl AttemptError {
                 "UC",
                 "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
             ),
+            Self::Protocol => (
+                StatusCode::BAD_GATEWAY,
+                "UPE",
+                "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
+            ),
         };
         LocalReply::new(status, flags, text)
     }
@@ -323,6 +354,25 @@ fn classify(e: hyper_util::client::legacy::Error) -> AttemptError {
     } else {
         AttemptError::Reset
     }
+}
+
+/// Whether an HTTP/1 response head frames its body one way only: never `Content-Length`
+/// beside `Transfer-Encoding` (RFC 9112 §6.3 calls it smuggling), and no length or coding
+/// on a status that has no body (1xx, 204) unless the length is 0.
+fn response_framing_ok(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    let te = headers.contains_key(header::TRANSFER_ENCODING);
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if te && cl > 0 {
+        return false;
+    }
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        let zero = headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0");
+        return !te && zero;
+    }
+    true
 }
 
 /// A copy of a request head, without its extensions (they hold the downstream's upgrade).
@@ -482,6 +532,43 @@ mod tests {
         assert_eq!(groups, [8, 4, 4, 4, 12]);
         assert_eq!(&id[14..15], "4");
         assert_ne!(id, request_id().to_str().unwrap());
+    }
+
+    #[test]
+    fn ambiguous_response_framing_is_a_protocol_error() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        assert!(response_framing_ok(ok, &h(&[("content-length", "5")])));
+        assert!(response_framing_ok(
+            ok,
+            &h(&[("transfer-encoding", "chunked")])
+        ));
+        assert!(!response_framing_ok(
+            ok,
+            &h(&[("content-length", "5"), ("transfer-encoding", "chunked")])
+        ));
+        let none = StatusCode::NO_CONTENT;
+        assert!(response_framing_ok(none, &h(&[])));
+        assert!(response_framing_ok(none, &h(&[("content-length", "0")])));
+        assert!(!response_framing_ok(none, &h(&[("content-length", "8")])));
+        assert!(!response_framing_ok(
+            none,
+            &h(&[("transfer-encoding", "chunked")])
+        ));
+        let cont = StatusCode::CONTINUE;
+        assert!(response_framing_ok(cont, &h(&[])));
+        assert!(!response_framing_ok(cont, &h(&[("content-length", "40")])));
+        let r = AttemptError::Protocol.reply();
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct HttpManager {
     /// `use_remote_address`: this is the edge (a gateway), so the peer is the client —
     /// `x-forwarded-for` and friends are written as Envoy writes them there.
     pub use_remote_address: bool,
+    /// `tracing` (with the request id extension): spans and their sampling.
+    pub tracing: Option<Arc<crate::http::trace::TracingConfig>>,
 }
 
 #[derive(Debug)]
@@ -729,6 +731,7 @@ impl HttpManager {
             rbac,
             network_rbac: Vec::new(),
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            tracing: crate::http::trace::TracingConfig::from_hcm(h)?,
         })
     }
 }

@@ -93,6 +93,8 @@ pub struct Route {
     pub action: Action,
     pub headers: HeaderOps,
     pub fault: Option<Arc<Fault>>,
+    /// `decorator`: the operation name of the request's span.
+    pub decorator: Option<crate::http::trace::Decorator>,
 }
 
 #[derive(Debug)]
@@ -466,6 +468,10 @@ impl Route {
                 &r.response_headers_to_remove,
             )?,
             fault: fault_config(&r.typed_per_filter_config)?,
+            decorator: r
+                .decorator
+                .as_ref()
+                .and_then(crate::http::trace::Decorator::from_proto),
         })
     }
 }

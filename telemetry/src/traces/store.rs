@@ -532,3 +532,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod size {
+    use std::sync::Arc;
+
+    use super::super::model::{Process, Span, SpanId, SpanKind, Tag, TraceId};
+
+    /// The figure in telemetry/README.md: what a sidecar span with Istio's tags weighs.
+    #[test]
+    fn a_sidecar_span_with_istios_tags_weighs_1_5_to_3_kib() {
+        let tags = [
+            ("component", "proxy"),
+            (
+                "node_id",
+                "sidecar~10.0.0.12~user-v1-7d9f8-abcde.default~default.svc.cluster.local",
+            ),
+            ("zone", ""),
+            ("guid:x-request-id", "5f0e2a8e-6f0b-9d4c-a3c1-2b7e1f0a9c3d"),
+            (
+                "http.url",
+                "http://user.default.svc.cluster.local/api/users/42",
+            ),
+            ("http.method", "GET"),
+            ("downstream_cluster", "-"),
+            ("user_agent", "curl/8.5.0"),
+            ("http.protocol", "HTTP/1.1"),
+            ("peer.address", "10.0.0.11"),
+            ("request_size", "0"),
+            ("response_size", "245"),
+            (
+                "upstream_cluster",
+                "outbound|80||user.default.svc.cluster.local",
+            ),
+            (
+                "upstream_cluster.name",
+                "outbound|80||user.default.svc.cluster.local",
+            ),
+            ("http.status_code", "200"),
+            ("response_flags", "-"),
+            ("istio.canonical_revision", "v1"),
+            ("istio.canonical_service", "user"),
+            ("istio.mesh_id", "cluster.local"),
+            ("istio.namespace", "default"),
+        ];
+        let span = Span {
+            trace_id: TraceId([1; 16]),
+            span_id: SpanId([2; 8]),
+            parent: Some(SpanId([3; 8])),
+            name: "user.default.svc.cluster.local:80/*".into(),
+            kind: SpanKind::Client,
+            start_unix_nano: 0,
+            end_unix_nano: 1,
+            error: false,
+            status_message: String::new(),
+            tags: tags.iter().map(|(k, v)| Tag::str(*k, *v)).collect(),
+            events: vec![],
+            process: Arc::new(Process {
+                service: "user.default".into(),
+                tags: vec![],
+            }),
+        };
+        let bytes = span.approx_bytes();
+        println!("a sidecar span: {bytes} bytes");
+        assert!((1_500..3_000).contains(&bytes), "{bytes}");
+    }
+}

@@ -4,6 +4,7 @@ import { getDetail } from './api.js';
 import { BADGES, edgeFigures, fit, members, mtlsIcon, nodeName } from './graph.js';
 import { withIcon } from './icons.js';
 import { fmtRps, fmtRatio, fmtMs, fmtPercent, fmtBytes } from './format.js';
+import { createTraceList } from './traces.js';
 
 const CHARTS = [
   // [series key, title, colour, value transform]
@@ -56,6 +57,7 @@ export function createPanel({ root, cy, getState }) {
   let selected = null; // id of the node/edge shown
   let seq = 0; // ignores detail answers that arrive after a newer selection
   const charts = [];
+  const traces = createTraceList({ list: $('#panel-trace-list'), view: document.getElementById('trace-view') });
 
   function chartWidth() { return Math.max(200, $('#panel-charts').clientWidth); }
 
@@ -114,6 +116,7 @@ export function createPanel({ root, cy, getState }) {
     if (ele.empty()) { close(); return; } // gone from the graph
     renderTitle(ele);
     renderFigures(ele); // at once from the graph data; the detail adds the series
+    traces.refresh(ele);
     const { ns, duration } = getState();
     const mine = ++seq;
     try {
@@ -137,7 +140,10 @@ export function createPanel({ root, cy, getState }) {
     const changed = selected !== ele.id();
     selected = ele.id();
     setOpen(true);
-    if (changed) charts.forEach((c) => c.setData([[], []])); // no stale curves from the last pick
+    if (changed) {
+      charts.forEach((c) => c.setData([[], []])); // no stale curves from the last pick
+      traces.clear();
+    }
     ensureCharts();
     charts.forEach((c) => c.setSize({ width: chartWidth(), height: 110 }));
     return refresh();
@@ -146,6 +152,7 @@ export function createPanel({ root, cy, getState }) {
   function close() {
     selected = null;
     seq++;
+    traces.clear();
     setOpen(false);
     cy.elements().unselect();
   }

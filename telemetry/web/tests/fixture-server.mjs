@@ -228,6 +228,67 @@ function series(window, now) {
   return out;
 }
 
+// Traces in Jaeger's JSON (the shape of mastd's /api/traces), made once at start: requests
+// through the sidecars as Istio's tracing writes them (a server span per inbound request, a
+// client span per outbound call, service names <app>.<namespace>), one slow and one failed.
+const TRACES = (() => {
+  const t0 = Date.now() * 1000 - 60_000_000; // µs, a minute ago
+  let n = 0;
+  const hex = (v, len) => v.toString(16).padStart(len, '0');
+  const out = [];
+  const make = (ns, i, { slow = 0, fail = null, target = 'user', version = i % 2 ? 'v2' : 'v1' } = {}) => {
+    const traceID = hex(0xabc0000 + i, 32);
+    const start = t0 + i * 3_000_000;
+    const procs = {};
+    const spans = [];
+    const proc = (svc, ver) => {
+      const key = `${svc}|${ver}`;
+      if (!procs[key]) procs[key] = { id: `p${Object.keys(procs).length + 1}`, serviceName: `${svc}.${ns}`, tags: [{ key: 'istio.canonical_revision', type: 'string', value: ver }, { key: 'istio.namespace', type: 'string', value: ns }] };
+      return procs[key].id;
+    };
+    const span = (parent, svc, ver, op, kind, at, dur, tags = []) => {
+      const spanID = hex(++n, 16);
+      spans.push({
+        traceID, spanID, operationName: op, flags: 1, startTime: start + at, duration: dur, processID: proc(svc, ver), logs: [], warnings: null,
+        references: parent ? [{ refType: 'CHILD_OF', traceID, spanID: parent }] : [],
+        tags: [{ key: 'span.kind', type: 'string', value: kind }, { key: 'component', type: 'string', value: 'proxy' }, ...tags],
+      });
+      return spanID;
+    };
+    const code = (c) => [{ key: 'http.status_code', type: 'string', value: String(c) }, ...(c >= 500 ? [{ key: 'error', type: 'bool', value: true }] : [])];
+    const front = ns === 'default' ? 'myapp' : 'frontend';
+    const total = 9_000 + slow + (i % 5) * 700;
+    const root = span(null, front, 'v1', `${front}.${ns}.svc.cluster.local:80/*`, 'server', 0, total, [...code(fail ?? 200), { key: 'http.method', type: 'string', value: 'GET' }]);
+    const host = `${target}.${ns}.svc.cluster.local`;
+    const call = span(root, front, 'v1', `${host}:80/*`, 'client', 400, 5_000 + slow, [...code(fail ?? 200), { key: 'upstream_cluster', type: 'string', value: `outbound|80||${host}` }]);
+    span(call, target, version, `${host}:80/*`, 'server', 700, 4_200 + slow, [...code(fail ?? 200), { key: 'upstream_cluster', type: 'string', value: 'inbound|8080||' }, ...(fail ? [{ key: 'response_flags', type: 'string', value: 'UF' }] : [])]);
+    if (ns === 'default') {
+      const todo = span(root, front, 'v1', `todo.${ns}.svc.cluster.local:80/*`, 'client', 5_800 + slow, 2_600, code(200));
+      span(todo, 'todo', 'v1', `todo.${ns}.svc.cluster.local:80/*`, 'server', 6_000 + slow, 2_100, code(200));
+    }
+    out.push({ traceID, spans, processes: Object.fromEntries(Object.values(procs).map((p) => [p.id, { serviceName: p.serviceName, tags: p.tags }])), warnings: null });
+  };
+  for (let i = 0; i < 10; i++) make('default', i, { slow: i === 7 ? 1_800_000 : 0, fail: i === 4 ? 503 : null });
+  for (let i = 10; i < 16; i++) make('shop', i, { target: 'catalog', version: 'v1', fail: i % 3 === 0 ? 503 : null });
+  return out;
+})();
+
+function findTraces(q) {
+  const svcOf = (t, s) => t.processes[s.processID].serviceName;
+  const limit = Math.min(Number(q.get('limit') ?? 20) || 20, 1500);
+  const service = q.get('service');
+  const [source, target] = [q.get('source'), q.get('target')];
+  return TRACES.filter((t) => {
+    if (service && !t.spans.some((s) => svcOf(t, s) === service)) return false;
+    if (source && target) {
+      const callers = new Set(t.spans.filter((s) => svcOf(t, s) === source).map((s) => s.spanID));
+      if (!t.spans.some((s) => svcOf(t, s) === target && s.references.some((r) => callers.has(r.spanID)))) return false;
+    }
+    return true;
+  }).sort((a, b) => b.spans[0].startTime - a.spans[0].startTime).slice(0, limit);
+}
+const jaeger = (data) => ({ data, total: data.length, limit: 0, offset: 0, errors: null });
+
 const json = (res, status, body) => {
   res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
   res.end(JSON.stringify(body));
@@ -276,6 +337,15 @@ async function handle(req, res, ctl) {
       if (!(d in DURATIONS)) return json(res, 400, { error: `duration "${d}": expected one of ${Object.keys(DURATIONS).join(', ')}` });
       const found = MESH[ns] && detail(ns, id, d);
       return found ? json(res, 200, found) : json(res, 404, { error: `node or edge "${id}" not found in namespace "${ns}"` });
+    }
+    if (path === '/api/services') return json(res, 200, jaeger([...new Set(TRACES.flatMap((t) => Object.values(t.processes).map((p) => p.serviceName)))].sort()));
+    if (path === '/api/traces') {
+      if (q.has('source') !== q.has('target')) return json(res, 400, { data: null, errors: [{ code: 400, msg: 'source and target: give both' }] });
+      return json(res, 200, jaeger(findTraces(q)));
+    }
+    if ((m = path.match(/^\/api\/traces\/([0-9a-f]+)$/))) {
+      const t = TRACES.find((x) => x.traceID === m[1].padStart(32, '0'));
+      return t ? json(res, 200, jaeger([t])) : json(res, 404, { data: null, errors: [{ code: 404, msg: `trace not found: ${m[1]}` }] });
     }
     return json(res, 404, { error: `no such endpoint: ${path}` });
   }

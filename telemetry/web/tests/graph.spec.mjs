@@ -24,6 +24,7 @@ const TOLERANCE = Number(env.SPLIT_TOLERANCE ?? 10);
 const REFRESH = Number(env.REFRESH ?? 2);
 const SCREENSHOT = env.SCREENSHOT ? resolve(env.SCREENSHOT) : resolve(here, 'out/graph.png');
 const CHROMIUM = env.CHROMIUM || '/usr/bin/chromium';
+const EXPECT_TRACES = env.EXPECT_TRACES === '1';
 const OVERALL_TIMEOUT_MS = 45_000;
 
 const started = Date.now();
@@ -107,6 +108,52 @@ async function lockDrawn(id) {
 
 const waitFor = (fn, arg, what, timeout) =>
   page.waitForFunction(fn, arg, { timeout, polling: 100 }).catch(() => { throw new CheckFailed(`timed out waiting for ${what}`); });
+
+// The trace list in the side panel (already open on a node) and the waterfall of its slowest
+// trace and of a failed one.
+async function checkTraces() {
+  const rowsSel = '#panel-traces [data-testid="trace-row"]';
+  await waitFor((sel) => document.querySelectorAll(sel).length > 0, rowsSel, 'the side panel\'s trace list', 8000);
+  const rows = await page.$$eval(rowsSel, (rs) => rs.map((r) => ({
+    id: r.dataset.traceId, error: r.classList.contains('error'),
+    duration: r.querySelector('[data-testid="trace-duration"]').textContent,
+    status: r.querySelector('[data-testid="trace-status"]').textContent,
+    spans: Number(r.querySelector('[data-testid="trace-spans"]').textContent),
+  })));
+  const us = (d) => { const m = /^([\d.]+)(µs|ms|s)$/.exec(d); return m ? Number(m[1]) * { µs: 1, ms: 1e3, s: 1e6 }[m[2]] : NaN; };
+  check(rows.every((r) => us(r.duration) > 0 && ['ok', 'error'].includes(r.status) && r.spans > 0),
+    'the side panel lists recent traces with duration, status and span count', `${rows.length} traces, first ${JSON.stringify(rows[0])}`);
+  const slowest = rows.reduce((a, b) => (us(b.duration) > us(a.duration) ? b : a));
+  await page.click(`${rowsSel}[data-trace-id="${slowest.id}"]`);
+  const spanSel = '#trace-view [data-testid="span-row"]';
+  await waitFor((id) => !document.getElementById('trace-view').hidden && document.querySelector('#trace-view [data-testid="trace-title"]')
+    && document.getElementById('trace-view').textContent.includes(id), slowest.id, 'the waterfall of the clicked trace', 5000);
+  const bars = await page.$$eval(spanSel, (rs) => rs.map((r) => {
+    const b = r.querySelector('.span-bar').getBoundingClientRect();
+    const t = r.querySelector('.span-track').getBoundingClientRect();
+    return { w: b.width, left: b.left - t.left, track: t.width, name: r.querySelector('.span-name').textContent };
+  }));
+  check(bars.length === slowest.spans && bars.every((b) => b.w > 0 && b.left >= -0.5 && b.left + b.w <= b.track + 1),
+    `clicking the slowest trace (${slowest.duration}) opens its waterfall, one bar per span on the trace's time line`,
+    bars.map((b) => `${b.name.trim()} ${Math.round(b.w)}px`).join('; '));
+  check(bars.some((b) => b.w > bars[0].track * 0.5), 'the slow span spans most of the waterfall', `widest ${Math.round(Math.max(...bars.map((b) => b.w)))} of ${Math.round(bars[0].track)} px`);
+  await page.click(`${spanSel} summary`);
+  const tags = await page.textContent(`${spanSel}[open] [data-testid="span-tags"]`);
+  check(/http\.status_code/.test(tags) && /span\.kind/.test(tags), 'a span opens to show its tags', tags.replace(/\s+/g, ' ').slice(0, 120));
+
+  const failed = rows.find((r) => r.error && r.status === 'error');
+  check(failed, 'a failed trace is marked in the list', failed ? failed.id : rows.map((r) => r.status).join(','));
+  await page.click(`${rowsSel}[data-trace-id="${failed.id}"]`);
+  await waitFor((id) => document.getElementById('trace-view').textContent.includes(id), failed.id, 'the failed trace\'s waterfall', 5000);
+  const red = await page.$$eval(`${spanSel}.error .span-bar`, (bs) => bs.map((b) => getComputedStyle(b).backgroundColor));
+  check(red.length > 0 && red.every((c) => c === 'rgb(201, 25, 11)'), 'its failed spans are highlighted in red', `${red.length} red bars`);
+  const shot = SCREENSHOT.replace(/(\.png)?$/, '-trace.png');
+  await mkdir(dirname(shot), { recursive: true });
+  await page.screenshot({ path: shot, timeout: 10_000 });
+  console.log(`# screenshot: ${shot}`);
+  await page.click('#trace-view [data-testid="trace-close"]');
+  check(await page.isHidden('#trace-view'), 'the waterfall closes');
+}
 
 async function main() {
   let base = env.BASE_URL?.replace(/\/$/, '');
@@ -235,6 +282,10 @@ async function main() {
   const before = figures;
   await waitFor((f) => window.__mast.refreshes > 0 && document.getElementById('panel-figures').textContent !== f, before, 'the side panel to refresh', REFRESH * 1000 + 8000);
   check(!(await page.isHidden('#side-panel')), 'the side panel refreshes with the graph and stays open');
+
+  // Traces: the user service's recent traces in the panel; a click opens the waterfall.
+  // Against the fixture, or a mastd that was sent spans (EXPECT_TRACES=1).
+  if (fixture || EXPECT_TRACES) await checkTraces();
 
   await mkdir(dirname(SCREENSHOT), { recursive: true });
   await page.screenshot({ path: SCREENSHOT, timeout: 10_000 });

@@ -9,8 +9,8 @@
 //! still checked on the untyped document. This file holds the dispatch by kind and what the
 //! kinds share: host resolution, durations, regexes, percentages, counts, port and selector
 //! shapes. Kinds Mast does not act on yet (WorkloadGroup, EnvoyFilter, ProxyConfig,
-//! RequestAuthentication, Telemetry, WasmPlugin) are accepted after the checks Istio makes,
-//! so a file istiod takes is not refused.
+//! RequestAuthentication, WasmPlugin; Telemetry's metrics and access logs) are accepted
+//! after the checks Istio makes, so a file istiod takes is not refused.
 
 use std::time::Duration;
 
@@ -132,8 +132,10 @@ pub fn parse(doc: &Document<'_>) -> ParseResult {
         ("networking.istio.io", "WorkloadGroup") => {
             boxed(workload_group::parse_workload_group(doc).map(|r| Box::new(r) as _))
         }
+        ("telemetry.istio.io", "Telemetry") => {
+            boxed(telemetry::parse_telemetry(doc).map(|r| Box::new(r) as _))
+        }
         ("networking.istio.io", "EnvoyFilter" | "ProxyConfig")
-        | ("telemetry.istio.io", "Telemetry")
         | ("extensions.istio.io", "WasmPlugin") => {
             boxed(check_shape(doc).map(|()| Box::new(Accepted) as _))
         }
@@ -151,7 +153,6 @@ fn check_shape(doc: &Document<'_>) -> Result<(), Vec<FieldError>> {
     match doc.meta.kind.as_str() {
         "ProxyConfig" => proxy_config::proxy_config(spec, &mut errors),
         "WasmPlugin" => wasm_plugin::wasm_plugin(spec, &mut errors),
-        "Telemetry" => telemetry::telemetry(spec, &mut errors),
         "EnvoyFilter" => envoy_filter::envoy_filter(spec, &mut errors),
         _ => {}
     }
