@@ -226,6 +226,8 @@ type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
 #[derive(Debug, Default)]
 struct Cache {
     version: u64,
+    /// The model of `version`.
+    model: Option<Arc<MeshModel>>,
     outbound: HashMap<OutboundKey, Cell>,
     inbound: HashMap<InboundKey, Cell>,
     /// The previous version's parts, whose unchanged sets new parts reuse by pointer.
@@ -263,6 +265,7 @@ impl XdsGenerator {
     fn cells(
         &self,
         version: u64,
+        model: &Arc<MeshModel>,
         out: OutboundKey,
         inb: InboundKey,
     ) -> (
@@ -274,8 +277,26 @@ impl XdsGenerator {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
             let old = std::mem::take(&mut *cache);
+            // When only workloads came or went, a proxy's inbound half is unchanged unless
+            // its own workload is one of them (its named ports): keep every other part as
+            // it is, generated or not. Endpoint churn then costs EDS, not 2000 inbound halves.
+            let inbound = match old.model.as_deref().and_then(|m| m.workload_changes(model)) {
+                Some(changed) => old
+                    .inbound
+                    .iter()
+                    .filter(|(k, _)| {
+                        !changed
+                            .iter()
+                            .any(|w| w.namespace == k.namespace && w.labels == k.labels)
+                    })
+                    .map(|(k, c)| (k.clone(), c.clone()))
+                    .collect(),
+                None => HashMap::new(),
+            };
             *cache = Cache {
                 version,
+                model: Some(model.clone()),
+                inbound,
                 previous_outbound: old.outbound,
                 previous_inbound: old.inbound,
                 ..Cache::default()
@@ -342,7 +363,8 @@ impl Generator for XdsGenerator {
             labels: proxy.labels.clone(),
             interception: proxy.interception_mode,
         };
-        let (out, prev_out, inb, prev_in) = self.cells(snapshot.version, out_key, in_key);
+        let (out, prev_out, inb, prev_in) =
+            self.cells(snapshot.version, &snapshot.model, out_key, in_key);
         let part = |cell: &Cell,
                     previous: Option<Arc<ProxyResources>>,
                     build: &dyn Fn(Option<&ProxyResources>) -> ProxyResources| {
