@@ -306,7 +306,14 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
         sni: hello.as_ref().and_then(|h| h.sni.clone()),
     };
     let Some(tls) = chain.tls.clone() else {
-        conn.serve(stream, None, false).await;
+        if let ChainKind::Http(hcm) = &conn.kind
+            && !first_bytes(&conn.shared, &stream, hcm.idle_timeout).await
+        {
+            return;
+        }
+        // Boxed: a spawned task is as large as its largest state, and the codec's is many
+        // KiB; a connection still waiting for its first bytes should not pay for it.
+        Box::pin(conn.serve(stream, None, false)).await;
         return;
     };
     // A chain whose certificate or client CA has not arrived serves no one rather than
@@ -326,12 +333,33 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
         Ok(Ok(tls_stream)) => {
             let identity = crate::tls::peer_identity(tls_stream.get_ref().1).map(Arc::from);
-            conn.serve(tls_stream, identity, true).await;
+            Box::pin(conn.serve(tls_stream, identity, true)).await;
         }
         Ok(Err(e)) => {
             tracing::debug!(listener = %listener.name, %peer, error = %e, "TLS handshake failed");
         }
         Err(_) => tracing::debug!(listener = %listener.name, %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Wait, holding nothing but the socket, until a plaintext HTTP client sends its first bytes:
+/// the HTTP codec allocates its read buffer (8 KiB) as soon as it is polled, so a crowd of
+/// idle connections would cost that much each for nothing (Envoy allocates on the first
+/// read too). `false` when the connection manager's idle timeout passes first or the proxy
+/// drains: the connection is closed, as an idle one would be.
+async fn first_bytes(shared: &Shared, stream: &TcpStream, idle: Option<Duration>) -> bool {
+    let idle = async {
+        match idle {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut one = [0u8; 1];
+    tokio::select! {
+        // A peek, not `readable()`, which may wake before any byte is there.
+        r = stream.peek(&mut one) => r.is_ok(),
+        _ = shared.drained() => false,
+        _ = idle => false,
     }
 }
 
@@ -801,6 +829,23 @@ mod tests {
             client_hello(&s, Some(deadline)).await,
             Err(HelloRefused::TooLarge)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_plaintext_connection_waits_without_a_codec_until_it_speaks() {
+        let env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        let config = crate::config::Config::from_env(&env, &Default::default()).unwrap();
+        let shared = Arc::new(Shared::new(config, false, None));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        // Silent past the idle timeout: closed.
+        assert!(!first_bytes(&shared, &s, Some(Duration::from_secs(3600))).await);
+        tokio::io::AsyncWriteExt::write_all(&mut c, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert!(first_bytes(&shared, &s, Some(Duration::from_secs(3600))).await);
     }
 
     #[tokio::test]

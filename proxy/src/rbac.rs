@@ -143,8 +143,9 @@ enum Principal {
     Never,
 }
 
+/// A `CidrRange` (also the connection manager's `internal_address_config`).
 #[derive(Debug, Clone, Copy)]
-struct Cidr {
+pub(crate) struct Cidr {
     net: IpAddr,
     len: u8,
 }
@@ -598,7 +599,7 @@ fn uri_template(t: &TypedExtensionConfig) -> FieldResult<Regex> {
 // === impl Cidr ===
 
 impl Cidr {
-    fn from_proto(c: &CidrRange) -> FieldResult<Self> {
+    pub(crate) fn from_proto(c: &CidrRange) -> FieldResult<Self> {
         let net: IpAddr = c.address_prefix.parse().map_err(|_| {
             FieldError::new(
                 "address_prefix",
@@ -619,7 +620,7 @@ impl Cidr {
         })
     }
 
-    fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (ip.to_canonical(), self.net) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);

@@ -471,6 +471,7 @@ fn hcm(codec: Codec, path: PathNormalization) -> HttpManager {
         accept_http_10: false,
         default_host_for_http_10: None,
         use_remote_address: false,
+        internal_addresses: None,
         tracing: fuzz_tracing(),
     }
 }

@@ -16,6 +16,14 @@
 //!   (`setpriv` to `nobody` when the test runs as root), stopped by Ctrl-C after 20 s, same
 //!   checks without the edit.
 //!
+//! - In both runs, mastd's trace API (`/api/traces?service=istio-ingressgateway.istio-system`
+//!   on the topology view's port) must hold one trace of a request through the gateway to
+//!   myapp, user and todo: spans of every proxy on the path (gateway client, myapp server and
+//!   client, user and todo server), one root, every parent in the trace, each server span's
+//!   parent the caller's client span, each span inside its parent's time, and Istio's
+//!   `istio.canonical_service` / `istio.namespace` tags (except on the gateway's spawned
+//!   upstream span: see [`check_trace`]).
+//!
 //! Without root the first part prints `demo: SKIPPED` (a failure when MAST_REQUIRE_NETNS is
 //! set, as scripts/test.sh does as root).
 
@@ -179,6 +187,149 @@ fn pct(phase: &Value, version: &str) -> f64 {
     phase["split"][version].as_f64().unwrap_or(-1.0)
 }
 
+/// GET `path` from `127.0.0.1:port` (HTTP/1.0, the whole answer), as JSON.
+fn get_json(port: u16, path: &str) -> Result<Value> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{path}: {head}"
+    );
+    serde_json::from_str(body).with_context(|| format!("{path}: not JSON: {body}"))
+}
+
+/// One request's trace through the whole mesh, from mastd's Jaeger-shaped API: a trace with
+/// spans of the gateway, myapp, user and todo, every span's parent in the trace, a server
+/// span's parent the caller's client span, each child inside its parent's time, Istio's tags on
+/// every span. Returns a one-line description of the trace.
+fn check_one_trace(port: u16) -> Result<String> {
+    let services = get_json(port, "/api/services")?;
+    let names: Vec<String> = services["data"]
+        .as_array()
+        .context("services")?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    let gw = names
+        .iter()
+        .find(|n| n.contains("istio-ingressgateway"))
+        .with_context(|| format!("no gateway among the traced services {names:?}"))?;
+    let found = get_json(port, &format!("/api/traces?service={gw}&limit=50"))?;
+    let traces = found["data"].as_array().context("data")?;
+    ensure!(!traces.is_empty(), "no trace for {gw}");
+    let mut last_problem = String::new();
+    for trace in traces {
+        match check_trace(trace) {
+            Ok(d) => return Ok(d),
+            Err(e) => last_problem = format!("{e:#}"),
+        }
+    }
+    bail!(
+        "none of {} traces of {gw} goes through the mesh as it should; the last: {last_problem}",
+        traces.len()
+    )
+}
+
+fn check_trace(trace: &Value) -> Result<String> {
+    use std::collections::HashMap;
+    let spans = trace["spans"].as_array().context("spans")?;
+    let service = |s: &Value| -> String {
+        let pid = s["processID"].as_str().unwrap_or_default();
+        trace["processes"][pid]["serviceName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let tag = |s: &Value, key: &str| -> Option<String> {
+        s["tags"]
+            .as_array()?
+            .iter()
+            .find(|t| t["key"] == key)
+            .map(|t| match &t["value"] {
+                Value::String(v) => v.clone(),
+                v => v.to_string(),
+            })
+    };
+    let by_id: HashMap<&str, &Value> = spans
+        .iter()
+        .filter_map(|s| Some((s["spanID"].as_str()?, s)))
+        .collect();
+    let mut kinds: Vec<(String, String)> = Vec::new();
+    let mut roots = 0;
+    for s in spans {
+        let svc = service(s);
+        let kind = tag(s, "span.kind").unwrap_or_default();
+        kinds.push((svc.clone(), kind.clone()));
+        // Envoy's finalizeUpstreamSpan applies the custom tags to a spawned upstream span
+        // too (setCommonTags); mast-proxy's gateway span `router <cluster> egress` does not
+        // carry them yet, so Istio's tags are asked of every other span.
+        let spawned = s["operationName"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("router ") && n.ends_with(" egress"));
+        if !spawned {
+            let canonical = tag(s, "istio.canonical_service")
+                .with_context(|| format!("span of {svc} without istio.canonical_service: {s}"))?;
+            ensure!(
+                svc.starts_with(&canonical),
+                "{svc}'s span says canonical service {canonical}"
+            );
+            ensure!(
+                tag(s, "istio.namespace").is_some(),
+                "{svc}: no istio.namespace"
+            );
+        }
+        let Some(parent) = s["references"].as_array().and_then(|r| r.first()) else {
+            roots += 1;
+            continue;
+        };
+        let pid = parent["spanID"].as_str().context("parent spanID")?;
+        let p = by_id
+            .get(pid)
+            .with_context(|| format!("{svc}'s span has parent {pid}, not in the trace"))?;
+        let (start, dur) = (
+            s["startTime"].as_u64().unwrap_or(0),
+            s["duration"].as_u64().unwrap_or(0),
+        );
+        let (pstart, pdur) = (
+            p["startTime"].as_u64().unwrap_or(0),
+            p["duration"].as_u64().unwrap_or(0),
+        );
+        // Microseconds; 1 ms of slack for the clocks of two processes rounding.
+        ensure!(
+            start + 1000 >= pstart && start + dur <= pstart + pdur + 1000,
+            "{svc}'s span [{start}, +{dur}] is not inside its parent's [{pstart}, +{pdur}]"
+        );
+        if kind == "server" && service(p) != svc {
+            ensure!(
+                tag(p, "span.kind").as_deref() == Some("client"),
+                "{svc}'s server span's parent (of {}) is not a client span",
+                service(p)
+            );
+        }
+    }
+    ensure!(roots == 1, "{roots} root spans");
+    let has = |name: &str, kind: &str| kinds.iter().any(|(s, k)| s.starts_with(name) && k == kind);
+    for (name, kind) in [
+        ("istio-ingressgateway", "client"),
+        ("myapp", "server"),
+        ("myapp", "client"),
+        ("user", "server"),
+        ("todo", "server"),
+    ] {
+        ensure!(has(name, kind), "no {kind} span of {name}: {kinds:?}");
+    }
+    Ok(format!(
+        "trace {} has {} spans: {kinds:?}",
+        trace["traceID"],
+        spans.len()
+    ))
+}
+
 /// What every run must show: (almost) no failed request, full mTLS between services, a clean
 /// exit.
 fn common_checks(run: &Run, mode: &str) -> Result<()> {
@@ -290,12 +441,18 @@ fn demo_as_root_in_pods() -> Result<()> {
     let netns_before = Command::new("ip").args(["netns", "list"]).output()?.stdout;
 
     let mut cmd = Command::new(bin("mastctl"));
+    let view = free_port();
     cmd.args(["demo", "--duration", "40s", "--json", "--mode", "pods"])
         .arg("--config")
         .arg(&config)
-        .args(["--port", &free_port().to_string()]);
+        .args(["--port", &view.to_string()]);
     let (mut broke, mut fixed) = (false, false);
+    let mut traced: Option<Result<String>> = None;
     let run = run_demo(cmd, |t| {
+        // A request's trace, through the gateway to myapp, user and todo (real capture).
+        if t > 8.0 && traced.as_ref().is_none_or(|r| r.is_err() && t < 30.0) {
+            traced = Some(check_one_trace(view));
+        }
         if t > 10.0 && !broke {
             set_split(&config, -10, 20)?; // a negative weight: rejected, 50/50 stays
             broke = true;
@@ -311,6 +468,8 @@ fn demo_as_root_in_pods() -> Result<()> {
         serde_json::to_string_pretty(&run.summary)?
     );
     common_checks(&run, "pods")?;
+    let traced = traced.context("the traces were never looked at")??;
+    println!("demo (pods): {traced}");
     let s = &run.summary;
     ensure!(
         s["interception_mode"] == "REDIRECT",
@@ -457,16 +616,25 @@ fn demo_without_root_on_loopback() -> Result<()> {
         Command::new(bin("mastctl"))
     };
     // No --duration: stopped by Ctrl-C after 20 s, as a user at the terminal would.
+    let view = free_port();
     cmd.args(["demo", "--json"])
         .arg("--config")
         .arg(&config)
-        .args(["--port", &free_port().to_string()]);
-    let run = run_demo(cmd, |t| Ok(t > 20.0))?;
+        .args(["--port", &view.to_string()]);
+    let mut traced: Option<Result<String>> = None;
+    let run = run_demo(cmd, |t| {
+        if t > 8.0 && traced.as_ref().is_none_or(|r| r.is_err() && t < 19.0) {
+            traced = Some(check_one_trace(view));
+        }
+        Ok(t > 20.0)
+    })?;
     println!(
         "demo summary: {}",
         serde_json::to_string_pretty(&run.summary)?
     );
     common_checks(&run, "loopback")?;
+    let traced = traced.context("the traces were never looked at")??;
+    println!("demo (loopback): {traced}");
     ensure!(run.summary["interception_mode"] == "NONE");
     ensure!(
         run.summary["stopped_by"] == "Ctrl-C",

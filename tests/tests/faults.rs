@@ -459,9 +459,9 @@ spec:
             )
         })
         .collect();
-    // One Sidecar per replica, binding its inbound port on the replica's own address. (The
-    // two replicas have the same labels otherwise, and mastd shares one generated config
-    // between proxies that look alike: the address would be the first replica's for both.)
+    // One Sidecar per replica, binding its inbound port on the replica's own address
+    // explicitly (without `bind` it is the proxy's IP too; pilot's unit test
+    // `look_alike_replicas_bind_their_own_address` covers that case).
     let sidecars: String = USER_IPS
         .iter()
         .enumerate()

@@ -17,8 +17,11 @@
 //!   `x-envoy-force-trace` requests through the ingress gateway (loopback internal by
 //!   meshNetworks) are all traced; every edit takes effect without a restart of anything.
 //!
-//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the mast-proxy case
-//! is `#[ignore]`d until the two gaps its doc comment names are closed.
+//! - Both kinds in one trace: an Envoy client sidecar calling through a mast-proxy server
+//!   sidecar gives the Zipkin checks above (one trace, parent/child, tags, B3 to the app).
+//!
+//! mast-proxy's tracing is proxy/src/http/trace.rs (and trace_export.rs); the all-mast-proxy
+//! case is `#[ignore]`d until the gap its doc comment names is closed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -214,15 +217,41 @@ struct Addrs {
     gateway: &'static str,
 }
 
-fn addrs(kind: SidecarKind) -> Addrs {
-    match kind {
-        SidecarKind::Envoy => Addrs {
+/// Which sidecars one mesh runs: the client's and the server's (the gateway is the
+/// client's kind).
+#[derive(Clone, Copy)]
+struct Pair {
+    client: SidecarKind,
+    server: SidecarKind,
+}
+
+impl std::fmt::Display for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.client == self.server {
+            write!(f, "{}", self.client)
+        } else {
+            write!(f, "{} client -> {} server", self.client, self.server)
+        }
+    }
+}
+
+fn addrs(pair: Pair) -> Addrs {
+    match (pair.client, pair.server) {
+        (SidecarKind::Envoy, SidecarKind::Mast) | (SidecarKind::Mast, SidecarKind::Envoy) => {
+            Addrs {
+                client: "127.0.0.4",
+                server: "127.0.0.14",
+                server_egress: "127.0.0.24",
+                gateway: "mixed",
+            }
+        }
+        (SidecarKind::Envoy, _) => Addrs {
             client: "127.0.0.2",
             server: "127.0.0.12",
             server_egress: "127.0.0.22",
             gateway: "envoy",
         },
-        SidecarKind::Mast => Addrs {
+        (SidecarKind::Mast, _) => Addrs {
             client: "127.0.0.3",
             server: "127.0.0.13",
             server_egress: "127.0.0.23",
@@ -416,7 +445,7 @@ async fn wait_for_sampling(proxies: &[&Sidecar], percent: f64) -> Result<()> {
 }
 
 struct Mesh {
-    kind: SidecarKind,
+    kind: Pair,
     config: std::path::PathBuf,
     client: Sidecar,
     server: Sidecar,
@@ -432,7 +461,7 @@ struct Mesh {
 }
 
 impl Mesh {
-    async fn start(kind: SidecarKind) -> Result<Self> {
+    async fn start(kind: Pair) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let config = dir.path().join("config");
         std::fs::create_dir(&config)?;
@@ -454,14 +483,11 @@ impl Mesh {
             telemetry_yaml("zipkin", 100.0),
         )?;
         let mastd = Mastd::start(&config, dir.path()).await?;
-        let suffix = match kind {
-            SidecarKind::Envoy => "envoy",
-            SidecarKind::Mast => "mast",
-        };
+        let suffix = a.gateway;
         let client_pod = format!("client-{suffix}-1");
         let server_pod = format!("api-{suffix}-1");
         let client = Sidecar::start_kind(
-            kind,
+            kind.client,
             &PodSpec {
                 name: &client_pod,
                 namespace: "default",
@@ -475,7 +501,7 @@ impl Mesh {
         )
         .await?;
         let server = Sidecar::start_kind(
-            kind,
+            kind.server,
             &PodSpec {
                 name: &server_pod,
                 namespace: "default",
@@ -494,7 +520,7 @@ impl Mesh {
         .await?;
         let gateway_pod = format!("istio-ingressgateway-{suffix}");
         let gateway = Sidecar::start_gateway(
-            kind,
+            kind.client,
             &PodSpec {
                 name: &gateway_pod,
                 namespace: "istio-system",
@@ -792,7 +818,11 @@ async fn check_sampling(m: &Mesh) -> Result<()> {
 }
 
 async fn tracing_end_to_end(kind: SidecarKind) -> Result<()> {
-    let m = Mesh::start(kind).await?;
+    let m = Mesh::start(Pair {
+        client: kind,
+        server: kind,
+    })
+    .await?;
     let result = async {
         check_zipkin(&m).await.context("zipkin")?;
         check_otlp(&m).await.context("opentelemetry")?;
@@ -827,23 +857,38 @@ fn tail(log: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+/// Both kinds in one trace: an Envoy client sidecar's CLIENT span and a mast-proxy server
+/// sidecar's SERVER span (its child), B3 between them and to the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_mast_proxy_sidecars_share_one_trace() -> Result<()> {
+    let m = Mesh::start(Pair {
+        client: SidecarKind::Envoy,
+        server: SidecarKind::Mast,
+    })
+    .await?;
+    if let Err(e) = check_zipkin(&m).await {
+        bail!(
+            "{e:#}\n--- server tracer stats ---\n{}\n--- server log (tail) ---\n{}",
+            tracer_stats(&m.server).await,
+            tail(&m.server.proc.log_text())
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracing_with_envoy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Envoy).await
 }
 
-/// Run with `--ignored`. Fails today on two mast-proxy gaps (proxy/src/http/trace.rs), not on
-/// mastd: (1) a gateway's listener is NACKed for `tracing.spawn_upstream_span` ("separate
-/// upstream spans are not supported"), which istiod sets on every router proxy with a
-/// tracing provider, so the mast-proxy gateway serves nothing; (2) after the Telemetry moves
-/// the provider from Zipkin to OpenTelemetry, the server sidecar (which applied the new
-/// listener) keeps exporting to Zipkin — its `tracing.zipkin.spans_sent` rises, its
-/// OpenTelemetry count stays 0 — most likely because its already-open inbound connection
-/// keeps the old connection manager (Envoy drains the connections of an updated listener;
-/// the Envoy case passes the same steps). Without the gateway, the Zipkin part — client and
-/// server spans in one trace, tags, B3 to the app — passed with mast-proxy.
+/// Run with `--ignored`. With mast-proxy at ea44dcd everything up to the forced traces
+/// passes (Zipkin and OTLP shape, the provider switch, 1% of 10,000 = 105 traces), then the
+/// last step fails on a mast-proxy gap (proxy/src/http/forwarded.rs), not on mastd: its
+/// gateway does not read the connection manager's `internal_address_config` (istiod's, from
+/// meshNetworks), takes every client for external and drops `x-envoy-force-trace`, so none
+/// of the 50 forced requests is traced (Envoy's gateway traces all 50).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "mast-proxy NACKs tracing.spawn_upstream_span on gateways and keeps the old provider on open inbound connections (see the doc comment)"]
+#[ignore = "mast-proxy's gateway ignores internal_address_config and drops x-envoy-force-trace from loopback (see the doc comment)"]
 async fn tracing_with_mast_proxy_sidecars() -> Result<()> {
     tracing_end_to_end(SidecarKind::Mast).await
 }

@@ -38,7 +38,7 @@ use self::load::{Load, SharedStats, Stats};
 use self::pods::Lab;
 use self::procs::Proc;
 use self::split::{SplitWatcher, describe};
-use self::topology::{App, INGRESS, Mode, NAMESPACE, WORKLOADS, Workload};
+use self::topology::{App, INGRESS, Mode, NAMESPACE, TRACE_SAMPLING_PERCENT, WORKLOADS, Workload};
 use crate::http::{get as http_get, get_as as http_get_as};
 
 /// The sidecar's user and group, as in Istio's injected pods.
@@ -295,7 +295,7 @@ impl<'a> Demo<'a> {
         std::fs::create_dir_all(&overlay)?;
         std::fs::write(
             overlay.join("workloads.yaml"),
-            topology::overlay_yaml(self.mode),
+            topology::overlay_yaml(self.mode, true),
         )?;
         let dirs = vec![config.to_path_buf(), overlay.clone()];
         let (watcher, first) = SplitWatcher::new(dirs.clone(), SPLIT_HOST)
@@ -344,16 +344,22 @@ impl<'a> Demo<'a> {
         for addr in [xds, ca, http, view] {
             ensure_free(addr)?;
         }
-        // mastd's trace receiver where the sidecars reach it (OTLP's ports on the control
-        // plane's address); a port taken by a collector of the machine only turns it off.
-        let otlp: SocketAddr = (cp, 4317).into();
-        let otlp_http: SocketAddr = (cp, 4318).into();
+        // mastd's trace receiver where the sidecars reach it (OTLP's ports; the mesh's tracing
+        // provider in the overlay); a port taken anyway only turns tracing off.
+        let receiver = self.mode.trace_receiver_ip();
+        let otlp: SocketAddr = (receiver, topology::TRACE_PORT).into();
+        let otlp_http: SocketAddr = (receiver, 4318).into();
         let traces = (ensure_free(otlp).is_ok() && ensure_free(otlp_http).is_ok())
             .then_some((otlp, otlp_http));
         if traces.is_none() {
             self.out.line(&format!(
                 "  ! {otlp} or {otlp_http} is in use: mastd receives no spans this run"
             ));
+            // No receiver, so no tracing provider pointing at it.
+            std::fs::write(
+                overlay.join("workloads.yaml"),
+                topology::overlay_yaml(self.mode, false),
+            )?;
         }
         let t = Instant::now();
         self.start_mastd(&dirs, xds, ca, http, view, traces)?;
@@ -447,9 +453,16 @@ impl<'a> Demo<'a> {
         self.out.line(&format!("  Topology view  http://{view}/"));
         self.out.line(&format!(
             "  Traces         http://{view}/ — click a node or edge: \"Recent traces\", click one \
-             for its waterfall (API: http://{view}/api/traces?service=mastd){}",
+             for its waterfall (API: http://{view}/api/traces?service={}.{}){}",
+            INGRESS.name,
+            INGRESS.namespace,
             traces
-                .map(|(g, h)| format!("; spans to OTLP {g} or http://{h}/v1/traces"))
+                .map(|(g, h)| {
+                    format!(
+                        "; the mesh samples {TRACE_SAMPLING_PERCENT}% of requests, spans to \
+                         OTLP {g} or http://{h}/v1/traces"
+                    )
+                })
                 .unwrap_or_default()
         ));
         self.out.line(&format!(
@@ -889,7 +902,14 @@ impl<'a> Demo<'a> {
                 workload: w.name,
                 namespace: NAMESPACE,
                 service_account: w.service_account,
-                labels: &format!("app={},version={}", w.app_label, w.version),
+                // With the canonical service labels Istio's injector adds to a pod (from
+                // `app` and `version`): they name the workload in telemetry and traces.
+                labels: &format!(
+                    "app={a},version={v},service.istio.io/canonical-name={a},\
+                     service.istio.io/canonical-revision={v}",
+                    a = w.app_label,
+                    v = w.version
+                ),
                 ip,
             },
             (xds, ca),
@@ -1004,9 +1024,13 @@ impl<'a> Demo<'a> {
         if let Some(m) = self.mastd.as_mut() {
             m.check_running()?;
         }
+        // bench/soak/run.sh restarts sidecars itself (as a kubelet would) and says so.
+        let restarted_elsewhere = std::env::var_os("MAST_DEMO_SIDECARS_RESTARTED").is_some();
         for r in &mut self.running {
             r.app.check_running()?;
-            r.sidecar.check_running()?;
+            if !restarted_elsewhere {
+                r.sidecar.check_running()?;
+            }
         }
         if let Some(g) = self.gateway.as_mut() {
             g.check_running()?;

@@ -241,6 +241,10 @@ struct InboundKey {
     namespace: String,
     labels: Labels,
     interception: InterceptionMode,
+    /// The proxy's own address, when its inbound listeners bind it (a Sidecar `ingress`
+    /// without `bind` binds the proxy's IP): two replicas with the same labels must not get
+    /// one listener on the first replica's address.
+    bind_ip: Option<String>,
 }
 
 /// The real [`Generator`]: model → xDS. Both halves are cached per model version and key, and
@@ -358,10 +362,13 @@ impl Generator for XdsGenerator {
             tracing: tracing::HcmTracing::new(model, &proxy, tracing::Class::SidecarOutbound)
                 .cache_key(),
         };
+        let binds_own_ip = plan::sidecar_for(model, &proxy)
+            .is_some_and(|(_, s)| s.ingress.iter().any(|i| i.bind.is_none()));
         let in_key = InboundKey {
             namespace: proxy.namespace.clone(),
             labels: proxy.labels.clone(),
             interception: proxy.interception_mode,
+            bind_ip: binds_own_ip.then(|| proxy.ip.clone()),
         };
         let (out, prev_out, inb, prev_in) =
             self.cells(snapshot.version, &snapshot.model, out_key, in_key);

@@ -685,6 +685,52 @@ fn visibility_follows_export_to_and_sidecar_egress() {
     assert_eq!(rc.virtual_hosts.last().unwrap().name, "block_all");
 }
 
+/// Two replicas with the same labels share generated config, except what depends on their
+/// own address: a Sidecar `ingress` without `bind` listens on each one's IP.
+#[test]
+fn look_alike_replicas_bind_their_own_address() {
+    let mut m = model(vec![]);
+    m.sidecars.push(SidecarScope {
+        namespace: "default".into(),
+        ingress: vec![mast_mesh_config::model::IngressListener {
+            port: ServicePort {
+                name: "http".into(),
+                port: 9080,
+                target_port: None,
+                protocol: Protocol::Http,
+            },
+            bind: None,
+            capture_mode: None,
+            default_endpoint: Some("127.0.0.1:8080".into()),
+        }],
+        ..Default::default()
+    });
+    let g = XdsGenerator::default();
+    let snap = Snapshot::new(1, Arc::new(m), std::time::Instant::now());
+    let listeners = |ip: &str| {
+        let node = envoy_types::pb::envoy::config::core::v3::Node {
+            id: format!("sidecar~{ip}~user-1.default~default.svc.cluster.local"),
+            metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                fields: [("INTERCEPTION_MODE".to_string(), string_value("NONE"))].into(),
+            }),
+            ..Default::default()
+        };
+        let view = g.generate(&snap, &node).unwrap().flatten();
+        let mut names: Vec<String> = view
+            .of_type(TypeUrl::Listener)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    };
+    let a = listeners("127.0.0.11");
+    let b = listeners("127.0.0.12");
+    assert!(a.contains(&"127.0.0.11_9080".to_string()), "{a:?}");
+    assert!(b.contains(&"127.0.0.12_9080".to_string()), "{b:?}");
+}
+
 #[test]
 fn sidecar_egress_bind_and_port_override() {
     let mut m = model(vec![]);

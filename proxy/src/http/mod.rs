@@ -19,7 +19,7 @@
 
 mod body;
 mod filters;
-mod forwarded;
+pub(crate) mod forwarded;
 mod framing;
 pub mod jwt;
 mod mirror;
@@ -345,12 +345,14 @@ async fn handle(
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
         return refused(rec, grpc, parts.version, refusal);
     }
-    if ctx.hcm.use_remote_address {
-        let local = Some(ctx.dst.ip())
-            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-            .unwrap_or(shared.config.instance_ip);
-        forwarded::at_the_edge(&mut parts.headers, ctx.peer.ip(), local, ctx.tls);
-    }
+    let local = Some(ctx.dst.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .unwrap_or(shared.config.instance_ip);
+    let policy = forwarded::Policy {
+        use_remote_address: ctx.hcm.use_remote_address,
+        internal: ctx.hcm.internal_addresses.as_ref(),
+    };
+    let verdict = forwarded::decide(&mut parts.headers, policy, ctx.peer.ip(), local, ctx.tls);
 
     // The route is chosen before the filters, which may read its per-route config; the
     // router, last, acts on it.
@@ -368,12 +370,12 @@ async fn handle(
     let metadata = Default::default();
     let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
     let mut on_response = trace::OnResponse::default();
-    if let Some(cfg) = &ctx.hcm.tracing {
+    if let Some(cfg) = ctx.hcm.tracing.as_ref().and_then(|t| t.current()) {
         let start = trace::Start {
             shared,
-            cfg,
+            cfg: &cfg,
             inbound: ctx.inbound,
-            edge: ctx.hcm.use_remote_address,
+            edge: verdict.edge,
             tls: ctx.tls,
             peer: ctx.peer.ip(),
             host: &host,

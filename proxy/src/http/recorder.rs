@@ -54,8 +54,16 @@ impl Recorder {
         let millis = self.start.elapsed().as_secs_f64() * 1000.0;
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         if let Some(span) = span {
-            let cluster = self.cluster.as_deref();
-            span.finish(self.code, flags, cluster, grpc_status, request_bytes, response_bytes);
+            let (cluster, upstream) = (self.cluster.as_deref(), self.upstream.as_deref());
+            span.finish(
+                self.code,
+                flags,
+                cluster,
+                upstream,
+                grpc_status,
+                request_bytes,
+                response_bytes,
+            );
         }
         if self.access_log {
             let line = serde_json::json!({

@@ -333,6 +333,7 @@ mod tests {
             accept_http_10: false,
             default_host_for_http_10: None,
             use_remote_address: false,
+            internal_addresses: None,
             tracing: None,
         }
     }

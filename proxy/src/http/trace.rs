@@ -29,7 +29,8 @@
 //! telemetry is recorded; the exporter never blocks the request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
@@ -94,9 +95,19 @@ pub struct TracingConfig {
     pack_trace_reason: bool,
     /// `generate_request_id` (default true).
     generate_request_id: bool,
+    /// `spawn_upstream_span`: the proxy is a hop of its own — a server span for the
+    /// downstream and a client child span for the upstream request (istiod sets it on
+    /// gateways with `PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY`).
+    spawn_upstream_span: bool,
     /// `preserve_external_request_id`: an edge keeps the client's request id (off by
     /// default, so a client cannot pick its own sampling bits).
     preserve_external_request_id: bool,
+    /// The config that replaced this one on its listener's filter chain: a connection opened
+    /// before an update traces with the newest config, as Envoy drains the connections of an
+    /// updated listener (its old config would otherwise live as long as the connection).
+    next: arc_swap::ArcSwapOption<TracingConfig>,
+    /// The update removed tracing from the chain.
+    removed: std::sync::atomic::AtomicBool,
     /// The connection manager's `stat_prefix`, for `http.<prefix>.tracing.*`.
     stat_prefix: String,
     decisions: OnceLock<Arc<crate::trace_export::Decisions>>,
@@ -227,6 +238,8 @@ pub struct SpanData {
 /// A sampled span waiting for its request to end.
 pub struct ActiveSpan {
     data: SpanData,
+    /// `spawn_upstream_span`: the upstream request's span.
+    upstream: Option<SpanData>,
     started: Instant,
     exporter: Arc<Exporter>,
     /// The upstream's `x-envoy-decorator-operation` (outbound), which names the span.
@@ -257,12 +270,6 @@ impl TracingConfig {
         use_request_id: bool,
         pack_trace_reason: bool,
     ) -> FieldResult<Self> {
-        if t.spawn_upstream_span.as_ref().is_some_and(|b| b.value) {
-            return Err(FieldError::new(
-                "spawn_upstream_span",
-                "separate upstream spans are not supported",
-            ));
-        }
         let client_sampling = match &t.client_sampling {
             Some(p) => percent(p, "client_sampling")? as u64,
             None => 100,
@@ -292,10 +299,54 @@ impl TracingConfig {
             use_request_id,
             pack_trace_reason,
             generate_request_id: true,
+            spawn_upstream_span: t.spawn_upstream_span.as_ref().is_some_and(|b| b.value),
             preserve_external_request_id: false,
             stat_prefix: String::new(),
             decisions: OnceLock::new(),
+            next: Default::default(),
+            removed: Default::default(),
         })
+    }
+
+    /// A listener's filter chain (`key`) was compiled with `new` (`None`: without tracing):
+    /// the config it had before points to it from now on.
+    pub fn supersede(key: &str, new: Option<&Arc<Self>>) {
+        static LATEST: std::sync::LazyLock<Mutex<HashMap<String, Weak<TracingConfig>>>> =
+            std::sync::LazyLock::new(Default::default);
+        let mut map = match LATEST.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(old) = map.get(key).and_then(Weak::upgrade) {
+            match new {
+                Some(n) if !Arc::ptr_eq(&old, n) => old.next.store(Some(Arc::clone(n))),
+                Some(_) => {}
+                None => old.removed.store(true, Ordering::Relaxed),
+            }
+        }
+        match new {
+            Some(n) => {
+                map.insert(key.to_string(), Arc::downgrade(n));
+            }
+            None => {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// The config a request uses on a connection opened with this one: the newest for its
+    /// filter chain (the walk is shortened for the next request), `None` once tracing was
+    /// removed.
+    pub fn current(self: &Arc<Self>) -> Option<Arc<Self>> {
+        if self.next.load().is_none() {
+            return (!self.removed.load(Ordering::Relaxed)).then(|| Arc::clone(self));
+        }
+        let mut latest = self.next.load_full()?;
+        while let Some(n) = latest.next.load_full() {
+            latest = n;
+        }
+        self.next.store(Some(Arc::clone(&latest)));
+        (!latest.removed.load(Ordering::Relaxed)).then_some(latest)
     }
 
     /// Envoy's sampling decision for a request, packed into its `x-request-id` (which must
@@ -914,8 +965,8 @@ pub(super) struct Start<'a> {
     pub shared: &'a crate::shared::Shared,
     pub cfg: &'a TracingConfig,
     pub inbound: bool,
-    /// The connection manager is the mesh's edge (`use_remote_address`), where every request
-    /// comes from outside.
+    /// The request came from outside the mesh, at its edge (`use_remote_address` and not
+    /// internal by `internal_address_config`): its own request id is not trusted.
     pub edge: bool,
     pub tls: bool,
     pub peer: std::net::IpAddr,
@@ -999,7 +1050,8 @@ fn begin(
     let provider = cfg.provider.as_ref()?;
     let incoming = provider.extract(&parts.headers).ok()?;
     let traced = reason != Reason::NotTraceable;
-    let kind = if s.inbound {
+    // Envoy's span kind: a proxy that spawns upstream spans serves the downstream.
+    let kind = if s.inbound || cfg.spawn_upstream_span {
         Kind::Server
     } else {
         Kind::Client
@@ -1090,13 +1142,38 @@ fn begin(
         error: false,
         shared,
     };
-    provider.inject(&data, sampled, &mut parts.headers);
+    // With an upstream span, the upstream's parent is that span, a child of this one.
+    let upstream = cfg.spawn_upstream_span.then(|| SpanData {
+        span_id: nonzero_u64(),
+        parent_id: Some(data.span_id),
+        name: "router egress".to_string(),
+        kind: Kind::Client,
+        shared: false,
+        tags: Vec::new(),
+        custom: Vec::new(),
+        ..data.clone()
+    });
+    provider.inject(
+        upstream.as_ref().unwrap_or(&data),
+        sampled,
+        &mut parts.headers,
+    );
     if !sampled {
         return None;
     }
     request_tags(&mut data, cfg, s, parts);
+    let protocol = data
+        .tags
+        .iter()
+        .find(|(k, _)| *k == "http.protocol")
+        .map(|(_, v)| v.clone());
+    let upstream = upstream.map(|mut u| {
+        u.tags.extend(protocol.map(|p| ("http.protocol", p)));
+        u
+    });
     Some(Box::new(ActiveSpan {
         data,
+        upstream,
         started,
         exporter: provider.exporter(s.shared),
         rename,
@@ -1195,11 +1272,13 @@ fn request_tags(data: &mut SpanData, cfg: &TracingConfig, s: &Start<'_>, parts: 
 
 impl ActiveSpan {
     /// The response side (`setCommonTags`), then hand the span to its exporter.
+    #[allow(clippy::too_many_arguments)]
     pub fn finish(
         mut self: Box<Self>,
         code: u16,
         flags: &str,
         cluster: Option<&str>,
+        upstream_address: Option<&str>,
         grpc_status: Option<u32>,
         request_bytes: u64,
         response_bytes: u64,
@@ -1229,6 +1308,26 @@ impl ActiveSpan {
         }
         if d.error {
             d.tags.push(("error", "true".to_string()));
+        }
+        // Envoy's finalizeUpstreamSpan, over the whole forwarding (not per attempt).
+        if let Some(mut u) = self.upstream.take() {
+            u.duration = d.duration;
+            u.name = format!("router {} egress", cluster.unwrap_or("-"));
+            u.tags.push(("component", "proxy".to_string()));
+            if let Some(c) = cluster {
+                u.tags.push(("upstream_cluster", c.to_string()));
+                u.tags.push(("upstream_cluster.name", c.to_string()));
+            }
+            if let Some(a) = upstream_address {
+                u.tags.push(("upstream_address", a.to_string()));
+            }
+            u.tags.push(("http.status_code", code.to_string()));
+            u.tags.push(("response_flags", flags.to_string()));
+            u.error = d.error;
+            if u.error {
+                u.tags.push(("error", "true".to_string()));
+            }
+            self.exporter.push(u);
         }
         self.exporter.push(self.data);
     }

@@ -158,6 +158,9 @@ pub struct HttpManager {
     /// `use_remote_address`: this is the edge (a gateway), so the peer is the client —
     /// `x-forwarded-for` and friends are written as Envoy writes them there.
     pub use_remote_address: bool,
+    /// `internal_address_config`: which peers (or `x-forwarded-for` addresses) are inside
+    /// the mesh. Unset, no address is internal (Envoy since 1.36).
+    pub internal_addresses: Option<crate::http::forwarded::InternalAddresses>,
     /// `tracing` (with the request id extension): spans and their sampling.
     pub tracing: Option<Arc<crate::http::trace::TracingConfig>>,
 }
@@ -264,6 +267,20 @@ impl ListenerConfig {
             .transpose()?;
         if chains.is_empty() && default_chain.is_none() {
             return Err(FieldError::new("filter_chains", "no filter chain"));
+        }
+        // Connections already open on this listener trace with its new config from now on.
+        for (i, c) in chains.iter().chain(&default_chain).enumerate() {
+            if let ChainKind::Http(h) = &c.kind {
+                let chain = if c.name.is_empty() {
+                    i.to_string()
+                } else {
+                    c.name.clone()
+                };
+                crate::http::trace::TracingConfig::supersede(
+                    &format!("{}/{chain}", l.name),
+                    h.tracing.as_ref(),
+                );
+            }
         }
         Ok(Self {
             name: l.name.clone(),
@@ -731,6 +748,12 @@ impl HttpManager {
             rbac,
             network_rbac: Vec::new(),
             use_remote_address: h.use_remote_address.as_ref().is_some_and(|b| b.value),
+            internal_addresses: h
+                .internal_address_config
+                .as_ref()
+                .map(crate::http::forwarded::InternalAddresses::from_proto)
+                .transpose()
+                .at("internal_address_config")?,
             tracing: crate::http::trace::TracingConfig::from_hcm(h)?,
         })
     }

@@ -458,3 +458,67 @@ fn envoy_accepts_every_provider() {
         }
     }
 }
+
+#[test]
+fn the_outbound_cache_tells_apart_what_tracing_tells_apart() {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    use mast_proto::TypeUrl;
+
+    use super::super::{XdsGenerator, string_value};
+    use crate::ads::{Generator, Snapshot};
+
+    let m = model(
+        "    defaultProviders: {tracing: [zipkin]}\n",
+        "---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: t, namespace: default}\nspec:\n  selector: {matchLabels: {app: traced}}\n  tracing:\n  - randomSamplingPercentage: 42\n",
+    );
+    let g = XdsGenerator::default();
+    let snap = Snapshot::new(1, Arc::new(m), std::time::Instant::now());
+    let node = |app: &str| Node {
+        id: format!("sidecar~10.1.0.9~{app}-1.default~default.svc.cluster.local"),
+        metadata: Some(Struct {
+            fields: [(
+                "LABELS".to_string(),
+                Value {
+                    kind: Some(Kind::StructValue(Struct {
+                        fields: [("app".to_string(), string_value(app))].into(),
+                    })),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    let listeners = |app: &str| {
+        let view = g.generate(&snap, &node(app)).unwrap().flatten();
+        let set = view.of_type(TypeUrl::Listener).unwrap();
+        set.values()
+            .filter_map(|r| Listener::decode(r.any.value.as_slice()).ok())
+            .collect::<Vec<_>>()
+    };
+    let rate = |ls: &[Listener]| {
+        hcms(ls)
+            .iter()
+            .filter(|(name, _)| !name.starts_with("virtualInbound"))
+            .filter_map(|(_, h)| {
+                h.tracing
+                    .as_ref()?
+                    .random_sampling
+                    .as_ref()
+                    .map(|p| p.value)
+            })
+            .collect::<Vec<_>>()
+    };
+    let traced = rate(&listeners("traced"));
+    let other = rate(&listeners("other"));
+    assert!(
+        !traced.is_empty() && traced.iter().all(|r| *r == 42.0),
+        "{traced:?}"
+    );
+    assert!(
+        !other.is_empty() && other.iter().all(|r| *r == 1.0),
+        "{other:?}"
+    );
+}

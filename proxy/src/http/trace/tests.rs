@@ -26,9 +26,13 @@ const OTEL_GRPC: &str = r#"
               initial_metadata: [{key: Authorization, value: token}]"#;
 
 fn hcm_yaml(tracing: &str) -> String {
+    // A listener of its own per test: tests run side by side, and a listener compiled again
+    // supersedes its chains' tracing.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!(
         r#"
-name: web
+name: web-{n}
 address: {{socket_address: {{address: 127.0.0.1, port_value: 8080}}}}
 filter_chains:
 - filters:
@@ -91,9 +95,12 @@ fn sampling(random: f64, overall: f64, client: f64) -> TracingConfig {
         use_request_id: true,
         pack_trace_reason: true,
         generate_request_id: true,
+        spawn_upstream_span: false,
         preserve_external_request_id: false,
         stat_prefix: "t".into(),
         decisions: OnceLock::new(),
+        next: Default::default(),
+        removed: Default::default(),
     }
 }
 
@@ -204,10 +211,6 @@ fn otel_http_uri_without_scheme_and_zipkin_forms() {
 #[test]
 fn unsupported_tracing_settings_are_refused_naming_the_field() {
     let cases = [
-        (
-            "      tracing: {spawn_upstream_span: true}",
-            "tracing.spawn_upstream_span",
-        ),
         (
             "      tracing: {random_sampling: {value: 101}}",
             "tracing.random_sampling",
@@ -746,9 +749,10 @@ async fn finished_spans_carry_the_response_tags_and_errors() {
         started: Instant::now(),
         exporter: Arc::clone(&exporter),
         rename: None,
+        upstream: None,
     };
     let tags = |d: &SpanData| -> HashMap<&'static str, String> { d.tags.iter().cloned().collect() };
-    Box::new(mk()).finish(200, "-", Some("outbound|9080||reviews"), None, 10, 20);
+    Box::new(mk()).finish(200, "-", Some("outbound|9080||reviews"), None, None, 10, 20);
     let d = rx.recv().await.unwrap();
     let t = tags(&d);
     assert!(!d.error);
@@ -759,12 +763,12 @@ async fn finished_spans_carry_the_response_tags_and_errors() {
     assert_eq!(t["request_size"], "10");
     assert_eq!(t["response_size"], "20");
     assert!(!t.contains_key("error"));
-    Box::new(mk()).finish(503, "UF", Some("c"), None, 0, 0);
+    Box::new(mk()).finish(503, "UF", Some("c"), None, None, 0, 0);
     let d = rx.recv().await.unwrap();
     assert!(d.error);
     assert_eq!(tags(&d)["error"], "true");
     assert_eq!(tags(&d)["response_flags"], "UF");
-    Box::new(mk()).finish(200, "-", None, Some(14), 0, 0);
+    Box::new(mk()).finish(200, "-", None, None, Some(14), 0, 0);
     let d = rx.recv().await.unwrap();
     assert!(d.error, "a non-OK gRPC status is an error");
     assert_eq!(tags(&d)["grpc.status_code"], "14");
@@ -818,7 +822,7 @@ async fn decorator_operation_travels_back_on_the_response_as_envoy() {
     let (exporter, mut rx) = Exporter::channel(1);
     let mut span = span.unwrap();
     span.exporter = Arc::new(exporter);
-    span.finish(200, "-", None, None, 0, 0);
+    span.finish(200, "-", None, None, None, 0, 0);
     assert_eq!(rx.recv().await.unwrap().name, "upstream-op");
 }
 
@@ -862,4 +866,80 @@ async fn an_edge_replaces_the_clients_request_id() {
     .unwrap()
     .unwrap();
     assert_eq!(at(true, &keep), forged);
+}
+
+#[tokio::test]
+async fn spawn_upstream_span_makes_the_proxy_a_hop_of_its_own() {
+    let shared = shared();
+    let cfg = compile(
+        r#"
+      tracing:
+        spawn_upstream_span: true
+        random_sampling: {value: 100}
+        provider:
+          name: envoy.tracers.opentelemetry
+          typed_config:
+            "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+            grpc_service: {envoy_grpc: {cluster_name: otel}}"#,
+    )
+    .unwrap()
+    .unwrap();
+    let mut p = parts(&[(
+        TRACEPARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )]);
+    // A gateway's listener is OUTBOUND, yet its downstream span is a server span.
+    let mut span = begin(&cfg, &shared, false, None, &mut p).unwrap();
+    assert_eq!(span.data.kind, Kind::Server);
+    assert_eq!(span.data.parent_id, Some(0x00f067aa0ba902b7));
+    let up = span.upstream.clone().unwrap();
+    assert_eq!(up.kind, Kind::Client);
+    assert_eq!(up.parent_id, Some(span.data.span_id));
+    // The upstream's parent is the upstream span.
+    assert_eq!(
+        p.headers.get(TRACEPARENT).unwrap(),
+        &format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{:016x}-01", up.span_id)
+    );
+    let (exporter, mut rx) = Exporter::channel(4);
+    span.exporter = Arc::new(exporter);
+    span.finish(
+        502,
+        "UF",
+        Some("outbound|9080||reviews"),
+        Some("10.0.0.9:9080"),
+        None,
+        0,
+        0,
+    );
+    let u = rx.recv().await.unwrap();
+    assert_eq!(u.name, "router outbound|9080||reviews egress");
+    let tags: HashMap<&str, String> = u.tags.iter().cloned().collect();
+    assert_eq!(tags["upstream_address"], "10.0.0.9:9080");
+    assert_eq!(tags["http.status_code"], "502");
+    assert_eq!(tags["error"], "true");
+    let d = rx.recv().await.unwrap();
+    assert_eq!(d.kind, Kind::Server);
+    assert!(d.error);
+}
+
+#[test]
+fn an_updated_listener_moves_open_connections_to_its_new_tracing() {
+    let key = "test-listener/chain-0";
+    let first = otel();
+    TracingConfig::supersede(key, Some(&first));
+    assert!(Arc::ptr_eq(&first.current().unwrap(), &first));
+    let second = zipkin("");
+    let third = zipkin("shared_span_context: false");
+    TracingConfig::supersede(key, Some(&second));
+    TracingConfig::supersede(key, Some(&third));
+    // A connection that opened with the first config now traces with the third.
+    assert!(Arc::ptr_eq(&first.current().unwrap(), &third));
+    assert!(Arc::ptr_eq(&second.current().unwrap(), &third));
+    // The same config compiled again changes nothing.
+    TracingConfig::supersede(key, Some(&third));
+    assert!(Arc::ptr_eq(&third.current().unwrap(), &third));
+    // Tracing removed from the chain: no tracing on old connections either.
+    TracingConfig::supersede(key, None);
+    assert!(first.current().is_none());
+    assert!(third.current().is_none());
 }

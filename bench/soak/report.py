@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Soak report: slopes per hour of RSS, fds and threads, per process, from samples.csv, and
+chart.svg (hand-written SVG: no plotting library needed). Usage: report.py RUN_DIR"""
+import csv
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+run = Path(sys.argv[1])
+series = defaultdict(list)  # (name, pid) -> [(t, rss_kb, fds, threads)]
+with open(run / "samples.csv") as f:
+    for row in csv.DictReader(f):
+        try:
+            series[(row["process"], row["pid"])].append(
+                (int(row["t_s"]), int(row["rss_kb"]), int(row["fds"]), int(row["threads"])))
+        except (ValueError, KeyError):
+            continue
+t_max = max((p[0] for s in series.values() for p in s), default=0)
+
+
+def slope_per_hour(points):
+    """Least-squares slope of (t, v), per hour."""
+    n = len(points)
+    if n < 3:
+        return None
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    den = sum((t - mt) ** 2 for t, _ in points)
+    if den == 0:
+        return None
+    return sum((t - mt) * (v - mv) for t, v in points) / den * 3600
+
+
+print(f"# Soak report ({run.name})\n")
+summary = {}
+try:
+    summary = json.loads((run / "summary.json").read_text() or "{}")
+except (OSError, ValueError):
+    pass
+if summary:
+    print(f"requests {summary.get('requests')}, failed {summary.get('errors')}, "
+          f"{summary.get('rps')} req/s, p99 {summary.get('p99_ms')} ms, "
+          f"mTLS {summary.get('mtls_percent')} %\n")
+    for e in summary.get("first_errors", [])[:5]:
+        print(f"- first error: {e}")
+events = (run / "events.log").read_text() if (run / "events.log").exists() else ""
+print(f"\nsidecar restarts: {events.count('restarted ')}\n")
+print("| process | pid | samples | covers | RSS start→end (MB) | RSS MB/h | fds start→end | fds/h | threads start→end | threads/h |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for (name, pid), pts in sorted(series.items()):
+    pts.sort()
+    span = pts[-1][0] - pts[0][0]
+    rss = slope_per_hour([(t, r / 1024) for t, r, _, _ in pts])
+    fds = slope_per_hour([(t, f) for t, _, f, _ in pts])
+    thr = slope_per_hour([(t, h) for t, _, _, h in pts])
+    fmt = lambda v: "—" if v is None else f"{v:+.2f}"
+    print(f"| {name} | {pid} | {len(pts)} | {span} s | {pts[0][1]/1024:.1f}→{pts[-1][1]/1024:.1f} | {fmt(rss)} "
+          f"| {pts[0][2]}→{pts[-1][2]} | {fmt(fds)} | {pts[0][3]}→{pts[-1][3]} | {fmt(thr)} |")
+
+# chart.svg: three panels (RSS MB, fds, threads) against time.
+W, H, PAD = 900, 220, 50
+colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+          "#7f7f7f", "#bcbd22", "#17becf"]
+panels = [("RSS (MB)", lambda p: p[1] / 1024), ("open fds", lambda p: p[2]), ("threads", lambda p: p[3])]
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H * 3 + 40}" font-family="sans-serif" font-size="11">',
+       f'<rect width="100%" height="100%" fill="white"/>',
+       f'<text x="{PAD}" y="16" font-size="13">Soak {run.name}: mastd and sidecars, sampled every 10 s ({t_max} s)</text>']
+names = sorted(series)
+for i, (title, get) in enumerate(panels):
+    top = 30 + i * H
+    vmax = max((get(p) for s in series.values() for p in s), default=1) * 1.1 or 1
+    out.append(f'<text x="{PAD}" y="{top + 12}">{title} (max {vmax / 1.1:.1f})</text>')
+    out.append(f'<rect x="{PAD}" y="{top + 18}" width="{W - 2 * PAD}" height="{H - 40}" fill="none" stroke="#999"/>')
+    for j, key in enumerate(names):
+        pts = sorted(series[key])
+        if not pts:
+            continue
+        xy = " ".join(
+            f"{PAD + (t / (t_max or 1)) * (W - 2 * PAD):.1f},{top + 18 + (H - 40) * (1 - get(p) / vmax):.1f}"
+            for p in pts for t in [p[0]])
+        out.append(f'<polyline fill="none" stroke="{colors[j % len(colors)]}" stroke-width="1.2" points="{xy}">'
+                   f'<title>{key[0]} ({key[1]})</title></polyline>')
+legend_y = 30 + 3 * H
+for j, key in enumerate(names[:10]):
+    out.append(f'<text x="{PAD + (j % 5) * 160}" y="{legend_y + (j // 5) * 12}" fill="{colors[j % len(colors)]}">{key[0]} {key[1]}</text>')
+out.append("</svg>")
+(run / "chart.svg").write_text("\n".join(out))
+print(f"\nchart: {run / 'chart.svg'}")
