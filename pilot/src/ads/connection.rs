@@ -19,7 +19,7 @@ use mast_proto::TypeUrl;
 
 use super::server::ConnInfo;
 use super::wire::{Kind, Response};
-use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_version};
+use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_changes, set_version};
 use crate::metrics::Metrics;
 
 /// Protocol state of one resource type on one stream.
@@ -80,44 +80,6 @@ impl TypeState {
         gone.sort();
         gone.dedup();
         gone
-    }
-}
-
-/// Names whose resource differs between two versions of a set (added, removed or changed),
-/// into `out`. Both are sorted by name; unchanged resources are the same `Arc`s with the same
-/// name `Arc`s, so walking them costs pointer comparisons.
-fn diff_sets(old: &TypeSet, new: &TypeSet, out: &mut Vec<Arc<str>>) {
-    use std::cmp::Ordering;
-    let mut a = old.resources.iter().peekable();
-    let mut b = new.resources.iter().peekable();
-    loop {
-        let ord = match (a.peek(), b.peek()) {
-            (None, None) => return,
-            (Some(_), None) => Ordering::Less,
-            (None, Some(_)) => Ordering::Greater,
-            (Some((ka, _)), Some((kb, _))) if Arc::ptr_eq(ka, kb) => Ordering::Equal,
-            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-        };
-        match ord {
-            Ordering::Less => {
-                if let Some((k, _)) = a.next() {
-                    out.push(k.clone());
-                }
-            }
-            Ordering::Greater => {
-                if let Some((k, _)) = b.next() {
-                    out.push(k.clone());
-                }
-            }
-            Ordering::Equal => {
-                if let (Some((_, ra)), Some((kb, rb))) = (a.next(), b.next())
-                    && !Arc::ptr_eq(ra, rb)
-                    && ra.version != rb.version
-                {
-                    out.push(kb.clone());
-                }
-            }
-        }
     }
 }
 
@@ -513,7 +475,7 @@ impl<G: Generator> Connection<G> {
                     let mut candidates = Vec::new();
                     for (old, new) in state.sent_sets.iter().zip(&sets) {
                         if !Arc::ptr_eq(old, new) {
-                            diff_sets(old, new, &mut candidates);
+                            set_changes(old, new, &mut candidates);
                         }
                     }
                     candidates.sort();
@@ -617,7 +579,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
     use super::*;
-    use crate::ads::ProxyResources;
+    use crate::ads::{ProxyResources, diff_sets};
 
     fn set(names: &[(&str, &str)], previous: Option<&ProxyResources>) -> ProxyResources {
         let mut r = ProxyResources::default();

@@ -88,6 +88,10 @@ impl Resource {
 pub struct TypeSet {
     pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     version: OnceLock<String>,
+    /// The set this one was built from and the names that differ from it, computed once
+    /// when the set is built: every connection holding `base` learns what changed without
+    /// walking the set (2000 proxies × 3000 endpoint sets on every pod change otherwise).
+    pub delta: Option<(std::sync::Weak<TypeSet>, Vec<Arc<str>>)>,
 }
 
 impl TypeSet {
@@ -118,6 +122,7 @@ impl ProxyResources {
     fn insert_shared(&mut self, type_url: TypeUrl, resource: Arc<Resource>) {
         let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
         set.version = OnceLock::new();
+        set.delta = None;
         set.resources.insert(resource.name.clone(), resource);
     }
 
@@ -153,10 +158,14 @@ impl ProxyResources {
     /// previous set see, by pointer, that nothing changed for them.
     pub fn reuse_unchanged(&mut self, previous: &ProxyResources) {
         for (t, set) in self.by_type.iter_mut() {
-            if let Some(old) = previous.by_type.get(t)
-                && **old == **set
-            {
-                *set = old.clone();
+            if let Some(old) = previous.by_type.get(t) {
+                if **old == **set {
+                    *set = old.clone();
+                } else {
+                    let mut changed = Vec::new();
+                    diff_sets(old, set, &mut changed);
+                    Arc::make_mut(set).delta = Some((Arc::downgrade(old), changed));
+                }
             }
         }
     }
@@ -261,6 +270,55 @@ impl GenerateError {
             Self::Node(_) => tonic::Status::invalid_argument(self.to_string()),
             Self::Internal(_) => tonic::Status::internal(self.to_string()),
         }
+    }
+}
+
+/// Names whose resource differs between two versions of a set (added, removed or changed),
+/// into `out`. Both are sorted by name; unchanged resources are the same `Arc`s with the same
+/// name `Arc`s, so walking them costs pointer comparisons.
+pub fn diff_sets(old: &TypeSet, new: &TypeSet, out: &mut Vec<Arc<str>>) {
+    use std::cmp::Ordering;
+    let mut a = old.resources.iter().peekable();
+    let mut b = new.resources.iter().peekable();
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) if Arc::ptr_eq(ka, kb) => Ordering::Equal,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match ord {
+            Ordering::Less => {
+                if let Some((k, _)) = a.next() {
+                    out.push(k.clone());
+                }
+            }
+            Ordering::Greater => {
+                if let Some((k, _)) = b.next() {
+                    out.push(k.clone());
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((_, ra)), Some((kb, rb))) = (a.next(), b.next())
+                    && !Arc::ptr_eq(ra, rb)
+                    && ra.version != rb.version
+                {
+                    out.push(kb.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What differs between `old` and `new`: the delta recorded when `new` was built from `old`,
+/// or a walk of both.
+pub fn set_changes(old: &Arc<TypeSet>, new: &TypeSet, out: &mut Vec<Arc<str>>) {
+    match &new.delta {
+        Some((base, changed)) if std::ptr::eq(base.as_ptr(), Arc::as_ptr(old)) => {
+            out.extend(changed.iter().cloned())
+        }
+        _ => diff_sets(old, new, out),
     }
 }
 

@@ -495,7 +495,7 @@ fn the_outbound_cache_tells_apart_what_tracing_tells_apart() {
         let view = g.generate(&snap, &node(app)).unwrap().flatten();
         let set = view.of_type(TypeUrl::Listener).unwrap();
         set.values()
-            .filter_map(|r| Listener::decode(r.any.value.as_slice()).ok())
+            .filter_map(|r| Listener::decode(r.value.as_ref()).ok())
             .collect::<Vec<_>>()
     };
     let rate = |ls: &[Listener]| {
