@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use mast_proto::TypeUrl;
-use prost::Message as _;
+use prost::Message;
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -81,6 +81,9 @@ struct Args {
     /// mastd's push throttle (PILOT_PUSH_THROTTLE); unset: mastd's default.
     #[arg(long)]
     push_throttle: Option<usize>,
+    /// State-of-the-world ADS instead of delta (every response carries the whole type).
+    #[arg(long)]
+    sotw: bool,
 }
 
 impl Args {
@@ -152,11 +155,13 @@ async fn run(
         let tx = events_tx.clone();
         let barrier = barrier.clone();
         let namespace = args.namespace(svc);
+        let sotw = args.sotw;
         tokio::spawn(async move {
             let sim = Sim {
                 i,
                 svc,
                 namespace,
+                sotw,
                 events: tx.clone(),
             };
             if let Err(e) = sim.run(channel, barrier).await {
@@ -434,6 +439,7 @@ struct Sim {
     i: usize,
     svc: usize,
     namespace: String,
+    sotw: bool,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -441,7 +447,12 @@ impl Sim {
     async fn run(&self, channel: Channel, barrier: Arc<Barrier>) -> Result<()> {
         let mut barrier = Some(barrier);
         loop {
-            match self.stream(channel.clone(), barrier.take()).await {
+            let run = if self.sotw {
+                self.stream_sotw(channel.clone(), barrier.take()).await
+            } else {
+                self.stream(channel.clone(), barrier.take()).await
+            };
+            match run {
                 Ok(()) | Err(_) => {
                     // mastd went away: back off and reconnect.
                     tokio::time::sleep(Duration::from_millis(200 + (self.i % 100) as u64 * 5))
@@ -551,6 +562,148 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+impl Sim {
+    /// The state-of-the-world flavour: one request per type naming what it wants (all
+    /// clusters and listeners; the EDS clusters and route names they mention), ACKed with
+    /// the version and the same names.
+    async fn stream_sotw(&self, channel: Channel, barrier: Option<Arc<Barrier>>) -> Result<()> {
+        let i = self.i;
+        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::channel(16);
+        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
+        tx.send(DiscoveryRequest {
+            node: Some(node(i, self.svc, &self.namespace, version)),
+            type_url: TypeUrl::Cluster.url().into(),
+            ..Default::default()
+        })
+        .await?;
+        tx.send(DiscoveryRequest {
+            type_url: TypeUrl::Listener.url().into(),
+            ..Default::default()
+        })
+        .await?;
+        if let Some(b) = barrier {
+            b.wait().await;
+        }
+        client.ready().await?;
+        let mut stream = client
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(
+                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                ),
+                tonic_prost::ProstCodec::<DiscoveryRequest, LightSotw>::default(),
+            )
+            .await?
+            .into_inner();
+        let mut have: HashSet<TypeUrl> = HashSet::new();
+        let mut synced = false;
+        let mut eds_names: Vec<String> = Vec::new();
+        let mut rds_names: Vec<String> = Vec::new();
+        while let Some(resp) = stream.message().await? {
+            let now = Instant::now();
+            let Some(t) =
+                TypeUrl::from_url(&resp.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
+            else {
+                bail!("unexpected type {}", resp.type_url);
+            };
+            have.insert(t);
+            let names: Vec<String> = resp
+                .resources
+                .iter()
+                .filter_map(|a| LightNamed::decode(a.value.clone()).ok().map(|n| n.name))
+                .collect();
+            let mut follow_up = None;
+            if t == TypeUrl::Cluster {
+                let eds: Vec<String> = names
+                    .iter()
+                    .filter(|n| n.starts_with("outbound|"))
+                    .cloned()
+                    .collect();
+                if eds != eds_names {
+                    eds_names = eds;
+                    follow_up = Some((TypeUrl::Endpoint, eds_names.clone()));
+                }
+            }
+            if t == TypeUrl::Listener {
+                let rds: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| n.rsplit('_').next())
+                    .filter(|n| n.parse::<u16>().is_ok())
+                    .map(str::to_string)
+                    .collect();
+                if rds != rds_names {
+                    rds_names = rds;
+                    follow_up = Some((TypeUrl::Route, rds_names.clone()));
+                }
+            }
+            let wanted = match t {
+                TypeUrl::Endpoint => eds_names.clone(),
+                TypeUrl::Route => rds_names.clone(),
+                _ => Vec::new(),
+            };
+            tx.send(DiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                version_info: resp.version_info.clone(),
+                response_nonce: resp.nonce.clone(),
+                resource_names: wanted,
+                ..Default::default()
+            })
+            .await?;
+            if let Some((type_url, names)) = follow_up {
+                tx.send(DiscoveryRequest {
+                    type_url: type_url.url().into(),
+                    resource_names: names,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if synced {
+                let _ = self
+                    .events
+                    .send(Event::Pushed(i, t, now, resp.encoded_len()));
+                if t == TypeUrl::Endpoint {
+                    let svcs = names.iter().filter_map(|n| service_of(n)).collect();
+                    let _ = self.events.send(Event::Endpoints(i, svcs, now));
+                }
+            }
+            if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
+                synced = true;
+                let _ = self.events.send(Event::Synced(i));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `DiscoveryResponse` with each `Any` as bytes; a resource's name is field 1 of every
+/// type pilot-load reads (Cluster, ClusterLoadAssignment, Listener, RouteConfiguration).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightSotw {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LightAny>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: bytes::Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightNamed {
+    #[prost(string, tag = "1")]
+    name: String,
 }
 
 /// A `DeltaDiscoveryResponse` as the simulated proxies read it: names and versions, each
