@@ -135,8 +135,15 @@ impl MeshModel {
     /// like it, depend on it: pilot pushes such a change without waiting for the config to
     /// settle and keeps every other proxy's inbound config.
     ///
+    /// With `ignore_routes`, routing rules may differ too (what a proxy's inbound half does
+    /// not depend on).
+    ///
     /// Destructured field by field, so that a field added to the model must be placed here.
-    pub fn workload_changes<'a>(&'a self, new: &'a MeshModel) -> Option<Vec<&'a Workload>> {
+    pub fn workload_changes<'a>(
+        &'a self,
+        new: &'a MeshModel,
+        ignore_routes: bool,
+    ) -> Option<Vec<&'a Workload>> {
         let MeshModel {
             namespaces,
             services,
@@ -156,7 +163,7 @@ impl MeshModel {
             workload_index: _,
         } = self;
         let same = *namespaces == new.namespaces
-            && *routes == new.routes
+            && (ignore_routes || *routes == new.routes)
             && *destination_policies == new.destination_policies
             && *sidecars == new.sidecars
             && *peer_authentications == new.peer_authentications
@@ -1061,18 +1068,18 @@ mod tests {
         let mut a = MeshModel::default();
         a.workloads = vec![w("u1", "10.0.0.1"), w("u2", "10.0.0.2")];
         let mut b = a.clone();
-        assert_eq!(a.workload_changes(&b).map(|c| c.len()), Some(0));
+        assert_eq!(a.workload_changes(&b, false).map(|c| c.len()), Some(0));
         b.workloads[1].address = "10.0.0.3".into();
         b.workloads.push(w("u3", "10.0.0.4"));
         let names: Vec<&str> = a
-            .workload_changes(&b)
+            .workload_changes(&b, false)
             .unwrap()
             .iter()
             .map(|w| w.address.as_str())
             .collect();
         assert_eq!(names, ["10.0.0.3", "10.0.0.4", "10.0.0.2"]);
         b.namespaces.insert("x".into(), Namespace::default());
-        assert!(a.workload_changes(&b).is_none());
+        assert!(a.workload_changes(&b, false).is_none());
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {

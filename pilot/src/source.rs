@@ -228,7 +228,7 @@ impl FolderSource {
                         peek_at += self.debounce.quiet;
                         change.in_scope(|| self.reload());
                         let model = self.store.model();
-                        if self.published.workload_changes(&model).is_some_and(|c| !c.is_empty()) {
+                        if self.published.workload_changes(&model, false).is_some_and(|c| !c.is_empty()) {
                             loaded = true;
                             break;
                         }

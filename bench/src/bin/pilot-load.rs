@@ -747,6 +747,15 @@ fn node(i: usize, svc: usize, namespace: &str, version: &str) -> Node {
         fields: [
             ("app".to_string(), s(&format!("svc-{svc}"))),
             ("version".to_string(), s(version)),
+            // As Istio's injector labels every pod (and so span tags name the workload).
+            (
+                "service.istio.io/canonical-name".to_string(),
+                s(&format!("svc-{svc}")),
+            ),
+            (
+                "service.istio.io/canonical-revision".to_string(),
+                s(version),
+            ),
         ]
         .into(),
     };
