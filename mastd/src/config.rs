@@ -114,6 +114,11 @@ pub struct Config {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub debounce_max: Duration,
 
+    /// Pushes in flight at once: a push holds a slot from generating a proxy's config until
+    /// its last byte is sent (Istio's PILOT_PUSH_THROTTLE).
+    #[arg(long, default_value_t = mast_pilot::ads::server::DEFAULT_PUSH_THROTTLE, env = "PILOT_PUSH_THROTTLE")]
+    pub push_throttle: usize,
+
     /// citadel's directory: the self-signed root (made on first start) or Istio's plug-in
     /// `cacerts` files, and the key of local workload credentials. Default: `mast/ca` in the
     /// user's state directory ($XDG_STATE_HOME, else ~/.local/state); with `--kube`, the
@@ -238,6 +243,7 @@ impl Config {
                 quiet: self.debounce_after,
                 max: self.debounce_max,
             },
+            push_throttle: self.push_throttle,
         }
     }
 

@@ -280,6 +280,7 @@ mod tests {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             debounce,
+            push_throttle: mast_pilot::ads::server::DEFAULT_PUSH_THROTTLE,
         };
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -59,6 +59,36 @@ pub struct MeshModel {
     pub reference_grants: Vec<ReferenceGrant>,
     /// Telemetry resources' tracing rules, in source order.
     pub telemetries: Vec<crate::telemetry::Telemetry>,
+    /// `workloads` by namespace and label, built on first use (see [`WorkloadIndex`]).
+    #[serde(skip)]
+    pub workload_index: WorkloadIndex,
+}
+
+/// Workloads by `(namespace, label, value)`, so that finding the workloads a service selects
+/// looks at the few that carry its selector's first label instead of every workload of the
+/// mesh: at 1000 services × 2000 workloads, scanning was most of generating the endpoints.
+///
+/// Built lazily, once the model is complete; an index built for another number of workloads
+/// (a model still being filled) is not used. It is derived data: it never makes two models
+/// differ, and a clone starts without it.
+#[derive(Debug, Default)]
+pub struct WorkloadIndex {
+    built: std::sync::OnceLock<(
+        usize,
+        std::collections::HashMap<(String, String, String), Vec<usize>>,
+    )>,
+}
+
+impl Clone for WorkloadIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for WorkloadIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A Gateway API ReferenceGrant, in the namespace whose objects it opens to references from
@@ -99,6 +129,76 @@ pub struct ObjectRef<'a> {
 }
 
 impl MeshModel {
+    /// The workloads that differ between `self` and `new` (added, removed or changed), when
+    /// nothing else does; `None` when anything else changed. A pod coming or going is the
+    /// common change of a big mesh, and only endpoints, and the inbound config of workloads
+    /// like it, depend on it: pilot pushes such a change without waiting for the config to
+    /// settle and keeps every other proxy's inbound config.
+    ///
+    /// With `ignore_routes`, routing rules may differ too (what a proxy's inbound half does
+    /// not depend on).
+    ///
+    /// Destructured field by field, so that a field added to the model must be placed here.
+    pub fn workload_changes<'a>(
+        &'a self,
+        new: &'a MeshModel,
+        ignore_routes: bool,
+    ) -> Option<Vec<&'a Workload>> {
+        let MeshModel {
+            namespaces,
+            services,
+            workloads,
+            routes,
+            destination_policies,
+            sidecars,
+            peer_authentications,
+            authorization_policies,
+            mesh,
+            gateways,
+            tls_secrets,
+            request_authentications,
+            knative,
+            reference_grants,
+            telemetries,
+            workload_index: _,
+        } = self;
+        let same = *namespaces == new.namespaces
+            && (ignore_routes || *routes == new.routes)
+            && *destination_policies == new.destination_policies
+            && *sidecars == new.sidecars
+            && *peer_authentications == new.peer_authentications
+            && *authorization_policies == new.authorization_policies
+            && *mesh == new.mesh
+            && *gateways == new.gateways
+            && *tls_secrets == new.tls_secrets
+            && *request_authentications == new.request_authentications
+            && *knative == new.knative
+            && *reference_grants == new.reference_grants
+            && *telemetries == new.telemetries
+            && services.len() == new.services.len()
+            && services
+                .iter()
+                .zip(&new.services)
+                .all(|((ka, a), (kb, b))| ka == kb && a.same_but_endpoints(b));
+        if !same {
+            return None;
+        }
+        let key = |w: &'a Workload| ((w.namespace.as_str(), w.name.as_str()), w);
+        let old: BTreeMap<_, _> = workloads.iter().map(key).collect();
+        let now: BTreeMap<_, _> = new.workloads.iter().map(key).collect();
+        let mut changed: Vec<&Workload> = now
+            .iter()
+            .filter(|(k, w)| old.get(*k) != Some(*w))
+            .map(|(_, w)| *w)
+            .collect();
+        changed.extend(
+            old.iter()
+                .filter(|(k, w)| now.get(*k) != Some(*w))
+                .map(|(_, w)| *w),
+        );
+        Some(changed)
+    }
+
     /// Whether `from` may refer to `to`: always within a namespace, across namespaces only
     /// when a ReferenceGrant in `to`'s namespace allows it.
     pub fn reference_permitted(&self, from: ObjectRef<'_>, to: ObjectRef<'_>) -> bool {
@@ -188,6 +288,35 @@ pub struct Service {
     /// Namespaces this service is visible from (`exportTo`); empty means everywhere.
     pub export_to: Vec<String>,
     pub source: ResourceRef,
+}
+
+impl Service {
+    /// Equal in everything but `endpoints` (see [`MeshModel::workload_changes`]).
+    pub fn same_but_endpoints(&self, other: &Service) -> bool {
+        let Service {
+            hostname,
+            name,
+            namespace,
+            ports,
+            selector,
+            endpoints: _,
+            addresses,
+            resolution,
+            mesh_external,
+            export_to,
+            source,
+        } = self;
+        *hostname == other.hostname
+            && *name == other.name
+            && *namespace == other.namespace
+            && *ports == other.ports
+            && *selector == other.selector
+            && *addresses == other.addresses
+            && *resolution == other.resolution
+            && *mesh_external == other.mesh_external
+            && *export_to == other.export_to
+            && *source == other.source
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -854,13 +983,38 @@ impl MeshModel {
         &'a self,
         service: &'a Service,
     ) -> impl Iterator<Item = &'a Workload> + 'a {
-        self.workloads.iter().filter(move |w| {
+        let selects = move |w: &&Workload| {
             w.namespace == service.namespace
                 && service
                     .selector
                     .as_ref()
                     .is_some_and(|sel| labels_match(sel, &w.labels))
-        })
+        };
+        let first = service.selector.as_ref().and_then(|s| s.iter().next());
+        let (len, index) = self.workload_index.built.get_or_init(|| {
+            let mut index: std::collections::HashMap<_, Vec<usize>> = Default::default();
+            for (i, w) in self.workloads.iter().enumerate() {
+                for (k, v) in &w.labels {
+                    index
+                        .entry((w.namespace.clone(), k.clone(), v.clone()))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            (self.workloads.len(), index)
+        });
+        // Candidates: those with the selector's first label, when the index is current.
+        let candidates: Box<dyn Iterator<Item = &'a Workload> + 'a> = match first {
+            Some((k, v)) if *len == self.workloads.len() => Box::new(
+                index
+                    .get(&(service.namespace.clone(), k.clone(), v.clone()))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| self.workloads.get(*i)),
+            ),
+            _ => Box::new(self.workloads.iter()),
+        };
+        candidates.filter(selects)
     }
 
     /// The subset of `host` called `name`, if a DestinationRule declares it.
@@ -895,6 +1049,38 @@ impl fmt::Display for ResourceRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workload_changes_only_when_nothing_else_changed() {
+        let w = |name: &str, ip: &str| Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            address: ip.into(),
+            labels: [("app".to_string(), "user".to_string())].into(),
+            ports: BTreeMap::new(),
+            service_account: "user".into(),
+            weight: None,
+            locality: None,
+            network: None,
+            has_sidecar: true,
+            source: ResourceRef::default(),
+        };
+        let mut a = MeshModel::default();
+        a.workloads = vec![w("u1", "10.0.0.1"), w("u2", "10.0.0.2")];
+        let mut b = a.clone();
+        assert_eq!(a.workload_changes(&b, false).map(|c| c.len()), Some(0));
+        b.workloads[1].address = "10.0.0.3".into();
+        b.workloads.push(w("u3", "10.0.0.4"));
+        let names: Vec<&str> = a
+            .workload_changes(&b, false)
+            .unwrap()
+            .iter()
+            .map(|w| w.address.as_str())
+            .collect();
+        assert_eq!(names, ["10.0.0.3", "10.0.0.4", "10.0.0.2"]);
+        b.namespaces.insert("x".into(), Namespace::default());
+        assert!(a.workload_changes(&b, false).is_none());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

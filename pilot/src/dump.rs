@@ -23,16 +23,16 @@ pub fn config_dump(
     dump.listeners_version(version.clone());
     let each = |t: TypeUrl| resources.of_type(t).into_iter().flat_map(|m| m.values());
     for r in each(TypeUrl::Cluster) {
-        dump.dynamic_cluster(r.version.clone(), r.any.clone(), now);
+        dump.dynamic_cluster(r.version.to_string(), r.any(), now);
     }
     for r in each(TypeUrl::Listener) {
-        dump.dynamic_listener(r.name.clone(), r.version.clone(), r.any.clone(), now);
+        dump.dynamic_listener(r.name.to_string(), r.version.to_string(), r.any(), now);
     }
     for r in each(TypeUrl::Route) {
-        dump.dynamic_route_config(r.version.clone(), r.any.clone(), now);
+        dump.dynamic_route_config(r.version.to_string(), r.any(), now);
     }
     for r in each(TypeUrl::Endpoint) {
-        dump.dynamic_endpoint_config(r.version.clone(), r.any.clone(), now);
+        dump.dynamic_endpoint_config(r.version.to_string(), r.any(), now);
     }
     dump.to_json()
 }

@@ -24,6 +24,8 @@ pub struct PilotConfig {
     pub xds_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub debounce: Debounce,
+    /// Pushes in flight at once (istiod's `PILOT_PUSH_THROTTLE`).
+    pub push_throttle: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +242,8 @@ impl<G: Generator, M: MakeSource, B: FnOnce(Bound, Handles)> Pilot<G, M, B> {
             snapshots.clone(),
             connections.clone(),
             metrics,
-        );
+        )
+        .with_push_throttle(config.push_throttle);
         let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .add_service(ads.into_service())

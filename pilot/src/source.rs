@@ -110,6 +110,8 @@ pub struct FolderSource {
     version: u64,
     /// For each folder: was it a mount point when first read.
     mounted: Vec<bool>,
+    /// The model last published.
+    published: Arc<mast_mesh_config::MeshModel>,
 }
 
 /// How often the watched folders' identities are checked (see the module docs).
@@ -154,6 +156,7 @@ impl FolderSource {
             metrics,
             version: 0,
             mounted: Vec::new(),
+            published: Arc::default(),
         }
     }
 
@@ -164,6 +167,7 @@ impl FolderSource {
         self.reload();
         self.version = 1;
         let model = self.store.model();
+        self.published = model.clone();
         self.metrics.services.set(model.services.len() as i64);
         Snapshot::new(self.version, model, started)
     }
@@ -204,6 +208,12 @@ impl FolderSource {
             let mut events = 1u64;
             let deadline = Instant::now() + self.debounce.max;
             let mut quiet_until = Instant::now() + self.debounce.quiet;
+            // While changes keep coming, look every `quiet` at what they are: pods coming and
+            // going (endpoint churn) are pushed at once rather than after the config settles,
+            // which under steady churn would be `max` (10 s) later. Istio's
+            // PILOT_ENABLE_EDS_DEBOUNCE=false, decided by content.
+            let mut peek_at = Instant::now() + self.debounce.quiet;
+            let mut loaded = false;
             loop {
                 tokio::select! {
                     ev = rx.recv() => {
@@ -214,11 +224,23 @@ impl FolderSource {
                         quiet_until = (Instant::now() + self.debounce.quiet).min(deadline);
                     }
                     _ = sleep_until(quiet_until) => break,
+                    _ = sleep_until(peek_at), if peek_at < quiet_until => {
+                        peek_at += self.debounce.quiet;
+                        change.in_scope(|| self.reload());
+                        let model = self.store.model();
+                        if self.published.workload_changes(&model, false).is_some_and(|c| !c.is_empty()) {
+                            loaded = true;
+                            break;
+                        }
+                    }
                 }
             }
             debounce.record("events", events);
             drop(debounce);
-            let changed = change.in_scope(|| self.reload());
+            if !loaded {
+                change.in_scope(|| self.reload());
+            }
+            let changed = *self.store.model() != *self.published;
             change.record("changed", changed);
             if changed {
                 let _in_change = change.enter();
@@ -227,6 +249,7 @@ impl FolderSource {
                 self.version += 1;
                 change.record("version", self.version);
                 let model = self.store.model();
+                self.published = model.clone();
                 self.metrics.record_config_change(model.services.len());
                 info!(version = self.version, "config changed; pushing");
                 let snapshot = Snapshot::new(self.version, model, first);
@@ -394,7 +417,9 @@ spec:
                 max: Duration::from_secs(1),
             },
             Arc::default(),
-            Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default())),
+            Arc::new(Metrics::new(
+                &mut prometheus_client::registry::Registry::default(),
+            )),
         );
         let first = source.initial_snapshot();
         assert!(format!("{:?}", first.model.services).contains("alpha"));

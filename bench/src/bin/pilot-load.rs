@@ -12,7 +12,16 @@
 //! - initial sync: from the first connect to every proxy holding all four types;
 //! - convergence: from rewriting one VirtualService to each proxy receiving the new routes
 //!   (p50, p99, max over proxies);
-//! - mastd's RSS and CPU time, read from /proc.
+//! - mastd's RSS (now and its high-water mark) and CPU time, read from /proc.
+//!
+//! Optional phases, each after the changes:
+//! - `--churn R --churn-secs N`: endpoint churn, R pod changes per second (a WorkloadEntry
+//!   added or removed) for N seconds: delay to every subscriber, what was pushed and how much;
+//! - `--restart`: SIGKILL mastd and start it again on the same ports: every proxy reconnects
+//!   at once (a reconnect storm); time to resync and the new process's memory high-water mark.
+//!
+//! `--namespaces K --sidecar-scope` spreads the services over K namespaces, each with a
+//! `Sidecar` limiting egress to `./*` and a shared namespace (Istio's advice for big meshes).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -24,10 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use mast_proto::TypeUrl;
+use prost::Message;
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -52,6 +61,39 @@ struct Args {
     /// Core to pin mastd to (taskset); the load generator takes the others.
     #[arg(long, default_value_t = 1)]
     mastd_core: usize,
+    /// Namespaces the services are spread over (`ns-0` …); the services of namespace
+    /// `shared` come on top with `--sidecar-scope`.
+    #[arg(long, default_value_t = 1)]
+    namespaces: usize,
+    /// A Sidecar per namespace limiting egress to `./*` and `shared/*`, with 10 services in
+    /// the `shared` namespace.
+    #[arg(long)]
+    sidecar_scope: bool,
+    /// Endpoint churn: pod changes per second (0: no churn phase).
+    #[arg(long, default_value_t = 0)]
+    churn: u32,
+    /// How long the churn lasts.
+    #[arg(long, default_value_t = 60)]
+    churn_secs: u64,
+    /// SIGKILL mastd after the other phases and measure every proxy reconnecting at once.
+    #[arg(long)]
+    restart: bool,
+    /// mastd's push throttle (PILOT_PUSH_THROTTLE); unset: mastd's default.
+    #[arg(long)]
+    push_throttle: Option<usize>,
+    /// State-of-the-world ADS instead of delta (every response carries the whole type).
+    #[arg(long)]
+    sotw: bool,
+}
+
+impl Args {
+    fn namespace(&self, svc: usize) -> String {
+        if self.namespaces <= 1 && !self.sidecar_scope {
+            "default".into()
+        } else {
+            format!("ns-{}", svc % self.namespaces.max(1))
+        }
+    }
 }
 
 #[tokio::main]
@@ -60,24 +102,36 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
     std::fs::create_dir(&config)?;
-    write_mesh(&config, args.services)?;
+    write_mesh(&args, &config)?;
 
     let port = free_port()?;
     let http_port = free_port()?;
     let mut mastd = start_mastd(&args, &config, port, http_port)?;
-    let result = run(&args, &config, port, &mut mastd).await;
+    let result = run(&args, &config, port, http_port, &mut mastd).await;
     let _ = mastd.kill();
     let _ = mastd.wait();
     result
 }
 
-async fn run(args: &Args, config: &Path, port: u16, mastd: &mut Child) -> Result<()> {
+async fn run(
+    args: &Args,
+    config: &Path,
+    port: u16,
+    http_port: u16,
+    mastd: &mut Child,
+) -> Result<()> {
     let pid = mastd.id();
     wait_for_port(port, mastd).await?;
-    let idle_rss = rss_kb(pid)?;
+    let idle_rss = proc_kb(pid, "VmRSS")?;
     println!(
-        "mesh: {} services, {} workloads; {} proxies over {} connections; mastd pid {pid}",
+        "mesh: {} services in {} namespace(s){}, {} workloads; {} proxies over {} connections; mastd pid {pid}",
         args.services,
+        args.namespaces,
+        if args.sidecar_scope {
+            " + shared, Sidecar-scoped"
+        } else {
+            ""
+        },
         args.services * 2,
         args.proxies,
         args.connections
@@ -89,12 +143,7 @@ async fn run(args: &Args, config: &Path, port: u16, mastd: &mut Child) -> Result
 
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(
-            Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                .connect()
-                .await
-                .context("connect to mastd")?,
-        );
+        channels.push(Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy());
     }
     let cpu_before = cpu_seconds(pid)?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
@@ -105,8 +154,17 @@ async fn run(args: &Args, config: &Path, port: u16, mastd: &mut Child) -> Result
         let svc = i % args.services;
         let tx = events_tx.clone();
         let barrier = barrier.clone();
+        let namespace = args.namespace(svc);
+        let sotw = args.sotw;
         tokio::spawn(async move {
-            if let Err(e) = proxy(i, svc, channel, tx.clone(), barrier).await {
+            let sim = Sim {
+                i,
+                svc,
+                namespace,
+                sotw,
+                events: tx.clone(),
+            };
+            if let Err(e) = sim.run(channel, barrier).await {
                 let _ = tx.send(Event::Failed(i, format!("{e:#}")));
             }
         });
@@ -114,34 +172,23 @@ async fn run(args: &Args, config: &Path, port: u16, mastd: &mut Child) -> Result
     barrier.wait().await;
 
     // Initial sync: every proxy has all four types.
-    let mut synced = HashSet::new();
-    let mut sync_times = Vec::new();
-    while synced.len() < args.proxies {
-        match tokio::time::timeout(Duration::from_secs(120), events.recv()).await {
-            Ok(Some(Event::Synced(i))) => {
-                if synced.insert(i) {
-                    sync_times.push(start.elapsed());
-                }
-            }
-            Ok(Some(Event::Failed(i, e))) => bail!("proxy {i} failed: {e}"),
-            Ok(Some(Event::Routes(..))) => {}
-            Ok(None) | Err(_) => bail!("only {} proxies synced in 120s", synced.len()),
-        }
-    }
-    let full_push = start.elapsed();
+    let (full_push, sync_p50) = wait_synced(args, &mut events, start).await?;
     let cpu_sync = cpu_seconds(pid)? - cpu_before;
-    let rss_synced = rss_kb(pid)?;
     println!(
-        "initial sync of {} proxies: {:.2}s (p50 proxy {:.2}s), mastd CPU {:.1}s, RSS {} MB",
+        "initial sync of {} proxies: {:.2}s (p50 proxy {:.2}s), mastd CPU {:.1}s, RSS {} MB, high-water {} MB",
         args.proxies,
         full_push.as_secs_f64(),
-        percentile(&mut sync_times, 50.0).as_secs_f64(),
+        sync_p50.as_secs_f64(),
         cpu_sync,
-        rss_synced / 1024
+        proc_kb(pid, "VmRSS")? / 1024,
+        proc_kb(pid, "VmHWM")? / 1024,
     );
 
-    // Config changes: rewrite one VirtualService; every proxy sees every service, so every
-    // proxy must get new routes.
+    // Config changes: rewrite one VirtualService (of svc-0, in the first namespace). Every
+    // proxy that can see svc-0 must get new routes; with Sidecar scoping, no other proxy may.
+    let sees =
+        |i: usize| !args.sidecar_scope || args.namespace(i % args.services) == args.namespace(0);
+    let expected = (0..args.proxies).filter(|i| sees(*i)).count();
     let mut all = Vec::new();
     for change in 0..args.changes {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -151,141 +198,548 @@ async fn run(args: &Args, config: &Path, port: u16, mastd: &mut Child) -> Result
         let written = Instant::now();
         std::fs::write(
             config.join("svc-0-split.yaml"),
-            virtual_service(0, w, 100 - w),
+            virtual_service(&args.namespace(0), 0, w, 100 - w),
         )?;
         let mut got: HashMap<usize, Duration> = HashMap::new();
-        while got.len() < args.proxies {
-            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
-                Ok(Some(Event::Routes(i, at))) if at >= written => {
-                    got.entry(i).or_insert(at - written);
+        let mut unexpected = HashSet::new();
+        let mut deadline = written + Duration::from_secs(60);
+        loop {
+            if got.len() == expected && Instant::now() >= deadline {
+                break;
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, events.recv()).await {
+                Ok(Some(Event::Pushed(i, TypeUrl::Route, at, _))) if at >= written => {
+                    if sees(i) {
+                        got.entry(i).or_insert(at - written);
+                        if got.len() == expected {
+                            // Linger a little to catch pushes to proxies that cannot see it.
+                            deadline = Instant::now() + Duration::from_millis(300);
+                        }
+                    } else {
+                        unexpected.insert(i);
+                    }
                 }
                 Ok(Some(Event::Failed(i, e))) => bail!("proxy {i} failed: {e}"),
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => bail!("change {change}: only {} proxies updated", got.len()),
+                Ok(None) => bail!("events closed"),
+                Err(_) if got.len() == expected => break,
+                Err(_) => bail!(
+                    "change {change}: only {} of {expected} proxies updated",
+                    got.len()
+                ),
             }
         }
         let mut times: Vec<Duration> = got.into_values().collect();
         let cpu = cpu_seconds(pid)? - cpu0;
         println!(
-            "change {change}: p50 {:>4} ms, p99 {:>4} ms, max {:>4} ms (incl. 100 ms debounce), mastd CPU {:.2}s",
+            "change {change}: p50 {:>4} ms, p99 {:>4} ms, max {:>4} ms (incl. 100 ms debounce), mastd CPU {:.2}s, {} proxies updated, {} pushed to that cannot see it",
             percentile(&mut times, 50.0).as_millis(),
             percentile(&mut times, 99.0).as_millis(),
             percentile(&mut times, 100.0).as_millis(),
-            cpu
+            cpu,
+            times.len(),
+            unexpected.len(),
         );
         all.extend(times);
     }
+    if args.changes > 0 {
+        println!(
+            "convergence over {} changes × {} proxies: p50 {} ms, p99 {} ms, max {} ms",
+            args.changes,
+            expected,
+            percentile(&mut all, 50.0).as_millis(),
+            percentile(&mut all, 99.0).as_millis(),
+            percentile(&mut all, 100.0).as_millis()
+        );
+    }
     println!(
-        "convergence over {} changes × {} proxies: p50 {} ms, p99 {} ms, max {} ms",
-        args.changes,
-        args.proxies,
-        percentile(&mut all, 50.0).as_millis(),
-        percentile(&mut all, 99.0).as_millis(),
-        percentile(&mut all, 100.0).as_millis()
-    );
-    println!(
-        "mastd RSS at the end: {} MB; total CPU {:.1}s",
-        rss_kb(pid)? / 1024,
+        "mastd RSS after the changes: {} MB (high-water {} MB); total CPU {:.1}s",
+        proc_kb(pid, "VmRSS")? / 1024,
+        proc_kb(pid, "VmHWM")? / 1024,
         cpu_seconds(pid)?
+    );
+
+    if args.churn > 0 {
+        churn(args, config, pid, &mut events).await?;
+    }
+    if args.restart {
+        let steady = proc_kb(pid, "VmRSS")?;
+        let _ = mastd.kill();
+        let _ = mastd.wait();
+        let killed = Instant::now();
+        *mastd = start_mastd(args, config, port, http_port)?;
+        let pid = mastd.id();
+        let (all_back, p50) = wait_synced(args, &mut events, killed).await?;
+        let hwm = proc_kb(pid, "VmHWM")?;
+        println!(
+            "reconnect storm: mastd SIGKILLed and restarted, all {} proxies resynced in {:.2}s (p50 {:.2}s), CPU {:.1}s; new mastd RSS {} MB, high-water {} MB = {:.0}% of the steady state before ({} MB)",
+            args.proxies,
+            all_back.as_secs_f64(),
+            p50.as_secs_f64(),
+            cpu_seconds(pid)?,
+            proc_kb(pid, "VmRSS")? / 1024,
+            hwm / 1024,
+            100.0 * hwm as f64 / steady as f64,
+            steady / 1024,
+        );
+    }
+    Ok(())
+}
+
+/// Wait until every proxy has reported a full sync; returns the time to the last and the
+/// median proxy, from `start`.
+async fn wait_synced(
+    args: &Args,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    start: Instant,
+) -> Result<(Duration, Duration)> {
+    let mut synced = HashSet::new();
+    let mut sync_times = Vec::new();
+    while synced.len() < args.proxies {
+        match tokio::time::timeout(Duration::from_secs(180), events.recv()).await {
+            Ok(Some(Event::Synced(i))) => {
+                if synced.insert(i) {
+                    sync_times.push(start.elapsed());
+                }
+            }
+            Ok(Some(Event::Failed(i, e))) => bail!("proxy {i} failed: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => bail!("only {} proxies synced in 180s", synced.len()),
+        }
+    }
+    let last = start.elapsed();
+    Ok((last, percentile(&mut sync_times, 50.0)))
+}
+
+/// Endpoint churn: `args.churn` pod changes per second, each adding or removing a third
+/// workload of one service (`svc-k-v3`), spread over the services. Every change must reach
+/// every proxy that can see the service as an EDS push, and nothing else may be pushed.
+async fn churn(
+    args: &Args,
+    config: &Path,
+    pid: u32,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while events.try_recv().is_ok() {}
+    let total = (args.churn as u64 * args.churn_secs) as usize;
+    let interval = Duration::from_secs_f64(1.0 / args.churn as f64);
+    let cpu0 = cpu_seconds(pid)?;
+    let start = Instant::now();
+    // Which services changed when: a proxy's EDS push for svc-k answers every change of k
+    // written before it.
+    let mut written: Vec<(usize, Instant)> = Vec::with_capacity(total);
+    let mut present: HashSet<usize> = HashSet::new();
+    let mut delays: Vec<Duration> = Vec::new();
+    // (proxy, service) → index in `written` of the oldest change not yet seen.
+    let mut pending: HashMap<(usize, usize), Vec<Instant>> = HashMap::new();
+    let sees = |i: usize, svc: usize| {
+        !args.sidecar_scope || args.namespace(i % args.services) == args.namespace(svc)
+    };
+    let (mut eds_pushes, mut eds_bytes, mut other_pushes) = (0u64, 0u64, 0u64);
+    let mut next_write = start;
+    let mut k = 0usize;
+    let end_writes = start + Duration::from_secs(args.churn_secs);
+    let mut deadline = end_writes + Duration::from_secs(30);
+    loop {
+        let now = Instant::now();
+        if now >= next_write && now < end_writes && written.len() < total {
+            // Spread over services, skipping svc-0 (the route-change service).
+            let svc = 1 + (k * 7919) % (args.services - 1).max(1);
+            k += 1;
+            let file = config.join(format!("churn-{svc}.yaml"));
+            if present.remove(&svc) {
+                std::fs::remove_file(&file)?;
+            } else {
+                present.insert(svc);
+                std::fs::write(&file, workload_entry(&args.namespace(svc), svc, "v3", 3))?;
+            }
+            let at = Instant::now();
+            written.push((svc, at));
+            for i in 0..args.proxies {
+                if sees(i, svc) {
+                    pending.entry((i, svc)).or_default().push(at);
+                }
+            }
+            next_write += interval;
+            continue;
+        }
+        if written.len() >= total && pending.values().all(Vec::is_empty) {
+            break;
+        }
+        if now >= deadline {
+            let left: usize = pending.values().map(Vec::len).sum();
+            bail!("churn: {left} (proxy, change) deliveries missing 30 s after the last change");
+        }
+        let wait = if written.len() < total {
+            next_write.saturating_duration_since(now)
+        } else {
+            deadline.saturating_duration_since(now)
+        };
+        match tokio::time::timeout(wait, events.recv()).await {
+            Ok(Some(Event::Pushed(_, t, _, bytes))) => {
+                if t == TypeUrl::Endpoint {
+                    eds_pushes += 1;
+                    eds_bytes += bytes as u64;
+                } else {
+                    other_pushes += 1;
+                }
+            }
+            Ok(Some(Event::Endpoints(i, svcs, at))) => {
+                for svc in svcs {
+                    if let Some(p) = pending.get_mut(&(i, svc)) {
+                        for w in p.drain(..) {
+                            delays.push(at.saturating_duration_since(w));
+                        }
+                    }
+                }
+            }
+            Ok(Some(Event::Failed(i, e))) => bail!("proxy {i} failed: {e}"),
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("events closed"),
+            Err(_) => {}
+        }
+        if written.len() >= total {
+            deadline = deadline.min(Instant::now() + Duration::from_secs(30));
+        }
+    }
+    let cpu = cpu_seconds(pid)? - cpu0;
+    let changes = written.len().max(1) as f64;
+    println!(
+        "endpoint churn: {} pod changes at {}/s; delay to each subscriber p50 {} ms, p99 {} ms, max {} ms (over {} deliveries); pushes: {} EDS ({:.0} per change, {:.1} KB per change), {} of other types; mastd CPU {:.1}s ({:.0} ms per change)",
+        written.len(),
+        args.churn,
+        percentile(&mut delays, 50.0).as_millis(),
+        percentile(&mut delays, 99.0).as_millis(),
+        percentile(&mut delays, 100.0).as_millis(),
+        delays.len(),
+        eds_pushes,
+        eds_pushes as f64 / changes,
+        eds_bytes as f64 / changes / 1024.0,
+        other_pushes,
+        cpu,
+        1000.0 * cpu / changes,
     );
     Ok(())
 }
 
 enum Event {
     Synced(usize),
-    Routes(usize, Instant),
+    /// A response of a type arrived (proxy, type, when, encoded bytes).
+    Pushed(usize, TypeUrl, Instant, usize),
+    /// An EDS response carried these services' endpoints.
+    Endpoints(usize, Vec<usize>, Instant),
     Failed(usize, String),
 }
 
-/// One simulated sidecar: subscribe like Envoy, ACK everything, report what arrives.
-async fn proxy(
+/// One simulated sidecar: subscribe like Envoy, ACK everything, report what arrives, and
+/// reconnect (like Envoy, with a short backoff) when mastd goes away.
+struct Sim {
     i: usize,
     svc: usize,
-    channel: Channel,
+    namespace: String,
+    sotw: bool,
     events: mpsc::UnboundedSender<Event>,
-    barrier: Arc<Barrier>,
-) -> Result<()> {
-    let mut client =
-        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel(16);
-    let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
-    tx.send(DeltaDiscoveryRequest {
-        node: Some(node(i, svc, version)),
-        type_url: TypeUrl::Cluster.url().into(),
-        ..Default::default()
-    })
-    .await?;
-    tx.send(DeltaDiscoveryRequest {
-        type_url: TypeUrl::Listener.url().into(),
-        ..Default::default()
-    })
-    .await?;
-    barrier.wait().await;
-    let mut stream = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    let mut have: HashSet<TypeUrl> = HashSet::new();
-    let mut synced = false;
-    let mut eds_names: HashSet<String> = HashSet::new();
-    let mut rds_names: HashSet<String> = HashSet::new();
-    while let Some(resp) = stream.message().await? {
-        let now = Instant::now();
-        let Some(t) = TypeUrl::from_url(&resp.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
-        else {
-            bail!("unexpected type {}", resp.type_url);
-        };
-        have.insert(t);
-        let mut follow_up = None;
-        if t == TypeUrl::Cluster {
-            // Subscribe to endpoints of every cluster (pilot answers for the EDS ones).
-            let new: Vec<String> = resp
-                .resources
-                .iter()
-                .map(|r| r.name.clone())
-                .filter(|n| n.starts_with("outbound|") && eds_names.insert(n.clone()))
-                .collect();
-            if !new.is_empty() {
-                follow_up = Some((TypeUrl::Endpoint, new));
+}
+
+impl Sim {
+    async fn run(&self, channel: Channel, barrier: Arc<Barrier>) -> Result<()> {
+        let mut barrier = Some(barrier);
+        loop {
+            let run = if self.sotw {
+                self.stream_sotw(channel.clone(), barrier.take()).await
+            } else {
+                self.stream(channel.clone(), barrier.take()).await
+            };
+            match run {
+                Ok(()) | Err(_) => {
+                    // mastd went away: back off and reconnect.
+                    tokio::time::sleep(Duration::from_millis(200 + (self.i % 100) as u64 * 5))
+                        .await;
+                }
             }
         }
-        if t == TypeUrl::Listener {
-            let new: Vec<String> = resp
-                .resources
-                .iter()
-                .filter_map(|r| r.name.rsplit('_').next().map(str::to_string))
-                .filter(|n| n.parse::<u16>().is_ok() && rds_names.insert(n.clone()))
-                .collect();
-            if !new.is_empty() {
-                follow_up = Some((TypeUrl::Route, new));
-            }
-        }
+    }
+
+    async fn stream(&self, channel: Channel, barrier: Option<Arc<Barrier>>) -> Result<()> {
+        let i = self.i;
+        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::channel(16);
+        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
         tx.send(DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
+            node: Some(node(i, self.svc, &self.namespace, version)),
+            type_url: TypeUrl::Cluster.url().into(),
             ..Default::default()
         })
         .await?;
-        if let Some((type_url, names)) = follow_up {
+        tx.send(DeltaDiscoveryRequest {
+            type_url: TypeUrl::Listener.url().into(),
+            ..Default::default()
+        })
+        .await?;
+        if let Some(b) = barrier {
+            b.wait().await;
+        }
+        client.ready().await?;
+        let mut stream = client
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(
+                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+                ),
+                tonic_prost::ProstCodec::<DeltaDiscoveryRequest, LightDelta>::default(),
+            )
+            .await?
+            .into_inner();
+        let mut have: HashSet<TypeUrl> = HashSet::new();
+        let mut synced = false;
+        let mut eds_names: HashSet<String> = HashSet::new();
+        let mut rds_names: HashSet<String> = HashSet::new();
+        while let Some(resp) = stream.message().await? {
+            let now = Instant::now();
+            let Some(t) =
+                TypeUrl::from_url(&resp.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
+            else {
+                bail!("unexpected type {}", resp.type_url);
+            };
+            have.insert(t);
+            let mut follow_up = None;
+            if t == TypeUrl::Cluster {
+                // Subscribe to endpoints of every cluster (pilot answers for the EDS ones).
+                let new: Vec<String> = resp
+                    .resources
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .filter(|n| n.starts_with("outbound|") && eds_names.insert(n.clone()))
+                    .collect();
+                if !new.is_empty() {
+                    follow_up = Some((TypeUrl::Endpoint, new));
+                }
+            }
+            if t == TypeUrl::Listener {
+                let new: Vec<String> = resp
+                    .resources
+                    .iter()
+                    .filter_map(|r| r.name.rsplit('_').next().map(str::to_string))
+                    .filter(|n| n.parse::<u16>().is_ok() && rds_names.insert(n.clone()))
+                    .collect();
+                if !new.is_empty() {
+                    follow_up = Some((TypeUrl::Route, new));
+                }
+            }
             tx.send(DeltaDiscoveryRequest {
-                type_url: type_url.url().into(),
-                resource_names_subscribe: names,
+                type_url: resp.type_url.clone(),
+                response_nonce: resp.nonce.clone(),
                 ..Default::default()
             })
             .await?;
+            if let Some((type_url, names)) = follow_up {
+                tx.send(DeltaDiscoveryRequest {
+                    type_url: type_url.url().into(),
+                    resource_names_subscribe: names,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if synced {
+                let _ = self
+                    .events
+                    .send(Event::Pushed(i, t, now, resp.encoded_len()));
+                if t == TypeUrl::Endpoint {
+                    let svcs = resp
+                        .resources
+                        .iter()
+                        .filter_map(|r| service_of(&r.name))
+                        .collect();
+                    let _ = self.events.send(Event::Endpoints(i, svcs, now));
+                }
+            }
+            if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
+                synced = true;
+                let _ = self.events.send(Event::Synced(i));
+            }
         }
-        if t == TypeUrl::Route && synced {
-            let _ = events.send(Event::Routes(i, now));
-        }
-        if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
-            synced = true;
-            let _ = events.send(Event::Synced(i));
-        }
+        Ok(())
     }
-    Ok(())
 }
 
-fn node(i: usize, svc: usize, version: &str) -> Node {
+impl Sim {
+    /// The state-of-the-world flavour: one request per type naming what it wants (all
+    /// clusters and listeners; the EDS clusters and route names they mention), ACKed with
+    /// the version and the same names.
+    async fn stream_sotw(&self, channel: Channel, barrier: Option<Arc<Barrier>>) -> Result<()> {
+        let i = self.i;
+        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
+        let (tx, rx) = mpsc::channel(16);
+        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
+        tx.send(DiscoveryRequest {
+            node: Some(node(i, self.svc, &self.namespace, version)),
+            type_url: TypeUrl::Cluster.url().into(),
+            ..Default::default()
+        })
+        .await?;
+        tx.send(DiscoveryRequest {
+            type_url: TypeUrl::Listener.url().into(),
+            ..Default::default()
+        })
+        .await?;
+        if let Some(b) = barrier {
+            b.wait().await;
+        }
+        client.ready().await?;
+        let mut stream = client
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                http::uri::PathAndQuery::from_static(
+                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+                ),
+                tonic_prost::ProstCodec::<DiscoveryRequest, LightSotw>::default(),
+            )
+            .await?
+            .into_inner();
+        let mut have: HashSet<TypeUrl> = HashSet::new();
+        let mut synced = false;
+        let mut eds_names: Vec<String> = Vec::new();
+        let mut rds_names: Vec<String> = Vec::new();
+        while let Some(resp) = stream.message().await? {
+            let now = Instant::now();
+            let Some(t) =
+                TypeUrl::from_url(&resp.type_url).filter(|t| TypeUrl::PUSH_ORDER.contains(t))
+            else {
+                bail!("unexpected type {}", resp.type_url);
+            };
+            have.insert(t);
+            let names: Vec<String> = resp
+                .resources
+                .iter()
+                .filter_map(|a| LightNamed::decode(a.value.clone()).ok().map(|n| n.name))
+                .collect();
+            let mut follow_up = None;
+            if t == TypeUrl::Cluster {
+                let eds: Vec<String> = names
+                    .iter()
+                    .filter(|n| n.starts_with("outbound|"))
+                    .cloned()
+                    .collect();
+                if eds != eds_names {
+                    eds_names = eds;
+                    follow_up = Some((TypeUrl::Endpoint, eds_names.clone()));
+                }
+            }
+            if t == TypeUrl::Listener {
+                let rds: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| n.rsplit('_').next())
+                    .filter(|n| n.parse::<u16>().is_ok())
+                    .map(str::to_string)
+                    .collect();
+                if rds != rds_names {
+                    rds_names = rds;
+                    follow_up = Some((TypeUrl::Route, rds_names.clone()));
+                }
+            }
+            let wanted = match t {
+                TypeUrl::Endpoint => eds_names.clone(),
+                TypeUrl::Route => rds_names.clone(),
+                _ => Vec::new(),
+            };
+            tx.send(DiscoveryRequest {
+                type_url: resp.type_url.clone(),
+                version_info: resp.version_info.clone(),
+                response_nonce: resp.nonce.clone(),
+                resource_names: wanted,
+                ..Default::default()
+            })
+            .await?;
+            if let Some((type_url, names)) = follow_up {
+                tx.send(DiscoveryRequest {
+                    type_url: type_url.url().into(),
+                    resource_names: names,
+                    ..Default::default()
+                })
+                .await?;
+            }
+            if synced {
+                let _ = self
+                    .events
+                    .send(Event::Pushed(i, t, now, resp.encoded_len()));
+                if t == TypeUrl::Endpoint {
+                    let svcs = names.iter().filter_map(|n| service_of(n)).collect();
+                    let _ = self.events.send(Event::Endpoints(i, svcs, now));
+                }
+            }
+            if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
+                synced = true;
+                let _ = self.events.send(Event::Synced(i));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `DiscoveryResponse` with each `Any` as bytes; a resource's name is field 1 of every
+/// type pilot-load reads (Cluster, ClusterLoadAssignment, Listener, RouteConfiguration).
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightSotw {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LightAny>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    value: bytes::Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightNamed {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// A `DeltaDiscoveryResponse` as the simulated proxies read it: names and versions, each
+/// resource's `Any` left as the bytes it came in (no copy, no decode), so that the load
+/// generator's CPU goes on counting, not on decoding what mastd sent.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightDelta {
+    #[prost(string, tag = "1")]
+    system_version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    resources: Vec<LightResource>,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+    #[prost(string, repeated, tag = "6")]
+    removed_resources: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct LightResource {
+    #[prost(string, tag = "1")]
+    version: String,
+    #[prost(bytes = "bytes", tag = "2")]
+    resource: bytes::Bytes,
+    #[prost(string, tag = "3")]
+    name: String,
+}
+
+/// `k` of a cluster named `outbound|8080||svc-k.<ns>.svc.cluster.local` (no subset).
+fn service_of(cluster: &str) -> Option<usize> {
+    let host = cluster.strip_prefix("outbound|8080||svc-")?;
+    host.split('.').next()?.parse().ok()
+}
+
+fn node(i: usize, svc: usize, namespace: &str, version: &str) -> Node {
     let s = |v: &str| Value {
         kind: Some(Kind::StringValue(v.to_string())),
     };
@@ -293,12 +747,21 @@ fn node(i: usize, svc: usize, version: &str) -> Node {
         fields: [
             ("app".to_string(), s(&format!("svc-{svc}"))),
             ("version".to_string(), s(version)),
+            // As Istio's injector labels every pod (and so span tags name the workload).
+            (
+                "service.istio.io/canonical-name".to_string(),
+                s(&format!("svc-{svc}")),
+            ),
+            (
+                "service.istio.io/canonical-revision".to_string(),
+                s(version),
+            ),
         ]
         .into(),
     };
     let metadata = Struct {
         fields: [
-            ("NAMESPACE".to_string(), s("default")),
+            ("NAMESPACE".to_string(), s(namespace)),
             ("INTERCEPTION_MODE".to_string(), s("REDIRECT")),
             ("SERVICE_ACCOUNT".to_string(), s(&format!("svc-{svc}"))),
             (
@@ -316,50 +779,74 @@ fn node(i: usize, svc: usize, version: &str) -> Node {
     };
     let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
     Node {
-        id: format!("sidecar~{ip}~svc-{svc}-{i}.default~default.svc.cluster.local"),
+        id: format!("sidecar~{ip}~svc-{svc}-{i}.{namespace}~{namespace}.svc.cluster.local"),
         metadata: Some(metadata),
         ..Default::default()
     }
 }
 
-fn write_mesh(dir: &Path, services: usize) -> Result<()> {
+fn write_mesh(args: &Args, dir: &Path) -> Result<()> {
     let mut base = String::new();
-    for s in 0..services {
-        let ip = |v: usize| format!("10.200.{}.{}", (s * 2 + v) / 250, (s * 2 + v) % 250 + 1);
-        write!(
-            base,
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: default}}\n\
-             spec:\n  selector: {{app: svc-{s}}}\n  ports:\n  - {{name: http, port: 8080, targetPort: 9080}}\n---\n"
-        )?;
-        for (v, name) in [(0, "v1"), (1, "v2")] {
+    let mut services: Vec<(usize, String)> =
+        (0..args.services).map(|s| (s, args.namespace(s))).collect();
+    if args.sidecar_scope {
+        // The shared namespace's services: numbered after the others.
+        services.extend((0..10).map(|k| (args.services + k, "shared".to_string())));
+        let mut namespaces: Vec<String> = (0..args.namespaces).map(|n| format!("ns-{n}")).collect();
+        namespaces.push("shared".into());
+        for ns in namespaces {
             write!(
                 base,
-                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
-                 metadata: {{name: svc-{s}-{name}, namespace: default}}\n\
-                 spec:\n  address: {}\n  labels: {{app: svc-{s}, version: {name}}}\n  serviceAccount: svc-{s}\n---\n",
-                ip(v)
+                "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+                 metadata: {{name: default, namespace: {ns}}}\n\
+                 spec:\n  egress:\n  - hosts: [\"./*\", \"shared/*\"]\n---\n"
             )?;
+        }
+    }
+    for (s, ns) in &services {
+        let s = *s;
+        write!(
+            base,
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc-{s}, namespace: {ns}}}\n\
+             spec:\n  selector: {{app: svc-{s}}}\n  ports:\n  - {{name: http, port: 8080, targetPort: 9080}}\n---\n"
+        )?;
+        for (v, name) in [(1, "v1"), (2, "v2")] {
+            base.push_str(&workload_entry(ns, s, name, v));
+            base.push_str("---\n");
         }
         write!(
             base,
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
-             metadata: {{name: svc-{s}, namespace: default}}\n\
+             metadata: {{name: svc-{s}, namespace: {ns}}}\n\
              spec:\n  host: svc-{s}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n"
         )?;
         if s > 0 {
-            base.push_str(&virtual_service(s, 50, 50));
+            base.push_str(&virtual_service(ns, s, 50, 50));
             base.push_str("---\n");
         }
     }
     std::fs::write(dir.join("mesh.yaml"), base)?;
-    std::fs::write(dir.join("svc-0-split.yaml"), virtual_service(0, 50, 50))?;
+    std::fs::write(
+        dir.join("svc-0-split.yaml"),
+        virtual_service(&args.namespace(0), 0, 50, 50),
+    )?;
     Ok(())
 }
 
-fn virtual_service(s: usize, w1: u32, w2: u32) -> String {
+/// Workload `n` (1, 2, 3…) of service `s`, with label `version`.
+fn workload_entry(ns: &str, s: usize, version: &str, n: usize) -> String {
+    let ip = format!("10.{}.{}.{}", 100 + n, s / 250, s % 250 + 1);
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
+         metadata: {{name: svc-{s}-{version}, namespace: {ns}}}\n\
+         spec:\n  address: {ip}\n  labels: {{app: svc-{s}, version: {version}}}\n  serviceAccount: svc-{s}\n"
+    )
+}
+
+fn virtual_service(ns: &str, s: usize, w1: u32, w2: u32) -> String {
     format!(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\n\
-         metadata: {{name: svc-{s}, namespace: default}}\n\
+         metadata: {{name: svc-{s}, namespace: {ns}}}\n\
          spec:\n  hosts: [svc-{s}]\n  http:\n  - route:\n    \
          - {{destination: {{host: svc-{s}, subset: v1}}, weight: {w1}}}\n    \
          - {{destination: {{host: svc-{s}, subset: v2}}, weight: {w2}}}\n"
@@ -381,9 +868,22 @@ fn start_mastd(args: &Args, config: &Path, port: u16, http_port: u16) -> Result<
         .arg("--no-ca")
         .args(["--xds-addr", &format!("127.0.0.1:{port}")])
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
-        .env("RUST_LOG", "warn")
+        // Its other servers on free ports, so that a run never meets another mastd's.
+        .args(["--injector-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--telemetry-addr", &format!("127.0.0.1:{}", free_port()?)])
+        .env(
+            "RUST_LOG",
+            std::env::var("MASTD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(if std::env::var_os("MASTD_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    if let Some(n) = args.push_throttle {
+        cmd.env("PILOT_PUSH_THROTTLE", n.to_string());
+    }
     cmd.spawn()
         .with_context(|| format!("start {}", args.mastd.display()))
 }
@@ -413,14 +913,15 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn rss_kb(pid: u32) -> Result<u64> {
+/// A `kB` field of /proc/<pid>/status (VmRSS: now; VmHWM: the high-water mark).
+fn proc_kb(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field}"))
 }
 
 /// User + system CPU seconds of a process.

@@ -9,19 +9,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tonic::Status;
 use tracing::{debug, info, warn};
 
 use mast_proto::TypeUrl;
 
 use super::server::ConnInfo;
-use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_version};
+use super::wire::{Kind, Response};
+use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_changes, set_version};
 use crate::metrics::Metrics;
 
 /// Protocol state of one resource type on one stream.
@@ -29,8 +27,9 @@ use crate::metrics::Metrics;
 struct TypeState {
     /// Every resource of the type (CDS and LDS are wildcard by default).
     wildcard: bool,
-    /// Explicitly subscribed names (EDS clusters, RDS route configs).
-    names: BTreeSet<String>,
+    /// Explicitly subscribed names (EDS clusters, RDS route configs), shared with the
+    /// resources of the same name: 2000 proxies × 3000 clusters is one copy of each name.
+    names: BTreeSet<Arc<str>>,
     /// The subscription changed since the last response.
     dirty: bool,
     /// Nonce of the last response, awaiting ACK/NACK.
@@ -44,7 +43,7 @@ struct TypeState {
     initial: Option<HashMap<String, String>>,
     /// Delta: names to send even if the proxy should have them (newly subscribed, or whose
     /// cluster changed and is being warmed again).
-    fresh: BTreeSet<String>,
+    fresh: BTreeSet<Arc<str>>,
 }
 
 impl TypeState {
@@ -59,24 +58,24 @@ impl TypeState {
         self.sent_sets
             .iter()
             .find_map(|s| s.resources.get(name))
-            .map(|r| r.version.as_str())
+            .map(|r| &*r.version)
     }
 
     /// Names the proxy has (wanted and sent) that are not in `view` any more.
-    fn gone(&self, view: &ProxyView, type_url: TypeUrl) -> Vec<String> {
-        let held: Vec<&String> = match &self.initial {
-            Some(initial) => initial.keys().collect(),
+    fn gone(&self, view: &ProxyView, type_url: TypeUrl) -> Vec<Arc<str>> {
+        let held: Vec<Arc<str>> = match &self.initial {
+            Some(initial) => initial.keys().map(|n| Arc::from(n.as_str())).collect(),
             None => self
                 .sent_sets
                 .iter()
                 .flat_map(|s| s.resources.keys())
                 .filter(|n| self.wildcard || self.names.contains(*n))
+                .cloned()
                 .collect(),
         };
-        let mut gone: Vec<String> = held
+        let mut gone: Vec<Arc<str>> = held
             .into_iter()
             .filter(|n| view.get(type_url, n).is_none())
-            .cloned()
             .collect();
         gone.sort();
         gone.dedup();
@@ -147,19 +146,16 @@ impl From<DeltaDiscoveryRequest> for Request {
     }
 }
 
-/// A response of either flavour, sent on the stream's channel.
-#[derive(Debug)]
-pub enum Response {
-    Sotw(DiscoveryResponse),
-    Delta(DeltaDiscoveryResponse),
-}
-
 pub struct Connection<G> {
     flavor: Flavor,
     generator: Arc<G>,
     snapshots: watch::Receiver<Snapshot>,
     info: Arc<ConnInfo>,
     metrics: Arc<Metrics>,
+    /// The push throttle (see [`super::server::DEFAULT_PUSH_THROTTLE`]).
+    throttle: Arc<Semaphore>,
+    /// The permit of the push under way, shared by its responses.
+    permit: Option<Arc<OwnedSemaphorePermit>>,
     tx: mpsc::Sender<Result<Response, Status>>,
     node: Node,
     snapshot: Snapshot,
@@ -180,6 +176,7 @@ impl<G: Generator> Connection<G> {
         mut snapshots: watch::Receiver<Snapshot>,
         info: Arc<ConnInfo>,
         metrics: Arc<Metrics>,
+        throttle: Arc<Semaphore>,
         tx: mpsc::Sender<Result<Response, Status>>,
         first: Request,
         mut requests: impl Stream<Item = Result<Request, Status>> + Unpin,
@@ -200,6 +197,8 @@ impl<G: Generator> Connection<G> {
             snapshots,
             info,
             metrics,
+            throttle,
+            permit: None,
             tx,
             node,
             snapshot,
@@ -229,8 +228,16 @@ impl<G: Generator> Connection<G> {
                     if changed.is_err() {
                         break;
                     }
+                    // Wait for a push slot, then push the newest model: changes that came in
+                    // while waiting are merged into one push.
+                    let Ok(permit) = conn.throttle.clone().acquire_owned().await else {
+                        break;
+                    };
+                    conn.permit = Some(Arc::new(permit));
                     let snapshot = conn.snapshots.borrow_and_update().clone();
-                    if conn.on_snapshot(snapshot).await.is_err() {
+                    let pushed = conn.on_snapshot(snapshot).await;
+                    conn.permit = None;
+                    if pushed.is_err() {
                         break;
                     }
                 }
@@ -297,7 +304,11 @@ impl<G: Generator> Connection<G> {
 
     async fn handle_sotw(&mut self, type_url: TypeUrl, req: Request) -> Result<(), Closed> {
         let wildcard = type_url.is_wildcard() && req.resource_names.is_empty();
-        let names: BTreeSet<String> = req.resource_names.into_iter().collect();
+        let names: BTreeSet<Arc<str>> = req
+            .resource_names
+            .into_iter()
+            .map(|n| intern(&self.resources, type_url, n))
+            .collect();
         let state = self.types.entry(type_url).or_default();
         if !req.response_nonce.is_empty() {
             if state.pending_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -340,17 +351,20 @@ impl<G: Generator> Connection<G> {
             if name == "*" {
                 state.dirty |= !state.wildcard;
                 state.wildcard = true;
-            } else if state.names.insert(name.clone()) {
-                state.dirty = true;
-                state.fresh.insert(name);
+            } else {
+                let name = intern(&self.resources, type_url, name);
+                if state.names.insert(name.clone()) {
+                    state.dirty = true;
+                    state.fresh.insert(name);
+                }
             }
         }
         for name in req.unsubscribe {
             if name == "*" {
                 state.wildcard = false;
             } else {
-                state.names.remove(&name);
-                state.fresh.remove(&name);
+                state.names.remove(name.as_str());
+                state.fresh.remove(name.as_str());
                 if let Some(initial) = &mut state.initial {
                     initial.remove(&name);
                 }
@@ -402,7 +416,7 @@ impl<G: Generator> Connection<G> {
         &mut self,
         type_url: TypeUrl,
         force: bool,
-    ) -> Result<Option<Vec<String>>, Closed> {
+    ) -> Result<Option<Vec<Arc<str>>>, Closed> {
         let started = std::time::Instant::now();
         let sets = self.resources.sets(type_url);
         let Some(state) = self.types.get_mut(&type_url) else {
@@ -412,20 +426,24 @@ impl<G: Generator> Connection<G> {
             return Ok(None);
         }
         let view = &self.resources;
-        let wanted: Vec<&Arc<Resource>> = if state.wildcard {
-            view.all(type_url)
-        } else {
-            state
-                .names
-                .iter()
-                .filter_map(|n| view.get(type_url, n))
-                .collect()
+        let wanted = |state: &TypeState| -> Vec<&Arc<Resource>> {
+            if state.wildcard {
+                view.all(type_url)
+            } else {
+                state
+                    .names
+                    .iter()
+                    .filter_map(|n| view.get(type_url, n))
+                    .collect()
+            }
         };
-        let total = view.all(type_url).len();
+        // For /debug/syncz only: names shadowed between layers are counted twice.
+        let total = sets.iter().map(|s| s.resources.len()).sum();
         self.nonce += 1;
         let nonce = format!("{}-{}", self.snapshot.version, self.nonce);
         let (response, sent, version) = match self.flavor {
             Flavor::StateOfTheWorld => {
+                let wanted = wanted(state);
                 let version = set_version(wanted.iter().copied());
                 state.dirty = false;
                 state.sent_sets = sets;
@@ -433,25 +451,63 @@ impl<G: Generator> Connection<G> {
                     return Ok(None);
                 }
                 state.sent_version = Some(version.clone());
-                let sent: Vec<String> = wanted.iter().map(|r| r.name.clone()).collect();
-                let response = Response::Sotw(DiscoveryResponse {
-                    version_info: version.clone(),
-                    resources: wanted.iter().map(|r| r.any.clone()).collect(),
-                    type_url: type_url.url().to_string(),
-                    nonce: nonce.clone(),
-                    ..Default::default()
-                });
+                let sent: Vec<Arc<str>> = wanted.iter().map(|r| r.name.clone()).collect();
+                let response = (
+                    Kind::Sotw {
+                        version_info: version.clone(),
+                    },
+                    wanted.into_iter().cloned().collect(),
+                );
                 (response, sent, version)
             }
             Flavor::Delta => {
-                let changed: Vec<&Arc<Resource>> = wanted
-                    .into_iter()
-                    .filter(|r| {
-                        state.fresh.contains(&r.name)
-                            || state.has(&r.name) != Some(r.version.as_str())
-                    })
-                    .collect();
-                let removed = state.gone(view, type_url);
+                let incremental = !force
+                    && !state.dirty
+                    && state.initial.is_none()
+                    && state.fresh.is_empty()
+                    && state.sent_sets.len() == sets.len();
+                let (changed, removed) = if incremental {
+                    // Only names that differ between the sets sent and the sets now can have
+                    // changed: a pointer walk over unchanged sets, and over the unchanged
+                    // (shared) resources of changed ones. This is what keeps endpoint churn
+                    // cheap: one changed endpoint is a handful of lookups per proxy, not one
+                    // per cluster.
+                    let mut candidates = Vec::new();
+                    for (old, new) in state.sent_sets.iter().zip(&sets) {
+                        if !Arc::ptr_eq(old, new) {
+                            set_changes(old, new, &mut candidates);
+                        }
+                    }
+                    candidates.sort();
+                    candidates.dedup();
+                    let mut changed = Vec::new();
+                    let mut removed = Vec::new();
+                    for name in candidates {
+                        match view.get(type_url, &name) {
+                            Some(r) => {
+                                if (state.wildcard || state.names.contains(&name))
+                                    && state.has(&name) != Some(&*r.version)
+                                {
+                                    changed.push(r);
+                                }
+                            }
+                            None => {
+                                if state.has(&name).is_some() {
+                                    removed.push(name);
+                                }
+                            }
+                        }
+                    }
+                    (changed, removed)
+                } else {
+                    let changed: Vec<&Arc<Resource>> = wanted(state)
+                        .into_iter()
+                        .filter(|r| {
+                            state.fresh.contains(&r.name) || state.has(&r.name) != Some(&*r.version)
+                        })
+                        .collect();
+                    (changed, state.gone(view, type_url))
+                };
                 state.dirty = false;
                 state.sent_sets = sets;
                 state.initial = None;
@@ -459,31 +515,38 @@ impl<G: Generator> Connection<G> {
                 if !force && changed.is_empty() && removed.is_empty() {
                     return Ok(None);
                 }
-                let sent: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
-                let response = Response::Delta(DeltaDiscoveryResponse {
-                    system_version_info: self.snapshot.version.to_string(),
-                    resources: changed
-                        .iter()
-                        .map(|r| DeltaResource {
-                            name: r.name.clone(),
-                            version: r.version.clone(),
-                            resource: Some(r.any.clone()),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    type_url: type_url.url().to_string(),
-                    removed_resources: removed,
-                    nonce: nonce.clone(),
-                    ..Default::default()
-                });
+                let sent: Vec<Arc<str>> = changed.iter().map(|r| r.name.clone()).collect();
+                let response = (
+                    Kind::Delta {
+                        system_version_info: self.snapshot.version.to_string(),
+                        removed,
+                    },
+                    changed.into_iter().cloned().collect(),
+                );
                 (response, sent, self.snapshot.version.to_string())
             }
         };
         state.pending_nonce = Some(nonce.clone());
-        let size = match &response {
-            Response::Sotw(r) => prost::Message::encoded_len(r),
-            Response::Delta(r) => prost::Message::encoded_len(r),
+        let permit = match &self.permit {
+            Some(p) => p.clone(),
+            // A response to a request, outside a push: it takes a slot of its own.
+            None => Arc::new(
+                self.throttle
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Closed)?,
+            ),
         };
+        let (kind, resources) = response;
+        let response = Response {
+            kind,
+            type_url,
+            nonce: nonce.clone(),
+            resources,
+            permit: Some(permit),
+        };
+        let size = response.encoded_len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
         self.metrics
             .record_push(type_url.short(), started.elapsed(), size);
@@ -500,6 +563,51 @@ impl<G: Generator> Connection<G> {
     }
 }
 
+/// `name` as the view's own `Arc` when it holds a resource of that name.
+fn intern(view: &ProxyView, type_url: TypeUrl, name: String) -> Arc<str> {
+    view.get(type_url, &name)
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| name.into())
+}
+
 /// The response channel is gone: the proxy disconnected.
 #[derive(Debug)]
 pub struct Closed;
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    use super::*;
+    use crate::ads::{ProxyResources, diff_sets};
+
+    fn set(names: &[(&str, &str)], previous: Option<&ProxyResources>) -> ProxyResources {
+        let mut r = ProxyResources::default();
+        for (name, stat) in names {
+            let c = Cluster {
+                name: name.to_string(),
+                alt_stat_name: stat.to_string(),
+                ..Default::default()
+            };
+            r.insert_stable(TypeUrl::Cluster, name, &c, previous);
+        }
+        r
+    }
+
+    #[test]
+    fn diff_sets_finds_added_removed_and_changed_only() {
+        let old = set(&[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")], None);
+        let new = set(
+            &[("a", "1"), ("c", "2"), ("d", "1"), ("e", "1")],
+            Some(&old),
+        );
+        let mut out = Vec::new();
+        diff_sets(
+            &old.by_type[&TypeUrl::Cluster],
+            &new.by_type[&TypeUrl::Cluster],
+            &mut out,
+        );
+        let out: Vec<&str> = out.iter().map(|n| &**n).collect();
+        assert_eq!(out, ["b", "c", "e"]);
+    }
+}

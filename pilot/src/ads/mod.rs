@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::Any;
 use mast_mesh_config::MeshModel;
@@ -20,6 +21,7 @@ use prost::Message;
 
 pub mod connection;
 pub mod server;
+pub mod wire;
 
 pub use server::{AdsServer, ConnectionRegistry};
 
@@ -45,26 +47,37 @@ impl Snapshot {
 }
 
 /// One xDS resource, encoded once and versioned by the hash of its bytes, so unchanged
-/// resources are recognised without comparing protos.
+/// resources are recognised without comparing protos. The encoding is a [`Bytes`] that every
+/// response carrying the resource shares (see [`wire`]): a push to 2000 proxies references
+/// it 2000 times and copies it never.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
-    pub name: String,
-    pub any: Any,
-    pub version: String,
+    /// Shared with every stream's subscription to it (see [`connection`]).
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub type_url: TypeUrl,
+    /// The message's encoding: what an `Any` of `type_url` carries as `value`.
+    pub value: Bytes,
 }
 
 impl Resource {
-    pub fn new(name: impl Into<String>, type_url: TypeUrl, message: &impl Message) -> Self {
-        let value = message.encode_to_vec();
+    pub fn new(name: impl Into<Arc<str>>, type_url: TypeUrl, message: &impl Message) -> Self {
+        let value = Bytes::from(message.encode_to_vec());
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         value.hash(&mut hasher);
         Self {
             name: name.into(),
-            version: format!("{:016x}", hasher.finish()),
-            any: Any {
-                type_url: type_url.url().to_string(),
-                value,
-            },
+            version: format!("{:016x}", hasher.finish()).into(),
+            type_url,
+            value,
+        }
+    }
+
+    /// The resource as an owned `Any` (debug pages and tests; the push path never copies).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.url().to_string(),
+            value: self.value.to_vec(),
         }
     }
 }
@@ -73,8 +86,12 @@ impl Resource {
 /// configuration key, compared by pointer when nothing changed, versioned as a whole.
 #[derive(Clone, Debug, Default)]
 pub struct TypeSet {
-    pub resources: BTreeMap<String, Arc<Resource>>,
+    pub resources: BTreeMap<Arc<str>, Arc<Resource>>,
     version: OnceLock<String>,
+    /// The set this one was built from and the names that differ from it, computed once
+    /// when the set is built: every connection holding `base` learns what changed without
+    /// walking the set (2000 proxies × 3000 endpoint sets on every pod change otherwise).
+    pub delta: Option<(std::sync::Weak<TypeSet>, Vec<Arc<str>>)>,
 }
 
 impl TypeSet {
@@ -99,13 +116,41 @@ pub struct ProxyResources {
 
 impl ProxyResources {
     pub fn insert(&mut self, type_url: TypeUrl, resource: Resource) {
-        let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
-        set.version = OnceLock::new();
-        set.resources
-            .insert(resource.name.clone(), Arc::new(resource));
+        self.insert_shared(type_url, Arc::new(resource));
     }
 
-    pub fn of_type(&self, type_url: TypeUrl) -> Option<&BTreeMap<String, Arc<Resource>>> {
+    fn insert_shared(&mut self, type_url: TypeUrl, resource: Arc<Resource>) {
+        let set = Arc::make_mut(self.by_type.entry(type_url).or_default());
+        set.version = OnceLock::new();
+        set.delta = None;
+        set.resources.insert(resource.name.clone(), resource);
+    }
+
+    /// Insert `message`, or `previous`'s resource of the same name when it holds the same
+    /// message. Bytes alone cannot tell: prost writes a protobuf map (a `Struct`'s fields,
+    /// `filter_metadata`, `typed_per_filter_config`) in `HashMap` order, which differs between
+    /// two builds of the same config, so equal bytes mean equal, but different bytes are
+    /// decoded and compared. Without this, every model change re-pushed every resource with
+    /// a two-entry map to every proxy (and Envoy re-warms a re-pushed cluster).
+    pub fn insert_stable<M: Message + Default + PartialEq>(
+        &mut self,
+        type_url: TypeUrl,
+        name: &str,
+        message: &M,
+        previous: Option<&ProxyResources>,
+    ) {
+        let fresh = Resource::new(name, type_url, message);
+        let kept = previous
+            .and_then(|p| p.by_type.get(&type_url)?.resources.get(name))
+            .filter(|old| {
+                old.version == fresh.version
+                    || M::decode(old.value.clone()).is_ok_and(|m| m == *message)
+            })
+            .cloned();
+        self.insert_shared(type_url, kept.unwrap_or_else(|| Arc::new(fresh)));
+    }
+
+    pub fn of_type(&self, type_url: TypeUrl) -> Option<&BTreeMap<Arc<str>, Arc<Resource>>> {
         self.by_type.get(&type_url).map(|s| &s.resources)
     }
 
@@ -113,10 +158,14 @@ impl ProxyResources {
     /// previous set see, by pointer, that nothing changed for them.
     pub fn reuse_unchanged(&mut self, previous: &ProxyResources) {
         for (t, set) in self.by_type.iter_mut() {
-            if let Some(old) = previous.by_type.get(t)
-                && **old == **set
-            {
-                *set = old.clone();
+            if let Some(old) = previous.by_type.get(t) {
+                if **old == **set {
+                    *set = old.clone();
+                } else {
+                    let mut changed = Vec::new();
+                    diff_sets(old, set, &mut changed);
+                    Arc::make_mut(set).delta = Some((Arc::downgrade(old), changed));
+                }
             }
         }
     }
@@ -221,6 +270,55 @@ impl GenerateError {
             Self::Node(_) => tonic::Status::invalid_argument(self.to_string()),
             Self::Internal(_) => tonic::Status::internal(self.to_string()),
         }
+    }
+}
+
+/// Names whose resource differs between two versions of a set (added, removed or changed),
+/// into `out`. Both are sorted by name; unchanged resources are the same `Arc`s with the same
+/// name `Arc`s, so walking them costs pointer comparisons.
+pub fn diff_sets(old: &TypeSet, new: &TypeSet, out: &mut Vec<Arc<str>>) {
+    use std::cmp::Ordering;
+    let mut a = old.resources.iter().peekable();
+    let mut b = new.resources.iter().peekable();
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) if Arc::ptr_eq(ka, kb) => Ordering::Equal,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match ord {
+            Ordering::Less => {
+                if let Some((k, _)) = a.next() {
+                    out.push(k.clone());
+                }
+            }
+            Ordering::Greater => {
+                if let Some((k, _)) = b.next() {
+                    out.push(k.clone());
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((_, ra)), Some((kb, rb))) = (a.next(), b.next())
+                    && !Arc::ptr_eq(ra, rb)
+                    && ra.version != rb.version
+                {
+                    out.push(kb.clone());
+                }
+            }
+        }
+    }
+}
+
+/// What differs between `old` and `new`: the delta recorded when `new` was built from `old`,
+/// or a walk of both.
+pub fn set_changes(old: &Arc<TypeSet>, new: &TypeSet, out: &mut Vec<Arc<str>>) {
+    match &new.delta {
+        Some((base, changed)) if std::ptr::eq(base.as_ptr(), Arc::as_ptr(old)) => {
+            out.extend(changed.iter().cloned())
+        }
+        _ => diff_sets(old, new, out),
     }
 }
 

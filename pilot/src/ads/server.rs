@@ -1,29 +1,44 @@
-//! The tonic service: accepts ADS streams, starts a [`Connection`] task for each, and keeps a
+//! The ADS gRPC service: accepts ADS streams, starts a [`Connection`] task for each, and keeps a
 //! registry of connected proxies for `/debug/syncz` and `/debug/config_dump`.
+//!
+//! The service is written against tonic's routing and request decoding, but not its response
+//! encoding: responses are written from the resources' shared encodings by
+//! [`super::wire::ResponseBody`], which a generated service's codec cannot do.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures::{Stream, StreamExt};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::StreamExt;
+use http::header::CONTENT_TYPE;
+use prost::Message;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response as TonicResponse, Status, Streaming};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codec::{BufferSettings, Streaming};
+use tonic::server::NamedService;
+use tonic_prost::ProstDecoder;
 
-use super::connection::{Connection, Flavor, Request as AdsRequest, Response};
+use super::connection::{Connection, Flavor, Request as AdsRequest};
+use super::wire::{Response, ResponseBody};
 use super::{Generator, Snapshot};
 use crate::metrics::Metrics;
+
+/// How many pushes may be in flight at once, as istiod's `PILOT_PUSH_THROTTLE`: a push holds
+/// a permit from generation until its last byte is handed to HTTP/2. It bounds the memory and
+/// CPU a change or a reconnect storm takes at once; the default is istiod's.
+pub const DEFAULT_PUSH_THROTTLE: usize = 100;
+
+/// The largest request a proxy may send (a delta reconnect lists every resource it has).
+const MAX_REQUEST: usize = 64 << 20;
 
 /// What `/debug/syncz` shows for one type on one proxy.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -96,9 +111,8 @@ pub struct AdsServer<G> {
     snapshots: watch::Receiver<Snapshot>,
     registry: Arc<ConnectionRegistry>,
     metrics: Arc<Metrics>,
+    throttle: Arc<Semaphore>,
 }
-
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl<G: Generator> AdsServer<G> {
     pub fn new(
@@ -112,31 +126,35 @@ impl<G: Generator> AdsServer<G> {
             snapshots,
             registry,
             metrics,
+            throttle: Arc::new(Semaphore::new(DEFAULT_PUSH_THROTTLE)),
         }
     }
 
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(256 << 20)
+    /// At most `pushes` pushes in flight (at least one).
+    pub fn with_push_throttle(mut self, pushes: usize) -> Self {
+        self.throttle = Arc::new(Semaphore::new(pushes.max(1)));
+        self
     }
 
-    /// Start the connection task for a stream. The response stream is returned at once; the
+    pub fn into_service(self) -> AdsService<G> {
+        AdsService {
+            server: Arc::new(self),
+        }
+    }
+
+    /// Start the connection task for a stream. The response body is returned at once; the
     /// task reads the first request (which must carry the node) itself, so a client that
     /// waits for response headers before sending never deadlocks with us.
-    fn start<Req>(
-        &self,
-        flavor: Flavor,
-        mut requests: Streaming<Req>,
-    ) -> mpsc::Receiver<Result<Response, Status>>
+    fn start<Req>(&self, flavor: Flavor, mut requests: Streaming<Req>) -> ResponseBody
     where
         Req: Into<AdsRequest> + Send + 'static,
     {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel::<Result<Response, Status>>(8);
         let generator = self.generator.clone();
         let snapshots = self.snapshots.clone();
         let registry = self.registry.clone();
         let metrics = self.metrics.clone();
+        let throttle = self.throttle.clone();
         tokio::spawn(async move {
             let first: AdsRequest = match requests.message().await {
                 Ok(Some(r)) => r.into(),
@@ -177,6 +195,7 @@ impl<G: Generator> AdsServer<G> {
                 snapshots,
                 info,
                 metrics.clone(),
+                throttle,
                 tx,
                 first,
                 requests,
@@ -185,42 +204,77 @@ impl<G: Generator> AdsServer<G> {
             registry.conns.remove(&conn_id);
             metrics.connected.dec();
         });
-        rx
+        ResponseBody::new(rx)
+    }
+
+    fn stream<Req>(&self, flavor: Flavor, request: http::Request<Body>) -> http::Response<Body>
+    where
+        Req: Message + Default + Into<AdsRequest> + Send + 'static,
+    {
+        // Envoy does not compress xDS; a compressed stream is refused rather than misread.
+        if let Some(enc) = request.headers().get("grpc-encoding")
+            && enc != "identity"
+        {
+            return Status::unimplemented(format!("grpc-encoding {enc:?} is not supported on ADS"))
+                .into_http();
+        }
+        let decoder = ProstDecoder::<Req>::new(BufferSettings::default());
+        let requests =
+            Streaming::new_request(decoder, request.into_body(), None, Some(MAX_REQUEST));
+        let body = self.start(flavor, requests);
+        let mut response = http::Response::new(Body::new(body));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
     }
 }
 
-#[tonic::async_trait]
-impl<G: Generator> AggregatedDiscoveryService for AdsServer<G> {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+/// The ADS server as a tower service for tonic's router.
+pub struct AdsService<G> {
+    server: Arc<AdsServer<G>>,
+}
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<TonicResponse<Self::StreamAggregatedResourcesStream>, Status> {
-        let rx = self.start(Flavor::StateOfTheWorld, request.into_inner());
-        let stream = ReceiverStream::new(rx).filter_map(|r| async move {
-            match r {
-                Ok(Response::Sotw(r)) => Some(Ok(r)),
-                Ok(Response::Delta(_)) => None,
-                Err(s) => Some(Err(s)),
-            }
-        });
-        Ok(TonicResponse::new(Box::pin(stream)))
+impl<G> Clone for AdsService<G> {
+    fn clone(&self) -> Self {
+        Self {
+            server: self.server.clone(),
+        }
+    }
+}
+
+impl<G> NamedService for AdsService<G> {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl<G: Generator> tower::Service<http::Request<Body>> for AdsService<G> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<TonicResponse<Self::DeltaAggregatedResourcesStream>, Status> {
-        let rx = self.start(Flavor::Delta, request.into_inner());
-        let stream = ReceiverStream::new(rx).filter_map(|r| async move {
-            match r {
-                Ok(Response::Delta(r)) => Some(Ok(r)),
-                Ok(Response::Sotw(_)) => None,
-                Err(s) => Some(Err(s)),
-            }
-        });
-        Ok(TonicResponse::new(Box::pin(stream)))
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .strip_prefix(concat!(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService",
+                "/"
+            ))
+            .unwrap_or_default();
+        let response = match method {
+            "StreamAggregatedResources" => self
+                .server
+                .stream::<DiscoveryRequest>(Flavor::StateOfTheWorld, request),
+            "DeltaAggregatedResources" => self
+                .server
+                .stream::<DeltaDiscoveryRequest>(Flavor::Delta, request),
+            _ => Status::unimplemented(format!("no method {method:?}")).into_http(),
+        };
+        ready(Ok(response))
     }
 }

@@ -45,7 +45,7 @@ impl Generator for FakeGenerator {
             };
             r.insert(
                 TypeUrl::Cluster,
-                Resource::new(host, TypeUrl::Cluster, &cluster),
+                Resource::new(host.as_str(), TypeUrl::Cluster, &cluster),
             );
         }
         let listener = Listener {
@@ -93,6 +93,10 @@ struct Harness {
 
 impl Harness {
     async fn start(hosts: &[&str]) -> Self {
+        Self::start_throttled(hosts, crate::ads::server::DEFAULT_PUSH_THROTTLE).await
+    }
+
+    async fn start_throttled(hosts: &[&str], pushes: usize) -> Self {
         let (publish, snapshots) = watch::channel(Snapshot::new(1, model(hosts), Instant::now()));
         let registry = Arc::new(ConnectionRegistry::default());
         let metrics = Arc::new(Metrics::new(&mut Registry::default()));
@@ -101,7 +105,8 @@ impl Harness {
             snapshots,
             registry.clone(),
             metrics.clone(),
-        );
+        )
+        .with_push_throttle(pushes);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -392,8 +397,108 @@ fn resource_version_follows_content() {
     let ra = Resource::new("a", TypeUrl::Cluster, &a);
     assert_eq!(ra.version, Resource::new("a", TypeUrl::Cluster, &a).version);
     assert_ne!(ra.version, Resource::new("b", TypeUrl::Cluster, &b).version);
-    let set: BTreeMap<String, Arc<Resource>> = [("a".to_string(), Arc::new(ra))].into();
+    let set: BTreeMap<Arc<str>, Arc<Resource>> = [(Arc::from("a"), Arc::new(ra))].into();
     assert_eq!(set_version(set.values()), set_version(set.values()));
+}
+
+/// prost writes maps in `HashMap` order: two builds of one cluster with two metadata entries
+/// encode differently about half the time. The second build must still reuse the first's
+/// resource (same `Arc`, same version), or every change re-pushes it.
+#[test]
+fn a_rebuilt_resource_with_maps_is_the_previous_one() {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+    let build = || {
+        let s = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        let fields = (0..8).map(|i| (format!("k{i}"), s("v"))).collect();
+        Cluster {
+            name: "c".into(),
+            metadata: Some(Metadata {
+                filter_metadata: [
+                    ("istio".to_string(), Struct { fields }),
+                    ("other".to_string(), Struct::default()),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    let mut first = ProxyResources::default();
+    first.insert_stable(TypeUrl::Cluster, "c", &build(), None);
+    let mut differed = false;
+    for _ in 0..20 {
+        let again = build();
+        differed |= Resource::new("c", TypeUrl::Cluster, &again).version
+            != first.of_type(TypeUrl::Cluster).unwrap()["c"].version;
+        let mut next = ProxyResources::default();
+        next.insert_stable(TypeUrl::Cluster, "c", &again, Some(&first));
+        assert!(Arc::ptr_eq(
+            &next.of_type(TypeUrl::Cluster).unwrap()["c"],
+            &first.of_type(TypeUrl::Cluster).unwrap()["c"]
+        ));
+    }
+    assert!(
+        differed,
+        "the bytes of equal messages were expected to differ sometimes"
+    );
+    // A real change is not hidden.
+    let mut changed = build();
+    changed.alt_stat_name = "new".into();
+    let mut next = ProxyResources::default();
+    next.insert_stable(TypeUrl::Cluster, "c", &changed, Some(&first));
+    assert_ne!(
+        next.of_type(TypeUrl::Cluster).unwrap()["c"].version,
+        first.of_type(TypeUrl::Cluster).unwrap()["c"].version
+    );
+}
+
+/// With one push slot, a change still reaches every proxy: slots are released when a
+/// response has been written, and queued pushes take the newest model.
+#[tokio::test]
+async fn a_throttle_of_one_still_converges_every_proxy() {
+    let mut h = Harness::start_throttled(&["a.default.svc.cluster.local"], 1).await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let (tx, mut rx) = h.delta().await;
+        tx.send(DeltaDiscoveryRequest {
+            node: node(),
+            type_url: TypeUrl::Cluster.url().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let first = next(&mut rx).await;
+        tx.send(DeltaDiscoveryRequest {
+            type_url: TypeUrl::Cluster.url().into(),
+            response_nonce: first.nonce.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        streams.push((tx, rx));
+    }
+    h.publish(&["a.default.svc.cluster.local", "b.default.svc.cluster.local"]);
+    h.publish(&["a.default.svc.cluster.local", "c.default.svc.cluster.local"]);
+    for (_, rx) in &mut streams {
+        // Either both changes, or (merged) only the newest; the end state is the same.
+        let mut names = std::collections::BTreeSet::new();
+        loop {
+            let r = next(rx).await;
+            for x in &r.resources {
+                names.insert(x.name.clone());
+            }
+            for x in &r.removed_resources {
+                names.remove(x);
+            }
+            if names.contains("c.default.svc.cluster.local") {
+                break;
+            }
+        }
+        assert!(!names.contains("b.default.svc.cluster.local"), "{names:?}");
+    }
 }
 
 #[test]

@@ -116,33 +116,27 @@ impl ProxyConfig {
     /// The ADS server's form: encoded once, versioned by content hash. Every type is present
     /// (possibly empty), so "no listeners" is a state that gets pushed, not a missing type.
     pub fn resources(&self) -> ProxyResources {
+        self.resources_reusing(None)
+    }
+
+    /// [`Self::resources`], keeping `previous`'s resource wherever the message is the same
+    /// (see [`ProxyResources::insert_stable`]).
+    pub fn resources_reusing(&self, previous: Option<&ProxyResources>) -> ProxyResources {
         let mut out = ProxyResources::default();
         for t in TypeUrl::ADS_ORDER {
             out.by_type.entry(t).or_default();
         }
         for c in &self.clusters {
-            out.insert(
-                TypeUrl::Cluster,
-                Resource::new(c.name.clone(), TypeUrl::Cluster, c),
-            );
+            out.insert_stable(TypeUrl::Cluster, &c.name, c, previous);
         }
         for e in &self.endpoints {
-            out.insert(
-                TypeUrl::Endpoint,
-                Resource::new(e.cluster_name.clone(), TypeUrl::Endpoint, e),
-            );
+            out.insert_stable(TypeUrl::Endpoint, &e.cluster_name, e, previous);
         }
         for l in &self.listeners {
-            out.insert(
-                TypeUrl::Listener,
-                Resource::new(l.name.clone(), TypeUrl::Listener, l),
-            );
+            out.insert_stable(TypeUrl::Listener, &l.name, l, previous);
         }
         for r in &self.routes {
-            out.insert(
-                TypeUrl::Route,
-                Resource::new(r.name.clone(), TypeUrl::Route, r),
-            );
+            out.insert_stable(TypeUrl::Route, &r.name, r, previous);
         }
         out
     }
@@ -222,20 +216,26 @@ struct OutboundKey {
     /// Only when some route matches on source labels; otherwise every proxy of a namespace
     /// shares one entry.
     labels: Option<Labels>,
-    /// The outbound connection managers' tracing, encoded ([`tracing::HcmTracing::cache_key`]):
-    /// its span tags and Telemetry selection differ per workload.
-    tracing: Vec<u8>,
 }
+
+/// What a proxy's outbound listeners depend on beyond [`OutboundKey`]: the connection
+/// managers' tracing ([`tracing::HcmTracing::cache_key`]), whose span tags name the workload.
+/// Only the few listeners are kept per workload; clusters, endpoints and routes stay shared.
+type ListenersKey = (OutboundKey, Vec<u8>);
 
 type Cell = Arc<OnceLock<Arc<ProxyResources>>>;
 
 #[derive(Debug, Default)]
 struct Cache {
     version: u64,
+    /// The model of `version`.
+    model: Option<Arc<MeshModel>>,
     outbound: HashMap<OutboundKey, Cell>,
+    listeners: HashMap<ListenersKey, Cell>,
     inbound: HashMap<InboundKey, Cell>,
     /// The previous version's parts, whose unchanged sets new parts reuse by pointer.
     previous_outbound: HashMap<OutboundKey, Cell>,
+    previous_listeners: HashMap<ListenersKey, Cell>,
     previous_inbound: HashMap<InboundKey, Cell>,
 }
 
@@ -273,20 +273,41 @@ impl XdsGenerator {
     fn cells(
         &self,
         version: u64,
+        model: &Arc<MeshModel>,
         out: OutboundKey,
+        lis: ListenersKey,
         inb: InboundKey,
-    ) -> (
-        Cell,
-        Option<Arc<ProxyResources>>,
-        Cell,
-        Option<Arc<ProxyResources>>,
-    ) {
+    ) -> [(Cell, Option<Arc<ProxyResources>>); 3] {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.version != version {
             let old = std::mem::take(&mut *cache);
+            // When only workloads came or went (or routing rules changed, which the inbound
+            // half does not read), a proxy's inbound half is unchanged unless its own
+            // workload is one of them (its named ports): keep every other part as it is,
+            // generated or not. Endpoint churn and route edits then cost no inbound halves.
+            let inbound = match old
+                .model
+                .as_deref()
+                .and_then(|m| m.workload_changes(model, true))
+            {
+                Some(changed) => old
+                    .inbound
+                    .iter()
+                    .filter(|(k, _)| {
+                        !changed
+                            .iter()
+                            .any(|w| w.namespace == k.namespace && w.labels == k.labels)
+                    })
+                    .map(|(k, c)| (k.clone(), c.clone()))
+                    .collect(),
+                None => HashMap::new(),
+            };
             *cache = Cache {
                 version,
+                model: Some(model.clone()),
+                inbound,
                 previous_outbound: old.outbound,
+                previous_listeners: old.listeners,
                 previous_inbound: old.inbound,
                 ..Cache::default()
             };
@@ -295,13 +316,18 @@ impl XdsGenerator {
             .previous_outbound
             .get(&out)
             .and_then(|c| c.get().cloned());
+        let prev_lis = cache
+            .previous_listeners
+            .get(&lis)
+            .and_then(|c| c.get().cloned());
         let prev_in = cache
             .previous_inbound
             .get(&inb)
             .and_then(|c| c.get().cloned());
         let o = cache.outbound.entry(out).or_default().clone();
+        let l = cache.listeners.entry(lis).or_default().clone();
         let i = cache.inbound.entry(inb).or_default().clone();
-        (o, prev_out, i, prev_in)
+        [(o, prev_out), (l, prev_lis), (i, prev_in)]
     }
 }
 
@@ -344,9 +370,9 @@ impl Generator for XdsGenerator {
             interception: proxy.interception_mode,
             sidecar: plan::sidecar_for(model, &proxy).map(|(i, _)| i),
             labels: uses_source_labels.then(|| proxy.labels.clone()),
-            tracing: tracing::HcmTracing::new(model, &proxy, tracing::Class::SidecarOutbound)
-                .cache_key(),
         };
+        let trace = tracing::HcmTracing::new(model, &proxy, tracing::Class::SidecarOutbound);
+        let lis_key = (out_key.clone(), trace.cache_key());
         let binds_own_ip = plan::sidecar_for(model, &proxy)
             .is_some_and(|(_, s)| s.ingress.iter().any(|i| i.bind.is_none()));
         let in_key = InboundKey {
@@ -355,12 +381,13 @@ impl Generator for XdsGenerator {
             interception: proxy.interception_mode,
             bind_ip: binds_own_ip.then(|| proxy.ip.clone()),
         };
-        let (out, prev_out, inb, prev_in) = self.cells(snapshot.version, out_key, in_key);
+        let [(out, prev_out), (lis, prev_lis), (inb, prev_in)] =
+            self.cells(snapshot.version, &snapshot.model, out_key, lis_key, in_key);
         let part = |cell: &Cell,
                     previous: Option<Arc<ProxyResources>>,
-                    build: &dyn Fn() -> ProxyResources| {
+                    build: &dyn Fn(Option<&ProxyResources>) -> ProxyResources| {
             cell.get_or_init(|| {
-                let mut r = build();
+                let mut r = build(previous.as_deref());
                 if let Some(prev) = previous {
                     r.reuse_unchanged(&prev);
                 }
@@ -368,15 +395,57 @@ impl Generator for XdsGenerator {
             })
             .clone()
         };
-        let outbound = part(&out, prev_out, &|| {
-            generate_outbound(model, &proxy, &self.security).resources()
+        let outbound = part(&out, prev_out, &|prev| {
+            generate_outbound(model, &proxy, &self.security).resources_reusing(prev)
         });
-        let inbound = part(&inb, prev_in, &|| {
-            generate_inbound(model, &proxy, &self.security).resources()
+        // The shared outbound listeners carry the tracing of whichever proxy built them:
+        // this proxy's own copies, with its tracing, come first and shadow them.
+        let listeners = part(&lis, prev_lis, &|prev| {
+            let mut r = ProxyResources::default();
+            r.by_type.entry(TypeUrl::Listener).or_default();
+            for res in outbound
+                .of_type(TypeUrl::Listener)
+                .into_iter()
+                .flat_map(|m| m.values())
+            {
+                match Listener::decode(res.value.clone()) {
+                    Ok(mut l) => {
+                        retrace(&mut l, &trace);
+                        r.insert_stable(TypeUrl::Listener, &res.name, &l, prev);
+                    }
+                    // Encoded by us a moment ago: cannot happen, and the shared copy is fine.
+                    Err(_) => r.insert(TypeUrl::Listener, (**res).clone()),
+                }
+            }
+            r
+        });
+        let inbound = part(&inb, prev_in, &|prev| {
+            generate_inbound(model, &proxy, &self.security).resources_reusing(prev)
         });
         Ok(ProxyView {
-            layers: vec![outbound, inbound],
+            layers: vec![listeners, outbound, inbound],
         })
+    }
+}
+
+/// Set `trace` on every HTTP connection manager of `listener`.
+fn retrace(listener: &mut Listener, trace: &tracing::HcmTracing) {
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let chains = listener
+        .filter_chains
+        .iter_mut()
+        .chain(listener.default_filter_chain.iter_mut());
+    for chain in chains {
+        for filter in &mut chain.filters {
+            if let Some(ConfigType::TypedConfig(any)) = &mut filter.config_type
+                && any.type_url == <HttpConnectionManager as prost::Name>::type_url()
+                && let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice())
+            {
+                trace.apply(&mut hcm);
+                any.value = hcm.encode_to_vec();
+            }
+        }
     }
 }
 

@@ -720,7 +720,7 @@ fn look_alike_replicas_bind_their_own_address() {
             .of_type(TypeUrl::Listener)
             .unwrap()
             .keys()
-            .cloned()
+            .map(|k| k.to_string())
             .collect();
         names.sort();
         names

@@ -495,7 +495,7 @@ fn the_outbound_cache_tells_apart_what_tracing_tells_apart() {
         let view = g.generate(&snap, &node(app)).unwrap().flatten();
         let set = view.of_type(TypeUrl::Listener).unwrap();
         set.values()
-            .filter_map(|r| Listener::decode(r.any.value.as_slice()).ok())
+            .filter_map(|r| Listener::decode(r.value.as_ref()).ok())
             .collect::<Vec<_>>()
     };
     let rate = |ls: &[Listener]| {
@@ -513,6 +513,10 @@ fn the_outbound_cache_tells_apart_what_tracing_tells_apart() {
     };
     let traced = rate(&listeners("traced"));
     let other = rate(&listeners("other"));
+    // Only the listeners are per workload: clusters, endpoints and routes stay one shared set.
+    let a = g.generate(&snap, &node("traced")).unwrap();
+    let b = g.generate(&snap, &node("other")).unwrap();
+    assert!(Arc::ptr_eq(&a.layers[1], &b.layers[1]), "outbound half not shared");
     assert!(
         !traced.is_empty() && traced.iter().all(|r| *r == 42.0),
         "{traced:?}"
