@@ -516,7 +516,10 @@ fn the_outbound_cache_tells_apart_what_tracing_tells_apart() {
     // Only the listeners are per workload: clusters, endpoints and routes stay one shared set.
     let a = g.generate(&snap, &node("traced")).unwrap();
     let b = g.generate(&snap, &node("other")).unwrap();
-    assert!(Arc::ptr_eq(&a.layers[1], &b.layers[1]), "outbound half not shared");
+    assert!(
+        Arc::ptr_eq(&a.layers[1], &b.layers[1]),
+        "outbound half not shared"
+    );
     assert!(
         !traced.is_empty() && traced.iter().all(|r| *r == 42.0),
         "{traced:?}"
