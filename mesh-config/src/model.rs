@@ -73,11 +73,12 @@ pub struct MeshModel {
 /// differ, and a clone starts without it.
 #[derive(Debug, Default)]
 pub struct WorkloadIndex {
-    built: std::sync::OnceLock<(
-        usize,
-        std::collections::HashMap<(String, String, String), Vec<usize>>,
-    )>,
+    /// The number of workloads it was built for, and the index.
+    built: std::sync::OnceLock<(usize, IndexMap)>,
 }
+
+/// `(namespace, label, value)` → indexes into `MeshModel::workloads`.
+type IndexMap = std::collections::HashMap<(String, String, String), Vec<usize>>;
 
 impl Clone for WorkloadIndex {
     fn clone(&self) -> Self {
@@ -1065,8 +1066,10 @@ mod tests {
             has_sidecar: true,
             source: ResourceRef::default(),
         };
-        let mut a = MeshModel::default();
-        a.workloads = vec![w("u1", "10.0.0.1"), w("u2", "10.0.0.2")];
+        let a = MeshModel {
+            workloads: vec![w("u1", "10.0.0.1"), w("u2", "10.0.0.2")],
+            ..Default::default()
+        };
         let mut b = a.clone();
         assert_eq!(a.workload_changes(&b, false).map(|c| c.len()), Some(0));
         b.workloads[1].address = "10.0.0.3".into();

@@ -421,12 +421,17 @@ impl SeriesKey {
             ("source_principal", s.principal.clone()),
             ("source_app", s.app.clone()),
             ("source_version", s.version.clone()),
+            // Istio's fallback without canonical labels: app and version.
+            ("source_canonical_service", s.app.clone()),
+            ("source_canonical_revision", s.version.clone()),
             ("source_cluster", s.cluster.clone()),
             ("destination_workload", d.workload.clone()),
             ("destination_workload_namespace", d.namespace.clone()),
             ("destination_principal", d.principal.clone()),
             ("destination_app", d.app.clone()),
             ("destination_version", d.version.clone()),
+            ("destination_canonical_service", d.app.clone()),
+            ("destination_canonical_revision", d.version.clone()),
             ("destination_service", v.host.clone()),
             ("destination_service_name", v.name.clone()),
             ("destination_service_namespace", v.namespace.clone()),
@@ -1659,6 +1664,9 @@ mod tests {
             namespace: p.namespace.clone(),
             app: p.app.clone(),
             version: p.version.clone(),
+            // Istio's fallback without canonical labels: app and version.
+            canonical_service: p.app.clone(),
+            canonical_revision: p.version.clone(),
             principal: p.principal.clone(),
             cluster: p.cluster.clone(),
         })
