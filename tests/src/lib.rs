@@ -6,6 +6,8 @@
 //! a failing assertion never leaves an Envoy behind. Logs go to files in the test's temp dir
 //! and are printed when a guard is dropped during a panic, so CI output shows why.
 
+pub mod pods;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
