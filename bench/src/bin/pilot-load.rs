@@ -492,8 +492,7 @@ impl Sim {
             )
             .await?
             .into_inner();
-        let mut have: HashSet<TypeUrl> = HashSet::new();
-        let mut synced = false;
+        let mut progress = Progress::default();
         let mut eds_names: HashSet<String> = HashSet::new();
         let mut rds_names: HashSet<String> = HashSet::new();
         while let Some(resp) = stream.message().await? {
@@ -503,7 +502,6 @@ impl Sim {
             else {
                 bail!("unexpected type {}", resp.type_url);
             };
-            have.insert(t);
             let mut follow_up = None;
             if t == TypeUrl::Cluster {
                 // Subscribe to endpoints of every cluster (pilot answers for the EDS ones).
@@ -542,23 +540,8 @@ impl Sim {
                 })
                 .await?;
             }
-            if synced {
-                let _ = self
-                    .events
-                    .send(Event::Pushed(i, t, now, resp.encoded_len()));
-                if t == TypeUrl::Endpoint {
-                    let svcs = resp
-                        .resources
-                        .iter()
-                        .filter_map(|r| service_of(&r.name))
-                        .collect();
-                    let _ = self.events.send(Event::Endpoints(i, svcs, now));
-                }
-            }
-            if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
-                synced = true;
-                let _ = self.events.send(Event::Synced(i));
-            }
+            let names = resp.resources.iter().map(|r| r.name.as_str());
+            self.report(&mut progress, t, now, resp.encoded_len(), names);
         }
         Ok(())
     }
@@ -598,8 +581,7 @@ impl Sim {
             )
             .await?
             .into_inner();
-        let mut have: HashSet<TypeUrl> = HashSet::new();
-        let mut synced = false;
+        let mut progress = Progress::default();
         let mut eds_names: Vec<String> = Vec::new();
         let mut rds_names: Vec<String> = Vec::new();
         while let Some(resp) = stream.message().await? {
@@ -609,7 +591,6 @@ impl Sim {
             else {
                 bail!("unexpected type {}", resp.type_url);
             };
-            have.insert(t);
             let names: Vec<String> = resp
                 .resources
                 .iter()
@@ -660,21 +641,43 @@ impl Sim {
                 })
                 .await?;
             }
-            if synced {
-                let _ = self
-                    .events
-                    .send(Event::Pushed(i, t, now, resp.encoded_len()));
-                if t == TypeUrl::Endpoint {
-                    let svcs = names.iter().filter_map(|n| service_of(n)).collect();
-                    let _ = self.events.send(Event::Endpoints(i, svcs, now));
-                }
-            }
-            if !synced && have.len() == TypeUrl::PUSH_ORDER.len() {
-                synced = true;
-                let _ = self.events.send(Event::Synced(i));
-            }
+            let names = names.iter().map(String::as_str);
+            self.report(&mut progress, t, now, resp.encoded_len(), names);
         }
         Ok(())
+    }
+}
+
+/// What one stream has received so far.
+#[derive(Default)]
+struct Progress {
+    have: HashSet<TypeUrl>,
+    synced: bool,
+}
+
+impl Sim {
+    /// A response of type `t` carrying `names` arrived: once the stream holds all four types it
+    /// is synced; after that every response is reported as a push (with the services whose
+    /// endpoints it carries).
+    fn report<'a>(
+        &self,
+        p: &mut Progress,
+        t: TypeUrl,
+        now: Instant,
+        bytes: usize,
+        names: impl Iterator<Item = &'a str>,
+    ) {
+        p.have.insert(t);
+        if p.synced {
+            let _ = self.events.send(Event::Pushed(self.i, t, now, bytes));
+            if t == TypeUrl::Endpoint {
+                let svcs = names.filter_map(service_of).collect();
+                let _ = self.events.send(Event::Endpoints(self.i, svcs, now));
+            }
+        } else if p.have.len() == TypeUrl::PUSH_ORDER.len() {
+            p.synced = true;
+            let _ = self.events.send(Event::Synced(self.i));
+        }
     }
 }
 
