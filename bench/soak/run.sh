@@ -9,12 +9,15 @@
 #   - every 10 s the split in user-split.yaml is rewritten (v1/v2 weights alternate);
 #   - 5-minute workload certificates (SECRET_TTL=5m, Istio's agent knob; mast-proxy asks
 #     citadel for that lifetime and renews at half of it);
-#   - every 30 s one sidecar is restarted (SIGTERM, then the same command line, environment,
-#     network namespace and user started again), round robin over the workloads;
+#   - every 30 s one sidecar is restarted (SIGTERM; once it has exited, the same command line,
+#     environment, network namespace and user started again), round robin by pod name over the
+#     workloads (not the ingress gateway);
 #   - every 15 s an endpoint is added to or removed from a `churn` service (EDS churn to every
 #     proxy without touching the traffic's path);
 #   - every 10 s the RSS, open file descriptors and threads (tasks) of mastd and of each
-#     sidecar are appended to samples.csv.
+#     sidecar are appended to samples.csv;
+#   - events.log: each restart (SIGTERM, exit and start times) and split save, so report.py can
+#     set the demo's failed requests against the restarts.
 # At the end: the demo's JSON summary (requests, errors), and report.py turns samples.csv into
 # slopes per hour (least squares, per process) and chart.svg.
 set -euo pipefail
@@ -41,7 +44,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 if [ -z "$BIN_DIR" ]; then
   BIN_DIR=$ROOT/target/release
   if [ ! -x "$BIN_DIR/mastctl" ]; then
-    (cd "$ROOT" && cargo build --release -p mastctl -p mastd -p mast-proxy -p mast-samples)
+    (cd "$ROOT" && cargo build --release -p mastctl -p mastd -p mast-proxy -p mast-injector -p mast-samples)
   fi
 fi
 [ "$(id -u)" = 0 ] || { echo "the pods demo needs root" >&2; exit 1; }
@@ -73,10 +76,10 @@ trap cleanup INT TERM
 
 # Processes below this script (the demo's tree and the sidecars this script restarted; never
 # the host's), by name.
-descendants() {
-  local pid=$1 kids
-  kids=$(ps -o pid= --ppid "$pid" 2>/dev/null || true)
-  for k in $kids; do echo "$k"; descendants "$k"; done
+descendants() { # one ps for the whole tree (a ps per process made a pass of the loop slow)
+  ps -e -o pid=,ppid= | awk -v root="$1" '
+    { kids[$2] = kids[$2] " " $1 }
+    END { n = split(kids[root], q, " "); for (i = 1; i <= n; i++) { print q[i]; m = split(kids[q[i]], more, " "); for (j = 1; j <= m; j++) q[++n] = more[j] } }'
 }
 procs_named() { # name -> pids under the demo
   for p in $(descendants "$$"); do
@@ -129,6 +132,8 @@ spec:
       weight: ${weights[1]}
 YAML
   mv "$CONFIG/.user-split.tmp" "$CONFIG/user-split.yaml"
+  # report.py aligns the demo's clock (its "applied" lines) with this one through these.
+  echo "$(( $(date +%s) - START )) split ${weights[0]}/${weights[1]} saved_epoch=$(date +%s.%N)" >>"$OUT/events.log"
 }
 
 churn_on=0
@@ -159,36 +164,59 @@ YAML
 }
 
 restarts=0
+alive() { # a process that has not exited (a zombie has: its sockets are closed)
+  local st
+  st=$(awk '/^State:/{print $2}' /proc/"$1"/status 2>/dev/null)
+  [ -n "$st" ] && [ "$st" != Z ]
+}
 restart_one() {
-  mapfile -t sidecars < <(procs_named mast-proxy)
-  [ "${#sidecars[@]}" -gt 0 ] || return 0
-  local p=${sidecars[$(( restarts % ${#sidecars[@]} ))]}
-  local pod ns uid gid
-  pod=$(pod_of "$p")
+  # Round robin by pod name over the live sidecars (not the ingress gateway: its callers are
+  # the load generator itself, with no retry policy). The demo does not reap the sidecars it
+  # started when told they are restarted elsewhere, so a replaced one stays a zombie under it:
+  # skip those, and do not wait for them to vanish.
+  local p pod pods=() pids=()
+  for p in $(procs_named mast-proxy); do
+    alive "$p" || continue
+    pod=$(pod_of "$p")
+    case "$pod" in ''|istio-ingressgateway*) continue ;; esac
+    pods+=("$pod"); pids+=("$p")
+  done
+  [ "${#pods[@]}" -gt 0 ] || return 0
+  local names; mapfile -t names < <(printf '%s\n' "${pods[@]}" | sort -u)
+  local want=${names[$(( restarts % ${#names[@]} ))]} i
+  p=""
+  for i in "${!pods[@]}"; do [ "${pods[$i]}" = "$want" ] && p=${pids[$i]}; done
+  [ -n "$p" ] || return 0
+  local ns uid gid
+  pod=$want
   ns=$(ip netns identify "$p" 2>/dev/null || true)
   uid=$(awk '/^Uid:/{print $2}' /proc/"$p"/status)
   gid=$(awk '/^Gid:/{print $2}' /proc/"$p"/status)
   mapfile -d '' -t argv </proc/"$p"/cmdline
   mapfile -d '' -t envv </proc/"$p"/environ
-  [ -n "$pod" ] && [ -n "$ns" ] || return 0
+  [ -n "$ns" ] || return 0
+  local t_kill; t_kill=$(date +%s.%N)
   kill -TERM "$p"
-  for _ in $(seq 1 50); do [ -d /proc/"$p" ] || break; sleep 0.1; done
+  # The old sidecar drains (terminationDrainDuration, 1 s in the demo) and exits; start the new
+  # one as soon as it has (a kubelet restarts a container once it has exited).
+  for _ in $(seq 1 100); do alive "$p" || break; sleep 0.05; done
+  local t_exit; t_exit=$(date +%s.%N)
   ip netns exec "$ns" setpriv --reuid="$uid" --regid="$gid" --clear-groups \
     env -i "${envv[@]}" "${argv[@]}" >>"$OUT/restarted-$pod.log" 2>&1 &
   restarts=$(( restarts + 1 ))
-  echo "$(( $(date +%s) - START )) restarted $pod (pid $p -> $!)" >>"$OUT/events.log"
+  echo "$(( $(date +%s) - START )) restarted $pod (pid $p -> $!) sigterm_epoch=$t_kill exited_epoch=$t_exit started_epoch=$(date +%s.%N)" >>"$OUT/events.log"
 }
 
-tick=0
-while kill -0 "$DEMO" 2>/dev/null && [ $(( $(date +%s) - START )) -lt "$TOTAL" ]; do
-  [ $(( tick % SAMPLE_EVERY )) = 0 ] && sample >>"$OUT/samples.csv"
-  if [ $tick -gt 0 ]; then
-    [ $(( tick % EDIT_EVERY )) = 0 ] && edit_split
-    [ $(( tick % CHURN_EVERY )) = 0 ] && churn
-    [ $(( tick % RESTART_EVERY )) = 0 ] && restart_one
-  fi
-  sleep 1
-  tick=$(( tick + 1 ))
+# On the wall clock (a pass of the loop takes more than its 1 s sleep: sampling walks /proc).
+next_sample=0 next_edit=$EDIT_EVERY next_churn=$CHURN_EVERY next_restart=$RESTART_EVERY
+while kill -0 "$DEMO" 2>/dev/null; do
+  el=$(( $(date +%s) - START ))
+  [ "$el" -lt "$TOTAL" ] || break
+  if [ "$el" -ge "$next_sample" ]; then sample >>"$OUT/samples.csv"; next_sample=$(( (el / SAMPLE_EVERY + 1) * SAMPLE_EVERY )); fi
+  if [ "$el" -ge "$next_edit" ]; then edit_split; next_edit=$(( (el / EDIT_EVERY + 1) * EDIT_EVERY )); fi
+  if [ "$el" -ge "$next_churn" ]; then churn; next_churn=$(( (el / CHURN_EVERY + 1) * CHURN_EVERY )); fi
+  if [ "$el" -ge "$next_restart" ]; then restart_one; next_restart=$(( (el / RESTART_EVERY + 1) * RESTART_EVERY )); fi
+  sleep 0.5
 done
 wait "$DEMO" || true
 # Sidecars this script restarted are its own children, not the demo's: end them by PID.
