@@ -5,6 +5,19 @@
 //! the proxy; `:15021/healthz/ready` is what Kubernetes probes; `:15090/stats/prometheus` is
 //! what Prometheus scrapes. Same shapes as Envoy's so `istioctl proxy-config`-style tooling
 //! and dashboards read them unchanged. pilot-agent's `:15020` is [`crate::agent`].
+//!
+//! One path is Mast's own: `GET /debug/xds_digest` says what xDS config the proxy holds in a
+//! few bytes, so that a benchmark (pilot-load's `--real-proxies`) or an operator can check that
+//! two proxies with the same view hold the same config, and poll it cheaply:
+//!
+//! ```json
+//! {"digest": "<hex>", "types": {"<type URL>": {"count": 3, "digest": "<hex>"}, …}}
+//! ```
+//!
+//! `digest` covers every type that holds something; each type's covers its sorted
+//! `(name, SHA-256 of the resource's bytes as received)` pairs (see [`crate::state::digest`]
+//! for the exact formula). `?resources=1` adds `"resources": {"<name>": "<hex>", …}` per type,
+//! to find which resource differs.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -118,7 +131,10 @@ fn route(
             );
             r
         }
-        (Role::Admin, "/stats") => text(StatusCode::OK, envoy_stats(shared)),
+        (Role::Admin, "/stats") => text(
+            StatusCode::OK,
+            envoy_stats(shared) + &listeners.worker_stats(),
+        ),
         (Role::Admin, "/config_dump") => match config_dump(shared) {
             Ok(v) => json(&v),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -195,9 +211,13 @@ fn route(
             }))
         }
         (Role::Admin, "/certs") => json(&certs(shared)),
+        (Role::Admin, "/debug/xds_digest") => json(&xds_digest(
+            shared,
+            query.split('&').any(|kv| kv == "resources=1"),
+        )),
         (Role::Admin, "/" | "/help") => text(
             StatusCode::OK,
-            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
+            "admin commands are:\n  /certs\n  /clusters\n  /config_dump\n  /debug/xds_digest\n  /listeners\n  /logging\n  /quitquitquit\n  /ready\n  /server_info\n  /stats\n  /stats/prometheus\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -213,6 +233,36 @@ pub(crate) fn prometheus_exposition(shared: &Shared) -> String {
     body.push_str(&envoy_prometheus(shared));
     body.push_str("# EOF\n");
     body
+}
+
+/// `/debug/xds_digest` (see the module doc); with `resources`, each resource's hash too.
+fn xds_digest(shared: &Shared, resources: bool) -> serde_json::Value {
+    use crate::state::digest;
+    let res = match shared.store.resources.lock() {
+        Ok(r) => r,
+        Err(p) => p.into_inner(),
+    };
+    let types = res.digest();
+    let mut by_type = serde_json::Map::new();
+    for t in types.iter().filter(|t| t.count > 0) {
+        let mut entry = serde_json::json!({
+            "count": t.count,
+            "digest": digest::hex(&t.digest),
+        });
+        if resources {
+            entry["resources"] = res
+                .hashes(t.type_url)
+                .into_iter()
+                .map(|(name, hash)| (name, digest::hex(&hash).into()))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        by_type.insert(t.type_url.url().to_string(), entry);
+    }
+    serde_json::json!({
+        "digest": digest::hex(&digest::overall(&types)),
+        "types": by_type,
+    })
 }
 
 /// Envoy's `/certs`: the workload certificate and trust bundle in use, with expiry.
@@ -515,4 +565,104 @@ fn envoy_prometheus(shared: &Shared) -> String {
     }
     out.push_str(&shared.tracers.envoy_prometheus());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::google::protobuf::Any;
+    use mast_proto::TypeUrl;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::state::{Incoming, digest};
+
+    fn shared() -> Shared {
+        let config = crate::config::Config::from_env(
+            &BTreeMap::<String, String>::new(),
+            &Default::default(),
+        )
+        .unwrap();
+        Shared::new(config, false, None)
+    }
+
+    fn cluster(name: &str, connect_ms: u32) -> Incoming {
+        let c = Cluster {
+            name: name.into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: 0,
+                nanos: connect_ms as i32 * 1_000_000,
+            }),
+            ..Default::default()
+        };
+        Incoming {
+            name: None,
+            version: String::new(),
+            any: Any {
+                type_url: TypeUrl::Cluster.url().into(),
+                value: c.encode_to_vec(),
+            },
+        }
+    }
+
+    fn apply(shared: &Shared, incoming: Vec<Incoming>, removed: &[&str]) {
+        let removed: Vec<String> = removed.iter().map(|s| s.to_string()).collect();
+        shared
+            .store
+            .resources
+            .lock()
+            .unwrap()
+            .apply(TypeUrl::Cluster, "1", incoming, &removed, false)
+            .unwrap();
+    }
+
+    #[test]
+    fn xds_digest_names_each_resource_by_the_hash_of_its_bytes_and_follows_changes() {
+        let a = shared();
+        let empty = xds_digest(&a, false);
+        assert_eq!(empty["types"], serde_json::json!({}));
+        assert_eq!(empty["digest"], digest::hex(&digest::overall(&[])));
+
+        apply(&a, vec![cluster("b", 100), cluster("a", 200)], &[]);
+        let full = xds_digest(&a, true);
+        let cds = &full["types"][TypeUrl::Cluster.url()];
+        assert_eq!(cds["count"], 2);
+        let bytes = cluster("a", 200).any.value;
+        assert_eq!(
+            cds["resources"]["a"],
+            digest::hex(&digest::resource_hash(&bytes)),
+            "the hash of the bytes as received"
+        );
+        assert_ne!(full["digest"], empty["digest"]);
+        assert!(
+            xds_digest(&a, false)["types"][TypeUrl::Cluster.url()]
+                .get("resources")
+                .is_none(),
+            "the listing only when asked"
+        );
+
+        // Another proxy that received the same resources in another order and in two
+        // responses has the same digest; one byte of difference changes it.
+        let b = shared();
+        apply(&b, vec![cluster("a", 200)], &[]);
+        apply(&b, vec![cluster("b", 100)], &[]);
+        assert_eq!(xds_digest(&b, false)["digest"], full["digest"]);
+        apply(&b, vec![cluster("b", 101)], &[]);
+        let changed = xds_digest(&b, true);
+        assert_ne!(changed["digest"], full["digest"]);
+        assert_ne!(
+            changed["types"][TypeUrl::Cluster.url()]["resources"]["b"],
+            cds["resources"]["b"]
+        );
+        // A removal counts too, and removing everything is the empty digest again.
+        apply(&b, vec![], &["b"]);
+        assert_eq!(
+            xds_digest(&b, false)["types"][TypeUrl::Cluster.url()]["count"],
+            1
+        );
+        apply(&b, vec![], &["a"]);
+        assert_eq!(xds_digest(&b, false)["digest"], empty["digest"]);
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -28,6 +28,8 @@ use crate::resources::{Nack, XdsResource};
 use crate::tls::credentials::Credential;
 use crate::upstream::Cluster;
 
+pub mod digest;
+
 /// One received resource.
 #[derive(Debug)]
 pub struct Item<T> {
@@ -35,6 +37,8 @@ pub struct Item<T> {
     pub parsed: Arc<T>,
     pub version: String,
     pub updated: SystemTime,
+    /// SHA-256 of `any.value` as received, for [`digest`].
+    pub hash: digest::Hash,
 }
 
 /// All resources of one type.
@@ -42,6 +46,8 @@ pub struct Item<T> {
 pub struct TypeState<T> {
     pub version: String,
     pub items: BTreeMap<String, Item<T>>,
+    /// [`digest::type_digest`] of `items`, computed when first asked after a change.
+    digest: OnceLock<digest::Hash>,
 }
 
 impl<T> Default for TypeState<T> {
@@ -49,11 +55,19 @@ impl<T> Default for TypeState<T> {
         Self {
             version: String::new(),
             items: BTreeMap::new(),
+            digest: OnceLock::new(),
         }
     }
 }
 
 impl<T> TypeState<T> {
+    /// The digest of what is held (names and the hashes of their bytes).
+    pub fn digest(&self) -> digest::Hash {
+        *self.digest.get_or_init(|| {
+            digest::type_digest(self.items.iter().map(|(n, i)| (n.as_str(), &i.hash)))
+        })
+    }
+
     /// Apply one response of `R`s (see [`Resources::apply`]).
     fn apply<R: XdsResource<Compiled = T>>(
         &mut self,
@@ -78,6 +92,7 @@ impl<T> TypeState<T> {
         if !rejected.is_empty() {
             return Err(Nack(rejected));
         }
+        self.digest = OnceLock::new();
         if replace {
             self.items.clear();
         }
@@ -89,6 +104,7 @@ impl<T> TypeState<T> {
             self.items.insert(
                 name,
                 Item {
+                    hash: digest::resource_hash(&any.value),
                     any,
                     parsed: Arc::new(value),
                     version: item_version,
@@ -205,6 +221,40 @@ impl Resources {
                     .map(|n| format!("ClusterLoadAssignment {n}")),
             )
             .collect()
+    }
+
+    /// The digest of every type held, for `/debug/xds_digest`.
+    pub fn digest(&self) -> Vec<digest::TypeDigest> {
+        macro_rules! typed {
+            ($t:expr, $state:expr) => {
+                digest::TypeDigest {
+                    type_url: $t,
+                    count: $state.items.len(),
+                    digest: $state.digest(),
+                }
+            };
+        }
+        vec![
+            typed!(TypeUrl::Cluster, self.clusters),
+            typed!(TypeUrl::Endpoint, self.endpoints),
+            typed!(TypeUrl::Listener, self.listeners),
+            typed!(TypeUrl::Route, self.routes),
+            typed!(TypeUrl::Secret, self.secrets),
+        ]
+    }
+
+    /// The names held of type `t` with the hashes of their bytes, in name order.
+    pub fn hashes(&self, t: TypeUrl) -> Vec<(String, digest::Hash)> {
+        fn of<T>(s: &TypeState<T>) -> Vec<(String, digest::Hash)> {
+            s.items.iter().map(|(n, i)| (n.clone(), i.hash)).collect()
+        }
+        match t {
+            TypeUrl::Cluster => of(&self.clusters),
+            TypeUrl::Endpoint => of(&self.endpoints),
+            TypeUrl::Listener => of(&self.listeners),
+            TypeUrl::Route => of(&self.routes),
+            TypeUrl::Secret => of(&self.secrets),
+        }
     }
 
     /// The SDS secrets held, by name, as handshakes read them.
