@@ -176,6 +176,29 @@ pub struct RequestLabels {
     pub flags: &'static str,
 }
 
+/// The label set of `istio_request_messages_total` and `istio_response_messages_total`:
+/// the two workloads and the service only. Istio reports a gRPC stream's messages while it
+/// runs, before it has a status, so these counters carry no protocol, code or flags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerLabels {
+    pub reporter: Reporter,
+    pub source: Arc<Peer>,
+    pub destination: Arc<Peer>,
+    pub service: Arc<ServiceId>,
+}
+
+impl EncodeLabelSet for PeerLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_common(
+            e,
+            self.reporter,
+            &self.source,
+            &self.destination,
+            &self.service,
+        )
+    }
+}
+
 /// The label set of the `istio_tcp_*` metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TcpLabels {
@@ -294,6 +317,28 @@ pub fn with_principal(peer: &Peer, principal: &str) -> Arc<Peer> {
     })
 }
 
+/// The namespace a SPIFFE ID names (`spiffe://<trust domain>/ns/<namespace>/sa/<account>`),
+/// which Istio prefers over the peer's metadata for `*_workload_namespace`.
+pub fn spiffe_namespace(id: &str) -> Option<&str> {
+    let path = id.strip_prefix("spiffe://")?;
+    let mut parts = path.split('/').skip(1);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(ns), Some("sa")) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// A peer known only by the SPIFFE ID of its certificate (a TCP connection has no metadata
+/// exchange in mast-proxy): its principal and, from the ID, its namespace.
+pub fn peer_of_identity(id: &str) -> Arc<Peer> {
+    let mut peer = Peer::unknown();
+    if let Some(ns) = spiffe_namespace(id) {
+        peer.namespace = ns.to_string();
+    }
+    peer.principal = id.to_string();
+    Arc::new(peer)
+}
+
 /// The proxy's Istio metrics and its own identity for them.
 pub struct Metrics {
     pub registry: Registry,
@@ -301,6 +346,8 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
     response_bytes: Family<RequestLabels, Histogram>,
+    request_messages: Family<PeerLabels, Counter>,
+    response_messages: Family<PeerLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
@@ -332,6 +379,8 @@ impl Metrics {
         };
         let request_bytes = bytes();
         let response_bytes = bytes();
+        let request_messages = Family::<PeerLabels, Counter>::default();
+        let response_messages = Family::<PeerLabels, Counter>::default();
         let tcp_sent = Family::<TcpLabels, Counter>::default();
         let tcp_received = Family::<TcpLabels, Counter>::default();
         let tcp_opened = Family::<TcpLabels, Counter>::default();
@@ -347,6 +396,16 @@ impl Metrics {
             "istio_response_bytes",
             "Response size",
             response_bytes.clone(),
+        );
+        registry.register(
+            "istio_request_messages",
+            "gRPC request messages",
+            request_messages.clone(),
+        );
+        registry.register(
+            "istio_response_messages",
+            "gRPC response messages",
+            response_messages.clone(),
         );
         registry.register("istio_tcp_sent_bytes", "Bytes sent", tcp_sent.clone());
         registry.register(
@@ -397,6 +456,8 @@ impl Metrics {
             duration,
             request_bytes,
             response_bytes,
+            request_messages,
+            response_messages,
             tcp_sent,
             tcp_received,
             tcp_opened,
@@ -464,6 +525,14 @@ impl Metrics {
         self.response_bytes
             .get_or_create(&labels)
             .observe(resp_bytes as f64);
+    }
+
+    /// A gRPC stream's messages since its last report.
+    pub fn record_messages(&self, labels: &PeerLabels, request: u64, response: u64) {
+        self.request_messages.get_or_create(labels).inc_by(request);
+        self.response_messages
+            .get_or_create(labels)
+            .inc_by(response);
     }
 
     pub fn tcp_opened(&self, labels: &TcpLabels) {
@@ -690,6 +759,29 @@ mod tests {
             ),
             ("db", "r7")
         );
+    }
+
+    #[test]
+    fn a_spiffe_id_names_the_peers_namespace() {
+        let id = "spiffe://cluster.local/ns/shop/sa/db";
+        assert_eq!(spiffe_namespace(id), Some("shop"));
+        let p = peer_of_identity(id);
+        assert_eq!(
+            (
+                p.principal.as_str(),
+                p.namespace.as_str(),
+                p.workload.as_str()
+            ),
+            (id, "shop", "unknown")
+        );
+        for bad in [
+            "spiffe://cluster.local/sa/db",
+            "https://cluster.local/ns/shop/sa/db",
+            "spiffe://td/ns//sa/x",
+        ] {
+            assert_eq!(spiffe_namespace(bad), None, "{bad}");
+            assert_eq!(peer_of_identity(bad).namespace, "unknown");
+        }
     }
 
     #[test]

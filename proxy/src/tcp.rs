@@ -39,7 +39,7 @@ pub async fn proxy<S>(
         match &peer_identity {
             Some(id) => (
                 Reporter::Destination,
-                crate::metrics::with_principal(&metrics.unknown_peer(), id),
+                crate::metrics::peer_of_identity(id),
                 Arc::clone(&metrics.local_mtls),
             ),
             None => (
@@ -117,6 +117,14 @@ pub async fn proxy<S>(
             Ok(up) => {
                 if let Some(h) = &host {
                     cluster.record(h, Outcome::Success);
+                }
+                // The server's certificate names it, as Istio's client side reads the
+                // upstream's SAN: this side's principal and the peer's principal and
+                // namespace (its workload, app and version would need Istio's TCP metadata
+                // exchange, which mast-proxy does not speak).
+                if let Some(id) = crate::tls::peer_identity(up.get_ref().1) {
+                    labels.destination = crate::metrics::peer_of_identity(&id);
+                    labels.source = Arc::clone(&metrics.local_mtls);
                 }
                 metrics.tcp_opened(&labels);
                 pipe(&shared, &mut down, up).await

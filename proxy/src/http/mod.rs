@@ -340,6 +340,7 @@ async fn handle(
         upstream: None,
         cluster: None,
         span: None,
+        grpc_messages: grpc.then(Default::default),
     };
     if let Err(refusal) = checked {
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::metrics::{Metrics, Peer, Reporter, RequestLabels, ServiceId};
+use crate::metrics::{Metrics, Peer, PeerLabels, Reporter, RequestLabels, ServiceId};
 
 pub struct Recorder {
     pub metrics: Arc<Metrics>,
@@ -29,22 +29,16 @@ pub struct Recorder {
     pub cluster: Option<String>,
     /// The request's sampled span, finished with the request.
     pub span: Option<Box<super::trace::ActiveSpan>>,
+    /// A gRPC request's message counts (both directions), counted by the body wrappers.
+    pub grpc_messages: Option<Arc<super::body::GrpcMessages>>,
 }
 
 impl Recorder {
     /// Record the request: metrics, and the access log line when enabled.
     pub fn finish(mut self, grpc_status: Option<u32>, response_bytes: u64, aborted: bool) {
         let span = self.span.take();
-        let (source, destination) = match self.reporter {
-            Reporter::Source if self.local_principal => {
-                (Arc::clone(&self.metrics.local_mtls), Arc::clone(&self.peer))
-            }
-            Reporter::Source => (Arc::clone(&self.metrics.local), Arc::clone(&self.peer)),
-            Reporter::Destination if self.mtls => {
-                (Arc::clone(&self.peer), Arc::clone(&self.metrics.local_mtls))
-            }
-            Reporter::Destination => (Arc::clone(&self.peer), Arc::clone(&self.metrics.local)),
-        };
+        self.report_messages();
+        let (source, destination) = self.parties();
         let flags = if aborted && self.flags == "-" {
             // The downstream went away before the response ended (Envoy's DC).
             "DC"
@@ -100,6 +94,42 @@ impl Recorder {
             request_bytes,
             response_bytes,
         );
+    }
+}
+
+impl Recorder {
+    /// (source, destination) as the metrics name them.
+    fn parties(&self) -> (Arc<Peer>, Arc<Peer>) {
+        match self.reporter {
+            Reporter::Source if self.local_principal => {
+                (Arc::clone(&self.metrics.local_mtls), Arc::clone(&self.peer))
+            }
+            Reporter::Source => (Arc::clone(&self.metrics.local), Arc::clone(&self.peer)),
+            Reporter::Destination if self.mtls => {
+                (Arc::clone(&self.peer), Arc::clone(&self.metrics.local_mtls))
+            }
+            Reporter::Destination => (Arc::clone(&self.peer), Arc::clone(&self.metrics.local)),
+        }
+    }
+
+    /// Add the gRPC messages counted since the last report to Istio's message counters
+    /// (labelled by the two workloads only, as Istio's are: the stream has no status yet).
+    pub fn report_messages(&self) {
+        let Some(m) = &self.grpc_messages else {
+            return;
+        };
+        let (request, response) = m.take_unreported();
+        if request == 0 && response == 0 {
+            return;
+        }
+        let (source, destination) = self.parties();
+        let labels = PeerLabels {
+            reporter: self.reporter,
+            source,
+            destination,
+            service: Arc::clone(&self.service),
+        };
+        self.metrics.record_messages(&labels, request, response);
     }
 }
 

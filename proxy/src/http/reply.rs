@@ -169,6 +169,7 @@ pub(super) mod tests {
             upstream: None,
             cluster: None,
             span: None,
+            grpc_messages: None,
         }
     }
 

@@ -9,7 +9,7 @@
 //! attempt.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -99,6 +99,9 @@ impl RequestBody {
         let bytes = collected.to_bytes();
         rec.request_bytes
             .store(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(m) = &rec.grpc_messages {
+            m.add_request(super::body::GrpcFramer::default().inspect(&bytes));
+        }
         Ok(Self::Buffered(bytes))
     }
 
@@ -110,11 +113,13 @@ impl RequestBody {
     }
 
     /// The body for the next attempt; a streamed body counts its bytes as they pass.
-    pub fn for_attempt(&mut self, request_bytes: &Arc<AtomicU64>) -> Body {
+    pub fn for_attempt(&mut self, rec: &Recorder) -> Body {
         match self {
             Self::Buffered(b) => full(b.clone()),
             Self::Streaming(s) => match s.take() {
-                Some(s) => Counted::new(s, Arc::clone(request_bytes)).boxed_unsync(),
+                Some(s) => Counted::new(s, Arc::clone(&rec.request_bytes))
+                    .with_grpc(rec.grpc_messages.clone())
+                    .boxed_unsync(),
                 None => empty(),
             },
         }

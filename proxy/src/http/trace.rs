@@ -1314,6 +1314,8 @@ impl ActiveSpan {
             u.duration = d.duration;
             u.name = format!("router {} egress", cluster.unwrap_or("-"));
             u.tags.push(("component", "proxy".to_string()));
+            // setCommonTags applies the custom tags (istiod's `istio.*`) here too.
+            u.custom = d.custom.clone();
             if let Some(c) = cluster {
                 u.tags.push(("upstream_cluster", c.to_string()));
                 u.tags.push(("upstream_cluster.name", c.to_string()));

@@ -194,7 +194,7 @@ impl UpstreamRequest<'_> {
         } else {
             Version::HTTP_11
         };
-        let mut up_req = Request::from_parts(parts, body.for_attempt(&rec.request_bytes));
+        let mut up_req = Request::from_parts(parts, body.for_attempt(rec));
         if self.h2 {
             up_req.headers_mut().remove(header::HOST);
         }

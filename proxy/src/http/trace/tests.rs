@@ -876,6 +876,9 @@ async fn spawn_upstream_span_makes_the_proxy_a_hop_of_its_own() {
       tracing:
         spawn_upstream_span: true
         random_sampling: {value: 100}
+        custom_tags:
+        - {tag: istio.canonical_service, literal: {value: istio-ingressgateway}}
+        - {tag: istio.namespace, literal: {value: istio-system}}
         provider:
           name: envoy.tracers.opentelemetry
           typed_config:
@@ -917,8 +920,17 @@ async fn spawn_upstream_span_makes_the_proxy_a_hop_of_its_own() {
     assert_eq!(tags["upstream_address"], "10.0.0.9:9080");
     assert_eq!(tags["http.status_code"], "502");
     assert_eq!(tags["error"], "true");
+    // Istio's tags on the upstream span as on the downstream one (finalizeUpstreamSpan).
+    let custom: HashMap<&str, &str> = u
+        .custom
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(custom["istio.canonical_service"], "istio-ingressgateway");
+    assert_eq!(custom["istio.namespace"], "istio-system");
     let d = rx.recv().await.unwrap();
     assert_eq!(d.kind, Kind::Server);
+    assert_eq!(d.custom, u.custom);
     assert!(d.error);
 }
 
