@@ -1,4 +1,5 @@
-//! Wiring: start the admin servers, load config (pilot or file), run until drained.
+//! Wiring: start the admin servers and the workers, load config (pilot or file), run until
+//! drained.
 
 use std::sync::Arc;
 
@@ -14,6 +15,11 @@ pub enum Error {
     Bind {
         what: &'static str,
         addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start {concurrency} worker threads: {source}")]
+    Workers {
+        concurrency: usize,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -49,7 +55,18 @@ pub async fn run(
         config.admin_addr = addr;
     }
     let shared = Arc::new(Shared::new(config, access_log, log_reload));
-    let listeners = Arc::new(Listeners::new(Arc::clone(&shared)));
+    // Envoy's threading model: this runtime (the caller's, one thread) is the main thread —
+    // xDS, admin, certificates — and traffic runs on `concurrency` workers of their own
+    // (or here too, with one worker).
+    let concurrency = shared.config.concurrency;
+    let listeners =
+        Listeners::with_workers(Arc::clone(&shared), concurrency).map_err(|source| {
+            Error::Workers {
+                concurrency,
+                source,
+            }
+        })?;
+    let listeners = Arc::new(listeners);
     let cfg = &shared.config;
     for (role, addr, what) in [
         (Role::Admin, cfg.admin_addr, "admin"),

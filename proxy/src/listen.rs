@@ -6,10 +6,20 @@
 //! connections finish on their own. `virtualOutbound`/`virtualInbound` read the original
 //! destination (`SO_ORIGINAL_DST`) and hand the connection to the listener for that address,
 //! as Envoy does, then the first bytes are sniffed where the listener asks for it.
+//!
+//! With `--concurrency N` (N ≥ 2) this is Envoy's threading model: N worker threads, each
+//! running its own single-threaded event loop, and each listener bound N times with
+//! `SO_REUSEPORT` (Envoy's default `enable_reuse_port` on Linux), one socket per worker, so
+//! the kernel spreads new connections over the workers and a connection lives its whole life
+//! on the thread that accepted it — no work stealing, no wake-ups across cores on the
+//! per-connection path. The control plane (xDS, admin, certificates) stays on the main
+//! runtime; an LDS change binds, or stops, the listener on every worker at once. With one
+//! worker the accept loops run on the main runtime itself, as before: no extra thread.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,20 +40,125 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The running accept loops.
 pub struct Listeners {
     shared: Arc<Shared>,
+    workers: Workers,
     running: Mutex<HashMap<String, Running>>,
 }
 
 struct Running {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
+    /// Connections accepted, one counter per worker, each written by its worker only.
+    accepted: Vec<Arc<AtomicU64>>,
+}
+
+/// Where accept loops run: the caller's runtime (one worker), or worker threads of their own.
+enum Workers {
+    Current,
+    Threads(Vec<Worker>),
+}
+
+/// A worker thread and its single-threaded runtime.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    /// Dropped with the [`Listeners`]: the thread then returns and drops its runtime.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Workers {
+    fn start(n: usize) -> io::Result<Self> {
+        if n <= 1 {
+            return Ok(Self::Current);
+        }
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("mast-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let _ = stopped.await;
+                    });
+                })?;
+            workers.push(Worker {
+                handle,
+                _stop: stop,
+            });
+        }
+        Ok(Self::Threads(workers))
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            Self::Current => 1,
+            Self::Threads(w) => w.len(),
+        }
+    }
 }
 
 impl Listeners {
+    /// Accept loops on the caller's runtime (one worker).
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
+            workers: Workers::Current,
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `concurrency` workers (Envoy's `--concurrency`): for 2 or more, that many threads,
+    /// each with its own event loop and its own `SO_REUSEPORT` socket per listener.
+    pub fn with_workers(shared: Arc<Shared>, concurrency: usize) -> io::Result<Self> {
+        Ok(Self {
+            shared,
+            workers: Workers::start(concurrency)?,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How many workers accept connections.
+    pub fn concurrency(&self) -> usize {
+        self.workers.count()
+    }
+
+    /// Connections each worker has accepted on each running listener (Envoy's
+    /// `listener.<address>.worker_<N>.downstream_cx_total`), by listener name.
+    pub fn accepted(&self) -> Vec<(String, SocketAddr, Vec<u64>)> {
+        let running = match self.running.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let mut v: Vec<_> = running
+            .iter()
+            .map(|(name, r)| {
+                let counts = r
+                    .accepted
+                    .iter()
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .collect();
+                (name.clone(), r.addr, counts)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The per-worker listener counters in Envoy's `/stats` text form, and
+    /// `server.concurrency`.
+    pub fn worker_stats(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (_, addr, counts) in self.accepted() {
+            let prefix = addr.to_string().replace(':', "_");
+            for (i, n) in counts.iter().enumerate() {
+                let _ = writeln!(out, "listener.{prefix}.worker_{i}.downstream_cx_total: {n}");
+            }
+        }
+        let _ = writeln!(out, "server.concurrency: {}", self.concurrency());
+        out
     }
 
     /// Bind what is new, stop what is gone. Returns the listeners that could not bind
@@ -72,17 +187,35 @@ impl Listeners {
             if running.contains_key(name) {
                 continue;
             }
-            match bind(l.addr) {
-                Ok(listener) => {
+            match bind_all(l.addr, self.workers.count()) {
+                Ok(sockets) => {
                     let (stop, stop_rx) = watch::channel(false);
-                    running.insert(name.to_string(), Running { addr: l.addr, stop });
-                    tracing::info!(listener = %name, addr = %l.addr, "listening");
-                    tokio::spawn(accept_loop(
-                        Arc::clone(&self.shared),
+                    let accepted: Vec<_> = sockets
+                        .iter()
+                        .map(|_| Arc::new(AtomicU64::new(0)))
+                        .collect();
+                    tracing::info!(listener = %name, addr = %l.addr, workers = sockets.len(), "listening");
+                    for (i, socket) in sockets.into_iter().enumerate() {
+                        let accept = accept_loop(
+                            Arc::clone(&self.shared),
+                            name.to_string(),
+                            socket,
+                            stop_rx.clone(),
+                            Arc::clone(&accepted[i]),
+                        );
+                        match &self.workers {
+                            Workers::Current => drop(tokio::spawn(accept)),
+                            Workers::Threads(w) => drop(w[i].handle.spawn(accept)),
+                        }
+                    }
+                    running.insert(
                         name.to_string(),
-                        listener,
-                        stop_rx,
-                    ));
+                        Running {
+                            addr: l.addr,
+                            stop,
+                            accepted,
+                        },
+                    );
                 }
                 Err(e) => errors.push(bind_failure(name, l.addr, &e)),
             }
@@ -181,32 +314,55 @@ fn bind_failure(name: &str, addr: SocketAddr, e: &io::Error) -> String {
     format!("Listener {name:?}: address: cannot bind {addr}: {e}")
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    let listener = TcpListener::from_std(socket.into())?;
-    crate::upstream::loop_guard::listening(listener.local_addr()?);
-    Ok(listener)
+/// `workers` listening sockets on `addr`: one plain socket for one worker, else as many
+/// with `SO_REUSEPORT`, the first one's port reused by the others (`addr` may say port 0).
+/// Blocking-mode-off std sockets: each is registered with the runtime of the worker that
+/// accepts on it.
+fn bind_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
+    let mut at = addr;
+    for _ in 0..workers.max(1) {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        if workers > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        let socket: std::net::TcpListener = socket.into();
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    crate::upstream::loop_guard::listening(at);
+    Ok(sockets)
 }
 
 async fn accept_loop(
     shared: Arc<Shared>,
     name: String,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     mut stop: watch::Receiver<bool>,
+    accepted: Arc<AtomicU64>,
 ) {
+    // Registered here, on the worker that accepts on it.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot register the listening socket");
+            return;
+        }
+    };
     let name: Arc<str> = name.into();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accept = listener.accept() => match accept {
                 Ok((stream, peer)) => {
+                    accepted.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(connection(Arc::clone(&shared), Arc::clone(&name), stream, peer));
                 }
@@ -658,6 +814,161 @@ mod tests {
         );
         // The probe keeps nothing: the free address is still free.
         std::net::TcpListener::bind(free).unwrap();
+    }
+
+    /// A bootstrap whose listeners (name, port) all route to one cluster.
+    fn bootstrap(dir: &std::path::Path, file: &str, listeners: &[(&str, u16)]) -> Snapshot0 {
+        let mut yaml = String::from("static_resources:\n  listeners:\n");
+        for (name, port) in listeners {
+            yaml.push_str(&format!(
+                r#"  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+            ));
+        }
+        yaml.push_str(
+            "  clusters:\n  - name: backend\n    type: STATIC\n    connect_timeout: 1s\n    \
+             load_assignment:\n      cluster_name: backend\n      endpoints: [{lb_endpoints: \
+             [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}}]}]\n",
+        );
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).unwrap();
+        crate::static_config::load(&path).unwrap().by_type
+    }
+    type Snapshot0 = std::collections::BTreeMap<
+        mast_proto::TypeUrl,
+        Vec<envoy_types::pb::google::protobuf::Any>,
+    >;
+
+    /// Push one whole config, as LDS/CDS state-of-the-world responses would.
+    fn push(publisher: &mut crate::xds::Publisher, version: &str, by_type: &Snapshot0) {
+        for type_url in mast_proto::TypeUrl::PUSH_ORDER {
+            let incoming = by_type
+                .get(&type_url)
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|any| crate::state::Incoming {
+                    name: None,
+                    version: version.into(),
+                    any,
+                })
+                .collect();
+            publisher
+                .apply(type_url.url(), version, incoming, &[], true)
+                .unwrap();
+        }
+        publisher.try_publish();
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port()
+    }
+
+    /// Open `n` connections to `port` and wait until the workers have accepted them all;
+    /// returns what each worker accepted on `listener`.
+    async fn spread(listeners: &Listeners, listener: &str, port: u16, n: u64) -> Vec<u64> {
+        let mut open = Vec::new();
+        for _ in 0..n {
+            open.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        for _ in 0..500 {
+            let counts = listeners
+                .accepted()
+                .into_iter()
+                .find(|(name, _, _)| name == listener)
+                .map(|(_, _, c)| c)
+                .unwrap_or_default();
+            if counts.iter().sum::<u64>() >= n {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "{listener}: not all {n} connections accepted: {:?}",
+            listeners.accepted()
+        );
+    }
+
+    /// `--concurrency 2`: each listener is bound on both workers, the kernel spreads
+    /// connections over them, and an LDS update (a listener added, one removed) applies to
+    /// both.
+    #[tokio::test]
+    async fn two_workers_share_every_listener_through_lds_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        let config = crate::config::Config::from_env(&env, &Default::default()).unwrap();
+        let shared = Arc::new(Shared::new(config, false, None));
+        let listeners = Arc::new(Listeners::with_workers(Arc::clone(&shared), 2).unwrap());
+        assert_eq!(listeners.concurrency(), 2);
+        let mut publisher = crate::xds::Publisher::new(Arc::clone(&shared), Arc::clone(&listeners));
+        let (a, b) = (free_port(), free_port());
+
+        push(
+            &mut publisher,
+            "1",
+            &bootstrap(dir.path(), "1.yaml", &[("a", a)]),
+        );
+        let counts = spread(&listeners, "a", a, 64).await;
+        assert_eq!(counts.len(), 2, "{counts:?}");
+        assert!(
+            counts.iter().all(|n| *n > 0),
+            "one worker took all: {counts:?}"
+        );
+        let stats = listeners.worker_stats();
+        for (i, n) in counts.iter().enumerate() {
+            let line = format!("listener.127.0.0.1_{a}.worker_{i}.downstream_cx_total: {n}");
+            assert!(stats.contains(&line), "{line} not in {stats}");
+        }
+        assert!(stats.contains("server.concurrency: 2"), "{stats}");
+
+        // LDS: "b" added, "a" removed. "b" is served by both workers; "a" by neither.
+        push(
+            &mut publisher,
+            "2",
+            &bootstrap(dir.path(), "2.yaml", &[("b", b)]),
+        );
+        let counts = spread(&listeners, "b", b, 64).await;
+        assert!(
+            counts.iter().all(|n| *n > 0),
+            "one worker took all: {counts:?}"
+        );
+        assert!(listeners.accepted().iter().all(|(name, _, _)| name != "a"));
+        let mut refused = false;
+        for _ in 0..200 {
+            // Each worker closes its own socket; until both have, some connects succeed.
+            let mut all = true;
+            for _ in 0..16 {
+                all &= TcpStream::connect(("127.0.0.1", a)).await.is_err();
+            }
+            if all {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "the removed listener still accepts on some worker");
+        // The address is free again: nothing of ours holds it.
+        std::net::TcpListener::bind(("127.0.0.1", a)).unwrap();
     }
 
     #[tokio::test]
