@@ -185,16 +185,10 @@ fn run_proxy(args: RunArgs, node_type: NodeType) -> ExitCode {
         handle.reload(f).map_err(|e| e.to_string())
     });
 
-    let runtime = if config.concurrency <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.concurrency)
-            .enable_all()
-            .build()
-    };
+    // The main thread (xDS, admin); `app::run` starts `concurrency` workers for traffic.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
