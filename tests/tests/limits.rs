@@ -820,3 +820,391 @@ fn client_hello_is_one_well_formed_record_or_two() {
     );
     assert!(big.iter().all(|r| r.len() <= 5 + (1 << 14)));
 }
+
+// === stream_idle_timeout ===
+
+/// The connection manager's `stream_idle_timeout` in the stream tests.
+const STREAM_IDLE: Duration = Duration::from_secs(1);
+
+/// A backend for the stream-idle tests: `/echo` answers with the length of the body it
+/// read; `/drip` streams six chunks 400 ms apart (never a second quiet); `/stall` sends
+/// its headers and one chunk, then nothing; `/late` answers after 3 s of silence.
+async fn idle_backend() -> Result<u16> {
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<Frame<Bytes>, std::convert::Infallible>,
+                    >(8);
+                    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                    match path.as_str() {
+                        "/echo" => {
+                            let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                            let text = match n {
+                                Ok(n) => n.to_string(),
+                                Err(e) => format!("error {e}"),
+                            };
+                            let _ = tx.send(Ok(Frame::data(Bytes::from(text)))).await;
+                        }
+                        "/drip" => {
+                            tokio::spawn(async move {
+                                for i in 0..6 {
+                                    tokio::time::sleep(Duration::from_millis(400)).await;
+                                    let chunk = Bytes::from(format!("drip{i};"));
+                                    if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                        }
+                        "/stall" => {
+                            tokio::spawn(async move {
+                                let _ = tx
+                                    .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+                                    .await;
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                            });
+                        }
+                        _ => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"late")))).await;
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// An Envoy bootstrap (what `--config` takes, as `envoy -c` would) with one HTTP listener
+/// whose connection manager sets `stream_idle_timeout`, routing everything to `backend`.
+fn idle_bootstrap(
+    dir: &std::path::Path,
+    listen: u16,
+    admin: u16,
+    backend: u16,
+) -> Result<std::path::PathBuf> {
+    let path = dir.join("bootstrap.yaml");
+    // Protobuf JSON writes durations in seconds.
+    let idle = STREAM_IDLE.as_secs_f64();
+    std::fs::write(
+        &path,
+        format!(
+            r#"admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: web
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          stream_idle_timeout: {idle}s
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend, timeout: 30s}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
+"#
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Write `head`, then `drip` one byte at a time `every` apart, then read until the proxy
+/// closes the connection (or 8 s pass): what came back, and how long the exchange took.
+async fn h1_exchange(
+    port: u16,
+    head: &[u8],
+    drip: &[u8],
+    every: Duration,
+) -> Result<(String, Duration, bool)> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(head).await?;
+    for b in drip {
+        tokio::time::sleep(every).await;
+        s.write_all(&[*b]).await?;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(8), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+        // A complete keep-alive answer: stop reading (the connection stays open).
+        let text = String::from_utf8_lossy(&got);
+        if text.contains("\r\n\r\n")
+            && !text.to_ascii_lowercase().contains("connection: close")
+            && (text.ends_with("0\r\n\r\n") || complete_fixed(&text))
+        {
+            break false;
+        }
+    };
+    Ok((
+        String::from_utf8_lossy(&got).into_owned(),
+        start.elapsed(),
+        closed,
+    ))
+}
+
+/// A response with a `content-length` whose whole body is in.
+fn complete_fixed(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|n| body.len() >= n)
+}
+
+/// `stream_idle_timeout` (Envoy's HCM field, here from a static bootstrap) per stream, over
+/// HTTP/1.1 and HTTP/2: a stream that moves no byte for the timeout ends — 408 when its
+/// request body stalled, 504 when the request was complete and the upstream is silent, a
+/// reset when the response had started — and a stream that keeps moving, however slowly,
+/// is never cut, even beside a stalled one on the same HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_ends_quiet_streams_and_spares_slow_ones() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let backend = idle_backend().await?;
+    let (listen, admin) = (free_port(), free_port());
+    let bootstrap = idle_bootstrap(dir.path(), listen, admin, backend)?;
+    let _proxy = mast_e2e::Proc::spawn(
+        "mast-proxy",
+        std::process::Command::new(mast_e2e::bin("mast-proxy"))
+            .arg("--config")
+            .arg(&bootstrap)
+            .args(["--stats-port", &free_port().to_string()])
+            .args([
+                "--status-port",
+                &free_port().to_string(),
+                "--agent-port",
+                "0",
+            ])
+            .args(["--drain", "1s", "--concurrency", "1"]),
+        dir.path().join("proxy.log"),
+    )?;
+    eventually(
+        "mast-proxy answers",
+        Duration::from_secs(10),
+        || async move {
+            let (text, _, _) = h1_exchange(
+                listen,
+                b"GET /echo HTTP/1.1\r\nHost: web\r\n\r\n",
+                b"",
+                Duration::ZERO,
+            )
+            .await?;
+            ensure!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+            Ok(())
+        },
+    )
+    .await?;
+
+    // HTTP/1.1, a request body that stalls after 3 of its 10 bytes: 408, connection closed.
+    let (text, took, closed) = h1_exchange(
+        listen,
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\nabc",
+        b"",
+        Duration::ZERO,
+    )
+    .await?;
+    eprintln!(
+        "h1 stalled body: {:?} after {} ms",
+        text.lines().next(),
+        took.as_millis()
+    );
+    ensure!(text.starts_with("HTTP/1.1 408"), "stalled body: {text:?}");
+    ensure!(text.ends_with("stream timeout"), "stalled body: {text:?}");
+    ensure!(closed, "the connection stays open after a 408 mid-body");
+    ensure!(
+        took >= STREAM_IDLE && took < STREAM_IDLE * 4,
+        "408 after {took:?}"
+    );
+
+    // HTTP/1.1, a body trickled a byte every 300 ms (3 s in all, 3× the timeout): forwarded.
+    let (text, took, _) = h1_exchange(
+        listen,
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 10\r\n\r\n",
+        b"0123456789",
+        Duration::from_millis(300),
+    )
+    .await?;
+    eprintln!(
+        "h1 slow body: {:?} after {} ms",
+        text.lines().next(),
+        took.as_millis()
+    );
+    ensure!(text.starts_with("HTTP/1.1 200"), "slow body: {text:?}");
+    ensure!(
+        text.ends_with("\r\n\r\n10") || text.contains("\r\n10\r\n"),
+        "slow body: {text:?}"
+    );
+
+    // A response dripped over 2.4 s: whole.
+    let (text, took, _) = h1_exchange(
+        listen,
+        b"GET /drip HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"",
+        Duration::ZERO,
+    )
+    .await?;
+    eprintln!("h1 slow response: {} ms", took.as_millis());
+    ensure!(
+        text.starts_with("HTTP/1.1 200") && text.contains("drip5;") && text.ends_with("0\r\n\r\n"),
+        "drip: {text:?}"
+    );
+
+    // Complete request, silent upstream: 504 `stream timeout` (Envoy: the request was in).
+    let (text, took, _) = h1_exchange(
+        listen,
+        b"GET /late HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"",
+        Duration::ZERO,
+    )
+    .await?;
+    eprintln!(
+        "h1 silent upstream: {:?} after {} ms",
+        text.lines().next(),
+        took.as_millis()
+    );
+    ensure!(
+        text.starts_with("HTTP/1.1 504") && text.ends_with("stream timeout"),
+        "late: {text:?}"
+    );
+
+    // A response that stops after its first chunk: the stream is reset (HTTP/1: closed
+    // before the last chunk).
+    let (text, took, closed) = h1_exchange(
+        listen,
+        b"GET /stall HTTP/1.1\r\nHost: web\r\n\r\n",
+        b"",
+        Duration::ZERO,
+    )
+    .await?;
+    eprintln!(
+        "h1 stalled response: closed {closed} after {} ms",
+        took.as_millis()
+    );
+    ensure!(
+        text.starts_with("HTTP/1.1 200") && text.contains("first;"),
+        "stall: {text:?}"
+    );
+    ensure!(
+        closed && !text.ends_with("0\r\n\r\n"),
+        "stall not reset: {text:?}"
+    );
+    ensure!(took < STREAM_IDLE * 4, "reset after {took:?}");
+
+    // HTTP/2 (prior knowledge), one connection: a stalled upload beside a trickled one.
+    let tcp = TcpStream::connect(("127.0.0.1", listen)).await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(conn);
+    type Chunk = Result<Frame<Bytes>, std::convert::Infallible>;
+    let upload = |tx_rx: (
+        tokio::sync::mpsc::Sender<Chunk>,
+        tokio::sync::mpsc::Receiver<Chunk>,
+    )| {
+        let (tx, rx) = tx_rx;
+        let req = Request::post(format!("http://web:{listen}/echo"))
+            .body(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .map_err(anyhow::Error::from);
+        (tx, req)
+    };
+    let (stalled_tx, stalled) = upload(tokio::sync::mpsc::channel(4));
+    let (slow_tx, slow) = upload(tokio::sync::mpsc::channel(4));
+    stalled_tx
+        .send(Ok(Frame::data(Bytes::from_static(b"abc"))))
+        .await?;
+    let start = Instant::now();
+    let stalled = send.send_request(stalled?);
+    let slow = send.send_request(slow?);
+    let feeder = tokio::spawn(async move {
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow_tx
+                .send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (stalled, slow) = tokio::join!(
+        async move {
+            let r = stalled.await?;
+            Ok::<_, anyhow::Error>((
+                r.status(),
+                start.elapsed(),
+                r.into_body().collect().await?.to_bytes(),
+            ))
+        },
+        async move {
+            let r = slow.await?;
+            Ok::<_, anyhow::Error>((
+                r.status(),
+                start.elapsed(),
+                r.into_body().collect().await?.to_bytes(),
+            ))
+        }
+    );
+    let _keep = stalled_tx;
+    feeder.await?;
+    let (status, took, body) = stalled?;
+    eprintln!("h2 stalled upload: {status} after {} ms", took.as_millis());
+    ensure!(
+        status == 408 && body == "stream timeout",
+        "h2 stalled: {status} {body:?}"
+    );
+    ensure!(
+        took >= STREAM_IDLE && took < STREAM_IDLE * 4,
+        "h2 408 after {took:?}"
+    );
+    let (status, took, body) = slow?;
+    eprintln!(
+        "h2 trickled upload beside it: {status} after {} ms",
+        took.as_millis()
+    );
+    ensure!(status == 200 && body == "10", "h2 slow: {status} {body:?}");
+    Ok(())
+}

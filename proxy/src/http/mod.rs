@@ -29,6 +29,7 @@ mod reply;
 mod retry;
 mod router;
 mod sanitize;
+mod stream_idle;
 pub mod trace;
 mod upstream_request;
 
@@ -56,6 +57,10 @@ use reply::local_reply;
 pub use body::{Counted, Metered};
 pub use path::{EscapedSlashes, PathNormalization};
 pub use recorder::Recorder;
+
+/// A downstream request's body as the router reads it: its frames keep the stream's idle
+/// clock running (see `stream_idle`).
+pub(crate) type DownstreamBody = stream_idle::Watched<Incoming>;
 
 /// What a connection knows about itself.
 pub struct ConnCtx {
@@ -129,6 +134,9 @@ where
         let ctx = Arc::clone(&svc_ctx);
         let filters = Arc::clone(&filters);
         let stream = InFlight::new(Arc::clone(&svc_activity));
+        let clock = svc_ctx.hcm.stream_idle_timeout.map(|t| {
+            stream_idle::StreamClock::start(t, hyper::body::Body::is_end_stream(req.body()))
+        });
         let head = match req.version() {
             Version::HTTP_2 => None,
             _ => verdicts.next(),
@@ -143,13 +151,14 @@ where
                     .iter()
                     .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")));
         async move {
-            let mut resp = handle(ctx, &filters, req, head).await;
+            let mut resp = handle(ctx, &filters, req, head, clock.clone()).await;
             if ends_reading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Ok::<_, Infallible>(resp.map(|body| Tracked {
                 body,
+                idle: clock.map(stream_idle::Timed::new),
                 _stream: stream,
             }))
         }
@@ -233,9 +242,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its stream counted as open until it is done.
+/// A response body that keeps its stream counted as open until it is done, under the
+/// stream's idle clock when the connection manager has one.
 struct Tracked {
     body: Body,
+    idle: Option<stream_idle::Timed>,
     _stream: InFlight,
 }
 
@@ -247,7 +258,11 @@ impl hyper::body::Body for Tracked {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        match &mut this.idle {
+            Some(idle) => idle.poll_frame(std::pin::Pin::new(&mut this.body), cx),
+            None => std::pin::Pin::new(&mut this.body).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -280,17 +295,20 @@ fn request_host(req: &http::request::Parts) -> String {
         .unwrap_or_default()
 }
 
-/// One request through the connection manager: checks, filters, router.
+/// One request through the connection manager: checks, filters, router; under the
+/// stream's idle clock (`stream_idle_timeout`) when there is one.
 async fn handle(
     ctx: Arc<ConnCtx>,
     filters: &FilterChain,
     req: Request<Incoming>,
     head: Option<framing::Head>,
+    clock: Option<Arc<stream_idle::StreamClock>>,
 ) -> Response<Body> {
     let start = Instant::now();
     let shared = &ctx.shared;
     let snap = shared.store.current.load_full();
     let (mut parts, body) = req.into_parts();
+    let body = stream_idle::Watched::new(body, clock.clone());
     let grpc = is_grpc(&parts.headers);
     let checked = sanitize::request(&ctx.hcm, &mut parts, head, grpc);
     let host = match &checked {
@@ -321,92 +339,111 @@ async fn handle(
     } else {
         Arc::new(ServiceId::unknown())
     };
-    let mut rec = Recorder {
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let (method, path) = (parts.method.clone(), parts.uri.path().to_string());
+    // A second recorder answers for the request if its stream times out, since the work the
+    // timeout cancels owns the first.
+    let recorder = || Recorder {
         mtls: ctx.inbound && ctx.peer_identity.is_some(),
         local_principal: false,
-        metrics,
+        metrics: Arc::clone(&metrics),
         reporter,
-        peer,
-        service,
+        peer: Arc::clone(&peer),
+        service: Arc::clone(&service),
         protocol: if grpc { "grpc" } else { "http" },
         code: 0,
         flags: "-",
         start,
-        request_bytes: Arc::new(AtomicU64::new(0)),
+        request_bytes: Arc::clone(&request_bytes),
         access_log: shared.access_log,
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
+        method: method.clone(),
+        path: path.clone(),
         authority: host.clone(),
         upstream: None,
         cluster: None,
         span: None,
         grpc_messages: grpc.then(Default::default),
     };
+    let mut rec = recorder();
     if let Err(refusal) = checked {
         tracing::debug!(peer = %ctx.peer, details = refusal.details, "request refused before routing");
         return refused(rec, grpc, parts.version, refusal);
     }
-    let local = Some(ctx.dst.ip())
-        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
-        .unwrap_or(shared.config.instance_ip);
-    let policy = forwarded::Policy {
-        use_remote_address: ctx.hcm.use_remote_address,
-        internal: ctx.hcm.internal_addresses.as_ref(),
-    };
-    let verdict = forwarded::decide(&mut parts.headers, policy, ctx.peer.ip(), local, ctx.tls);
-
-    // The route is chosen before the filters, which may read its per-route config; the
-    // router, last, acts on it.
-    let table = router::table(&ctx.hcm, &snap);
-    let vhost = table.as_deref().and_then(|t| t.find_host(&host));
-    // `require_tls`: Envoy answers a plaintext request with a redirect to https:// before
-    // any route is chosen (istiod's `httpsRedirect`).
-    if let Some(location) = vhost.and_then(|vh| vh.tls_redirect(ctx.tls, &parts, &host)) {
-        let mut resp = local_reply(rec, false, StatusCode::MOVED_PERMANENTLY, "-", "");
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        return resp;
-    }
-    let metadata = Default::default();
-    let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
-    let mut on_response = trace::OnResponse::default();
-    if let Some(cfg) = ctx.hcm.tracing.as_ref().and_then(|t| t.current()) {
-        let start = trace::Start {
-            shared,
-            cfg: &cfg,
-            inbound: ctx.inbound,
-            edge: verdict.edge,
-            tls: ctx.tls,
-            peer: ctx.peer.ip(),
-            host: &host,
-            route: selected.map(|s| s.route),
+    let version = parts.version;
+    let spare = clock.as_ref().map(|_| recorder());
+    let work = async {
+        let local = Some(ctx.dst.ip())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .unwrap_or(shared.config.instance_ip);
+        let policy = forwarded::Policy {
+            use_remote_address: ctx.hcm.use_remote_address,
+            internal: ctx.hcm.internal_addresses.as_ref(),
         };
-        (rec.span, on_response) = trace::start(start, &mut parts);
-    }
-    let mut filtered = FilterRequest {
-        parts: &mut parts,
-        host: &host,
-        peer: ctx.peer,
-        dst: ctx.dst,
-        principal: ctx.peer_identity.as_deref(),
-        vhost,
-        route: selected,
-        rec: &mut rec,
-        metadata,
+        let verdict = forwarded::decide(&mut parts.headers, policy, ctx.peer.ip(), local, ctx.tls);
+
+        // The route is chosen before the filters, which may read its per-route config; the
+        // router, last, acts on it.
+        let table = router::table(&ctx.hcm, &snap);
+        let vhost = table.as_deref().and_then(|t| t.find_host(&host));
+        // `require_tls`: Envoy answers a plaintext request with a redirect to https:// before
+        // any route is chosen (istiod's `httpsRedirect`).
+        if let Some(location) = vhost.and_then(|vh| vh.tls_redirect(ctx.tls, &parts, &host)) {
+            let mut resp = local_reply(rec, false, StatusCode::MOVED_PERMANENTLY, "-", "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return resp;
+        }
+        let metadata = Default::default();
+        let selected = vhost.and_then(|vh| router::select(vh, &parts, &metadata));
+        let mut on_response = trace::OnResponse::default();
+        if let Some(cfg) = ctx.hcm.tracing.as_ref().and_then(|t| t.current()) {
+            let start = trace::Start {
+                shared,
+                cfg: &cfg,
+                inbound: ctx.inbound,
+                edge: verdict.edge,
+                tls: ctx.tls,
+                peer: ctx.peer.ip(),
+                host: &host,
+                route: selected.map(|s| s.route),
+            };
+            (rec.span, on_response) = trace::start(start, &mut parts);
+        }
+        let mut filtered = FilterRequest {
+            parts: &mut parts,
+            host: &host,
+            peer: ctx.peer,
+            dst: ctx.dst,
+            principal: ctx.peer_identity.as_deref(),
+            vhost,
+            route: selected,
+            rec: &mut rec,
+            metadata,
+        };
+        if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
+            return on_response.apply(reply.send(rec, grpc));
+        }
+        // The JWT filter may have chosen the route again (`clear_route_cache`).
+        let selected = filtered.route;
+        let down = router::Downstream {
+            parts,
+            body,
+            rec,
+            grpc,
+        };
+        on_response.apply(router::route(&ctx, &snap, selected, down).await)
     };
-    if let FilterOutcome::Reply(reply) = filters.on_request(&mut filtered).await {
-        return on_response.apply(reply.send(rec, grpc));
+    match (clock, spare) {
+        (Some(clock), Some(spare)) => tokio::select! {
+            resp = work => resp,
+            () = clock.idle() => {
+                tracing::debug!(peer = %ctx.peer, "stream idle timeout before the response");
+                stream_idle::reply(spare, grpc, version, &clock)
+            }
+        },
+        _ => work.await,
     }
-    // The JWT filter may have chosen the route again (`clear_route_cache`).
-    let selected = filtered.route;
-    let down = router::Downstream {
-        parts,
-        body,
-        rec,
-        grpc,
-    };
-    on_response.apply(router::route(&ctx, &snap, selected, down).await)
 }
 
 /// A request refused before routing: Envoy's status, its details as the body, and for

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::Counted;
+use super::DownstreamBody;
 use super::recorder::Recorder;
 use super::reply::{empty, full};
 use super::upstream_request::AttemptError;
@@ -32,7 +32,7 @@ pub(super) enum RequestBody {
     /// Read in full: every attempt and mirror sends a copy.
     Buffered(Bytes),
     /// Passed through as it arrives, to the first attempt only.
-    Streaming(Option<Incoming>),
+    Streaming(Option<DownstreamBody>),
 }
 
 /// One request's retry state.
@@ -75,7 +75,7 @@ impl RequestBody {
     /// Buffer the body when `wanted` and it is known to be small (or empty); count its bytes
     /// in the request's metrics.
     pub async fn read(
-        body: Incoming,
+        body: DownstreamBody,
         headers: &http::HeaderMap,
         wanted: bool,
         rec: &Recorder,

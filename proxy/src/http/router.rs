@@ -14,13 +14,12 @@ use std::sync::atomic::Ordering;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use super::recorder::Recorder;
 use super::reply::{full, local_reply};
 use super::retry::{RequestBody, RetryState, Verdict};
 use super::upstream_request::{self, AttemptError, Head, UpstreamRequest};
-use super::{ConnCtx, mirror};
+use super::{ConnCtx, DownstreamBody, mirror};
 use crate::rbac::DynamicMetadata;
 use crate::resources::listener::{HttpManager, RouteSource};
 use crate::resources::route::{Action, Forward, Route, RouteTable, VirtualHost};
@@ -37,7 +36,7 @@ pub(super) struct Selected<'a> {
 /// A request on its way through the router.
 pub(super) struct Downstream {
     pub parts: Parts,
-    pub body: Incoming,
+    pub body: DownstreamBody,
     pub rec: Recorder,
     pub grpc: bool,
 }

@@ -39,6 +39,8 @@ const DEFAULT_LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Envoy's default HTTP connection idle timeout (`common_http_protocol_options.idle_timeout`).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Envoy's default `stream_idle_timeout`.
+const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Envoy's `max_request_headers_kb` default, and the most it accepts.
 const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
 const MAX_REQUEST_HEADERS_KB: u32 = 8192;
@@ -736,7 +738,9 @@ impl HttpManager {
                 u.upgrade_type.eq_ignore_ascii_case("websocket")
                     && u.enabled.as_ref().is_none_or(|e| e.value)
             }),
+            // Envoy's default is five minutes; zero disables it.
             stream_idle_timeout: opt_duration(&h.stream_idle_timeout, "stream_idle_timeout")?
+                .or(Some(DEFAULT_STREAM_IDLE_TIMEOUT))
                 .filter(|d| !d.is_zero()),
             idle_timeout: Some(idle_timeout).filter(|d| !d.is_zero()),
             request_headers_timeout: opt_duration(
@@ -887,5 +891,18 @@ filter_chains:
         );
         let off = listener("", "common_http_protocol_options: {idle_timeout: 0s}");
         assert_eq!(hcm(&off).idle_timeout, None);
+    }
+
+    #[test]
+    fn stream_idle_timeout_defaults_to_five_minutes_and_zero_disables_it() {
+        let unset = listener("", "");
+        assert_eq!(
+            hcm(&unset).stream_idle_timeout,
+            Some(Duration::from_secs(300))
+        );
+        let set = listener("", "stream_idle_timeout: 2s");
+        assert_eq!(hcm(&set).stream_idle_timeout, Some(Duration::from_secs(2)));
+        let off = listener("", "stream_idle_timeout: 0s");
+        assert_eq!(hcm(&off).stream_idle_timeout, None);
     }
 }
