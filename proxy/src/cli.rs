@@ -149,7 +149,9 @@ pub struct RunArgs {
     /// PROXY_CONFIG statusPort or 15020; 0 disables. Istio's `--statusPort`.
     #[arg(long, alias = "statusPort")]
     pub agent_port: Option<u16>,
-    /// Worker threads (Envoy's --concurrency); 0 = one per core.
+    /// Worker threads (Envoy's --concurrency): each runs its own event loop and accepts on
+    /// its own SO_REUSEPORT socket per listener; 0 = one per core [default: PROXY_CONFIG
+    /// concurrency, else 2 as Istio's sidecar].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// State-of-the-world ADS only (no delta).
