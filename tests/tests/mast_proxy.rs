@@ -1,6 +1,7 @@
 //! mast-proxy beyond the shared proofs: retries hide a flaky backend, outlier detection
 //! ejects a dead one, gRPC (HTTP/2 with trailers) passes through with a real tonic client and
-//! server, and Istio's request metrics count exactly what was sent — on both sides of a call.
+//! server, and Istio's request metrics count exactly what was sent — on both sides of a call,
+//! and for gRPC the messages of each stream.
 //!
 //! Two "pods" on loopback, each with its own mast-proxy in NONE interception mode: the client
 //! at 127.0.0.1 (outbound listener on 127.0.0.1:<service port>), and `user-v1` at 127.0.0.11,
@@ -456,6 +457,29 @@ spec:
         &[("request_protocol", "grpc"), ("grpc_response_status", "5")],
     );
     assert_eq!(not_found, 1.0, "{metrics}");
+    // Istio's message counters (Envoy's grpc_stats counting): one request message per call;
+    // a response message per OK check, none for the error (trailers only), two for the
+    // watch stream (cancelled above, so counted when the sidecar saw it end).
+    let want = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service", "user.default.svc.cluster.local"),
+    ];
+    let messages = eventually("grpc messages counted", Duration::from_secs(5), || async {
+        let m = sidecar.prometheus().await?;
+        let req = sum_samples(&m, "istio_request_messages_total", &want);
+        let resp = sum_samples(&m, "istio_response_messages_total", &want);
+        ensure!((req, resp) == (103.0, 103.0), "messages {req} / {resp}");
+        Ok(m)
+    })
+    .await?;
+    // Labelled as Istio labels them: the workloads, no status.
+    assert!(
+        !messages
+            .lines()
+            .any(|l| l.starts_with("istio_request_messages_total{") && l.contains("response_code")),
+        "{messages}"
+    );
     Ok(())
 }
 

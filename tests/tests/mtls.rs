@@ -80,6 +80,9 @@ struct Setup<'a> {
     extra: &'a str,
     with_other: bool,
     workload_ttl: Option<&'static str>,
+    /// The Service port's name, which gives its protocol (`http`, or `tcp` for opaque TCP
+    /// from the client's sidecar).
+    port_name: &'a str,
 }
 
 impl Default for Setup<'_> {
@@ -90,11 +93,12 @@ impl Default for Setup<'_> {
             extra: "",
             with_other: false,
             workload_ttl: None,
+            port_name: "http",
         }
     }
 }
 
-fn mesh_yaml(port: u16, inbound: u16, backend: u16, extra: &str) -> String {
+fn mesh_yaml(port: u16, inbound: u16, backend: u16, extra: &str, port_name: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -102,7 +106,7 @@ metadata: {{name: user, namespace: default}}
 spec:
   selector: {{app: user}}
   ports:
-  - {{name: http, port: {port}, targetPort: {inbound}}}
+  - {{name: {port_name}, port: {port}, targetPort: {inbound}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -150,7 +154,7 @@ async fn mesh(setup: Setup<'_>) -> Result<Mesh> {
     let inbound = free_port();
     std::fs::write(
         config.join("mesh.yaml"),
-        mesh_yaml(port, inbound, backend.port, setup.extra),
+        mesh_yaml(port, inbound, backend.port, setup.extra, setup.port_name),
     )?;
     let mastd = Mastd::start_with_ca(
         &config,
@@ -252,6 +256,47 @@ async fn strict_mtls_refuses_plaintext_and_reports_principals() -> Result<()> {
         &[("connection_security_policy", "none")],
     );
     ensure!(plain == 0.0, "plaintext requests were served:\n{text}");
+    Ok(())
+}
+
+/// Opaque TCP over mTLS: the client's sidecar reports `istio_tcp_*` with the server named
+/// by its certificate (principal and namespace, as Istio's client side reads the upstream's
+/// SAN) and its own principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_through_mtls_names_both_principals() -> Result<()> {
+    let m = mesh(Setup {
+        port_name: "tcp",
+        ..Default::default()
+    })
+    .await?;
+    let tally = send_requests(&m.url("/"), "user", &[], 20, 2).await;
+    ensure!(tally.failures() == 0, "{tally:?}");
+    let want = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("source_principal", CLIENT_ID),
+        ("destination_principal", SERVER_ID),
+        ("destination_workload_namespace", "default"),
+        ("destination_service", "user.default.svc.cluster.local"),
+    ];
+    let text = eventually(
+        "the client's TCP connections counted",
+        Duration::from_secs(10),
+        || async {
+            let text = m.client.prometheus().await?;
+            let opened = sum_samples(&text, "istio_tcp_connections_opened_total", &want);
+            let sent = sum_samples(&text, "istio_tcp_sent_bytes_total", &want);
+            ensure!(
+                opened >= 1.0 && sent > 0.0,
+                "opened {opened}, sent {sent}:\n{text}"
+            );
+            Ok(text)
+        },
+    )
+    .await?;
+    // No HTTP was seen on the client side: the port is opaque TCP there.
+    let http = sum_samples(&text, "istio_requests_total", &[("reporter", "source")]);
+    ensure!(http == 0.0, "client counted {http} HTTP requests:\n{text}");
     Ok(())
 }
 
