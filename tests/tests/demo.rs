@@ -21,8 +21,8 @@
 //!   myapp, user and todo: spans of every proxy on the path (gateway client, myapp server and
 //!   client, user and todo server), one root, every parent in the trace, each server span's
 //!   parent the caller's client span, each span inside its parent's time, and Istio's
-//!   `istio.canonical_service` / `istio.namespace` tags (except on the gateway's spawned
-//!   upstream span: see [`check_trace`]).
+//!   `istio.canonical_service` / `istio.namespace` tags on every span, the gateway's spawned
+//!   upstream span included (Envoy's finalizeUpstreamSpan).
 //!
 //! Without root the first part prints `demo: SKIPPED` (a failure when MAST_REQUIRE_NETNS is
 //! set, as scripts/test.sh does as root).
@@ -266,23 +266,17 @@ fn check_trace(trace: &Value) -> Result<String> {
         let kind = tag(s, "span.kind").unwrap_or_default();
         kinds.push((svc.clone(), kind.clone()));
         // Envoy's finalizeUpstreamSpan applies the custom tags to a spawned upstream span
-        // too (setCommonTags); mast-proxy's gateway span `router <cluster> egress` does not
-        // carry them yet, so Istio's tags are asked of every other span.
-        let spawned = s["operationName"]
-            .as_str()
-            .is_some_and(|n| n.starts_with("router ") && n.ends_with(" egress"));
-        if !spawned {
-            let canonical = tag(s, "istio.canonical_service")
-                .with_context(|| format!("span of {svc} without istio.canonical_service: {s}"))?;
-            ensure!(
-                svc.starts_with(&canonical),
-                "{svc}'s span says canonical service {canonical}"
-            );
-            ensure!(
-                tag(s, "istio.namespace").is_some(),
-                "{svc}: no istio.namespace"
-            );
-        }
+        // too (setCommonTags): the gateway's `router <cluster> egress` carries them.
+        let canonical = tag(s, "istio.canonical_service")
+            .with_context(|| format!("span of {svc} without istio.canonical_service: {s}"))?;
+        ensure!(
+            svc.starts_with(&canonical),
+            "{svc}'s span says canonical service {canonical}"
+        );
+        ensure!(
+            tag(s, "istio.namespace").is_some(),
+            "{svc}: no istio.namespace"
+        );
         let Some(parent) = s["references"].as_array().and_then(|r| r.first()) else {
             roots += 1;
             continue;
