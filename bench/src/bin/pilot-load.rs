@@ -22,15 +22,23 @@
 //!
 //! `--namespaces K --sidecar-scope` spreads the services over K namespaces, each with a
 //! `Sidecar` limiting egress to `./*` and a shared namespace (Istio's advice for big meshes).
+//!
+//! `--real-proxies N` checks the simulation against the real thing: N mast-proxy processes
+//! run beside the simulated streams, each with the identity of one simulated proxy (its twin),
+//! and must hold byte for byte what their twins hold, within the same window: see
+//! `real_proxies.rs`.
 
-use std::collections::{HashMap, HashSet};
+#[path = "pilot-load/real_proxies.rs"]
+mod real_proxies;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -40,6 +48,8 @@ use prost::Message;
 use tokio::sync::{Barrier, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::real_proxies::{Lab, Twin};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -84,6 +94,14 @@ struct Args {
     /// State-of-the-world ADS instead of delta (every response carries the whole type).
     #[arg(long)]
     sotw: bool,
+    /// Real mast-proxy processes besides the simulated streams (each in a network namespace
+    /// of its own; needs root), each the twin of a simulated proxy with the same identity:
+    /// checked to converge and to hold exactly the bytes their twins hold.
+    #[arg(long, default_value_t = 0)]
+    real_proxies: usize,
+    /// The mast-proxy binary for `--real-proxies` (a release build).
+    #[arg(long, default_value = "target/release/mast-proxy")]
+    mast_proxy: PathBuf,
 }
 
 impl Args {
@@ -93,6 +111,11 @@ impl Args {
         } else {
             format!("ns-{}", svc % self.namespaces.max(1))
         }
+    }
+
+    /// The simulated proxy that real proxy `k` is the twin of: spread over all of them.
+    fn twin_of(&self, k: usize) -> usize {
+        k * self.proxies / self.real_proxies.max(1)
     }
 }
 
@@ -104,24 +127,43 @@ async fn main() -> Result<()> {
     std::fs::create_dir(&config)?;
     write_mesh(&args, &config)?;
 
+    // Real proxies reach mastd over a bridge, so mastd listens on the bridge's address.
+    let mut lab = if args.real_proxies > 0 {
+        ensure!(
+            args.real_proxies <= args.proxies.min(200),
+            "--real-proxies must be at most --proxies and 200"
+        );
+        Some(Lab::new()?)
+    } else {
+        None
+    };
+    let xds_ip = lab
+        .as_ref()
+        .map_or_else(|| "127.0.0.1".to_string(), Lab::gateway);
     let port = free_port()?;
     let http_port = free_port()?;
-    let mut mastd = start_mastd(&args, &config, port, http_port)?;
-    let result = run(&args, &config, port, http_port, &mut mastd).await;
+    let mut mastd = start_mastd(&args, &config, &xds_ip, port, http_port)?;
+    let result = tokio::select! {
+        r = run(&args, &config, (&xds_ip, port), http_port, &mut mastd, lab.as_mut(), dir.path()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     let _ = mastd.kill();
     let _ = mastd.wait();
+    drop(lab);
     result
 }
 
 async fn run(
     args: &Args,
     config: &Path,
-    port: u16,
+    (xds_ip, port): (&str, u16),
     http_port: u16,
     mastd: &mut Child,
+    mut lab: Option<&mut Lab>,
+    work: &Path,
 ) -> Result<()> {
     let pid = mastd.id();
-    wait_for_port(port, mastd).await?;
+    wait_for_port(xds_ip, port, mastd).await?;
     let idle_rss = proc_kb(pid, "VmRSS")?;
     println!(
         "mesh: {} services in {} namespace(s){}, {} workloads; {} proxies over {} connections; mastd pid {pid}",
@@ -143,11 +185,29 @@ async fn run(
 
     let mut channels = Vec::new();
     for _ in 0..args.connections {
-        channels.push(Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect_lazy());
+        channels.push(Endpoint::from_shared(format!("http://{xds_ip}:{port}"))?.connect_lazy());
     }
     let cpu_before = cpu_seconds(pid)?;
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let start = Instant::now();
+    let mut twins: HashMap<usize, Arc<Twin>> = HashMap::new();
+    if let Some(lab) = lab.as_deref_mut() {
+        for k in 0..args.real_proxies {
+            let i = args.twin_of(k);
+            let (env, twin) = real_identity(args, i, &lab.ip(k), &format!("{xds_ip}:{port}"))?;
+            let twin = Arc::new(twin);
+            lab.start(k, i, Arc::clone(&twin), &args.mast_proxy, &env, work)?;
+            twins.insert(i, twin);
+        }
+        println!(
+            "real proxies: {} mast-proxy processes, one network namespace each, started with their twins (simulated proxies {})",
+            args.real_proxies,
+            (0..args.real_proxies)
+                .map(|k| args.twin_of(k).to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let barrier = Arc::new(Barrier::new(args.proxies + 1));
     for i in 0..args.proxies {
         let channel = channels[i % channels.len()].clone();
@@ -156,12 +216,14 @@ async fn run(
         let barrier = barrier.clone();
         let namespace = args.namespace(svc);
         let sotw = args.sotw;
+        let twin = twins.get(&i).cloned();
         tokio::spawn(async move {
             let sim = Sim {
                 i,
                 svc,
                 namespace,
                 sotw,
+                twin,
                 events: tx.clone(),
             };
             if let Err(e) = sim.run(channel, barrier).await {
@@ -183,6 +245,13 @@ async fn run(
         proc_kb(pid, "VmRSS")? / 1024,
         proc_kb(pid, "VmHWM")? / 1024,
     );
+    if let Some(lab) = lab.as_deref_mut() {
+        let real = lab.converged(start, Duration::from_secs(180)).await?;
+        report_real("initial sync", lab, real, full_push, start);
+        if let Some(first) = lab.reals.first() {
+            println!("real proxy 0 and its twin hold {}", first.twin.counts());
+        }
+    }
 
     // Config changes: rewrite one VirtualService (of svc-0, in the first namespace). Every
     // proxy that can see svc-0 must get new routes; with Sidecar scoping, no other proxy may.
@@ -194,6 +263,10 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(500)).await;
         while events.try_recv().is_ok() {}
         let cpu0 = cpu_seconds(pid)?;
+        let twin_digests: Vec<String> = lab
+            .as_deref()
+            .map(|l| l.reals.iter().map(|r| r.twin.digest()).collect())
+            .unwrap_or_default();
         let w = 10 + 10 * (change % 8) as u32;
         let written = Instant::now();
         std::fs::write(
@@ -241,6 +314,20 @@ async fn run(
             times.len(),
             unexpected.len(),
         );
+        if let Some(lab) = lab.as_deref_mut() {
+            let sim_max = percentile(&mut times, 100.0);
+            let real = lab.converged(written, Duration::from_secs(60)).await?;
+            // Only the real proxies whose twin's config changed count (with Sidecar scoping
+            // a proxy may not see the change).
+            let real: Vec<Duration> = real
+                .into_iter()
+                .zip(&lab.reals)
+                .zip(&twin_digests)
+                .filter(|((_, r), before)| r.twin.digest() != **before)
+                .map(|((t, _), _)| t)
+                .collect();
+            report_real(&format!("change {change}"), lab, real, sim_max, written);
+        }
         all.extend(times);
     }
     if args.changes > 0 {
@@ -268,7 +355,7 @@ async fn run(
         let _ = mastd.kill();
         let _ = mastd.wait();
         let killed = Instant::now();
-        *mastd = start_mastd(args, config, port, http_port)?;
+        *mastd = start_mastd(args, config, xds_ip, port, http_port)?;
         let pid = mastd.id();
         let (all_back, p50) = wait_synced(args, &mut events, killed).await?;
         let hwm = proc_kb(pid, "VmHWM")?;
@@ -283,6 +370,10 @@ async fn run(
             100.0 * hwm as f64 / steady as f64,
             steady / 1024,
         );
+        if let Some(lab) = lab {
+            let real = lab.converged(killed, Duration::from_secs(180)).await?;
+            report_real("reconnect storm", lab, real, all_back, killed);
+        }
     }
     Ok(())
 }
@@ -440,6 +531,8 @@ struct Sim {
     svc: usize,
     namespace: String,
     sotw: bool,
+    /// Set when a real proxy has this one's identity: the node it sends, and what it holds.
+    twin: Option<Arc<Twin>>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -468,7 +561,7 @@ impl Sim {
         let (tx, rx) = mpsc::channel(16);
         let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
         tx.send(DeltaDiscoveryRequest {
-            node: Some(node(i, self.svc, &self.namespace, version)),
+            node: Some(self.node(version)),
             type_url: TypeUrl::Cluster.url().into(),
             ..Default::default()
         })
@@ -540,6 +633,17 @@ impl Sim {
                 })
                 .await?;
             }
+            if let Some(twin) = &self.twin {
+                // The bytes of each resource, as mast-proxy hashes them (its `Any`'s value).
+                let anys: Vec<(&str, LightAny)> = resp
+                    .resources
+                    .iter()
+                    .filter(|r| !r.resource.is_empty())
+                    .map(|r| Ok((r.name.as_str(), LightAny::decode(r.resource.clone())?)))
+                    .collect::<Result<_>>()?;
+                let resources = anys.iter().map(|(n, a)| (*n, a.value.as_ref()));
+                twin.apply(t, false, resources, &resp.removed_resources, now);
+            }
             let names = resp.resources.iter().map(|r| r.name.as_str());
             self.report(&mut progress, t, now, resp.encoded_len(), names);
         }
@@ -557,7 +661,7 @@ impl Sim {
         let (tx, rx) = mpsc::channel(16);
         let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
         tx.send(DiscoveryRequest {
-            node: Some(node(i, self.svc, &self.namespace, version)),
+            node: Some(self.node(version)),
             type_url: TypeUrl::Cluster.url().into(),
             ..Default::default()
         })
@@ -596,6 +700,11 @@ impl Sim {
                 .iter()
                 .filter_map(|a| LightNamed::decode(a.value.clone()).ok().map(|n| n.name))
                 .collect();
+            if let Some(twin) = &self.twin {
+                let resources = names.iter().zip(&resp.resources);
+                let resources = resources.map(|(n, a)| (n.as_str(), a.value.as_ref()));
+                twin.apply(t, true, resources, &[], now);
+            }
             let mut follow_up = None;
             if t == TypeUrl::Cluster {
                 let eds: Vec<String> = names
@@ -656,6 +765,14 @@ struct Progress {
 }
 
 impl Sim {
+    /// The node this stream sends: the real proxy's for a twin.
+    fn node(&self, version: &str) -> Node {
+        match &self.twin {
+            Some(t) => t.node.clone(),
+            None => node(&sim_ip(self.i), self.i, self.svc, &self.namespace, version),
+        }
+    }
+
     /// A response of type `t` carrying `names` arrived: once the stream holds all four types it
     /// is synced; after that every response is reported as a push (with the services whose
     /// endpoints it carries).
@@ -742,7 +859,12 @@ fn service_of(cluster: &str) -> Option<usize> {
     host.split('.').next()?.parse().ok()
 }
 
-fn node(i: usize, svc: usize, namespace: &str, version: &str) -> Node {
+/// The IP of simulated proxy `i` (its twin, if any, takes the real proxy's).
+fn sim_ip(i: usize) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+}
+
+fn node(ip: &str, i: usize, svc: usize, namespace: &str, version: &str) -> Node {
     let s = |v: &str| Value {
         kind: Some(Kind::StringValue(v.to_string())),
     };
@@ -780,12 +902,87 @@ fn node(i: usize, svc: usize, namespace: &str, version: &str) -> Node {
         ]
         .into(),
     };
-    let ip = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
     Node {
         id: format!("sidecar~{ip}~svc-{svc}-{i}.{namespace}~{namespace}.svc.cluster.local"),
         metadata: Some(metadata),
         ..Default::default()
     }
+}
+
+/// The environment real proxy's mast-proxy runs with to be simulated proxy `i` at `ip`
+/// (Istio's pod env: POD_NAME, POD_NAMESPACE, INSTANCE_IP, ISTIO_META_*), and its twin, whose
+/// node is the one mast-proxy builds from that environment. Fails if that node lacks a field
+/// of the simulated proxy's node or says it differently, so the twin is the simulated proxy.
+fn real_identity(
+    args: &Args,
+    i: usize,
+    ip: &str,
+    pilot: &str,
+) -> Result<(BTreeMap<String, String>, Twin)> {
+    let svc = i % args.services;
+    let namespace = args.namespace(svc);
+    let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
+    let labels = serde_json::json!({
+        "app": format!("svc-{svc}"),
+        "version": version,
+        "service.istio.io/canonical-name": format!("svc-{svc}"),
+        "service.istio.io/canonical-revision": version,
+    });
+    let env: BTreeMap<String, String> = [
+        ("POD_NAME", format!("svc-{svc}-{i}")),
+        ("POD_NAMESPACE", namespace.clone()),
+        ("INSTANCE_IP", ip.to_string()),
+        ("SERVICE_ACCOUNT", format!("svc-{svc}")),
+        ("ISTIO_META_INTERCEPTION_MODE", "REDIRECT".into()),
+        ("ISTIO_META_WORKLOAD_NAME", format!("svc-{svc}-{version}")),
+        ("ISTIO_METAJSON_LABELS", labels.to_string()),
+        (
+            "PROXY_CONFIG",
+            serde_json::json!({ "discoveryAddress": pilot }).to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let config =
+        mast_proxy::config::Config::from_env(&env, &mast_proxy::config::Overrides::default())
+            .map_err(|e| anyhow::anyhow!("mast-proxy's config for proxy {i}: {e}"))?;
+    let real = mast_proxy::xds::node(&mast_proxy::shared::Shared::new(config, false, None));
+    let sim = node(ip, i, svc, &namespace, version);
+    ensure!(
+        real.id == sim.id,
+        "node ids differ: {} vs {}",
+        real.id,
+        sim.id
+    );
+    let (real_md, sim_md) = (
+        real.metadata.clone().unwrap_or_default(),
+        sim.metadata.unwrap_or_default(),
+    );
+    for (k, v) in &sim_md.fields {
+        ensure!(
+            real_md.fields.get(k) == Some(v),
+            "mast-proxy's node metadata {k} is {:?}, the simulated proxy's {v:?}",
+            real_md.fields.get(k)
+        );
+    }
+    Ok((env, Twin::new(real)))
+}
+
+/// The real proxies' line after a phase: their times from `t0` to holding what their twins
+/// hold, beside the simulated proxies'.
+fn report_real(phase: &str, lab: &Lab, mut real: Vec<Duration>, sim_max: Duration, t0: Instant) {
+    println!(
+        "{phase}, real proxies: p50 {:>4} ms, max {:>4} ms over {} (digest polled every {} ms; simulated max {} ms, twins settled at {} ms); {} of {} real proxies hold byte for byte what their twins hold",
+        percentile(&mut real, 50.0).as_millis(),
+        percentile(&mut real, 100.0).as_millis(),
+        real.len(),
+        real_proxies::POLL.as_millis(),
+        sim_max.as_millis(),
+        lab.twins_settled(t0).as_millis(),
+        lab.reals.len(),
+        lab.reals.len(),
+    );
 }
 
 fn write_mesh(args: &Args, dir: &Path) -> Result<()> {
@@ -856,7 +1053,13 @@ fn virtual_service(ns: &str, s: usize, w1: u32, w2: u32) -> String {
     )
 }
 
-fn start_mastd(args: &Args, config: &Path, port: u16, http_port: u16) -> Result<Child> {
+fn start_mastd(
+    args: &Args,
+    config: &Path,
+    xds_ip: &str,
+    port: u16,
+    http_port: u16,
+) -> Result<Child> {
     let mut cmd = if Command::new("taskset").arg("-V").output().is_ok() {
         let mut c = Command::new("taskset");
         c.args(["-c", &args.mastd_core.to_string()])
@@ -869,7 +1072,7 @@ fn start_mastd(args: &Args, config: &Path, port: u16, http_port: u16) -> Result<
     cmd.arg("--config-dir")
         .arg(config)
         .arg("--no-ca")
-        .args(["--xds-addr", &format!("127.0.0.1:{port}")])
+        .args(["--xds-addr", &format!("{xds_ip}:{port}")])
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
         // Its other servers on free ports, so that a run never meets another mastd's.
         .args(["--injector-addr", &format!("127.0.0.1:{}", free_port()?)])
@@ -891,16 +1094,13 @@ fn start_mastd(args: &Args, config: &Path, port: u16, http_port: u16) -> Result<
         .with_context(|| format!("start {}", args.mastd.display()))
 }
 
-async fn wait_for_port(port: u16, mastd: &mut Child) -> Result<()> {
+async fn wait_for_port(ip: &str, port: u16, mastd: &mut Child) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = mastd.try_wait()? {
             bail!("mastd exited: {status}");
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -105,7 +105,7 @@ mod tests {
             digest: type_digest([]),
         };
         assert_eq!(
-            overall(&[clusters.clone()]),
+            overall(std::slice::from_ref(&clusters)),
             overall(&[no_routes, clusters.clone()])
         );
         let routes = TypeDigest {
@@ -118,6 +118,9 @@ mod tests {
             overall(&[routes.clone(), clusters.clone()]),
             "order of the types given does not matter"
         );
-        assert_ne!(overall(&[clusters.clone()]), overall(&[clusters, routes]));
+        assert_ne!(
+            overall(std::slice::from_ref(&clusters)),
+            overall(&[clusters, routes])
+        );
     }
 }
