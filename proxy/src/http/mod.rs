@@ -370,7 +370,6 @@ async fn handle(
         return refused(rec, grpc, parts.version, refusal);
     }
     let version = parts.version;
-    let spare = clock.as_ref().map(|_| recorder());
     let work = async {
         let local = Some(ctx.dst.ip())
             .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
@@ -434,15 +433,15 @@ async fn handle(
         };
         on_response.apply(router::route(&ctx, &snap, selected, down).await)
     };
-    match (clock, spare) {
-        (Some(clock), Some(spare)) => tokio::select! {
+    match clock {
+        Some(clock) => tokio::select! {
             resp = work => resp,
             () = clock.idle() => {
                 tracing::debug!(peer = %ctx.peer, "stream idle timeout before the response");
-                stream_idle::reply(spare, grpc, version, &clock)
+                stream_idle::reply(recorder(), grpc, version, &clock)
             }
         },
-        _ => work.await,
+        None => work.await,
     }
 }
 
