@@ -1028,6 +1028,9 @@ struct Case {
     /// Where mast-proxy is knowingly looser than Envoy (the reason): its "at least as
     /// strict" breaches are reported as a known gap, not failed; the invariants still bind.
     mast_gap: Option<&'static str>,
+    /// Bytes that must not appear anywhere in what either sidecar sends upstream (a field
+    /// the client smuggled in a place the proxy must not forward it from).
+    never_upstream: Vec<&'static [u8]>,
     /// An authority no route knows (Envoy: `PassthroughCluster`, 503): these run last, after
     /// the volume check, since a proxy that loops on one could starve every later case.
     passthrough: bool,
@@ -1059,6 +1062,7 @@ impl Cases {
             never_101: false,
             envoy_quirk: None,
             mast_gap: None,
+            never_upstream: Vec::new(),
             passthrough: self.section == 1,
         });
         let last = self.list.len() - 1;
@@ -1117,6 +1121,10 @@ impl Case {
     }
     fn mast_gap(&mut self, why: &'static str) -> &mut Self {
         self.mast_gap = Some(why);
+        self
+    }
+    fn never_upstream(&mut self, bytes: &'static [u8]) -> &mut Self {
+        self.never_upstream.push(bytes);
         self
     }
     fn header(&mut self, k: &str, v: &str) -> &mut Self {
@@ -2009,11 +2017,16 @@ fn cases(web: u16) -> Vec<Case> {
         frames.extend(h2raw::headers(1, true, trailer));
         let case = c.add(Deny, what, Wire::H2Raw(frames));
         if what.contains(":path") {
-            case.mast_gap(
-                "the h2 library (h2 0.4) drops pseudo-headers from trailers instead of \
-                 resetting the stream, so mast-proxy never sees them: the request goes on \
-                 without the field, which never reaches the backend",
-            );
+            // The consequence is bounded: neither the name nor the value may reach the
+            // backend (checked in the upstream bytes, trailers included).
+            case.never_upstream(b":path")
+                .never_upstream(b"/admin")
+                .mast_gap(
+                    "h2 (0.4.20 here; 0.4.21, the newest, alike) drops pseudo-headers from \
+                 trailers instead of resetting the stream, and neither it nor hyper says it \
+                 did, so mast-proxy cannot see them: the request goes on without the field, \
+                 which never reaches the backend",
+                );
         }
     }
 
@@ -2375,6 +2388,11 @@ fn invariants(case: &Case, o: &Outcome) -> Vec<String> {
         }
         if let What::Garbage(why) = &r.what {
             bad.push(format!("the backend could not parse what it got: {why}"));
+        }
+        for field in &case.never_upstream {
+            if find(&r.raw, field).is_some() {
+                bad.push(format!("`{}` reached the backend", field.escape_ascii()));
+            }
         }
     }
     for h in &requests {
@@ -3080,4 +3098,42 @@ fn h2raw_reads_the_status_of_static_literal_and_huffman_fields() {
     assert_eq!(h2raw::status(&block), Some(503));
     // Not a :status field.
     assert_eq!(h2raw::status(&[0x82]), None);
+}
+
+/// 7.37's bound holds only if the invariant can fail: upstream bytes that carry the
+/// trailer's `:path` or its value break it; the request as mast-proxy forwards it does not.
+#[test]
+fn a_field_that_must_never_reach_the_backend_breaks_the_invariants() {
+    let case = cases(8080)
+        .into_iter()
+        .find(|c| c.request.contains("trailers with `:path"))
+        .expect("case 7.37");
+    assert_eq!(case.never_upstream, [&b":path"[..], &b"/admin"[..]]);
+    let outcome = |raw: &[u8]| {
+        let Parse::Done(head, _) = parse_request(raw) else {
+            panic!("unparsed: {}", raw.escape_ascii());
+        };
+        Outcome {
+            answer: Answer {
+                status: Some(200),
+                end: End::Answered,
+                more: Vec::new(),
+            },
+            received: vec![Received {
+                conn: 1,
+                raw: raw.to_vec(),
+                what: What::Request(head),
+            }],
+            fds: (10, 10),
+        }
+    };
+    let forwarded = b"POST /public HTTP/1.1\r\nhost: user\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(invariants(&case, &outcome(forwarded)), Vec::<String>::new());
+    let leaked = b"POST /public HTTP/1.1\r\nhost: user\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n:path: /admin\r\n\r\n";
+    let bad = invariants(&case, &outcome(leaked));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].contains(":path") && bad[1].contains("/admin"),
+        "{bad:?}"
+    );
 }

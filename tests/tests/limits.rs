@@ -24,6 +24,11 @@
 //!
 //! `MAST_LIMITS_IDLE`, `MAST_LIMITS_SLOW`, `MAST_LIMITS_UPLOAD_MIB` and
 //! `MAST_LIMITS_TLS_SECS` change the sizes; CI runs the figures.
+//!
+//! A second test runs mast-proxy from a static bootstrap whose connection manager sets
+//! `stream_idle_timeout: 1s` (istiod sends 0, off; Envoy's default is 5 min) and checks it
+//! per stream over HTTP/1.1 and HTTP/2: stalled uploads get 408, a silent upstream 504, a
+//! stalled response is reset, and streams that keep moving are never cut.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
