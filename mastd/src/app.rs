@@ -137,6 +137,7 @@ pub fn main(config: Config) -> ExitCode {
     // Kept to the end of main: dropping the provider ends the export of mastd's spans.
     let provider = crate::traces::provider(Arc::clone(&traces));
     init_tracing_with(config.log_json, Some(&provider));
+    mast_pilot::ads::set_push_traces_per_change(config.push_traces_per_change);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -49,6 +49,8 @@ pub const OTLP_GRPC_ADDR: &str = "MAST_OTLP_GRPC_ADDR";
 pub const OTLP_HTTP_ADDR: &str = "MAST_OTLP_HTTP_ADDR";
 /// `--zipkin-addr`.
 pub const ZIPKIN_ADDR: &str = "MAST_ZIPKIN_ADDR";
+/// Proxies whose push of a config change is traced.
+pub const PUSH_TRACES: &str = "MAST_PUSH_TRACES_PER_CHANGE";
 
 /// Everything mastd is told at start: its command line, each flag falling back to its
 /// environment variable (the constants above), then to its default.
@@ -219,6 +221,11 @@ pub struct Config {
     /// How long the trace store keeps a trace.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub trace_max_age: Duration,
+
+    /// Proxies whose push of a config change is traced (an `xds.push` span each, with its
+    /// responses and ACK/NACK as events, in the change's trace); 0 traces no push.
+    #[arg(long, default_value_t = mast_pilot::ads::DEFAULT_PUSH_TRACES, env = PUSH_TRACES)]
+    pub push_traces_per_change: usize,
 
     /// Log as JSON lines instead of text.
     #[arg(long)]

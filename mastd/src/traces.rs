@@ -8,7 +8,8 @@
 //! every other server.
 //!
 //! mastd's own work is traced with `tracing` spans of target [`TRACE_TARGET`] (config change,
-//! read, validation, publish; the xDS push and ACK spans live in pilot's ADS code): a
+//! read, validation, publish; the xDS push and ACK spans live in pilot's ADS code, bounded by
+//! `--push-traces-per-change`): a
 //! `tracing-opentelemetry` layer turns them into OpenTelemetry spans, and [`StoreExporter`]
 //! writes those straight into the same store, in process, as service `mastd`. So "why did my
 //! change take 2 s" is a trace in the same view as the requests.
@@ -182,11 +183,9 @@ where
 {
     use tracing_subscriber::Layer as _;
     let filter = tracing_subscriber::filter::filter_fn(|meta| {
-        if meta.is_span() {
-            meta.target() == TRACE_TARGET
-        } else {
-            *meta.level() <= tracing::Level::INFO
-        }
+        // Events of the trace target at any level: pilot writes a push's sends and ACKs at
+        // debug so that the log does not repeat them for every proxy.
+        meta.target() == TRACE_TARGET || (!meta.is_span() && *meta.level() <= tracing::Level::INFO)
     });
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SERVICE))

@@ -252,7 +252,7 @@ impl FolderSource {
                 self.published = model.clone();
                 self.metrics.record_config_change(model.services.len());
                 info!(version = self.version, "config changed; pushing");
-                let snapshot = Snapshot::new(self.version, model, first);
+                let snapshot = Snapshot::new(self.version, model, first).traced(&change);
                 if publish.send(snapshot).is_err() {
                     return Ok(());
                 }

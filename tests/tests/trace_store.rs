@@ -319,3 +319,226 @@ async fn envoy_exports_to_mastd_and_the_trace_api_answers() -> Result<()> {
     }
     Ok(())
 }
+
+// === the xDS push and its ACK in the change's trace ===
+
+const CLIENT: mast_e2e::PodSpec<'static> = mast_e2e::PodSpec {
+    name: "client-1",
+    namespace: "default",
+    labels: &[("app", "client")],
+    service_account: "client",
+};
+
+/// A Service `name` on `port`: a sidecar in NONE interception mode listens on 127.0.0.1:port.
+fn service(name: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec: {{selector: {{app: {name}}}, ports: [{{name: {protocol}, port: {port}, targetPort: 8080}}]}}\n"
+    )
+}
+
+/// The field `key` of a span log (an OpenTelemetry event) as text.
+fn field(log: &Value, key: &str) -> Option<String> {
+    let v = log["fields"]
+        .as_array()?
+        .iter()
+        .find(|f| f["key"] == key)
+        .map(|f| &f["value"])?;
+    Some(
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string()),
+    )
+}
+
+/// The events named `name` of a span.
+fn events<'a>(span: &'a Value, name: &str) -> Vec<&'a Value> {
+    span["logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| field(l, "event").as_deref() == Some(name))
+        .collect()
+}
+
+/// The trace of the config change whose push to the client sidecar ended with `outcome`,
+/// and that push's span.
+async fn push_trace(client: &HttpClient, base: &str, outcome: &str) -> Result<(Value, Value)> {
+    eventually(
+        &format!("a config.change trace with an xds.push {outcome}"),
+        Duration::from_secs(30),
+        || async {
+            let url = format!("{base}/api/traces?service=mastd&operation=xds.push&limit=100");
+            let body = get_json(client, &url).await?;
+            for t in body["data"].as_array().into_iter().flatten() {
+                let spans = t["spans"].as_array().cloned().unwrap_or_default();
+                let push = spans.iter().find(|s| {
+                    s["operationName"] == "xds.push"
+                        && tag(s, "outcome").is_some_and(|v| v == outcome)
+                        && tag(s, "proxy")
+                            .and_then(Value::as_str)
+                            .is_some_and(|p| p.contains("client-1.default"))
+                });
+                if let Some(push) = push {
+                    return Ok((t.clone(), push.clone()));
+                }
+            }
+            let all = get_json(
+                client,
+                &format!("{base}/api/traces?service=mastd&limit=100"),
+            )
+            .await?;
+            let seen: Vec<String> = all["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
+                .map(|s| format!("{} {}", s["operationName"], s["tags"]))
+                .collect();
+            bail!("none yet; mastd's spans: {seen:?}")
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_push_ack_and_nack_are_in_the_change_trace() -> Result<()> {
+    push_ack_and_nack_are_in_the_change_trace(mast_e2e::SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mast_proxy_push_ack_and_nack_are_in_the_change_trace() -> Result<()> {
+    push_ack_and_nack_are_in_the_change_trace(mast_e2e::SidecarKind::Mast).await
+}
+
+/// A config change made while a real sidecar is connected is one trace: config.change, its
+/// debounce/read/validate/publish, and under it the push to the sidecar (`xds.push`) with
+/// the responses sent and the sidecar's ACKs as events. A change the sidecar rejects (an
+/// outbound listener on a port something else holds: Envoy and mast-proxy both NACK it)
+/// shows the NACK with its detail, as an error.
+async fn push_ack_and_nack_are_in_the_change_trace(kind: mast_e2e::SidecarKind) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config)?;
+    std::fs::write(
+        config.join("user.yaml"),
+        service("user", free_port(), "http"),
+    )?;
+    let mastd = Mastd::launch_with_args(
+        &config,
+        work.path(),
+        ([127, 0, 0, 1], free_port()).into(),
+        ([127, 0, 0, 1], free_port()).into(),
+        None,
+        &[
+            "--otlp-grpc-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--otlp-http-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+    )
+    .await?;
+    let base = format!("http://{}", mastd.telemetry_addr);
+    let client = HttpClient::new();
+    let _sidecar = mast_e2e::Sidecar::start_kind(
+        kind,
+        &CLIENT,
+        "127.0.0.1",
+        mastd.xds_addr,
+        work.path(),
+        false,
+    )
+    .await?;
+    // The sidecar has its first config (not traced: no change caused it).
+    eventually(
+        "the sidecar ACKs its first config",
+        Duration::from_secs(30),
+        || async {
+            let syncz = mastd.debug_json("/debug/syncz").await?;
+            let types = &syncz[0]["types"];
+            for t in ["cds", "lds"] {
+                ensure!(
+                    !types[t]["acked_version"].is_null(),
+                    "{t} not ACKed: {syncz}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await?;
+
+    // A good change: pushed, ACKed, in the change's trace.
+    std::fs::write(
+        config.join("todo.yaml"),
+        service("todo", free_port(), "http"),
+    )?;
+    let (trace, push) = push_trace(&client, &base, "acked").await?;
+    let spans = trace["spans"].as_array().context("spans")?;
+    let root = spans
+        .iter()
+        .find(|s| s["operationName"] == "config.change")
+        .with_context(|| format!("no config.change in {trace}"))?;
+    ensure!(
+        push["references"][0]["spanID"] == root["spanID"],
+        "xds.push is a child of config.change: {push}"
+    );
+    ensure!(tag(&push, "error").is_none(), "{push}");
+    let sent = events(&push, "xds.send");
+    let acked = events(&push, "xds.ack");
+    ensure!(
+        !events(&push, "xds.generate").is_empty(),
+        "no xds.generate: {push}"
+    );
+    let types = |events: &[&Value]| -> std::collections::BTreeSet<String> {
+        events.iter().filter_map(|e| field(e, "type_url")).collect()
+    };
+    ensure!(
+        !sent.is_empty() && types(&sent) == types(&acked),
+        "every type sent is ACKed: {push}"
+    );
+    ensure!(
+        sent.iter()
+            .any(|e| field(e, "type_url").is_some_and(|t| t.ends_with("Listener"))),
+        "the new listener was sent: {push}"
+    );
+    for e in &sent {
+        ensure!(
+            field(e, "bytes")
+                .and_then(|b| b.parse::<u64>().ok())
+                .is_some_and(|b| b > 0),
+            "bytes of {e}"
+        );
+    }
+    ensure!(
+        tag(&push, "bytes").is_some()
+            && tag(&push, "resources").is_some()
+            && tag(&push, "types").is_some(),
+        "{push}"
+    );
+    eprintln!(
+        "{kind}: push of {} µs, {} responses, tags {}",
+        push["duration"],
+        sent.len(),
+        push["tags"]
+    );
+
+    // A change the sidecar NACKs: a TCP service on a port this test holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    std::fs::write(config.join("db.yaml"), service("db", port, "tcp"))?;
+    let (_, push) = push_trace(&client, &base, "nacked").await?;
+    let nacks = events(&push, "xds.nack");
+    ensure!(!nacks.is_empty(), "no xds.nack event: {push}");
+    let detail = field(nacks[0], "error").context("NACK without its error")?;
+    ensure!(
+        detail.contains(&port.to_string()) || detail.contains("in use"),
+        "{detail}"
+    );
+    ensure!(
+        tag(&push, "error").is_some_and(|v| v == true || v == "true"),
+        "a NACKed push is an error: {push}"
+    );
+    eprintln!("{kind}: NACK in the trace: {detail}");
+    drop(taken);
+    Ok(())
+}

@@ -19,7 +19,10 @@ use mast_proto::TypeUrl;
 
 use super::server::ConnInfo;
 use super::wire::{Kind, Response};
-use super::{Generator, ProxyView, Resource, Snapshot, TypeSet, set_changes, set_version};
+use super::{
+    ChangeTrace, Generator, ProxyView, Resource, Snapshot, TRACE_TARGET, TypeSet, set_changes,
+    set_version,
+};
 use crate::metrics::Metrics;
 
 /// Protocol state of one resource type on one stream.
@@ -89,6 +92,40 @@ fn same_sets(a: &[Arc<TypeSet>], b: &[Arc<TypeSet>]) -> bool {
         && a.iter()
             .zip(b)
             .all(|(x, y)| Arc::ptr_eq(x, y) || x.version() == y.version())
+}
+
+/// The trace of one push to this proxy: an `xds.push` span in the trace of the config change
+/// that caused it, from the first response sent to the last ACK or NACK of what was sent.
+/// Generation, each response and each answer are events on it (not spans): 2000 proxies make
+/// 2000 spans per change, not 2000 × (1 + 2 × types).
+struct PushTrace {
+    span: tracing::Span,
+    /// Types sent in this push and not answered yet.
+    waiting: BTreeSet<TypeUrl>,
+    types: Vec<&'static str>,
+    resources: usize,
+    bytes: usize,
+    nacks: Vec<String>,
+}
+
+/// How a push's trace ends.
+#[derive(Clone, Copy, Debug)]
+enum PushEnd {
+    /// Every response answered (ACK or NACK).
+    Answered,
+    /// A newer change reached this proxy before every answer came.
+    Superseded,
+    Disconnected,
+}
+
+/// A push to trace when it sends something: the parent context and what came before the
+/// first response.
+struct PushStart {
+    trace: Arc<ChangeTrace>,
+    version: u64,
+    throttle_wait: std::time::Duration,
+    generate: std::time::Duration,
+    resources_generated: usize,
 }
 
 /// Which protocol a stream speaks; decided by the RPC the proxy called.
@@ -162,6 +199,10 @@ pub struct Connection<G> {
     resources: ProxyView,
     types: HashMap<TypeUrl, TypeState>,
     nonce: u64,
+    /// The push being traced, until every response it sent is answered.
+    push: Option<PushTrace>,
+    /// A traced push that has not sent anything yet.
+    push_start: Option<PushStart>,
 }
 
 // === impl Connection ===
@@ -205,6 +246,8 @@ impl<G: Generator> Connection<G> {
             resources,
             types: HashMap::new(),
             nonce: 0,
+            push: None,
+            push_start: None,
         };
         info!(proxy = %conn.node.id, ?flavor, "proxy connected");
         if conn.handle(first).await.is_err() {
@@ -230,12 +273,13 @@ impl<G: Generator> Connection<G> {
                     }
                     // Wait for a push slot, then push the newest model: changes that came in
                     // while waiting are merged into one push.
+                    let woke = std::time::Instant::now();
                     let Ok(permit) = conn.throttle.clone().acquire_owned().await else {
                         break;
                     };
                     conn.permit = Some(Arc::new(permit));
                     let snapshot = conn.snapshots.borrow_and_update().clone();
-                    let pushed = conn.on_snapshot(snapshot).await;
+                    let pushed = conn.on_snapshot(snapshot, woke.elapsed()).await;
                     conn.permit = None;
                     if pushed.is_err() {
                         break;
@@ -243,13 +287,39 @@ impl<G: Generator> Connection<G> {
                 }
             }
         }
+        conn.end_push(PushEnd::Disconnected);
         info!(proxy = %conn.node.id, "proxy disconnected");
     }
 
-    /// A new model: regenerate, and push the types whose content changed.
-    async fn on_snapshot(&mut self, snapshot: Snapshot) -> Result<(), Closed> {
-        match self.generator.generate(&snapshot, &self.node) {
-            Ok(resources) => self.resources = resources,
+    /// A new model: regenerate, and push the types whose content changed. `throttle_wait` is
+    /// how long the push waited for a slot.
+    async fn on_snapshot(
+        &mut self,
+        snapshot: Snapshot,
+        throttle_wait: std::time::Duration,
+    ) -> Result<(), Closed> {
+        self.end_push(PushEnd::Superseded);
+        let generating = std::time::Instant::now();
+        let generated = self.generator.generate(&snapshot, &self.node);
+        // Traced when it sends something (most proxies of a big mesh get nothing from a
+        // scoped change: they do not spend the change's budget of traced pushes).
+        self.push_start = snapshot.trace.clone().map(|trace| PushStart {
+            trace,
+            version: snapshot.version,
+            throttle_wait,
+            generate: generating.elapsed(),
+            resources_generated: 0,
+        });
+        match generated {
+            Ok(resources) => {
+                if let Some(start) = &mut self.push_start {
+                    start.resources_generated = TypeUrl::ADS_ORDER
+                        .iter()
+                        .map(|t| resources.all(*t).len())
+                        .sum();
+                }
+                self.resources = resources
+            }
             Err(e) => {
                 // Keep serving what the proxy has; this is a pilot bug, not the proxy's.
                 warn!(proxy = %self.node.id, error = %e, "cannot generate config; keeping the last one");
@@ -287,7 +357,106 @@ impl<G: Generator> Connection<G> {
                 .convergence
                 .observe(changed_at.elapsed().as_secs_f64());
         }
+        self.push_start = None;
         Ok(())
+    }
+
+    /// The traced push's span, started at its first response.
+    fn push_trace(&mut self) -> Option<&mut PushTrace> {
+        if self.push.is_none()
+            && let Some(start) = self.push_start.take()
+            && let Some(parent) = start.trace.admit()
+        {
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            let span = tracing::info_span!(
+                target: TRACE_TARGET,
+                "xds.push",
+                proxy = %self.node.id,
+                version = start.version,
+                flavor = ?self.flavor,
+                types = tracing::field::Empty,
+                resources = tracing::field::Empty,
+                bytes = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            let _ = span.set_parent(parent);
+            tracing::debug!(
+                target: TRACE_TARGET,
+                parent: &span,
+                took_us = start.generate.as_micros() as u64,
+                throttle_wait_us = start.throttle_wait.as_micros() as u64,
+                resources = start.resources_generated,
+                "xds.generate"
+            );
+            self.push = Some(PushTrace {
+                span,
+                waiting: BTreeSet::new(),
+                types: Vec::new(),
+                resources: 0,
+                bytes: 0,
+                nacks: Vec::new(),
+            });
+        }
+        self.push.as_mut()
+    }
+
+    /// End the traced push, if any.
+    fn end_push(&mut self, end: PushEnd) {
+        self.push_start = None;
+        let Some(push) = self.push.take() else {
+            return;
+        };
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let span = &push.span;
+        span.record("types", push.types.join(","));
+        span.record("resources", push.resources);
+        span.record("bytes", push.bytes);
+        let outcome = match end {
+            PushEnd::Answered if push.nacks.is_empty() => "acked",
+            PushEnd::Answered => "nacked",
+            PushEnd::Superseded => "superseded",
+            PushEnd::Disconnected => "disconnected",
+        };
+        span.record("outcome", outcome);
+        if !push.nacks.is_empty() {
+            span.set_status(opentelemetry::trace::Status::error(format!(
+                "NACK {}",
+                push.nacks.join("; ")
+            )));
+        }
+    }
+
+    /// An answer to a traced push's response of `type_url`.
+    fn push_answered(&mut self, type_url: TypeUrl, version: &str, nack: Option<&str>) {
+        let Some(push) = &mut self.push else {
+            return;
+        };
+        if !push.waiting.remove(&type_url) {
+            return;
+        }
+        match nack {
+            None => tracing::debug!(
+                target: TRACE_TARGET,
+                parent: &push.span,
+                type_url = type_url.url(),
+                version,
+                "xds.ack"
+            ),
+            Some(error) => {
+                tracing::debug!(
+                    target: TRACE_TARGET,
+                    parent: &push.span,
+                    type_url = type_url.url(),
+                    version,
+                    error,
+                    "xds.nack"
+                );
+                push.nacks.push(format!("{}: {error}", type_url.short()));
+            }
+        }
+        if push.waiting.is_empty() {
+            self.end_push(PushEnd::Answered);
+        }
     }
 
     async fn handle(&mut self, req: Request) -> Result<(), Closed> {
@@ -387,7 +556,8 @@ impl<G: Generator> Connection<G> {
         Ok(())
     }
 
-    fn on_ack(&self, type_url: TypeUrl, version: &str) {
+    fn on_ack(&mut self, type_url: TypeUrl, version: &str) {
+        self.push_answered(type_url, version, None);
         let mut status = self.info.lock_status();
         let t = status.entry(type_url.short()).or_default();
         if t.acked_version.as_deref() != Some(version) {
@@ -400,7 +570,8 @@ impl<G: Generator> Connection<G> {
         t.acked_snapshot = Some(self.snapshot.version);
     }
 
-    fn on_nack(&self, type_url: TypeUrl, version: &str, error: &str) {
+    fn on_nack(&mut self, type_url: TypeUrl, version: &str, error: &str) {
+        self.push_answered(type_url, version, Some(error));
         warn!(proxy = %self.node.id, type_url = type_url.url(), version, error, "proxy rejected config (NACK)");
         self.metrics.record_nack(type_url.short());
         let mut status = self.info.lock_status();
@@ -548,6 +719,23 @@ impl<G: Generator> Connection<G> {
         };
         let size = response.encoded_len();
         self.tx.send(Ok(response)).await.map_err(|_| Closed)?;
+        if let Some(push) = self.push_trace() {
+            tracing::debug!(
+                target: TRACE_TARGET,
+                parent: &push.span,
+                type_url = type_url.url(),
+                resources = sent.len(),
+                bytes = size,
+                nonce = %nonce,
+                "xds.send"
+            );
+            push.waiting.insert(type_url);
+            if !push.types.contains(&type_url.short()) {
+                push.types.push(type_url.short());
+            }
+            push.resources += sent.len();
+            push.bytes += size;
+        }
         self.metrics
             .record_push(type_url.short(), started.elapsed(), size);
         {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -25,6 +26,22 @@ pub mod wire;
 
 pub use server::{AdsServer, ConnectionRegistry};
 
+/// The `tracing` target of spans that go into mastd's trace store (mastd's `TRACE_TARGET`).
+pub const TRACE_TARGET: &str = "mast::trace";
+
+/// Proxies whose push is traced per config change, by default: each is one `xds.push` span
+/// (with its sends and ACKs as events), so a change stays under the trace store's 2000 spans
+/// per trace and costs a bounded amount whatever the mesh's size.
+pub const DEFAULT_PUSH_TRACES: usize = 500;
+
+static PUSH_TRACES: AtomicUsize = AtomicUsize::new(DEFAULT_PUSH_TRACES);
+
+/// Trace at most `n` proxies' pushes per config change (0: none). Process-wide, like the
+/// `tracing` subscriber that records them.
+pub fn set_push_traces_per_change(n: usize) {
+    PUSH_TRACES.store(n, Ordering::Relaxed);
+}
+
 /// A model version as distributed to connections.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
@@ -34,6 +51,17 @@ pub struct Snapshot {
     /// When the change that produced this snapshot was first seen (before debouncing): the
     /// start of the convergence time Istio reports as `pilot_proxy_convergence_time`.
     pub changed_at: Instant,
+    /// The trace of the change, which the pushes it causes join; `None` when the change was
+    /// not traced (no trace store in the process, or push tracing off).
+    pub trace: Option<Arc<ChangeTrace>>,
+}
+
+/// The trace context of a config change, shared by every connection that pushes it.
+#[derive(Debug)]
+pub struct ChangeTrace {
+    context: opentelemetry::Context,
+    /// Pushes of this change that asked to be traced so far.
+    admitted: AtomicUsize,
 }
 
 impl Snapshot {
@@ -42,7 +70,36 @@ impl Snapshot {
             version,
             model,
             changed_at,
+            trace: None,
         }
+    }
+
+    /// Pushes of this snapshot join `change`'s trace (as children of it) when `change` is
+    /// recorded by an OpenTelemetry layer and push tracing is on.
+    pub fn traced(mut self, change: &tracing::Span) -> Self {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        if PUSH_TRACES.load(Ordering::Relaxed) == 0 {
+            return self;
+        }
+        let context = change.context();
+        if context.span().span_context().is_valid() {
+            self.trace = Some(Arc::new(ChangeTrace {
+                context,
+                admitted: AtomicUsize::new(0),
+            }));
+        }
+        self
+    }
+}
+
+// === impl ChangeTrace ===
+
+impl ChangeTrace {
+    /// The parent of a push span, if this push is within the change's budget.
+    pub fn admit(&self) -> Option<opentelemetry::Context> {
+        let n = self.admitted.fetch_add(1, Ordering::Relaxed);
+        (n < PUSH_TRACES.load(Ordering::Relaxed)).then(|| self.context.clone())
     }
 }
 

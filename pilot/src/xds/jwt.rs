@@ -368,6 +368,7 @@ pub async fn run_resolver(
     // the source's snapshots and versions.
     let mut first = true;
     let mut dirty = true;
+    let mut raw_seen = None;
     loop {
         if dirty {
             let current = raw.borrow_and_update().clone();
@@ -378,17 +379,23 @@ pub async fn run_resolver(
                 }
             }
             dirty = false;
+            // A config change's pushes join its trace; a key fetch is not a config change.
+            let trace = (Some(current.version) != raw_seen)
+                .then(|| current.trace.clone())
+                .flatten();
+            raw_seen = Some(current.version);
             if std::mem::take(&mut first) {
                 continue;
             }
             let last = publish.borrow().version;
             let version = current.version.max(last + 1);
             let model = with_keys(&current.model, &keys).map(Arc::new);
-            let snapshot = Snapshot::new(
+            let mut snapshot = Snapshot::new(
                 version,
                 model.unwrap_or(current.model.clone()),
                 current.changed_at,
             );
+            snapshot.trace = trace;
             publish.send_replace(snapshot);
         }
         tokio::select! {
