@@ -6,6 +6,11 @@
 //! metadata exchange headers (`x-envoy-peer-metadata`: a base64 protobuf `Struct` of the
 //! peer's node metadata), which mast-proxy reads and writes as Istio's proxies do, so mixed
 //! meshes still label both sides.
+//!
+//! Where no exchange happens (TCP, a server without a sidecar, a request that never reached
+//! it) the client names the server from the endpoint it picked: istiod's `istio.workload`
+//! endpoint metadata, `<workload>;<namespace>;<canonical service>;<canonical revision>;
+//! <cluster>`, read as Istio's stats filter reads it.
 
 use std::hash::Hash;
 use std::sync::Arc;
@@ -337,6 +342,68 @@ pub fn peer_of_identity(id: &str) -> Arc<Peer> {
     }
     peer.principal = id.to_string();
     Arc::new(peer)
+}
+
+/// The workload an endpoint's `istio.workload` metadata names (istiod's compact form,
+/// `<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>`), as Istio's
+/// stats filter reads it: app and version are the canonical service and revision, an empty
+/// revision is `latest`, the principal is unknown (a handshake may tell it). `None` unless
+/// there are five fields and a workload name.
+pub fn peer_of_endpoint(meta: &str) -> Option<Peer> {
+    let mut f = meta.split(';');
+    let mut next = || f.next();
+    let (workload, namespace, service, revision, cluster) =
+        (next()?, next()?, next()?, next()?, next()?);
+    if next().is_some() || workload.is_empty() {
+        return None;
+    }
+    let or_unknown = |v: &str| {
+        if v.is_empty() {
+            "unknown".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let service = if service.is_empty() {
+        workload
+    } else {
+        service
+    };
+    let revision = if revision.is_empty() {
+        "latest"
+    } else {
+        revision
+    };
+    Some(Peer {
+        workload: workload.to_string(),
+        namespace: or_unknown(namespace),
+        app: service.to_string(),
+        version: revision.to_string(),
+        canonical_service: service.to_string(),
+        canonical_revision: revision.to_string(),
+        principal: "unknown".into(),
+        cluster: or_unknown(cluster),
+    })
+}
+
+/// A server known from its endpoint's metadata (if any) and its certificate's SPIFFE ID (if
+/// the connection is mTLS): the metadata's names with the certificate's principal; the
+/// namespace from the ID when the metadata gave none.
+pub fn upstream_peer(endpoint: Option<&Arc<Peer>>, identity: Option<&str>) -> Option<Arc<Peer>> {
+    match (endpoint, identity) {
+        (Some(p), None) => Some(Arc::clone(p)),
+        (Some(p), Some(id)) => {
+            let mut peer = with_principal(p, id);
+            if peer.namespace == "unknown"
+                && let Some(ns) = spiffe_namespace(id)
+            {
+                Arc::make_mut(&mut peer).namespace = ns.to_string();
+            }
+            Some(peer)
+        }
+        (None, Some(id)) => Some(peer_of_identity(id)),
+        (None, None) => None,
+    }
 }
 
 /// The proxy's Istio metrics and its own identity for them.
@@ -794,5 +861,52 @@ mod tests {
             ServiceId::from_cluster("PassthroughCluster").host,
             "PassthroughCluster"
         );
+    }
+
+    #[test]
+    fn endpoint_metadata_names_the_server() {
+        let p = peer_of_endpoint("user-v2;shop;user;v2;Kubernetes").unwrap();
+        assert_eq!(
+            (
+                p.workload.as_str(),
+                p.namespace.as_str(),
+                p.app.as_str(),
+                p.version.as_str(),
+                p.canonical_service.as_str(),
+                p.canonical_revision.as_str(),
+                p.cluster.as_str(),
+                p.principal.as_str()
+            ),
+            (
+                "user-v2",
+                "shop",
+                "user",
+                "v2",
+                "user",
+                "v2",
+                "Kubernetes",
+                "unknown"
+            )
+        );
+        // istiod leaves `latest` out; an empty canonical service is the workload.
+        let p = peer_of_endpoint("batch;jobs;;;east").unwrap();
+        assert_eq!(
+            (p.canonical_service.as_str(), p.canonical_revision.as_str()),
+            ("batch", "latest")
+        );
+        for bad in ["", "a;b;c;d", "a;b;c;d;e;f", ";ns;svc;rev;c"] {
+            assert_eq!(peer_of_endpoint(bad), None, "{bad}");
+        }
+        // With a certificate: its principal; the namespace from the metadata.
+        let ep = Arc::new(peer_of_endpoint("user-v2;shop;user;v2;Kubernetes").unwrap());
+        let id = "spiffe://cluster.local/ns/shop/sa/user";
+        let both = upstream_peer(Some(&ep), Some(id)).unwrap();
+        assert_eq!(
+            (both.workload.as_str(), both.principal.as_str()),
+            ("user-v2", id)
+        );
+        assert_eq!(upstream_peer(None, Some(id)).unwrap().namespace, "shop");
+        assert_eq!(upstream_peer(Some(&ep), None).unwrap().principal, "unknown");
+        assert!(upstream_peer(None, None).is_none());
     }
 }

@@ -1,5 +1,9 @@
 //! `tcp_proxy`: opaque TCP to a cluster (or to the original destination for passthrough),
 //! with Istio's TCP metrics counted when the connection closes.
+//!
+//! TCP has no metadata exchange in mast-proxy, so the client side names the server from the
+//! endpoint it picked (istiod's `istio.workload` endpoint metadata) and, under mTLS, from the
+//! server's certificate, as Istio's client sidecar does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +72,12 @@ pub async fn proxy<S>(
         flags: "-",
     };
     let host = cluster.pick(None, &[]).ok();
+    if !inbound
+        && let Some(peer) =
+            crate::metrics::upstream_peer(host.as_ref().and_then(|h| h.peer.as_ref()), None)
+    {
+        labels.destination = peer;
+    }
     let target = match (&host, cluster.is_original_dst()) {
         (Some(h), _) => match &h.addr {
             HostAddr::Ip(a) => Some(*a),
@@ -118,12 +128,14 @@ pub async fn proxy<S>(
                 if let Some(h) = &host {
                     cluster.record(h, Outcome::Success);
                 }
-                // The server's certificate names it, as Istio's client side reads the
-                // upstream's SAN: this side's principal and the peer's principal and
-                // namespace (its workload, app and version would need Istio's TCP metadata
-                // exchange, which mast-proxy does not speak).
+                // The server's certificate names its principal (and its namespace when the
+                // endpoint's metadata did not), as Istio's client side reads the upstream's
+                // SAN; this side's principal is known too.
                 if let Some(id) = crate::tls::peer_identity(up.get_ref().1) {
-                    labels.destination = crate::metrics::peer_of_identity(&id);
+                    let endpoint = host.as_ref().and_then(|h| h.peer.as_ref());
+                    if let Some(peer) = crate::metrics::upstream_peer(endpoint, Some(&id)) {
+                        labels.destination = peer;
+                    }
                     labels.source = Arc::clone(&metrics.local_mtls);
                 }
                 metrics.tcp_opened(&labels);

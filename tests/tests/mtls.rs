@@ -260,8 +260,9 @@ async fn strict_mtls_refuses_plaintext_and_reports_principals() -> Result<()> {
 }
 
 /// Opaque TCP over mTLS: the client's sidecar reports `istio_tcp_*` with the server named
-/// by its certificate (principal and namespace, as Istio's client side reads the upstream's
-/// SAN) and its own principal.
+/// by its certificate (principal, as Istio's client side reads the upstream's SAN) and by
+/// the endpoint's `istio.workload` metadata from EDS (workload, namespace, app, version,
+/// canonical names: TCP has no metadata exchange), and its own principal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_through_mtls_names_both_principals() -> Result<()> {
     let m = mesh(Setup {
@@ -278,6 +279,12 @@ async fn tcp_through_mtls_names_both_principals() -> Result<()> {
         ("destination_principal", SERVER_ID),
         ("destination_workload_namespace", "default"),
         ("destination_service", "user.default.svc.cluster.local"),
+        ("destination_workload", "user-v1-1"),
+        ("destination_app", "user"),
+        ("destination_version", "v1"),
+        ("destination_canonical_service", "user"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_cluster", "Kubernetes"),
     ];
     let text = eventually(
         "the client's TCP connections counted",

@@ -2,8 +2,14 @@
 //! subset labels for subset clusters) and a ServiceEntry's listed endpoints — at the port the
 //! workload actually listens on, grouped by locality so Envoy's locality-aware balancing can
 //! use it. Also the inline endpoint lists of STATIC and DNS clusters, which share the shapes.
+//!
+//! A workload's endpoint also carries Istio's telemetry metadata, `istio.workload`
+//! (`<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>`), as istiod
+//! writes it: a client sidecar names the server in its metrics from the endpoint it picked
+//! when no metadata exchange happens (TCP, a server without a sidecar, a failed request).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -22,6 +28,7 @@ use envoy_types::pb::google::protobuf::Struct;
 
 use super::clusters::is_eds;
 use super::mtls::SOCKET_MATCH_KEY;
+use super::node::DEFAULT_CLUSTER_ID;
 use super::{outbound_cluster_name, string_value};
 
 /// One `ClusterLoadAssignment` per EDS cluster of `services` (every port, every subset), named
@@ -60,6 +67,8 @@ struct Ep<'a> {
     locality: Option<&'a str>,
     /// It has a sidecar: auto mTLS applies (`tlsMode: istio`).
     sidecar: bool,
+    /// The workload behind it, for the `istio.workload` telemetry metadata.
+    workload: Option<&'a Workload>,
 }
 
 fn assignment(cluster_name: String, eps: Vec<Ep<'_>>) -> ClusterLoadAssignment {
@@ -70,7 +79,7 @@ fn assignment(cluster_name: String, eps: Vec<Ep<'_>>) -> ClusterLoadAssignment {
         by_locality
             .entry(e.locality)
             .or_default()
-            .push(lb_endpoint(e.address, e.port, e.weight, e.sidecar));
+            .push(lb_endpoint(&e));
     }
     ClusterLoadAssignment {
         cluster_name,
@@ -116,6 +125,7 @@ fn endpoints_of<'a>(
                 weight: w.weight,
                 locality: w.locality.as_deref(),
                 sidecar: w.has_sidecar,
+                workload: Some(w),
             });
         }
     }
@@ -127,6 +137,7 @@ fn endpoints_of<'a>(
                 weight: e.weight,
                 locality: None,
                 sidecar: e.has_sidecar,
+                workload: None,
             });
         }
     }
@@ -179,6 +190,7 @@ pub fn dns_assignment(
             weight: e.weight,
             locality: None,
             sidecar: e.has_sidecar,
+            workload: None,
         })
         .collect();
     if svc.endpoints.is_empty() {
@@ -188,6 +200,7 @@ pub fn dns_assignment(
             weight: None,
             locality: None,
             sidecar: false,
+            workload: None,
         });
     }
     assignment(name.to_string(), eps)
@@ -203,6 +216,7 @@ pub fn static_assignment(name: &str, address: &str, port: u16) -> ClusterLoadAss
             weight: None,
             locality: None,
             sidecar: false,
+            workload: None,
         }],
     )
 }
@@ -217,29 +231,101 @@ pub fn socket_address(address: &str, port: u16) -> Address {
     }
 }
 
-fn lb_endpoint(address: &str, port: u16, weight: Option<u32>, sidecar: bool) -> LbEndpoint {
+/// The two endpoint metadata namespaces, laid out once. Every endpoint's map is a clone of
+/// this one (which keeps its hasher and layout), so all of them list their keys in one order
+/// and an endpoint encodes to the same bytes every time it is generated: versions and the
+/// cache compare bytes.
+static METADATA_LAYOUT: LazyLock<HashMap<String, Struct>> = LazyLock::new(|| {
+    [SOCKET_MATCH_KEY, "istio"]
+        .into_iter()
+        .map(|k| (k.to_string(), Struct::default()))
+        .collect()
+});
+
+fn lb_endpoint(e: &Ep<'_>) -> LbEndpoint {
+    let mut filter_metadata = METADATA_LAYOUT.clone();
+    match filter_metadata.get_mut(SOCKET_MATCH_KEY) {
+        Some(s) if e.sidecar => {
+            s.fields = [("tlsMode".to_string(), string_value("istio"))]
+                .into_iter()
+                .collect();
+        }
+        _ => {
+            filter_metadata.remove(SOCKET_MATCH_KEY);
+        }
+    }
+    match (filter_metadata.get_mut("istio"), e.workload) {
+        (Some(s), Some(w)) => {
+            s.fields = [("workload".to_string(), string_value(&telemetry_workload(w)))]
+                .into_iter()
+                .collect();
+        }
+        _ => {
+            filter_metadata.remove("istio");
+        }
+    }
     LbEndpoint {
-        metadata: sidecar.then(|| Metadata {
-            filter_metadata: [(
-                SOCKET_MATCH_KEY.to_string(),
-                Struct {
-                    fields: [("tlsMode".to_string(), string_value("istio"))]
-                        .into_iter()
-                        .collect(),
-                },
-            )]
-            .into_iter()
-            .collect(),
+        metadata: (!filter_metadata.is_empty()).then(|| Metadata {
+            filter_metadata,
             ..Default::default()
         }),
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
-            address: Some(socket_address(address, port)),
+            address: Some(socket_address(e.address, e.port)),
             ..Default::default()
         })),
         // Envoy rejects weight 0; the model's 0 means "unset" here as in Istio.
-        load_balancing_weight: weight.filter(|w| *w > 0).map(|value| UInt32Value { value }),
+        load_balancing_weight: e
+            .weight
+            .filter(|w| *w > 0)
+            .map(|value| UInt32Value { value }),
         ..Default::default()
     }
+}
+
+/// Istio's compact endpoint telemetry metadata:
+/// `<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>`. The canonical
+/// names follow Istio's precedence (`service.istio.io/canonical-name`,
+/// `app.kubernetes.io/name`, `app`, else the workload; `service.istio.io/canonical-revision`,
+/// `app.kubernetes.io/version`, `version`, else `latest`), and a `latest` revision is left
+/// empty as istiod leaves it (the reader puts it back).
+pub fn telemetry_workload(w: &Workload) -> String {
+    let name = workload_name(w);
+    let label = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| w.labels.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+    };
+    let service = label(&[
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ])
+    .unwrap_or_else(|| name.clone());
+    let revision = label(&[
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .filter(|r| r != "latest")
+    .unwrap_or_default();
+    format!(
+        "{name};{};{service};{revision};{DEFAULT_CLUSTER_ID}",
+        w.namespace
+    )
+}
+
+/// The name metrics give a workload: a Deployment's pod (`pod-template-hash` label) is named
+/// by its Deployment (`reviews-v1-5d8f7c9b4-x2x9z` → `reviews-v1`), as Istio names it from the
+/// pod's owner; a WorkloadEntry or a bare pod by itself.
+fn workload_name(w: &Workload) -> String {
+    if let Some(hash) = w.labels.get("pod-template-hash")
+        && let Some((rest, _suffix)) = w.name.rsplit_once('-')
+        && let Some(deployment) = rest.strip_suffix(&format!("-{hash}"))
+        && !deployment.is_empty()
+    {
+        return deployment.to_string();
+    }
+    w.name.clone()
 }
 
 #[cfg(test)]
@@ -401,5 +487,79 @@ mod tests {
         assert!(flat(&cla).is_empty());
         let cla = dns_assignment("x", &svc, &svc.ports[0], &Labels::new());
         assert_eq!(flat(&cla)[0].1, 9999);
+    }
+
+    fn istio_workload(e: &LbEndpoint) -> Option<String> {
+        let v = e
+            .metadata
+            .as_ref()?
+            .filter_metadata
+            .get("istio")?
+            .fields
+            .get("workload")?;
+        match &v.kind {
+            Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    /// A workload's endpoint names it for the client's telemetry, as istiod does; a
+    /// ServiceEntry's listed endpoint has no workload and carries none.
+    #[test]
+    fn workload_endpoints_carry_istio_telemetry_metadata() {
+        let mut m = MeshModel::default();
+        m.workloads.push(workload("a", "v1", None));
+        let svc = service(None);
+        let cla = &outbound(&m, &[&svc])[0];
+        let eps: Vec<&LbEndpoint> = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).collect();
+        let by_addr = |a: &str| {
+            eps.iter()
+                .find(|e| flat_one(e).0 == a)
+                .copied()
+                .expect("endpoint")
+        };
+        assert_eq!(
+            istio_workload(by_addr("10.0.0.1")).as_deref(),
+            Some("a;default;api;v1;Kubernetes")
+        );
+        // The sidecar's tlsMode stays beside it.
+        assert!(
+            by_addr("10.0.0.1")
+                .metadata
+                .as_ref()
+                .unwrap()
+                .filter_metadata[SOCKET_MATCH_KEY]
+                .fields
+                .contains_key("tlsMode")
+        );
+        assert_eq!(istio_workload(by_addr("192.168.1.9")), None);
+        assert!(by_addr("192.168.1.9").metadata.is_none());
+
+        // Canonical labels win; `latest` is left out; a Deployment's pod is its Deployment.
+        let mut w = workload("reviews-v2-5d8f7c9b4-x2x9z", "latest", None);
+        w.labels
+            .insert("pod-template-hash".into(), "5d8f7c9b4".into());
+        w.labels
+            .insert("service.istio.io/canonical-name".into(), "reviews".into());
+        assert_eq!(
+            telemetry_workload(&w),
+            "reviews-v2;default;reviews;;Kubernetes"
+        );
+        let mut w = workload("batch", "v1", None);
+        w.labels.clear();
+        assert_eq!(telemetry_workload(&w), "batch;default;batch;;Kubernetes");
+    }
+
+    fn flat_one(e: &LbEndpoint) -> (String, u32) {
+        let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+            panic!("not an endpoint")
+        };
+        let Some(AddressKind::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else {
+            panic!("not a socket address")
+        };
+        let Some(PortSpecifier::PortValue(p)) = sa.port_specifier else {
+            panic!("no port")
+        };
+        (sa.address.clone(), p)
     }
 }

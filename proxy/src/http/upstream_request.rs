@@ -179,6 +179,14 @@ impl UpstreamRequest<'_> {
             }
         };
         rec.upstream = Some(authority.clone());
+        // The picked endpoint's `istio.workload` metadata names the server until (unless) its
+        // metadata exchange header comes back, as Istio's client sidecar falls back to it.
+        if !self.conn.inbound {
+            rec.peer = host
+                .as_ref()
+                .and_then(|h| h.peer.clone())
+                .unwrap_or_else(|| self.conn.shared.metrics.unknown_peer());
+        }
         let path = &self.head.path;
         let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() else {
             return Err(LocalReply::new(
@@ -409,7 +417,9 @@ pub(super) fn respond(
             .headers
             .insert(PEER_METADATA_ID, metrics.mx_id.clone());
     } else {
-        rec.peer = metrics.peer_from_header(parts.headers.get(PEER_METADATA));
+        if let Some(mx) = parts.headers.get(PEER_METADATA) {
+            rec.peer = metrics.peer_from_header(Some(mx));
+        }
         if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
             rec.peer = crate::metrics::with_principal(&rec.peer, &peer.0);
             rec.local_principal = true;

@@ -121,6 +121,9 @@ pub struct HostSpec {
     pub healthy: bool,
     /// The endpoint's `envoy.transport_socket_match` metadata (Istio: `tlsMode: istio`).
     pub socket_match: BTreeMap<String, String>,
+    /// istiod's `istio.workload` telemetry metadata: the workload behind the endpoint
+    /// (`<workload>;<namespace>;<canonical service>;<canonical revision>;<cluster>`).
+    pub workload: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -481,8 +484,18 @@ pub fn hosts_of(la: &ClusterLoadAssignment) -> FieldResult<Vec<HostSpec>> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let workload = lbe
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get("istio"))
+                .and_then(|s| s.fields.get("workload"))
+                .and_then(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                });
             out.push(HostSpec {
                 socket_match,
+                workload,
                 addr,
                 weight: lbe
                     .load_balancing_weight

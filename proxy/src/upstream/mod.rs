@@ -80,6 +80,10 @@ pub struct Host {
     pub weight: u32,
     pub healthy: bool,
     socket_match: std::collections::BTreeMap<String, String>,
+    workload: Option<String>,
+    /// The workload behind this endpoint (its `istio.workload` metadata), which names the
+    /// server in this side's metrics when no metadata exchange does.
+    pub peer: Option<Arc<crate::metrics::Peer>>,
     /// mTLS to this endpoint (it has a sidecar, or the cluster always uses TLS).
     pub tls: bool,
     pub active: AtomicU32,
@@ -180,7 +184,8 @@ impl Cluster {
                 Some(h)
                     if h.weight == s.weight
                         && h.healthy == s.healthy
-                        && h.socket_match == s.socket_match =>
+                        && h.socket_match == s.socket_match
+                        && h.workload == s.workload =>
                 {
                     Arc::clone(h)
                 }
@@ -404,6 +409,12 @@ impl Host {
             weight: s.weight,
             healthy: s.healthy,
             socket_match: s.socket_match.clone(),
+            workload: s.workload.clone(),
+            peer: s
+                .workload
+                .as_deref()
+                .and_then(crate::metrics::peer_of_endpoint)
+                .map(Arc::new),
             tls: transport.for_endpoint(&s.socket_match).is_some(),
             active: AtomicU32::new(0),
             rq_total: AtomicU64::new(0),

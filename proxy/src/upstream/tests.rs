@@ -5,6 +5,7 @@ fn cluster(lb: LbPolicy, hosts: usize, outlier: Option<OutlierConfig>) -> Cluste
     let specs = (0..hosts)
         .map(|i| HostSpec {
             socket_match: Default::default(),
+            workload: None,
             addr: HostAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16))),
             weight: 1,
             healthy: true,
@@ -117,6 +118,7 @@ fn endpoint_updates_keep_host_state() {
         .iter()
         .map(|h| HostSpec {
             socket_match: Default::default(),
+            workload: None,
             addr: h.addr.clone(),
             weight: 1,
             healthy: true,
@@ -124,6 +126,7 @@ fn endpoint_updates_keep_host_state() {
         .collect();
     specs.push(HostSpec {
         socket_match: Default::default(),
+        workload: None,
         addr: HostAddr::Ip(SocketAddr::from(([127, 0, 0, 1], 9100))),
         weight: 1,
         healthy: true,
