@@ -1,7 +1,10 @@
 //! Wiring: start the admin servers and the workers, load config (pilot or file), run until
-//! drained.
+//! drained. The drain itself (who is told to go away, and how) is described in
+//! [`crate::shared`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::admin::{self, Role};
 use crate::config::Config;
@@ -165,17 +168,49 @@ pub async fn run(
     }
 
     wait_for_drain(&shared).await;
-    listeners.stop_all();
-    let grace = shared.config.termination_drain;
     tracing::info!(
-        drain_secs = grace.as_secs_f64(),
-        "draining: no new connections; finishing in-flight requests"
+        drain_secs = shared.config.termination_drain.as_secs_f64(),
+        exit_on_zero_active_connections = shared.config.exit_on_zero_active_connections,
+        "draining: still accepting; drained connections close after their current request \
+         (HTTP/1 `connection: close`, HTTP/2 GOAWAY)"
     );
-    // Connections finish their in-flight requests and close (HTTP/1 after the current
-    // response, HTTP/2 with GOAWAY); whatever is still open after the drain period is cut.
-    tokio::time::sleep(grace).await;
-    tracing::info!("drained; exiting");
+    drain_period(&shared).await;
+    listeners.stop_all();
+    tracing::info!(
+        open = shared.active_connections.load(Ordering::Relaxed),
+        "drained; exiting"
+    );
     Ok(())
+}
+
+/// Wait out the drain as Istio's pilot-agent does before it stops Envoy: the whole
+/// `terminationDrainDuration`, or with `EXIT_ON_ZERO_ACTIVE_CONNECTIONS` at least
+/// `MINIMUM_DRAIN_DURATION` and then until no downstream connection is left (checked each
+/// second), whichever ends first. Whatever is still open when it returns is cut.
+async fn drain_period(shared: &Shared) {
+    let cfg = &shared.config;
+    let deadline = tokio::time::Instant::now() + cfg.termination_drain;
+    if !cfg.exit_on_zero_active_connections {
+        tokio::time::sleep_until(deadline).await;
+        return;
+    }
+    let no_connections_left = async {
+        tokio::time::sleep(cfg.minimum_drain).await;
+        let mut each_second = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            each_second.tick().await;
+            match shared.active_connections.load(Ordering::Relaxed) {
+                0 => return,
+                open => tracing::info!(open, "draining: connections still open"),
+            }
+        }
+    };
+    if tokio::time::timeout_at(deadline, no_connections_left)
+        .await
+        .is_ok()
+    {
+        tracing::info!("draining: no connection left");
+    }
 }
 
 async fn wait_for_drain(shared: &Shared) {
@@ -191,4 +226,50 @@ async fn wait_for_drain(shared: &Shared) {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
     }
     shared.start_drain();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(env: &[(&str, &str)]) -> Shared {
+        let env: std::collections::BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let o = crate::config::Overrides {
+            drain: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        Shared::new(Config::from_env(&env, &o).unwrap(), false, None)
+    }
+
+    async fn lasts(shared: &Shared) -> Duration {
+        let start = tokio::time::Instant::now();
+        drain_period(shared).await;
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_drain_lasts_its_period_or_until_no_connection_is_left() {
+        // By default the whole period, connections or not.
+        assert_eq!(lasts(&shared(&[])).await, Duration::from_secs(10));
+        let exit_on_zero = shared(&[
+            ("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", "true"),
+            ("MINIMUM_DRAIN_DURATION", "2s"),
+        ]);
+        // Nothing open: the minimum only.
+        assert_eq!(lasts(&exit_on_zero).await, Duration::from_secs(2));
+        // One connection, closed at 4.5 s: found at the next check.
+        exit_on_zero.active_connections.store(1, Ordering::Relaxed);
+        let closes = async {
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+            exit_on_zero.active_connections.store(0, Ordering::Relaxed);
+        };
+        let (took, ()) = tokio::join!(lasts(&exit_on_zero), closes);
+        assert_eq!(took, Duration::from_secs(5));
+        // Never closed: the period still ends it.
+        exit_on_zero.active_connections.store(1, Ordering::Relaxed);
+        assert_eq!(lasts(&exit_on_zero).await, Duration::from_secs(10));
+    }
 }

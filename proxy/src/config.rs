@@ -42,8 +42,15 @@ pub const META_JSON_PREFIX: &str = "ISTIO_METAJSON_";
 /// Istio's downward-API file with the pod's labels (`key="value"` lines).
 pub const POD_LABELS_FILE: &str = "/etc/istio/pod/labels";
 
+/// pilot-agent's: end the drain as soon as no downstream connection is left (after
+/// [`MINIMUM_DRAIN_DURATION`]) rather than at the end of `terminationDrainDuration`.
+pub const EXIT_ON_ZERO_ACTIVE_CONNECTIONS: &str = "EXIT_ON_ZERO_ACTIVE_CONNECTIONS";
+/// pilot-agent's: how long the drain lasts at least with [`EXIT_ON_ZERO_ACTIVE_CONNECTIONS`].
+pub const MINIMUM_DRAIN_DURATION: &str = "MINIMUM_DRAIN_DURATION";
+
 const DEFAULT_DISCOVERY: &str = "istiod.istio-system.svc:15012";
 const DEFAULT_DRAIN: Duration = Duration::from_secs(5);
+const DEFAULT_MINIMUM_DRAIN: Duration = Duration::from_secs(5);
 
 /// A bad setting: the variable (or flag), the value and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +164,10 @@ pub struct Config {
     /// Use state-of-the-world ADS rather than trying delta first.
     pub sotw_only: bool,
     pub termination_drain: Duration,
+    /// `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`: the drain may end once no connection is left.
+    pub exit_on_zero_active_connections: bool,
+    /// `MINIMUM_DRAIN_DURATION`: with the above, the drain lasts at least this long.
+    pub minimum_drain: Duration,
     /// Sidecar or gateway (`router`).
     pub node_type: NodeType,
 }
@@ -261,6 +272,26 @@ impl Config {
                 })?
             }
             (None, None) => DEFAULT_DRAIN,
+        };
+        let exit_on_zero_active_connections = match env.var(EXIT_ON_ZERO_ACTIVE_CONNECTIONS) {
+            None => false,
+            // Go's strconv.ParseBool, as pilot-agent reads it.
+            Some(v) => match v.as_str() {
+                "1" | "t" | "T" | "true" | "TRUE" | "True" => true,
+                "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => false,
+                _ => {
+                    return Err(ConfigError::new(
+                        EXIT_ON_ZERO_ACTIVE_CONNECTIONS,
+                        &v,
+                        "not true or false",
+                    ));
+                }
+            },
+        };
+        let minimum_drain = match env.var(MINIMUM_DRAIN_DURATION) {
+            None => DEFAULT_MINIMUM_DRAIN,
+            Some(v) => parse_duration(&v)
+                .map_err(|reason| ConfigError::new(MINIMUM_DRAIN_DURATION, &v, reason))?,
         };
         let concurrency = match o.concurrency {
             Some(n) => n,
@@ -459,6 +490,8 @@ impl Config {
             concurrency,
             sotw_only: o.sotw,
             termination_drain,
+            exit_on_zero_active_connections,
+            minimum_drain,
             node_type: o.node_type,
         })
     }
@@ -561,6 +594,8 @@ mod tests {
             Some("mastd.mast-system.svc:15012")
         );
         assert_eq!(c.termination_drain, Duration::from_secs(2));
+        assert!(!c.exit_on_zero_active_connections);
+        assert_eq!(c.minimum_drain, Duration::from_secs(5));
         assert_eq!(c.labels["version"], "v1");
         assert_eq!(c.metadata["INTERCEPTION_MODE"], "NONE");
         assert_eq!(c.metadata["LABELS"]["app"], "user");
@@ -581,6 +616,12 @@ mod tests {
             ("ISTIO_METAJSON_LABELS", "[1]", "ISTIO_METAJSON_LABELS"),
             (POD_NAMESPACE, "Bad_NS", "POD_NAMESPACE"),
             ("STATUS_PORT", "99999", "STATUS_PORT"),
+            (
+                EXIT_ON_ZERO_ACTIVE_CONNECTIONS,
+                "yes",
+                EXIT_ON_ZERO_ACTIVE_CONNECTIONS,
+            ),
+            (MINIMUM_DRAIN_DURATION, "5", MINIMUM_DRAIN_DURATION),
             (
                 PROXY_CONFIG,
                 r#"{"statusPort":"x"}"#,

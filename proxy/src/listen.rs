@@ -15,6 +15,11 @@
 //! per-connection path. The control plane (xDS, admin, certificates) stays on the main
 //! runtime; an LDS change binds, or stops, the listener on every worker at once. With one
 //! worker the accept loops run on the main runtime itself, as before: no extra thread.
+//!
+//! Draining does not stop the accept loops: as Envoy's graceful drain, listeners keep
+//! accepting until the process exits, and the connections the drain covers are closed by
+//! their protocol (see [`crate::shared`]), so a caller that connects during the drain is
+//! answered rather than refused.
 
 use std::collections::HashMap;
 use std::io;
@@ -227,7 +232,7 @@ impl Listeners {
         }
     }
 
-    /// Stop accepting everywhere (draining).
+    /// Stop accepting everywhere (at exit, once the drain is over).
     pub fn stop_all(&self) {
         let running = match self.running.lock() {
             Ok(r) => r,
@@ -373,7 +378,6 @@ async fn accept_loop(
                 }
             },
             _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            _ = shared.drained() => break,
         }
     }
     if let Ok(addr) = listener.local_addr() {
@@ -382,6 +386,7 @@ async fn accept_loop(
 }
 
 async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer: SocketAddr) {
+    let _active = ActiveConnection::new(Arc::clone(&shared));
     let snap = shared.store.current.load_full();
     let Some(l) = snap.listener(&name) else {
         return;
@@ -463,7 +468,7 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
     };
     let Some(tls) = chain.tls.clone() else {
         if let ChainKind::Http(hcm) = &conn.kind
-            && !first_bytes(&conn.shared, &stream, hcm.idle_timeout).await
+            && !first_bytes(&stream, hcm.idle_timeout).await
         {
             return;
         }
@@ -498,12 +503,29 @@ async fn connection(shared: Arc<Shared>, name: Arc<str>, stream: TcpStream, peer
     }
 }
 
+/// One downstream connection counted in [`Shared::active_connections`] while it lives.
+struct ActiveConnection(Arc<Shared>);
+
+impl ActiveConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.active_connections.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Wait, holding nothing but the socket, until a plaintext HTTP client sends its first bytes:
 /// the HTTP codec allocates its read buffer (8 KiB) as soon as it is polled, so a crowd of
 /// idle connections would cost that much each for nothing (Envoy allocates on the first
-/// read too). `false` when the connection manager's idle timeout passes first or the proxy
-/// drains: the connection is closed, as an idle one would be.
-async fn first_bytes(shared: &Shared, stream: &TcpStream, idle: Option<Duration>) -> bool {
+/// read too). `false` when the connection manager's idle timeout passes first: the
+/// connection is closed. A drain does not end the wait: the client may still be about to
+/// send its request, which is then served (see [`crate::http::serve`]).
+async fn first_bytes(stream: &TcpStream, idle: Option<Duration>) -> bool {
     let idle = async {
         match idle {
             Some(t) => tokio::time::sleep(t).await,
@@ -514,7 +536,6 @@ async fn first_bytes(shared: &Shared, stream: &TcpStream, idle: Option<Duration>
     tokio::select! {
         // A peek, not `readable()`, which may wake before any byte is there.
         r = stream.peek(&mut one) => r.is_ok(),
-        _ = shared.drained() => false,
         _ = idle => false,
     }
 }
@@ -1144,19 +1165,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_plaintext_connection_waits_without_a_codec_until_it_speaks() {
-        let env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-        let config = crate::config::Config::from_env(&env, &Default::default()).unwrap();
-        let shared = Arc::new(Shared::new(config, false, None));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let mut c = TcpStream::connect(addr).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
         // Silent past the idle timeout: closed.
-        assert!(!first_bytes(&shared, &s, Some(Duration::from_secs(3600))).await);
+        assert!(!first_bytes(&s, Some(Duration::from_secs(3600))).await);
         tokio::io::AsyncWriteExt::write_all(&mut c, b"GET / HTTP/1.1\r\n")
             .await
             .unwrap();
-        assert!(first_bytes(&shared, &s, Some(Duration::from_secs(3600))).await);
+        assert!(first_bytes(&s, Some(Duration::from_secs(3600))).await);
     }
 
     #[tokio::test]

@@ -84,7 +84,14 @@ pub struct ConnCtx {
 }
 
 /// Serve HTTP on one accepted connection until it closes, stays idle past the connection
-/// manager's `idle_timeout`, or the proxy drains.
+/// manager's `idle_timeout`, or is drained.
+///
+/// Draining (see [`crate::shared`]) closes a connection the way Envoy's connection manager
+/// does under `--drain-strategy immediate`, without refusing anyone: an HTTP/1 response
+/// carries `connection: close` and the connection closes after it (one idle between
+/// requests closes at once); an HTTP/2 connection gets a GOAWAY and finishes its streams. A
+/// connection that has not sent its first request yet is not closed — it is served once,
+/// then closed the same way, so a caller that connects during the drain gets its answer.
 ///
 /// Idle keep-alive connections are kept as long as Envoy keeps them (an hour unless the
 /// config says otherwise): a proxy that closes them sooner than its clients expect races
@@ -120,8 +127,12 @@ where
         .max_concurrent_streams(1024u32)
         .keep_alive_interval(Duration::from_secs(300));
     let activity = Arc::new(Activity::new());
+    // Notified by an HTTP/2 request that arrives while draining: the connection then gets
+    // its GOAWAY (HTTP/1 needs nothing: its responses say `connection: close`).
+    let goaway = Arc::new(tokio::sync::Notify::new());
     let svc_ctx = Arc::clone(&ctx);
     let svc_activity = Arc::clone(&activity);
+    let svc_goaway = Arc::clone(&goaway);
     // HTTP/1 heads are read a second time, from the raw bytes (see `framing`).
     let scanner = match hcm.codec {
         Codec::Http2 => framing::Scanner::off(),
@@ -150,9 +161,16 @@ where
                     .get_all(header::UPGRADE)
                     .iter()
                     .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"h2c")));
+        let http2 = req.version() == Version::HTTP_2;
+        if http2 && ctx.shared.draining(ctx.inbound) {
+            svc_goaway.notify_one();
+        }
         async move {
-            let mut resp = handle(ctx, &filters, req, head, clock.clone()).await;
-            if ends_reading && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let mut resp = handle(Arc::clone(&ctx), &filters, req, head, clock.clone()).await;
+            // Checked as the response leaves, so a request already in flight when the drain
+            // starts closes its connection too.
+            let drained = !http2 && ctx.shared.draining(ctx.inbound);
+            if (ends_reading || drained) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -167,6 +185,7 @@ where
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle_timeout = ctx.hcm.idle_timeout;
+    let mut draining = false;
     loop {
         // Without an idle timeout the branch below is off; the instant is never reached.
         let check = tokio::time::Instant::from_std(activity.quiet_since())
@@ -178,7 +197,15 @@ where
                 }
                 return;
             }
-            _ = ctx.shared.drained() => break,
+            _ = ctx.shared.drain_started(ctx.inbound), if !draining => {
+                draining = true;
+                // Before its first request hyper may still be reading which protocol it
+                // speaks, and a shutdown then would drop the connection unanswered.
+                if activity.spoke() {
+                    break;
+                }
+            }
+            _ = goaway.notified() => break,
             _ = tokio::time::sleep_until(check), if idle_timeout.is_some() => {
                 if idle_timeout.is_some_and(|t| activity.idle_for(t)) {
                     tracing::debug!(peer = %ctx.peer, "downstream connection idle; closing");
@@ -187,16 +214,18 @@ where
             }
         }
     }
-    // Close what is idle now; requests in flight finish first (HTTP/2 gets a GOAWAY).
+    // Close what is idle now; requests in flight finish first (HTTP/1 then closes, HTTP/2
+    // gets a GOAWAY).
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
 }
 
-/// A downstream connection's streams, for the idle timeout: how many are open, and when the
-/// last one ended.
+/// A downstream connection's streams, for the idle timeout and the drain: how many are
+/// open, when the last one ended, and whether there was any.
 struct Activity {
     start: Instant,
     open: AtomicU64,
+    spoke: std::sync::atomic::AtomicBool,
     /// Milliseconds after `start` when the count last fell to zero.
     quiet_ms: AtomicU64,
 }
@@ -206,8 +235,16 @@ impl Activity {
         Self {
             start: Instant::now(),
             open: AtomicU64::new(0),
+            spoke: std::sync::atomic::AtomicBool::new(false),
             quiet_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a request has arrived on the connection.
+    fn spoke(&self) -> bool {
+        // SeqCst, as the drain flag's lock: a request that arrives as the drain starts is
+        // seen either here or by the service's own check of the drain.
+        self.spoke.load(Ordering::SeqCst)
     }
 
     /// When the connection last became idle; now if a stream is open.
@@ -229,6 +266,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::AcqRel);
+        activity.spoke.store(true, Ordering::SeqCst);
         Self(activity)
     }
 }
