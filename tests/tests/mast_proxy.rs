@@ -723,26 +723,253 @@ async fn hostile_traffic_gets_clean_answers() -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM: stop accepting, let the in-flight request finish, exit.
+/// A bootstrap with an INBOUND and an OUTBOUND listener (`traffic_direction`, as istiod
+/// writes them), both to the backend on `backend`.
+fn two_way_bootstrap(
+    dir: &std::path::Path,
+    inbound: u16,
+    outbound: u16,
+    admin: u16,
+    backend: u16,
+) -> Result<std::path::PathBuf> {
+    let one = std::fs::read_to_string(static_bootstrap(dir, inbound, admin, backend)?)?;
+    let start = one.find("  - name: web\n").context("no listener")?;
+    let end = one.find("  clusters:\n").context("no clusters")?;
+    let listener = |name: &str, port: u16, direction: &str| {
+        one[start..end]
+            .replacen(
+                "  - name: web\n",
+                &format!("  - name: {name}\n    traffic_direction: {direction}\n"),
+                1,
+            )
+            .replace(
+                &format!("port_value: {inbound}"),
+                &format!("port_value: {port}"),
+            )
+    };
+    let path = dir.join("two-way.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}{}{}{}",
+            &one[..start],
+            listener("inbound", inbound, "INBOUND"),
+            listener("outbound", outbound, "OUTBOUND"),
+            &one[end..]
+        ),
+    )?;
+    Ok(path)
+}
+
+/// An HTTP/1 backend: `/slow` answers "slow" after `delay`, anything else "ok" at once.
+async fn drain_backend(delay: Duration) -> Result<u16> {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body: &'static [u8] = if req.uri().path() == "/slow" {
+                            tokio::time::sleep(delay).await;
+                            b"slow"
+                        } else {
+                            b"ok"
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(body)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// One HTTP/1.1 request on a kept-alive connection: the response head and body as text.
+async fn h1_request(conn: &mut tokio::net::TcpStream, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Every answer here has a content-length and a body of 2 or 4 bytes.
+    while !(got.ends_with(b"ok") || got.ends_with(b"slow")) {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+            .await
+            .context("no answer")??;
+        ensure!(
+            n > 0,
+            "closed mid-answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&got).to_ascii_lowercase())
+}
+
+/// Whether the proxy closes `conn` within `within` (reads return 0).
+async fn closes_within(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    matches!(
+        tokio::time::timeout(within, conn.read(&mut buf)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// An HTTP/2 (prior knowledge) connection to `port`; its driver runs in a task whose result
+/// says how the connection ended.
+async fn h2_connect(
+    port: u16,
+) -> Result<(
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
+    Ok((send, tokio::spawn(conn)))
+}
+
+async fn h2_get(
+    send: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    port: u16,
+    path: &str,
+) -> Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let req =
+        hyper::Request::get(format!("http://x:{port}{path}")).body(http_body_util::Empty::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .context("no answer")??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// SIGTERM drains as Istio's sidecar does (Envoy's `drain_listeners?inboundonly&graceful`,
+/// `--drain-strategy immediate`): the inbound listener keeps accepting, so a caller that
+/// connects during the drain is answered — its HTTP/1 response says `connection: close` —
+/// and kept-alive callers are moved off (an idle HTTP/1 connection is closed, HTTP/2 gets
+/// a GOAWAY once its stream is done); requests in flight finish; the outbound listener
+/// works as before (the app may call out while it shuts down); the process exits when the
+/// drain period (3 s here) is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let backend = slow_backend(Duration::from_millis(1500)).await?;
-    let (listen, admin) = (free_port(), free_port());
-    let boot = static_bootstrap(dir.path(), listen, admin, backend)?;
+    let backend = drain_backend(Duration::from_millis(1500)).await?;
+    let (inbound, outbound, admin) = (free_port(), free_port(), free_port());
+    let boot = two_way_bootstrap(dir.path(), inbound, outbound, admin, backend)?;
     let mut proxy = spawn_static(dir.path(), &boot)?;
     wait_ready(admin).await?;
-    let url = format!("http://127.0.0.1:{listen}/");
-    let in_flight = tokio::spawn(async move { HttpClient::new().get(&url, Some("x"), &[]).await });
+    let connect = |port: u16| tokio::net::TcpStream::connect(("127.0.0.1", port));
+
+    // Kept-alive connections, each used once before the drain.
+    let mut idle_in = connect(inbound).await?;
+    let mut kept_out = connect(outbound).await?;
+    for conn in [&mut idle_in, &mut kept_out] {
+        let answer = h1_request(conn, "/").await?;
+        ensure!(
+            answer.starts_with("http/1.1 200") && !answer.contains("connection: close"),
+            "{answer:?}"
+        );
+    }
+    let (mut h2, h2_conn) = h2_connect(inbound).await?;
+    ensure!(h2_get(&mut h2, inbound, "/").await? == (200, "ok".into()));
+    // In flight across the SIGTERM: one HTTP/1 request, one HTTP/2 stream.
+    let mut busy_in = connect(inbound).await?;
+    let h1_in_flight = tokio::spawn(async move { h1_request(&mut busy_in, "/slow").await });
+    let mut h2_stream = h2.clone();
+    let h2_in_flight = tokio::spawn(async move { h2_get(&mut h2_stream, inbound, "/slow").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+
     proxy.signal(15)?;
+    let term = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await;
-    assert!(refused.is_err(), "still accepting while draining");
-    let (status, body) = in_flight.await??;
-    assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
-    let code = proxy.wait_exit(Duration::from_secs(6))?;
+    let (status, body) = HttpClient::new()
+        .get(&format!("http://127.0.0.1:{admin}/ready"), None, &[])
+        .await?;
+    ensure!(
+        status == 503 && body.contains("DRAINING"),
+        "{status} {body}"
+    );
+
+    // A new inbound connection is answered, told to close, and closed.
+    let mut fresh = connect(inbound).await?;
+    let answer = h1_request(&mut fresh, "/").await?;
+    ensure!(
+        answer.starts_with("http/1.1 200") && answer.contains("connection: close"),
+        "{answer:?}"
+    );
+    ensure!(
+        closes_within(&mut fresh, Duration::from_secs(1)).await,
+        "not closed"
+    );
+    // The idle kept-alive inbound connection was closed when the drain began.
+    ensure!(
+        closes_within(&mut idle_in, Duration::from_secs(1)).await,
+        "idle one kept"
+    );
+    // A new HTTP/2 connection is answered too, then sent away.
+    let (mut h2_fresh, h2_fresh_conn) = h2_connect(inbound).await?;
+    ensure!(h2_get(&mut h2_fresh, inbound, "/").await? == (200, "ok".into()));
+    let ended = tokio::time::timeout(Duration::from_secs(1), h2_fresh_conn).await;
+    ensure!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "new HTTP/2 connection not closed gracefully: {ended:?}"
+    );
+    // Outbound: the kept-alive connection and new ones work as before the drain.
+    for _ in 0..2 {
+        let answer = h1_request(&mut kept_out, "/").await?;
+        ensure!(
+            answer.starts_with("http/1.1 200") && !answer.contains("connection: close"),
+            "outbound during the drain: {answer:?}"
+        );
+    }
+    let t = send_requests(&format!("http://127.0.0.1:{outbound}/"), "x", &[], 20, 2).await;
+    ensure!(
+        t.failures() == 0,
+        "outbound during the drain: {:?}",
+        t.errors
+    );
+
+    // What was in flight finishes; HTTP/1 is told to close, HTTP/2 ends with its GOAWAY.
+    let answer = h1_in_flight.await??;
+    ensure!(
+        answer.starts_with("http/1.1 200")
+            && answer.contains("connection: close")
+            && answer.ends_with("slow"),
+        "{answer:?}"
+    );
+    ensure!(h2_in_flight.await?? == (200, "slow".into()));
+    let ended = tokio::time::timeout(Duration::from_secs(1), h2_conn).await;
+    ensure!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "HTTP/2 connection not closed gracefully after its stream: {ended:?}"
+    );
+    ensure!(
+        term.elapsed() < Duration::from_millis(2500),
+        "the checks ran past the drain period ({:?}); the machine is too slow for them",
+        term.elapsed()
+    );
+
+    // The drain period, then exit.
+    let code = proxy.wait_exit(Duration::from_secs(8))?;
+    let lasted = term.elapsed();
     assert_eq!(code, Some(0), "{}", proxy.log_text());
+    ensure!(
+        lasted >= Duration::from_millis(2900),
+        "exited {lasted:?} after SIGTERM, before the 3 s drain period"
+    );
     Ok(())
 }
 
