@@ -120,6 +120,10 @@ pub struct Update {
     pub changed: bool,
     /// When the first change that led to this update arrived (before debouncing).
     pub first_change: std::time::Instant,
+    /// The change's `config.change` span (target `mast::trace`, into mastd's trace store, as
+    /// the folder source's): its debounce and validation are children, and the publish and
+    /// the pushes it causes join it. Disabled for the initial sync.
+    pub trace: tracing::Span,
 }
 
 /// One watched kind.
@@ -250,6 +254,9 @@ impl KubeSource {
             };
             let Some(item) = item else { return };
             let first = std::time::Instant::now();
+            let change = tracing::info_span!(target: "mast::trace", "config.change", changed = tracing::field::Empty, version = tracing::field::Empty);
+            let debounce = tracing::info_span!(target: "mast::trace", parent: &change, "config.debounce", events = tracing::field::Empty);
+            let mut events = 1u64;
             let mut dirty = self.handle(item);
             let deadline = Instant::now() + self.options.debounce.max;
             let mut quiet_until = (Instant::now() + self.options.debounce.quiet).min(deadline);
@@ -257,13 +264,21 @@ impl KubeSource {
                 tokio::select! {
                     item = self.events.recv() => {
                         let Some(item) = item else { return };
+                        events += 1;
                         dirty |= self.handle(item);
                         quiet_until = (Instant::now() + self.options.debounce.quiet).min(deadline);
                     }
                     () = sleep_until(quiet_until) => break,
                 }
             }
-            let go_on = !dirty || on_update(self.apply(first, false));
+            debounce.record("events", events);
+            drop(debounce);
+            let go_on = !dirty || {
+                let mut update = change.in_scope(|| self.apply(first, false));
+                change.record("changed", update.changed);
+                update.trace = change;
+                on_update(update)
+            };
             // Also after status-only events: a status someone else changed is put back (a
             // no-op, without requests, when every object already shows what it should).
             self.write_status().await;
@@ -384,6 +399,8 @@ impl KubeSource {
     }
 
     fn apply(&mut self, first_change: std::time::Instant, initial: bool) -> Update {
+        let _validate = tracing::info_span!(target: "mast::trace", "config.validate", objects = self.objects.len())
+            .entered();
         let report = self.store.apply_files(self.files());
         for e in &report.errors {
             warn!("config rejected, last good version kept: {e}");
@@ -408,6 +425,7 @@ impl KubeSource {
             errors: self.store.errors().to_vec(),
             changed: report.changed,
             first_change,
+            trace: tracing::Span::none(),
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use mast_kube::client::ClientSource;
 use mast_kube::source::{self, KubeSource, Update};
 use mast_pilot::ads::Snapshot;
-use mast_pilot::source::{ConfigSource, Debounce, Error, SourceContext};
+use mast_pilot::source::{ConfigSource, Debounce, Error, SourceContext, publish_change};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -165,12 +165,14 @@ impl ConfigSource for PilotSource {
                         return !publish.is_closed();
                     }
                     version += 1;
-                    ctx.metrics
-                        .record_config_change(update.model.services.len());
-                    tracing::info!(version, "config changed; pushing");
-                    publish
-                        .send(Snapshot::new(version, update.model, update.first_change))
-                        .is_ok()
+                    publish_change(
+                        &publish,
+                        &ctx.metrics,
+                        &update.trace,
+                        version,
+                        update.model,
+                        update.first_change,
+                    )
                 })
                 .await;
             Ok(())

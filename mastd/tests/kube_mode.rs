@@ -36,8 +36,12 @@ fn kubeconfig(server: &str, tag: &str) -> std::path::PathBuf {
 }
 
 async fn configz(addr: &str) -> Value {
+    get_json(addr, "/debug/configz").await
+}
+
+async fn get_json(addr: &str, path: &str) -> Value {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /debug/configz HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
@@ -86,12 +90,17 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
                                                            {"name": "v2", "labels": {"version": "v2"}}]}}));
     api.apply(virtual_service(50, 50));
     let config = kubeconfig(&api.url(), "kube-mode");
+    let telemetry = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .to_string();
 
     let mut mastd = tokio::process::Command::new(env!("CARGO_BIN_EXE_mastd"))
         .args(["--kubeconfig", config.to_str().unwrap()])
         .args(["--xds-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .args(["--ca-addr", "127.0.0.1:0"])
-        .args(["--no-injector", "--no-telemetry", "--log-json"])
+        .args(["--telemetry-addr", &telemetry, "--no-trace-receiver"])
+        .args(["--no-injector", "--log-json"])
         .env("RUST_LOG", "info")
         .env("POD_NAME", "mastd-0")
         .env("POD_NAMESPACE", "mast-system")
@@ -121,6 +130,44 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
     let z = configz(&http).await;
     assert_eq!(weights(&z), [50, 50], "{z}");
 
+    // An accepted edit is a trace of mastd's own work, as in local mode: the change, its
+    // debounce and validation, and the publish that the pushes join.
+    api.apply(virtual_service(70, 30));
+    let mut trace = Value::Null;
+    for _ in 0..250 {
+        let found = get_json(
+            &telemetry,
+            "/api/traces?service=mastd&operation=config.change&limit=20",
+        )
+        .await;
+        let changed = found["data"].as_array().into_iter().flatten().find(|t| {
+            t["spans"].as_array().into_iter().flatten().any(|s| {
+                s["operationName"] == "config.change"
+                    && s["tags"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|t| t["key"] == "changed" && t["value"] == true)
+            })
+        });
+        if let Some(t) = changed {
+            trace = t.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+    let by = |name: &str| spans.iter().find(|s| s["operationName"] == name);
+    let root = by("config.change").unwrap_or_else(|| panic!("a config.change trace: {trace}"));
+    for child in ["config.debounce", "config.validate", "config.publish"] {
+        let s = by(child).unwrap_or_else(|| panic!("{child} in {trace}"));
+        assert_eq!(
+            s["references"][0]["spanID"], root["spanID"],
+            "{child} is a child of config.change: {s}"
+        );
+    }
+    assert_eq!(weights(&configz(&http).await), [70, 30]);
+
     api.apply(virtual_service(80, -10));
     let mut z = Value::Null;
     for _ in 0..250 {
@@ -136,7 +183,7 @@ async fn mastd_reads_the_mesh_from_the_kubernetes_api() {
         error.starts_with("kube:/networking.istio.io/VirtualService/default/user"),
         "{z}"
     );
-    assert_eq!(weights(&z), [50, 50], "the last good split stays");
+    assert_eq!(weights(&z), [70, 30], "the last good split stays");
     let patches = api.status_patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert_eq!(

@@ -100,6 +100,27 @@ pub trait ConfigSource: Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), Error>> + Send;
 }
 
+/// Hand an accepted change to the connections, as every source does: count it, log it and
+/// publish its snapshot inside the change's trace (a `config.publish` child of `change`; the
+/// pushes it causes join `change` too). False when nothing listens any more.
+pub fn publish_change(
+    publish: &watch::Sender<Snapshot>,
+    metrics: &Metrics,
+    change: &tracing::Span,
+    version: u64,
+    model: Arc<mast_mesh_config::MeshModel>,
+    first_change: std::time::Instant,
+) -> bool {
+    let _in_change = change.enter();
+    let _publish = tracing::info_span!(target: "mast::trace", "config.publish").entered();
+    change.record("version", version);
+    metrics.record_config_change(model.services.len());
+    info!(version, "config changed; pushing");
+    publish
+        .send(Snapshot::new(version, model, first_change).traced(change))
+        .is_ok()
+}
+
 /// Watches config directories and publishes a [`Snapshot`] on every accepted change.
 pub struct FolderSource {
     dirs: Vec<PathBuf>,
@@ -243,17 +264,10 @@ impl FolderSource {
             let changed = *self.store.model() != *self.published;
             change.record("changed", changed);
             if changed {
-                let _in_change = change.enter();
-                let _publish =
-                    tracing::info_span!(target: "mast::trace", "config.publish").entered();
                 self.version += 1;
-                change.record("version", self.version);
                 let model = self.store.model();
                 self.published = model.clone();
-                self.metrics.record_config_change(model.services.len());
-                info!(version = self.version, "config changed; pushing");
-                let snapshot = Snapshot::new(self.version, model, first).traced(&change);
-                if publish.send(snapshot).is_err() {
+                if !publish_change(&publish, &self.metrics, &change, self.version, model, first) {
                     return Ok(());
                 }
             }
