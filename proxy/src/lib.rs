@@ -20,6 +20,7 @@ pub mod http;
 pub mod identity;
 pub mod listen;
 pub mod matcher;
+pub mod memory;
 pub mod metrics;
 pub mod rbac;
 pub mod resources;

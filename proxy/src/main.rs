@@ -32,25 +32,14 @@ fn tune_allocator() {
     }
 }
 
-/// Transparent huge pages are off for the process: mimalloc (v3) asks for them on its 1 GiB
-/// arena (`MADV_HUGEPAGE`), so the first byte touched in any 2 MiB stretch made the whole
-/// 2 MiB resident. A sidecar's heap is small and spread over several such stretches: with the
-/// demo's config from pilot the heap was 7.7 MB resident (6 MB of it huge pages) for 0.8 MB
-/// without them (bench/README.md, "Sidecar memory"). mimalloc's own option is read by its
-/// constructor, before `main`, and the arena's first huge page is taken then too; so the
+/// Transparent huge pages are off for the process (see
+/// [`mast_proxy::memory::disable_transparent_huge_pages`]). mimalloc's own option is read by
+/// its constructor, before `main`, and the arena's first huge page is taken then too; so the
 /// flag is set in a constructor that runs before mimalloc's (priority 101, the first one not
 /// reserved; mimalloc's has the default priority). It also covers hosts where THP is `always`.
 #[used]
 #[unsafe(link_section = ".init_array.00101")]
-static DISABLE_THP: extern "C" fn() = disable_thp;
-
-extern "C" fn disable_thp() {
-    // SAFETY: a prctl with integer arguments that only sets a flag of this process; it
-    // allocates nothing. A failing prctl (a kernel without it) leaves THP as it was.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
+static DISABLE_THP: extern "C" fn() = mast_proxy::memory::disable_transparent_huge_pages;
 
 fn main() -> ExitCode {
     tune_allocator();
