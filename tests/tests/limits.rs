@@ -28,7 +28,10 @@
 //! A second test runs mast-proxy from a static bootstrap whose connection manager sets
 //! `stream_idle_timeout: 1s` (istiod sends 0, off; Envoy's default is 5 min) and checks it
 //! per stream over HTTP/1.1 and HTTP/2: stalled uploads get 408, a silent upstream 504, a
-//! stalled response is reset, and streams that keep moving are never cut.
+//! stalled response is reset, and streams that keep moving are never cut. A third, from the
+//! same bootstrap, has clients read the head of a 64 MiB response and then stop reading: the
+//! stream is cut after the timeout (HTTP/1.1 closed, HTTP/2 reset), the upstream exchange is
+//! dropped and the proxy's RSS stays within [`STALL_RSS_GROWTH_MIB`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -943,6 +946,43 @@ static_resources:
     Ok(path)
 }
 
+/// mast-proxy from [`idle_bootstrap`] in front of `backend`, once it answers `GET probe`
+/// with a 200: the process and its listener's port.
+async fn idle_proxy(
+    dir: &std::path::Path,
+    backend: u16,
+    probe: &'static str,
+) -> Result<(mast_e2e::Proc, u16)> {
+    let (listen, admin) = (free_port(), free_port());
+    let bootstrap = idle_bootstrap(dir, listen, admin, backend)?;
+    let proxy = mast_e2e::Proc::spawn(
+        "mast-proxy",
+        std::process::Command::new(mast_e2e::bin("mast-proxy"))
+            .arg("--config")
+            .arg(&bootstrap)
+            .args(["--stats-port", &free_port().to_string()])
+            .args([
+                "--status-port",
+                &free_port().to_string(),
+                "--agent-port",
+                "0",
+            ])
+            .args(["--drain", "1s", "--concurrency", "1"]),
+        dir.join("proxy.log"),
+    )?;
+    let head = format!("GET {probe} HTTP/1.1\r\nHost: web\r\n\r\n");
+    eventually("mast-proxy answers", Duration::from_secs(10), || {
+        let head = head.clone();
+        async move {
+            let (text, _, _) = h1_exchange(listen, head.as_bytes(), b"", Duration::ZERO).await?;
+            ensure!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((proxy, listen))
+}
+
 /// Write `head`, then `drip` one byte at a time `every` apart, then read until the proxy
 /// closes the connection (or 8 s pass): what came back, and how long the exchange took.
 async fn h1_exchange(
@@ -1005,39 +1045,7 @@ fn complete_fixed(text: &str) -> bool {
 async fn stream_idle_timeout_ends_quiet_streams_and_spares_slow_ones() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let backend = idle_backend().await?;
-    let (listen, admin) = (free_port(), free_port());
-    let bootstrap = idle_bootstrap(dir.path(), listen, admin, backend)?;
-    let _proxy = mast_e2e::Proc::spawn(
-        "mast-proxy",
-        std::process::Command::new(mast_e2e::bin("mast-proxy"))
-            .arg("--config")
-            .arg(&bootstrap)
-            .args(["--stats-port", &free_port().to_string()])
-            .args([
-                "--status-port",
-                &free_port().to_string(),
-                "--agent-port",
-                "0",
-            ])
-            .args(["--drain", "1s", "--concurrency", "1"]),
-        dir.path().join("proxy.log"),
-    )?;
-    eventually(
-        "mast-proxy answers",
-        Duration::from_secs(10),
-        || async move {
-            let (text, _, _) = h1_exchange(
-                listen,
-                b"GET /echo HTTP/1.1\r\nHost: web\r\n\r\n",
-                b"",
-                Duration::ZERO,
-            )
-            .await?;
-            ensure!(text.starts_with("HTTP/1.1 200"), "{text:?}");
-            Ok(())
-        },
-    )
-    .await?;
+    let (_proxy, listen) = idle_proxy(dir.path(), backend, "/echo").await?;
 
     // HTTP/1.1, a request body that stalls after 3 of its 10 bytes: 408, connection closed.
     let (text, took, closed) = h1_exchange(
@@ -1211,5 +1219,220 @@ async fn stream_idle_timeout_ends_quiet_streams_and_spares_slow_ones() -> Result
         took.as_millis()
     );
     ensure!(status == 200 && body == "10", "h2 slow: {status} {body:?}");
+    Ok(())
+}
+
+/// The size of `/big` in the stalled-reader test: far more than every buffer on the way
+/// (kernel socket buffers, hyper's, h2's windows) holds.
+const BIG_BODY: u64 = 64 << 20;
+/// RSS growth allowed while clients sit on stalled 64 MiB responses.
+const STALL_RSS_GROWTH_MIB: u64 = 8;
+
+/// How one `/big` response ended at the backend: after how many bytes, and whether it was
+/// cut (the proxy dropped the upstream exchange) rather than sent whole.
+#[derive(Debug, Clone, Copy)]
+struct BigEnd {
+    at: Instant,
+    sent: u64,
+    cut: bool,
+}
+
+/// A backend whose `/big` streams [`BIG_BODY`] bytes in 64 KiB chunks (as fast as the
+/// proxy takes them) and records how each such response ended; any other path answers
+/// `ok`. HTTP/1.1 to the proxy, as the bootstrap's cluster speaks.
+async fn big_backend() -> Result<(u16, Arc<std::sync::Mutex<Vec<BigEnd>>>)> {
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let ends = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let chunk = Bytes::from(vec![b'x'; 64 << 10]);
+    let record = Arc::clone(&ends);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (chunk, record) = (chunk.clone(), Arc::clone(&record));
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (chunk, record) = (chunk.clone(), Arc::clone(&record));
+                    async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel::<
+                            Result<Frame<Bytes>, std::convert::Infallible>,
+                        >(2);
+                        if req.uri().path() == "/big" {
+                            tokio::spawn(async move {
+                                let mut sent = 0;
+                                let mut cut = false;
+                                while sent < BIG_BODY {
+                                    if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                                        cut = true;
+                                        break;
+                                    }
+                                    sent += chunk.len() as u64;
+                                }
+                                let end = BigEnd {
+                                    at: Instant::now(),
+                                    sent,
+                                    cut,
+                                };
+                                record.lock().expect("ends").push(end);
+                            });
+                        } else {
+                            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"ok")))).await;
+                        }
+                        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+                        Ok::<_, std::convert::Infallible>(Response::new(body))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((port, ends))
+}
+
+/// Wait until the backend has recorded `n` ends of `/big`, at most `within`.
+async fn big_ends(
+    ends: &std::sync::Mutex<Vec<BigEnd>>,
+    n: usize,
+    within: Duration,
+) -> Result<Vec<BigEnd>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = ends.lock().expect("ends").clone();
+        if got.len() >= n {
+            return Ok(got);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "after {within:?} the backend saw {} of {n} /big responses end: {got:?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `stream_idle_timeout` also covers a response the client does not read (Envoy: "also
+/// applies when the response is being written and the downstream is not reading"): clients
+/// that read a 64 MiB response's headers and then stop reading have their stream cut once
+/// it has been stalled for the timeout — HTTP/1.1 connections closed, an HTTP/2 stream
+/// reset — the upstream exchange is dropped (the backend sees its response cut), and the
+/// proxy's memory does not grow with what it could not write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_idle_timeout_cuts_responses_the_client_stops_reading() -> Result<()> {
+    /// HTTP/1.1 clients stalled at once.
+    const H1_CLIENTS: usize = 4;
+    let dir = tempfile::tempdir()?;
+    let (backend, ends) = big_backend().await?;
+    let (proxy, listen) = idle_proxy(dir.path(), backend, "/ok").await?;
+    let rss_before = rss_kib(proxy.pid())?;
+
+    // HTTP/1.1: read the response head, then nothing.
+    let start = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..H1_CLIENTS {
+        let mut s = TcpStream::connect(("127.0.0.1", listen)).await?;
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+            ensure!(n > 0, "closed before the head: {head:?}");
+            head.extend_from_slice(&buf[..n]);
+        }
+        ensure!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        clients.push((s, head.len() as u64));
+    }
+    // Midway through the stall, and when it has been cut: the proxy's memory.
+    tokio::time::sleep(STREAM_IDLE / 2).await;
+    let rss_stalled = rss_kib(proxy.pid())?;
+    let cut = big_ends(&ends, H1_CLIENTS, STREAM_IDLE * 4).await?;
+    let rss_after = rss_kib(proxy.pid())?;
+    for end in &cut {
+        let after = end.at - start;
+        eprintln!(
+            "h1 stalled reader: upstream cut after {} ms, {} KiB sent by the backend",
+            after.as_millis(),
+            end.sent >> 10
+        );
+        ensure!(end.cut, "the backend sent its whole body: {end:?}");
+        ensure!(after >= STREAM_IDLE, "cut after only {after:?}");
+    }
+    // Each client, reading again, gets what was already on its way and then the end of
+    // the connection: not the whole body.
+    for (mut s, mut got) in clients {
+        let mut buf = vec![0u8; 1 << 16];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got += n as u64,
+                Err(_) => break false,
+            }
+        };
+        eprintln!(
+            "h1 stalled reader: {} KiB received, closed {closed}",
+            got >> 10
+        );
+        ensure!(closed, "the proxy kept the connection open");
+        ensure!(got < BIG_BODY, "the whole body came through ({got} bytes)");
+    }
+    let growth = |kib: u64| kib.saturating_sub(rss_before) >> 10;
+    eprintln!(
+        "proxy RSS: {} MiB before, +{} MiB stalled, +{} MiB after the cut",
+        rss_before >> 10,
+        growth(rss_stalled),
+        growth(rss_after)
+    );
+    ensure!(
+        growth(rss_stalled.max(rss_after)) <= STALL_RSS_GROWTH_MIB,
+        "RSS grew from {rss_before} KiB to {rss_stalled} / {rss_after} KiB"
+    );
+
+    // HTTP/2: the response body is not polled, so its stream window stays full; when it
+    // is read again after the timeout, the stream has been reset.
+    let tcp = TcpStream::connect(("127.0.0.1", listen)).await?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let start = Instant::now();
+    let resp = send
+        .send_request(Request::get(format!("http://web:{listen}/big")).body(Empty::<Bytes>::new())?)
+        .await?;
+    ensure!(resp.status() == 200, "h2 /big: {}", resp.status());
+    let cut = big_ends(&ends, H1_CLIENTS + 1, STREAM_IDLE * 4).await?;
+    let end = cut[H1_CLIENTS];
+    eprintln!(
+        "h2 stalled reader: upstream cut after {} ms, {} KiB sent by the backend",
+        (end.at - start).as_millis(),
+        end.sent >> 10
+    );
+    ensure!(end.cut && end.at - start >= STREAM_IDLE, "h2: {end:?}");
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let reset = loop {
+        match tokio::time::timeout(Duration::from_secs(5), body.frame()).await {
+            Ok(Some(Ok(f))) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+            Ok(Some(Err(e))) => break Some(e),
+            Ok(None) => break None,
+            Err(_) => bail!("h2 body neither ended nor was reset after {got} bytes"),
+        }
+    };
+    eprintln!(
+        "h2 stalled reader: {} KiB received, then {reset:?}",
+        got >> 10
+    );
+    ensure!(
+        reset.is_some() && got < BIG_BODY,
+        "h2 stream not reset ({got} bytes)"
+    );
+    // The connection itself still serves.
+    let ok = send
+        .send_request(Request::get(format!("http://web:{listen}/ok")).body(Empty::<Bytes>::new())?)
+        .await?;
+    ensure!(ok.status() == 200, "h2 after the reset: {}", ok.status());
     Ok(())
 }

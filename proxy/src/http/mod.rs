@@ -44,7 +44,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::metrics::{PEER_METADATA, PEER_METADATA_ID, Reporter, ServiceId};
@@ -105,7 +105,9 @@ where
     // hyper must read any head the connection manager accepts; the router answers 431
     // above `max_request_headers_kb` itself, as Envoy does.
     let max_buf = (hcm.max_request_headers + 8 * 1024).max(96 * 1024);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Who watches each stream's idle clock while its response is written (`stream_idle`).
+    let handoff = Arc::new(stream_idle::Handoff::default());
+    let mut builder = auto::Builder::new(stream_idle::StreamExec(Arc::clone(&handoff)));
     builder = match ctx.hcm.codec {
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
@@ -133,6 +135,7 @@ where
     let svc_ctx = Arc::clone(&ctx);
     let svc_activity = Arc::clone(&activity);
     let svc_goaway = Arc::clone(&goaway);
+    let svc_handoff = Arc::clone(&handoff);
     // HTTP/1 heads are read a second time, from the raw bytes (see `framing`).
     let scanner = match hcm.codec {
         Codec::Http2 => framing::Scanner::off(),
@@ -148,6 +151,7 @@ where
         let clock = svc_ctx.hcm.stream_idle_timeout.map(|t| {
             stream_idle::StreamClock::start(t, hyper::body::Body::is_end_stream(req.body()))
         });
+        svc_handoff.stream_started(clock.as_ref(), req.version());
         let head = match req.version() {
             Version::HTTP_2 => None,
             _ => verdicts.next(),
@@ -206,6 +210,13 @@ where
                 }
             }
             _ = goaway.notified() => break,
+            () = handoff.h1_stalled() => {
+                // The client stopped reading the response: hyper no longer polls its body,
+                // so the connection is dropped here (closing it, and the upstream exchange
+                // with the body).
+                tracing::debug!(peer = %ctx.peer, "stream idle timeout: downstream stopped reading; closing");
+                return;
+            }
             _ = tokio::time::sleep_until(check), if idle_timeout.is_some() => {
                 if idle_timeout.is_some_and(|t| activity.idle_for(t)) {
                     tracing::debug!(peer = %ctx.peer, "downstream connection idle; closing");

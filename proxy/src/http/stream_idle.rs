@@ -17,10 +17,24 @@
 //!
 //! Each stream has its own clock, so on HTTP/2 a busy stream does not keep a stalled one
 //! alive, nor the other way round.
+//!
+//! A response body is only polled while the downstream can take more: once a client stops
+//! reading, its TCP window (HTTP/1) or its stream window (HTTP/2) stays full, hyper stops
+//! asking the body for frames, and a timer that lives in the body would never be looked at
+//! again — the stream, its buffers and its upstream connection would stay for as long as
+//! the client cares to keep the socket open. Envoy's timer also covers a response the
+//! downstream is not reading, so the clock is watched from outside the body as well
+//! ([`StreamClock::stalled`]): by the connection loop for HTTP/1, which then drops the
+//! connection, and by the task hyper spawns for each HTTP/2 stream ([`StreamExec`]), which
+//! then drops the stream — h2 sends `RST_STREAM(CANCEL)` and frees its queued data. Either
+//! way the response body is dropped, which closes the unfinished upstream exchange. What a
+//! stalled stream holds meanwhile is bounded by hyper's write buffer (`max_buf_size`) or
+//! h2's one queued chunk.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +42,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use super::recorder::Recorder;
@@ -52,7 +67,18 @@ pub(super) struct StreamClock {
     /// Milliseconds after `base` of the last activity.
     last_ms: AtomicU64,
     request_done: AtomicBool,
+    /// Where the response is: [`WAITING`], [`RESPONDING`] or [`DONE`].
+    phase: AtomicU8,
+    /// Told of every change of `phase`.
+    phase_changed: Notify,
 }
+
+/// No response yet: a timeout is answered with a local reply (`handle`'s own watch).
+const WAITING: u8 = 0;
+/// The response headers went out: a timeout resets the stream.
+const RESPONDING: u8 = 1;
+/// The response body ended or was dropped: nothing left to time out.
+const DONE: u8 = 2;
 
 impl StreamClock {
     /// A clock started now, for a stream whose request is already complete (no body) or not.
@@ -62,7 +88,37 @@ impl StreamClock {
             base: Instant::now(),
             last_ms: AtomicU64::new(0),
             request_done: AtomicBool::new(request_done),
+            phase: AtomicU8::new(WAITING),
+            phase_changed: Notify::new(),
         })
+    }
+
+    fn set_phase(&self, phase: u8) {
+        self.phase.store(phase, Ordering::Release);
+        self.phase_changed.notify_waiters();
+    }
+
+    /// Resolves once the response has started and the stream then stayed idle for the whole
+    /// timeout, whether or not anyone polls the response body; never once the response is
+    /// over. Before the response starts it waits (a timeout then is a local reply).
+    pub async fn stalled(&self) {
+        loop {
+            let changed = self.phase_changed.notified();
+            tokio::pin!(changed);
+            // Registered before the phase is read, so no change slips between the two.
+            changed.as_mut().enable();
+            match self.phase.load(Ordering::Acquire) {
+                RESPONDING => tokio::select! {
+                    () = self.idle() => {
+                        if self.phase.load(Ordering::Acquire) == RESPONDING {
+                            return;
+                        }
+                    }
+                    () = &mut changed => {}
+                },
+                _ => changed.await,
+            }
+        }
     }
 
     /// Something moved on the stream: the clock restarts.
@@ -197,6 +253,7 @@ pub(super) struct Timed {
 impl Timed {
     pub fn new(clock: Arc<StreamClock>) -> Self {
         clock.touch();
+        clock.set_phase(RESPONDING);
         let deadline = clock.deadline();
         Self {
             clock,
@@ -220,6 +277,94 @@ impl Timed {
                 Poll::Pending => Poll::Pending,
             },
             other => other,
+        }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        // hyper drops the body when it has sent its end, or when the stream goes away.
+        self.clock.set_phase(DONE);
+    }
+}
+
+/// The stream clocks a connection's watchers need, handed over from the service (which
+/// starts each clock) to whoever watches the stream while its response is written.
+#[derive(Debug, Default)]
+pub(super) struct Handoff {
+    /// HTTP/1: the stream being answered (hyper answers one at a time).
+    current: Mutex<Option<Arc<StreamClock>>>,
+    current_changed: Notify,
+    /// HTTP/2: the clock of the stream whose task hyper spawns next. hyper calls the
+    /// service and spawns the stream's task in one step (`service.call` and then
+    /// `execute_h2stream`), so the task takes the clock the call left.
+    next_h2: Mutex<Option<Arc<StreamClock>>>,
+}
+
+impl Handoff {
+    /// A new stream's clock (the service's call, before its response exists).
+    pub fn stream_started(&self, clock: Option<&Arc<StreamClock>>, version: Version) {
+        let clock = clock.cloned();
+        if version == Version::HTTP_2 {
+            *lock(&self.next_h2) = clock;
+        } else {
+            *lock(&self.current) = clock;
+            self.current_changed.notify_waiters();
+        }
+    }
+
+    /// Resolves when the HTTP/1 stream being answered has stalled (see
+    /// [`StreamClock::stalled`]): the connection must then be dropped.
+    pub async fn h1_stalled(&self) {
+        loop {
+            let changed = self.current_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let current = lock(&self.current).clone();
+            match current {
+                Some(clock) => tokio::select! {
+                    () = clock.stalled() => return,
+                    () = &mut changed => {}
+                },
+                None => changed.await,
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain slots: a panic elsewhere cannot leave them half-written.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The executor of a connection's HTTP/2 stream tasks: each runs under its stream's clock
+/// and is dropped when its response stalls, which resets the stream.
+#[derive(Debug, Clone)]
+pub(super) struct StreamExec(pub Arc<Handoff>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match lock(&self.0.next_h2).take() {
+            Some(clock) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = fut => {}
+                        () = clock.stalled() => {
+                            tracing::debug!(
+                                timeout = ?clock.timeout,
+                                "stream idle timeout: downstream stopped reading; resetting the stream"
+                            );
+                        }
+                    }
+                });
+            }
+            None => {
+                tokio::spawn(fut);
+            }
         }
     }
 }
@@ -301,6 +446,68 @@ mod tests {
         // Last chunk at 35 s, so the timeout fires at 45 s.
         assert_eq!(start.elapsed().as_secs(), 45);
         feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_nobody_polls_is_seen_stalled_after_the_timeout() {
+        let clock = StreamClock::start(Duration::from_secs(10), true);
+        let start = Instant::now();
+        // No response yet: `stalled` waits, whatever the clock says (a local reply is due).
+        let waiting = tokio::time::timeout(Duration::from_secs(30), clock.stalled()).await;
+        assert!(waiting.is_err());
+        // The response starts at 30 s and its body is then never polled again (the client
+        // stopped reading): stalled 10 s later, without anything polling the body.
+        let timed = Timed::new(Arc::clone(&clock));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        clock.touch();
+        clock.stalled().await;
+        assert_eq!(start.elapsed().as_secs(), 44);
+        // A finished response is never stalled.
+        drop(timed);
+        let done = tokio::time::timeout(Duration::from_secs(60), clock.stalled()).await;
+        assert!(done.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_http2_stream_task_is_dropped_and_a_plain_one_runs() {
+        use hyper::rt::Executor;
+        struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                if let Some(tx) = self.0.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let handoff = Arc::new(Handoff::default());
+        let exec = StreamExec(Arc::clone(&handoff));
+        let clock = StreamClock::start(Duration::from_secs(10), true);
+        handoff.stream_started(Some(&clock), Version::HTTP_2);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let guard = Dropped(Some(tx));
+        // A stream task stuck writing its response (as when its window stays full).
+        let timed = Timed::new(Arc::clone(&clock));
+        exec.execute(async move {
+            let _guard = guard;
+            let _timed = timed;
+            std::future::pending::<()>().await;
+        });
+        let start = Instant::now();
+        rx.await.unwrap();
+        assert_eq!(start.elapsed().as_secs(), 10);
+        // The clock was taken by that task: the next one, without a clock, just runs.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        exec.execute(async move {
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+        // An HTTP/1 stream's clock goes to the connection's watch instead.
+        let clock = StreamClock::start(Duration::from_secs(5), true);
+        handoff.stream_started(Some(&clock), Version::HTTP_11);
+        let _timed = Timed::new(Arc::clone(&clock));
+        let start = Instant::now();
+        handoff.h1_stalled().await;
+        assert_eq!(start.elapsed().as_secs(), 5);
     }
 
     #[test]
