@@ -20,3 +20,22 @@ pub extern "C" fn disable_transparent_huge_pages() {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
 }
+
+// Indices of mi_option_arena_eager_commit and mi_option_purge_delay in mimalloc.h (v2 and v3
+// alike; v3 is what libmimalloc-sys builds), which libmimalloc-sys does not name.
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Whether mimalloc commits a whole arena when it reserves one (its default on Linux).
+/// Call it first thing in `main`.
+pub fn set_arena_eager_commit(eager: bool) {
+    // SAFETY: a plain option setter; mimalloc reads it when it next reserves an arena.
+    unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, eager.into()) }
+}
+
+/// How long pages mimalloc freed stay committed before they go back to the OS: 0 at once,
+/// -1 never (mimalloc's default is 1000 ms). Call it first thing in `main`.
+pub fn set_purge_delay_ms(ms: i64) {
+    // SAFETY: a plain option setter; mimalloc reads it when it next purges.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, ms) }
+}

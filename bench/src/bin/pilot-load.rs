@@ -54,8 +54,8 @@ use crate::real_proxies::{Lab, Twin};
 /// The simulated proxies take in gigabytes in messages of up to 550 KB. glibc's allocator spent
 /// most of a load-generator thread growing and freeing those buffers (`_int_malloc`,
 /// `malloc_consolidate`): CPU taken from the two cores mastd shares with the simulation.
-/// With mimalloc, and huge pages off (`main`), the same run took 15.0 instead of 21.2 CPU
-/// seconds (bench/README.md, "pilot scale").
+/// With mimalloc, huge pages off and no purging (`main`), it takes a third less CPU
+/// (bench/README.md, "pilot scale").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -130,6 +130,10 @@ impl Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     mast_proxy::memory::disable_transparent_huge_pages();
+    // Keep freed pages: every change frees and allocates 2000 route configurations of 550 KB,
+    // and purging them between changes made the kernel fault and zero them again (pilot-load's
+    // system time 18.3 -> 11.2 s for the same run). The load generator's memory is not measured.
+    mast_proxy::memory::set_purge_delay_ms(-1);
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config");
