@@ -98,7 +98,18 @@ pub fn listen(
     env: &dyn Env,
     default: SocketAddr,
 ) -> Result<SocketAddr, Error> {
-    match Setting::lookup("listen", given, env, LISTEN) {
+    listen_as("listen", LISTEN, given, env, default)
+}
+
+/// A second listening address (`--grpc-listen` / `GRPC_LISTEN`, …), or `default`.
+pub fn listen_as(
+    flag: &str,
+    var: &str,
+    given: Option<String>,
+    env: &dyn Env,
+    default: SocketAddr,
+) -> Result<SocketAddr, Error> {
+    match Setting::lookup(flag, given, env, var) {
         Some(s) => s.parse_listen(),
         None => Ok(default),
     }

@@ -6,8 +6,14 @@
 //! from the sidecars. The one thing they do for the mesh is what Istio asks of every app:
 //! `myapp` copies the trace headers of the request it serves onto its outbound calls
 //! ([`trace`]).
+//!
+//! Besides HTTP, `user` also answers one gRPC method ([`grpc`], tonic) and `todo` echoes
+//! lines on a TCP port ([`echo`]), and `myapp`'s `GET /api/ping` calls both, so the demo's
+//! load shows gRPC and opaque TCP in the mesh's metrics as well.
 
 pub mod config;
+pub mod echo;
+pub mod grpc;
 pub mod myapp;
 pub mod server;
 pub mod todo;

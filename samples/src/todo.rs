@@ -47,12 +47,21 @@ pub struct Args {
     /// Address to listen on [env: LISTEN] [default: 127.0.0.1:9182]
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Address of the TCP line echo ([`crate::echo`]) [env: TCP_LISTEN] [default:
+    /// 127.0.0.1:9192, the WorkloadEntry's `tcp-echo` port]
+    #[arg(long, value_name = "ADDR")]
+    tcp_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub tcp_listen: SocketAddr,
 }
+
+/// The address of the TCP echo.
+pub const TCP_LISTEN: &str = "TCP_LISTEN";
+const DEFAULT_TCP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9192));
 
 /// The service.
 pub struct App {
@@ -75,7 +84,14 @@ impl Config {
     {
         let args = Args::try_parse_from(args)?;
         let listen = config::listen(args.listen, env, DEFAULT_LISTEN)?;
-        Ok(Config { listen })
+        let tcp_listen = config::listen_as(
+            "tcp-listen",
+            TCP_LISTEN,
+            args.tcp_listen,
+            env,
+            DEFAULT_TCP_LISTEN,
+        )?;
+        Ok(Config { listen, tcp_listen })
     }
 }
 

@@ -21,6 +21,8 @@ use crate::trace;
 
 /// The version to report.
 pub const VERSION: &str = "VERSION";
+/// The address of the gRPC server ([`crate::grpc`]).
+pub const GRPC_LISTEN: &str = "GRPC_LISTEN";
 /// The response header naming the version that answered.
 pub const VERSION_HEADER: &str = "x-user-version";
 
@@ -61,12 +63,17 @@ pub struct Args {
     /// Version to report, v1 or v2 [env: VERSION] [default: v1]
     #[arg(long, value_name = "VERSION")]
     version: Option<String>,
+    /// Address of the gRPC server (`mast.samples.Users`) [env: GRPC_LISTEN] [default:
+    /// 127.0.0.1:9191 for v1, 127.0.0.1:9291 for v2, the WorkloadEntries' `grpc` ports]
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
     pub version: Version,
+    pub grpc_listen: SocketAddr,
 }
 
 /// The service. It keeps the trace headers of the last request it served, so a test can see
@@ -91,6 +98,15 @@ impl Version {
         let port = match self {
             Version::V1 => 9181,
             Version::V2 => 9281,
+        };
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// The `grpc` port of this version's WorkloadEntry.
+    fn default_grpc_listen(self) -> SocketAddr {
+        let port = match self {
+            Version::V1 => 9191,
+            Version::V2 => 9291,
         };
         SocketAddr::from((Ipv4Addr::LOCALHOST, port))
     }
@@ -132,8 +148,29 @@ impl Config {
             None => Version::V1,
         };
         let listen = config::listen(args.listen, env, version.default_listen())?;
-        Ok(Config { listen, version })
+        let grpc_listen = config::listen_as(
+            "grpc-listen",
+            GRPC_LISTEN,
+            args.grpc_listen,
+            env,
+            version.default_grpc_listen(),
+        )?;
+        Ok(Config {
+            listen,
+            version,
+            grpc_listen,
+        })
     }
+}
+
+/// User `id` as `version` answers it (over HTTP and gRPC alike).
+pub fn find(version: Version, id: u64) -> Option<User> {
+    let (id, name) = USERS.iter().find(|(known, _)| *known == id)?;
+    Some(User {
+        id: *id,
+        name: name.to_string(),
+        version: version.to_string(),
+    })
 }
 
 // === impl App ===
@@ -155,12 +192,7 @@ impl App {
     }
 
     fn user(&self, id: u64) -> Option<User> {
-        let (id, name) = USERS.iter().find(|(known, _)| *known == id)?;
-        Some(User {
-            id: *id,
-            name: name.to_string(),
-            version: self.version.to_string(),
-        })
+        find(self.version, id)
     }
 
     fn answer(&self, req: &Request<Incoming>) -> Response<Body> {

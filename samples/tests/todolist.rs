@@ -336,6 +336,8 @@ struct Process {
     child: Child,
     /// Its stderr, line by line, read on a thread so the pipe never fills.
     lines: mpsc::Receiver<String>,
+    /// Lines read while looking for another.
+    passed: std::cell::RefCell<Vec<String>>,
     url: String,
 }
 
@@ -361,6 +363,7 @@ impl Process {
         let mut process = Process {
             child,
             lines,
+            passed: Default::default(),
             url: String::new(),
         };
         let line = process.line_containing("listening on http://");
@@ -370,15 +373,28 @@ impl Process {
     }
 
     fn line_containing(&self, text: &str) -> String {
+        if let Some(line) = self.passed.borrow().iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
+                Ok(line) => self.passed.borrow_mut().push(line),
                 Err(e) => panic!("no line with {text:?}: {e}"),
             }
         }
+    }
+
+    /// The address logged after `text` (`gRPC listening on 127.0.0.1:…`).
+    fn address_after(&self, text: &str) -> String {
+        let line = self.line_containing(text);
+        let addr = line.split(text).nth(1).unwrap_or_default();
+        addr.split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Sends `signal` and expects a clean exit within a few seconds.
@@ -411,22 +427,38 @@ async fn the_binaries_serve_the_page_and_stop_on_signals() {
     let any_port = "127.0.0.1:0";
     let user = Process::start(
         env!("CARGO_BIN_EXE_sample-user"),
-        &["--listen", any_port],
+        &["--listen", any_port, "--grpc-listen", any_port],
         &[("VERSION", "v2")],
     );
     let todo = Process::start(
         env!("CARGO_BIN_EXE_sample-todo"),
         &[],
-        &[("LISTEN", any_port)],
+        &[("LISTEN", any_port), ("TCP_LISTEN", any_port)],
     );
+    let grpc = user.address_after("gRPC listening on ");
+    let tcp = todo.address_after("TCP echo listening on ");
     let myapp = Process::start(
         env!("CARGO_BIN_EXE_sample-myapp"),
-        &["--listen", any_port, "--user-url", &user.url],
-        &[("TODO_URL", &todo.url)],
+        &[
+            "--listen",
+            any_port,
+            "--user-url",
+            &user.url,
+            "--user-grpc-url",
+            &format!("http://{grpc}"),
+        ],
+        &[("TODO_URL", &todo.url), ("TODO_TCP", &tcp)],
     );
     let page = page(&myapp.url).await;
     assert_eq!(page.user.version, "v2");
     assert!(!page.todos.is_empty());
+    // gRPC to user (tonic on both ends) and a line through todo's TCP echo.
+    let ping = get(&format!("{}/api/ping", myapp.url)).await;
+    assert_eq!(ping.status, StatusCode::OK, "{}", ping.body);
+    let ping: Value = serde_json::from_str(&ping.body).unwrap();
+    assert_eq!(ping["grpc"]["version"], "v2");
+    assert_eq!(ping["grpc"]["name"], "Ada Lovelace");
+    assert_eq!(ping["tcp"], "ping");
     myapp.stop("-INT");
     user.stop("-TERM");
     todo.stop("-TERM");

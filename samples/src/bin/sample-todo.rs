@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use mast_samples::config::ProcessEnv;
-use mast_samples::server;
 use mast_samples::todo::{App, Config};
+use mast_samples::{echo, server};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -13,6 +13,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(e) => return Ok(e.report("sample-todo")),
     };
-    server::run_app("sample-todo", config.listen, App::new()).await?;
+    let echo = echo::serve("sample-todo", config.tcp_listen, server::shutdown_signal()?);
+    tokio::try_join!(
+        server::run_app("sample-todo", config.listen, App::new()),
+        echo
+    )?;
     Ok(ExitCode::SUCCESS)
 }

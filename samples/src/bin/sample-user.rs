@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use mast_samples::config::ProcessEnv;
-use mast_samples::server;
 use mast_samples::user::{App, Config};
+use mast_samples::{grpc, server};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<ExitCode> {
@@ -14,6 +14,15 @@ async fn main() -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(e.report("sample-user")),
     };
     let name = format!("sample-user {}", config.version);
-    server::run_app(&name, config.listen, App::new(config.version)).await?;
+    let grpc = grpc::serve(
+        &name,
+        config.grpc_listen,
+        config.version,
+        server::shutdown_signal()?,
+    );
+    tokio::try_join!(
+        server::run_app(&name, config.listen, App::new(config.version)),
+        grpc
+    )?;
     Ok(ExitCode::SUCCESS)
 }

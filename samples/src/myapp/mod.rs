@@ -2,6 +2,9 @@
 //! made for that request, one to `user` (which the mesh sends to v1 or v2) and one to `todo`,
 //! so reloading the page shows the split. A failed call is answered 502 with the backend's
 //! name, so a load generator can count which hop failed.
+//!
+//! `GET /api/ping` checks the two other protocols the demo shows: a gRPC `GetUser` to user
+//! (tonic, the Service's `grpc` port) and a line through todo's TCP echo (`tcp-echo`).
 
 mod backend;
 mod page;
@@ -26,6 +29,11 @@ pub const USER_URL: &str = "USER_URL";
 pub const TODO_URL: &str = "TODO_URL";
 pub const USER_HOST: &str = "USER_HOST";
 pub const TODO_HOST: &str = "TODO_HOST";
+pub const USER_GRPC_URL: &str = "USER_GRPC_URL";
+pub const TODO_TCP: &str = "TODO_TCP";
+/// user's `grpc` port and todo's `tcp-echo` port in `manifests/samples/todolist/services.yaml`.
+const DEFAULT_USER_GRPC_URL: &str = "http://user:8083";
+const DEFAULT_TODO_TCP: &str = "todo:8084";
 
 /// The port of the myapp WorkloadEntry `mastctl demo` registers.
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9080));
@@ -68,6 +76,13 @@ pub struct Args {
     /// Host header for calls to todo, as --user-host [env: TODO_HOST]
     #[arg(long, value_name = "HOST")]
     todo_host: Option<String>,
+    /// URL of user's gRPC port; --user-host, if given, is the calls' :authority
+    /// [env: USER_GRPC_URL] [default: http://user:8083]
+    #[arg(long, value_name = "URL")]
+    user_grpc_url: Option<String>,
+    /// HOST:PORT of todo's TCP echo [env: TODO_TCP] [default: todo:8084]
+    #[arg(long, value_name = "ADDR")]
+    todo_tcp: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +90,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub user: Target,
     pub todo: Target,
+    /// user's gRPC URL, and the :authority to name when it is a sidecar's local port.
+    pub user_grpc: (String, Option<String>),
+    /// todo's TCP echo, `host:port`.
+    pub todo_tcp: String,
 }
 
 /// Where a backend's URL and Host header come from.
@@ -93,10 +112,19 @@ pub struct Page {
     pub todos: Vec<Todo>,
 }
 
+/// What `GET /api/ping` answers: the user as gRPC gave it, the line todo's echo gave back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    pub grpc: User,
+    pub tcp: String,
+}
+
 /// The service.
 pub struct App {
     user: Backend,
     todo: Backend,
+    user_grpc: Result<crate::grpc::UsersClient, String>,
+    todo_tcp: String,
 }
 
 /// A backend call that failed, answered as 502.
@@ -116,10 +144,23 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = Args::try_parse_from(args)?;
+        let user_host = Setting::lookup("user-host", args.user_host.clone(), env, USER_HOST);
+        let grpc_url = Setting::lookup("user-grpc-url", args.user_grpc_url, env, USER_GRPC_URL)
+            .map_or_else(|| DEFAULT_USER_GRPC_URL.to_string(), |s| s.value);
+        if !grpc_url.starts_with("http://") {
+            return Err(Setting {
+                name: "--user-grpc-url".into(),
+                value: grpc_url,
+            }
+            .invalid("expected an http:// URL"));
+        }
         Ok(Config {
             listen: config::listen(args.listen, env, DEFAULT_LISTEN)?,
             user: USER.target(args.user_url, args.user_host, env)?,
             todo: TODO.target(args.todo_url, args.todo_host, env)?,
+            user_grpc: (grpc_url, user_host.map(|s| s.value)),
+            todo_tcp: Setting::lookup("todo-tcp", args.todo_tcp, env, TODO_TCP)
+                .map_or_else(|| DEFAULT_TODO_TCP.to_string(), |s| s.value),
         })
     }
 }
@@ -147,9 +188,39 @@ impl BackendSettings {
 
 impl App {
     pub fn new(config: &Config) -> Self {
+        let (url, authority) = &config.user_grpc;
         App {
             user: Backend::new("user", config.user.clone()),
             todo: Backend::new("todo", config.todo.clone()),
+            user_grpc: crate::grpc::UsersClient::new(url, authority.as_deref())
+                .map_err(|e| format!("bad gRPC URL {url:?}: {e}")),
+            todo_tcp: config.todo_tcp.clone(),
+        }
+    }
+
+    /// A gRPC `GetUser` to user and a line through todo's TCP echo, at the same time.
+    async fn ping(&self, trace: &HeaderMap) -> Response<Body> {
+        let grpc = async {
+            match &self.user_grpc {
+                Ok(client) => client
+                    .get_user(PAGE_USER, trace)
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                Err(e) => Err(e.clone()),
+            }
+        };
+        let (user, echo) = tokio::join!(grpc, crate::echo::ping(&self.todo_tcp, "ping"));
+        let failed = |backend: &str, error: String| {
+            debug!("{backend} failed: {error}");
+            server::json(
+                StatusCode::BAD_GATEWAY,
+                &serde_json::json!({ "error": format!("{backend} failed: {error}"), "backend": backend }),
+            )
+        };
+        match (user, echo) {
+            (Ok(grpc), Ok(tcp)) => server::json(StatusCode::OK, &Ping { grpc, tcp }),
+            (Err(e), _) => failed("user-grpc", e),
+            (_, Err(e)) => failed("todo-tcp", e.to_string()),
         }
     }
 
@@ -199,6 +270,7 @@ impl Handler for App {
                 Ok(p) => server::json(StatusCode::OK, &p),
                 Err(f) => f.json(),
             },
+            (Method::GET, "/api/ping") => self.ping(&trace).await,
             (Method::POST, "/api/todos") => match server::read_body(req).await {
                 Ok(body) => {
                     self.change_todo(Method::POST, "/todos", &trace, Some(body))
@@ -263,6 +335,31 @@ mod tests {
             c.todo,
             Target::parse(&setting("http://todo:8082"), None).unwrap()
         );
+        assert_eq!(c.user_grpc, ("http://user:8083".to_string(), None));
+        assert_eq!(c.todo_tcp, "todo:8084");
+    }
+
+    /// In NONE mode the gRPC calls name the service as the HTTP ones do.
+    #[test]
+    fn grpc_and_tcp_settings() {
+        let env = HashMap::from([(USER_HOST, "user"), (TODO_TCP, "127.0.0.1:8084")]);
+        let c = Config::parse(
+            ["sample-myapp", "--user-grpc-url", "http://127.0.0.1:8083"],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.user_grpc,
+            (
+                "http://127.0.0.1:8083".to_string(),
+                Some("user".to_string())
+            )
+        );
+        assert_eq!(c.todo_tcp, "127.0.0.1:8084");
+        let e = Config::parse(["sample-myapp", "--user-grpc-url", "user:8083"], &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--user-grpc-url="), "{e}");
     }
 
     #[test]
