@@ -158,6 +158,7 @@ pub async fn run(
             tracing::info!(file = %path.display(), "static config loaded");
         }
         (None, Some(addr)) => {
+            // Not stopped by the drain (see `xds::run`): it ends with the process.
             tokio::spawn(xds::run(
                 Arc::clone(&shared),
                 Arc::clone(&listeners),

@@ -60,17 +60,17 @@ pub enum Error {
     Closed,
 }
 
-/// Run the client forever.
+/// Run the client until the process exits — through the drain too. Istio's pilot-agent
+/// leaves Envoy's xDS running while it drains: a sidecar's outbound side still serves the
+/// calls an app makes while it shuts down, and those must follow config changes (a route
+/// moved, an endpoint gone) like any other call.
 pub async fn run(shared: Arc<Shared>, listeners: Arc<Listeners>, address: String) {
     let mut backoff = BACKOFF_MIN;
     let mut delta = !shared.config.sotw_only;
     let mut publisher = Publisher::new(Arc::clone(&shared), listeners);
     loop {
         let started = Instant::now();
-        let result = tokio::select! {
-            r = connect_and_stream(&shared, &mut publisher, &address, delta) => r,
-            _ = shared.drained() => return,
-        };
+        let result = connect_and_stream(&shared, &mut publisher, &address, delta).await;
         shared.update_xds(|s| s.connected = false);
         match result {
             Err(Error::Stream(status)) if delta && status.code() == tonic::Code::Unimplemented => {

@@ -1028,19 +1028,10 @@ async fn quitquitquit_and_bad_environment() -> Result<()> {
     Ok(())
 }
 
-/// pilot goes away: the sidecar keeps serving its last config, reconnects (capped backoff)
-/// when pilot is back on its address, and takes the config that changed meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_serving_without_pilot_and_reconnects() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("config");
-    std::fs::create_dir(&config)?;
-    let v1 = Backend::start("v1").await?;
-    let v2 = Backend::start("v2").await?;
-    let port = free_port();
-    let route = |subset: &str| {
-        format!(
-            r#"apiVersion: networking.istio.io/v1
+/// A VirtualService sending all of `user` to `subset`.
+fn user_route(subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: user, namespace: default}}
 spec:
@@ -1049,8 +1040,12 @@ spec:
   - route:
     - destination: {{host: user, subset: {subset}}}
 "#
-        )
-    };
+    )
+}
+
+/// `user` on `port`: two WorkloadEntries (`v1`, `v2`) and a DestinationRule with a subset
+/// for each, written to `config/mesh.yaml`.
+fn user_mesh(config: &std::path::Path, port: u16, v1: &Backend, v2: &Backend) -> Result<()> {
     std::fs::write(
         config.join("mesh.yaml"),
         format!(
@@ -1091,6 +1086,110 @@ spec:
             v2 = v2.port
         ),
     )?;
+    Ok(())
+}
+
+/// The xDS stream outlives the start of the drain, as Envoy's does under pilot-agent: a
+/// sidecar told to stop (SIGTERM, an 8 s drain) still follows a route change for the
+/// outbound calls its app makes while it shuts down, and exits when the drain is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_apply_during_the_drain() -> Result<()> {
+    const DRAIN: Duration = Duration::from_secs(8);
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let v1 = Backend::start("v1").await?;
+    let v2 = Backend::start("v2").await?;
+    let port = free_port();
+    user_mesh(&config, port, &v1, &v2)?;
+    std::fs::write(config.join("route.yaml"), user_route("v1"))?;
+    let mastd = Mastd::start(&config, dir.path()).await?;
+    let admin = free_port();
+    let mut proxy = mast_e2e::Proc::spawn(
+        "mast-proxy",
+        std::process::Command::new(mast_e2e::bin("mast-proxy"))
+            .env("POD_NAME", CLIENT.name)
+            .env("POD_NAMESPACE", CLIENT.namespace)
+            .env("INSTANCE_IP", "127.0.0.1")
+            .env("SERVICE_ACCOUNT", CLIENT.service_account)
+            .env("ISTIO_META_INTERCEPTION_MODE", "NONE")
+            .env(
+                "PROXY_CONFIG",
+                format!(r#"{{"discoveryAddress":"{}"}}"#, mastd.xds_addr),
+            )
+            .env("RUST_LOG", "info")
+            .args(["--labels", "app=client"])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--stats-port", &free_port().to_string()])
+            .args(["--status-port", &free_port().to_string()])
+            .args(["--agent-port", "0", "--concurrency", "1"])
+            .args(["--drain", &format!("{}s", DRAIN.as_secs())]),
+        dir.path().join("proxy.log"),
+    )?;
+    let url = format!("http://127.0.0.1:{port}/");
+    let all_go_to = |version: &'static str| {
+        let url = url.clone();
+        async move {
+            let t = send_requests(&url, "user", &[], 20, 1).await;
+            ensure!(t.by_body.get(version).copied() == Some(20), "{t:?}");
+            Ok(())
+        }
+    };
+    eventually(
+        "the sidecar routes user to v1",
+        Duration::from_secs(20),
+        || all_go_to("v1"),
+    )
+    .await?;
+
+    proxy.signal(15)?;
+    let term = std::time::Instant::now();
+    eventually(
+        "the sidecar drains",
+        Duration::from_secs(3),
+        || async move {
+            let (status, body) = HttpClient::new()
+                .get(&format!("http://127.0.0.1:{admin}/ready"), None, &[])
+                .await?;
+            ensure!(
+                status == 503 && body.contains("DRAINING"),
+                "{status} {body}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    std::fs::write(config.join("route.yaml"), user_route("v2"))?;
+    eventually(
+        "the draining sidecar routes user to v2",
+        Duration::from_secs(5),
+        || all_go_to("v2"),
+    )
+    .await?;
+    let moved = term.elapsed();
+    eprintln!(
+        "route change applied {} ms into the drain",
+        moved.as_millis()
+    );
+    ensure!(moved < DRAIN, "applied only after the drain: {moved:?}");
+    let status = proxy.wait_exit(DRAIN + Duration::from_secs(5))?;
+    ensure!(status == Some(0), "exit status {status:?}");
+    ensure!(term.elapsed() >= DRAIN, "exited after {:?}", term.elapsed());
+    Ok(())
+}
+
+/// pilot goes away: the sidecar keeps serving its last config, reconnects (capped backoff)
+/// when pilot is back on its address, and takes the config that changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_serving_without_pilot_and_reconnects() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    std::fs::create_dir(&config)?;
+    let v1 = Backend::start("v1").await?;
+    let v2 = Backend::start("v2").await?;
+    let port = free_port();
+    let route = user_route;
+    user_mesh(&config, port, &v1, &v2)?;
     std::fs::write(config.join("route.yaml"), route("v1"))?;
     let mastd = Mastd::start(&config, dir.path()).await?;
     let (xds, http) = (mastd.xds_addr, mastd.http_addr);
