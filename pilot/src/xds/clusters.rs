@@ -137,7 +137,7 @@ pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
         .map(|p| {
             let name = inbound_cluster_name(p.port);
             let (host, port) = &p.endpoint;
-            Cluster {
+            let mut c = Cluster {
                 cluster_discovery_type: Some(discovery(DiscoveryType::Static)),
                 connect_timeout: Some(duration(CONNECT_TIMEOUT)),
                 circuit_breakers: Some(circuit_breakers(&TrafficPolicy::default())),
@@ -145,7 +145,17 @@ pub fn inbound(ports: &[InboundPort], capture: bool) -> Vec<Cluster> {
                 metadata: services_metadata(&p.services),
                 name,
                 ..Default::default()
+            };
+            // A gRPC or HTTP/2 port reaches the app over HTTP/2, as istiod's inbound
+            // clusters do (a gRPC server speaks nothing else).
+            let policy = TrafficPolicy::default();
+            if is_h2(p.protocol, &policy)
+                && let Some(options) = http_options(p.protocol, &policy)
+            {
+                c.typed_extension_protocol_options
+                    .insert(HTTP_OPTIONS_KEY.into(), any(&options));
             }
+            c
         })
         .collect();
     if capture {
@@ -641,6 +651,23 @@ mod tests {
                 }],
             }],
             false,
+        );
+        // Plain HTTP to the app: no HTTP/2 options; a gRPC port gets them.
+        assert!(cs[0].typed_extension_protocol_options.is_empty());
+        let grpc = inbound(
+            &[InboundPort {
+                port: 9191,
+                protocol: Protocol::Grpc,
+                endpoint: ("127.0.0.1".into(), 9191),
+                bind: None,
+                services: vec![],
+            }],
+            false,
+        );
+        assert!(
+            grpc[0]
+                .typed_extension_protocol_options
+                .contains_key(HTTP_OPTIONS_KEY)
         );
         // istiod's telemetry metadata: the services this port serves.
         let meta = &cs[0].metadata.as_ref().unwrap().filter_metadata["istio"];
