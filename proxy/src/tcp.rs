@@ -34,8 +34,11 @@ pub async fn proxy<S>(
         return;
     };
     let metrics = &shared.metrics;
+    // Inbound: the service the inbound cluster serves (its `istio.services` metadata), as
+    // Istio labels the server side; a TCP connection names no host to look it up by.
     let service = if inbound {
-        metrics.service_for_host(&dst.ip().to_string())
+        let by_addr = metrics.service_for_host(&dst.ip().to_string());
+        cluster.inbound_service(&by_addr).unwrap_or(by_addr)
     } else {
         Arc::clone(&cluster.service)
     };
