@@ -1,6 +1,8 @@
 //! The load generator: people using the todo list. Each worker loads the page data
-//! (`GET /api/page`, which makes myapp call user and todo), now and then the HTML page, and
-//! once in a while adds a todo and deletes it again, paced so that all workers together make
+//! (`GET /api/page`, which makes myapp call user and todo), now and then the HTML page or
+//! myapp's check of its other backends (`GET /api/ping`: gRPC to user, a line through todo's
+//! TCP echo, so the mesh carries all three protocols), and once in a while adds a todo and
+//! deletes it again, paced so that all workers together make
 //! `rps` clicks per second. Every answer is checked: a failure is anything but the expected
 //! status, and the page data says which `user` version served it — the split as a user sees it.
 //!
@@ -333,7 +335,8 @@ impl Load {
 }
 
 /// What click number `click` of `worker` does: mostly the page data, every 10th the HTML
-/// page, every 50th adds a todo (then deletes it, in [`send`]).
+/// page, every 10th (another) myapp's gRPC and TCP check, every 50th adds a todo (then
+/// deletes it, in [`send`]).
 fn script(worker: u32, click: u64) -> Vec<(Method, String, Option<String>, StatusCode)> {
     if click % 50 == 25 {
         let title = format!("{{\"title\":\"demo click {worker}-{click}\"}}");
@@ -345,6 +348,8 @@ fn script(worker: u32, click: u64) -> Vec<(Method, String, Option<String>, Statu
         )]
     } else if click % 10 == 5 {
         vec![(Method::GET, "/".into(), None, StatusCode::OK)]
+    } else if click % 10 == 8 {
+        vec![(Method::GET, "/api/ping".into(), None, StatusCode::OK)]
     } else {
         vec![(Method::GET, "/api/page".into(), None, StatusCode::OK)]
     }
@@ -378,6 +383,13 @@ async fn send(
         (Method::GET, "/api/page") => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(page) => Outcome::Ok(page["user"]["version"].as_str().map(str::to_string)),
             Err(e) => Outcome::Failed(format!("GET /api/page: not the page data: {e}")),
+        },
+        (Method::GET, "/api/ping") => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(p) if p["tcp"] == "ping" && p["grpc"]["version"].is_string() => Outcome::Ok(None),
+            _ => Outcome::Failed(format!(
+                "GET /api/ping: not the check's answer: {}",
+                String::from_utf8_lossy(&bytes).trim()
+            )),
         },
         (Method::POST, _) => {
             // Clean up after ourselves: the list stays the same size however long the demo.
@@ -495,5 +507,22 @@ mod tests {
         assert_eq!(quantile(&v, 0.5), Some(50.0));
         assert_eq!(quantile(&v, 0.99), Some(99.0));
         assert_eq!(quantile(&[], 0.99), None);
+    }
+
+    /// Every 50 clicks: 4 HTML pages (the 25th adds a todo instead), 5 gRPC/TCP checks, 1
+    /// added todo, the rest page data.
+    #[test]
+    fn the_script_mixes_pages_checks_and_changes() {
+        let mut by_path: BTreeMap<String, usize> = BTreeMap::new();
+        for click in 1..=50 {
+            for (_, path, _, _) in script(0, click) {
+                *by_path.entry(path).or_default() += 1;
+            }
+        }
+        let n = |p: &str| by_path.get(p).copied().unwrap_or(0);
+        assert_eq!(
+            (n("/"), n("/api/ping"), n("/api/todos"), n("/api/page")),
+            (4, 5, 1, 40)
+        );
     }
 }

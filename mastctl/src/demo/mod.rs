@@ -48,6 +48,16 @@ const SPLIT_HOST: &str = "user.default.svc.cluster.local";
 /// How long a stopped process gets before SIGKILL.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// The sample Services' ports myapp calls: user's and todo's `http`, user's `grpc`, todo's
+/// `tcp-echo` (on loopback, myapp's sidecar listens on each of them).
+#[derive(Clone, Copy, Debug)]
+struct ServicePorts {
+    user: u16,
+    todo: u16,
+    user_grpc: u16,
+    todo_tcp: u16,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The mesh configuration folder mastd reads and watches; edit its files while the demo
@@ -321,11 +331,20 @@ impl<'a> Demo<'a> {
                 .and_then(|s| s.ports.first())
                 .map_or(80, |p| p.port)
         };
-        let ports = (
-            service_port("myapp"),
-            service_port("user"),
-            service_port("todo"),
-        );
+        // The Services' second ports, by name (`grpc`, `tcp-echo`), for myapp's checks.
+        let named_port = |svc: &str, name: &str, default: u16| {
+            model
+                .services
+                .get(&format!("{svc}.{NAMESPACE}.svc.cluster.local"))
+                .and_then(|s| s.ports.iter().find(|p| p.name == name))
+                .map_or(default, |p| p.port)
+        };
+        let ports = ServicePorts {
+            user: service_port("user"),
+            todo: service_port("todo"),
+            user_grpc: named_port("user", "grpc", 8083),
+            todo_tcp: named_port("todo", "tcp-echo", 8084),
+        };
         self.out.line(&format!(
             "  ✔ config    {}: split {}",
             config.display(),
@@ -814,7 +833,7 @@ impl<'a> Demo<'a> {
         hosts: &str,
         xds: SocketAddr,
         ca: SocketAddr,
-        (_, user_port, todo_port): (u16, u16, u16),
+        services: ServicePorts,
     ) -> Result<()> {
         let dir = self.work.path().join(w.name);
         std::fs::create_dir_all(&dir)?;
@@ -850,17 +869,29 @@ impl<'a> Demo<'a> {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", &p.ns]).arg(&app_bin);
                 c.args(["--listen", &format!("0.0.0.0:{}", w.port)]);
+                if let Some(e) = w.extra {
+                    c.args([e.flag, &format!("0.0.0.0:{}", e.port)]);
+                }
                 c
             }
             None => {
                 let mut c = Command::new(&app_bin);
                 c.args(["--listen", &format!("127.0.0.1:{}", w.port)]);
+                if let Some(e) = w.extra {
+                    c.args([e.flag, &format!("127.0.0.1:{}", e.port)]);
+                }
                 if w.app == App::Myapp {
-                    // No capture: myapp calls its sidecar's listeners, naming the service.
-                    c.args(["--user-url", &format!("http://127.0.0.1:{user_port}")])
+                    // No capture: myapp calls its sidecar's listeners, naming the service
+                    // (as Host, and as :authority for gRPC).
+                    c.args(["--user-url", &format!("http://127.0.0.1:{}", services.user)])
                         .args(["--user-host", "user"])
-                        .args(["--todo-url", &format!("http://127.0.0.1:{todo_port}")])
-                        .args(["--todo-host", "todo"]);
+                        .args(["--todo-url", &format!("http://127.0.0.1:{}", services.todo)])
+                        .args(["--todo-host", "todo"])
+                        .args([
+                            "--user-grpc-url",
+                            &format!("http://127.0.0.1:{}", services.user_grpc),
+                        ])
+                        .args(["--todo-tcp", &format!("127.0.0.1:{}", services.todo_tcp)]);
                 }
                 c
             }

@@ -256,7 +256,9 @@ pub fn istio_init_args(w: &Workload) -> Result<Vec<String>> {
             "containers": [{
                 "name": w.app_label,
                 "image": format!("mast-samples/{}:demo", w.app_label),
-                "ports": [{"name": "http", "containerPort": w.port}],
+                "ports": std::iter::once(json!({"name": "http", "containerPort": w.port}))
+                    .chain(w.extra.map(|e| json!({"name": e.name, "containerPort": e.port})))
+                    .collect::<Vec<_>>(),
             }],
         },
     });

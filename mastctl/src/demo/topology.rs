@@ -30,9 +30,33 @@ pub struct Workload {
     /// The port the app listens on (the WorkloadEntry's `http` port, the Services'
     /// `targetPort: http`). Distinct per workload so that all of them fit on one loopback.
     pub port: u16,
+    /// Its other port, if any: user's gRPC server (`grpc`) or todo's TCP echo (`tcp-echo`),
+    /// the target ports of the Services' second ports.
+    pub extra: Option<ExtraPort>,
 }
 
-/// myapp, user v1 and v2, todo.
+/// A workload's port besides `http`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtraPort {
+    /// The port's name, in the WorkloadEntry and in the Service's `targetPort`.
+    pub name: &'static str,
+    pub port: u16,
+    /// The Sidecar ingress protocol (NONE mode).
+    pub protocol: &'static str,
+    /// The app's flag for the address to serve it on.
+    pub flag: &'static str,
+}
+
+const fn grpc(port: u16) -> Option<ExtraPort> {
+    Some(ExtraPort {
+        name: "grpc",
+        port,
+        protocol: "GRPC",
+        flag: "--grpc-listen",
+    })
+}
+
+/// myapp, user v1 and v2 (HTTP and gRPC), todo (HTTP and a TCP echo).
 pub const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "myapp-v1",
@@ -41,6 +65,7 @@ pub const WORKLOADS: [Workload; 4] = [
         version: "v1",
         service_account: "myapp",
         port: 9080,
+        extra: None,
     },
     Workload {
         name: "user-v1",
@@ -49,6 +74,7 @@ pub const WORKLOADS: [Workload; 4] = [
         version: "v1",
         service_account: "user",
         port: 9181,
+        extra: grpc(9191),
     },
     Workload {
         name: "user-v2",
@@ -57,6 +83,7 @@ pub const WORKLOADS: [Workload; 4] = [
         version: "v2",
         service_account: "user",
         port: 9281,
+        extra: grpc(9291),
     },
     Workload {
         name: "todo-v1",
@@ -65,6 +92,12 @@ pub const WORKLOADS: [Workload; 4] = [
         version: "v1",
         service_account: "todo",
         port: 9182,
+        extra: Some(ExtraPort {
+            name: "tcp-echo",
+            port: 9192,
+            protocol: "TCP",
+            flag: "--tcp-listen",
+        }),
     },
 ];
 
@@ -218,13 +251,17 @@ pub fn overlay_yaml(mode: Mode, tracing: bool) -> String {
             "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n\
              metadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
              spec:\n  address: {ip}\n  labels: {{app: {app}, version: {version}, \
-             security.istio.io/tlsMode: istio}}\n  ports: {{http: {port}}}\n  \
+             security.istio.io/tlsMode: istio}}\n  ports: {{http: {port}{extra}}}\n  \
              serviceAccount: {sa}\n",
             name = w.name,
             ip = mode.workload_ip(i),
             app = w.app_label,
             version = w.version,
             port = w.port,
+            extra = w
+                .extra
+                .map(|e| format!(", {}: {}", e.name, e.port))
+                .unwrap_or_default(),
             sa = w.service_account,
         );
         if mode == Mode::Loopback {
@@ -261,11 +298,21 @@ pub fn overlay_yaml(mode: Mode, tracing: bool) -> String {
                  metadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
                  spec:\n  workloadSelector: {{labels: {{app: {app}, version: {version}}}}}\n  \
                  ingress:\n  - port: {{number: {port}, protocol: HTTP, name: http}}\n    \
-                 defaultEndpoint: 127.0.0.1:{port}\n  egress:{egress}\n",
+                 defaultEndpoint: 127.0.0.1:{port}{extra}\n  egress:{egress}\n",
                 name = w.name,
                 app = w.app_label,
                 version = w.version,
                 port = w.port,
+                extra = w
+                    .extra
+                    .map(|e| format!(
+                        "\n  - port: {{number: {p}, protocol: {proto}, name: {name}}}\n    \
+                         defaultEndpoint: 127.0.0.1:{p}",
+                        p = e.port,
+                        proto = e.protocol,
+                        name = e.name,
+                    ))
+                    .unwrap_or_default(),
             );
         }
     }
@@ -323,6 +370,27 @@ mod tests {
                 .expect("user-v2");
             assert_eq!(user_v2.address, mode.workload_ip(2).to_string());
             assert_eq!(user_v2.ports.get("http"), Some(&9281));
+            assert_eq!(user_v2.ports.get("grpc"), Some(&9291));
+            let todo = model.workloads.iter().find(|w| w.name == "todo-v1");
+            assert_eq!(
+                todo.and_then(|t| t.ports.get("tcp-echo")),
+                Some(&9192),
+                "{mode:?}"
+            );
+            if mode == Mode::Loopback {
+                // Each sidecar forwards its app's second port too.
+                let todo_sidecar = model
+                    .sidecars
+                    .iter()
+                    .find(|s| {
+                        s.workload_selector
+                            .as_ref()
+                            .is_some_and(|l| l.get("app").map(String::as_str) == Some("todo"))
+                    })
+                    .expect("todo's Sidecar");
+                let ports: Vec<u16> = todo_sidecar.ingress.iter().map(|i| i.port.port).collect();
+                assert_eq!(ports, [9182, 9192]);
+            }
             let sidecars = if mode == Mode::Loopback { 4 } else { 0 };
             assert_eq!(model.sidecars.len(), sidecars, "{mode:?}");
         }
