@@ -24,6 +24,16 @@
 //!   `istio.canonical_service` / `istio.namespace` tags on every span, the gateway's spawned
 //!   upstream span included (Envoy's finalizeUpstreamSpan).
 //!
+//! - On loopback the test also scrapes the sidecars while the load runs: myapp's checks
+//!   (`GET /api/ping`) make gRPC calls to user and TCP connections to todo's `tcp-echo` port,
+//!   and the series Istio's dashboards chart for them must be there with the real workloads
+//!   on both ends — `istio_tcp_sent_bytes_total` and `istio_tcp_connections_opened_total`
+//!   from myapp's sidecar naming todo-v1 (workload, app, version, canonical names: from the
+//!   endpoint's metadata, TCP has no metadata exchange) and from todo's naming myapp by its
+//!   certificate and the service as `todo.default.svc.cluster.local`;
+//!   `istio_requests_total{request_protocol="grpc"}` and `istio_request_messages_total`
+//!   from myapp's sidecar naming user v1/v2 and from user's naming myapp-v1.
+//!
 //! Without root the first part prints `demo: SKIPPED` (a failure when MAST_REQUIRE_NETNS is
 //! set, as scripts/test.sh does as root).
 
@@ -326,6 +336,173 @@ fn check_trace(trace: &Value) -> Result<String> {
 
 /// What every run must show: (almost) no failed request, full mTLS between services, a clean
 /// exit.
+/// GET `path` from `addr` (HTTP/1.0, the whole answer), as text.
+fn get_text(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).with_context(|| format!("connecting {addr}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{addr}{path}: {head}"
+    );
+    Ok(body.to_string())
+}
+
+/// The sum of `metric`'s samples whose labels include every pair of `want`.
+fn sum_samples(exposition: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{'))
+        .filter(|l| {
+            want.iter().all(|(k, v)| {
+                let pair = format!("{k}=\"{v}\"");
+                l.starts_with(&pair) || l.contains(&format!(",{pair}"))
+            })
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The loopback demo's sidecars' Prometheus pages (127.0.10.(10+i), stats port 15102+10i, in
+/// the order of the demo's workloads: myapp-v1, user-v1, user-v2, todo-v1).
+fn loopback_pages() -> Result<[String; 4]> {
+    let page = |i: u16| {
+        get_text(
+            &format!("127.0.10.{}:{}", 10 + i, 15102 + 10 * i),
+            "/stats/prometheus",
+        )
+    };
+    Ok([page(0)?, page(1)?, page(2)?, page(3)?])
+}
+
+/// The gRPC and TCP series Istio's dashboards chart, as myapp's checks make them: both
+/// reporters, the real workloads on both ends. Returns the figures, for the log.
+fn check_grpc_and_tcp_series([myapp, user_v1, user_v2, todo]: &[String; 4]) -> Result<String> {
+    let to_todo = [
+        ("reporter", "source"),
+        ("source_workload", "myapp-v1"),
+        ("source_canonical_service", "myapp"),
+        ("destination_workload", "todo-v1"),
+        ("destination_workload_namespace", "default"),
+        ("destination_app", "todo"),
+        ("destination_version", "v1"),
+        ("destination_canonical_service", "todo"),
+        ("destination_canonical_revision", "v1"),
+        ("destination_service", "todo.default.svc.cluster.local"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/todo",
+        ),
+    ];
+    let sent = sum_samples(myapp, "istio_tcp_sent_bytes_total", &to_todo);
+    let opened = sum_samples(myapp, "istio_tcp_connections_opened_total", &to_todo);
+    ensure!(
+        sent > 0.0 && opened > 0.0,
+        "myapp's sidecar: TCP to todo-v1 sent {sent} bytes over {opened} connections:\n{}",
+        myapp
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The server side knows its client by certificate only (principal, namespace): Istio's
+    // TCP metadata exchange, which would name the workload, is not spoken by mast-proxy.
+    let from_myapp = [
+        ("reporter", "destination"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/myapp",
+        ),
+        ("source_workload_namespace", "default"),
+        ("destination_workload", "todo-v1"),
+        ("destination_app", "todo"),
+        ("destination_service", "todo.default.svc.cluster.local"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    let todo_opened = sum_samples(todo, "istio_tcp_connections_opened_total", &from_myapp);
+    let todo_received = sum_samples(todo, "istio_tcp_received_bytes_total", &from_myapp);
+    ensure!(
+        todo_opened > 0.0 && todo_received > 0.0,
+        "todo's sidecar: {todo_opened} TCP connections, {todo_received} bytes from myapp:\n{}",
+        todo.lines()
+            .filter(|l| l.starts_with("istio_tcp_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let grpc_ok = |version: &str| {
+        [
+            ("reporter", "source"),
+            ("source_workload", "myapp-v1"),
+            ("request_protocol", "grpc"),
+            ("grpc_response_status", "0"),
+            ("destination_service_name", "user"),
+            ("destination_app", "user"),
+            ("destination_version", version),
+            ("destination_canonical_service", "user"),
+        ]
+        .map(|(k, v)| (k, v.to_string()))
+    };
+    let count = |text: &str, metric: &str, want: &[(&str, String)]| {
+        let want: Vec<(&str, &str)> = want.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        sum_samples(text, metric, &want)
+    };
+    let grpc: Vec<f64> = ["v1", "v2"]
+        .iter()
+        .map(|v| count(myapp, "istio_requests_total", &grpc_ok(v)))
+        .collect();
+    ensure!(
+        grpc.iter().all(|n| *n > 0.0),
+        "myapp's sidecar: gRPC calls to user v1, v2: {grpc:?}:\n{}",
+        myapp
+            .lines()
+            .filter(|l| l.contains("request_protocol=\"grpc\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let messages = sum_samples(
+        myapp,
+        "istio_request_messages_total",
+        &[
+            ("reporter", "source"),
+            ("source_workload", "myapp-v1"),
+            ("destination_service_name", "user"),
+            ("destination_app", "user"),
+        ],
+    );
+    ensure!(
+        messages > 0.0,
+        "myapp's sidecar: no gRPC request messages to user"
+    );
+    let served: f64 = [user_v1, user_v2]
+        .iter()
+        .map(|page| {
+            sum_samples(
+                page,
+                "istio_requests_total",
+                &[
+                    ("reporter", "destination"),
+                    ("request_protocol", "grpc"),
+                    ("source_workload", "myapp-v1"),
+                    ("destination_app", "user"),
+                    ("connection_security_policy", "mutual_tls"),
+                ],
+            )
+        })
+        .sum();
+    ensure!(
+        served > 0.0,
+        "user's sidecars counted no gRPC request from myapp-v1"
+    );
+    Ok(format!(
+        "TCP myapp-v1→todo-v1 {opened} connections, {sent} bytes (todo saw {todo_opened}); \
+         gRPC myapp-v1→user v1/v2 {grpc:?} calls, {messages} request messages (user saw {served})"
+    ))
+}
+
 fn common_checks(run: &Run, mode: &str) -> Result<()> {
     let s = &run.summary;
     ensure!(s["mode"] == mode, "mode {} (want {mode})", s["mode"]);
@@ -616,9 +793,14 @@ fn demo_without_root_on_loopback() -> Result<()> {
         .arg(&config)
         .args(["--port", &view.to_string()]);
     let mut traced: Option<Result<String>> = None;
+    let mut protocols: Option<Result<String>> = None;
     let run = run_demo(cmd, |t| {
         if t > 8.0 && traced.as_ref().is_none_or(|r| r.is_err() && t < 19.0) {
             traced = Some(check_one_trace(view));
+        }
+        // The checks run every 10th click: give them a few seconds, retry until near the end.
+        if t > 6.0 && protocols.as_ref().is_none_or(|r| r.is_err() && t < 19.5) {
+            protocols = Some(loopback_pages().and_then(|p| check_grpc_and_tcp_series(&p)));
         }
         Ok(t > 20.0)
     })?;
@@ -629,6 +811,8 @@ fn demo_without_root_on_loopback() -> Result<()> {
     common_checks(&run, "loopback")?;
     let traced = traced.context("the traces were never looked at")??;
     println!("demo (loopback): {traced}");
+    let protocols = protocols.context("the sidecars were never scraped")??;
+    println!("demo (loopback): {protocols}");
     ensure!(run.summary["interception_mode"] == "NONE");
     ensure!(
         run.summary["stopped_by"] == "Ctrl-C",
