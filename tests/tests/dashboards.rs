@@ -9,9 +9,8 @@
 //!   unmodified into testdata/upstream/istio-dashboards/ from istio/istio 86c9f01f) and every
 //!   one Kiali's graph queries use (testdata/dashboards/kiali-graph-queries.promql, from
 //!   kiali/kiali d733a096) is on the pages scraped straight from the demo's proxies and
-//!   mastd — a series with that label, except for metrics of traffic the demo does not make
-//!   (TCP, gRPC messages: absent until such traffic, as from Envoy's page; they are checked
-//!   with real traffic in mast_proxy.rs and mtls.rs);
+//!   mastd — a series with that label, the TCP and gRPC families included (myapp's checks
+//!   make gRPC calls to user and TCP connections to todo's `tcp-echo` port);
 //! - Prometheus scraped all of them (`up == 1`), and Kiali's namespace-graph queries answer
 //!   with the demo's edges (gateway → myapp → user v1/v2, todo), each series carrying every
 //!   label Kiali needs to keep it;
@@ -43,18 +42,10 @@ const NOT_OURS: [&str; 3] = ["container_", "go_", "istio_request_duration_second
 /// Labels Prometheus adds from its target (Kubernetes pod labels), not the component.
 const TARGET_LABELS: [&str; 2] = ["app", "pod"];
 
-/// Families of traffic the demo does not make (it has no TCP service and no gRPC yet):
-/// absent from its pages, as from an Istio sidecar's without such traffic. Their labels are the request metrics' (`encode_common` in proxy/src/metrics.rs,
-/// unit-tested there); `mast_proxy::grpc_passes_through_with_trailers` and
-/// `mtls::tcp_through_mtls_names_both_principals` count them with real traffic.
-const NO_TRAFFIC_IN_DEMO: [&str; 6] = [
-    "istio_tcp_sent_bytes_total",
-    "istio_tcp_received_bytes_total",
-    "istio_tcp_connections_opened_total",
-    "istio_tcp_connections_closed_total",
-    "istio_request_messages_total",
-    "istio_response_messages_total",
-];
+/// Families of traffic the demo does not make: none since it makes gRPC calls (user's `grpc`
+/// port) and TCP connections (todo's `tcp-echo` port) too, so the TCP and gRPC panels are
+/// checked like the others. Kept, empty, so a family the demo stops making can be named here.
+const NO_TRAFFIC_IN_DEMO: [&str; 0] = [];
 
 /// What mast-proxy does not report yet: nothing the dashboards or Kiali's graph use (the
 /// gRPC message counts, the last gap, are reported since issue 20 §5).
