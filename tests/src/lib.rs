@@ -6,7 +6,9 @@
 //! a failing assertion never leaves an Envoy behind. Logs go to files in the test's temp dir
 //! and are printed when a guard is dropped during a panic, so CI output shows why.
 
+pub mod bootstrap;
 pub mod pods;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

@@ -8,54 +8,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use mast_e2e::bootstrap::StaticBootstrap;
 use mast_e2e::{Backend, HttpClient, eventually, free_port};
-
-fn bootstrap(
-    dir: &std::path::Path,
-    listen: u16,
-    admin: u16,
-    backend: u16,
-) -> Result<std::path::PathBuf> {
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
-"#
-        ),
-    )?;
-    Ok(path)
-}
 
 /// One request on a connection of its own; the answer's first line.
 async fn one_connection(port: u16) -> Result<String> {
@@ -77,7 +31,7 @@ async fn served_by(n: usize, conns: u64) -> Result<(Vec<u64>, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let backend = Backend::start("v1").await?;
     let (listen, admin) = (free_port(), free_port());
-    let boot = bootstrap(dir.path(), listen, admin, backend.port)?;
+    let boot = StaticBootstrap::new(listen, admin, backend.port).write(dir.path())?;
     let mut proxy = mast_e2e::Proc::spawn(
         "mast-proxy",
         std::process::Command::new(mast_e2e::bin("mast-proxy"))

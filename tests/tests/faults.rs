@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use mast_e2e::prometheus::sum_samples;
 use mast_e2e::{
     Backend, CaOptions, HttpClient, Load, Mastd, PodSpec, Seen, Sidecar, SidecarKind, eventually,
     free_port, send_requests, write_atomic,
@@ -559,14 +560,12 @@ impl Switch {
 
 /// Requests a sidecar received as the destination.
 async fn served(p: &Sidecar) -> Result<f64> {
-    Ok(p.prometheus()
-        .await?
-        .lines()
-        .filter(|l| {
-            l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    let text = p.prometheus().await?;
+    Ok(sum_samples(
+        &text,
+        "istio_requests_total",
+        &[("reporter", "destination")],
+    ))
 }
 
 fn issued(p: &Sidecar) -> usize {

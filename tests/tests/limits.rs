@@ -44,6 +44,7 @@ use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use mast_e2e::bootstrap::StaticBootstrap;
 use mast_e2e::{
     CaOptions, HttpClient, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port,
 };
@@ -894,59 +895,8 @@ async fn idle_backend() -> Result<u16> {
     Ok(port)
 }
 
-/// An Envoy bootstrap (what `--config` takes, as `envoy -c` would) with one HTTP listener
-/// whose connection manager sets `stream_idle_timeout`, routing everything to `backend`.
-fn idle_bootstrap(
-    dir: &std::path::Path,
-    listen: u16,
-    admin: u16,
-    backend: u16,
-) -> Result<std::path::PathBuf> {
-    let path = dir.join("bootstrap.yaml");
-    // Protobuf JSON writes durations in seconds.
-    let idle = STREAM_IDLE.as_secs_f64();
-    std::fs::write(
-        &path,
-        format!(
-            r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          stream_idle_timeout: {idle}s
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend, timeout: 30s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
-"#
-        ),
-    )?;
-    Ok(path)
-}
-
-/// mast-proxy from [`idle_bootstrap`] in front of `backend`, once it answers `GET probe`
+/// mast-proxy from a static bootstrap whose connection manager sets `stream_idle_timeout`
+/// to [`STREAM_IDLE`], routing everything to `backend`, once it answers `GET probe`
 /// with a 200: the process and its listener's port.
 async fn idle_proxy(
     dir: &std::path::Path,
@@ -954,7 +904,11 @@ async fn idle_proxy(
     probe: &'static str,
 ) -> Result<(mast_e2e::Proc, u16)> {
     let (listen, admin) = (free_port(), free_port());
-    let bootstrap = idle_bootstrap(dir, listen, admin, backend)?;
+    let idle = format!("stream_idle_timeout: {}s", STREAM_IDLE.as_secs_f64());
+    let bootstrap = StaticBootstrap::new(listen, admin, backend)
+        .hcm(&idle)
+        .route_timeout(Duration::from_secs(30))
+        .write(dir)?;
     let proxy = mast_e2e::Proc::spawn(
         "mast-proxy",
         std::process::Command::new(mast_e2e::bin("mast-proxy"))

@@ -12,6 +12,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use mast_e2e::bootstrap::StaticBootstrap;
+use mast_e2e::prometheus::sum_samples;
 use mast_e2e::{
     Backend, HttpClient, Mastd, PodSpec, Sidecar, SidecarKind, eventually, free_port, send_requests,
 };
@@ -30,19 +32,6 @@ const SERVER: PodSpec<'static> = PodSpec {
     service_account: "user",
 };
 const SERVER_IP: &str = "127.0.0.11";
-
-/// Sum of `metric` samples whose labels include every `want` pair.
-fn sum_samples(exposition: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 struct Pods {
     _dir: tempfile::TempDir,
@@ -483,64 +472,9 @@ spec:
     Ok(())
 }
 
-/// A static `--config` bootstrap (the same file `envoy -c` takes) to a backend on `port`.
-fn static_bootstrap(
-    dir: &std::path::Path,
-    listen: u16,
-    admin: u16,
-    backend: u16,
-) -> Result<std::path::PathBuf> {
-    static_bootstrap_with(dir, listen, admin, backend, "")
-}
-
-/// [`static_bootstrap`] with `hcm_extra` (YAML at the connection manager's indentation).
-fn static_bootstrap_with(
-    dir: &std::path::Path,
-    listen: u16,
-    admin: u16,
-    backend: u16,
-    hcm_extra: &str,
-) -> Result<std::path::PathBuf> {
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
-  listeners:
-  - name: web
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          {hcm_extra}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend, timeout: 10s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {backend}}}}}}}
-"#
-        ),
-    )?;
-    Ok(path)
+/// The static bootstrap of these tests: [`StaticBootstrap`] with a 10 s route timeout.
+fn static_bootstrap(listen: u16, admin: u16, backend: u16) -> StaticBootstrap<'static> {
+    StaticBootstrap::new(listen, admin, backend).route_timeout(Duration::from_secs(10))
 }
 
 /// An HTTP backend that answers "slow" after `delay`.
@@ -622,13 +556,9 @@ async fn idle_client_connections_close_at_the_idle_timeout_only() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let backend = slow_backend(Duration::from_millis(1500)).await?;
     let (listen, admin) = (free_port(), free_port());
-    let boot = static_bootstrap_with(
-        dir.path(),
-        listen,
-        admin,
-        backend,
-        "common_http_protocol_options: {idle_timeout: 1s}",
-    )?;
+    let boot = static_bootstrap(listen, admin, backend)
+        .hcm("common_http_protocol_options: {idle_timeout: 1s}")
+        .write(dir.path())?;
     let mut proxy = spawn_static(dir.path(), &boot)?;
     wait_ready(admin).await?;
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;
@@ -669,7 +599,7 @@ async fn hostile_traffic_gets_clean_answers() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let backend = Backend::start("ok").await?;
     let (listen, admin) = (free_port(), free_port());
-    let boot = static_bootstrap(dir.path(), listen, admin, backend.port)?;
+    let boot = static_bootstrap(listen, admin, backend.port).write(dir.path())?;
     let mut proxy = spawn_static(dir.path(), &boot)?;
     wait_ready(admin).await?;
     let bad_line = raw_exchange(listen, b"GARBAGE\r\n\r\n").await?;
@@ -732,7 +662,7 @@ fn two_way_bootstrap(
     admin: u16,
     backend: u16,
 ) -> Result<std::path::PathBuf> {
-    let one = std::fs::read_to_string(static_bootstrap(dir, inbound, admin, backend)?)?;
+    let one = static_bootstrap(inbound, admin, backend).yaml();
     let start = one.find("  - name: web\n").context("no listener")?;
     let end = one.find("  clusters:\n").context("no clusters")?;
     let listener = |name: &str, port: u16, direction: &str| {
@@ -979,7 +909,7 @@ async fn quitquitquit_and_bad_environment() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let backend = Backend::start("ok").await?;
     let (listen, admin) = (free_port(), free_port());
-    let boot = static_bootstrap(dir.path(), listen, admin, backend.port)?;
+    let boot = static_bootstrap(listen, admin, backend.port).write(dir.path())?;
     let mut proxy = spawn_static(dir.path(), &boot)?;
     wait_ready(admin).await?;
     let answer = raw_exchange(
@@ -1269,13 +1199,9 @@ async fn websocket_upgrade_passes_through() -> Result<()> {
     });
     let dir = tempfile::tempdir()?;
     let (listen, admin) = (free_port(), free_port());
-    let boot = static_bootstrap_with(
-        dir.path(),
-        listen,
-        admin,
-        backend_port,
-        "upgrade_configs: [{upgrade_type: websocket}]",
-    )?;
+    let boot = static_bootstrap(listen, admin, backend_port)
+        .hcm("upgrade_configs: [{upgrade_type: websocket}]")
+        .write(dir.path())?;
     let _proxy = spawn_static(dir.path(), &boot)?;
     wait_ready(admin).await?;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", listen)).await?;

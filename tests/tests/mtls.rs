@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use mast_e2e::prometheus::sum_samples;
 use mast_e2e::{
     Backend, CaOptions, HttpClient, Load, Mastd, PodSpec, Sidecar, SidecarKind, eventually,
     free_port, send_requests,
@@ -39,18 +40,6 @@ const OTHER_IP: &str = "127.0.0.2";
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/user";
-
-fn sum_samples(exposition: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")))
-        .filter(|l| {
-            want.iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 struct Mesh {
     dir: tempfile::TempDir,
