@@ -569,35 +569,24 @@ impl Sim {
     }
 
     async fn stream(&self, channel: Channel, barrier: Option<Arc<Barrier>>) -> Result<()> {
-        let i = self.i;
-        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
-        let (tx, rx) = mpsc::channel(16);
-        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
-        tx.send(DeltaDiscoveryRequest {
-            node: Some(self.node(version)),
-            type_url: TypeUrl::Cluster.url().into(),
-            ..Default::default()
-        })
+        let (node, cds, lds) = (self.node(), TypeUrl::Cluster.url(), TypeUrl::Listener.url());
+        let (tx, mut stream) = open_ads::<_, LightDelta>(
+            channel,
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
+            [
+                DeltaDiscoveryRequest {
+                    node: Some(node),
+                    type_url: cds.into(),
+                    ..Default::default()
+                },
+                DeltaDiscoveryRequest {
+                    type_url: lds.into(),
+                    ..Default::default()
+                },
+            ],
+            barrier,
+        )
         .await?;
-        tx.send(DeltaDiscoveryRequest {
-            type_url: TypeUrl::Listener.url().into(),
-            ..Default::default()
-        })
-        .await?;
-        if let Some(b) = barrier {
-            b.wait().await;
-        }
-        client.ready().await?;
-        let mut stream = client
-            .streaming(
-                tonic::Request::new(ReceiverStream::new(rx)),
-                http::uri::PathAndQuery::from_static(
-                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
-                ),
-                tonic_prost::ProstCodec::<DeltaDiscoveryRequest, LightDelta>::default(),
-            )
-            .await?
-            .into_inner();
         let mut progress = Progress::default();
         let mut eds_names: HashSet<String> = HashSet::new();
         let mut rds_names: HashSet<String> = HashSet::new();
@@ -669,35 +658,24 @@ impl Sim {
     /// clusters and listeners; the EDS clusters and route names they mention), ACKed with
     /// the version and the same names.
     async fn stream_sotw(&self, channel: Channel, barrier: Option<Arc<Barrier>>) -> Result<()> {
-        let i = self.i;
-        let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
-        let (tx, rx) = mpsc::channel(16);
-        let version = if i.is_multiple_of(2) { "v1" } else { "v2" };
-        tx.send(DiscoveryRequest {
-            node: Some(self.node(version)),
-            type_url: TypeUrl::Cluster.url().into(),
-            ..Default::default()
-        })
+        let (node, cds, lds) = (self.node(), TypeUrl::Cluster.url(), TypeUrl::Listener.url());
+        let (tx, mut stream) = open_ads::<_, LightSotw>(
+            channel,
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            [
+                DiscoveryRequest {
+                    node: Some(node),
+                    type_url: cds.into(),
+                    ..Default::default()
+                },
+                DiscoveryRequest {
+                    type_url: lds.into(),
+                    ..Default::default()
+                },
+            ],
+            barrier,
+        )
         .await?;
-        tx.send(DiscoveryRequest {
-            type_url: TypeUrl::Listener.url().into(),
-            ..Default::default()
-        })
-        .await?;
-        if let Some(b) = barrier {
-            b.wait().await;
-        }
-        client.ready().await?;
-        let mut stream = client
-            .streaming(
-                tonic::Request::new(ReceiverStream::new(rx)),
-                http::uri::PathAndQuery::from_static(
-                    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-                ),
-                tonic_prost::ProstCodec::<DiscoveryRequest, LightSotw>::default(),
-            )
-            .await?
-            .into_inner();
         let mut progress = Progress::default();
         let mut eds_names: Vec<String> = Vec::new();
         let mut rds_names: Vec<String> = Vec::new();
@@ -779,13 +757,49 @@ struct Progress {
 
 impl Sim {
     /// The node this stream sends: the real proxy's for a twin.
-    fn node(&self, version: &str) -> Node {
+    fn node(&self) -> Node {
+        let version = if self.i.is_multiple_of(2) { "v1" } else { "v2" };
         match &self.twin {
             Some(t) => t.node.clone(),
             None => node(&sim_ip(self.i), self.i, self.svc, &self.namespace, version),
         }
     }
+}
 
+/// Open an ADS stream (delta or state of the world, by `path`) as Envoy does: the first
+/// requests (CDS with the node, then LDS) queued, the stream opened once every simulated proxy
+/// is ready (`barrier`), responses read as `Resp`.
+async fn open_ads<Req, Resp>(
+    channel: Channel,
+    path: &'static str,
+    first: [Req; 2],
+    barrier: Option<Arc<Barrier>>,
+) -> Result<(mpsc::Sender<Req>, tonic::Streaming<Resp>)>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + 'static,
+{
+    let mut client = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
+    let (tx, rx) = mpsc::channel(16);
+    for request in first {
+        tx.send(request).await?;
+    }
+    if let Some(b) = barrier {
+        b.wait().await;
+    }
+    client.ready().await?;
+    let stream = client
+        .streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::<Req, Resp>::default(),
+        )
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
+impl Sim {
     /// A response of type `t` carrying `names` arrived: once the stream holds all four types it
     /// is synced; after that every response is reported as a push (with the services whose
     /// endpoints it carries).
