@@ -296,6 +296,73 @@ async fn tcp_through_mtls_names_both_principals() -> Result<()> {
     Ok(())
 }
 
+/// HTTP to a workload without a sidecar: no metadata exchange header comes back, so the
+/// client's sidecar names the server from the picked endpoint's `istio.workload` metadata
+/// (EDS), as Istio's does — workload, app, version and canonical names instead of `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_to_a_workload_without_sidecar_is_named_from_eds() -> Result<()> {
+    let plain = Backend::start("plain").await?;
+    let plain_port = free_port();
+    let extra = format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: plain, namespace: default}}
+spec:
+  selector: {{app: plain}}
+  ports:
+  - {{name: http, port: {plain_port}, targetPort: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: plain-v3, namespace: default}}
+spec:
+  address: 127.0.0.1
+  labels: {{app: plain, version: v3}}
+  ports: {{web: {backend}}}
+"#,
+        backend = plain.port
+    );
+    let m = mesh(Setup {
+        extra: &extra,
+        ..Default::default()
+    })
+    .await?;
+    let url = format!("http://127.0.0.1:{plain_port}/");
+    let want = [
+        ("reporter", "source"),
+        ("source_workload", "client"),
+        ("destination_service_name", "plain"),
+        ("destination_workload", "plain-v3"),
+        ("destination_workload_namespace", "default"),
+        ("destination_app", "plain"),
+        ("destination_version", "v3"),
+        ("destination_canonical_service", "plain"),
+        ("destination_canonical_revision", "v3"),
+        ("response_code", "200"),
+    ];
+    eventually(
+        "the client names the sidecar-less server",
+        Duration::from_secs(20),
+        || async {
+            let tally = send_requests(&url, "plain", &[], 10, 2).await;
+            ensure!(tally.failures() == 0, "{tally:?}");
+            let text = m.client.prometheus().await?;
+            let named = sum_samples(&text, "istio_requests_total", &want);
+            ensure!(
+                named >= 10.0,
+                "{named} requests named:\n{}",
+                text.lines()
+                    .filter(|l| l.starts_with("istio_requests_total"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_accepts_both() -> Result<()> {
     let extra = r#"---
