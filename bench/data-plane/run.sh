@@ -21,9 +21,9 @@ need nginx nginx-light
 need h2load nghttp2-client
 
 find_envoy
-(cd "$ROOT" && cargo build --release -q -p mast-proxy -p mast-bench)
-MAST="$ROOT/target/release/mast-proxy"
-OPENLOOP="$ROOT/target/release/openloop"
+release_bins mast-proxy mast-bench
+MAST="$BIN/mast-proxy"
+OPENLOOP="$BIN/openloop"
 
 # Backend: nginx, one worker, a fixed 1 KiB body, HTTP/1.1 and h2c.
 nginx_body 0 1 127.0.0.1:18181 "127.0.0.1:18182 http2"

