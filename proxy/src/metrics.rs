@@ -12,7 +12,7 @@
 //! endpoint metadata, `<workload>;<namespace>;<canonical service>;<canonical revision>;
 //! <cluster>`, read as Istio's stats filter reads it.
 
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -430,6 +430,113 @@ pub struct Metrics {
     peers: DashMap<Vec<u8>, Arc<Peer>>,
     services: DashMap<String, Arc<ServiceId>>,
     unknown: Arc<Peer>,
+    /// The four request series of a label set, found by identity (see [`SeriesKey`]), so a
+    /// request does not hash its ~25 labels once per family.
+    series: DashMap<SeriesKey, RequestSeries, BuildHasherDefault<WordHasher>>,
+}
+
+/// At most this many label sets keep their series handles cached; past it the cache starts
+/// over. It only saves hashing: the families keep every series either way.
+const MAX_CACHED_SERIES: usize = 4096;
+
+/// A request label set compared by the identity of its shared parts: the same peer, peer
+/// and service `Arc`s (which the key keeps alive, so their addresses are not reused while
+/// it is cached) and the same scalars are the same series. Equal label sets built from
+/// other `Arc`s are other keys for the same series: a cache miss, never a wrong series.
+struct SeriesKey(RequestLabels);
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        Arc::ptr_eq(&a.source, &b.source)
+            && Arc::ptr_eq(&a.destination, &b.destination)
+            && Arc::ptr_eq(&a.service, &b.service)
+            && a.reporter == b.reporter
+            && a.code == b.code
+            && a.grpc_status == b.grpc_status
+            && a.mtls == b.mtls
+            && a.protocol == b.protocol
+            && a.flags == b.flags
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        let l = &self.0;
+        h.write_usize(Arc::as_ptr(&l.source) as usize);
+        h.write_usize(Arc::as_ptr(&l.destination) as usize);
+        h.write_usize(Arc::as_ptr(&l.service) as usize);
+        let scalars = u64::from(l.code)
+            | u64::from(l.reporter == Reporter::Source) << 16
+            | u64::from(l.mtls) << 17
+            | u64::from(l.grpc_status.is_some()) << 18;
+        h.write_u64(scalars);
+        h.write_u32(l.grpc_status.unwrap_or(0));
+        h.write(l.protocol.as_bytes());
+        h.write(l.flags.as_bytes());
+    }
+}
+
+/// A multiply-rotate hasher for [`SeriesKey`]: its words are addresses and small numbers
+/// the proxy chose, not bytes a client sends, so SipHash's flooding resistance buys nothing.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let mut w = [0u8; 8];
+        w[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.add(u64::from_le_bytes(w) ^ (bytes.len() as u64) << 56);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn finish(&self) -> u64 {
+        // Fold the well-mixed high bits into the low ones the tables index by.
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+/// The handles of one label set's series in the four request families (clones share the
+/// family's series).
+struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestSeries {
+    fn record(&self, millis: f64, req_bytes: u64, resp_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(millis);
+        self.request_bytes.observe(req_bytes as f64);
+        self.response_bytes.observe(resp_bytes as f64);
+    }
 }
 
 impl Metrics {
@@ -537,6 +644,7 @@ impl Metrics {
             peers: DashMap::new(),
             services: DashMap::new(),
             unknown: Arc::new(Peer::unknown()),
+            series: DashMap::default(),
         }
     }
 
@@ -584,14 +692,23 @@ impl Metrics {
         req_bytes: u64,
         resp_bytes: u64,
     ) {
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(millis);
-        self.request_bytes
-            .get_or_create(&labels)
-            .observe(req_bytes as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(resp_bytes as f64);
+        let key = SeriesKey(labels);
+        if let Some(series) = self.series.get(&key) {
+            series.record(millis, req_bytes, resp_bytes);
+            return;
+        }
+        let labels = &key.0;
+        let series = RequestSeries {
+            requests: self.requests.get_or_create_owned(labels),
+            duration: self.duration.get_or_create_owned(labels),
+            request_bytes: self.request_bytes.get_or_create_owned(labels),
+            response_bytes: self.response_bytes.get_or_create_owned(labels),
+        };
+        series.record(millis, req_bytes, resp_bytes);
+        if self.series.len() >= MAX_CACHED_SERIES {
+            self.series.clear();
+        }
+        self.series.insert(key, series);
     }
 
     /// A gRPC stream's messages since its last report.
@@ -750,6 +867,58 @@ mod tests {
         assert!(text.contains("destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\""), "{text}");
         assert!(text.contains("} 2\n"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    }
+
+    #[test]
+    fn cached_series_count_by_label_values_not_by_arcs() {
+        let m = Metrics::new(&cfg("client-1", "client", "v1"));
+        // Fresh `Arc`s each time (cache misses) and shared ones (hits) name the same series.
+        let labels = |code| RequestLabels {
+            reporter: Reporter::Source,
+            source: Arc::clone(&m.local),
+            destination: Arc::new(Peer::unknown()),
+            service: Arc::new(ServiceId::from_cluster(
+                "outbound|80||user.default.svc.cluster.local",
+            )),
+            protocol: "http",
+            code,
+            grpc_status: None,
+            mtls: false,
+            flags: "-",
+        };
+        for _ in 0..3 {
+            m.record_request(labels(200), 1.0, 1, 1);
+        }
+        let shared = labels(200);
+        m.record_request(shared.clone(), 1.0, 1, 1);
+        m.record_request(shared, 1.0, 1, 1);
+        m.record_request(labels(503), 1.0, 1, 1);
+        let totals = |text: &str| -> Vec<String> {
+            let mut v: Vec<String> = text
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .map(|l| {
+                    let code = l.split("response_code=\"").nth(1).unwrap_or("");
+                    format!("{} {}", &code[..3], l.rsplit(' ').next().unwrap_or(""))
+                })
+                .collect();
+            // Series come out in the family's hash order.
+            v.sort();
+            v
+        };
+        assert_eq!(totals(&m.encode()), ["200 5", "503 1"]);
+        // The cache stays bounded and keeps counting right as it starts over.
+        for _ in 0..MAX_CACHED_SERIES + 10 {
+            m.record_request(labels(200), 1.0, 1, 1);
+        }
+        assert!(m.series.len() <= MAX_CACHED_SERIES);
+        let text = m.encode();
+        assert_eq!(
+            totals(&text),
+            [format!("200 {}", MAX_CACHED_SERIES + 15), "503 1".into()]
+        );
+        let count = "istio_request_bytes_count{";
+        assert_eq!(text.lines().filter(|l| l.starts_with(count)).count(), 2);
     }
 
     #[test]
