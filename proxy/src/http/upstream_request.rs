@@ -490,17 +490,25 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
 
 /// A random UUID (version 4) for `x-request-id`.
 fn request_id() -> HeaderValue {
+    // A UUID v4 as Envoy writes it: 32 random hex digits in 8-4-4-4-12 groups, the version
+    // nibble 4 and the variant nibble a; written in place rather than through `format!`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    let s = format!("{n:032x}");
-    let id = format!(
-        "{}-{}-4{}-a{}-{}",
-        &s[0..8],
-        &s[8..12],
-        &s[13..16],
-        &s[17..20],
-        &s[20..32]
-    );
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        let digit = match nibble {
+            12 => 4,
+            16 => 0xa,
+            _ => (n >> (124 - 4 * nibble)) as usize & 0xf,
+        };
+        *slot = HEX[digit];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -541,6 +549,12 @@ mod tests {
         let groups: Vec<usize> = id.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12]);
         assert_eq!(&id[14..15], "4");
+        assert_eq!(&id[19..20], "a");
+        assert!(
+            id.bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
         assert_ne!(id, request_id().to_str().unwrap());
     }
 
