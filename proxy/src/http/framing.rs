@@ -16,6 +16,11 @@
 //! the bytes stop being HTTP/1. When it stops for any other reason (a framing error hyper
 //! will also see), it leaves no verdict, and the router refuses a request without one:
 //! every request that is forwarded was read twice and agreed on.
+//!
+//! An HTTP/2 connection (the preface, with codec AUTO or HTTP/2) is followed from there by
+//! `h2_trailers`' shadow HPACK decoder instead, for the pseudo-headers h2 drops from
+//! trailers: what it refuses fails the read before hyper sees the bytes, which closes the
+//! connection.
 
 use std::collections::VecDeque;
 use std::io;
@@ -27,7 +32,7 @@ use std::task::{Context, Poll};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use super::h2_trailers::{self, PREFACE, Refusal};
 /// A chunk-size line or a trailer line longer than this is not HTTP anyone sends.
 const MAX_LINE: usize = 8 * 1024;
 
@@ -110,6 +115,8 @@ enum State {
     ChunkData(u64),
     ChunkDataEnd,
     Trailers,
+    /// HTTP/2: the bytes go to the shadow decoder.
+    Http2,
     /// Not HTTP/1 any more (HTTP/2, an upgrade, CONNECT), or unreadable: nothing to read.
     Off,
 }
@@ -124,6 +131,9 @@ pub struct Scanner {
     max_head: usize,
     max_headers: usize,
     verdicts: Arc<Verdicts>,
+    /// The HTTP/2 reading, once the connection turned out to be HTTP/2.
+    h2: Option<Box<h2_trailers::Shadow>>,
+    refused: Option<Refusal>,
 }
 
 impl Scanner {
@@ -141,14 +151,22 @@ impl Scanner {
             max_head,
             max_headers,
             verdicts: Arc::default(),
+            h2: None,
+            refused: None,
         }
     }
 
-    /// A scanner that reads nothing (an HTTP/2-only connection).
-    pub fn off() -> Self {
+    /// A scanner for an HTTP/2-only connection: HTTP/2 from its first byte.
+    pub fn http2() -> Self {
         let mut s = Self::new(false, 0, 0);
-        s.state = State::Off;
+        s.state = State::Http2;
+        s.h2 = Some(Box::new(h2_trailers::Shadow::new(true)));
         s
+    }
+
+    /// Why the client's bytes were refused, if they were: the connection must fail.
+    pub fn refused(&self) -> Option<Refusal> {
+        self.refused
     }
 
     pub fn verdicts(&self) -> Arc<Verdicts> {
@@ -164,6 +182,14 @@ impl Scanner {
         while !data.is_empty() {
             match self.state {
                 State::Off => return,
+                State::Http2 => {
+                    if let Some(h2) = self.h2.as_mut()
+                        && let Err(r) = h2.feed(data)
+                    {
+                        self.refused = Some(r);
+                    }
+                    return;
+                }
                 State::Preface => {
                     self.buf.extend_from_slice(data);
                     let n = self.buf.len().min(PREFACE.len());
@@ -174,7 +200,13 @@ impl Scanner {
                         continue;
                     }
                     if self.buf.len() >= PREFACE.len() {
-                        self.stop();
+                        // HTTP/2 (codec AUTO): what follows the preface is frames.
+                        carried = self.buf.split_off(PREFACE.len());
+                        self.buf = Vec::new();
+                        self.state = State::Http2;
+                        self.h2 = Some(Box::new(h2_trailers::Shadow::new(false)));
+                        data = &carried;
+                        continue;
                     }
                     return;
                 }
@@ -404,10 +436,19 @@ impl<S: AsyncRead> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if let Some(r) = this.scanner.refused() {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, r)));
+        }
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
             this.scanner.feed(&buf.filled()[before..]);
+            if let Some(r) = this.scanner.refused() {
+                // hyper never sees these bytes: the read fails, and the connection with it.
+                tracing::debug!(error = %r, "refusing the client's HTTP/2 bytes");
+                buf.set_filled(before);
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, r)));
+            }
         }
         res
     }
@@ -539,12 +580,14 @@ mod tests {
 
     #[test]
     fn http2_upgrades_and_connect_stop_the_reading() {
-        let (heads, state) = scan(&[
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-        ]);
-        assert!(heads.is_empty());
-        assert_eq!(state, State::Off);
+        // HTTP/2 goes to the shadow decoder (`h2_trailers`): no HTTP/1 heads, and this
+        // is an unknown frame type to it (h2 refuses the frame's length).
+        let mut s = Scanner::new(true, 96 * 1024, 100);
+        s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        assert_eq!((s.state, s.refused()), (State::Http2, None));
+        s.feed(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(s.verdicts().next().is_none());
+        assert_eq!((s.state, s.refused()), (State::Http2, None));
         let (heads, state) =
             scan(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nGET / HTTP/1.1\r\n\r\n"]);
         assert_eq!(heads.len(), 1);
@@ -567,6 +610,59 @@ mod tests {
             let (_, state) = scan(&[raw]);
             assert_eq!(state, State::Off, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    /// A request, then trailers with `:path` (a literal field without indexing).
+    fn h2_with_pseudo_trailers() -> Vec<u8> {
+        let mut raw = PREFACE.to_vec();
+        raw.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        let head = [0x83, 0x86, 0x84, 0x01, 0x01, b'u'];
+        raw.extend_from_slice(&[0, 0, head.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+        raw.extend_from_slice(&head);
+        let mut t = vec![0x00, 5];
+        t.extend_from_slice(b":path");
+        t.extend_from_slice(&[6]);
+        t.extend_from_slice(b"/admin");
+        raw.extend_from_slice(&[0, 0, t.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+        raw.extend_from_slice(&t);
+        raw
+    }
+
+    #[test]
+    fn http2_pseudo_trailers_are_refused_with_either_codec() {
+        let raw = h2_with_pseudo_trailers();
+        for mut s in [Scanner::new(true, 96 * 1024, 100), Scanner::http2()] {
+            // Up to the trailers' block nothing is refused.
+            s.feed(&raw[..raw.len() - 14]);
+            assert_eq!(s.refused(), None);
+            s.feed(&raw[raw.len() - 14..]);
+            assert_eq!(s.refused(), Some(Refusal::PseudoInTrailers));
+        }
+        // An HTTP/1-only connection never reads HTTP/2.
+        let mut s = Scanner::new(false, 96 * 1024, 100);
+        s.feed(&raw);
+        assert_eq!(s.refused(), None);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_fails_the_read_before_the_bytes_pass() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let raw = h2_with_pseudo_trailers();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut guarded = Guarded::new(server, Scanner::http2());
+        // Everything before the trailers' frame passes.
+        let before = raw.len() - 22;
+        client.write_all(&raw[..before]).await.unwrap();
+        let mut got = vec![0u8; before];
+        guarded.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, raw[..before]);
+        client.write_all(&raw[before..]).await.unwrap();
+        let mut buf = [0u8; 64];
+        let err = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // And every later read too.
+        client.write_all(b"more").await.unwrap();
+        assert!(guarded.read(&mut buf).await.is_err());
     }
 
     #[test]

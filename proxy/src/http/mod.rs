@@ -21,6 +21,7 @@ mod body;
 mod filters;
 pub(crate) mod forwarded;
 mod framing;
+mod h2_trailers;
 pub mod jwt;
 mod mirror;
 mod path;
@@ -136,9 +137,10 @@ where
     let svc_activity = Arc::clone(&activity);
     let svc_goaway = Arc::clone(&goaway);
     let svc_handoff = Arc::clone(&handoff);
-    // HTTP/1 heads are read a second time, from the raw bytes (see `framing`).
+    // HTTP/1 heads, and HTTP/2 header blocks, are read a second time, from the raw bytes
+    // (see `framing` and `h2_trailers`).
     let scanner = match hcm.codec {
-        Codec::Http2 => framing::Scanner::off(),
+        Codec::Http2 => framing::Scanner::http2(),
         codec => framing::Scanner::new(codec == Codec::Auto, max_buf, hcm.max_headers),
     };
     let verdicts = scanner.verdicts();
