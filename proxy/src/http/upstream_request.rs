@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -35,6 +36,9 @@ pub(super) struct Head {
     pub parts: Parts,
     /// Path and query, after the route's rewrite.
     pub path: String,
+    /// `path` parsed once for every attempt's URI, when it is one an absolute URI can end
+    /// with (empty, or starting `/`, `?` or `#`); otherwise each attempt parses the whole URI.
+    path_and_query: Option<PathAndQuery>,
     /// The downstream's host, before any rewrite (mirrors derive their host from it).
     pub host: String,
     /// The consistent-hash key, from the route's hash header.
@@ -137,9 +141,11 @@ impl Head {
             .as_ref()
             .and_then(|h| parts.headers.get(h))
             .map(|v| v.as_bytes().to_vec());
+        let path_and_query = parse_path(&path);
         Self {
             parts,
             path,
+            path_and_query,
             host,
             hash_key,
         }
@@ -164,12 +170,18 @@ impl UpstreamRequest<'_> {
         // it has nowhere to go — its own listener would be the only candidate — and, as any
         // cluster without a host, answers "no healthy upstream".
         let picked = cluster.pick(self.head.hash_key.as_deref(), tried);
-        let (host, scheme, authority) = match (picked, self.conn.original_dst) {
+        let (host, scheme, authority, parsed) = match (picked, self.conn.original_dst) {
             (Ok(h), _) => {
-                let (scheme, authority) = (h.scheme(), h.authority());
-                (Some(h), scheme, authority)
+                let scheme = h.scheme();
+                let (authority, parsed) = match h.uri_authority() {
+                    Some(a) => (a.as_str().to_string(), Some(a.clone())),
+                    None => (h.authority(), None),
+                };
+                (Some(h), scheme, authority, parsed)
             }
-            (Err(_), Some(dst)) if cluster.is_original_dst() => (None, "http", dst.to_string()),
+            (Err(_), Some(dst)) if cluster.is_original_dst() => {
+                (None, "http", dst.to_string(), None)
+            }
             (Err(_), _) => {
                 return Err(LocalReply::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -178,7 +190,14 @@ impl UpstreamRequest<'_> {
                 ));
             }
         };
-        rec.upstream = Some(authority.clone());
+        let uri = attempt_uri(
+            scheme,
+            &authority,
+            parsed,
+            self.head.path_and_query.as_ref(),
+            &self.head.path,
+        );
+        rec.upstream = Some(authority);
         // The picked endpoint's `istio.workload` metadata names the server until (unless) its
         // metadata exchange header comes back, as Istio's client sidecar falls back to it.
         if !self.conn.inbound {
@@ -187,8 +206,7 @@ impl UpstreamRequest<'_> {
                 .and_then(|h| h.peer.clone())
                 .unwrap_or_else(|| self.conn.shared.metrics.unknown_peer());
         }
-        let path = &self.head.path;
-        let Ok(uri) = format!("{scheme}://{authority}{path}").parse::<Uri>() else {
+        let Some(uri) = uri else {
             return Err(LocalReply::new(
                 StatusCode::BAD_REQUEST,
                 "-",
@@ -488,6 +506,40 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A path an absolute URI can end with (empty, or starting `/`, `?` or `#`), parsed.
+fn parse_path(path: &str) -> Option<PathAndQuery> {
+    if path.is_empty() || path.starts_with(['/', '?', '#']) {
+        PathAndQuery::try_from(path).ok()
+    } else {
+        None
+    }
+}
+
+/// An attempt's absolute URI: from the host's authority and the head's path as parsed
+/// before when both are, else by parsing `scheme://authority path` (the same URI).
+fn attempt_uri(
+    scheme: &'static str,
+    authority: &str,
+    parsed: Option<http::uri::Authority>,
+    path_and_query: Option<&PathAndQuery>,
+    path: &str,
+) -> Option<Uri> {
+    match (parsed, path_and_query) {
+        (Some(authority), Some(path)) => {
+            let mut p = http::uri::Parts::default();
+            p.scheme = Some(if scheme == "https" {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            });
+            p.authority = Some(authority);
+            p.path_and_query = Some(path.clone());
+            Uri::from_parts(p).ok()
+        }
+        _ => format!("{scheme}://{authority}{path}").parse().ok(),
+    }
+}
+
 /// A random UUID (version 4) for `x-request-id`.
 fn request_id() -> HeaderValue {
     // A UUID v4 as Envoy writes it: 32 random hex digits in 8-4-4-4-12 groups, the version
@@ -540,6 +592,38 @@ mod tests {
         assert_eq!(upgrade[header::UPGRADE], "websocket");
         assert!(upgrade.get(header::CONNECTION).is_some());
         assert!(upgrade.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn attempt_uris_are_the_parsed_uri() {
+        let paths = [
+            "/",
+            "",
+            "/a/b?c=d&e",
+            "?q",
+            "/p#frag",
+            "/%41?x=%20",
+            "*",
+            "foo",
+            "//x",
+            "/ a",
+        ];
+        for scheme in ["http", "https"] {
+            for authority in ["10.1.2.3:8080", "[::1]:80", "user.shop.svc:80"] {
+                let parsed = http::uri::Authority::try_from(authority).ok();
+                for path in paths {
+                    let pq = parse_path(path);
+                    let whole = format!("{scheme}://{authority}{path}").parse::<Uri>().ok();
+                    let built = attempt_uri(scheme, authority, parsed.clone(), pq.as_ref(), path);
+                    assert_eq!(
+                        built.as_ref().map(ToString::to_string),
+                        whole.as_ref().map(ToString::to_string),
+                        "{scheme} {authority} {path:?}"
+                    );
+                    assert_eq!(built, whole, "{scheme} {authority} {path:?}");
+                }
+            }
+        }
     }
 
     #[test]

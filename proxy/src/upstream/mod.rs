@@ -86,6 +86,8 @@ pub struct Host {
     pub peer: Option<Arc<crate::metrics::Peer>>,
     /// mTLS to this endpoint (it has a sidecar, or the cluster always uses TLS).
     pub tls: bool,
+    /// `addr` as a URI authority, formatted and parsed once rather than per request.
+    uri_authority: Option<http::uri::Authority>,
     pub active: AtomicU32,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
@@ -416,6 +418,7 @@ impl Host {
                 .and_then(crate::metrics::peer_of_endpoint)
                 .map(Arc::new),
             tls: transport.for_endpoint(&s.socket_match).is_some(),
+            uri_authority: http::uri::Authority::try_from(s.addr.to_string()).ok(),
             active: AtomicU32::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
@@ -443,6 +446,11 @@ impl Host {
     /// The address to dial, for HTTP URIs and TCP.
     pub fn authority(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// [`Self::authority`] parsed, when it parses.
+    pub fn uri_authority(&self) -> Option<&http::uri::Authority> {
+        self.uri_authority.as_ref()
     }
 
     /// The scheme the pool keys connections by: `https` for mTLS endpoints.
