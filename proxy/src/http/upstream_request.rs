@@ -475,6 +475,11 @@ pub(super) fn apply_response_ops(
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
+    // Most heads carry none of them: one pass over the names then, instead of a hashed
+    // lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(named) = headers
         .get(header::CONNECTION)
         .and_then(|v| v.to_str().ok())
@@ -513,6 +518,15 @@ fn parse_path(path: &str) -> Option<PathAndQuery> {
     } else {
         None
     }
+}
+
+/// A header [`strip_hop_by_hop`] drops (or, `te: trailers` and an upgrade's, may keep).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || matches!(
+            name.as_str(),
+            "keep-alive" | "proxy-connection" | "http2-settings"
+        )
 }
 
 /// An attempt's absolute URI: from the host's authority and the head's path as parsed
@@ -592,6 +606,37 @@ mod tests {
         assert_eq!(upgrade[header::UPGRADE], "websocket");
         assert!(upgrade.get(header::CONNECTION).is_some());
         assert!(upgrade.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_dropped() {
+        let names = [
+            "connection",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+            "http2-settings",
+        ];
+        for name in names {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("gzip"),
+            );
+            strip_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name}");
+            assert_eq!(h.len(), 1, "{name}");
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]
