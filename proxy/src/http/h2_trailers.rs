@@ -39,6 +39,8 @@ const CONTINUATION: u8 = 0x9;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+/// h2's default `SETTINGS_MAX_FRAME_SIZE`, which hyper keeps.
+const MAX_FRAME_SIZE: usize = 16 * 1024;
 /// Continuation octets of one HPACK integer: h2 refuses more (5 octets in all).
 const MAX_INT_OCTETS: usize = 4;
 
@@ -197,7 +199,9 @@ impl Shadow {
                                     flags,
                                     stream,
                                     len,
-                                    buf: Vec::with_capacity(len),
+                                    // Grown as the bytes come: the length is the
+                                    // client's word (h2 refuses above 16 KiB).
+                                    buf: Vec::with_capacity(len.min(MAX_FRAME_SIZE)),
                                 };
                             }
                         }
@@ -522,7 +526,14 @@ fn huffman(s: &[u8], max: usize) -> Result<(usize, Option<u8>)> {
         // The next 32 bits, padded with ones past the end (the EOS prefix).
         let pad = u32::MAX.checked_shr(bits).unwrap_or(0);
         let window = (acc >> 32) as u32 | pad;
-        let (len, sym) = CANON.symbol(window);
+        // The common short codes by table; the rest (and the first symbol, whose value
+        // matters) by search.
+        let short = u32::from(CANON.short[(window >> 24) as usize]);
+        let (len, sym) = if short != 0 && count != 0 {
+            (short, 0)
+        } else {
+            CANON.symbol(window)
+        };
         if len > bits {
             // What is left is padding.
             if bits > 7 || window != u32::MAX {
@@ -553,6 +564,9 @@ struct Canon {
     first: [u32; 31],
     count: [u32; 31],
     base: [u16; 31],
+    /// By the next 8 bits: the length of the code they start with when it is at most 8
+    /// bits long (0 when longer). No such code is EOS.
+    short: [u8; 256],
 }
 
 impl Canon {
@@ -583,11 +597,26 @@ impl Canon {
             }
             len += 1;
         }
+        let mut short = [0u8; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut len = 5;
+            while len <= 8 {
+                let code = (b >> (8 - len)) as u32;
+                if code >= first[len] && code - first[len] < count[len] {
+                    short[b] = len as u8;
+                    break;
+                }
+                len += 1;
+            }
+            b += 1;
+        }
         Self {
             syms,
             first,
             count,
             base,
+            short,
         }
     }
 
@@ -1051,7 +1080,15 @@ mod tests {
             0x81, 0x66, 0xe0, 0x82, 0xa6, 0x2d, 0x1b, 0xff,
         ];
         assert_eq!(huffman(&date, usize::MAX), Ok((29, Some(b'M'))));
-        for s in [&b""[..], b"a", b":path", b"\x00\xff\x80 ~", b"custom-key"] {
+        let every: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+        for s in [
+            &b""[..],
+            b"a",
+            b":path",
+            b"\x00\xff\x80 ~",
+            b"custom-key",
+            &every,
+        ] {
             let h = huff(s);
             assert_eq!(
                 huffman(&h[1..], usize::MAX),
