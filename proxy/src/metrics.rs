@@ -31,6 +31,10 @@ use crate::config::Config;
 
 pub const PEER_METADATA: &str = "x-envoy-peer-metadata";
 pub const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+/// The same names as header names, validated once (a `&str` name is parsed per use).
+pub static PEER_METADATA_NAME: http::HeaderName = http::HeaderName::from_static(PEER_METADATA);
+pub static PEER_METADATA_ID_NAME: http::HeaderName =
+    http::HeaderName::from_static(PEER_METADATA_ID);
 
 /// Istio's duration buckets (milliseconds).
 const DURATION_BUCKETS: [f64; 19] = [

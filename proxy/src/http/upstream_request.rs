@@ -26,7 +26,9 @@ use super::reply::{LocalReply, empty};
 use super::retry::RequestBody;
 use super::router::Routed;
 use super::{ConnCtx, Metered, request_host};
-use crate::metrics::{PEER_METADATA, PEER_METADATA_ID};
+use crate::metrics::{
+    PEER_METADATA_ID_NAME as PEER_METADATA_ID, PEER_METADATA_NAME as PEER_METADATA,
+};
 use crate::resources::cluster::HostAddr;
 use crate::resources::route::{Forward, Route, VirtualHost};
 use crate::upstream::{ActiveGuard, Body, Cluster, Host, Outcome};
@@ -87,6 +89,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+/// Header names the router writes on every request, validated once.
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 // === impl Head ===
 
 impl Head {
@@ -107,13 +113,13 @@ impl Head {
         };
         let host = request_host(&parts);
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key("x-forwarded-proto") {
+        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
             parts
                 .headers
-                .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+                .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        if !parts.headers.contains_key("x-request-id") {
-            parts.headers.insert("x-request-id", request_id());
+        if !parts.headers.contains_key(&X_REQUEST_ID) {
+            parts.headers.insert(&X_REQUEST_ID, request_id());
         }
         if let Some(h) = &fwd.host_rewrite {
             parts.headers.insert(header::HOST, h.clone());
@@ -126,15 +132,15 @@ impl Head {
         req.route.headers.apply_request(&mut parts.headers);
         let metrics = &req.conn.shared.metrics;
         if req.conn.inbound {
-            parts.headers.remove(PEER_METADATA);
-            parts.headers.remove(PEER_METADATA_ID);
+            parts.headers.remove(&PEER_METADATA);
+            parts.headers.remove(&PEER_METADATA_ID);
         } else {
             parts
                 .headers
-                .insert(PEER_METADATA, metrics.mx_header.clone());
+                .insert(&PEER_METADATA, metrics.mx_header.clone());
             parts
                 .headers
-                .insert(PEER_METADATA_ID, metrics.mx_id.clone());
+                .insert(&PEER_METADATA_ID, metrics.mx_id.clone());
         }
         let hash_key = fwd
             .hash_header
@@ -430,20 +436,20 @@ pub(super) fn respond(
     if req.conn.inbound {
         parts
             .headers
-            .insert(PEER_METADATA, metrics.mx_header.clone());
+            .insert(&PEER_METADATA, metrics.mx_header.clone());
         parts
             .headers
-            .insert(PEER_METADATA_ID, metrics.mx_id.clone());
+            .insert(&PEER_METADATA_ID, metrics.mx_id.clone());
     } else {
-        if let Some(mx) = parts.headers.get(PEER_METADATA) {
+        if let Some(mx) = parts.headers.get(&PEER_METADATA) {
             rec.peer = metrics.peer_from_header(Some(mx));
         }
         if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
             rec.peer = crate::metrics::with_principal(&rec.peer, &peer.0);
             rec.local_principal = true;
         }
-        parts.headers.remove(PEER_METADATA);
-        parts.headers.remove(PEER_METADATA_ID);
+        parts.headers.remove(&PEER_METADATA);
+        parts.headers.remove(&PEER_METADATA_ID);
     }
     rec.code = parts.status.as_u16();
     let switching = upstream_upgrade.is_some();
