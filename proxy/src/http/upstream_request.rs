@@ -503,15 +503,18 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for h in &HOP_BY_HOP {
-        if keep_upgrade && (*h == header::CONNECTION || *h == header::UPGRADE) {
+    // Only the names present are removed (each removal is a hashed lookup).
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for h in present {
+        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
             continue;
         }
         headers.remove(h);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    headers.remove("http2-settings");
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
