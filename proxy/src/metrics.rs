@@ -440,8 +440,10 @@ pub struct Metrics {
 }
 
 /// At most this many label sets keep their series handles cached; past it the cache starts
-/// over. It only saves hashing: the families keep every series either way.
-const MAX_CACHED_SERIES: usize = 4096;
+/// over. It only saves hashing: the families keep every series either way. Kept small
+/// because a label set built from per-request `Arc`s (an outbound mTLS peer, named with its
+/// principal per request) is a new key each time, and each entry holds its peers alive.
+const MAX_CACHED_SERIES: usize = 1024;
 
 /// A request label set compared by the identity of its shared parts: the same peer, peer
 /// and service `Arc`s (which the key keeps alive, so their addresses are not reused while
