@@ -188,10 +188,7 @@ impl UsersClient {
         }
         let path = http::uri::PathAndQuery::from_static(GET_USER);
         let codec = tonic_prost::ProstCodec::<GetUserRequest, UserReply>::default();
-        let reply: UserReply = grpc
-            .unary(request, path, codec)
-            .await?
-            .into_inner();
+        let reply: UserReply = grpc.unary(request, path, codec).await?.into_inner();
         Ok(User {
             id: reply.id,
             name: reply.name,
