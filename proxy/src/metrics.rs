@@ -432,6 +432,10 @@ pub struct Metrics {
     pub mx_id: http::HeaderValue,
     pub namespace: String,
     peers: DashMap<Vec<u8>, Arc<Peer>>,
+    /// Peers named with the principal of their certificate, by peer (its address; one
+    /// principal per peer, the last seen): an outbound mTLS response reuses one `Arc`, so its
+    /// series handles stay cached.
+    with_principals: DashMap<usize, (Arc<Peer>, Arc<Peer>)>,
     services: DashMap<String, Arc<ServiceId>>,
     unknown: Arc<Peer>,
     /// The four request series of a label set, found by identity (see [`SeriesKey`]), so a
@@ -648,6 +652,7 @@ impl Metrics {
             mx_id,
             namespace: cfg.pod_namespace.clone(),
             peers: DashMap::new(),
+            with_principals: DashMap::new(),
             services: DashMap::new(),
             unknown: Arc::new(Peer::unknown()),
             series: DashMap::default(),
@@ -677,6 +682,25 @@ impl Metrics {
             self.peers.insert(v.as_bytes().to_vec(), Arc::clone(&peer));
         }
         peer
+    }
+
+    /// `peer` named with `principal` (see [`with_principal`]), one `Arc` per pair while the
+    /// pair is cached. The entry keeps `peer` alive, so its address is not reused while it is
+    /// a key.
+    pub fn peer_with_principal(&self, peer: &Arc<Peer>, principal: &str) -> Arc<Peer> {
+        let key = Arc::as_ptr(peer) as usize;
+        if let Some(e) = self.with_principals.get(&key)
+            && Arc::ptr_eq(&e.0, peer)
+            && e.1.principal == principal
+        {
+            return Arc::clone(&e.1);
+        }
+        let named = with_principal(peer, principal);
+        if self.with_principals.len() < 10_000 {
+            self.with_principals
+                .insert(key, (Arc::clone(peer), Arc::clone(&named)));
+        }
+        named
     }
 
     /// The service an inbound request's host names (cached by host).
@@ -873,6 +897,23 @@ mod tests {
         assert!(text.contains("destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\""), "{text}");
         assert!(text.contains("} 2\n"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    }
+
+    #[test]
+    fn a_peer_named_with_its_principal_is_one_arc_per_peer_and_principal() {
+        let m = Metrics::new(&cfg("client-1", "client", "v1"));
+        let server = Arc::new(Peer::unknown());
+        let a = "spiffe://cluster.local/ns/default/sa/user";
+        let first = m.peer_with_principal(&server, a);
+        assert_eq!(first.principal, a);
+        assert!(Arc::ptr_eq(&first, &m.peer_with_principal(&server, a)));
+        let b = "spiffe://cluster.local/ns/default/sa/other";
+        let other = m.peer_with_principal(&server, b);
+        assert_eq!(other.principal, b);
+        assert!(!Arc::ptr_eq(&first, &other));
+        // Another peer with the same contents is another key.
+        let twin = Arc::new(Peer::unknown());
+        assert!(!Arc::ptr_eq(&m.peer_with_principal(&twin, a), &first));
     }
 
     #[test]

@@ -445,7 +445,7 @@ pub(super) fn respond(
             rec.peer = metrics.peer_from_header(Some(mx));
         }
         if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
-            rec.peer = crate::metrics::with_principal(&rec.peer, &peer.0);
+            rec.peer = metrics.peer_with_principal(&rec.peer, &peer.0);
             rec.local_principal = true;
         }
         parts.headers.remove(&PEER_METADATA);
