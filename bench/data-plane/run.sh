@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: direct vs Envoy 1.40 vs mast-proxy, in one run, same CPU pinning.
 #
-#   bench/data-plane/run.sh            # ~4 minutes; prints a Markdown table
+#   bench/data-plane/run.sh                     # one run, ~3 minutes; prints a Markdown table
+#   RUNS=5 bench/data-plane/run.sh              # five interleaved runs: medians and ranges, ~15 min
+#   BIN_DIR=dir MAST_BINS="release=a/mast-proxy sidecar=b/mast-proxy" bench/data-plane/run.sh
+#                                               # two builds of mast-proxy in the same runs
 #
 # Pinning (2-core machine): nginx (backend) and every load generator on CPU 0, the proxy
 # under test alone on CPU 1 — Envoy with --concurrency 1, mast-proxy with one worker.
 # Loads: wrk (closed loop, saturation, HTTP/1.1 keep-alive, 1 KiB body), openloop (this
 # repo's open-loop generator: fixed 1000 and 5000 req/s, latency from the scheduled send time,
 # so stalls are not hidden), h2load (HTTP/2, h2c prior knowledge). RSS from /proc: idle,
-# with 1000 services configured, and the peak (VmHWM) after the load runs.
+# with 1000 services configured, and the peak (VmHWM) after the load runs. The proxy's CPU
+# per request is split into user space and kernel (utime and stime from /proc/PID/stat).
+# Every figure of every run goes to bench/data-plane/latest.tsv, the table to latest.md.
 # Only processes this script started are stopped (by PID); everything stays on 127.0.0.1.
 set -euo pipefail
 
@@ -16,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
 bench_init dp
 DUR=${DUR:-10}
+RUNS=${RUNS:-1}
 need wrk wrk
 need nginx nginx-light
 need h2load nghttp2-client
@@ -32,6 +38,7 @@ nginx_body 0 1 127.0.0.1:18181 "127.0.0.1:18182 http2"
 # same cluster. $1 listener port, $2 h2 listener port, $3 admin port, $4 extra services.
 bootstrap() {
     local out=$WORK/boot-$1.yaml
+    [ -f "$out" ] && { echo "$out"; return; } # written in an earlier run
     cat >"$out" <<EOF
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: $3}}
@@ -99,7 +106,7 @@ EOF
 start_proxy() { # name bootstrap admin → PROXY_PID (no subshell: it must stay our child)
     case $1 in
     envoy) taskset -c 1 "$ENVOY" -c "$2" --concurrency 1 -l error --use-dynamic-base-id >"$WORK/$1.log" 2>&1 & ;;
-    mast) taskset -c 1 "$MAST" -c "$2" --concurrency 1 -l warn --stats-port 0 --status-port 0 --agent-port 0 >"$WORK/$1.log" 2>&1 & ;;
+    *) taskset -c 1 "${BINARY[$1]}" -c "$2" --concurrency 1 -l warn --stats-port 0 --status-port 0 --agent-port 0 >"$WORK/$1.log" 2>&1 & ;;
     esac
     PROXY_PID=$!
     PIDS+=("$PROXY_PID")
@@ -110,83 +117,153 @@ start_proxy() { # name bootstrap admin → PROXY_PID (no subshell: it must stay 
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; } # utime stime
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-declare -A RPS CPU_US P50_1K P99_1K P999_1K P50_5K P99_5K P999_5K H2 IDLE BIG HWM
+# Every figure goes to one file, a line per run, peer and metric; the table is drawn from it.
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+rec() { printf '%s\t%s\t%s\t%s\n' "$RUN" "$1" "$2" "$3" >>"$RESULTS"; }
 TICK=$(getconf CLK_TCK)
 
-measure() { # name http-port h2-port pid
+measure() { # peer http-port h2-port [pid]
     local name=$1 port=$2 h2port=$3 pid=${4:-}
-    local t0 c0 out
-    [ -n "$pid" ] && c0=$(cpu_ticks "$pid")
+    local u0 s0 u1 s1 out reqs
+    [ -n "$pid" ] && read -r u0 s0 < <(cpu_ticks "$pid")
     out=$(taskset -c 0 wrk -t1 -c50 -d"${DUR}s" "http://127.0.0.1:$port/")
-    RPS[$name]=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+    rec "$name" rps "$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")"
     if [ -n "$pid" ]; then
-        local c1 reqs
-        c1=$(cpu_ticks "$pid")
+        read -r u1 s1 < <(cpu_ticks "$pid")
         reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-        CPU_US[$name]=$(python3 -c "print(round(($c1-$c0)/$TICK*1e6/$reqs, 1))")
+        rec "$name" cpu_user_us "$(python3 -c "print(($u1-$u0)/$TICK*1e6/$reqs)")"
+        rec "$name" cpu_sys_us "$(python3 -c "print(($s1-$s0)/$TICK*1e6/$reqs)")"
     fi
     for rate in 1000 5000; do
         out=$(taskset -c 0 "$OPENLOOP" --url "http://127.0.0.1:$port/" --rate $rate --duration "$DUR" --connections 64)
         if [ "$(json errors <<<"$out")" != 0 ]; then echo "errors at $rate/s for $name: $out" >&2; fi
-        local k=${rate/000/K}
-        eval "P50_$k[\$name]=$(json p50_us <<<"$out")"
-        eval "P99_$k[\$name]=$(json p99_us <<<"$out")"
-        eval "P999_$k[\$name]=$(json p999_us <<<"$out")"
+        for q in p50 p99 p999; do rec "$name" "${q}_$rate" "$(json ${q}_us <<<"$out")"; done
     done
     out=$(taskset -c 0 h2load -c 10 -m 10 -D "$DUR" "http://127.0.0.1:$h2port/" 2>/dev/null || true)
-    H2[$name]=$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")
-    [ -n "$pid" ] && HWM[$name]=$(hwm_kb "$pid")
+    rec "$name" h2 "$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")"
+    [ -n "$pid" ] && rec "$name" hwm_kb "$(hwm_kb "$pid")"
     return 0
 }
 
-echo "== direct"
-measure direct 18181 18182
-for name in envoy mast; do
-    echo "== $name"
-    if [ $name = envoy ]; then base=20; else base=30; fi
+# The proxies under test: Envoy, then mast-proxy, or every `label=path` of MAST_BINS (e.g. two
+# build profiles of the same commit) — each gets its own ports.
+PROXIES=(envoy)
+declare -A BINARY=([envoy]=$ENVOY)
+if [ -n "${MAST_BINS:-}" ]; then
+    for kv in $MAST_BINS; do PROXIES+=("${kv%%=*}"); BINARY[${kv%%=*}]=${kv#*=}; done
+else
+    PROXIES+=(mast)
+    BINARY[mast]=$MAST
+fi
+
+proxy_run() { # peer base-port
+    local name=$1 base=$2 small big pid
     small=$(bootstrap ${base}080 ${base}082 ${base}000 0)
-    start_proxy $name "$small" ${base}000
+    start_proxy "$name" "$small" ${base}000
     pid=$PROXY_PID
     sleep 2
-    IDLE[$name]=$(rss_kb "$pid")
-    measure $name ${base}080 ${base}082 "$pid"
+    rec "$name" idle_kb "$(rss_kb "$pid")"
+    measure "$name" ${base}080 ${base}082 "$pid"
     stop "$pid"
     big=$(bootstrap ${base}180 ${base}182 ${base}100 1000)
-    start_proxy $name "$big" ${base}100
+    start_proxy "$name" "$big" ${base}100
     pid=$PROXY_PID
     sleep 3
     curl -sf -o /dev/null "http://127.0.0.1:${base}180/" || echo "warning: $name with 1000 services did not answer" >&2
-    BIG[$name]=$(rss_kb "$pid")
+    rec "$name" big_kb "$(rss_kb "$pid")"
     stop "$pid"
+}
+
+# RUNS interleaved runs: direct, then the proxies, their order rotated each run so neither
+# always follows the other.
+for RUN in $(seq 1 "$RUNS"); do
+    echo "== run $RUN/$RUNS: direct"
+    measure direct 18181 18182
+    n=${#PROXIES[@]}
+    for k in $(seq 0 $((n - 1))); do
+        i=$(((k + RUN - 1) % n))
+        echo "== run $RUN/$RUNS: ${PROXIES[$i]}"
+        proxy_run "${PROXIES[$i]}" $((20 + 10 * i))
+    done
 done
 
-ratio() { python3 -c "a,b=$1,$2; print(f'{a/b:.2f}×' if b else '-')"; }
-added() { python3 -c "print(f'{$1-$2:.0f}')"; }
-us() { python3 -c "print(f'{$1:.0f}')"; }
-mb() { python3 -c "print(f'{$1/1024:.1f}')"; }
 {
-echo "### Data plane, $(date -u +%F) ($(cd "$ROOT" && git rev-parse --short HEAD)), ${DUR}s per measurement"
+echo "### Data plane, $(date -u +%F) ($(cd "$ROOT" && git rev-parse --short HEAD)), ${DUR}s per measurement, median of $RUNS interleaved run(s)"
 echo
-echo "| | direct | Envoy 1.40 | mast-proxy | mast / Envoy |"
-echo "|---|---|---|---|---|"
-echo "| HTTP/1.1 req/s at saturation (wrk -c50) | ${RPS[direct]} | ${RPS[envoy]} | ${RPS[mast]} | $(ratio "${RPS[mast]}" "${RPS[envoy]}") |"
-echo "| proxy CPU per request (µs) | – | ${CPU_US[envoy]} | ${CPU_US[mast]} | $(ratio "${CPU_US[mast]}" "${CPU_US[envoy]}") |"
-for k in 1K 5K; do
-    eval "p50=(\${P50_$k[direct]} \${P50_$k[envoy]} \${P50_$k[mast]})"
-    eval "p99=(\${P99_$k[direct]} \${P99_$k[envoy]} \${P99_$k[mast]})"
-    eval "p999=(\${P999_$k[direct]} \${P999_$k[envoy]} \${P999_$k[mast]})"
-    echo "| ${k/K/000} req/s open loop: p50 (µs) | $(us "${p50[0]}") | $(us "${p50[1]}") | $(us "${p50[2]}") | |"
-    echo "| ${k/K/000} req/s: p99 (µs) | $(us "${p99[0]}") | $(us "${p99[1]}") | $(us "${p99[2]}") | |"
-    echo "| ${k/K/000} req/s: p99.9 (µs) | $(us "${p999[0]}") | $(us "${p999[1]}") | $(us "${p999[2]}") | |"
-    echo "| ${k/K/000} req/s: **added p99** over direct (µs) | – | $(added "${p99[1]}" "${p99[0]}") | $(added "${p99[2]}" "${p99[0]}") | $(ratio "$(added "${p99[2]}" "${p99[0]}")" "$(added "${p99[1]}" "${p99[0]}")") |"
-done
-echo "| HTTP/2 req/s (h2load -c10 -m10) | ${H2[direct]} | ${H2[envoy]} | ${H2[mast]} | $(ratio "${H2[mast]}" "${H2[envoy]}") |"
-echo "| RSS idle (MB) | – | $(mb "${IDLE[envoy]}") | $(mb "${IDLE[mast]}") | $(ratio "${IDLE[mast]}" "${IDLE[envoy]}") |"
-echo "| RSS with 1000 services (MB) | – | $(mb "${BIG[envoy]}") | $(mb "${BIG[mast]}") | $(ratio "${BIG[mast]}" "${BIG[envoy]}") |"
-echo "| RSS peak under load (MB) | – | $(mb "${HWM[envoy]}") | $(mb "${HWM[mast]}") | $(ratio "${HWM[mast]}" "${HWM[envoy]}") |"
+python3 - "$RESULTS" "${PROXIES[@]}" <<'PY'
+import statistics, sys
+from collections import defaultdict
+
+path, proxies = sys.argv[1], sys.argv[2:]
+v = defaultdict(dict)  # (peer, metric) -> {run: value}
+for line in open(path):
+    run, peer, metric, value = line.rstrip("\n").split("\t")
+    if value:
+        v[(peer, metric)][int(run)] = float(value)
+for peer in proxies:  # derived per run: total CPU, and p99 added over direct in the same run
+    for run, u in v[(peer, "cpu_user_us")].items():
+        v[(peer, "cpu_us")][run] = u + v[(peer, "cpu_sys_us")].get(run, 0)
+    for rate in (1000, 5000):
+        for run, p in v[(peer, f"p99_{rate}")].items():
+            d = v[("direct", f"p99_{rate}")].get(run)
+            if d is not None:
+                v[(peer, f"added_p99_{rate}")][run] = p - d
+runs = sorted({r for d in v.values() for r in d})
+many = len(runs) > 1
+
+def cell(peer, metric, fmt):
+    d = v.get((peer, metric))
+    if not d:
+        return "–"
+    xs = list(d.values())
+    out = fmt(statistics.median(xs))
+    return f"{out} ({fmt(min(xs))}–{fmt(max(xs))})" if many else out
+
+def ratio(peer, metric):
+    a, b = v.get((peer, metric)), v.get(("envoy", metric))
+    if not a or not b or not statistics.median(b.values()):
+        return ""
+    out = f"{statistics.median(a.values()) / statistics.median(b.values()):.2f}×"
+    per_run = [a[r] / b[r] for r in runs if r in a and r in b and b[r]]
+    if many and per_run:
+        out += f" ({min(per_run):.2f}–{max(per_run):.2f})"
+    return out
+
+n = lambda x: f"{x:.0f}"
+us1 = lambda x: f"{x:.1f}"
+mb = lambda x: f"{x / 1024:.1f}"
+rows = [("HTTP/1.1 req/s at saturation (wrk -c50)", "rps", n, True),
+        ("proxy CPU per request (µs)", "cpu_us", us1, False),
+        ("of it user space (µs)", "cpu_user_us", us1, False),
+        ("of it kernel (µs)", "cpu_sys_us", us1, False)]
+for rate in (1000, 5000):
+    rows += [(f"{rate} req/s open loop: p50 (µs)", f"p50_{rate}", n, True),
+             (f"{rate} req/s: p99 (µs)", f"p99_{rate}", n, True),
+             (f"{rate} req/s: p99.9 (µs)", f"p999_{rate}", n, True),
+             (f"{rate} req/s: **added p99** over direct (µs)", f"added_p99_{rate}", n, False)]
+rows += [("HTTP/2 req/s (h2load -c10 -m10)", "h2", n, True),
+         ("RSS idle (MB)", "idle_kb", mb, False),
+         ("RSS with 1000 services (MB)", "big_kb", mb, False),
+         ("RSS peak under load (MB)", "hwm_kb", mb, False)]
+names = {"envoy": "Envoy 1.40", "mast": "mast-proxy"}
+masts = [p for p in proxies if p != "envoy"]
+print("| | direct | " + " | ".join(names.get(p, f"mast-proxy ({p})") for p in proxies)
+      + " | " + " | ".join(f"{names.get(p, p)} / Envoy" for p in masts) + " |")
+print("|---" * (2 + len(proxies) + len(masts)) + "|")
+for label, metric, fmt, direct in rows:
+    print(f"| {label} | {cell('direct', metric, fmt) if direct else '–'} | "
+          + " | ".join(cell(p, metric, fmt) for p in proxies) + " | "
+          + " | ".join(ratio(p, metric) for p in masts) + " |")
+if many:
+    print()
+    print("Each cell: the median over the runs (min–max); a ratio is of the medians (the range of"
+          " the runs' own ratios). Added p99 is taken within each run, against that run's direct p99.")
+PY
 } | tee "$WORK/table.md"
 cp "$WORK/table.md" "$ROOT/bench/data-plane/latest.md"
+cp "$RESULTS" "$ROOT/bench/data-plane/latest.tsv"

@@ -8,6 +8,7 @@
 #   BIN=target/sidecar bench/sidecar-mem/run.sh   # another build of mast-proxy (TOOLS: mastd, mastctl)
 #   PEERS=mast MESHES=demo bench/sidecar-mem/run.sh   # mast-proxy only, one mesh
 #   STATS=1 KEEP=1 MAST_ENV=MIMALLOC_SHOW_STATS=1 bench/sidecar-mem/run.sh  # keep smaps, status, mimalloc's stats
+#   MESHES=load LOAD_RUNS=5 LOAD_SECS=10 bench/sidecar-mem/run.sh  # throughput with pilot's xDS (quiet machine)
 #
 # Three meshes:
 # - demo: the todo-list sample (manifests/samples/todolist) plus what `mastctl demo` adds in pods
@@ -21,11 +22,16 @@
 # - load: peak under load, pilot-configured too: a client sidecar (INTERCEPTION_MODE=NONE, a
 #   Sidecar egress listener on 127.0.0.1:8080) in front of nginx (1 KiB body, a WorkloadEntry,
 #   plaintext by a DestinationRule), `wrk -t1 -c50` for $LOAD_SECS s; VmHWM and VmRSS after it.
+#   Its throughput too, pinned as bench/data-plane/run.sh pins: the proxy under test alone on
+#   CPU 1, nginx, wrk, mastd (and Envoy's SDS agent) on CPU 0; req/s and the proxy's CPU per
+#   request (utime+stime over the load), LOAD_RUNS interleaved runs (median and range). This is
+#   the issue-22 figure "with pilot's sidecar xDS": Istio's default retry policy on the route,
+#   Istio's metrics on, what mastd sends a sidecar — not a hand-written bootstrap.
 # Everything runs in a network namespace of its own (lo only), so the fixed Istio ports of
 # REDIRECT mode (15001, 15006, 15021, 15090) clash with nothing on the machine. Envoy gets its
 # certificate over SDS from `mast-proxy --agent` (istio-agent's role; not counted, as in
 # Istio's figures, which count the envoy process). Memory is little disturbed by a busy
-# machine, unlike throughput; this script measures no throughput.
+# machine, unlike throughput: take the load mesh's req/s only on a quiet machine.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -202,7 +208,7 @@ measure() { # pid label
 }
 
 start_mastd() { # config dir
-    ip netns exec "$NS" "$TOOLS/mastd" --config-dir "$1" --xds-addr 127.0.0.1:15010 --ca-addr 127.0.0.1:15012 \
+    ip netns exec "$NS" $PIN_REST "$TOOLS/mastd" --config-dir "$1" --xds-addr 127.0.0.1:15010 --ca-addr 127.0.0.1:15012 \
         --ca-dir "$WORK/ca" --http-addr 127.0.0.1:15014 --telemetry-addr 127.0.0.1:20001 \
         --no-trace-receiver --no-injector >"$WORK/mastd.log" 2>&1 &
     MASTD=$!
@@ -219,7 +225,7 @@ start_mast() {
     POD_NAME=$POD POD_NAMESPACE=default INSTANCE_IP=$POD_IP SERVICE_ACCOUNT=$SA \
         ISTIO_META_INTERCEPTION_MODE=$MODE ISTIO_META_WORKLOAD_NAME=$POD \
         PROXY_CONFIG='{"discoveryAddress":"127.0.0.1:15010","terminationDrainDuration":"1s"}' \
-        RUST_LOG=info ip netns exec "$NS" env ${MAST_ENV:-} "$BIN/mast-proxy" --labels "$LABELS" --concurrency 1 \
+        RUST_LOG=info ip netns exec "$NS" env ${MAST_ENV:-} $PIN "$BIN/mast-proxy" --labels "$LABELS" --concurrency 1 \
         --discovery-address 127.0.0.1:15010 --ca-address 127.0.0.1:15012 \
         --ca-root-cert "$WORK/ca/root-cert.pem" --ca-token-file "$WORK/token" \
         >"$WORK/mast-proxy.log" 2>&1 &
@@ -229,7 +235,7 @@ start_mast() {
 }
 
 start_envoy() {
-    POD_NAME=$POD POD_NAMESPACE=default SERVICE_ACCOUNT=$SA ip netns exec "$NS" "$TOOLS/mast-proxy" --agent \
+    POD_NAME=$POD POD_NAMESPACE=default SERVICE_ACCOUNT=$SA ip netns exec "$NS" $PIN_REST "$TOOLS/mast-proxy" --agent \
         --sds-socket "$WORK/sds.sock" --ca-address 127.0.0.1:15012 \
         --ca-root-cert "$WORK/ca/root-cert.pem" --ca-token-file "$WORK/token" \
         --admin-port 15100 --stats-port 0 --status-port 0 --agent-port 0 -l warn \
@@ -239,7 +245,7 @@ start_envoy() {
     "$TOOLS/mastctl" bootstrap --pod "$POD" --namespace default --ip "$POD_IP" --labels "$LABELS" \
         --service-account "$SA" --xds-address 127.0.0.1:15010 --interception-mode "$MODE" \
         --admin-port 15000 --sds-socket "$WORK/sds.sock" --delta >"$WORK/envoy.json"
-    ip netns exec "$NS" "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 -l error --use-dynamic-base-id \
+    ip netns exec "$NS" $PIN "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 -l error --use-dynamic-base-id \
         >"$WORK/envoy.log" 2>&1 &
     LAST=$!
     PIDS+=("$LAST")
@@ -248,9 +254,14 @@ start_envoy() {
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 LOAD_SECS=${LOAD_SECS:-5}
+LOAD_RUNS=${LOAD_RUNS:-1}
+THROUGHPUT=$WORK/throughput.tsv
+: >"$THROUGHPUT"
+TICK=$(getconf CLK_TCK)
+PIN= PIN_REST= # taskset prefixes, set for the load mesh
 LOAD_URL=http://127.0.0.1:8080/
 
-ip netns exec "$NS" nginx -c "$WORK/nginx.conf" &
+ip netns exec "$NS" taskset -c 0 nginx -c "$WORK/nginx.conf" &
 PIDS+=($!)
 wait_url http://127.0.0.1:18181/
 
@@ -259,18 +270,27 @@ echo
 echo "| mesh, proxy | VmRSS (MB) | anon | file-backed | of it the binary | VmHWM | threads |"
 echo "|---|---|---|---|---|---|---|"
 for mesh in ${MESHES:-demo big load}; do
+    if [ "$mesh" = load ]; then PIN="taskset -c 1"; PIN_REST="taskset -c 0"; RUNS=$LOAD_RUNS; else RUNS=1; fi
     start_mastd "$WORK/$mesh"
     if [ "$mesh" != demo ]; then LABELS=app=client; SA=client; POD=client-1; fi
     if [ "$mesh" = load ]; then MODE=NONE; POD_IP=127.0.0.1; else MODE=REDIRECT; fi
     "$TOOLS/mastctl" credential --ca-dir "$WORK/ca" --namespace default --service-account "$SA" -o "$WORK/token"
-    for peer in $PEERS; do
+    read -ra peers <<<"$PEERS"
+    for run in $(seq 1 "$RUNS"); do
+    for k in $(seq 0 $((${#peers[@]} - 1))); do
+        peer=${peers[$(((k + run - 1) % ${#peers[@]}))]} # the order rotates from run to run
         if [ "$peer" = mast ]; then start_mast; else start_envoy; fi
         sleep "$SETTLE"
         if [ "$mesh" = load ]; then
             for _ in $(seq 1 100); do in_ns curl -sf -o /dev/null -H "Host: echo.default.svc.cluster.local" "$LOAD_URL" && break; sleep 0.1; done
             in_ns curl -sf -o /dev/null -H "Host: echo.default.svc.cluster.local" "$LOAD_URL" || { echo "$peer does not answer" >&2; exit 1; }
-            in_ns wrk -t1 -c50 -d"${LOAD_SECS}s" -H "Host: echo.default.svc.cluster.local" "$LOAD_URL" \
-                | awk '/Requests\/sec|Non-2xx|Socket errors/ {print "  (" $0 ")"}' >&2
+            read -r c0 < <(awk '{print $14 + $15}' "/proc/$LAST/stat")
+            out=$(in_ns taskset -c 0 wrk -t1 -c50 -d"${LOAD_SECS}s" -H "Host: echo.default.svc.cluster.local" "$LOAD_URL")
+            read -r c1 < <(awk '{print $14 + $15}' "/proc/$LAST/stat")
+            awk '/Non-2xx|Socket errors/ {print "  (" $0 ")"}' <<<"$out" >&2
+            reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+            printf '%s\t%s\t%s\t%s\n' "$run" "$peer" "$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")" \
+                "$(awk -v c=$((c1 - c0)) -v t="$TICK" -v n="$reqs" 'BEGIN {printf "%.1f", c / t * 1e6 / n}')" >>"$THROUGHPUT"
             sleep 1
         fi
         measure "$LAST" "$mesh, $peer"
@@ -282,5 +302,34 @@ for mesh in ${MESHES:-demo big load}; do
         [ "$peer" = envoy ] && stop "$AGENT"
         if [ "$peer" = mast ] && [ -n "${STATS:-}" ]; then cp "$WORK/mast-proxy.log" "$WORK/log-$mesh"; fi
     done
+    done
     stop "$MASTD"
 done
+
+if [ -s "$THROUGHPUT" ]; then
+    echo
+    echo "Load mesh, HTTP/1.1 through the pilot-configured client sidecar (wrk -t1 -c50, ${LOAD_SECS} s;"
+    echo "proxy alone on CPU 1), median (min–max) of $LOAD_RUNS interleaved run(s):"
+    echo
+    python3 - "$THROUGHPUT" <<'PY'
+import statistics, sys
+from collections import defaultdict
+rps, cpu = defaultdict(dict), defaultdict(dict)
+for line in open(sys.argv[1]):
+    run, peer, r, c = line.split()
+    rps[peer][run], cpu[peer][run] = float(r), float(c)
+def cell(d, fmt):
+    xs = list(d.values())
+    return f"{fmt(statistics.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+def ratio(m):
+    if "mast" not in m or "envoy" not in m:
+        return "–"
+    per = [m["mast"][r] / m["envoy"][r] for r in m["mast"] if r in m["envoy"]]
+    return (f"{statistics.median(m['mast'].values()) / statistics.median(m['envoy'].values()):.2f}× "
+            f"({min(per):.2f}–{max(per):.2f})")
+print("| | " + " | ".join(rps) + " | mast / envoy |")
+print("|---" * (len(rps) + 2) + "|")
+print("| req/s | " + " | ".join(cell(rps[p], lambda x: f"{x:.0f}") for p in rps) + f" | {ratio(rps)} |")
+print("| proxy CPU per request (µs) | " + " | ".join(cell(cpu[p], lambda x: f"{x:.1f}") for p in cpu) + f" | {ratio(cpu)} |")
+PY
+fi
