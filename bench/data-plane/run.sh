@@ -147,7 +147,28 @@ measure() { # peer http-port h2-port [pid]
     out=$(taskset -c 0 h2load -c 10 -m 10 -D "$DUR" "http://127.0.0.1:$h2port/" 2>/dev/null || true)
     rec "$name" h2 "$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")"
     [ -n "$pid" ] && rec "$name" hwm_kb "$(hwm_kb "$pid")"
+    [ -n "$pid" ] && [ -n "${SYSCALLS:-}" ] && count_syscalls "$name" "$port" "$pid"
     return 0
+}
+
+# SYSCALLS=1: the system calls the proxy makes per request, counted by strace over a fixed
+# number of keep-alive requests (strace slows the proxy; the counts, not the time, are the
+# figure). After the timed loads, so it disturbs none of them.
+count_syscalls() { # peer http-port pid
+    local n=20000 sp out
+    need strace strace
+    strace -f -c -o "$WORK/strace-$1-$RUN.txt" -p "$3" 2>/dev/null &
+    sp=$!
+    sleep 1
+    out=$(taskset -c 0 h2load --h1 -n $n -c 50 "http://127.0.0.1:$2/" 2>/dev/null)
+    kill -INT "$sp"
+    wait "$sp" 2>/dev/null || true
+    grep -q "$n succeeded" <<<"$out" || echo "warning: not every request under strace succeeded for $1" >&2
+    # strace -c: "% time, seconds, usecs/call, calls, [errors,] syscall"; calls is column 4.
+    rec "$1" syscalls "$(awk -v n=$n '$NF == "total" {print $4 / n}' "$WORK/strace-$1-$RUN.txt")"
+    rec "$1" syscalls_detail "$(awk -v n=$n 'NR > 2 && $NF != "total" && $1 !~ /^-/ && $4 / n >= 0.01 {
+        printf "%s%s %.2f", sep, $NF, $4 / n; sep = ", "}' \
+        "$WORK/strace-$1-$RUN.txt")"
 }
 
 # The proxies under test: Envoy, then mast-proxy, or every `label=path` of MAST_BINS (e.g. two
@@ -201,9 +222,12 @@ from collections import defaultdict
 
 path, proxies = sys.argv[1], sys.argv[2:]
 v = defaultdict(dict)  # (peer, metric) -> {run: value}
+detail = {}  # peer -> the last run's system calls per request, by name
 for line in open(path):
     run, peer, metric, value = line.rstrip("\n").split("\t")
-    if value:
+    if metric == "syscalls_detail":
+        detail[peer] = value
+    elif value:
         v[(peer, metric)][int(run)] = float(value)
 for peer in proxies:  # derived per run: total CPU, and p99 added over direct in the same run
     for run, u in v[(peer, "cpu_user_us")].items():
@@ -241,6 +265,8 @@ rows = [("HTTP/1.1 req/s at saturation (wrk -c50)", "rps", n, True),
         ("proxy CPU per request (µs)", "cpu_us", us1, False),
         ("of it user space (µs)", "cpu_user_us", us1, False),
         ("of it kernel (µs)", "cpu_sys_us", us1, False)]
+if detail:
+    rows.append(("system calls per request (strace -c)", "syscalls", lambda x: f"{x:.2f}", False))
 for rate in (1000, 5000):
     rows += [(f"{rate} req/s open loop: p50 (µs)", f"p50_{rate}", n, True),
              (f"{rate} req/s: p99 (µs)", f"p99_{rate}", n, True),
@@ -259,6 +285,10 @@ for label, metric, fmt, direct in rows:
     print(f"| {label} | {cell('direct', metric, fmt) if direct else '–'} | "
           + " | ".join(cell(p, metric, fmt) for p in proxies) + " | "
           + " | ".join(ratio(p, metric) for p in masts) + " |")
+if detail:
+    print()
+for peer, d in detail.items():
+    print(f"- system calls per request, {names.get(peer, peer)}: {d}")
 if many:
     print()
     print("Each cell: the median over the runs (min–max); a ratio is of the medians (the range of"
