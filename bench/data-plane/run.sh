@@ -5,6 +5,7 @@
 #   RUNS=5 bench/data-plane/run.sh              # five interleaved runs: medians and ranges, ~15 min
 #   BIN_DIR=dir MAST_BINS="release=a/mast-proxy sidecar=b/mast-proxy" bench/data-plane/run.sh
 #                                               # two builds of mast-proxy in the same runs
+#   SYSCALLS=1 PERF=1 bench/data-plane/run.sh   # also system calls per request, and a CPU profile
 #
 # Pinning (2-core machine): nginx (backend) and every load generator on CPU 0, the proxy
 # under test alone on CPU 1 — Envoy with --concurrency 1, mast-proxy with one worker.
@@ -148,6 +149,7 @@ measure() { # peer http-port h2-port [pid]
     rec "$name" h2 "$(awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}' <<<"$out")"
     [ -n "$pid" ] && rec "$name" hwm_kb "$(hwm_kb "$pid")"
     [ -n "$pid" ] && [ -n "${SYSCALLS:-}" ] && count_syscalls "$name" "$port" "$pid"
+    [ -n "$pid" ] && [ -n "${PERF:-}" ] && profile_cpu "$name" "$port" "$pid"
     return 0
 }
 
@@ -169,6 +171,32 @@ count_syscalls() { # peer http-port pid
     rec "$1" syscalls_detail "$(awk -v n=$n 'NR > 2 && $NF != "total" && $1 !~ /^-/ && $4 / n >= 0.01 {
         printf "%s%s %.2f", sep, $NF, $4 / n; sep = ", "}' \
         "$WORK/strace-$1-$RUN.txt")"
+}
+
+# PERF=1: where the proxy's CPU goes at saturation, from `perf record -g` (cpu-clock, 5 s of
+# a wrk -c50 load): the share of samples in user space, and in the kernel those that wake
+# the process at the other end (the socket's wakeup: a cross-CPU wakeup, an IPI — in a VM an
+# exit to the hypervisor), page faults, and the rest (the TCP work itself). Shares, not time.
+profile_cpu() { # peer http-port pid
+    local wp
+    need perf linux-perf
+    taskset -c 0 wrk -t1 -c50 -d8s "http://127.0.0.1:$2/" >/dev/null &
+    wp=$!
+    sleep 2
+    perf record -q -F 2000 -g -p "$3" -o "$WORK/perf-$1-$RUN.data" -- sleep 5 >/dev/null 2>&1 || true
+    wait "$wp" || true
+    local shares
+    shares=$(perf script -i "$WORK/perf-$1-$RUN.data" 2>/dev/null | awk '
+        function tally() { total++; if (first ~ /kernel\.kallsyms/) { if (wake) w++; else if (fault) f++; else k++ } else u++ }
+        /^[^ \t]/ { if (n) tally(); n = 1; first = ""; wake = 0; fault = 0; next }
+        /^[ \t]/ {
+            if (first == "") first = $0
+            if ($0 ~ / (sock_def_readable|try_to_wake_up|ep_poll_callback|__wake_up_sync_key)\+/) wake = 1
+            if ($0 ~ / exc_page_fault\+/) fault = 1
+        }
+        END { if (n) tally(); if (total) printf "%.1f %.1f %.1f %.1f", 100 * u / total, 100 * w / total, 100 * f / total, 100 * k / total }')
+    read -r u w f k <<<"$shares"
+    rec "$1" perf_user "$u"; rec "$1" perf_wake "$w"; rec "$1" perf_fault "$f"; rec "$1" perf_kernel "$k"
 }
 
 # The proxies under test: Envoy, then mast-proxy, or every `label=path` of MAST_BINS (e.g. two
@@ -265,6 +293,12 @@ rows = [("HTTP/1.1 req/s at saturation (wrk -c50)", "rps", n, True),
         ("proxy CPU per request (µs)", "cpu_us", us1, False),
         ("of it user space (µs)", "cpu_user_us", us1, False),
         ("of it kernel (µs)", "cpu_sys_us", us1, False)]
+if v.get((proxies[0], "perf_user")):
+    pct = lambda x: f"{x:.1f}%"
+    rows += [("CPU samples in user space (perf)", "perf_user", pct, False),
+             ("in the kernel waking the peer (perf)", "perf_wake", pct, False),
+             ("in the kernel on page faults (perf)", "perf_fault", pct, False),
+             ("in the kernel, the rest: TCP, syscalls (perf)", "perf_kernel", pct, False)]
 if detail:
     rows.append(("system calls per request (strace -c)", "syscalls", lambda x: f"{x:.2f}", False))
 for rate in (1000, 5000):
