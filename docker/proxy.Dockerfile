@@ -15,10 +15,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# mast-proxy with the `sidecar` profile (root Cargo.toml: fat LTO, one codegen unit, panic =
+# abort, no debug info): the binary every pod maps, 14 MB instead of 111, and about 3 MB less
+# resident per sidecar (bench/README.md, "Sidecar memory"). mast-init runs once per pod: release.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=mast-target \
-    cargo build --release --locked -p mast-proxy --bin mast-proxy -p mast-injector --bin mast-init \
-    && mkdir -p /out && cp target/release/mast-proxy target/release/mast-init /out/
+    cargo build --profile sidecar --locked -p mast-proxy --bin mast-proxy \
+    && cargo build --release --locked -p mast-injector --bin mast-init \
+    && mkdir -p /out && cp target/sidecar/mast-proxy target/release/mast-init /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -326,10 +326,10 @@ mod tests {
                     "{name}: --bin {bin} is no binary of the packages {packages:?}"
                 );
             }
-            for copied in words
-                .iter()
-                .filter_map(|w| w.strip_prefix("target/release/"))
-            {
+            for copied in words.iter().filter_map(|w| {
+                w.strip_prefix("target/release/")
+                    .or_else(|| w.strip_prefix("target/sidecar/"))
+            }) {
                 assert!(
                     built.contains(&copied),
                     "{name}: copies {copied}, not built"
@@ -348,6 +348,9 @@ mod tests {
             );
         }
         let proxy = std::fs::read_to_string(docker.join("proxy.Dockerfile")).unwrap();
+        // The sidecar ships built with its own profile (root Cargo.toml), copied from its dir.
+        assert!(proxy.contains("--profile sidecar --locked -p mast-proxy --bin mast-proxy"));
+        assert!(proxy.contains("cp target/sidecar/mast-proxy"));
         assert!(proxy.contains("ln -s mast-proxy /usr/local/bin/pilot-agent"));
         assert!(proxy.contains(r#"ENTRYPOINT ["/usr/local/bin/pilot-agent"]"#));
         assert!(proxy.contains("iptables"));
