@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::InternalAddressConfig;
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 
 use crate::rbac::Cidr;
 use crate::resources::{At, FieldResult};
@@ -53,6 +53,11 @@ const EDGE_ONLY: [&str; 3] = [
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
 ];
+
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The HCM's `internal_address_config`.
 #[derive(Debug, Clone, Default)]
@@ -125,14 +130,13 @@ pub(super) fn decide(
     tls: bool,
 ) -> Verdict {
     let peer = peer.to_canonical();
-    headers.remove("x-envoy-internal");
     let previous: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
     let (client, trusted) = if policy.use_remote_address {
-        let had_xff = headers.contains_key("x-forwarded-for");
+        let had_xff = !previous.is_empty() || headers.contains_key(&X_FORWARDED_FOR);
         let hop = if peer.is_loopback() && !local.is_loopback() {
             local
         } else {
@@ -149,10 +153,10 @@ pub(super) fn decide(
             format!("{},{hop}", kept.join(","))
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(&X_FORWARDED_FOR, v);
         }
         headers.insert(
-            "x-forwarded-proto",
+            &X_FORWARDED_PROTO,
             HeaderValue::from_static(if tls { "https" } else { "http" }),
         );
         (Some(peer), !had_xff)
@@ -176,23 +180,24 @@ pub(super) fn decide(
     let internal =
         trusted && client.is_some_and(|ip| policy.internal.is_some_and(|cfg| cfg.contains(ip)));
     let edge = !internal && policy.use_remote_address;
+    // `x-envoy-internal` always goes (the verdict above never reads it), and unless the
+    // request is internal the internal-only names, and at the edge the caller's: one pass
+    // over the head's names, a removal only for those present.
+    super::remove_headers(headers, |name| {
+        let name = name.as_str();
+        name.starts_with("x-envoy-")
+            && (name == "x-envoy-internal"
+                || (!internal
+                    && (INTERNAL_ONLY.contains(&name) || (edge && EDGE_ONLY.contains(&name)))))
+    });
     if internal {
-        headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
-    } else {
-        if edge {
-            for name in EDGE_ONLY {
-                headers.remove(name);
-            }
-        }
-        for name in INTERNAL_ONLY {
-            headers.remove(name);
-        }
+        headers.insert(&X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     }
     if edge
         && let Some(client) = client
         && let Ok(v) = HeaderValue::from_str(&client.to_string())
     {
-        headers.insert("x-envoy-external-address", v);
+        headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
     }
     Verdict { internal, edge }
 }
@@ -380,6 +385,51 @@ mod tests {
         let mut h = control();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.9.8.7"));
         assert!(!decide(&mut h, sidecar(None), LOOPBACK, LOCAL, false).internal);
+    }
+
+    /// Each of the seventeen names, alone and twice: an edge request loses all of them, a
+    /// sidecar's external request the internal-only ones, an internal request none; other
+    /// `x-envoy-*` headers and the rest of the head stay whatever the verdict.
+    #[test]
+    fn each_control_header_goes_by_the_verdict() {
+        let cfg = mesh("10.0.0.0", 8);
+        let names = INTERNAL_ONLY.iter().chain(EDGE_ONLY.iter());
+        for name in names {
+            let edge_only = EDGE_ONLY.contains(name);
+            // (policy, x-forwarded-for, expected to keep `name`)
+            let cases = [
+                (gateway(Some(&cfg)), None, false),
+                (sidecar(Some(&cfg)), None, edge_only),
+                (sidecar(Some(&cfg)), Some("10.9.8.7"), true),
+            ];
+            for (policy, xff, kept) in cases {
+                let mut h = headers(&[
+                    ("accept", "*/*"),
+                    ("x-envoy-internal", "true"),
+                    ("x-envoy-peer-metadata-id", "id"),
+                ]);
+                let n = http::header::HeaderName::from_static(name);
+                h.append(&n, HeaderValue::from_static("1"));
+                h.append(&n, HeaderValue::from_static("2"));
+                if let Some(xff) = xff {
+                    h.insert("x-forwarded-for", HeaderValue::from_static(xff));
+                }
+                let v = decide(&mut h, policy, LOOPBACK, LOCAL, false);
+                let what = format!("{name} {:?} {xff:?}", v);
+                assert_eq!(
+                    h.get_all(&n).iter().count(),
+                    if kept { 2 } else { 0 },
+                    "{what}"
+                );
+                assert_eq!(h["accept"], "*/*", "{what}");
+                assert_eq!(h["x-envoy-peer-metadata-id"], "id", "{what}");
+                assert_eq!(
+                    h.get_all("x-envoy-internal").iter().count(),
+                    usize::from(v.internal),
+                    "{what}"
+                );
+            }
+        }
     }
 
     /// A config without `cidr_ranges` falls back to Envoy's private ranges.

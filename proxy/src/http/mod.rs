@@ -325,6 +325,17 @@ impl hyper::body::Body for Tracked {
     }
 }
 
+/// Remove every header whose name `drop` selects: one pass over the head's names, then one
+/// hashed removal per name present. Most heads carry none of the names a caller strips, and
+/// removing each candidate name by itself hashes it whether it is there or not.
+fn remove_headers(headers: &mut http::HeaderMap, drop: impl Fn(&header::HeaderName) -> bool) {
+    // No allocation when nothing matches.
+    let present: Vec<header::HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
+    for name in present {
+        headers.remove(name);
+    }
+}
+
 fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

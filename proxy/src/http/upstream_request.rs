@@ -25,7 +25,7 @@ use super::recorder::Recorder;
 use super::reply::{LocalReply, empty};
 use super::retry::RequestBody;
 use super::router::Routed;
-use super::{ConnCtx, Metered, request_host};
+use super::{ConnCtx, Metered, remove_headers, request_host};
 use crate::metrics::{
     PEER_METADATA_ID_NAME as PEER_METADATA_ID, PEER_METADATA_NAME as PEER_METADATA,
 };
@@ -503,18 +503,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // Only the names present are removed (each removal is a hashed lookup).
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for h in present {
-        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(h);
-    }
+    remove_headers(headers, |h| {
+        is_hop_by_hop(h) && !(keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE))
+    });
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
