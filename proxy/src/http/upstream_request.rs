@@ -441,15 +441,22 @@ pub(super) fn respond(
             .headers
             .insert(&PEER_METADATA_ID, metrics.mx_id.clone());
     } else {
-        if let Some(mx) = parts.headers.get(&PEER_METADATA) {
-            rec.peer = metrics.peer_from_header(Some(mx));
+        // The metadata exchange's headers are taken off the response; most responses (from
+        // outside the mesh) have neither, and one pass over the names says so.
+        let exchanged = parts
+            .headers
+            .keys()
+            .any(|n| n == PEER_METADATA || n == PEER_METADATA_ID);
+        if exchanged {
+            if let Some(mx) = parts.headers.remove(&PEER_METADATA) {
+                rec.peer = metrics.peer_from_header(Some(&mx));
+            }
+            parts.headers.remove(&PEER_METADATA_ID);
         }
         if let Some(peer) = parts.extensions.get::<crate::upstream::UpstreamIdentity>() {
             rec.peer = metrics.peer_with_principal(&rec.peer, &peer.0);
             rec.local_principal = true;
         }
-        parts.headers.remove(&PEER_METADATA);
-        parts.headers.remove(&PEER_METADATA_ID);
     }
     rec.code = parts.status.as_u16();
     let switching = upstream_upgrade.is_some();
@@ -482,27 +489,45 @@ pub(super) fn apply_response_ops(
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap, keep_upgrade: bool) {
     // Most heads carry none of them: one pass over the names then, instead of a hashed
-    // lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // lookup per name; it also says which of them need looking at.
+    let (mut any, mut te, mut connection) = (false, false, false);
+    for n in headers.keys().filter(|n| is_hop_by_hop(n)) {
+        any = true;
+        te |= n == header::TE;
+        connection |= n == header::CONNECTION;
+    }
+    if !any {
         return;
     }
-    if let Some(named) = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.to_string())
+    // The names `Connection` lists go too (but an upgrade's own when it is kept). Those the
+    // pass below removes anyway (`Connection: keep-alive`) need no lookup of their own. The
+    // value is a cheap clone (shared bytes), so the head can change while it is read.
+    let mut te_listed = false;
+    if let Some(listed) = connection
+        .then(|| headers.get(header::CONNECTION).cloned())
+        .flatten()
+        && let Ok(listed) = listed.to_str()
     {
-        for name in named.split(',').map(str::trim) {
+        for name in listed.split(',').map(str::trim) {
             if keep_upgrade && name.eq_ignore_ascii_case("upgrade") {
                 continue;
             }
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            te_listed |= name.eq_ignore_ascii_case("te");
+            let removed_below = HOP_BY_HOP_NAMES
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+                && !(keep_upgrade && name.eq_ignore_ascii_case("connection"));
+            if !removed_below && let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
                 headers.remove(n);
             }
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    // `te: trailers` is kept unless `Connection` names it.
+    let te_trailers = te
+        && !te_listed
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     remove_headers(headers, |h| {
         is_hop_by_hop(h) && !(keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE))
     });
@@ -519,6 +544,19 @@ fn parse_path(path: &str) -> Option<PathAndQuery> {
         None
     }
 }
+
+/// [`HOP_BY_HOP`] and the three [`is_hop_by_hop`] adds, as a `Connection` header lists them.
+const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "http2-settings",
+];
 
 /// A header [`strip_hop_by_hop`] drops (or, `te: trailers` and an upgrade's, may keep).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -608,6 +646,45 @@ mod tests {
         assert!(upgrade.get("x-secret").is_none());
     }
 
+    /// `Connection` lists names as tokens: any case, spaces around, empty ones; a listed
+    /// `te` goes even as `te: trailers`; a name that only starts like a listed one stays.
+    #[test]
+    fn connection_names_are_tokens() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive , X-Secret,,te "),
+        );
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append("x-secret", HeaderValue::from_static("2"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-secretive", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-secretive"], "kept");
+
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("UPGRADE, x-a"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "UPGRADE, x-a");
+
+        // An upgrade keeps its `Connection` header, unless the header lists itself.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("upgrade, Connection"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
     #[test]
     fn each_hop_by_hop_header_alone_is_dropped() {
         let names = [
@@ -621,7 +698,9 @@ mod tests {
             "proxy-connection",
             "http2-settings",
         ];
+        assert_eq!(names, HOP_BY_HOP_NAMES);
         for name in names {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
             let mut h = http::HeaderMap::new();
             h.insert("x-kept", HeaderValue::from_static("1"));
             h.insert(
