@@ -348,6 +348,12 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
+        // hyper hands over each HTTP/2 stream as one future holding the whole exchange (the
+        // service future, the upstream request, the response body): kilobytes. Boxed once
+        // here, what `tokio::spawn` copies into the task's cell (and `select!` into its
+        // state, and the task into its output slot) is a pointer, not the future. Measured
+        // with callgrind: memcpy was 122k of 204k instructions per proxied HTTP/2 request.
+        let fut = Box::pin(fut);
         match lock(&self.0.next_h2).take() {
             Some(clock) => {
                 tokio::spawn(async move {
