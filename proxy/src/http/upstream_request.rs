@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -113,20 +113,20 @@ impl Head {
         };
         let host = request_host(&parts);
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key(&X_FORWARDED_PROTO) {
-            parts
-                .headers
-                .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        // Each written only when absent: one hashed lookup (an entry) for the test and the
+        // write.
+        if let Entry::Vacant(e) = parts.headers.entry(&X_FORWARDED_PROTO) {
+            e.insert(HeaderValue::from_static("http"));
         }
-        if !parts.headers.contains_key(&X_REQUEST_ID) {
-            parts.headers.insert(&X_REQUEST_ID, request_id());
+        if let Entry::Vacant(e) = parts.headers.entry(&X_REQUEST_ID) {
+            e.insert(request_id());
         }
         if let Some(h) = &fwd.host_rewrite {
             parts.headers.insert(header::HOST, h.clone());
-        } else if !parts.headers.contains_key(header::HOST)
+        } else if let Entry::Vacant(e) = parts.headers.entry(header::HOST)
             && let Ok(h) = HeaderValue::from_str(&host)
         {
-            parts.headers.insert(header::HOST, h);
+            e.insert(h);
         }
         req.vhost.headers.apply_request(&mut parts.headers);
         req.route.headers.apply_request(&mut parts.headers);
