@@ -57,11 +57,11 @@ pub struct Cluster {
     pub active_retries: AtomicU32,
     pub connections: Arc<AtomicU32>,
     pub stats: ClusterStats,
-    h1: OnceLock<HttpClient>,
-    h2: OnceLock<HttpClient>,
+    h1: OnceLock<Arc<HttpClient>>,
+    h2: OnceLock<Arc<HttpClient>>,
     /// `auto_sni` clusters: one pool per (HTTP/2, request host), so a connection is never
     /// reused for a host its handshake did not name.
-    by_sni: Mutex<HashMap<(bool, String), HttpClient>>,
+    by_sni: Mutex<HashMap<(bool, String), Arc<HttpClient>>>,
 }
 
 #[derive(Default)]
@@ -325,14 +325,15 @@ impl Cluster {
 
     /// The pooled HTTP client for this cluster, for an upstream protocol. Requests for
     /// `https://` URIs go over TLS (see [`Host::scheme`]); when the cluster's SNI follows the
-    /// request (`auto_sni`), each `request_host` gets its own pool.
+    /// request (`auto_sni`), each `request_host` gets its own pool. Shared, not cloned: a
+    /// client's clone copies its pool handle, executor, timer and connector.
     pub fn client(
         &self,
         http2: bool,
         secrets: &Arc<SecretStore>,
         sds: &Arc<SdsSecrets>,
         request_host: Option<&str>,
-    ) -> HttpClient {
+    ) -> Arc<HttpClient> {
         let tls = self.config.transport.any_tls();
         let per_host = tls
             .filter(|t| t.sni.is_none() && t.auto_sni)
@@ -342,18 +343,17 @@ impl Cluster {
         {
             let key = (http2, host.to_string());
             if let Some(c) = map.get(&key) {
-                return c.clone();
+                return Arc::clone(c);
             }
             if map.len() >= MAX_SNI_CLIENTS {
                 map.clear();
             }
-            let c = self.build_client(http2, secrets, sds, Some(host));
-            map.insert(key, c.clone());
+            let c = Arc::new(self.build_client(http2, secrets, sds, Some(host)));
+            map.insert(key, Arc::clone(&c));
             return c;
         }
         let cell = if http2 { &self.h2 } else { &self.h1 };
-        cell.get_or_init(|| self.build_client(http2, secrets, sds, None))
-            .clone()
+        Arc::clone(cell.get_or_init(|| Arc::new(self.build_client(http2, secrets, sds, None))))
     }
 
     fn build_client(
