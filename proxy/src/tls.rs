@@ -241,10 +241,16 @@ fn spiffe_of(x: &x509_parser::certificate::X509Certificate<'_>) -> Option<String
     })
 }
 
-/// The SPIFFE ID in a DER certificate.
+/// The SPIFFE ID in a DER certificate. Read with webpki, the parser that verified the
+/// chain: a shallow walk to the SAN extension, where x509-parser decodes every field.
 pub fn spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, x) = x509_parser::parse_x509_certificate(cert).ok()?;
-    spiffe_of(&x)
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    spiffe_in(&ee).map(str::to_string)
+}
+
+/// The first `spiffe://` URI SAN of a certificate webpki has parsed.
+fn spiffe_in<'a>(ee: &webpki::EndEntityCert<'a>) -> Option<&'a str> {
+    ee.valid_uri_names().find(|u| u.starts_with("spiffe://"))
 }
 
 /// The current workload certificate, swapped on rotation.
@@ -354,12 +360,13 @@ impl SpiffeVerifier {
             None,
         )
         .map_err(pki_error)?;
-        let id = spiffe_id(end_entity).ok_or_else(|| {
+        // The URI SAN of the certificate just verified, not a second parse of it.
+        let id = spiffe_in(&ee).ok_or_else(|| {
             rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
                 Arc::new(TlsError::NoSpiffeId),
             )))
         })?;
-        if !self.sans.is_empty() && !self.sans.iter().any(|m| m.matches(&id)) {
+        if !self.sans.is_empty() && !self.sans.iter().any(|m| m.matches(id)) {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             ));
