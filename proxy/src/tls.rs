@@ -78,6 +78,7 @@ use rustls::{CertificateError, DistinguishedName, SignatureScheme};
 use tokio::sync::watch;
 
 pub mod credentials;
+mod tickets;
 
 /// SDS name of the workload certificate in Istio's config.
 pub const SDS_DEFAULT: &str = "default";
@@ -470,7 +471,7 @@ fn finish_client_config(
         None => builder.with_no_client_auth(),
     };
     cfg.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
-    cfg.resumption = rustls::client::Resumption::in_memory_sessions(1024);
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(tickets::TicketBank::new()));
     Ok(Arc::new(cfg))
 }
 

@@ -247,3 +247,76 @@ async fn resumed_sessions_keep_the_peer_identity() {
         ]
     );
 }
+
+/// One mTLS connection with `cc`/`sc` over a pipe: the server's handshake kind and the
+/// negotiated suite, once a ping has crossed (so the client has read its new tickets).
+async fn connect_once(
+    cc: &Arc<rustls::ClientConfig>,
+    sc: &Arc<rustls::ServerConfig>,
+) -> (Option<rustls::HandshakeKind>, Option<rustls::CipherSuite>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let sc = Arc::clone(sc);
+    let srv = tokio::spawn(async move {
+        let mut s = tokio_rustls::TlsAcceptor::from(sc).accept(b).await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
+        let (_, conn) = s.get_ref();
+        (
+            conn.handshake_kind(),
+            conn.negotiated_cipher_suite().map(|s| s.suite()),
+        )
+    });
+    let name = ServerName::try_from("outbound_.80_._.user.default.svc.cluster.local").unwrap();
+    let mut c = tokio_rustls::TlsConnector::from(Arc::clone(cc))
+        .connect(name, a)
+        .await
+        .unwrap();
+    c.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    c.read_exact(&mut buf).await.unwrap();
+    srv.await.unwrap()
+}
+
+#[tokio::test]
+async fn a_burst_of_new_connections_resumes_past_eight_tickets() {
+    let ca = ca("cluster.local");
+    let client = store(leaf(&ca, "sleep", now(), Duration::from_secs(3600)));
+    let server = store(leaf(&ca, "user", now(), Duration::from_secs(3600)));
+    let cc = client_config(&client, &[], &[]).unwrap();
+    let sc = server_config(&server, &[], true).unwrap();
+    // One at a time: each connection uses a ticket and brings two.
+    for _ in 0..20 {
+        connect_once(&cc, &sc).await;
+    }
+    // Then 20 at once (rustls' own cache keeps 8 tickets per server: 12 would be full).
+    let burst = futures::future::join_all((0..20).map(|_| connect_once(&cc, &sc))).await;
+    let full = burst
+        .iter()
+        .filter(|(k, _)| *k != Some(rustls::HandshakeKind::Resumed))
+        .count();
+    assert_eq!(full, 0, "{burst:?}");
+}
+
+#[tokio::test]
+async fn the_ticket_bank_is_bounded_per_server() {
+    let ca = ca("cluster.local");
+    let client = store(leaf(&ca, "sleep", now(), Duration::from_secs(3600)));
+    let server = store(leaf(&ca, "user", now(), Duration::from_secs(3600)));
+    let bank = Arc::new(tickets::TicketBank::new());
+    let mut cc = (*client_config(&client, &[], &[]).unwrap()).clone();
+    cc.resumption = rustls::client::Resumption::store(Arc::clone(&bank) as _);
+    let cc = Arc::new(cc);
+    let sc = server_config(&server, &[], true).unwrap();
+    let name = ServerName::try_from("outbound_.80_._.user.default.svc.cluster.local").unwrap();
+    connect_once(&cc, &sc).await;
+    assert_eq!(bank.banked(&name), 2, "two tickets per handshake");
+    for _ in 0..40 {
+        assert_eq!(
+            connect_once(&cc, &sc).await.0,
+            Some(rustls::HandshakeKind::Resumed)
+        );
+    }
+    assert_eq!(bank.banked(&name), tickets::TICKETS_PER_SERVER);
+}
