@@ -320,3 +320,25 @@ async fn the_ticket_bank_is_bounded_per_server() {
     }
     assert_eq!(bank.banked(&name), tickets::TICKETS_PER_SERVER);
 }
+
+#[tokio::test]
+async fn sidecars_settle_on_aes_128_gcm() {
+    let ca = ca("cluster.local");
+    let client = store(leaf(&ca, "sleep", now(), Duration::from_secs(3600)));
+    let server = store(leaf(&ca, "user", now(), Duration::from_secs(3600)));
+    let cc = client_config(&client, &[], &[]).unwrap();
+    let sc = server_config(&server, &[], true).unwrap();
+    let (_, suite) = connect_once(&cc, &sc).await;
+    assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    // Same suites as ring's default, only AES-128 ahead of AES-256.
+    let mut ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    let mut ring: Vec<_> = rustls::crypto::ring::default_provider()
+        .cipher_suites
+        .iter()
+        .map(|s| s.suite())
+        .collect();
+    assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    ours.sort_by_key(|s| u16::from(*s));
+    ring.sort_by_key(|s| u16::from(*s));
+    assert_eq!(ours, ring);
+}
