@@ -197,6 +197,9 @@ where
         let check = tokio::time::Instant::from_std(activity.quiet_since())
             + idle_timeout.unwrap_or(Duration::from_secs(86_400));
         tokio::select! {
+            // In order, not shuffled: besides the connection each branch is a one-time
+            // event, and the shuffle draws a random number at every wake-up.
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(peer = %ctx.peer, error = %e, "downstream connection error");
@@ -497,6 +500,8 @@ async fn handle(
     };
     match clock {
         Some(clock) => tokio::select! {
+            // The response first when both are ready (and no random draw per poll).
+            biased;
             resp = work => resp,
             () = clock.idle() => {
                 tracing::debug!(peer = %ctx.peer, "stream idle timeout before the response");

@@ -323,6 +323,9 @@ impl Handoff {
             let current = lock(&self.current).clone();
             match current {
                 Some(clock) => tokio::select! {
+                    // In order, not shuffled: each branch is a one-time event, and the
+                    // shuffle draws a random number at every poll.
+                    biased;
                     () = clock.stalled() => return,
                     () = &mut changed => {}
                 },
