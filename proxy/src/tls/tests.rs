@@ -213,26 +213,7 @@ async fn resumed_sessions_keep_the_peer_identity() {
     let sc = server_config(&server, &[], true).unwrap();
     let mut kinds = Vec::new();
     for _ in 0..2 {
-        let (a, b) = tokio::io::duplex(64 * 1024);
-        let sc = Arc::clone(&sc);
-        let srv = tokio::spawn(async move {
-            let mut s = tokio_rustls::TlsAcceptor::from(sc).accept(b).await.unwrap();
-            let mut buf = [0u8; 4];
-            s.read_exact(&mut buf).await.unwrap();
-            s.write_all(b"pong").await.unwrap();
-            s.flush().await.unwrap();
-            let (_, conn) = s.get_ref();
-            (peer_identity(conn), conn.handshake_kind())
-        });
-        let name = ServerName::try_from("outbound_.80_._.user.default.svc.cluster.local").unwrap();
-        let mut c = tokio_rustls::TlsConnector::from(Arc::clone(&cc))
-            .connect(name, a)
-            .await
-            .unwrap();
-        c.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        c.read_exact(&mut buf).await.unwrap();
-        let (id, kind) = srv.await.unwrap();
+        let (kind, _, id) = connect_once(&cc, &sc).await;
         assert_eq!(
             id.as_deref(),
             Some("spiffe://cluster.local/ns/default/sa/sleep")
@@ -248,12 +229,17 @@ async fn resumed_sessions_keep_the_peer_identity() {
     );
 }
 
-/// One mTLS connection with `cc`/`sc` over a pipe: the server's handshake kind and the
-/// negotiated suite, once a ping has crossed (so the client has read its new tickets).
+/// One mTLS connection with `cc`/`sc` over a pipe: the server's handshake kind, the
+/// negotiated suite and the client's identity as the server reads it, once a ping has crossed
+/// (so the client has read its new tickets).
 async fn connect_once(
     cc: &Arc<rustls::ClientConfig>,
     sc: &Arc<rustls::ServerConfig>,
-) -> (Option<rustls::HandshakeKind>, Option<rustls::CipherSuite>) {
+) -> (
+    Option<rustls::HandshakeKind>,
+    Option<rustls::CipherSuite>,
+    Option<String>,
+) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let sc = Arc::clone(sc);
     let srv = tokio::spawn(async move {
@@ -266,6 +252,7 @@ async fn connect_once(
         (
             conn.handshake_kind(),
             conn.negotiated_cipher_suite().map(|s| s.suite()),
+            peer_identity(conn),
         )
     });
     let name = ServerName::try_from("outbound_.80_._.user.default.svc.cluster.local").unwrap();
@@ -294,7 +281,7 @@ async fn a_burst_of_new_connections_resumes_past_eight_tickets() {
     let burst = futures::future::join_all((0..20).map(|_| connect_once(&cc, &sc))).await;
     let full = burst
         .iter()
-        .filter(|(k, _)| *k != Some(rustls::HandshakeKind::Resumed))
+        .filter(|(k, _, _)| *k != Some(rustls::HandshakeKind::Resumed))
         .count();
     assert_eq!(full, 0, "{burst:?}");
 }
@@ -328,7 +315,7 @@ async fn sidecars_settle_on_aes_128_gcm() {
     let server = store(leaf(&ca, "user", now(), Duration::from_secs(3600)));
     let cc = client_config(&client, &[], &[]).unwrap();
     let sc = server_config(&server, &[], true).unwrap();
-    let (_, suite) = connect_once(&cc, &sc).await;
+    let (_, suite, _) = connect_once(&cc, &sc).await;
     assert_eq!(suite, Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
     // Same suites as ring's default, only AES-128 ahead of AES-256.
     let mut ours: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
